@@ -1,0 +1,160 @@
+"""Configuration of the dense CLIP pipeline: one frozen dataclass, methods, and per-dataset presets.
+
+Every knob of ALGORITHMS.md is a field. ``dense_config(method, preset, **overrides)`` returns the
+reference-exact configuration of a method on a dataset (table (b)); overrides replace single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+__all__ = ["DenseConfig", "METHODS", "PRESETS", "dense_config"]
+
+BASES = ("clip", "sclip", "clearclip", "naclip")
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Dense CLIP prediction settings (defaults: ResCLIP on NACLIP, VOC21, whole image)."""
+
+    base: str = "naclip"  # last-block attention: clip | sclip | clearclip | naclip
+    residual: bool = False  # last block keeps residual + FFN ('w_resi': clip, sclip) or not ('wo_resi')
+    rcs: bool = True  # ResCLIP residual cross-correlation attention
+    rcs_layers: tuple[int, ...] = (5, 6, 7, 8)  # 0-based trunk blocks averaged for A_c (blocks 6-9, all backbones)
+    rcs_weights: tuple[float, float] = (2.0, 0.3)  # (tau_rcs, lambda_rcs)
+    sfr: bool = True  # ResCLIP semantic feedback refinement (two passes of the last block)
+    sfr_weights: tuple[float, float] = (2.2, 0.7)  # (tau_sfr, lambda_sfr)
+    temp_thd: float = 0.5  # pixels whose max first-pass probability is below this join query 0
+    sfr_pamr_iters: int = 10  # PAMR inside SFR's first pass (upstream runs it although pamr_steps=0)
+    sfr_pamr_dilations: tuple[int, ...] = (8, 16)
+    sfr_path_check: str = "prefix"  # "prefix" (upstream quirk) | "full" | "none"
+    sfr_blur: str = "raster"  # "raster" (upstream, wraps across rows) | "2d"
+    gaussian_std: float = 5.0  # NACLIP window and SFR blur std, in patches
+    short_side: int = 336  # Resize(scale=(long_side, short_side), keep_ratio=True)
+    long_side: int = 2048
+    slide_crop: int = 0  # 0: one pass over the whole image; else square crop size in pixels
+    slide_stride: int = 112
+    logit_scale: float = 40.0  # softmax temperature of the post-processing (and of SFR's first pass)
+    prob_thd: float = 0.0  # pixels whose max class probability is below this get class 0
+    area_thd: float | None = None  # SCLIP: foreground classes under this fraction of foreground pixels are dropped
+    pamr_iters: int = 0  # optional PAMR on the final logits (NACLIP's own default is 10)
+    pamr_dilations: tuple[int, ...] = (8, 16)
+    pad_crops: bool = False  # pad windows to a patch multiple with zeros (ClearCLIP) instead of dropping the remainder
+    upsample: str = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (SCLIP whole image)
+    templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
+    vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
+    preset: str | None = None  # name of the preset this config came from (informational)
+    method: str = "resclip"  # name of the method this config came from (informational)
+
+    def __post_init__(self):
+        if self.base not in BASES:
+            raise ConfigError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.sfr_path_check not in ("prefix", "full", "none"):
+            raise ConfigError(f"sfr_path_check must be 'prefix', 'full' or 'none', got {self.sfr_path_check!r}")
+        if self.sfr_blur not in ("raster", "2d"):
+            raise ConfigError(f"sfr_blur must be 'raster' or '2d', got {self.sfr_blur!r}")
+        if self.upsample not in ("two_step", "one_step"):
+            raise ConfigError(f"upsample must be 'two_step' or 'one_step', got {self.upsample!r}")
+        if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
+            raise ConfigError("slide_crop must be >= 0 and slide_stride > 0 when sliding")
+        if self.short_side <= 0 or self.long_side <= 0:
+            raise ConfigError("short_side and long_side must be positive")
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+        if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
+            raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
+        if self.pamr_iters < 0 or self.sfr_pamr_iters < 0:
+            raise ConfigError("PAMR iteration counts must be >= 0")
+        if self.gaussian_std <= 0:
+            raise ConfigError("gaussian_std must be > 0")
+
+    def replace(self, **changes) -> "DenseConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown DenseConfig option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+# method -> (base, residual, rcs+sfr, family). Family selects the per-dataset column of table (b).
+METHODS = {
+    "clip": ("clip", True, False, "sclip"),
+    "sclip": ("sclip", True, False, "sclip"),
+    "clearclip": ("clearclip", False, False, "clearclip"),
+    "naclip": ("naclip", False, False, "naclip"),
+    "resclip": ("naclip", False, True, "resclip"),
+    "resclip_sclip": ("sclip", True, True, "resclip"),
+    "resclip_clearclip": ("clearclip", False, True, "resclip"),
+}
+
+_DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
+_SCLIP_LOGIT = dict(voc21=65.0, context60=50.0, coco_object=50.0)
+_PROB = dict(voc21=0.1, context60=0.1, coco_object=0.1)
+_CLEARCLIP_PROB = dict(voc21=0.5, context60=0.15, coco_object=0.4)
+# ResCLIP: temp_thd, (tau, lambda)_rcs, (tau, lambda)_sfr
+_RESCLIP = dict(
+    voc21=(0.50, (2.0, 0.3), (2.2, 0.7)),
+    context60=(0.30, (2.0, 0.3), (1.8, 0.7)),
+    coco_object=(0.11, (2.0, 0.4), (1.8, 0.7)),
+    voc20=(0.10, (2.0, 0.6), (2.1, 0.6)),
+    context59=(0.25, (2.0, 0.4), (1.8, 0.7)),
+    coco_stuff164k=(0.11, (2.0, 0.4), (1.8, 0.7)),
+    cityscapes=(0.10, (2.0, 0.2), (2.1, 0.6)),
+    ade20k=(0.25, (2.0, 0.3), (2.1, 0.7)),
+)
+_WHOLE_IMAGE = ("voc21", "voc20")  # NACLIP and ResCLIP run these without sliding
+
+
+def _preset(method: str, ds: str) -> DenseConfig:
+    base, residual, res, family = METHODS[method]
+    kw: dict = dict(base=base, residual=residual, rcs=res, sfr=res, preset=ds, method=method, vocabulary=ds)
+    if family == "clearclip":
+        kw.update(short_side=448, slide_crop=448, slide_stride=224, logit_scale=50.0, prob_thd=_CLEARCLIP_PROB.get(ds, 0.0),
+                  vocabulary=f"{ds}_plain", pad_crops=True)
+        if ds == "cityscapes":  # only slide_crop=224 is set upstream: the stride stays 224 (no overlap)
+            kw.update(slide_crop=224, slide_stride=224)
+    else:
+        short = 560 if ds == "cityscapes" else 336
+        if family == "sclip" and ds == "coco_stuff164k":
+            short = 448
+        kw.update(short_side=short, prob_thd=_PROB.get(ds, 0.0))
+        whole = family in ("naclip", "resclip") and ds in _WHOLE_IMAGE
+        kw.update(slide_crop=0 if whole else 224, slide_stride=112)
+        if family == "sclip":
+            # SCLIP's whole-image path (slide_crop=0, unused by its presets) upsamples in one step
+            kw.update(logit_scale=_SCLIP_LOGIT.get(ds, 40.0), area_thd=0.1 if ds == "voc21" else None,
+                      upsample="one_step")
+        else:
+            kw.update(logit_scale=40.0)
+        if family == "naclip":
+            kw.update(pamr_iters=10, pamr_dilations=(8, 16))
+        if family == "resclip":
+            thd, rcs_w, sfr_w = _RESCLIP[ds]
+            kw.update(temp_thd=thd, rcs_weights=rcs_w, sfr_weights=sfr_w)
+    return DenseConfig(**kw)
+
+
+PRESETS: dict[str, tuple[str, ...]] = {m: _DATASETS for m in METHODS}
+
+
+def dense_config(method: str = "resclip", preset: str | None = "voc21", **overrides) -> DenseConfig:
+    """The reference configuration of ``method`` on dataset ``preset``, with field overrides.
+
+    Arguments:
+        method: one of ``METHODS`` ("resclip" = NACLIP + RCS + SFR, the default).
+        preset: dataset name (``PRESETS[method]``), or None for open-vocabulary use: the method's settings for a
+            dataset without background class (PASCAL Context 59: sliding windows, prob_thd 0), no built-in
+            vocabulary (classes are given at segment time).
+        overrides: DenseConfig fields to replace.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if preset is None:
+        cfg = _preset(method, "context59").replace(vocabulary=None, preset=None)
+    elif preset not in _DATASETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(_DATASETS)}")
+    else:
+        cfg = _preset(method, preset)
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,158 @@
+"""Dense CLIP encoder: image crops to patch-grid logits with the last-block variants, RCS and SFR.
+
+Data flow for a batch of crops (ALGORITHMS.md A.3, B, C):
+
+    crops (B,3,H,W) --conv1--> tokens (B,1+N,D) + pos (bicubic +0.1 resize when the grid is not the native one)
+      --ln_pre--> blocks 0..L-2 (q,k of the RCS blocks kept, (L_rcs,B,heads,1+N,d))
+      --last block (variant; RCS blend; SFR pass 1 -> labels -> S_hat -> pass 2)--> ln_post @ proj
+      --patch tokens, L2-normalised, @ text^T--> logits (B,Q,h,w)
+
+Only the last block runs twice under SFR; the trunk is computed once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DenseConfig
+from .sfr import first_pass_probs, patch_labels
+
+__all__ = ["DenseEncoder"]
+
+
+class DenseEncoder:
+    """Wraps an open_clip ``VisionTransformer`` (not modified) for dense prediction.
+
+    Arguments:
+        visual: ``open_clip`` CLIP model's ``.visual`` (a ViT with ``conv1``, ``transformer.resblocks``...).
+        cfg: dense settings (base, residual, RCS/SFR parameters).
+    """
+
+    def __init__(self, visual, cfg: DenseConfig):
+        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
+            raise TypeError("DenseEncoder needs an open_clip VisionTransformer (ViT); ResNet CLIP models are not supported")
+        self.visual = visual
+        self.cfg = cfg
+        self.patch = int(visual.conv1.kernel_size[0])
+        self.blocks = list(visual.transformer.resblocks)
+        self.heads = self.blocks[0].attn.num_heads
+        if cfg.rcs and max(cfg.rcs_layers) >= len(self.blocks) - 1:
+            raise ValueError(
+                f"RCS layers {cfg.rcs_layers} need at least {max(cfg.rcs_layers) + 2} blocks; this model has {len(self.blocks)}"
+            )
+        n = visual.positional_embedding.shape[0] - 1
+        self.native_grid = int(round(n**0.5))
+        self._pos_cache: dict = {}
+
+    # -- embedding -------------------------------------------------------------------------------------
+    def _pos_embed(self, gh: int, gw: int, like: torch.Tensor) -> torch.Tensor:
+        pos = self.visual.positional_embedding
+        if gh * gw == pos.shape[0] - 1:  # upstream interpolates only when the token count differs
+            return pos.to(like.dtype)
+        key = (gh, gw, like.device, like.dtype)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            n = self.native_grid
+            grid = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(
+                grid, mode="bicubic", scale_factor=((gh + 0.1) / n, (gw + 0.1) / n),
+                align_corners=False, recompute_scale_factor=False,
+            )
+            grid = grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)
+            cached = torch.cat([pos[:1], grid], dim=0).to(like.dtype).detach()
+            self._pos_cache[key] = cached
+        return cached
+
+    def embed(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B,3,H,W) -> tokens (B, 1+h*w, D) after ln_pre, and the grid (h, w)."""
+        v = self.visual
+        x = v.conv1(crops)  # (B, D, h, w); rows/cols beyond the last whole patch are dropped
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self._pos_embed(gh, gw, x)
+        return v.ln_pre(x), (gh, gw)
+
+    # -- blocks ----------------------------------------------------------------------------------------
+    def _qkv(self, block, x: torch.Tensor):
+        b, n, d = x.shape
+        qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # (B, heads, N1, d) each
+
+    def _out(self, block, a: torch.Tensor) -> torch.Tensor:
+        b, h, n, dh = a.shape
+        return block.attn.out_proj(a.transpose(1, 2).reshape(b, n, h * dh))
+
+    def trunk(self, x: torch.Tensor):
+        """Blocks 0..L-2. Returns x (B,N1,D) and (rcs_q, rcs_k) stacked (L_rcs,B,heads,N1,d) or (None, None)."""
+        keep = set(self.cfg.rcs_layers) if self.cfg.rcs else set()
+        rq, rk = [], []
+        for i, block in enumerate(self.blocks[:-1]):
+            q, k, v = self._qkv(block, x)
+            if i in keep:
+                rq.append(q)
+                rk.append(k)
+            a = F.scaled_dot_product_attention(q, k, v)
+            x = x + block.ls_1(self._out(block, a))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        if not keep:
+            return x, (None, None)
+        order = sorted(keep)
+        idx = {layer: j for j, layer in enumerate(sorted(keep))}
+        return x, (torch.stack([rq[idx[l]] for l in order]), torch.stack([rk[idx[l]] for l in order]))
+
+    def last_block(self, x: torch.Tensor, grid, rcs, sfr: torch.Tensor | None) -> torch.Tensor:
+        """The variant last block; returns tokens (B, N1, D) before ln_post."""
+        from clipsam.kernels import rcs_attention
+
+        cfg = self.cfg
+        block = self.blocks[-1]
+        q, k, v = self._qkv(block, x)
+        a = rcs_attention(
+            q, k, v, base=cfg.base, scale=q.shape[-1] ** -0.5,
+            window=(grid[0], grid[1], float(cfg.gaussian_std)) if cfg.base == "naclip" else None,
+            sfr=sfr, sfr_weights=cfg.sfr_weights if sfr is not None else None,
+            rcs_q=rcs[0], rcs_k=rcs[1], rcs_weights=cfg.rcs_weights if rcs[0] is not None else None,
+        )
+        out = self._out(block, a)
+        if not cfg.residual:
+            return out
+        x = x + out
+        return x + block.mlp(block.ln_2(x))
+
+    def patch_logits(self, tokens: torch.Tensor, grid, text: torch.Tensor) -> torch.Tensor:
+        """tokens (B,N1,D), text (Q,E) -> (B, Q, h, w) cosine logits."""
+        v = self.visual
+        f = v.ln_post(tokens) @ v.proj
+        f = f[:, 1:]
+        f = f / f.norm(dim=-1, keepdim=True)
+        logits = f @ text.to(f.dtype).T  # (B, N, Q)
+        return logits.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+
+    # -- full forward ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Patch-grid logits of a batch of equally sized crops.
+
+        Arguments:
+            crops: (B, 3, H, W) normalised crops, H and W >= patch size.
+            text: (Q, E) unit-norm query embeddings.
+
+        Returns:
+            (B, Q, H // p, W // p) logits.
+        """
+        cfg = self.cfg
+        x, grid = self.embed(crops)
+        x, rcs = self.trunk(x)
+        sfr = None
+        if cfg.sfr:
+            first = self.patch_logits(self.last_block(x, grid, rcs, None), grid, text)
+            first = F.interpolate(first, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            probs = first_pass_probs(first, crops, cfg.logit_scale, cfg.sfr_pamr_iters, cfg.sfr_pamr_dilations)
+            labels = patch_labels(probs, self.patch, cfg.temp_thd)
+            from clipsam.kernels import sfr_affinity
+
+            sfr = sfr_affinity(labels, gaussian_std=cfg.gaussian_std, path_check=cfg.sfr_path_check, blur=cfg.sfr_blur)
+        return self.patch_logits(self.last_block(x, grid, rcs, sfr), grid, text)

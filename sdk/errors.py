@@ -1,0 +1,64 @@
+"""One exception family for every error clipsam raises on purpose.
+
+Each error names the problem and the fix. Where a built-in exception type is the natural one (a bad
+value, a wrong type, a missing file), the clipsam error also derives from it, so callers can catch
+either ``clipsam.ClipSamError`` or the built-in they already expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClipSamError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "InvalidImageError",
+    "VocabularyError",
+    "CheckpointError",
+    "ConfigError",
+    "BackendUnavailableError",
+    "MissingDependencyError",
+]
+
+
+class ClipSamError(Exception):
+    """Base class of every error raised by clipsam on purpose."""
+
+
+class InvalidInputError(ClipSamError, ValueError):
+    """An argument has a bad value (shape, range, NaN/inf, ...)."""
+
+
+class InvalidTypeError(ClipSamError, TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+class InvalidImageError(InvalidInputError):
+    """An image cannot be read or is unusable (corrupt file, too small, wrong layout)."""
+
+
+class VocabularyError(InvalidInputError):
+    """The class vocabulary is empty, has duplicates or non-string names, or a class file is malformed."""
+
+
+class CheckpointError(ClipSamError, ValueError):
+    """A checkpoint file is missing, unreadable, or does not match the architecture."""
+
+
+class ConfigError(InvalidInputError):
+    """An unknown method, preset, option, or an inconsistent combination of options."""
+
+
+class BackendUnavailableError(ClipSamError, RuntimeError):
+    """A requested backend, provider, device or kernel cannot run here."""
+
+
+class MissingDependencyError(ClipSamError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that provides it."""
+
+
+def missing_dependency(module: str, extra: str, what: str) -> MissingDependencyError:
+    """Build the error raised when ``module`` is needed for ``what`` but is not installed."""
+    return MissingDependencyError(
+        f"{what} needs the Python package '{module}', which is not installed. "
+        f"Install it with: pip install 'clipsam[{extra}]'"
+    )

@@ -1,0 +1,225 @@
+"""Building OpenCLIP ViT models and loading their weights safely.
+
+``load_clip(arch, weights)`` accepts:
+
+* ``weights=None``: random initialisation (tests, offline smoke runs), with one loud warning;
+* an open_clip ``pretrained`` tag such as ``"openai"`` or ``"laion2b_s34b_b88k"``: downloaded by open_clip
+  into its cache when online, then read through the same safe loader as a local file;
+* a local checkpoint file in either format:
+    - OpenAI format: the state dict of openai/CLIP (optionally as the official TorchScript archive),
+      fp16 Linear/Conv weights, extra integer keys ``input_resolution``/``context_length``/``vocab_size``;
+    - open_clip format: a plain ``model.state_dict()``, or a training checkpoint ``{"state_dict": ...}``
+      whose keys may carry a ``module.`` prefix.
+
+State dicts are read with ``torch.load(..., weights_only=True)``. TorchScript archives (the official OpenAI
+files) cannot be read that way; they are opened with ``torch.jit.load``, which compiles TorchScript but
+runs no Python code, and only their parameters are kept. A checkpoint that does not fit the architecture
+raises ``CheckpointError`` listing expected vs found shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError, ConfigError, missing_dependency
+
+__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict"]
+
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    """An OpenCLIP model ready for dense inference, with where its weights came from."""
+
+    model: object  # open_clip.model.CLIP, eval mode, fp32
+    arch: str  # open_clip model name
+    weights_id: str  # "random:<seed>", "<tag>", or "file:<sha256 prefix>"; keys the text-embedding cache
+    quick_gelu: bool
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - exercised only without torch
+        raise missing_dependency("torch", "torch", "The PyTorch backend") from e
+    return torch
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError as e:  # pragma: no cover
+        raise missing_dependency("open_clip_torch", "torch", "The PyTorch backend") from e
+    return open_clip
+
+
+def _file_id(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "file:" + h.hexdigest()[:16]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """Read the tensors of a checkpoint file without unpickling arbitrary objects.
+
+    Returns:
+        dict name -> tensor (the raw content; see ``normalise_state_dict``).
+    """
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}. Pass an existing file or an open_clip pretrained tag.")
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:
+                raise CheckpointError(f"cannot read TorchScript checkpoint {path}: {e}") from e
+            return dict(module.state_dict())
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (corrupt, truncated, or not a PyTorch weights file): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict).")
+    return obj
+
+
+def normalise_state_dict(obj: dict) -> tuple[dict, str]:
+    """Unwrap training checkpoints, strip ``module.``, drop OpenAI's integer keys, cast to fp32.
+
+    Returns:
+        (state dict, format) with format ``"openai"`` or ``"open_clip"``.
+    """
+    torch = _torch()
+    sd = obj
+    for key in ("state_dict", "model"):
+        if key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    fmt = "openai" if any(k in sd for k in _OPENAI_EXTRA_KEYS) or any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for k, v in sd.items() if k.endswith("in_proj_weight")
+    ) else "open_clip"
+    out = {}
+    for k, v in sd.items():
+        if k in _OPENAI_EXTRA_KEYS:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint entry {k!r} is a {type(v).__name__}, expected a tensor.")
+        out[k] = v.float() if v.is_floating_point() else v
+    return out, fmt
+
+
+def _describe_arch(sd: dict) -> str:
+    try:
+        conv = sd["visual.conv1.weight"]
+        layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+        return f"vision width {conv.shape[0]}, patch {conv.shape[-1]}, {layers} blocks, embed dim {sd['text_projection'].shape[1]}"
+    except (KeyError, IndexError):
+        return "not an OpenCLIP ViT checkpoint (no visual.conv1.weight)"
+
+
+def _load_into(model, sd: dict, arch: str, source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [(k, tuple(expected[k].shape), tuple(sd[k].shape)) for k in expected if k in sd and expected[k].shape != sd[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint {source} does not match architecture {arch!r}."]
+        for k, e, f in wrong[:5]:
+            lines.append(f"  {k}: expected shape {e}, found {f}")
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:5])}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
+        lines.append(f"  the checkpoint looks like: {_describe_arch(sd)}; the architecture is: {_describe_arch(expected)}.")
+        lines.append("  Fix: pass the clip architecture the checkpoint was trained with (e.g. clip='ViT-L-14').")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(sd, strict=True)
+
+
+def _resolve_arch(arch: str) -> str:
+    open_clip = _open_clip()
+    if arch.endswith(".json") and Path(arch).is_file():
+        open_clip.add_model_config(arch)
+        return Path(arch).stem
+    if arch not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown CLIP architecture {arch!r}. Use an open_clip model name (e.g. 'ViT-B-16', 'ViT-L-14') "
+            "or the path of an open_clip model-config JSON file."
+        )
+    return arch
+
+
+def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_gelu: bool | None = None, seed: int = 0) -> LoadedClip:
+    """Build an OpenCLIP model and load its weights.
+
+    Arguments:
+        arch: open_clip model name ("ViT-B-16") or path of a model-config JSON file.
+        weights: pretrained tag, local checkpoint path, or None for random weights.
+        quick_gelu: activation override; default True for OpenAI weights (tag or OpenAI-format file) and random
+            weights, else the architecture's own setting.
+        seed: torch seed used for random weights.
+
+    Returns:
+        LoadedClip with the fp32 model in eval mode on the CPU.
+    """
+    torch = _torch()
+    open_clip = _open_clip()
+    name = _resolve_arch(arch)
+    if weights is None:
+        warnings.warn(
+            "clipsam: building the CLIP model with RANDOM weights (clip_weights=None). Its predictions are "
+            "meaningless; use this only for tests and offline smoke runs.",
+            stacklevel=3,
+        )
+        gelu = True if quick_gelu is None else quick_gelu
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=gelu)
+        return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
+
+    path = Path(os.fspath(weights)).expanduser()
+    if path.is_file():
+        source, weights_id = str(path), _file_id(path)
+    elif os.sep in os.fspath(weights) or Path(os.fspath(weights)).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    else:
+        tag = str(weights)
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        if not cfg:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise CheckpointError(
+                f"{tag!r} is neither a file nor an open_clip pretrained tag for {name!r}. Known tags: {tags or 'none'}."
+            )
+        if quick_gelu is None:
+            quick_gelu = bool(cfg.get("quick_gelu", tag == "openai"))
+        try:
+            source = open_clip.download_pretrained(cfg)
+        except Exception as e:
+            raise CheckpointError(
+                f"could not download the {tag!r} weights for {name!r} ({type(e).__name__}: {e}). Without internet, "
+                "pass a local checkpoint file as clip_weights, or clip_weights=None for random weights."
+            ) from e
+        weights_id = tag
+    sd, fmt = normalise_state_dict(read_state_dict(source))
+    gelu = quick_gelu if quick_gelu is not None else (fmt == "openai" or None)
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(gelu))
+    _load_into(model, sd, name, source)
+    return LoadedClip(model.eval(), name, weights_id, bool(gelu))

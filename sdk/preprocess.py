@@ -1,0 +1,129 @@
+"""Image input: reading, validation, and the mmseg test-time preprocessing (ALGORITHMS.md A.2).
+
+Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
+alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
+decoded with OpenCV exactly as mmseg's LoadImageFromFile does. The caller's objects are never modified.
+
+Preprocessing (numpy + OpenCV, no torch): resize with factor f = min(long/max(h,w), short/min(h,w)), new side
+int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmseg constants, channels first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
+
+__all__ = ["MEAN", "STD", "load_image", "resize_shape", "preprocess"]
+
+MEAN = np.array([122.771, 116.746, 104.094], dtype=np.float32)  # RGB
+STD = np.array([68.501, 66.632, 70.323], dtype=np.float32)
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InvalidImageError(f"image file not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise InvalidImageError(f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads.")
+    return bgr[:, :, ::-1].copy()  # BGR -> RGB
+
+
+def _from_array(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        a = a[:, :, :3]
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    else:
+        raise InvalidImageError(
+            f"{what} has shape {a.shape}; expected HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA). "
+            "For a channels-first array, transpose it to HxWxC."
+        )
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype in (np.float16, np.float32, np.float64):
+        if not np.isfinite(a).all():
+            raise InvalidInputError(f"{what} contains NaN or inf values; clean the image before segmenting it.")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InvalidInputError(
+                f"{what} is a float image with values in [{lo:.3g}, {hi:.3g}]; float images must lie in [0, 1]. "
+                "Divide by 255 or pass uint8."
+            )
+        return (a.astype(np.float32) * 255.0)
+    raise InvalidTypeError(f"{what} has dtype {a.dtype}; expected uint8, or float16/32/64 in [0, 1].")
+
+
+def load_image(image, what: str = "image") -> np.ndarray:
+    """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs); a new array."""
+    if isinstance(image, (str, os.PathLike)):
+        return _read_file(Path(image))
+    if isinstance(image, np.ndarray):
+        return _from_array(image, what)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        try:
+            return np.asarray(image.convert("RGB")).copy()
+        except OSError as e:
+            raise InvalidImageError(f"cannot decode PIL {what}: {e}") from e
+    if type(image).__module__.startswith("torch"):
+        t = image.detach()
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise InvalidImageError(f"tensor {what} has shape {tuple(t.shape)}; expected CxHxW with C in (1, 3, 4).")
+        if t.dtype.is_complex or t.dtype not in _torch_ok_dtypes():
+            raise InvalidTypeError(f"tensor {what} has dtype {t.dtype}; expected uint8 or a float dtype in [0, 1].")
+        arr = t.cpu().float().numpy() if t.dtype != _torch_uint8() else t.cpu().numpy()
+        return _from_array(np.moveaxis(arr, 0, -1), what)
+    raise InvalidTypeError(
+        f"{what} has type {type(image).__name__}; expected a file path, PIL image, numpy array or torch tensor."
+    )
+
+
+def _torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def _torch_ok_dtypes():
+    import torch
+
+    return (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resize_shape(h: int, w: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
+    """mmcv ``imrescale`` output size (new_h, new_w) for ``scale=(long_side, short_side)``, keep_ratio."""
+    f = min(long_side / max(h, w), short_side / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
+def preprocess(rgb: np.ndarray, short_side: int, long_side: int = 2048, min_side: int = 16) -> np.ndarray:
+    """Resize and normalise.
+
+    Arguments:
+        rgb: HxWx3 RGB image from ``load_image``.
+        min_side: smallest allowed resized side (the patch size).
+
+    Returns:
+        (3, h, w) float32 normalised image at the resized size.
+    """
+    h, w = rgb.shape[:2]
+    nh, nw = resize_shape(h, w, short_side, long_side)
+    if nh < min_side or nw < min_side:
+        raise InvalidImageError(
+            f"image of {h}x{w} pixels is resized to {nh}x{nw}, smaller than one {min_side}x{min_side} patch. "
+            "Use a less elongated image or crop it."
+        )
+    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    out = (resized.astype(np.float32) - MEAN) / STD
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

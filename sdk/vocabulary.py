@@ -1,0 +1,134 @@
+"""Class vocabularies: names, synonyms, class files and the shipped dataset vocabularies.
+
+A vocabulary is an ordered list of classes; each class has one or more *queries* (synonyms). Every query
+is encoded as its own text embedding and competes in the softmax; a class then takes the max over its
+queries (ALGORITHMS.md A.1, A.6, pitfall 9). Class files hold one class per line with synonyms separated
+by ", " (exactly the upstream format: the display name of a class is its first synonym).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import InvalidTypeError, VocabularyError
+
+__all__ = ["Vocabulary", "parse_class_file", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
+
+BUILTIN_VOCABULARIES = (
+    "voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k",
+)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered set of classes with their synonyms.
+
+    Attributes:
+        classes: display name of each class (its first synonym), length C.
+        queries: every synonym in class order, length Q >= C.
+        query_to_class: class index of each query, length Q.
+    """
+
+    classes: tuple[str, ...]
+    queries: tuple[str, ...]
+    query_to_class: tuple[int, ...]
+
+    @classmethod
+    def from_synonyms(cls, synonyms: list[list[str]] | tuple, source: str = "classes") -> "Vocabulary":
+        """Build from one list of synonyms per class, validating every name."""
+        if len(synonyms) == 0:
+            raise VocabularyError(f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa'].")
+        queries, q2c, seen = [], [], {}
+        for ci, names in enumerate(synonyms):
+            if len(names) == 0:
+                raise VocabularyError(f"{source}: class {ci} has no name.")
+            for name in names:
+                if not isinstance(name, str):
+                    raise VocabularyError(
+                        f"{source}: class names must be strings, got {type(name).__name__} {name!r} for class {ci}."
+                    )
+                if not name.strip():
+                    raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
+                if name in seen:
+                    raise VocabularyError(
+                        f"{source}: duplicate class name {name!r} (classes {seen[name]} and {ci}). "
+                        "Each name may appear once; put synonyms of one class on the same line."
+                    )
+                seen[name] = ci
+                queries.append(name)
+                q2c.append(ci)
+        return cls(tuple(n[0] for n in synonyms), tuple(queries), tuple(q2c))
+
+    @classmethod
+    def from_names(cls, names) -> "Vocabulary":
+        """From a list of class names, or a comma-separated string ("cat, sofa, floor")."""
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+            if any(not n for n in names):
+                raise VocabularyError(f"classes string {names!r} has an empty entry (two commas in a row, or a trailing comma).")
+        elif isinstance(names, Vocabulary):
+            return names
+        elif not isinstance(names, (list, tuple)):
+            raise InvalidTypeError(
+                f"classes must be a list of strings or a comma-separated string, got {type(names).__name__}."
+            )
+        groups = []
+        for n in names:
+            if isinstance(n, (list, tuple)):
+                groups.append(list(n))
+            else:
+                groups.append([n])
+        return cls.from_synonyms(groups)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.queries)
+
+    @property
+    def has_synonyms(self) -> bool:
+        return self.num_queries != self.num_classes
+
+    def to_lines(self) -> list[str]:
+        """The class-file lines of this vocabulary."""
+        lines = [[] for _ in self.classes]
+        for q, c in zip(self.queries, self.query_to_class):
+            lines[c].append(q)
+        return [", ".join(names) for names in lines]
+
+
+def parse_class_file(path: str | os.PathLike) -> Vocabulary:
+    """Read a class file: one class per line, synonyms separated by ", " (upstream ``get_cls_idx``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VocabularyError(f"class file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise VocabularyError(f"cannot read class file {path}: {e}") from e
+    return _parse_lines(text, str(path))
+
+
+def _parse_lines(text: str, source: str) -> Vocabulary:
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            raise VocabularyError(f"{source}: line {i + 1} is empty; every line must name one class.")
+    return Vocabulary.from_synonyms([line.split(", ") for line in lines], source=source)
+
+
+def builtin_vocabulary(name: str) -> Vocabulary:
+    """One of the shipped dataset vocabularies (``BUILTIN_VOCABULARIES``, or ``<name>_plain`` for ClearCLIP)."""
+    base = name[: -len("_plain")] if name.endswith("_plain") else name
+    if base not in BUILTIN_VOCABULARIES:
+        raise VocabularyError(f"unknown built-in vocabulary {name!r}; known: {', '.join(BUILTIN_VOCABULARIES)}.")
+    res = resources.files("clipsam.data").joinpath("classes", f"{name}.txt")
+    return _parse_lines(res.read_text(encoding="utf-8"), f"clipsam/data/classes/{name}.txt")
