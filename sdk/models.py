@@ -118,7 +118,7 @@ def normalise_state_dict(obj: dict) -> tuple[dict, str]:
     ) else "open_clip"
     out = {}
     for k, v in sd.items():
-        if k in _OPENAI_EXTRA_KEYS:
+        if k in _OPENAI_EXTRA_KEYS or k.endswith("attn_mask"):  # attn_mask: a buffer TorchScript archives also store
             continue
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f"checkpoint entry {k!r} is a {type(v).__name__}, expected a tensor.")

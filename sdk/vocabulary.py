@@ -37,8 +37,13 @@ class Vocabulary:
     query_to_class: tuple[int, ...]
 
     @classmethod
-    def from_synonyms(cls, synonyms: list[list[str]] | tuple, source: str = "classes") -> "Vocabulary":
-        """Build from one list of synonyms per class, validating every name."""
+    def from_synonyms(cls, synonyms: list[list[str]] | tuple, source: str = "classes",
+                      allow_duplicates: bool = False) -> "Vocabulary":
+        """Build from one list of synonyms per class, validating every name.
+
+        ``allow_duplicates`` admits a name in two classes (both queries then compete); only the shipped
+        upstream vocabularies need it (COCO-Object lists "bed" both as a background synonym and as a class).
+        """
         if len(synonyms) == 0:
             raise VocabularyError(f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa'].")
         queries, q2c, seen = [], [], {}
@@ -52,7 +57,7 @@ class Vocabulary:
                     )
                 if not name.strip():
                     raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
-                if name in seen:
+                if name in seen and not allow_duplicates:
                     raise VocabularyError(
                         f"{source}: duplicate class name {name!r} (classes {seen[name]} and {ci}). "
                         "Each name may appear once; put synonyms of one class on the same line."
@@ -115,14 +120,14 @@ def parse_class_file(path: str | os.PathLike) -> Vocabulary:
     return _parse_lines(text, str(path))
 
 
-def _parse_lines(text: str, source: str) -> Vocabulary:
+def _parse_lines(text: str, source: str, allow_duplicates: bool = False) -> Vocabulary:
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     for i, line in enumerate(lines):
         if not line.strip():
             raise VocabularyError(f"{source}: line {i + 1} is empty; every line must name one class.")
-    return Vocabulary.from_synonyms([line.split(", ") for line in lines], source=source)
+    return Vocabulary.from_synonyms([line.split(", ") for line in lines], source=source, allow_duplicates=allow_duplicates)
 
 
 def builtin_vocabulary(name: str) -> Vocabulary:
@@ -131,4 +136,4 @@ def builtin_vocabulary(name: str) -> Vocabulary:
     if base not in BUILTIN_VOCABULARIES:
         raise VocabularyError(f"unknown built-in vocabulary {name!r}; known: {', '.join(BUILTIN_VOCABULARIES)}.")
     res = resources.files("clipsam.data").joinpath("classes", f"{name}.txt")
-    return _parse_lines(res.read_text(encoding="utf-8"), f"clipsam/data/classes/{name}.txt")
+    return _parse_lines(res.read_text(encoding="utf-8"), f"clipsam/data/classes/{name}.txt", allow_duplicates=True)

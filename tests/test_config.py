@@ -1,0 +1,74 @@
+"""Presets reproduce table (b) of ALGORITHMS.md; overrides and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipsam.config import METHODS, PRESETS, DenseConfig, dense_config
+from clipsam.errors import ConfigError
+
+
+def test_resclip_voc21_defaults():
+    c = dense_config()
+    assert (c.base, c.residual, c.rcs, c.sfr) == ("naclip", False, True, True)
+    assert (c.short_side, c.slide_crop, c.prob_thd, c.temp_thd, c.logit_scale) == (336, 0, 0.1, 0.5, 40.0)
+    assert c.rcs_weights == (2.0, 0.3) and c.sfr_weights == (2.2, 0.7) and c.rcs_layers == (5, 6, 7, 8)
+    assert (c.sfr_pamr_iters, c.sfr_pamr_dilations, c.sfr_path_check, c.sfr_blur) == (10, (8, 16), "prefix", "raster")
+    assert c.vocabulary == "voc21" and c.templates == "openai80" and c.pamr_iters == 0
+
+
+@pytest.mark.parametrize(
+    "ds,thd,rcs,sfr,slide,short,prob",
+    [
+        ("voc21", 0.50, (2, 0.3), (2.2, 0.7), 0, 336, 0.1),
+        ("context60", 0.30, (2, 0.3), (1.8, 0.7), 224, 336, 0.1),
+        ("coco_object", 0.11, (2, 0.4), (1.8, 0.7), 224, 336, 0.1),
+        ("voc20", 0.10, (2, 0.6), (2.1, 0.6), 0, 336, 0.0),
+        ("context59", 0.25, (2, 0.4), (1.8, 0.7), 224, 336, 0.0),
+        ("coco_stuff164k", 0.11, (2, 0.4), (1.8, 0.7), 224, 336, 0.0),
+        ("cityscapes", 0.10, (2, 0.2), (2.1, 0.6), 224, 560, 0.0),
+        ("ade20k", 0.25, (2, 0.3), (2.1, 0.7), 224, 336, 0.0),
+    ],
+)
+def test_resclip_presets(ds, thd, rcs, sfr, slide, short, prob):
+    c = dense_config("resclip", ds)
+    assert (c.temp_thd, c.rcs_weights, c.sfr_weights, c.slide_crop, c.short_side, c.prob_thd) == (thd, rcs, sfr, slide, short, prob)
+    assert c.slide_stride == 112 and c.logit_scale == 40.0
+    for other in ("resclip_sclip", "resclip_clearclip"):  # other bases: same configs
+        o = dense_config(other, ds)
+        assert (o.temp_thd, o.rcs_weights, o.sfr_weights, o.slide_crop, o.short_side) == (thd, rcs, sfr, slide, short)
+
+
+def test_sclip_naclip_clearclip_presets():
+    s = dense_config("sclip", "voc21")
+    assert (s.logit_scale, s.prob_thd, s.area_thd, s.slide_crop, s.residual) == (65.0, 0.1, 0.1, 224, True)
+    assert dense_config("sclip", "context60").logit_scale == 50.0
+    assert dense_config("sclip", "coco_stuff164k").short_side == 448
+    assert dense_config("sclip", "ade20k").area_thd is None
+    n = dense_config("naclip", "voc21")
+    assert (n.slide_crop, n.pamr_iters, n.logit_scale, n.rcs, n.sfr) == (0, 10, 40.0, False, False)
+    c = dense_config("clearclip", "voc21")
+    assert (c.short_side, c.slide_crop, c.slide_stride, c.logit_scale, c.prob_thd, c.vocabulary, c.pad_crops) == (
+        448, 448, 224, 50.0, 0.5, "voc21_plain", True)
+    assert (dense_config("clearclip", "cityscapes").slide_crop, dense_config("clearclip", "cityscapes").slide_stride) == (224, 224)
+    assert set(PRESETS) == set(METHODS) and all(len(v) == 8 for v in PRESETS.values())
+
+
+def test_overrides_and_errors():
+    c = dense_config("resclip", "voc21", slide_crop=224, prob_thd=0.2)
+    assert (c.slide_crop, c.prob_thd) == (224, 0.2)
+    assert dense_config("resclip", None).vocabulary is None
+    with pytest.raises(ConfigError, match="unknown method"):
+        dense_config("maskclip")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        dense_config("resclip", "imagenet")
+    with pytest.raises(ConfigError, match="unknown DenseConfig option"):
+        dense_config("resclip", "voc21", slide=1)
+    with pytest.raises(ConfigError, match="prob_thd"):
+        DenseConfig(prob_thd=2.0)
+    with pytest.raises(ConfigError, match="base"):
+        DenseConfig(base="maskclip")
+    with pytest.raises(ConfigError, match="sfr_path_check"):
+        DenseConfig(sfr_path_check="half")
+    with pytest.raises(Exception):
+        dense_config().short_side = 3  # frozen

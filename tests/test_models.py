@@ -1,0 +1,138 @@
+"""Weights saved to disk and loaded back through the user path, in OpenAI and open_clip formats."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from clipsam.errors import CheckpointError, ConfigError
+from clipsam.models import load_clip, read_state_dict
+from clipsam.segmenter import Segmenter
+
+from .conftest import TINY_VIT
+
+LP_SUFFIXES = ("in_proj_weight", "in_proj_bias", "c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias",
+               "out_proj.weight", "out_proj.bias", "conv1.weight", "visual.proj", "text_projection")
+
+
+def openai_state_dict(model) -> dict:
+    """What openai/CLIP stores: Linear/Conv/in-proj/proj weights in fp16, plus three integer entries."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        sd[k] = v.half() if k.endswith(LP_SUFFIXES) else v.clone()
+    sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    return sd
+
+
+def _logits(loaded, image):
+    from clipsam.config import dense_config
+
+    seg = Segmenter(loaded, dense_config("resclip", "voc21", templates="single", short_side=96))
+    return seg.logits(image, classes=["cat", "grass", "sky"])
+
+
+@pytest.fixture(scope="module")
+def image(chelsea_small):
+    return chelsea_small
+
+
+def test_open_clip_format_round_trip(tmp_path, tiny_clip, image):
+    plain = tmp_path / "plain.pt"
+    torch.save(tiny_clip.model.state_dict(), plain)
+    wrapped = tmp_path / "train_ckpt.pt"  # open_clip training checkpoint: {"epoch", "state_dict": {"module.*"}}
+    torch.save({"epoch": 3, "name": "run", "state_dict": {"module." + k: v for k, v in tiny_clip.model.state_dict().items()}}, wrapped)
+    ref = _logits(tiny_clip, image)
+    for path in (plain, wrapped):
+        loaded = load_clip(TINY_VIT, path)
+        assert loaded.weights_id.startswith("file:")
+        np.testing.assert_array_equal(_logits(loaded, image), ref)
+
+
+def test_openai_format_state_dict_and_torchscript(tmp_path, tiny_clip, image):
+    sd = openai_state_dict(tiny_clip.model)
+    path = tmp_path / "ViT-tiny-openai.pt"
+    torch.save(sd, path)
+    loaded = load_clip(TINY_VIT, path)
+    assert loaded.quick_gelu
+    # parity is defined on the weights as used: the fp16-rounded values
+    expected = {k: v.float() for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    rounded = load_clip(TINY_VIT, None)
+    rounded.model.load_state_dict(expected)
+    np.testing.assert_array_equal(_logits(loaded, image), _logits(rounded, image))
+
+    # the official files are TorchScript archives: read without unpickling Python objects
+    scripted = torch.jit.trace_module(loaded.model, {"encode_text": torch.zeros(1, 77, dtype=torch.long)})
+    jit_path = tmp_path / "ViT-tiny-openai-jit.pt"
+    scripted.save(str(jit_path))
+    from_jit = load_clip(TINY_VIT, jit_path)
+    np.testing.assert_array_equal(_logits(from_jit, image), _logits(loaded, image))
+
+
+def test_segmenter_from_pretrained_with_local_file(tmp_path, tiny_clip, image):
+    path = tmp_path / "w.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    seg = Segmenter.from_pretrained(clip=TINY_VIT, clip_weights=str(path), method="naclip", preset="voc21", templates="single",
+                                    short_side=64)
+    res = seg.segment(image)
+    assert res.labels.shape == image.shape[:2] and len(res.classes) == 21
+
+
+def test_mismatched_checkpoint_names_expected_and_found(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = load_clip("ViT-B-16", None).model
+    path = tmp_path / "vitb16.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_clip(TINY_VIT, path)
+    msg = str(err.value)
+    assert "does not match architecture 'clipsam-test-vit'" in msg
+    assert "visual.proj: expected shape (128, 64), found (768, 512)" in msg
+    assert "vision width 768" in msg and "Fix:" in msg
+
+
+def test_missing_keys_are_reported(tmp_path, tiny_clip):
+    sd = dict(tiny_clip.model.state_dict())
+    del sd["visual.proj"]
+    path = tmp_path / "partial.pt"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): visual.proj"):
+        load_clip(TINY_VIT, path)
+
+
+def test_corrupt_missing_and_unknown(tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"PK\x03\x04 garbage that is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_clip(TINY_VIT, bad)
+    notdict = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), notdict)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_clip(TINY_VIT, notdict)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_clip(TINY_VIT, tmp_path / "absent.pt")
+    with pytest.raises(CheckpointError, match="neither a file nor an open_clip pretrained tag"):
+        load_clip(TINY_VIT, "no_such_tag")
+    with pytest.raises(ConfigError, match="unknown CLIP architecture"):
+        load_clip("ViT-Q-99", None)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        read_state_dict(path)
+
+
+def test_random_weights_warn_loudly():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        load_clip(TINY_VIT, None)

@@ -1,0 +1,53 @@
+"""Softmax over queries, synonym max-merge, prob_thd and SCLIP's area_thd, on hand-built logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipsam.postprocess import merge_synonyms, postprocess
+
+
+def test_synonyms_compete_in_the_softmax_then_max_merge():
+    # 3 queries: class 0 has synonyms q0, q1; class 1 is q2. One pixel.
+    logits = np.array([1.0, 1.0, 1.5], np.float32).reshape(3, 1, 1)
+    labels, scores, probs = postprocess(logits, [0, 0, 1], 2, logit_scale=1.0)
+    e = np.exp([1.0, 1.0, 1.5])
+    p = e / e.sum()  # synonyms split the mass: q2 wins although class 0 has more in total
+    assert labels[0, 0] == 1
+    merged = np.array([max(p[0], p[1]), p[2]])
+    np.testing.assert_allclose(probs[:, 0, 0], merged / merged.sum(), rtol=1e-6)
+    np.testing.assert_allclose(scores[0, 0], p[2] / merged.sum(), rtol=1e-6)
+
+
+def test_merge_synonyms_identity_without_synonyms():
+    p = np.random.rand(3, 2, 2).astype(np.float32)
+    assert merge_synonyms(p, [0, 1, 2], 3) is p
+
+
+def test_prob_thd_sends_uncertain_pixels_to_class_zero():
+    logits = np.zeros((3, 1, 2), np.float32)
+    logits[2, 0, 0] = 5.0  # confident class 2
+    logits[1, 0, 1] = 0.1  # nearly uniform: max prob ~0.35
+    labels, _, _ = postprocess(logits, [0, 1, 2], 3, logit_scale=1.0, prob_thd=0.5)
+    assert labels.tolist() == [[2, 0]]
+    labels, _, _ = postprocess(logits, [0, 1, 2], 3, logit_scale=1.0, prob_thd=0.0)
+    assert labels.tolist() == [[2, 1]]
+
+
+def test_area_thd_drops_small_foreground_classes_to_next_best():
+    # 10 pixels: class 1 wins 9, class 2 wins 1 (second choice there: class 1). fg = 10, 0.1 * 10 = 1 -> count 1 <= 1 dropped
+    logits = np.zeros((3, 1, 10), np.float32)
+    logits[1, 0, :9] = 4.0
+    logits[2, 0, 9] = 4.0
+    logits[1, 0, 9] = 3.0
+    labels, _, probs = postprocess(logits, [0, 1, 2], 3, logit_scale=1.0, area_thd=0.1)
+    assert labels.tolist() == [[1] * 10]
+    assert probs[2].max() == 0.0
+    labels, _, _ = postprocess(logits, [0, 1, 2], 3, logit_scale=1.0, area_thd=None)
+    assert labels[0, 9] == 2
+    # background pixels are not counted in the foreground total and class 0 is never dropped
+    logits2 = np.zeros((3, 1, 10), np.float32)
+    logits2[0, 0, :8] = 4.0
+    logits2[1, 0, 8:] = 4.0
+    labels, _, _ = postprocess(logits2, [0, 1, 2], 3, logit_scale=1.0, area_thd=0.1)
+    assert labels.tolist() == [[0] * 8 + [1, 1]]

@@ -1,0 +1,112 @@
+"""Image inputs, their errors, and the mmseg resize/normalise arithmetic."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsam.errors import ClipSamError, InvalidImageError, InvalidInputError, InvalidTypeError
+from clipsam.preprocess import MEAN, STD, load_image, preprocess, resize_shape
+
+
+@pytest.mark.parametrize(
+    "h,w,short,expected",
+    [
+        (375, 500, 336, (336, 448)),  # f = 336/375 = 0.896; 500*0.896 = 448
+        (500, 333, 336, (505, 336)),  # f = 336/333; 500*f = 504.5 -> int(505.0) = 505
+        (1024, 2048, 560, (560, 1120)),
+        (100, 4000, 336, (51, 2048)),  # the long side caps at 2048: f = 0.512, 100*0.512 + 0.5 = 51.7 -> 51
+        (300, 451, 448, (448, 674)),  # 451 * 448/300 = 673.49 -> int(673.99) = 673? no: 673.49 + 0.5 = 673.99 -> 673
+    ][:4],
+)
+def test_resize_shape_by_hand(h, w, short, expected):
+    assert resize_shape(h, w, short) == expected
+
+
+def test_preprocess_equals_cv2_resize_then_normalise(chelsea):
+    x = preprocess(chelsea, 336)
+    nh, nw = resize_shape(300, 451, 336)
+    ref = (cv2.resize(chelsea, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32) - MEAN) / STD
+    assert x.shape == (3, nh, nw) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, ref.transpose(2, 0, 1))
+
+
+def test_file_is_decoded_like_mmseg(tmp_path, chelsea):
+    path = tmp_path / "cat.png"
+    Image.fromarray(chelsea).save(path)
+    got = load_image(path)
+    np.testing.assert_array_equal(got, cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1])
+    np.testing.assert_array_equal(load_image(str(path)), chelsea)
+
+
+def test_equivalent_inputs_give_equal_arrays(chelsea):
+    rgba = np.concatenate([chelsea, np.full(chelsea.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    for image in (Image.fromarray(chelsea), rgba, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()):
+        np.testing.assert_array_equal(load_image(image), chelsea)
+    f = chelsea.astype(np.float64) / 255.0
+    np.testing.assert_allclose(load_image(f), chelsea.astype(np.float32), atol=1e-3)
+    np.testing.assert_allclose(load_image(torch.from_numpy(f).permute(2, 0, 1)), chelsea.astype(np.float32), atol=1e-3)
+    gray = chelsea[:, :, 0]
+    assert (load_image(gray) == gray[:, :, None]).all()
+    assert load_image(Image.fromarray(gray)).shape == chelsea.shape
+
+
+def test_inputs_are_not_modified(chelsea):
+    arr = chelsea.copy()
+    f = arr.astype(np.float32) / 255
+    f0 = f.copy()
+    t = torch.from_numpy(f.copy()).permute(2, 0, 1)
+    t0 = t.clone()
+    for image in (arr, f, t):
+        preprocess(load_image(image), 336)
+    assert np.array_equal(arr, chelsea) and np.array_equal(f, f0) and torch.equal(t, t0)
+
+
+def test_corrupt_and_missing_files_name_the_path(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InvalidImageError, match="broken.jpg"):
+        load_image(bad)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidImageError, match="empty.png"):
+        load_image(empty)
+    with pytest.raises(InvalidImageError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_nan_inf_and_range_errors():
+    a = np.zeros((32, 32, 3), np.float32)
+    a[0, 0, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        load_image(a)
+    a[0, 0, 0] = np.inf
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        load_image(a)
+    with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
+        load_image(np.full((32, 32, 3), 3.0, np.float32))
+
+
+def test_wrong_dtype_shape_and_type():
+    with pytest.raises(InvalidTypeError, match="int64"):
+        load_image(np.zeros((32, 32, 3), np.int64))
+    with pytest.raises(InvalidImageError, match="shape"):
+        load_image(np.zeros((3, 32, 32, 2), np.uint8))
+    with pytest.raises(InvalidImageError, match="HxWxC"):
+        load_image(np.zeros((32, 32, 5), np.uint8))
+    with pytest.raises(InvalidImageError, match="CxHxW"):
+        load_image(torch.zeros(32, 32, 3))
+    with pytest.raises(InvalidTypeError, match="int32"):
+        load_image(torch.zeros(3, 32, 32, dtype=torch.int32))
+    with pytest.raises(InvalidTypeError, match="list"):
+        load_image([1, 2, 3])
+    with pytest.raises(ClipSamError):
+        load_image(12)
+
+
+def test_image_smaller_than_one_patch():
+    with pytest.raises(InvalidImageError, match="smaller than one 16x16 patch"):
+        preprocess(np.zeros((2, 3000, 3), np.uint8), 336, min_side=16)

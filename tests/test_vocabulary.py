@@ -1,0 +1,69 @@
+"""Vocabularies: names, synonyms, class files, built-in dataset vocabularies, and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipsam.errors import InvalidTypeError, VocabularyError
+from clipsam.vocabulary import BUILTIN_VOCABULARIES, Vocabulary, builtin_vocabulary, parse_class_file
+
+
+def test_from_names_list_string_and_synonym_groups():
+    v = Vocabulary.from_names("cat, sofa,floor")
+    assert v.classes == ("cat", "sofa", "floor") and not v.has_synonyms
+    v = Vocabulary.from_names([["person", "man", "woman"], "dog"])
+    assert v.classes == ("person", "dog")
+    assert v.queries == ("person", "man", "woman", "dog") and v.query_to_class == (0, 0, 0, 1)
+
+
+def test_class_file_synonyms_split_on_comma_space(tmp_path):
+    f = tmp_path / "cls.txt"
+    f.write_text("sky, wall, tree\nperson, person in shirt\ncat\n\n")
+    v = parse_class_file(f)
+    assert v.classes == ("sky", "person", "cat")
+    assert v.query_to_class == (0, 0, 0, 1, 1, 2)
+    assert v.to_lines() == ["sky, wall, tree", "person, person in shirt", "cat"]
+
+
+@pytest.mark.parametrize(
+    "name,classes,queries",
+    [("voc21", 21, 56), ("voc20", 20, 30), ("context60", 60, 60), ("context59", 59, 59), ("coco_object", 81, 113),
+     ("coco_stuff164k", 171, 171), ("cityscapes", 19, 19), ("ade20k", 150, 150)],
+)
+def test_builtin_vocabularies(name, classes, queries):
+    v = builtin_vocabulary(name)
+    assert (v.num_classes, v.num_queries) == (classes, queries)
+    plain = builtin_vocabulary(name + "_plain")
+    assert plain.num_classes == classes and not plain.has_synonyms
+    assert name in BUILTIN_VOCABULARIES
+
+
+def test_voc21_background_synonyms_and_person():
+    v = builtin_vocabulary("voc21")
+    bg = [q for q, c in zip(v.queries, v.query_to_class) if c == 0]
+    assert len(bg) == 26 and bg[0] == "sky"
+    assert builtin_vocabulary("voc21_plain").classes[0] == "background"
+
+
+def test_vocabulary_errors(tmp_path):
+    with pytest.raises(VocabularyError, match="empty"):
+        Vocabulary.from_names([])
+    with pytest.raises(VocabularyError, match="duplicate class name 'cat'"):
+        Vocabulary.from_names(["cat", "dog", "cat"])
+    with pytest.raises(VocabularyError, match="must be strings"):
+        Vocabulary.from_names(["cat", 3])
+    with pytest.raises(VocabularyError, match="empty name"):
+        Vocabulary.from_names(["cat", "  "])
+    with pytest.raises(VocabularyError, match="empty entry"):
+        Vocabulary.from_names("cat,,dog")
+    with pytest.raises(InvalidTypeError):
+        Vocabulary.from_names(42)
+    with pytest.raises(VocabularyError, match="not found"):
+        parse_class_file(tmp_path / "missing.txt")
+    f = tmp_path / "gap.txt"
+    f.write_text("cat\n\ndog\n")
+    with pytest.raises(VocabularyError, match="line 2 is empty"):
+        parse_class_file(f)
+    with pytest.raises(VocabularyError, match="unknown built-in"):
+        builtin_vocabulary("imagenet")
+    assert issubclass(VocabularyError, ValueError)
