@@ -135,9 +135,8 @@ def _markdown_table():
         if provider != "triton" or not ms:
             continue
         ref, sdpa = times.get((op, shape, dtype, base, "ref")), times.get((op, shape, dtype, base, "sdpa"))
-        lines.append(
-            f"| {op} | {shape} | {dtype} | {base} | {ref / ms if ref else float('nan'):.2f}x | "
-            f"{ms / sdpa if sdpa else float('nan'):.2f}x |"
-        )
+        vs_ref = f"{ref / ms:.2f}x" if ref else "-"
+        vs_sdpa = f"{ms / sdpa:.2f}x" if sdpa else "-"
+        lines.append(f"| {op} | {shape} | {dtype} | {base} | {vs_ref} | {vs_sdpa} |")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")

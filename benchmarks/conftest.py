@@ -3,13 +3,34 @@
 Run with timing on (pyproject's addopts disable it for the test suite):
 
     pytest benchmarks/<file>.py --benchmark-enable [--benchmark-json out.json]
+    pytest benchmarks --smoke --benchmark-disable      # every suite once, tiny sizes (CI); or CLIPSAM_BENCH_SMOKE=1
+
+Files are named ``bench_*.py``; ``pytest benchmarks`` collects them through ``pytest_collect_file`` below.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--smoke", action="store_true", default=False,
+                     help="clipsam benchmarks: tiny model and sizes, to check the suites run (same as CLIPSAM_BENCH_SMOKE=1)")
+
+
+def pytest_configure(config):
+    if config.getoption("--smoke", default=False):
+        os.environ["CLIPSAM_BENCH_SMOKE"] = "1"  # read by the suites at import (their parametrisation depends on it)
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect ``bench_*.py`` when a folder is given (a file named on the command line is collected anyway)."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,9 @@ Rules, in order (STYLE.md "What to absorb" 6-7):
    take warn once per reason.
 
 ``TRITON_INTERPRET=1`` lets a forced kernel run on CPU tensors in Triton's interpreter (slow; for tests).
+Kernel knobs (read at launch): ``CLIPSAM_TRITON_AUTOTUNE=0`` launches one fixed tile configuration instead
+of autotuning; ``CLIPSAM_TRITON_FP32_PRECISION`` (read at import; default ``tf32x3``, or ``ieee``) is the
+dot precision of fp32 inputs.
 """
 
 from __future__ import annotations

@@ -137,10 +137,12 @@ def rcs_attention_ref(
 #     out = w_base * sum_base O_base + w_rcs * sum_l O_l,   O = softmax(Z) V (normalised per pass)
 #     w_base = tau_rcs * (1 - lambda_rcs), w_rcs = tau_rcs * lambda_rcs / L   (1 and 0 without RCS)
 #
-# Nothing N x N is written: per (batch, head) the kernel reads the query-side operands once, K-side
-# operands and V once per pass (L2-resident across the query tiles of a head), and the fp16 S_hat tile
-# once per base loop (shared by the two SCLIP softmaxes). The materialised reference moves ~ (6 + 2L)
-# N x N matrices per head through device memory instead.
+# Work: 4*N^2*d FLOPs per pass and head (QK^T, PV): (1 or 2) + L passes. Traffic: nothing N x N is
+# written; per head the kernel reads its query-side operands once, K-side operands and V once per pass
+# (L2-resident across the query tiles of a head) and the fp16 S_hat tile once per base loop (shared by the
+# two SCLIP softmaxes and, through L2, by the heads of a window): (4 + 2L)*N*d elements per head plus
+# 2*N^2 bytes per window. The materialised reference (ResCLIP, L = 4) makes about 50 N x N reads and
+# writes per head instead (logits, each blend step, softmaxes, stack, mean).
 # ------------------------------------------------------------------------------------------------------
 
 try:  # triton is optional (Linux extra); the reference above needs only torch
@@ -299,6 +301,7 @@ if HAS_TRITON:
 
 # (BLOCK_M, BLOCK_N, warps, stages). Chosen from ptxas -v on sm_90a (no spills or a few dozen bytes for
 # 16-bit inputs); fp32 with tf32x3 splits every operand in two, so it gets narrower key tiles and 2 stages.
+# The first entry is the fixed choice when autotuning is off (CLIPSAM_TRITON_AUTOTUNE=0).
 _CONFIGS_16 = ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2))
 _CONFIGS_32 = ((128, 32, 8, 2), (64, 32, 4, 2), (128, 32, 8, 3), (64, 64, 4, 2))
 
@@ -391,10 +394,12 @@ def _rcs_attention_fwd(
         bm, bn = block_m or 16, block_n or 16
         grid = (triton.cdiv(n, bm), bsz * heads)
         _interpreted_kernel()[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=q.dtype == torch.bfloat16)
-    elif block_m:
-        grid = (triton.cdiv(n, block_m), bsz * heads)
-        _compiled_kernel(False)[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n or 64, DOT_F32=False,
-                                      num_warps=4 if block_m <= 64 else 8, num_stages=2 if q.dtype == torch.float32 else 3)
+    elif block_m or os.environ.get("CLIPSAM_TRITON_AUTOTUNE", "1") == "0":
+        first = (_CONFIGS_32 if q.dtype == torch.float32 else _CONFIGS_16)[0]
+        bm, bn = block_m or first[0], block_n or first[1]
+        grid = (triton.cdiv(n, bm), bsz * heads)
+        _compiled_kernel(False)[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False,
+                                      num_warps=8 if bm >= 128 else 4, num_stages=first[3])
     else:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), bsz * heads)  # noqa: E731
         _compiled_kernel(True, q.dtype == torch.float32)[grid](*args, **flags, DOT_F32=False)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-__all__ = ["DenseConfig", "METHODS", "PRESETS", "dense_config"]
+__all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config"]
+
+MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
 BASES = ("clip", "sclip", "clearclip", "naclip")
 
@@ -44,6 +46,10 @@ class DenseConfig:
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_crops: bool = False  # pad windows to a patch multiple with zeros (ClearCLIP) instead of dropping the remainder
     upsample: str = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (SCLIP whole image)
+    scales: tuple[float, ...] = (1.0,)  # multi-scale ensemble: short/long sides times each scale (MULTI_SCALE_5)
+    scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
+    combine: str = "prob_mean"  # scales/flips: "prob_mean" | "weighted" (probabilities) | "logit_mean"
+    flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
     templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
     vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
     preset: str | None = None  # name of the preset this config came from (informational)
@@ -70,6 +76,14 @@ class DenseConfig:
             raise ConfigError("PAMR iteration counts must be >= 0")
         if self.gaussian_std <= 0:
             raise ConfigError("gaussian_std must be > 0")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
+        if self.combine not in ("prob_mean", "weighted", "logit_mean"):
+            raise ConfigError(f"combine must be 'prob_mean', 'weighted' or 'logit_mean', got {self.combine!r}")
+        if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
+            raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
+        if self.scale_weights is not None and (len(self.scale_weights) != len(self.scales) or min(self.scale_weights) < 0):
+            raise ConfigError("scale_weights must give one non-negative weight per scale")
 
     def replace(self, **changes) -> "DenseConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

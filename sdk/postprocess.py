@@ -5,19 +5,23 @@
     area   (SCLIP): foreground classes whose argmax pixel count is <= area_thd * (foreground argmax pixels) get P = 0
     label  = argmax_c P_c; pixels with max_c P_c < prob_thd -> class 0
     score  = P_label / sum_c P_c  (the class probabilities renormalised after the synonym merge, as upstream)
+
+The steps are separate functions so that large images can be finished in row strips (``sdk/dense/finalize.py``)
+with the same arithmetic; ``postprocess`` runs them on a whole image.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["merge_synonyms", "postprocess"]
+__all__ = ["query_probs", "merge_synonyms", "area_keep", "decide", "postprocess"]
 
 
-def _softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    m = x.max(axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    return e / e.sum(axis=axis, keepdims=True)
+def query_probs(logits: np.ndarray, logit_scale: float) -> np.ndarray:
+    """softmax(logit_scale * logits) over axis 0: (Q, ...) float32."""
+    x = logits.astype(np.float32, copy=False) * np.float32(logit_scale)
+    x = np.exp(x - x.max(axis=0, keepdims=True))
+    return x / x.sum(axis=0, keepdims=True)
 
 
 def merge_synonyms(probs: np.ndarray, query_to_class, num_classes: int) -> np.ndarray:
@@ -31,9 +35,28 @@ def merge_synonyms(probs: np.ndarray, query_to_class, num_classes: int) -> np.nd
     return out
 
 
+def area_keep(class_counts: np.ndarray, area_thd: float | None) -> np.ndarray | None:
+    """SCLIP's area rule from argmax pixel counts per class (C,): bool (C,) of classes kept, or None."""
+    if area_thd is None or len(class_counts) < 2:
+        return None
+    fg = class_counts[1:]
+    return np.concatenate([[True], fg > area_thd * fg.sum()])
+
+
+def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class probabilities (C, H, W) -> labels (H, W) int32, scores (H, W) float32, renormalised probs."""
+    if keep is not None and not keep.all():
+        probs = probs * keep.astype(probs.dtype)[:, None, None]
+    labels = probs.argmax(axis=0)
+    labels[probs.max(axis=0) < prob_thd] = 0
+    probs = probs / probs.sum(axis=0, keepdims=True)
+    scores = np.take_along_axis(probs, labels[None], axis=0)[0]
+    return labels.astype(np.int32), scores.astype(np.float32), probs.astype(np.float32, copy=False)
+
+
 def postprocess(logits: np.ndarray, query_to_class, num_classes: int, logit_scale: float, prob_thd: float = 0.0,
                 area_thd: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels from query logits.
+    """Labels from query logits of a whole image.
 
     Arguments:
         logits: (Q, H, W) float32 logits at the original image size.
@@ -42,15 +65,8 @@ def postprocess(logits: np.ndarray, query_to_class, num_classes: int, logit_scal
     Returns:
         labels (H, W) int32, scores (H, W) float32, class probabilities (C, H, W) float32 (renormalised).
     """
-    probs = _softmax(logits.astype(np.float32) * np.float32(logit_scale), axis=0)
-    probs = merge_synonyms(probs, query_to_class, num_classes)
-    if area_thd is not None and num_classes > 1:
-        pred = probs.argmax(axis=0)
-        counts = np.bincount(pred.ravel(), minlength=num_classes)[1:]
-        keep = counts > area_thd * counts.sum()
-        probs[1:] *= keep.astype(probs.dtype)[:, None, None]
-    labels = probs.argmax(axis=0)
-    labels[probs.max(axis=0) < prob_thd] = 0
-    probs = probs / probs.sum(axis=0, keepdims=True)
-    scores = np.take_along_axis(probs, labels[None], axis=0)[0]
-    return labels.astype(np.int32), scores.astype(np.float32), probs.astype(np.float32)
+    probs = merge_synonyms(query_probs(logits, logit_scale), query_to_class, num_classes)
+    keep = None
+    if area_thd is not None:
+        keep = area_keep(np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes), area_thd)
+    return decide(probs, prob_thd, keep)

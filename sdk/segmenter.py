@@ -10,7 +10,6 @@ import numpy as np
 
 from .config import DenseConfig, dense_config
 from .errors import BackendUnavailableError, ConfigError, VocabularyError
-from .postprocess import postprocess
 from .preprocess import load_image, preprocess
 from .result import SegmentationResult
 from .text import TextEmbeddingCache, encode_queries, resolve_templates
@@ -42,7 +41,8 @@ class Segmenter:
     ``SegmentationResult`` whose ``labels`` index into ``result.classes``.
     """
 
-    def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64):
+    def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64,
+                 max_batch: int = 8, max_memory_mb: float | None = None):
         import open_clip
 
         from .dense.encoder import DenseEncoder
@@ -63,6 +63,12 @@ class Segmenter:
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self.templates = resolve_templates(config.templates)
         self.text_cache = TextEmbeddingCache(text_cache_size)
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if max_memory_mb is not None and max_memory_mb <= 0:
+            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
+        self.max_batch = int(max_batch)
+        self.max_memory_mb = max_memory_mb
 
     @classmethod
     def from_pretrained(
@@ -74,6 +80,8 @@ class Segmenter:
         device: str = "cpu",
         precision: str = "fp32",
         templates=None,
+        max_batch: int = 8,
+        max_memory_mb: float | None = None,
         **overrides,
     ) -> "Segmenter":
         """Build a segmenter.
@@ -89,6 +97,9 @@ class Segmenter:
             device: "cpu" or "cuda[:N]".
             precision: "fp32" (default), or "fp16"/"bf16" autocast on CUDA.
             templates: template set name ("openai80", "openai7", "single") or list of templates.
+            max_batch: most windows per encoder call (batched across windows, scales and images).
+            max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
+                max_batch) and large outputs are finished in strips that fit it.
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2).
         """
         from .models import load_clip
@@ -96,7 +107,8 @@ class Segmenter:
         if templates is not None:
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
-        return cls(load_clip(clip, clip_weights), cfg, device=device, precision=precision)
+        return cls(load_clip(clip, clip_weights), cfg, device=device, precision=precision, max_batch=max_batch,
+                   max_memory_mb=max_memory_mb)
 
     # -- vocabulary and text ----------------------------------------------------------------------------
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
@@ -162,24 +174,76 @@ class Segmenter:
         Returns:
             SegmentationResult with labels (H, W) int32 and scores (H, W) float32.
         """
-        vocab = self.vocabulary(classes, class_file)
-        rgb = load_image(image)
-        t0 = time.perf_counter()
-        logits = self._logits(rgb, vocab)
-        cfg = self.config
-        labels, scores, _ = postprocess(logits, vocab.query_to_class, vocab.num_classes, cfg.logit_scale,
-                                        cfg.prob_thd, cfg.area_thd)
-        info = {
-            "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-            "device": str(self.device), "precision": self.precision,
-            "time_ms": round(1000 * (time.perf_counter() - t0), 2),
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
-        }
-        image_u8 = rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-        return SegmentationResult(labels, scores, vocab.classes, image_u8, info)
+        return self.segment_batch([image], classes, class_file)[0]
 
-    def segment_batch(self, images, classes=None, class_file=None) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary (one at a time, in order)."""
+    def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
+        """Segment a list of images with one vocabulary; windows of all images share encoder batches.
+
+        Results are in input order and equal to segmenting each image alone.
+        """
         if not isinstance(images, (list, tuple)):
             raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
-        return [self.segment(img, classes, class_file) for img in images]
+        vocab = self.vocabulary(classes, class_file)
+        rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
+        if not rgbs:
+            return []
+        return self._run(rgbs, vocab, progress)
+
+    def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
+        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        vocab = self.vocabulary(classes, class_file)
+        chunk = []
+        for img in images:
+            chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
+            if len(chunk) == batch_size:
+                yield from self._run(chunk, vocab, progress)
+                chunk = []
+        if chunk:
+            yield from self._run(chunk, vocab, progress)
+
+    def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
+        import torch
+
+        from .dense.finalize import finalize_members
+        from .dense.scheduler import max_batch_for_budget, plan_members, run_members
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        text = self.text_embeddings(vocab)
+        members = plan_members(rgbs, cfg, self.encoder.patch, self.device)
+        max_batch = self.max_batch
+        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
+        if self.max_memory_mb is not None:
+            max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, self.encoder, vocab.num_queries, window))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
+        try:
+            with torch.inference_mode(), self._autocast():
+                run_members(self.encoder, members, text, cfg, max_batch, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
+        results = []
+        elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
+        for i, rgb in enumerate(rgbs):
+            mine = [m for m in members if m.image == i]
+            labels, scores = finalize_members([m.logits for m in mine], [m.weight for m in mine],
+                                              [m.pixels.flip(-1) if m.flip else m.pixels for m in mine],
+                                              rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb)
+            for m in mine:
+                m.logits = m.pixels = None
+            info = {
+                "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+                "device": str(self.device), "precision": self.precision, "max_batch": max_batch,
+                "time_ms": round(elapsed, 2),
+                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
+            }
+            image_u8 = rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+            results.append(SegmentationResult(labels, scores, vocab.classes, image_u8, info))
+        return results

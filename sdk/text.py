@@ -13,6 +13,8 @@ from .data.templates import OPENAI_IMAGENET_TEMPLATES, OPENAI_SUBSET_TEMPLATES, 
 from .errors import ConfigError, InvalidTypeError
 from .vocabulary import Vocabulary
 
+_PROMPTS_PER_BATCH = 256  # prompts per text-encoder call (all queries x templates, in order)
+
 __all__ = ["TEMPLATE_SETS", "resolve_templates", "TextEmbeddingCache", "encode_queries"]
 
 TEMPLATE_SETS = {
@@ -103,12 +105,13 @@ def encode_queries(model, tokenizer, vocab: Vocabulary, templates: tuple[str, ..
     """
     import torch
 
-    feats = []
+    prompts = [t.format(q) for q in vocab.queries for t in templates]
+    chunks = []
     with torch.inference_mode():
-        for query in vocab.queries:
-            tokens = tokenizer([t.format(query) for t in templates]).to(device)
-            f = _encode_tokens(model, tokens).float()
-            f = f / f.norm(dim=-1, keepdim=True)
-            f = f.mean(dim=0)
-            feats.append(f / f.norm())
-    return torch.stack(feats)
+        for i in range(0, len(prompts), _PROMPTS_PER_BATCH):
+            tokens = tokenizer(prompts[i : i + _PROMPTS_PER_BATCH]).to(device)
+            chunks.append(_encode_tokens(model, tokens).float())
+        f = torch.cat(chunks).view(len(vocab.queries), len(templates), -1)
+        f = f / f.norm(dim=-1, keepdim=True)
+        f = f.mean(dim=1)
+        return f / f.norm(dim=-1, keepdim=True)

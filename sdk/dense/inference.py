@@ -1,8 +1,7 @@
 """Whole-image and sliding-window inference, stitched to the original size (ALGORITHMS.md A.3-A.5).
 
-This is the reference path: one window of one image at a time, exactly as upstream. Sliding windows
-(crop c, stride t): n = max(H - c + t - 1, 0) // t + 1 per axis; y2 = min(i*t + c, H), y1 = max(y2 - c, 0).
-Window logits (upsampled to the window) are summed and divided by the per-pixel count (logit space).
+This is the reference path: one window of one image at a time, exactly as upstream (geometry in
+``windows.py``). Window logits (upsampled to the window) are summed and divided by the per-pixel count (logit space).
 """
 
 from __future__ import annotations
@@ -12,27 +11,9 @@ import torch.nn.functional as F
 
 from ..config import DenseConfig
 from .pamr import pamr
+from .windows import pad_to_patch, window_grid
 
 __all__ = ["window_grid", "pad_to_patch", "window_logits", "infer_logits"]
-
-
-def window_grid(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Sliding windows (y1, y2, x1, x2) over an h x w image, in upstream order (rows, then columns)."""
-    nh = max(h - crop + stride - 1, 0) // stride + 1
-    nw = max(w - crop + stride - 1, 0) // stride + 1
-    out = []
-    for i in range(nh):
-        for j in range(nw):
-            y2, x2 = min(i * stride + crop, h), min(j * stride + crop, w)
-            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return out
-
-
-def pad_to_patch(h: int, w: int, patch: int) -> tuple[int, int, int, int]:
-    """ClearCLIP's crop padding (left, right, top, bottom) up to a multiple of the patch size."""
-    lr = (patch - w % patch) % patch
-    tb = (patch - h % patch) % patch
-    return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
 
 
 def window_logits(encoder, crops: torch.Tensor, text: torch.Tensor, pad: bool) -> torch.Tensor:

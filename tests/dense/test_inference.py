@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clipsam.config import dense_config
-from clipsam.dense.inference import infer_logits, pad_to_patch, window_grid
+from clipsam.dense.inference import infer_logits
+from clipsam.dense.windows import pad_to_patch, window_grid
 
 
 @pytest.mark.parametrize(

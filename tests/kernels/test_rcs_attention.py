@@ -22,7 +22,7 @@ needs_triton = pytest.mark.skipif(not ra.HAS_TRITON, reason="triton is not insta
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 BASES = ("clip", "sclip", "clearclip", "naclip")
 # dtype, atol of the 2x rule against fp64, atol = rtol of the direct comparison with the same-dtype reference
-TOLS = {torch.float32: (2e-5, 1e-4), torch.float16: (1e-3, 1.5e-2), torch.bfloat16: (1e-2, 1e-1)}
+TOLS = {torch.float32: (5e-5, 1e-4), torch.float16: (1e-3, 1.5e-2), torch.bfloat16: (1e-2, 1e-1)}
 DTYPES = [
     torch.float32,
     torch.float16,
@@ -58,7 +58,7 @@ def upcast(q, k, v, kw):
     return q.double(), k.double(), v.double(), kw64
 
 
-def check_kernel(q, k, v, kw, base, *, kernel=None):
+def check_kernel(q, k, v, kw, base, *, kernel=None, direct=True):
     kernel = kernel or ra.rcs_attention_triton
     out = kernel(q, k, v, base=base, **kw)
     ref = rcs_attention_ref(q, k, v, base=base, **kw)
@@ -67,7 +67,8 @@ def check_kernel(q, k, v, kw, base, *, kernel=None):
     assert out.dtype == v.dtype and out.shape == v.shape
     atol, tol = TOLS[q.dtype]
     assert_close_to_ref(out, ref, ref64, atol=atol, name=f"rcs kernel ({base}, {q.dtype})")
-    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+    if direct:  # off where the 16-bit reference's own logit rounding dominates (large logits)
+        torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
 # ---- the reference, checked by hand ------------------------------------------------------------------
@@ -250,22 +251,34 @@ def test_kernel_rejects_what_it_cannot_take():
 )
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_kernel_matches_reference(b, h, grid, base, dtype):
+def test_gpu_kernel_matches_reference(monkeypatch, b, h, grid, base, dtype):
+    monkeypatch.setenv("CLIPSAM_TRITON_AUTOTUNE", "0")  # one compiled config per variant keeps the grid quick
     check_kernel(*make_inputs(b, h, *grid, dtype, layers=4, device="cuda"), base)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grid", [(14, 14), (28, 28), (32, 32)], ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_autotuned_kernel_matches_reference(grid, dtype):
+    q, k, v, kw = make_inputs(4, 12, *grid, dtype, layers=4, device="cuda")
+    for base in BASES:
+        check_kernel(q, k, v, kw, base)
 
 
 @pytest.mark.parametrize("variant", ["plain", "no_rcs", "no_sfr", "large_logits"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_kernel_options(variant, dtype):
+def test_gpu_kernel_options(monkeypatch, variant, dtype):
+    monkeypatch.setenv("CLIPSAM_TRITON_AUTOTUNE", "0")
     q, k, v, kw = make_inputs(4, 12, 28, 28, dtype, layers=4, amp=3.0 if variant == "large_logits" else 1.0, device="cuda")
     if variant in ("no_sfr", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("sfr", "sfr_weights")}
     if variant in ("no_rcs", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("rcs_q", "rcs_k", "rcs_weights")}
     for base in BASES:
-        check_kernel(q, k, v, kw, base)
+        check_kernel(q, k, v, kw, base, direct=variant != "large_logits" or dtype == torch.float32)
 
 
 @pytest.mark.gpu
@@ -302,13 +315,19 @@ def test_gpu_compile_and_sdk_logits(monkeypatch):
 
     loaded = load_clip(str(Path(__file__).parents[1] / "configs" / "clipsam-test-vit.json"), None)
     image = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
-    for method in ("resclip", "sclip", "clearclip", "naclip"):
-        seg = Segmenter(loaded, dense_config(method, "voc21", templates=("a photo of a {}.",)), device="cuda")
-        classes = ["cat", "dog", "sky", "grass"]
-        monkeypatch.setenv("CLIPSAM_TRITON", "1")  # the kernels, or an error
-        fused = seg.logits(image, classes=classes)
-        monkeypatch.delenv("CLIPSAM_TRITON")
-        monkeypatch.setenv("CLIPSAM_DISABLE_TRITON", "1")
-        reference = seg.logits(image, classes=classes)
-        monkeypatch.delenv("CLIPSAM_DISABLE_TRITON")
-        np.testing.assert_allclose(fused, reference, atol=1e-3, rtol=1e-3, err_msg=method)
+    classes = ["cat", "dog", "sky", "grass"]
+    for precision in ("fp32", "fp16"):
+        for method in ("resclip", "sclip", "clearclip", "naclip"):
+            cfg = dense_config(method, "voc21", templates=("a photo of a {}.",))
+            seg = Segmenter(loaded, cfg, device="cuda", precision=precision)
+            monkeypatch.setenv("CLIPSAM_TRITON", "1")  # the kernels, or an error
+            fused = seg.logits(image, classes=classes)
+            monkeypatch.delenv("CLIPSAM_TRITON")
+            monkeypatch.setenv("CLIPSAM_DISABLE_TRITON", "1")
+            reference = seg.logits(image, classes=classes)
+            monkeypatch.delenv("CLIPSAM_DISABLE_TRITON")
+            if precision == "fp32":
+                np.testing.assert_allclose(fused, reference, atol=1e-3, rtol=1e-3, err_msg=method)
+            else:  # fp16 roundings may move an SFR patch label; compare the bulk and the argmax
+                assert np.mean(np.abs(fused - reference) > 2e-2) < 0.01, method
+                assert np.mean(fused.argmax(0) == reference.argmax(0)) > 0.99, method

@@ -1,0 +1,117 @@
+"""From stitched member logits to labels at the original size, in row strips of bounded memory.
+
+Each member's logits (Q, h, w) at its resized size are upsampled bilinearly (align_corners=False) to the
+original size (H0, W0), then the ensemble is combined and post-processed (``clipsam.postprocess``):
+
+    prob_mean / weighted :  P = sum_m w_m softmax(logit_scale * L_m)      (weights sum to 1)
+    logit_mean           :  P = softmax(logit_scale * sum_m w_m L_m)
+
+A single member reduces to the reference ``postprocess(upsample(L))``, bit for bit while the whole map fits the
+strip budget. Beyond it, the upsampling is computed for a strip of output rows at a time (first along the width
+for the source rows the strip needs, then the two-row blend; equal to ``F.interpolate`` within ~1e-5), so a
+6000 x 4000 image never holds (Q, H0, W0) floats. SCLIP's area rule needs
+global argmax counts and then takes a second pass. Output PAMR needs the whole map and disables strips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import DenseConfig
+from ..postprocess import area_keep, decide, merge_synonyms, query_probs
+from .pamr import pamr
+
+__all__ = ["upsample_rows", "finalize_members"]
+
+
+def _source_index(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    dst = torch.arange(out_size, dtype=torch.float32, device=device)
+    src = torch.clamp(scale * (dst + 0.5) - 0.5, min=0.0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = torch.clamp(i0 + 1, max=in_size - 1)
+    lam = src - i0.float()
+    return i0, i1, lam
+
+
+def upsample_rows(x: torch.Tensor, out_hw: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+    """Rows [r0, r1) of ``F.interpolate(x[None], out_hw, mode='bilinear', align_corners=False)[0]``.
+
+    Arguments:
+        x: (C, h, w).
+
+    Returns:
+        (C, r1 - r0, W0).
+    """
+    h, w = x.shape[-2:]
+    i0, i1, lam = _source_index(out_hw[0], h, x.device)
+    i0, i1, lam = i0[r0:r1], i1[r0:r1], lam[r0:r1]
+    need = torch.unique(torch.cat([i0, i1]))
+    cols = F.interpolate(x[None, :, need], size=(need.numel(), out_hw[1]), mode="bilinear", align_corners=False)[0]
+    pos = torch.searchsorted(need, torch.stack([i0, i1]))
+    lam = lam.view(1, -1, 1).to(x.dtype)
+    return (1 - lam) * cols[:, pos[0]] + lam * cols[:, pos[1]]
+
+
+def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: list[torch.Tensor], out_hw,
+                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of one image from its ensemble members.
+
+    Arguments:
+        logits: per member (Q, h_m, w_m) float32 logits at the member's resized size (flips undone).
+        weights: per member ensemble weight (summing to 1).
+        guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
+        out_hw: original (H0, W0).
+        max_strip_mb: memory for the per-strip float buffers, which sets the strip height.
+
+    Returns:
+        labels (H0, W0) int32, scores (H0, W0) float32.
+    """
+    h0, w0 = out_hw
+    if cfg.pamr_iters > 0:  # PAMR needs the whole map: refine each member at full size, then treat it as final
+        full = []
+        for m, g in zip(logits, guides):
+            up = F.interpolate(m[None], size=out_hw, mode="bilinear", align_corners=False)
+            guide = F.interpolate(g[None], size=out_hw, mode="bilinear", align_corners=False)
+            full.append(pamr(guide, up, cfg.pamr_iters, cfg.pamr_dilations)[0])
+        logits = full
+    q = logits[0].shape[0]
+    per_row = 4.0 * w0 * ((len(logits) + 2) * q + 2 * vocab.num_classes)  # member strips, probs, class probs
+    rows = h0 if cfg.pamr_iters > 0 else int(max(1, min(h0, max_strip_mb * 2**20 // per_row)))
+    whole = rows >= h0  # fits: upsample with F.interpolate itself, bit-identical to the reference path
+
+    def strips():
+        for r0 in range(0, h0, rows):
+            r1 = min(h0, r0 + rows)
+            if cfg.pamr_iters > 0:
+                ups = [m[:, r0:r1] for m in logits]
+            elif whole:
+                ups = [F.interpolate(m[None], size=out_hw, mode="bilinear", align_corners=False)[0] for m in logits]
+            else:
+                ups = [upsample_rows(m, out_hw, r0, r1) for m in logits]
+            yield r0, r1, _combine(ups, weights, cfg, vocab)
+
+    keep = None
+    if cfg.area_thd is not None:
+        counts = np.zeros(vocab.num_classes, dtype=np.int64)
+        for _, _, probs in strips():
+            counts += np.bincount(probs.argmax(axis=0).ravel(), minlength=vocab.num_classes)
+        keep = area_keep(counts, cfg.area_thd)
+    labels = np.empty((h0, w0), dtype=np.int32)
+    scores = np.empty((h0, w0), dtype=np.float32)
+    for r0, r1, probs in strips():
+        labels[r0:r1], scores[r0:r1], _ = decide(probs, cfg.prob_thd, keep)
+    return labels, scores
+
+
+def _combine(ups: list[torch.Tensor], weights, cfg: DenseConfig, vocab) -> np.ndarray:
+    """Members' logits for the same pixels (Q, r, W0) each -> combined class probabilities (C, r, W0)."""
+    if len(ups) == 1:
+        probs = query_probs(ups[0].cpu().numpy(), cfg.logit_scale)
+    elif cfg.combine == "logit_mean":
+        probs = query_probs(sum(w * u for u, w in zip(ups, weights)).cpu().numpy(), cfg.logit_scale)
+    else:
+        probs = sum(np.float32(w) * query_probs(u.cpu().numpy(), cfg.logit_scale) for u, w in zip(ups, weights))
+    return merge_synonyms(probs, vocab.query_to_class, vocab.num_classes)

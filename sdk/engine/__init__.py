@@ -1,0 +1,1 @@
+"""clipsam.engine: ONNX Runtime backend (no torch)."""

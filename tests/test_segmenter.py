@@ -1,0 +1,127 @@
+"""The public Segmenter: inputs, vocabularies, results, errors, caching, and the real ViT-B/16 architecture."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsam import Segmenter, SegmentationResult
+from clipsam.config import dense_config
+from clipsam.errors import BackendUnavailableError, ClipSamError, InvalidInputError, VocabularyError
+
+FAST = dict(short_side=64)
+
+
+@pytest.mark.parametrize("method", ["resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip"])
+def test_every_method_segments_a_photo(make_segmenter, chelsea_small, method):
+    seg = make_segmenter(method, "voc21", **FAST)
+    res = seg.segment(chelsea_small)
+    assert isinstance(res, SegmentationResult)
+    assert res.labels.shape == chelsea_small.shape[:2] and res.labels.dtype == np.int32
+    assert res.scores.shape == res.labels.shape and res.scores.dtype == np.float32
+    assert len(res.classes) == 21 and 0 <= res.labels.min() and res.labels.max() < 21
+    assert np.all((res.scores > 0) & (res.scores <= 1))
+    assert res.info["method"] == method
+
+
+def test_vocabulary_sources(make_segmenter, chelsea_small, tmp_path):
+    seg = make_segmenter("resclip", None, **FAST)
+    a = seg.segment(chelsea_small, classes="cat, grass, sky")
+    b = seg.segment(chelsea_small, classes=["cat", "grass", "sky"])
+    f = tmp_path / "cls.txt"
+    f.write_text("cat\ngrass\nsky\n")
+    c = seg.segment(chelsea_small, class_file=f)
+    assert a.classes == b.classes == c.classes == ("cat", "grass", "sky")
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.labels, c.labels)
+    with pytest.raises(VocabularyError, match="no classes given"):
+        seg.segment(chelsea_small)
+    with pytest.raises(VocabularyError, match="either classes or class_file"):
+        seg.segment(chelsea_small, classes=["cat"], class_file=f)
+    with pytest.raises(VocabularyError, match="duplicate"):
+        seg.segment(chelsea_small, classes=["cat", "cat"])
+
+
+def test_text_embeddings_are_cached(make_segmenter, chelsea_small, monkeypatch):
+    import clipsam.segmenter as mod
+
+    seg = make_segmenter("sclip", None, **FAST)
+    calls = []
+    real = mod.encode_queries
+    monkeypatch.setattr(mod, "encode_queries", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seg.segment(chelsea_small, classes=["cat", "dog"])
+    seg.segment(chelsea_small, classes=["cat", "dog"])
+    seg.segment(chelsea_small, classes=["cat", "tree"])
+    assert len(calls) == 2
+
+
+def test_segment_batch_equals_single_calls(make_segmenter, chelsea_small):
+    seg = make_segmenter("naclip", "voc21", **FAST)
+    imgs = [chelsea_small, chelsea_small[:, ::-1].copy(), Image.fromarray(chelsea_small[:60])]
+    batch = seg.segment_batch(imgs)
+    for img, res in zip(imgs, batch):
+        assert np.array_equal(res.labels, seg.segment(img).labels)
+    with pytest.raises(TypeError):
+        seg.segment_batch(chelsea_small)
+
+
+def test_inputs_unchanged_and_bad_inputs(make_segmenter, chelsea_small):
+    seg = make_segmenter("sclip", "voc21", **FAST)
+    arr = chelsea_small.copy()
+    seg.segment(arr)
+    assert np.array_equal(arr, chelsea_small)
+    bad = arr.astype(np.float32) / 255
+    bad[3, 3, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        seg.segment(bad)
+    with pytest.raises(ClipSamError, match="not found"):
+        seg.segment("/nonexistent/photo.jpg")
+
+
+def test_result_save_overlay_and_summary(make_segmenter, chelsea_small, tmp_path):
+    res = make_segmenter("resclip", "voc21", **FAST).segment(chelsea_small)
+    paths = res.save(tmp_path, "cat")
+    lab = Image.open(paths["labels"])
+    assert lab.mode == "P" and np.array_equal(np.asarray(lab), res.labels.astype(np.uint8))
+    ov = Image.open(paths["overlay"])
+    assert ov.width == chelsea_small.shape[1] and ov.height > chelsea_small.shape[0]  # legend below
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["classes"][0] == "sky" and abs(sum(summary["pixel_fractions"].values()) - 1) < 1e-4
+    assert summary["config"]["method"] == "resclip" and summary["time_ms"] > 0
+
+
+def test_device_and_precision_errors(tiny_clip):
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
+            Segmenter(tiny_clip, dense_config(), device="cuda")
+    with pytest.raises(BackendUnavailableError, match="autocast"):
+        Segmenter(tiny_clip, dense_config(), device="cpu", precision="fp16")
+    with pytest.raises(ClipSamError, match="precision"):
+        Segmenter(tiny_clip, dense_config(), precision="fp8")
+
+
+@pytest.mark.slow
+def test_real_vit_b16_architecture(chelsea):
+    """ViT-B/16 (768 wide, 12 heads) with random weights: encoder vs the upstream-style reference, then a segment."""
+    import torch.nn.functional as F
+
+    from clipsam.dense.encoder import DenseEncoder
+
+    from .dense.test_encoder import upstream_logits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter.from_pretrained(clip="ViT-B-16", clip_weights=None, method="resclip", preset="voc21",
+                                        templates="single", short_side=224)
+    visual = seg.model.visual
+    cfg = dense_config("resclip", "voc21", temp_thd=0.0)
+    img = torch.randn(1, 3, 224, 288)
+    text = F.normalize(torch.randn(4, 512), dim=-1)
+    with torch.inference_mode():
+        torch.testing.assert_close(DenseEncoder(visual, cfg)(img, text), upstream_logits(visual, img, text, cfg), atol=1e-5, rtol=0)
+    res = seg.segment(chelsea, classes=["cat", "grass", "wall"])
+    assert res.labels.shape == chelsea.shape[:2]
