@@ -10,7 +10,9 @@ A configuration is (method, preset, backend, refinement, scales) x image size x 
     backend   torch; onnxruntime is a hook (skips until clipsam.engine.segmenter exists and
               CLIPSAM_BENCH_ENGINES names a folder of exported engines)
     refine    off; sam2 (SAM2.1 hiera-t, random weights) on resclip/voc21 (skipped in smoke mode on the CPU:
-              SAM2 encodes at 1024 px)
+              SAM2 encodes at 1024 px). Random CLIP weights give low-confidence maps, so the refinement runs
+              with min_confidence 0 (at most 16 prompts); the prompt count is recorded as ``prompts``:
+              the encoder (one pass per image) dominates, the decoder cost grows with the prompts
     scales    single scale (the reference presets), and MULTI_SCALE_5 (0.5..1.5) on naclip/voc21
     device    the CPU, and CUDA (fp32 and fp16 autocast) whenever available; CLIPSAM_BENCH_DEVICE=cpu|cuda|auto
 
@@ -116,6 +118,12 @@ def _refiner(device: str):
     return _REFINERS[device]
 
 
+def _refine_config():
+    from clipsam.refine import RefineConfig
+
+    return RefineConfig(min_confidence=0.0, max_prompts_per_image=16)
+
+
 def _photo(hw: tuple[int, int]) -> np.ndarray:
     import cv2
 
@@ -152,13 +160,14 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
     _require(backend, refine, device)
     seg = _segmenter(method, preset, backend, scales, device, precision)
     refiner = _refiner(device) if refine == "sam2" else None
+    refine_cfg = _refine_config() if refiner is not None else None
     rgb = _photo(hw)
     cuda = device == "cuda"
 
     def run():
         res = seg.segment(rgb)
         if refiner is not None:
-            refiner.refine([rgb], [res.labels], [res.scores])
+            refiner.refine([rgb], [res.labels], [res.scores], refine_cfg)
         if cuda:
             torch.cuda.synchronize()
         return res
@@ -170,11 +179,12 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=0 if SMOKE else (3 if cuda else 1), iterations=1)
 
     vocab = seg.vocabulary()
-    sam2 = 0.0
+    prompts = 0
     if refiner is not None:
-        from clipsam.refine import RefineConfig, extract_prompts
+        from clipsam.refine import extract_prompts
 
-        sam2 = sam2_flops(len(extract_prompts(res.labels, res.scores, RefineConfig())))
+        prompts = len(extract_prompts(res.labels, res.scores, refine_cfg))
+    sam2 = sam2_flops(prompts)
     model = getattr(seg, "model", None)
     spec = VitSpec.from_visual(model.visual) if model is not None else None
     flops = image_flops(spec, seg.config, hw, vocab.num_queries, sam2=sam2) if spec else None
@@ -185,7 +195,7 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
         flip=seg.config.flip, image_hw=list(hw),
         clip=getattr(seg, "arch", CLIP), weights=getattr(seg, "weights_id", None), smoke=SMOKE,
         queries=vocab.num_queries, slide=[seg.config.slide_crop, seg.config.slide_stride],
-        max_batch=getattr(seg, "max_batch", None),
+        max_batch=getattr(seg, "max_batch", None), prompts=prompts,
         first_call_s=first_s, peak_gflops=peak, machine=machine_info(), versions=versions(), **device_info,
     )
     if flops is not None:

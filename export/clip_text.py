@@ -4,7 +4,9 @@
 context length: the runtime, like ``clipsam.text._encode_tokens``, cuts every chunk of prompts after its longest
 end-of-text token (the causal mask makes later positions irrelevant), which makes CLIP's 77-token context 4-6x
 cheaper. The EOT token is found with ``argmax`` over the ids (open_clip ``text_pool_type="argmax"``) and gathered
-with ``gather`` (trace-safe for a dynamic T).
+with ``gather`` (trace-safe for a dynamic T). The residual blocks are restated with explicit q/k/v projections and
+``scaled_dot_product_attention`` (what ``nn.MultiheadAttention`` computes on this path): the legacy tracer freezes
+the sequence length inside ``nn.MultiheadAttention``'s reshapes, which would break the dynamic L.
 
 ``write_tokenizer_files``: open_clip's BPE merges file is copied into the engine folder with
 ``clip_tokenizer.json`` (context length, merges used, special tokens), so ``clipsam.engine.ClipTokenizer`` encodes
@@ -34,7 +36,10 @@ _CASE_PROMPTS = ("a photo of a cat.", "itap of the large sofa.", "a bad photo of
 
 def check_text_model(model) -> None:
     """Raise ConfigError unless ``model`` is an open_clip CLIP whose text tower the wrapper supports."""
-    if getattr(model, "text_pool_type", None) != "argmax" or not hasattr(model, "token_embedding"):
+    blocks = getattr(getattr(model, "transformer", None), "resblocks", [])
+    plain = all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and not hasattr(b, "ln_1_kv")
+                for b in blocks) and getattr(model.transformer, "batch_first", True)
+    if getattr(model, "text_pool_type", None) != "argmax" or not hasattr(model, "token_embedding") or not plain:
         raise ConfigError(
             "the text encoder export supports open_clip CLIP models with an argmax (EOT) text pool, such as the "
             f"OpenAI ViT models; {type(model).__name__} with text_pool_type={getattr(model, 'text_pool_type', None)!r} "
@@ -49,13 +54,26 @@ class ClipTextGraph(nn.Module):
         check_text_model(model)
         self.model = model
 
+    @staticmethod
+    def _attention(block, x: torch.Tensor, mask) -> torch.Tensor:
+        attn = block.attn
+        b, n, d = x.shape
+        heads = attn.num_heads
+        qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         m = self.model
         n = token_ids.shape[1]
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(token_ids).to(cast) + m.positional_embedding[:n].to(cast)
-        mask = m.attn_mask[:n, :n] if m.attn_mask is not None else None
-        x = m.ln_final(m.transformer(x, attn_mask=mask))
+        mask = m.attn_mask[:n, :n].to(cast) if m.attn_mask is not None else None
+        for block in m.transformer.resblocks:
+            x = x + block.ls_1(self._attention(block, block.ln_1(x), mask))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = m.ln_final(x)
         eot = token_ids.argmax(dim=-1)
         x = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1])).squeeze(1)
         proj = m.text_projection

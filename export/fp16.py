@@ -55,6 +55,35 @@ def _float_tensors(model) -> set[str]:
     return out
 
 
+def _outer_reads(graph) -> set[str]:
+    """Tensors a subgraph (and its nested subgraphs) reads from enclosing scopes."""
+    import onnx
+
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    reads = set()
+    for node in graph.node:
+        reads.update(n for n in node.input if n and n not in local)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                reads.update(r for r in _outer_reads(a.g) if r not in local)
+        local.update(node.output)
+    return reads - local
+
+
+def _rename_reads(graph, old: str, new: str) -> None:
+    import onnx
+
+    if old == new:
+        return
+    for node in graph.node:
+        for i, n in enumerate(node.input):
+            if n == old:
+                node.input[i] = new
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _rename_reads(a.g, old, new)
+
+
 def to_fp16(model, op_block_list=FP16_OP_BLOCK_LIST):
     """fp32 ONNX ModelProto -> mixed-precision ModelProto (fp32 IO, block-listed ops in fp32)."""
     import onnx
@@ -107,6 +136,11 @@ def to_fp16(model, op_block_list=FP16_OP_BLOCK_LIST):
         for i, name in enumerate(node.input):
             if name and (name in floats or name in inits):
                 node.input[i] = read(name, want)
+        for a in node.attribute:  # subgraphs stay fp32; their outer-scope reads get fp32 versions
+            if a.type == onnx.AttributeProto.GRAPH:
+                for outer in _outer_reads(a.g):
+                    if outer in floats or outer in inits:
+                        _rename_reads(a.g, outer, read(outer, TensorProto.FLOAT))
         if not blocked:
             if node.op_type == "Cast":
                 for a in node.attribute:

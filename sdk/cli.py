@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -46,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "<name>_overlay.png (image, colours and legend) and <name>.json (classes, pixel fractions, "
                     "config, timing).",
     )
-    seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    seg.add_argument("images", nargs="+", metavar="IMAGE",
+                     help="image files, folders (their images, sorted) or glob patterns such as 'photos/*.jpg'")
     voc = seg.add_argument_group("vocabulary (one of --classes / --class-file, or a --preset's own)")
     voc.add_argument("--classes", help='comma-separated class names, e.g. "cat, sofa, floor"')
     voc.add_argument("--class-file", help="class file: one class per line, synonyms separated by ', '")
@@ -54,11 +54,63 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dataset preset: its reference settings, and its vocabulary unless classes are given")
     seg.add_argument("--out", required=True, help="output folder")
     _add_model_args(seg)
+    ref = seg.add_argument_group("SAM2 refinement")
+    ref.add_argument("--refine", metavar="SAM2", choices=("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
+                     help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
+                          "writes <name>_instances.json (COCO RLE)")
+    ref.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
+    run = seg.add_argument_group("scheduling")
+    run.add_argument("--scales", default=None,
+                     help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)")
+    run.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    run.add_argument("--batch-size", type=int, default=8, help="images per scheduling chunk (default: 8)")
+    run.add_argument("--max-batch", type=int, default=8, help="most windows per encoder call (default: 8)")
+    run.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
     return parser
 
 
-def _make_segmenter(args, preset):
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_images(items: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order, without duplicates."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            if not found:
+                raise ClipSamError(f"folder {item} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
+        elif p.is_file():
+            found = [p]
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not found:
+                raise ClipSamError(f"no file matches {item!r}")
+        else:
+            raise ClipSamError(f"image file not found: {item}")
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def _parse_scales(text: str | None):
+    from .config import MULTI_SCALE_5
+
+    if text is None:
+        return None
+    if text == "ms5":
+        return MULTI_SCALE_5
+    try:
+        return tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ClipSamError(f"--scales must be 'ms5' or comma-separated numbers, got {text!r}") from None
+
+
+def _make_segmenter(args, preset, **overrides):
     from .segmenter import Segmenter
 
     weights = None if args.random_weights else args.weights
@@ -67,27 +119,60 @@ def _make_segmenter(args, preset):
             warnings.simplefilter("ignore")
             print("clipsam: using RANDOM CLIP weights (--random-weights); predictions are meaningless.", file=sys.stderr)
         return Segmenter.from_pretrained(clip=args.clip, clip_weights=weights, method=args.method, preset=preset,
-                                         device=args.device, precision=args.precision, templates=args.templates)
+                                         device=args.device, precision=args.precision, templates=args.templates,
+                                         **overrides)
 
 
 def cmd_segment(args) -> int:
+    from .vocabulary import Vocabulary, parse_class_file
+
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
     if not (args.classes or args.class_file or args.preset):
         raise ClipSamError("name the classes: --classes \"cat, sofa\", --class-file FILE, or --preset voc21")
-    for img in args.images:
-        if not Path(img).is_file():
-            raise ClipSamError(f"image file not found: {img}")
-    seg = _make_segmenter(args, args.preset)
+    classes = Vocabulary.from_names(args.classes) if args.classes else None  # validate before loading any model
+    if args.class_file:
+        classes = parse_class_file(args.class_file)
+    images = expand_images(args.images)
+    overrides = {}
+    scales = _parse_scales(args.scales)
+    if scales is not None:
+        overrides["scales"] = scales
+    if args.flip:
+        overrides["flip"] = True
+    if args.sam2_weights and not args.refine:
+        raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")
+    if args.refine:
+        overrides.update(sam2=args.refine, sam2_weights=args.sam2_weights,
+                         sam2_random_weights=bool(args.random_weights and not args.sam2_weights))
+    seg = _make_segmenter(args, args.preset, max_batch=args.max_batch, max_memory_mb=args.max_memory_mb, **overrides)
     out = Path(args.out)
-    for img in args.images:
-        t0 = time.perf_counter()
-        res = seg.segment(img, classes=args.classes, class_file=args.class_file)
-        res.info["image"] = str(img)
-        res.info["total_ms"] = round(1000 * (time.perf_counter() - t0), 2)
-        paths = res.save(out, Path(img).stem)
-        top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
-        print(f"{img}: {res.info['total_ms']:.0f} ms  [{top}]  -> {paths['labels'].parent}/{Path(img).stem}_*")
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), unit="img", desc="segment")
+    t0 = time.perf_counter()
+    stems: dict[str, int] = {}
+    try:
+        results = seg.segment_stream((str(p) for p in images), classes=classes, batch_size=args.batch_size)
+        for path, res in zip(images, results):
+            stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
+            stems[path.stem] = stems.get(path.stem, 0) + 1
+            res.info["image"] = str(path)
+            paths = res.save(out, stem)
+            top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
+            line = f"{path}: [{top}] -> {paths['labels'].parent}/{stem}_*"
+            if bar is not None:
+                bar.write(line)
+                bar.update(1)
+            else:
+                print(line)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) -> {out}")
     return 0
 
 

@@ -43,6 +43,8 @@ class SegmentationResult:
         classes: class display names.
         image: (H, W, 3) uint8 RGB input (for overlays), or None.
         info: configuration, timing and backend details (JSON-serialisable).
+        dense_labels: (H, W) int32 dense CLIP labels before SAM2 refinement (None without refinement).
+        instances: SAM2 instances (``clipsam.refine.Instance``: mask, class_id, score, box, area) after merging.
     """
 
     labels: np.ndarray
@@ -50,6 +52,8 @@ class SegmentationResult:
     classes: tuple[str, ...]
     image: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    dense_labels: np.ndarray | None = None
+    instances: list = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -70,6 +74,7 @@ class SegmentationResult:
             "width": int(self.labels.shape[1]),
             "pixel_fractions": {k: round(float(v), 6) for k, v in self.pixel_fractions().items()},
             "mean_score": float(self.scores.mean()) if self.scores.size else 0.0,
+            **({"instances": len(self.instances)} if self.dense_labels is not None else {}),
             **self.info,
         }
 
@@ -120,4 +125,15 @@ class SegmentationResult:
             np.save(paths["labels"], self.labels)
         self.overlay().save(paths["overlay"])
         paths["summary"].write_text(json.dumps(self.summary(), indent=2))
+        if self.dense_labels is not None:
+            paths["instances"] = out / f"{stem}_instances.json"
+            paths["instances"].write_text(json.dumps(self.instances_json()))
         return paths
+
+    def instances_json(self) -> list[dict]:
+        """Instances as JSON: class name, score, box (x0, y0, x1, y1, inclusive), area, COCO RLE mask."""
+        return [
+            {"class": self.classes[int(inst.class_id)], "class_id": int(inst.class_id), "score": float(inst.score),
+             "box": [int(v) for v in inst.box], "area": int(inst.area), "segmentation": inst.to_coco_rle()}
+            for inst in self.instances
+        ]

@@ -42,7 +42,7 @@ class Segmenter:
     """
 
     def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64,
-                 max_batch: int = 8, max_memory_mb: float | None = None):
+                 max_batch: int = 8, max_memory_mb: float | None = None, refiner=None, refine_config=None):
         import open_clip
 
         from .dense.encoder import DenseEncoder
@@ -69,6 +69,12 @@ class Segmenter:
             raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
         self.max_batch = int(max_batch)
         self.max_memory_mb = max_memory_mb
+        self.refiner = refiner  # clipsam.refine.Sam2Refiner or None: SAM2 refinement of the dense labels
+        if refine_config is None and refiner is not None:
+            from .refine import RefineConfig
+
+            refine_config = RefineConfig()
+        self.refine_config = refine_config
 
     @classmethod
     def from_pretrained(
@@ -82,6 +88,10 @@ class Segmenter:
         templates=None,
         max_batch: int = 8,
         max_memory_mb: float | None = None,
+        sam2: str | None = None,
+        sam2_weights: str | os.PathLike | None = None,
+        sam2_random_weights: bool = False,
+        refine=None,
         **overrides,
     ) -> "Segmenter":
         """Build a segmenter.
@@ -100,6 +110,11 @@ class Segmenter:
             max_batch: most windows per encoder call (batched across windows, scales and images).
             max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
                 max_batch) and large outputs are finished in strips that fit it.
+            sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
+                or None for dense CLIP labels only. Built once per Segmenter.
+            sam2_weights: SAM2 checkpoint file; None downloads the official checkpoint by name (online).
+            sam2_random_weights: random SAM2 weights (tests and offline smoke runs; warns).
+            refine: ``clipsam.refine.RefineConfig`` (prompt extraction and merge rules); None: its defaults.
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2).
         """
         from .models import load_clip
@@ -107,8 +122,27 @@ class Segmenter:
         if templates is not None:
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
-        return cls(load_clip(clip, clip_weights), cfg, device=device, precision=precision, max_batch=max_batch,
-                   max_memory_mb=max_memory_mb)
+        loaded = load_clip(clip, clip_weights)
+        refiner = None
+        if sam2 is not None:
+            from .refine import Sam2Refiner
+
+            refiner = Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights)
+        elif sam2_weights is not None or sam2_random_weights or refine is not None:
+            raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
+        return cls(loaded, cfg, device=device, precision=precision, max_batch=max_batch, max_memory_mb=max_memory_mb,
+                   refiner=refiner, refine_config=refine)
+
+    def with_options(self, **overrides) -> "Segmenter":
+        """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields replaced."""
+        from .dense.encoder import DenseEncoder
+
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.config = self.config.replace(**overrides)
+        new.templates = resolve_templates(new.config.templates)
+        new.encoder = DenseEncoder(self.model.visual, new.config)
+        return new
 
     # -- vocabulary and text ----------------------------------------------------------------------------
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
@@ -229,21 +263,33 @@ class Segmenter:
             if bar is not None:
                 bar.close()
         strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
+        dense = []
+        for i, rgb in enumerate(rgbs):
+            mine = [m for m in members if m.image == i]
+            dense.append(finalize_members([m.logits for m in mine], [m.weight for m in mine],
+                                          [m.pixels.flip(-1) if m.flip else m.pixels for m in mine],
+                                          rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb,
+                                          return_probs=self.refiner is not None))
+            for m in mine:
+                m.logits = m.pixels = None
+        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
+        refined = [None] * len(rgbs)
+        if self.refiner is not None:
+            refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
         results = []
         elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
         for i, rgb in enumerate(rgbs):
-            mine = [m for m in members if m.image == i]
-            labels, scores = finalize_members([m.logits for m in mine], [m.weight for m in mine],
-                                              [m.pixels.flip(-1) if m.flip else m.pixels for m in mine],
-                                              rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb)
-            for m in mine:
-                m.logits = m.pixels = None
+            labels, scores = dense[i][0], dense[i][1]
             info = {
                 "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
                 "device": str(self.device), "precision": self.precision, "max_batch": max_batch,
                 "time_ms": round(elapsed, 2),
                 "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
             }
-            image_u8 = rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-            results.append(SegmentationResult(labels, scores, vocab.classes, image_u8, info))
+            if refined[i] is not None:
+                info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
+                results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,
+                                                  dense_labels=labels, instances=list(refined[i].instances)))
+            else:
+                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], info))
         return results

@@ -55,6 +55,25 @@ def test_segment_writes_labels_overlay_and_summary(photo, tmp_path):
     assert summary["time_ms"] > 0 and summary["image"] == str(photo)
 
 
+def test_folders_globs_scales_and_flip(photo, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.open(photo).resize((125, 94)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    proc = run("segment", str(folder), str(tmp_path / "imgs" / "*.png"), "--classes", "person, dog", "--out", str(out),
+               "--random-weights", "--clip", TINY_VIT, "--templates", "single", "--method", "sclip", "--scales", "0.5,0.75",
+               "--flip", "--batch-size", "1", "--no-progress")
+    assert "segmented 2 image(s)" in proc.stdout  # b.png listed twice (folder and glob) is segmented once
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
+    summary = json.loads((out / "a.json").read_text())
+    assert summary["config"]["scales"] == [0.5, 0.75] and summary["config"]["flip"] is True
+    shutil.rmtree(folder)
+
+
 def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
     import clipsam
 

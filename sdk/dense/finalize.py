@@ -56,7 +56,7 @@ def upsample_rows(x: torch.Tensor, out_hw: tuple[int, int], r0: int, r1: int) ->
 
 
 def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: list[torch.Tensor], out_hw,
-                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0) -> tuple[np.ndarray, np.ndarray]:
+                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0, return_probs: bool = False):
     """Labels and scores of one image from its ensemble members.
 
     Arguments:
@@ -67,7 +67,8 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
         max_strip_mb: memory for the per-strip float buffers, which sets the strip height.
 
     Returns:
-        labels (H0, W0) int32, scores (H0, W0) float32.
+        labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
+        probabilities (C, H0, W0) float32 (needed by SAM2 refinement; C x H0 x W0 floats).
     """
     h0, w0 = out_hw
     if cfg.pamr_iters > 0:  # PAMR needs the whole map: refine each member at full size, then treat it as final
@@ -101,9 +102,12 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
         keep = area_keep(counts, cfg.area_thd)
     labels = np.empty((h0, w0), dtype=np.int32)
     scores = np.empty((h0, w0), dtype=np.float32)
+    full = np.empty((vocab.num_classes, h0, w0), dtype=np.float32) if return_probs else None
     for r0, r1, probs in strips():
-        labels[r0:r1], scores[r0:r1], _ = decide(probs, cfg.prob_thd, keep)
-    return labels, scores
+        labels[r0:r1], scores[r0:r1], normed = decide(probs, cfg.prob_thd, keep)
+        if full is not None:
+            full[:, r0:r1] = normed
+    return (labels, scores, full) if return_probs else (labels, scores)
 
 
 def _combine(ups: list[torch.Tensor], weights, cfg: DenseConfig, vocab) -> np.ndarray:

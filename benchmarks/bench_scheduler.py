@@ -1,0 +1,105 @@
+"""Batched scheduler vs the one-window-at-a-time reference path, same inputs, same run.
+
+    pytest benchmarks/bench_scheduler.py --benchmark-enable --benchmark-json bench_scheduler.json
+    CLIPSAM_BENCH_SMOKE=1 pytest benchmarks/bench_scheduler.py --benchmark-disable      # tiny model, CI
+
+ViT-B/16 with random weights; 8 images of PASCAL-VOC-like sizes; ResCLIP with VOC21 settings but sliding
+224/112 windows at short side 336; single scale and the 5-scale ensemble. The timed function returns after
+every label map is on the host (and synchronises CUDA when it is used).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE") == "1"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SIZES = [(375, 500), (500, 333), (375, 500), (333, 500), (500, 375), (281, 500), (375, 500), (500, 400)]
+if SMOKE:
+    SIZES = [(60, 80), (80, 50)]
+SCALES = {"single": (1.0,), "ms5": (0.5, 0.75, 1.0, 1.25, 1.5)}
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    import cv2
+    import skimage.data
+
+    base = skimage.data.astronaut()
+    return [cv2.resize(np.roll(base, int(rng.integers(0, 200)), axis=1), (w, h)) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def segmenter(request):
+    from clipsam import Segmenter
+
+    clip = str(Path(__file__).parents[1] / "tests" / "configs" / "clipsam-test-vit.json") if SMOKE else "ViT-B-16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter.from_pretrained(clip=clip, clip_weights=None, method="resclip", preset="voc21",
+                                        slide_crop=224, slide_stride=112, short_side=64 if SMOKE else 336,
+                                        device=request.param, max_batch=16, templates="single")
+    seg.text_embeddings(seg.vocabulary())
+    return seg
+
+
+def _sync(seg):
+    if seg.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference(seg, images, scales):
+    """Each image, scale and window alone through ``infer_logits``; probabilities averaged over scales."""
+    from clipsam.dense.inference import infer_logits
+    from clipsam.postprocess import decide, merge_synonyms, query_probs
+    from clipsam.preprocess import preprocess
+
+    cfg, vocab = seg.config, seg.vocabulary()
+    text = seg.text_embeddings(vocab)
+    out = []
+    with torch.inference_mode():
+        for rgb in images:
+            probs = 0
+            for s in scales:
+                x = torch.from_numpy(preprocess(rgb, round(cfg.short_side * s), round(cfg.long_side * s))).to(seg.device)
+                logits = infer_logits(seg.encoder, x, text, cfg, rgb.shape[:2]).cpu().numpy()
+                probs = probs + query_probs(logits, cfg.logit_scale) / len(scales)
+            out.append(decide(merge_synonyms(probs, vocab.query_to_class, vocab.num_classes), cfg.prob_thd)[0])
+    _sync(seg)
+    return out
+
+
+def batched(seg, images, scales):
+    out = [r.labels for r in seg.with_options(scales=scales).segment_batch(images)]
+    _sync(seg)
+    return out
+
+
+@pytest.mark.parametrize("scales", list(SCALES))
+@pytest.mark.parametrize("provider", ["reference", "batched"])
+def test_scheduler_throughput(benchmark, segmenter, provider, scales):
+    from clipsam.dense.windows import window_grid
+    from clipsam.preprocess import resize_shape
+
+    images = _images()
+    cfg = segmenter.config
+    windows = sum(len(window_grid(*resize_shape(*im.shape[:2], round(cfg.short_side * s), round(cfg.long_side * s)),
+                                  cfg.slide_crop, cfg.slide_stride)) for im in images for s in SCALES[scales])
+    fn = reference if provider == "reference" else batched
+    labels = benchmark.pedantic(fn, args=(segmenter, images, SCALES[scales]), rounds=1, iterations=1, warmup_rounds=0)
+    assert len(labels) == len(images)
+    stats = benchmark.stats.stats if benchmark.stats is not None else None
+    benchmark.extra_info.update(
+        provider=provider, scales=SCALES[scales], images=len(images), sizes=SIZES, windows=windows,
+        device=str(segmenter.device), clip=segmenter.arch, max_batch=segmenter.max_batch, torch=torch.__version__,
+        machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+        images_per_s=(len(images) / stats.median) if stats is not None and stats.median else None,
+    )

@@ -1,0 +1,223 @@
+"""``export_engines``: write a validated engine folder for one CLIP model, method and preset (+ optional SAM2).
+
+Folder contents (names in ``io_names``):
+
+    manifest.json            models, weight hashes, method/preset/DenseConfig, limits, opset, precision, per-graph
+                             file/bytes/SHA-256/IO names/dynamic axes/TensorRT profile, validation rows, version
+    clip_text.onnx           token ids -> text embeddings            clip_tokenizer.json + clip_bpe_vocab.txt.gz
+    clip_dense.onnx          (no SFR)  or  clip_dense_trunk / clip_dense_pass1 / clip_dense_pass2.onnx (SFR)
+    sam2_image_encoder.onnx  sam2_prompt_decoder.onnx                 (with sam2=...)
+    host_constants.npz       native positional embedding; torch.linspace tables for SFR's path check
+    trtexec.sh               one trtexec command per graph, with its min/opt/max shapes
+
+Every graph is exported and validated by ``export_component`` (checker, then ONNX Runtime vs PyTorch); the parity
+table is printed and stored in the manifest, which is written last: a folder without one is incomplete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from clipsam import __version__
+from clipsam.config import dense_config
+from clipsam.errors import ConfigError
+
+from .component import export_component, format_table
+from .io_names import (BPE_FILE, CLIP_TEXT, FORMAT_VERSION, HOST_CONSTANTS_FILE, MANIFEST_FILE, SAM2_IMAGE_ENCODER,
+                       SAM2_PROMPT_DECODER, TOKENIZER_FILE, TRTEXEC_FILE, dense_graphs)
+
+__all__ = ["export_engines", "state_dict_sha256"]
+
+_PARTS_SFR = ("trunk", "pass1", "pass2")
+
+
+def state_dict_sha256(module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes), in key order."""
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_entry(path: Path) -> dict:
+    from clipsam.engine.manifest import file_sha256
+
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an engine folder")
+        if (out / MANIFEST_FILE).exists():
+            (out / MANIFEST_FILE).unlink()  # an interrupted export must not leave a valid-looking folder
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _load_clip(clip, clip_weights):
+    from clipsam.models import LoadedClip, load_clip
+
+    return clip if isinstance(clip, LoadedClip) else load_clip(clip, clip_weights)
+
+
+def _load_sam2(sam2, sam2_weights, sam2_random_weights: bool):
+    from clipsam.refine.sam2_backend import Sam2Refiner
+
+    if isinstance(sam2, Sam2Refiner):
+        return sam2
+    return Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, random_weights=sam2_random_weights)
+
+
+def _clip_info(loaded, cfg) -> dict:
+    v = loaded.model.visual
+    return {"arch": loaded.arch, "weights": loaded.weights_id, "weights_sha256": state_dict_sha256(loaded.model),
+            "quick_gelu": loaded.quick_gelu, "patch": int(v.conv1.kernel_size[0]), "width": int(v.conv1.out_channels),
+            "heads": int(v.transformer.resblocks[0].attn.num_heads), "layers": len(v.transformer.resblocks),
+            "embed_dim": int(v.proj.shape[1]), "native_grid": int(round((v.positional_embedding.shape[0] - 1) ** 0.5))}
+
+
+def _host_constants(path: Path, visual, max_grid: int) -> None:
+    import torch
+
+    tables = [torch.linspace(0, 1, steps=d + 1).numpy() for d in range(1, max(2, max_grid))]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
+    np.savez(path, clip_pos_embed=visual.positional_embedding.detach().float().numpy(),
+             sfr_linspace=np.concatenate(tables).astype(np.float32), sfr_linspace_offsets=offsets)
+
+
+def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str = "resclip", preset: str | None = "voc21",
+                   sam2=None, sam2_weights=None, sam2_random_weights: bool = False, precision: str = "fp32",
+                   opset: int = 17, max_batch: int = 8, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
+                   max_queries: int = 512, validate: bool = True, optimize: bool = True, overwrite: bool = False,
+                   log=print, **overrides) -> dict:
+    """Export, validate and describe the engines of one configuration.
+
+    Arguments:
+        out: engine folder to create (must be empty unless ``overwrite``).
+        clip: open_clip architecture name / config JSON, or a ``clipsam.models.LoadedClip``.
+        clip_weights: pretrained tag, checkpoint path or None (random) when ``clip`` is a name.
+        method, preset, overrides: the DenseConfig (``clipsam.config.dense_config``).
+        sam2: None, a SAM2 model name ("sam2.1_hiera_t", ...) or a ``Sam2Refiner``.
+        sam2_weights, sam2_random_weights: checkpoint (None: download) or random weights (tests).
+        precision: "fp32" or "fp16" (IO stays fp32; ``fp16.FP16_OP_BLOCK_LIST`` stays fp32).
+        opset: ONNX opset, >= 17.
+        max_batch: windows per dense call; max_side: largest whole-image side (max_grid = max_side // patch);
+        max_images, max_prompts, max_queries: SAM2 images per encoder call, prompts per decoder call, text queries
+            (TensorRT profile bounds).
+        validate: run the ONNX Runtime vs PyTorch parity cases (the checker always runs).
+        log: printer of progress and of the validation table (None: silent).
+
+    Returns:
+        The manifest (dict), also written to ``out/manifest.json``.
+    """
+    from . import profiles
+
+    log = log or (lambda *a, **k: None)
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    out = Path(out)
+    _prepare(out, overwrite)
+    cfg = dense_config(method, preset, **overrides)
+    loaded = _load_clip(clip, clip_weights)
+    from clipsam.dense.encoder import DenseEncoder
+
+    from .clip_dense import ClipDenseGraph, dense_cases
+    from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
+
+    encoder = DenseEncoder(loaded.model.visual, cfg)
+    info = _clip_info(loaded, cfg)
+    p = info["patch"]
+    max_grid = max(1, max_side // p)
+    graphs, rows = {}, []
+
+    def add(io, module, example, cases, profile):
+        log(f"clipsam export: {io.file} ...")
+        rows.extend(export_component(module, example, out / io.file, io, cases if validate else (), opset=opset,
+                                     precision=precision, optimize=optimize))
+        graphs[io.name] = {**_file_entry(out / io.file), "inputs": list(io.inputs), "outputs": list(io.outputs),
+                           "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in io.dynamic_axes.items()},
+                           "profile": profile}
+
+    import open_clip
+
+    tok = write_tokenizer_files(out, loaded.arch)
+    example, cases = text_cases(loaded.model, open_clip.get_tokenizer(loaded.arch))
+    from clipsam.text import _PROMPTS_PER_BATCH
+
+    add(CLIP_TEXT, ClipTextGraph(loaded.model), (example,), cases,
+        profiles.text_profile(tok["context_length"], _PROMPTS_PER_BATCH))
+    n = info["native_grid"]
+    sizes = [(2, 4 * p, 5 * p), (1, 3 * p + 7, 2 * p), (1, n * p, n * p)]
+    vocab_q = 32
+    if cfg.vocabulary:
+        from clipsam.vocabulary import builtin_vocabulary
+
+        vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
+    queries = (1, min(vocab_q, max_queries), max_queries)
+    parts = _PARTS_SFR if cfg.sfr else ("full",)
+    for io, part in zip(dense_graphs(cfg.base, cfg.rcs, cfg.sfr), parts):
+        example, cases = dense_cases(encoder, part, sizes)
+        add(io, ClipDenseGraph(encoder, part), example, cases,
+            profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries))
+
+    sam2_info = None
+    if sam2 is not None:
+        from .sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, decoder_cases, encoder_cases, sam2_info as _info
+
+        refiner = _load_sam2(sam2, sam2_weights, sam2_random_weights)
+        model = refiner.model
+        sam2_info = {"model": refiner.name, "weights_sha256": state_dict_sha256(model), **_info(model)}
+        example, cases = encoder_cases(model, (2, 1))
+        add(SAM2_IMAGE_ENCODER, Sam2EncoderGraph(model), example, cases,
+            profiles.sam2_encoder_profile(sam2_info["image_size"], max_images))
+        example, cases = decoder_cases(model)
+        add(SAM2_PROMPT_DECODER, Sam2DecoderGraph(model), example, cases,
+            profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)))
+
+    _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid)
+    lines = ["#!/bin/sh", "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
+             "# Shape profiles follow clipsam's scheduler; the ONNX Runtime TensorRT provider uses the same ones.",
+             "set -e", 'cd "$(dirname "$0")"']
+    lines += [profiles.trtexec_line(g["file"], g["profile"], precision == "fp16") for g in graphs.values()]
+    (out / TRTEXEC_FILE).write_text("\n".join(lines) + "\n")
+    os.chmod(out / TRTEXEC_FILE, 0o755)
+    import onnx
+    import onnxruntime
+    import torch
+
+    manifest = {
+        "format": FORMAT_VERSION, "clipsam_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                          "python": platform.python_version()},
+        "precision": precision, "opset": opset, "method": cfg.method, "preset": cfg.preset,
+        "dense_config": json.loads(json.dumps(dataclasses.asdict(cfg))), "clip": info, "tokenizer": tok, "sam2": sam2_info,
+        "limits": {"max_batch": max_batch, "max_side": max_side,
+                   "max_grid": max_grid, "max_images": max_images, "max_prompts": max_prompts,
+                   "max_queries": max_queries},
+        "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
+                      "patch labels, S_hat), stitching, post-processing, SAM2 pre/post-processing",
+        "graphs": graphs,
+        "files": {"tokenizer": _file_entry(out / TOKENIZER_FILE), "bpe": _file_entry(out / BPE_FILE),
+                  "host_constants": _file_entry(out / HOST_CONSTANTS_FILE), "trtexec": _file_entry(out / TRTEXEC_FILE)},
+        "validation": [r.as_dict() for r in rows],
+    }
+    if rows:
+        log(format_table(rows))
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    log(f"clipsam export: wrote {len(graphs)} graphs to {out}")
+    return manifest

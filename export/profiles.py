@@ -1,0 +1,72 @@
+"""TensorRT shape profiles of every graph, and the ``trtexec`` command lines written next to the graphs.
+
+Profiles come from the runtime's scheduler (``clipsam.engine.scheduler``): the dense graphs' batch axis spans
+``batch_sizes`` (1 .. max_batch windows, opt = the windows of a typical 4:3 image; 1 for whole-image presets) and
+their crops ``crop_sizes`` (one patch .. one crop, or .. max_side for whole images); token counts follow from the
+crop (N1 = 1 + (H/p)(W/p)). The same profiles are passed to ONNX Runtime's TensorRT provider at run time
+(``trt_profile_{min,opt,max}_shapes``) and written as ``--minShapes/--optShapes/--maxShapes`` for users who build
+engines on the device with ``trtexec`` (Jetson).
+"""
+
+from __future__ import annotations
+
+from clipsam.config import DenseConfig
+from clipsam.engine.scheduler import batch_sizes, crop_sizes
+
+__all__ = ["dense_profile", "text_profile", "sam2_encoder_profile", "sam2_decoder_profile", "trtexec_line"]
+
+_LEVELS = ("min", "opt", "max")
+
+
+def _tokens(hw, patch: int) -> int:
+    return 1 + (hw[0] // patch) * (hw[1] // patch)
+
+
+def dense_profile(inputs, cfg: DenseConfig, clip: dict, max_batch: int, max_side: int, queries: tuple[int, int, int]):
+    """min/opt/max shapes of a dense graph's inputs (``inputs``: the graph's input names)."""
+    p, width, heads = clip["patch"], clip["width"], clip["heads"]
+    layers = len(cfg.rcs_layers)
+    batches, crops = batch_sizes(cfg, max_batch), crop_sizes(cfg, p, max_side)
+    out = {}
+    for level, b, hw, q in zip(_LEVELS, batches, crops, queries):
+        n1 = _tokens(hw, p)
+        shapes = {"crops": (b, 3, *hw), "pos_embed": (n1, width), "window_bias": (n1, n1),
+                  "text_embeddings": (q, clip["embed_dim"]), "tokens": (b, n1, width),
+                  "rcs_q": (layers, b, heads, n1, width // heads), "rcs_k": (layers, b, heads, n1, width // heads),
+                  "sfr_bias": (b, n1, n1)}
+        out[level] = {name: list(shapes[name]) for name in inputs}
+    return out
+
+
+def text_profile(context_length: int, chunk: int):
+    """token_ids (prompts, length): one short prompt .. a full chunk of full-length prompts."""
+    return {"min": {"token_ids": [1, 2]}, "opt": {"token_ids": [chunk, 16]},
+            "max": {"token_ids": [chunk, context_length]}}
+
+
+def sam2_encoder_profile(image_size: int, max_images: int):
+    s = image_size
+    return {"min": {"image": [1, 3, s, s]}, "opt": {"image": [1, 3, s, s]}, "max": {"image": [max_images, 3, s, s]}}
+
+
+def sam2_decoder_profile(embed_size: int, max_prompts: int, points: tuple[int, int, int]):
+    e = embed_size
+    out = {}
+    for level, p, k in zip(_LEVELS, (1, min(16, max_prompts), max_prompts), points):
+        out[level] = {"image_embed": [1, 256, e, e], "high_res_feats_0": [1, 32, 4 * e, 4 * e],
+                      "high_res_feats_1": [1, 64, 2 * e, 2 * e], "point_coords": [p, k, 2], "point_labels": [p, k],
+                      "mask_input": [p, 1, 4 * e, 4 * e], "has_mask_input": [p]}
+    return out
+
+
+def trtexec_line(onnx_file: str, profile: dict | None, fp16: bool) -> str:
+    """``trtexec`` command building a TensorRT engine for one graph with its shape profile."""
+    engine = onnx_file[: -len(".onnx")] + (".fp16" if fp16 else "") + ".engine"
+    parts = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine}"]
+    if profile:
+        for level, flag in zip(_LEVELS, ("--minShapes", "--optShapes", "--maxShapes")):
+            dims = ",".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in profile[level].items())
+            parts.append(f"{flag}={dims}")
+    if fp16:
+        parts.append("--fp16")
+    return " ".join(parts)

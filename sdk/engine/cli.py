@@ -1,0 +1,135 @@
+"""Command line for exported engines: ``clipsam export`` and ``clipsam segment --engines DIR``.
+
+``sdk/cli.py`` wires these in: ``register(subparsers)`` adds the ``export`` command, ``add_segment_arguments(parser)``
+adds the engine options to ``segment``, and ``cmd_segment`` hands over to ``segment_with_engines(args)`` when
+``--engines`` is given. Exporting needs torch (the ``torch``, ``export`` and, for SAM2, ``sam2`` extras); segmenting
+with engines does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import ClipSamError
+
+__all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines"]
+
+_METHODS = ("resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip")
+_PRESETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
+_SAM2 = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")
+_CLI_DEFAULTS = {"method": "resclip", "precision": "fp32"}  # sdk/cli.py's defaults: not a request when unchanged
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``clipsam export`` to the CLI's subparsers; returns its parser."""
+    p = subparsers.add_parser(
+        "export", help="export validated ONNX engines (CLIP text, dense encoder, SAM2) to a folder",
+        description="Export the ONNX graphs of one CLIP model, method and preset (and optionally SAM2) into an engine "
+                    "folder, validate each against PyTorch (table printed), and write manifest.json and trtexec.sh. "
+                    "Run them with: clipsam segment --engines DIR (no torch needed).")
+    p.add_argument("--out", required=True, help="engine folder to create")
+    g = p.add_argument_group("models")
+    g.add_argument("--clip", default="ViT-B-16", help="open_clip architecture name or model-config JSON (default: ViT-B-16)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--weights", default="openai", help="open_clip pretrained tag or checkpoint file (default: openai)")
+    w.add_argument("--random-weights", action="store_true", help="random CLIP weights (tests and smoke runs only)")
+    g.add_argument("--method", choices=_METHODS, default="resclip", help="dense method (default: resclip)")
+    g.add_argument("--preset", default="voc21", choices=_PRESETS + ("none",),
+                   help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)")
+    g.add_argument("--templates", default=None, help="prompt templates: openai80 (default), openai7 or single")
+    g.add_argument("--sam2", choices=_SAM2, default=None, help="also export this SAM2 model (refinement)")
+    s = g.add_mutually_exclusive_group()
+    s.add_argument("--sam2-weights", default=None, help="SAM2 checkpoint file (default: download the official one)")
+    s.add_argument("--sam2-random-weights", action="store_true", help="random SAM2 weights (tests only)")
+    o = p.add_argument_group("graphs")
+    o.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision; IO stays fp32")
+    o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
+    o.add_argument("--max-batch", type=int, default=8, help="windows per dense-encoder call (default: 8)")
+    o.add_argument("--max-side", type=int, default=1024,
+                   help="largest whole-image side in pixels the dense graphs serve (default: 1024)")
+    o.add_argument("--max-images", type=int, default=4, help="images per SAM2 encoder call (default: 4)")
+    o.add_argument("--max-prompts", type=int, default=64, help="prompts per SAM2 decoder call (default: 64)")
+    o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
+    o.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's offline graph optimisation")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
+    o.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def cmd_export(args) -> int:
+    from ..export.engines import export_engines
+
+    log = None if args.quiet else print
+    with warnings.catch_warnings():
+        if args.random_weights or args.sam2_random_weights:
+            warnings.simplefilter("ignore")
+            print("clipsam: exporting RANDOM weights (--random-weights); the engines' predictions are meaningless.",
+                  file=sys.stderr)
+        overrides = {"templates": args.templates} if args.templates else {}
+        t0 = time.perf_counter()
+        export_engines(
+            args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
+            preset=None if args.preset == "none" else args.preset, sam2=args.sam2, sam2_weights=args.sam2_weights,
+            sam2_random_weights=args.sam2_random_weights, precision=args.precision, opset=args.opset,
+            max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
+            max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
+            overwrite=args.overwrite, log=log, **overrides)
+    if log:
+        log(f"clipsam export: done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the exported-engine options to ``clipsam segment``."""
+    g = parser.add_argument_group("exported engines (ONNX Runtime, no torch)")
+    g.add_argument("--engines", metavar="DIR", default=None,
+                   help="run the engine folder written by 'clipsam export' instead of PyTorch")
+    g.add_argument("--providers", default="cpu",
+                   help="ONNX Runtime providers in priority order: cpu, cuda, tensorrt (comma-separated; default: cpu)")
+    g.add_argument("--allow-provider-fallback", action="store_true",
+                   help="run on the remaining providers (with a warning) when a requested one cannot load")
+    g.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: DIR/trt_cache)")
+    g.add_argument("--refine", action="store_true", help="refine with the folder's SAM2 graphs")
+
+
+def _requested(args, name: str):
+    value = getattr(args, name, None)
+    return None if value == _CLI_DEFAULTS.get(name) else value
+
+
+def segment_with_engines(args) -> int:
+    """``clipsam segment --engines DIR ...``: segment and save results like the PyTorch path."""
+    import dataclasses
+
+    from .segmenter import EngineSegmenter
+
+    if args.classes and args.class_file:
+        raise ClipSamError("give --classes or --class-file, not both")
+    for img in args.images:
+        if not Path(img).is_file():
+            raise ClipSamError(f"image file not found: {img}")
+    overrides = {"templates": args.templates} if getattr(args, "templates", None) else {}
+    seg = EngineSegmenter(
+        args.engines, providers=args.providers, allow_fallback=args.allow_provider_fallback,
+        method=_requested(args, "method"), precision=_requested(args, "precision"),
+        preset=args.preset if args.preset else dataclasses.MISSING, trt_cache_dir=args.trt_cache,
+        refine=bool(args.refine), **overrides)
+    if not (args.classes or args.class_file or seg.config.vocabulary):
+        raise ClipSamError("name the classes: --classes \"cat, sofa\" or --class-file FILE (this engine folder has no "
+                           "preset vocabulary)")
+    out = Path(args.out)
+    for img in args.images:
+        t0 = time.perf_counter()
+        res = seg.segment(img, classes=args.classes, class_file=args.class_file)
+        res.info["image"] = str(img)
+        res.info["total_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+        paths = res.save(out, Path(img).stem)
+        top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
+        print(f"{img}: {res.info['total_ms']:.0f} ms  [{top}]  -> {paths['labels'].parent}/{Path(img).stem}_*  "
+              f"({', '.join(res.info['providers'])})")
+    return 0

@@ -1,0 +1,146 @@
+"""SAM2 refinement on ONNX Runtime: the same refinement as ``clipsam.refine.Sam2Refiner``, without torch.
+
+``OrtSam2Refiner`` implements the two backend methods, ``embed_images`` and ``predict``, with the exported graphs and
+numpy; ``refine`` (prompt extraction, one encoder pass over every image with prompts, one decoder call per image,
+merging) is ``Sam2Refiner.refine`` itself, so both backends share every line of the refinement logic
+(``extract_prompts``, ``merge_masks`` and the orchestration between them).
+
+Mirrored from ``Sam2Refiner``:
+
+* preprocessing: RGB uint8 -> float / 255 -> antialiased bilinear squash to S x S -> ImageNet mean/std
+  (``host_ops.resize_bilinear_aa``, the arithmetic of torch's ``antialias=True`` kernel);
+* prompts: pixel (x, y) scaled by (S / W, S / H); boxes first, as corner points labelled 2 and 3;
+* mask choice: multimask -> the best predicted IoU among tokens 1-3; single mask -> token 0, or SAM2's dynamic
+  stability fallback when the model was built with it (``_dynamic_multimask_via_stability``, ported below);
+* masks: the chosen 4E x 4E logits bilinearly upsampled to the image (align_corners=False), > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InvalidImageError, InvalidInputError
+from ..refine.prompts import PromptSet
+from ..refine.sam2_backend import Sam2Refiner
+from .host_ops import resize_bilinear, resize_bilinear_aa
+
+__all__ = ["OrtSam2Refiner", "OrtSam2Embedding"]
+
+
+@dataclass(frozen=True, eq=False)
+class OrtSam2Embedding:
+    """SAM2 features of one image (numpy, or device OrtValues under IO binding).
+
+    Attributes:
+        image_embed: (1, 256, E, E).
+        high_res_feats: ((1, 32, 4E, 4E), (1, 64, 2E, 2E)).
+        image_size: (H, W) of the original image.
+    """
+
+    image_embed: object
+    high_res_feats: tuple
+    image_size: tuple[int, int]
+
+
+class OrtSam2Refiner:
+    """SAM2 image encoder + prompt decoder graphs with ``Sam2Refiner``'s API (``refine``, ``embed_images``,
+    ``predict``, ``decoder_calls``).
+
+    Arguments:
+        encoder, decoder: ``GraphSession``s of ``sam2_image_encoder`` and ``sam2_prompt_decoder``.
+        info: the manifest's ``sam2`` entry (image_size, mean, std, dynamic_multimask, model).
+        max_batch: images per encoder call.
+    """
+
+    refine = Sam2Refiner.refine  # the shared orchestration (numpy only; it calls the two methods below)
+
+    def __init__(self, encoder, decoder, info: dict, max_batch: int = 4):
+        self.encoder = encoder
+        self.decoder = decoder
+        self.info = info
+        self.name = info.get("model", "sam2")
+        self.image_size = int(info["image_size"])
+        self.max_batch = max(1, int(max_batch))
+        self.decoder_calls = 0
+        self._mean = np.asarray(info["mean"], np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(info["std"], np.float32).reshape(3, 1, 1)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, 3, S, S) float32 encoder input, as ``Sam2Refiner.preprocess``."""
+        s = self.image_size
+        out = []
+        for im in images:
+            x = np.ascontiguousarray(im).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+            out.append((resize_bilinear_aa(x, (s, s)) - self._mean) / self._std)
+        return np.stack(out).astype(np.float32)
+
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[OrtSam2Embedding]:
+        """Encode RGB uint8 [H, W, 3] images in batches of ``min(batch_size, max_batch)``; one embedding each."""
+        if batch_size is not None and batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1 or None, got {batch_size}")
+        for i, im in enumerate(images):
+            if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                raise InvalidImageError(
+                    f"image {i} must be an RGB uint8 [H, W, 3] numpy array, got "
+                    f"{getattr(im, 'dtype', type(im).__name__)} {getattr(im, 'shape', '')}")
+        step = min(batch_size or self.max_batch, self.max_batch)
+        out = []
+        for s in range(0, len(images), step):
+            chunk = images[s : s + step]
+            feats = self.encoder.run({"image": self.preprocess(chunk)})
+            for i, im in enumerate(chunk):
+                out.append(OrtSam2Embedding(feats["image_embed"][i : i + 1],
+                                            (feats["high_res_feats_0"][i : i + 1], feats["high_res_feats_1"][i : i + 1]),
+                                            im.shape[:2]))
+        return out
+
+    def _select(self, masks: np.ndarray, iou: np.ndarray, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """MaskDecoder.forward's choice among the 4 outputs: (P, M, 4E, 4E) logits and (P, M) IoUs."""
+        if multimask:
+            return masks[:, 1:], iou[:, 1:]
+        dyn = self.info.get("dynamic_multimask")
+        if not dyn:
+            return masks[:, :1], iou[:, :1]
+        rows = np.arange(len(iou))
+        best = iou[:, 1:].argmax(axis=1)
+        best_logits, best_iou = masks[:, 1:][rows, best][:, None], iou[:, 1:][rows, best][:, None]
+        single = masks[:, :1].reshape(len(iou), 1, -1)
+        area_i = (single > np.float32(dyn["delta"])).sum(axis=-1).astype(np.float32)
+        area_u = (single > -np.float32(dyn["delta"])).sum(axis=-1).astype(np.float32)
+        stable = np.where(area_u > 0, area_i / np.maximum(area_u, 1), np.float32(1.0)) >= np.float32(dyn["thresh"])
+        return (np.where(stable[..., None, None], masks[:, :1], best_logits),
+                np.where(stable, iou[:, :1], best_iou))
+
+    def predict(self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool = True,
+                chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Decode all P prompts of one image in one decoder call: bool masks (P, H, W), IoU scores (P,)."""
+        h, w = embedding.image_size
+        if prompts.image_size != (h, w):
+            raise InvalidInputError(f"prompts are for a {prompts.image_size} image, embedding for {(h, w)}")
+        p = len(prompts)
+        if p == 0:
+            return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
+        res = float(self.image_size)
+        scale = np.array([res / w, res / h], dtype=np.float32)
+        coords = prompts.point_coords.astype(np.float32) * scale
+        labels = prompts.point_labels.astype(np.float32)
+        if prompts.boxes is not None:
+            box = prompts.boxes.astype(np.float32).reshape(p, 2, 2) * scale
+            coords = np.concatenate([box, coords], axis=1)
+            labels = np.concatenate([np.tile(np.array([[2.0, 3.0]], np.float32), (p, 1)), labels], axis=1)
+        e4 = 4 * int(self.info.get("embed_size", self.image_size // 16))
+        out = self.decoder.run({
+            "image_embed": embedding.image_embed, "high_res_feats_0": embedding.high_res_feats[0],
+            "high_res_feats_1": embedding.high_res_feats[1], "point_coords": coords, "point_labels": labels,
+            "mask_input": np.zeros((p, 1, e4, e4), np.float32), "has_mask_input": np.zeros(p, np.float32),
+        })
+        self.decoder_calls += 1
+        low_res, iou = self._select(out["masks"], out["iou_predictions"], multimask)
+        best = iou.argmax(axis=1)
+        rows = np.arange(p)
+        low_res, scores = low_res[rows, best][:, None], iou[rows, best]
+        masks = np.concatenate([resize_bilinear(low_res[s : s + chunk], (h, w)) > 0.0 for s in range(0, p, chunk)])
+        return masks[:, 0], scores.astype(np.float32)
