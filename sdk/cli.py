@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
+    from .eval.cli import register as register_eval  # here, not at the top: clipsam.eval.cli imports this module
+
+    register_eval(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ raises ``CheckpointError`` listing expected vs found shapes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 import zipfile
@@ -154,6 +155,22 @@ def _load_into(model, sd: dict, arch: str, source: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
+class _DropRandomInitNotice(logging.Filter):
+    # open_clip logs "No pretrained weights loaded ... initialized randomly" whenever it builds without a tag,
+    # which is always the case here: clipsam loads the weights itself (and warns itself for random weights).
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _create(open_clip, name: str, quick_gelu: bool):
+    root, quiet = logging.getLogger(), _DropRandomInitNotice()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        root.removeFilter(quiet)
+
+
 def _resolve_arch(arch: str) -> str:
     open_clip = _open_clip()
     if arch.endswith(".json") and Path(arch).is_file():
@@ -192,7 +209,7 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
         gelu = True if quick_gelu is None else quick_gelu
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=gelu)
+            model = _create(open_clip, name, gelu)
         return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
 
     path = Path(os.fspath(weights)).expanduser()
@@ -220,6 +237,6 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
         weights_id = tag
     sd, fmt = normalise_state_dict(read_state_dict(source))
     gelu = quick_gelu if quick_gelu is not None else (fmt == "openai" or None)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(gelu))
+    model = _create(open_clip, name, bool(gelu))
     _load_into(model, sd, name, source)
     return LoadedClip(model.eval(), name, weights_id, bool(gelu))

@@ -21,7 +21,7 @@ __all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engi
 _METHODS = ("resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip")
 _PRESETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
 _SAM2 = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")
-_CLI_DEFAULTS = {"method": "resclip", "precision": "fp32"}  # sdk/cli.py's defaults: not a request when unchanged
+_CLI_DEFAULTS = {"method": "resclip", "precision": "fp32", "clip": "ViT-B-16"}  # sdk/cli.py's defaults: not a request when unchanged
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -85,16 +85,18 @@ def cmd_export(args) -> int:
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the exported-engine options to ``clipsam segment``."""
+    """Add the exported-engine options to ``clipsam segment`` (its --refine, --scales, --flip, --max-batch,
+    --max-memory-mb, --batch-size and --no-progress apply to engines too)."""
     g = parser.add_argument_group("exported engines (ONNX Runtime, no torch)")
     g.add_argument("--engines", metavar="DIR", default=None,
-                   help="run the engine folder written by 'clipsam export' instead of PyTorch")
+                   help="run the engine folder written by 'clipsam export' instead of PyTorch (--refine uses its SAM2 "
+                        "graphs)")
     g.add_argument("--providers", default="cpu",
-                   help="ONNX Runtime providers in priority order: cpu, cuda, tensorrt (comma-separated; default: cpu)")
+                   help="ONNX Runtime providers in priority order: cpu, cuda, tensorrt (comma-separated; default: cpu, "
+                        "or cuda,cpu with --device cuda)")
     g.add_argument("--allow-provider-fallback", action="store_true",
                    help="run on the remaining providers (with a warning) when a requested one cannot load")
     g.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: DIR/trt_cache)")
-    g.add_argument("--refine", action="store_true", help="refine with the folder's SAM2 graphs")
 
 
 def _requested(args, name: str):
@@ -103,33 +105,71 @@ def _requested(args, name: str):
 
 
 def segment_with_engines(args) -> int:
-    """``clipsam segment --engines DIR ...``: segment and save results like the PyTorch path."""
+    """``clipsam segment --engines DIR ...``: segment and save results like the PyTorch path.
+
+    The folder's method, preset, precision and models are used; --method, --precision and --clip are checked
+    against them when they differ from the CLI defaults, --preset and --refine SAM2 whenever given.
+    """
     import dataclasses
 
+    from ..cli import _parse_scales, expand_images
+    from ..vocabulary import Vocabulary, parse_class_file
     from .segmenter import EngineSegmenter
 
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
-    for img in args.images:
-        if not Path(img).is_file():
-            raise ClipSamError(f"image file not found: {img}")
+    classes = Vocabulary.from_names(args.classes) if args.classes else None
+    if args.class_file:
+        classes = parse_class_file(args.class_file)
+    if getattr(args, "sam2_weights", None):
+        raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
+    images = expand_images(args.images)
     overrides = {"templates": args.templates} if getattr(args, "templates", None) else {}
+    scales = _parse_scales(getattr(args, "scales", None))
+    if scales is not None:
+        overrides["scales"] = scales
+    if getattr(args, "flip", False):
+        overrides["flip"] = True
+    providers = args.providers
+    if providers == "cpu" and str(getattr(args, "device", "cpu")).startswith("cuda"):
+        providers = "cuda,cpu"
     seg = EngineSegmenter(
-        args.engines, providers=args.providers, allow_fallback=args.allow_provider_fallback,
-        method=_requested(args, "method"), precision=_requested(args, "precision"),
-        preset=args.preset if args.preset else dataclasses.MISSING, trt_cache_dir=args.trt_cache,
-        refine=bool(args.refine), **overrides)
-    if not (args.classes or args.class_file or seg.config.vocabulary):
+        args.engines, providers=providers, allow_fallback=args.allow_provider_fallback,
+        method=_requested(args, "method"), precision=_requested(args, "precision"), clip=_requested(args, "clip"),
+        preset=args.preset if args.preset else dataclasses.MISSING, sam2=getattr(args, "refine", None),
+        trt_cache_dir=args.trt_cache, max_batch=getattr(args, "max_batch", None),
+        max_memory_mb=getattr(args, "max_memory_mb", None), **overrides)
+    if classes is None and not seg.config.vocabulary:
         raise ClipSamError("name the classes: --classes \"cat, sofa\" or --class-file FILE (this engine folder has no "
                            "preset vocabulary)")
     out = Path(args.out)
-    for img in args.images:
-        t0 = time.perf_counter()
-        res = seg.segment(img, classes=args.classes, class_file=args.class_file)
-        res.info["image"] = str(img)
-        res.info["total_ms"] = round(1000 * (time.perf_counter() - t0), 2)
-        paths = res.save(out, Path(img).stem)
-        top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
-        print(f"{img}: {res.info['total_ms']:.0f} ms  [{top}]  -> {paths['labels'].parent}/{Path(img).stem}_*  "
-              f"({', '.join(res.info['providers'])})")
+    bar = None
+    if not getattr(args, "no_progress", True):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), unit="img", desc="segment")
+    t0 = time.perf_counter()
+    stems: dict[str, int] = {}
+    try:
+        results = seg.segment_stream((str(p) for p in images), classes=classes,
+                                     batch_size=getattr(args, "batch_size", 8))
+        for path, res in zip(images, results):
+            stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
+            stems[path.stem] = stems.get(path.stem, 0) + 1
+            res.info["image"] = str(path)
+            paths = res.save(out, stem)
+            top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
+            line = f"{path}: [{top}] -> {paths['labels'].parent}/{stem}_*"
+            if bar is not None:
+                bar.write(line)
+                bar.update(1)
+            else:
+                print(line)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    used = sorted({p for ps in seg.providers.values() for p in ps})
+    print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) with ONNX "
+          f"Runtime ({', '.join(used)}) -> {out}")
     return 0

@@ -1,8 +1,9 @@
 """The dense CLIP encoder on ONNX Runtime: windows -> batched graphs (+ SFR host steps) -> stitched logits.
 
-Mirrors ``clipsam.dense.inference.infer_logits`` and ``DenseEncoder.__call__`` step for step, in numpy:
+Mirrors ``DenseEncoder.__call__``, ``clipsam.dense.inference`` and ``clipsam.dense.scheduler.run_members`` step
+for step, in numpy:
 
-    image (3, h, w) --plan_windows--> crops (B, 3, H, W) per batch (ClearCLIP: zero-padded to a patch multiple)
+    members (scales x flips x images) --window_tasks--> crops (B, 3, H, W) per shape bucket (ClearCLIP: zero-padded)
       host: pos_embed for the h/p x w/p grid (bicubic +0.1), Omega (NACLIP)           -- cached per grid
       no SFR:  clip_dense -> patch logits
       SFR:     clip_dense_trunk -> clip_dense_pass1 -> [host: bilinear to crop size, PAMR(10, (8,16)), softmax,
@@ -10,7 +11,7 @@ Mirrors ``clipsam.dense.inference.infer_logits`` and ``DenseEncoder.__call__`` s
     patch logits (B, Q, gh, gw) -> bilinear to the crop -> summed into the image, / window count
       -> bilinear to the original size -> optional PAMR -> (Q, H0, W0)
 
-Windows of one image share a size and run in batches of ``max_batch`` (the results do not depend on the batch).
+Windows of equal shape share batches of ``max_batch`` across members and images (results do not depend on it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DenseConfig
+from ..dense.windows import pad_to_patch, window_grid
 from .errors import EngineLimitError
 from .host_ops import interpolate_pos_embed, neighbourhood_window, resize_bilinear
 from .pamr import pamr
-from .scheduler import batch_slices, plan_windows
+from .scheduler import Member, window_tasks
 from .sfr import LinspaceTable, first_pass_probs, patch_labels, sfr_affinity, sfr_bias
 
 __all__ = ["OrtDenseEncoder"]
@@ -101,23 +103,57 @@ class OrtDenseEncoder:
             return out[:, :, t : t + h, l : l + w]
         return resize_bilinear(self.patch_logits(crops, text), (h, w))
 
-    # -- one image ---------------------------------------------------------------------------------------
+    # -- members (scales x flips x images) -------------------------------------------------------------------
+    def run_members(self, members: list[Member], text: np.ndarray, max_batch: int | None = None,
+                    progress=None) -> list[Member]:
+        """Run every window of every member in shape-bucketed batches and stitch (``scheduler.run_members``).
+
+        Returns:
+            the members with ``logits`` (Q, h, w) float32, flips undone ((Q, gh, gw) for one-step whole image).
+        """
+        cfg = self.cfg
+        max_batch = max(1, int(max_batch or self.max_batch))
+        q = text.shape[0]
+        one_step = cfg.slide_crop == 0 and cfg.upsample == "one_step"
+        pad = cfg.pad_crops and cfg.slide_crop > 0
+        acc = {}
+        for mi, m in enumerate(members):
+            if cfg.slide_crop > 0:
+                h, w = m.pixels.shape[-2:]
+                acc[mi] = (np.zeros((q, h, w), np.float32), np.zeros((1, h, w), np.float32))
+        for (wh, ww), tasks in window_tasks(members, cfg).items():
+            pads = pad_to_patch(wh, ww, self.patch) if pad else (0, 0, 0, 0)
+            for b0 in range(0, len(tasks), max_batch):
+                chunk = tasks[b0 : b0 + max_batch]
+                crops = np.stack([members[mi].pixels[:, y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk])
+                out = self.patch_logits(crops, text) if one_step else self.window_logits(crops, text, pads)
+                for k, (mi, (y1, y2, x1, x2)) in enumerate(chunk):
+                    if cfg.slide_crop > 0:
+                        acc[mi][0][:, y1:y2, x1:x2] += out[k]
+                        acc[mi][1][:, y1:y2, x1:x2] += 1
+                    else:
+                        members[mi].logits = out[k]
+                if progress is not None:
+                    progress.update(len(chunk))
+        for mi, m in enumerate(members):
+            if cfg.slide_crop > 0:
+                m.logits = acc[mi][0] / acc[mi][1]
+            if m.flip:
+                m.logits = np.ascontiguousarray(m.logits[..., ::-1])
+        return members
+
+    # -- one image, one window at a time (the reference path of ``Segmenter.logits``) ------------------------
     def infer_logits(self, image: np.ndarray, text: np.ndarray, ori_hw: tuple[int, int]) -> np.ndarray:
-        """(3, h, w) preprocessed image, (Q, C) text -> (Q, H0, W0) float32 logits at the original size."""
+        """(3, h, w) preprocessed image, (Q, C) text -> (Q, H0, W0) float32 logits (``inference.infer_logits``)."""
         cfg = self.cfg
         h, w = image.shape[-2:]
-        plan = plan_windows(h, w, cfg, self.patch)
         if cfg.slide_crop > 0:
-            q = text.shape[0]
-            preds = np.zeros((q, h, w), np.float32)
+            preds = np.zeros((text.shape[0], h, w), np.float32)
             count = np.zeros((1, h, w), np.float32)
-            boxes = plan.boxes
-            for sl in batch_slices(len(boxes), self.max_batch):
-                crops = np.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes[sl]])
-                outs = self.window_logits(crops, text, plan.pad)
-                for (y1, y2, x1, x2), out in zip(boxes[sl], outs):
-                    preds[:, y1:y2, x1:x2] += out
-                    count[:, y1:y2, x1:x2] += 1
+            for y1, y2, x1, x2 in window_grid(h, w, cfg.slide_crop, cfg.slide_stride):
+                pads = pad_to_patch(y2 - y1, x2 - x1, self.patch) if cfg.pad_crops else (0, 0, 0, 0)
+                preds[:, y1:y2, x1:x2] += self.window_logits(image[None, :, y1:y2, x1:x2], text, pads)[0]
+                count[:, y1:y2, x1:x2] += 1
             logits = preds / count
         elif cfg.upsample == "one_step":
             logits = self.patch_logits(image[None], text)[0]

@@ -45,22 +45,25 @@ def _linear_taps(in_size: int, out_size: int, align_corners: bool):
     return i0, i1, (_F(1) - w1).astype(_F), w1.astype(_F)
 
 
-def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
     """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d``.
 
     Arguments:
         x: (..., h, w) float32.
         size: (H, W) output size.
+        rows: optional (r0, r1): compute output rows [r0, r1) only (equal to slicing the full result).
 
     Returns:
-        (..., H, W) float32 (a new array; ``x`` itself when the size is unchanged and align_corners is False).
+        (..., H, W) float32, or (..., r1 - r0, W) (``x`` itself when nothing changes).
     """
     h, w = x.shape[-2:]
     out_h, out_w = int(size[0]), int(size[1])
-    if (h, w) == (out_h, out_w) and not align_corners:
+    if (h, w) == (out_h, out_w) and not align_corners and rows is None:
         return x
     x = np.asarray(x, dtype=_F)
     y0, y1, wy0, wy1 = _linear_taps(h, out_h, align_corners)
+    if rows is not None:
+        y0, y1, wy0, wy1 = (a[rows[0] : rows[1]] for a in (y0, y1, wy0, wy1))
     x0, x1, wx0, wx1 = _linear_taps(w, out_w, align_corners)
     # torch: out = (a*wx0 + b*wx1)*wy0 + (c*wx0 + d*wx1)*wy1, rows first selected, columns interpolated first
     top, bot = x[..., y0, :], x[..., y1, :]

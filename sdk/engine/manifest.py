@@ -25,7 +25,8 @@ __all__ = ["EngineManifest", "load_manifest", "verify_files", "check_request", "
 
 # DenseConfig fields baked into the dense graphs: they cannot be overridden at run time.
 GRAPH_FIELDS = ("base", "residual", "rcs", "rcs_layers", "rcs_weights", "sfr", "sfr_weights")
-_TUPLE_FIELDS = ("rcs_layers", "rcs_weights", "sfr_weights", "sfr_pamr_dilations", "pamr_dilations")
+_TUPLE_FIELDS = ("rcs_layers", "rcs_weights", "sfr_weights", "sfr_pamr_dilations", "pamr_dilations", "scales",
+                 "scale_weights")
 _REQUIRED = ("format", "clipsam_version", "precision", "opset", "method", "preset", "dense_config", "clip", "sam2",
              "limits", "graphs", "files")
 

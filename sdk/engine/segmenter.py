@@ -1,23 +1,24 @@
 """``EngineSegmenter``: the whole segmentation pipeline on exported engines, with ONNX Runtime and numpy only.
 
-    seg = EngineSegmenter("engines/", providers=["cuda"], refine=True)   # or clipsam.Segmenter.from_engines(...)
+    seg = EngineSegmenter("engines/", providers=["cuda", "cpu"], refine=True)   # = Segmenter.from_engines(...)
     res = seg.segment("photo.jpg", classes=["cat", "sofa", "floor"])
 
-Same API and result type as ``clipsam.Segmenter`` (``segment``, ``segment_batch``, ``logits``, ``vocabulary``,
-``text_embeddings``): vocabulary -> numpy tokenizer + ``clip_text`` (cached per vocabulary) -> numpy preprocessing ->
-windows and batches -> dense graphs (+ SFR host steps) -> stitched logits -> numpy post-processing -> optional SAM2
+Same API and results as ``clipsam.Segmenter`` (``segment``, ``segment_batch``, ``segment_stream``, ``logits``,
+``vocabulary``, ``text_embeddings``, ``with_options``), step for step: vocabulary -> numpy tokenizer + ``clip_text``
+(cached per vocabulary) -> members (scales x flips x images, numpy preprocessing) -> shape-bucketed window batches ->
+dense graphs (+ SFR host steps) -> stitched logits -> strip-wise finalisation and post-processing -> optional SAM2
 refinement (``OrtSam2Refiner``, sharing ``Sam2Refiner.refine``). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
 
-from ..errors import VocabularyError
-from ..postprocess import postprocess
+from ..errors import ConfigError, VocabularyError
 from ..preprocess import load_image, preprocess
 from ..refine.config import RefineConfig
 from ..result import SegmentationResult
@@ -25,8 +26,10 @@ from ..text import TextEmbeddingCache, resolve_templates
 from ..vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
 from .dense import OrtDenseEncoder
 from .errors import ManifestMismatchError
+from .finalize import finalize_members
 from .manifest import check_request, load_manifest, verify_files
 from .sam2 import OrtSam2Refiner
+from .scheduler import max_batch_for_budget, plan_members
 from .session import GraphSession, ProviderConfig, resolve_providers
 from .sfr import LinspaceTable
 from .text import OrtTextEncoder
@@ -44,51 +47,56 @@ class EngineSegmenter:
         folder: engine folder written by ``clipsam export`` / ``clipsam.export.export_engines``.
         providers: ONNX Runtime providers in priority order ("cpu", "cuda", "tensorrt" or full names).
         allow_fallback: run on the remaining providers (one warning) when a requested one cannot load.
-        method, preset, precision, clip: what the caller expects; a folder exported for something else is refused
-            (``ManifestMismatchError``). ``preset`` is compared only when given.
-        refine: SAM2 refinement of every result: None/False (off), True (``RefineConfig()``) or a RefineConfig.
+        method, preset, precision, clip, sam2: what the caller expects; a folder exported for something else is
+            refused (``ManifestMismatchError``). ``preset`` is compared only when given. ``sam2`` also turns
+            refinement on, as in ``Segmenter.from_pretrained``.
+        refine: SAM2 refinement: None/False (off unless ``sam2``), True (``RefineConfig()``) or a RefineConfig.
         trt_cache_dir: TensorRT engine cache (default ``<folder>/trt_cache``).
         io_binding: IO binding on the device (default: on with CUDA/TensorRT).
         verify: check every file's SHA-256 against the manifest (sizes are always checked).
-        max_batch: windows (and SAM2 images) per graph call; default and maximum: the export's limit.
+        max_batch: most windows per dense call (capped by the export's ``max_batch``).
+        max_memory_mb: working-memory budget: batch size and finishing strips derive from it.
         intra_op_threads: ONNX Runtime threads (0: all cores).
         templates: template set or list, overriding the export's.
-        overrides: host-side DenseConfig fields (short_side, slide_crop, prob_thd, pamr_iters, ...).
+        overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
 
     def __init__(self, folder, providers=None, *, allow_fallback: bool = False, method: str | None = None,
-                 preset=dataclasses.MISSING, precision: str | None = None, clip: str | None = None, refine=None,
-                 trt_cache_dir: str | None = None, io_binding: bool | None = None, verify: bool = True,
-                 max_batch: int | None = None, intra_op_threads: int = 0, templates=None, text_cache_size: int = 64,
-                 **overrides):
+                 preset=dataclasses.MISSING, precision: str | None = None, clip: str | None = None,
+                 sam2: str | None = None, refine=None, trt_cache_dir: str | None = None, io_binding: bool | None = None,
+                 verify: bool = True, max_batch: int | None = None, max_memory_mb: float | None = None,
+                 intra_op_threads: int = 0, templates=None, text_cache_size: int = 64, **overrides):
         self.manifest = m = load_manifest(folder)
         verify_files(m, check_hash=verify)
         if templates is not None:
             overrides["templates"] = templates
-        self.config = check_request(m, method=method, preset=preset, precision=precision, clip=clip,
+        self.config = check_request(m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2,
                                     overrides=overrides)
+        limits = m.limits
+        if max_batch is not None and max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if max_memory_mb is not None and max_memory_mb <= 0:
+            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
+        self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
+        self.max_memory_mb = max_memory_mb
         self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
                                               intra_op_threads=intra_op_threads)
         self.precision = m.precision
-        limits = m.limits
-        self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
+        self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
-        dense = {n: self._session(n) for n in m.graphs if n.startswith("clip_dense")}
         consts = np.load(m.path("host_constants"))
-        table = LinspaceTable(consts["sfr_linspace"], consts["sfr_linspace_offsets"])
+        self._consts = {k: consts[k] for k in consts.files}
         self.patch = int(m.clip["patch"])
-        self.dense = OrtDenseEncoder(dense, self.config, consts["clip_pos_embed"], self.patch, limits["max_grid"],
-                                     self.max_batch, table)
-        tokenizer = ClipTokenizer.from_folder(m.folder, m.data["files"]["tokenizer"]["file"], m.data["files"]["bpe"]["file"])
+        self.dense = self._dense_encoder(self.config)
+        files = m.data["files"]
+        tokenizer = ClipTokenizer.from_folder(m.folder, files["tokenizer"]["file"], files["bpe"]["file"])
         self.text_encoder = OrtTextEncoder(self._session("clip_text"), tokenizer)
         self.templates = resolve_templates(self.config.templates)
         self.text_cache = TextEmbeddingCache(text_cache_size)
-        self.refine_config = self._refine_config(refine)
-        self._refiner = None
-        if self.refine_config is not None:
-            _ = self.refiner
+        self.refine_config = self._refine_config(refine, sam2)
+        self.refiner = self._make_refiner() if self.refine_config is not None else None
 
-    # -- sessions ----------------------------------------------------------------------------------------
+    # -- sessions and components -------------------------------------------------------------------------
     def _session(self, name: str) -> GraphSession:
         if name not in self._sessions:
             entry = {**self.manifest.graphs[name], "name": name, "folder": str(self.manifest.folder)}
@@ -96,33 +104,44 @@ class EngineSegmenter:
                                                 fp16=self.precision == "fp16")
         return self._sessions[name]
 
+    def _dense_encoder(self, cfg) -> OrtDenseEncoder:
+        sessions = {n: self._session(n) for n in self.manifest.graphs if n.startswith("clip_dense")}
+        table = LinspaceTable(self._consts["sfr_linspace"], self._consts["sfr_linspace_offsets"])
+        return OrtDenseEncoder(sessions, cfg, self._consts["clip_pos_embed"], self.patch,
+                               self.manifest.limits["max_grid"], self.max_batch, table)
+
+    def _make_refiner(self) -> OrtSam2Refiner:
+        info = self.manifest.sam2
+        if info is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS):
+            raise ManifestMismatchError(
+                f"SAM2 refinement was asked for, but the engine folder {self.manifest.folder} has no SAM2 graphs. "
+                "Export them with: clipsam export --sam2 sam2.1_hiera_t ...")
+        return OrtSam2Refiner(self._session(_SAM2_GRAPHS[0]), self._session(_SAM2_GRAPHS[1]), info,
+                              max_batch=self.manifest.limits.get("max_images", 1))
+
+    @staticmethod
+    def _refine_config(refine, sam2) -> RefineConfig | None:
+        if isinstance(refine, RefineConfig):
+            return refine
+        if refine is True or (refine is None and sam2 is not None):
+            return RefineConfig()
+        if refine is None or refine is False:
+            return None
+        raise TypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
+
     @property
     def providers(self) -> dict[str, tuple[str, ...]]:
         """Graph name -> the providers its session really uses."""
         return {n: s.providers for n, s in self._sessions.items()}
 
-    @property
-    def refiner(self) -> OrtSam2Refiner:
-        """The SAM2 refiner (sessions created on first use)."""
-        if self._refiner is None:
-            sam2 = self.manifest.sam2
-            if sam2 is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS):
-                raise ManifestMismatchError(
-                    f"SAM2 refinement was asked for, but the engine folder {self.manifest.folder} has no SAM2 graphs. "
-                    "Export them with: clipsam export --sam2 sam2.1_hiera_t ...")
-            self._refiner = OrtSam2Refiner(self._session(_SAM2_GRAPHS[0]), self._session(_SAM2_GRAPHS[1]), sam2,
-                                           max_batch=self.manifest.limits.get("max_images", 1))
-        return self._refiner
-
-    @staticmethod
-    def _refine_config(refine) -> RefineConfig | None:
-        if refine is None or refine is False:
-            return None
-        if refine is True:
-            return RefineConfig()
-        if isinstance(refine, RefineConfig):
-            return refine
-        raise TypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
+    def with_options(self, **overrides) -> "EngineSegmenter":
+        """A segmenter sharing this one's sessions and text cache, with host-side ``DenseConfig`` fields replaced."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
+        new.templates = resolve_templates(new.config.templates)
+        new.dense = new._dense_encoder(new.config)
+        return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
@@ -149,64 +168,93 @@ class EngineSegmenter:
 
     # -- inference ---------------------------------------------------------------------------------------
     def logits(self, image, classes=None, class_file=None) -> np.ndarray:
-        """Query logits at the original image size: (Q, H, W) float32."""
-        return self._logits(load_image(image), self.vocabulary(classes, class_file))
-
-    def _logits(self, rgb: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+        """Query logits at the original image size: (Q, H, W) float32 (single scale, window by window)."""
+        vocab = self.vocabulary(classes, class_file)
+        rgb = load_image(image)
         cfg = self.config
         x = preprocess(rgb, cfg.short_side, cfg.long_side, min_side=self.patch)
         return self.dense.infer_logits(x, self.text_embeddings(vocab), rgb.shape[:2])
 
-    def _dense(self, image, vocab: Vocabulary):
-        rgb = load_image(image)
-        t0 = time.perf_counter()
-        cfg = self.config
-        labels, scores, probs = postprocess(self._logits(rgb, vocab), vocab.query_to_class, vocab.num_classes,
-                                            cfg.logit_scale, cfg.prob_thd, cfg.area_thd)
-        image_u8 = rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-        return image_u8, labels, scores, probs, time.perf_counter() - t0
+    def segment(self, image, classes=None, class_file=None) -> SegmentationResult:
+        """Segment one image: ``SegmentationResult`` with labels (H, W) int32 and scores (H, W) float32."""
+        return self.segment_batch([image], classes, class_file)[0]
 
-    def _info(self, elapsed: float) -> dict:
-        cfg = self.config
-        used = sorted({p for ps in self.providers.values() for p in ps})
-        return {
-            "method": cfg.method, "preset": cfg.preset, "clip": self.manifest.clip.get("arch"),
-            "weights": self.manifest.clip.get("weights"), "backend": "onnxruntime", "providers": used,
-            "engines": str(self.manifest.folder), "precision": self.precision,
-            "time_ms": round(1000 * elapsed, 2),
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
-        }
-
-    def segment_batch(self, images, classes=None, class_file=None, refine=None) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary; SAM2 refinement (if on) encodes them in batches.
-
-        Arguments:
-            images: list of file paths, PIL images or numpy arrays (as ``segment``).
-            refine: per-call override of the constructor's ``refine`` (None keeps it).
-        """
+    def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
+        """Segment a list of images with one vocabulary; windows of all images share encoder batches."""
         if not isinstance(images, (list, tuple)):
             raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
         vocab = self.vocabulary(classes, class_file)
-        dense = [self._dense(img, vocab) for img in images]
-        results = [SegmentationResult(lab, sc, vocab.classes, im, self._info(dt)) for im, lab, sc, _, dt in dense]
-        cfg = self.refine_config if refine is None else self._refine_config(refine)
-        if cfg is None:
-            return results
+        rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
+        return self._run(rgbs, vocab, progress) if rgbs else []
+
+    def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
+        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        vocab = self.vocabulary(classes, class_file)
+        chunk = []
+        for img in images:
+            chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
+            if len(chunk) == batch_size:
+                yield from self._run(chunk, vocab, progress)
+                chunk = []
+        if chunk:
+            yield from self._run(chunk, vocab, progress)
+
+    def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
+        cfg = self.config
         t0 = time.perf_counter()
-        merged = self.refiner.refine([d[0] for d in dense], [d[1] for d in dense], [d[3] for d in dense], cfg,
-                                     batch_size=self.refiner.max_batch)
-        per_image = (time.perf_counter() - t0) / max(1, len(images))
-        for res, mr in zip(results, merged):
-            res.labels = mr.labels.astype(np.int32)
-            res.info["refine"] = {
-                "sam2": self.refiner.name, "time_ms": round(1000 * per_image, 2),
-                "instances": [{"class": vocab.classes[i.class_id], "class_id": int(i.class_id),
-                               "score": round(float(i.score), 6), "box": list(i.box), "area": int(i.area)}
-                              for i in mr.instances],
+        text = self.text_embeddings(vocab)
+        members = plan_members(rgbs, cfg, self.patch)
+        max_batch = self.max_batch
+        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
+        if self.max_memory_mb is not None:
+            max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, self.manifest.clip,
+                                                            vocab.num_queries, window))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
+        try:
+            self.dense.run_members(members, text, max_batch, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
+        dense = []
+        for i, rgb in enumerate(rgbs):
+            mine = [m for m in members if m.image == i]
+            dense.append(finalize_members([m.logits for m in mine], [m.weight for m in mine],
+                                          [np.ascontiguousarray(m.pixels[..., ::-1]) if m.flip else m.pixels for m in mine],
+                                          rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb,
+                                          return_probs=self.refiner is not None))
+            for m in mine:
+                m.logits = m.pixels = None
+        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
+        refined = [None] * len(rgbs)
+        if self.refiner is not None:
+            refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
+        used = sorted({p for ps in self.providers.values() for p in ps})
+        elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
+        results = []
+        for i in range(len(rgbs)):
+            labels, scores = dense[i][0], dense[i][1]
+            info = {
+                "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+                "backend": "onnxruntime", "providers": used, "engines": str(self.manifest.folder),
+                "precision": self.precision, "max_batch": max_batch, "time_ms": round(elapsed, 2),
+                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
             }
-            res.info["time_ms"] = round(res.info["time_ms"] + 1000 * per_image, 2)
+            if refined[i] is not None:
+                info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
+                results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,
+                                                  dense_labels=labels, instances=list(refined[i].instances)))
+            else:
+                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], info))
         return results
 
-    def segment(self, image, classes=None, class_file=None, refine=None) -> SegmentationResult:
-        """Segment one image: ``SegmentationResult`` with labels (H, W) int32 and scores (H, W) float32."""
-        return self.segment_batch([image], classes, class_file, refine)[0]
+
+def _diff(base, cfg) -> dict:
+    """DenseConfig fields of ``cfg`` that differ from ``base``."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}

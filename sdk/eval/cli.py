@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                     "the median latency, images/s, GFLOP per image and the fraction of the measured matmul peak.",
     )
     be.add_argument("--suite", action="append", default=None,
-                    help="suite name: benchmarks/bench_<suite>.py (repeatable; default: pipeline)")
+                    help="suite name: benchmarks/bench_<suite>.py (repeatable; 'all' for every suite; default: pipeline)")
     be.add_argument("--smoke", action="store_true", help="tiny model and images: checks the suites run, times nothing real")
     be.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: the CPU, and CUDA when available (default)")
@@ -152,14 +152,17 @@ def bench_table(data: dict) -> str:
     if first.get("machine"):
         m = first["machine"]
         lines += ["", f"machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu')}; "
-                      f"measured matmul peak {first.get('peak_gflops', float('nan')):.0f} GFLOP/s ({first.get('device')})"]
+                      f"measured matmul peak {first.get('peak_gflops') or float('nan'):.0f} GFLOP/s ({first.get('device')})"]
     return "\n".join(lines)
 
 
 def cmd_bench(args) -> int:
     bdir = _benchmarks_dir(args.benchmarks_dir)
     files = []
-    for suite in args.suite or ["pipeline"]:
+    suites = args.suite or ["pipeline"]
+    if "all" in suites:
+        suites = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
+    for suite in suites:
         f = bdir / f"bench_{suite}.py"
         if not f.is_file():
             known = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
@@ -172,6 +175,7 @@ def cmd_bench(args) -> int:
         env["CLIPSAM_BENCH_ROUNDS"] = str(args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.json) if args.json else Path(tmp) / "bench.json"
+        out.unlink(missing_ok=True)  # never print the table of an earlier run
         cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "--benchmark-enable",
                f"--benchmark-json={out}"] + (["-k", args.keyword] if args.keyword else [])
         print("running:", " ".join(cmd), file=sys.stderr)

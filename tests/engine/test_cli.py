@@ -1,0 +1,73 @@
+"""``clipsam export`` and ``clipsam segment --engines`` through their argparse front ends (sdk/engine/cli.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsam.engine import cli as engine_cli
+
+from ..conftest import TINY_VIT
+
+
+def _parser():
+    """clipsam's parser with the engine commands registered, as sdk/cli.py wires them."""
+    from clipsam.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    engine_cli.register(sub)
+    if not any("--engines" in a.option_strings for a in sub.choices["segment"]._actions):
+        engine_cli.add_segment_arguments(sub.choices["segment"])
+    return parser
+
+
+def test_export_command(tmp_path, capsys):
+    out = tmp_path / "engines"
+    args = _parser().parse_args(["export", "--out", str(out), "--clip", TINY_VIT, "--random-weights", "--method",
+                                 "clip", "--preset", "none", "--templates", "single", "--max-side", "512"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr()
+    assert "RANDOM weights" in printed.err and "max|ort-torch|" in printed.out and "clip_dense" in printed.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "clip" and manifest["preset"] is None and manifest["limits"]["max_grid"] == 32
+    assert set(manifest["graphs"]) == {"clip_text", "clip_dense"}
+    assert all(r["ok"] for r in manifest["validation"])
+    assert (out / "trtexec.sh").read_text().count("trtexec --onnx=") == 2
+    with pytest.raises(Exception, match="not empty"):
+        args.func(args)
+
+
+def test_segment_with_engines(engine_dir, chelsea_small, tmp_path, capsys):
+    photo = tmp_path / "cat.png"
+    Image.fromarray(chelsea_small).save(photo)
+    args = _parser().parse_args(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out",
+                                 str(tmp_path / "out"), "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t",
+                                 "--no-progress", "--flip"])
+    assert engine_cli.segment_with_engines(args) == 0
+    assert "with ONNX Runtime (CPUExecutionProvider)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "cat.json").read_text())
+    assert summary["classes"] == ["cat", "grass", "sky"] and summary["backend"] == "onnxruntime"
+    assert summary["refine"]["sam2"] == "sam2.1_hiera_t" and summary["config"]["flip"] is True
+    assert (tmp_path / "out" / "cat_instances.json").is_file()
+    labels = np.array(Image.open(tmp_path / "out" / "cat_labels.png"))
+    assert labels.shape == chelsea_small.shape[:2]
+
+
+def test_segment_with_engines_checks_the_request(engine_dir, tmp_path):
+    photo = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photo)
+    base = ["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out", str(tmp_path / "o")]
+    from clipsam.engine.errors import ManifestMismatchError, ProviderError
+
+    with pytest.raises(ManifestMismatchError, match="method 'naclip'"):
+        engine_cli.segment_with_engines(_parser().parse_args(base + ["--method", "naclip"]))
+    with pytest.raises(ManifestMismatchError, match="preset 'ade20k'"):
+        engine_cli.segment_with_engines(_parser().parse_args(base + ["--preset", "ade20k"]))
+    with pytest.raises(ProviderError, match="unknown execution provider"):
+        engine_cli.segment_with_engines(_parser().parse_args(base + ["--providers", "quantum"]))
+    with pytest.raises(ManifestMismatchError, match="holds SAM2 model 'sam2.1_hiera_t', but 'sam2.1_hiera_l'"):
+        engine_cli.segment_with_engines(_parser().parse_args(base + ["--refine", "sam2.1_hiera_l"]))
