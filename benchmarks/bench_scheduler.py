@@ -2,6 +2,7 @@
 
     pytest benchmarks/bench_scheduler.py --benchmark-enable --benchmark-json bench_scheduler.json
     CLIPSAM_BENCH_SMOKE=1 pytest benchmarks/bench_scheduler.py --benchmark-disable      # tiny model, CI
+    CLIPSAM_BENCH_IMAGES=2 pytest benchmarks/bench_scheduler.py -k ms5 --benchmark-enable  # fewer images
 
 ViT-B/16 with random weights; 8 images of PASCAL-VOC-like sizes; ResCLIP with VOC21 settings but sliding
 224/112 windows at short side 336; single scale and the 5-scale ensemble. The timed function returns after
@@ -18,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE") == "1"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SIZES = [(375, 500), (500, 333), (375, 500), (333, 500), (500, 375), (281, 500), (375, 500), (500, 400)]
 if SMOKE:
     SIZES = [(60, 80), (80, 50)]
+SIZES = SIZES[: int(os.environ.get("CLIPSAM_BENCH_IMAGES", len(SIZES)))]  # fewer images for quick CPU runs
 SCALES = {"single": (1.0,), "ms5": (0.5, 0.75, 1.0, 1.25, 1.5)}
 
 
@@ -46,7 +47,7 @@ def segmenter(request):
         warnings.simplefilter("ignore")
         seg = Segmenter.from_pretrained(clip=clip, clip_weights=None, method="resclip", preset="voc21",
                                         slide_crop=224, slide_stride=112, short_side=64 if SMOKE else 336,
-                                        device=request.param, max_batch=16, templates="single")
+                                        device=request.param, templates="single")  # default max_batch
     seg.text_embeddings(seg.vocabulary())
     return seg
 

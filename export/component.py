@@ -6,10 +6,11 @@ Steps (STYLE.md item 10), each failing loudly:
    onnxscript and mishandles SAM2's decoder dims, SAM2_ONNX.md §2), opset >= 17, names and dynamic axes from
    ``io_names``, constant folding; the MHA fast path is disabled and ``clipsam.kernels.exportable()`` forces the
    PyTorch references (SAM2_ONNX.md §3).
-2. fp16 only: ``fp16.to_fp16`` (IO types kept, block list).
-3. ONNX Runtime's provider-independent (``ORT_ENABLE_BASIC``) graph optimisation is applied offline and saved:
-   constant folding and redundant-node elimination; the file stays standard ONNX, so CUDA, TensorRT and other
-   builds load it. Sessions at run time apply the remaining (provider-specific) optimisations themselves.
+2. ONNX Runtime's provider-independent (``ORT_ENABLE_BASIC``) graph optimisation is applied offline to the fp32
+   graph and saved: constant folding and redundant-node elimination; the file stays standard ONNX, so CUDA,
+   TensorRT and other builds load it. Sessions at run time apply the remaining (provider-specific) optimisations.
+3. fp16 only: ``fp16.to_fp16`` (IO types kept, block list), after step 2: a model saved by an ONNX Runtime
+   session is already partitioned for its provider, and the CPU provider casts fp16 ops it lacks back to fp32.
 4. ``onnx.checker.check_model(path, full_check=True)`` on the saved file.
 5. ONNX Runtime (CPU) against the PyTorch reference on every ``ParityCase``: max |ORT - torch| per output
    must be <= atol + rtol * max |torch|. Rows are returned (and printed by ``format_table``); any row out of
@@ -184,15 +185,17 @@ def export_component(module, example_inputs: tuple, path, io: GraphIO, cases=(),
                 )
         except Exception as e:
             raise ExportValidationError(f"{io.name}: torch.onnx.export failed: {type(e).__name__}: {e}") from e
-        if precision == "fp16":
-            from .fp16 import to_fp16
-
-            onnx.save(to_fp16(onnx.load(str(raw))), str(raw))
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             os.remove(path)
-        if optimize:
-            _optimise_basic(raw, path)
+        if optimize:  # on the fp32 graph: saved after CPU partitioning, which would undo fp16 ops (InsertCast)
+            opt = Path(tmp) / f"opt_{io.file}"
+            _optimise_basic(raw, opt)
+            raw = opt
+        if precision == "fp16":
+            from .fp16 import to_fp16
+
+            onnx.save(to_fp16(onnx.load(str(raw))), str(path))
         else:
             os.replace(raw, path)
     try:

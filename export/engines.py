@@ -82,7 +82,7 @@ def _load_sam2(sam2, sam2_weights, sam2_random_weights: bool):
     return Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, random_weights=sam2_random_weights)
 
 
-def _clip_info(loaded, cfg) -> dict:
+def _clip_info(loaded) -> dict:
     v = loaded.model.visual
     return {"arch": loaded.arch, "weights": loaded.weights_id, "weights_sha256": state_dict_sha256(loaded.model),
             "quick_gelu": loaded.quick_gelu, "patch": int(v.conv1.kernel_size[0]), "width": int(v.conv1.out_channels),
@@ -101,7 +101,7 @@ def _host_constants(path: Path, visual, max_grid: int) -> None:
 
 def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str = "resclip", preset: str | None = "voc21",
                    sam2=None, sam2_weights=None, sam2_random_weights: bool = False, precision: str = "fp32",
-                   opset: int = 17, max_batch: int = 8, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
+                   opset: int = 17, max_batch: int | None = None, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
                    max_queries: int = 512, validate: bool = True, optimize: bool = True, overwrite: bool = False,
                    log=print, **overrides) -> dict:
     """Export, validate and describe the engines of one configuration.
@@ -115,7 +115,9 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
         sam2_weights, sam2_random_weights: checkpoint (None: download) or random weights (tests).
         precision: "fp32" or "fp16" (IO stays fp32; ``fp16.FP16_OP_BLOCK_LIST`` stays fp32).
         opset: ONNX opset, >= 17.
-        max_batch: windows per dense call; max_side: largest whole-image side (max_grid = max_side // patch);
+        max_batch: windows per dense call (None: 8 when sliding, 2 for whole images, which batch only across
+            equal-sized images and flips: TensorRT sizes its workspace for the largest profile);
+        max_side: largest whole-image side (max_grid = max_side // patch);
         max_images, max_prompts, max_queries: SAM2 images per encoder call, prompts per decoder call, text queries
             (TensorRT profile bounds).
         validate: run the ONNX Runtime vs PyTorch parity cases (the checker always runs).
@@ -132,6 +134,7 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     out = Path(out)
     _prepare(out, overwrite)
     cfg = dense_config(method, preset, **overrides)
+    max_batch = max_batch or (8 if cfg.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights)
     from clipsam.dense.encoder import DenseEncoder
 
@@ -139,7 +142,7 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
 
     encoder = DenseEncoder(loaded.model.visual, cfg)
-    info = _clip_info(loaded, cfg)
+    info = _clip_info(loaded)
     p = info["patch"]
     max_grid = max(1, max_side // p)
     graphs, rows = {}, []
@@ -206,6 +209,13 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
                           "python": platform.python_version()},
         "precision": precision, "opset": opset, "method": cfg.method, "preset": cfg.preset,
         "dense_config": json.loads(json.dumps(dataclasses.asdict(cfg))), "clip": info, "tokenizer": tok, "sam2": sam2_info,
+        "input_sizes": {
+            "clip_native": info["native_grid"] * p, "patch": p,
+            "dense_windows": (f"{cfg.slide_crop}x{cfg.slide_crop} sliding, stride {cfg.slide_stride}" if cfg.slide_crop
+                              else f"whole image, short side {cfg.short_side}, up to {max_side} px a side"),
+            "text_context": tok["context_length"],
+            "sam2_image": sam2_info["image_size"] if sam2_info else None,
+        },
         "limits": {"max_batch": max_batch, "max_side": max_side,
                    "max_grid": max_grid, "max_images": max_images, "max_prompts": max_prompts,
                    "max_queries": max_queries},

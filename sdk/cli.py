@@ -64,13 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)")
     run.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     run.add_argument("--batch-size", type=int, default=8, help="images per scheduling chunk (default: 8)")
-    run.add_argument("--max-batch", type=int, default=8, help="most windows per encoder call (default: 8)")
+    run.add_argument("--max-batch", type=int, default=None, help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)")
     run.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
-    from .eval.cli import register as register_eval  # here, not at the top: clipsam.eval.cli imports this module
+    # here, not at the top: these modules import this one
+    from .engine.cli import add_segment_arguments, register as register_engine
+    from .eval.cli import register as register_eval
 
-    register_eval(sub)
+    add_segment_arguments(seg)  # --engines DIR, --providers, --allow-provider-fallback, --trt-cache
+    register_engine(sub)  # clipsam export
+    register_eval(sub)  # clipsam eval, clipsam bench
     return parser
 
 
@@ -128,6 +132,11 @@ def _make_segmenter(args, preset, **overrides):
 
 def cmd_segment(args) -> int:
     from .vocabulary import Vocabulary, parse_class_file
+
+    if getattr(args, "engines", None):
+        from .engine.cli import segment_with_engines
+
+        return segment_with_engines(args)
 
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")

@@ -7,7 +7,7 @@ reference-exact configuration of a method on a dataset (table (b)); overrides re
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError
 

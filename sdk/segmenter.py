@@ -42,7 +42,7 @@ class Segmenter:
     """
 
     def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64,
-                 max_batch: int = 8, max_memory_mb: float | None = None, refiner=None, refine_config=None):
+                 max_batch: int | None = None, max_memory_mb: float | None = None, refiner=None, refine_config=None):
         import open_clip
 
         from .dense.encoder import DenseEncoder
@@ -63,6 +63,8 @@ class Segmenter:
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self.templates = resolve_templates(config.templates)
         self.text_cache = TextEmbeddingCache(text_cache_size)
+        if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
+            max_batch = 32 if self.device.type == "cuda" else 4
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if max_memory_mb is not None and max_memory_mb <= 0:
@@ -86,7 +88,7 @@ class Segmenter:
         device: str = "cpu",
         precision: str = "fp32",
         templates=None,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         max_memory_mb: float | None = None,
         sam2: str | None = None,
         sam2_weights: str | os.PathLike | None = None,
@@ -107,7 +109,8 @@ class Segmenter:
             device: "cpu" or "cuda[:N]".
             precision: "fp32" (default), or "fp16"/"bf16" autocast on CUDA.
             templates: template set name ("openai80", "openai7", "single") or list of templates.
-            max_batch: most windows per encoder call (batched across windows, scales and images).
+            max_batch: most windows per encoder call (batched across windows, scales and images); default 4 on the
+                CPU (larger batches fall out of cache there) and 32 on CUDA.
             max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
                 max_batch) and large outputs are finished in strips that fit it.
             sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
@@ -132,6 +135,18 @@ class Segmenter:
             raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
         return cls(loaded, cfg, device=device, precision=precision, max_batch=max_batch, max_memory_mb=max_memory_mb,
                    refiner=refiner, refine_config=refine)
+
+    @classmethod
+    def from_engines(cls, folder, providers=None, **kwargs):
+        """Run an engine folder written by ``clipsam export`` with ONNX Runtime and numpy only (no torch).
+
+        See ``clipsam.engine.EngineSegmenter``: providers ("cpu", "cuda", "tensorrt"), allow_fallback, device,
+        method/preset/precision/clip/sam2 (checked against the manifest), refine, trt_cache_dir, io_binding,
+        max_batch, max_memory_mb, templates and host-side DenseConfig overrides. Same ``segment`` API and results.
+        """
+        from .engine.segmenter import EngineSegmenter
+
+        return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
     def with_options(self, **overrides) -> "Segmenter":
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields replaced."""

@@ -48,7 +48,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     o = p.add_argument_group("graphs")
     o.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision; IO stays fp32")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
-    o.add_argument("--max-batch", type=int, default=8, help="windows per dense-encoder call (default: 8)")
+    o.add_argument("--max-batch", type=int, default=None,
+                   help="windows per dense-encoder call (default: 8 when sliding, 2 for whole images)")
     o.add_argument("--max-side", type=int, default=1024,
                    help="largest whole-image side in pixels the dense graphs serve (default: 1024)")
     o.add_argument("--max-images", type=int, default=4, help="images per SAM2 encoder call (default: 4)")

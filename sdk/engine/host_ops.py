@@ -45,6 +45,9 @@ def _linear_taps(in_size: int, out_size: int, align_corners: bool):
     return i0, i1, (_F(1) - w1).astype(_F), w1.astype(_F)
 
 
+_BLOCK_BYTES = 1 << 21  # output bytes per block of leading planes: temporaries stay in cache
+
+
 def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
     """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d``.
 
@@ -65,11 +68,24 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = 
     if rows is not None:
         y0, y1, wy0, wy1 = (a[rows[0] : rows[1]] for a in (y0, y1, wy0, wy1))
     x0, x1, wx0, wx1 = _linear_taps(w, out_w, align_corners)
-    # torch: out = (a*wx0 + b*wx1)*wy0 + (c*wx0 + d*wx1)*wy1, rows first selected, columns interpolated first
-    top, bot = x[..., y0, :], x[..., y1, :]
-    r0 = top[..., x0] * wx0 + top[..., x1] * wx1
-    r1 = bot[..., x0] * wx0 + bot[..., x1] * wx1
-    return r0 * wy0[:, None] + r1 * wy1[:, None]
+    need = np.unique(np.concatenate([y0, y1]))  # source rows used (a strip needs only a few)
+    y0, y1 = np.searchsorted(need, y0), np.searchsorted(need, y1)
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, h, w)
+    out = np.empty((flat.shape[0], len(y0), out_w), dtype=_F)
+    step = max(1, _BLOCK_BYTES // max(1, 4 * len(y0) * out_w))
+    wy0, wy1 = wy0[:, None], wy1[:, None]
+    for b0 in range(0, flat.shape[0], step):
+        src = flat[b0 : b0 + step][:, need]
+        # torch: out = (a*wx0 + b*wx1)*wy0 + (c*wx0 + d*wx1)*wy1: columns on the source rows, then rows
+        r = np.take(src, x0, axis=-1)
+        r *= wx0
+        r += np.take(src, x1, axis=-1) * wx1
+        blk = out[b0 : b0 + step]
+        np.take(r, y0, axis=-2, out=blk)
+        blk *= wy0
+        blk += np.take(r, y1, axis=-2) * wy1
+    return out.reshape(lead + out.shape[-2:])
 
 
 @lru_cache(maxsize=64)

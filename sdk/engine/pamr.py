@@ -8,7 +8,8 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
     repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
 
 Neighbours are strided views of one edge-padded copy per dilation and iteration; the update accumulates in
-place, so memory stays O(C*H*W).
+place into reused buffers, a few channels at a time so that they stay in cache (every channel's arithmetic is
+unchanged: the same products summed in the same order).
 """
 
 from __future__ import annotations
@@ -22,9 +23,20 @@ __all__ = ["pamr", "NEIGHBOUR_OFFSETS"]
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _pad_edge(x: np.ndarray, d: int) -> np.ndarray:
-    """Replicate-pad the last two axes by d (what F.pad(mode="replicate") does)."""
-    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(d, d), (d, d)], mode="edge")
+_BLOCK_BYTES = 1 << 21  # mask bytes per channel block
+
+
+def _pad_edge(x: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Replicate-pad the last two axes by d (what F.pad(mode="replicate") does), into ``out`` when given."""
+    h, w = x.shape[-2:]
+    if out is None:
+        out = np.empty(x.shape[:-2] + (h + 2 * d, w + 2 * d), dtype=x.dtype)
+    out[..., d : d + h, d : d + w] = x
+    out[..., :d, d : d + w] = x[..., :1, :]
+    out[..., d + h :, d : d + w] = x[..., -1:, :]
+    out[..., :, :d] = out[..., :, d : d + 1]
+    out[..., :, d + w :] = out[..., :, d + w - 1 : d + w]
+    return out
 
 
 def _shifted(padded: np.ndarray, d: int, h: int, w: int):
@@ -49,17 +61,23 @@ def _affinity(image: np.ndarray, dilations) -> np.ndarray:
 def _pamr_one(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
     h, w = image.shape[-2:]
     a = _affinity(image, dilations)
-    tmp = np.empty_like(mask)
-    for _ in range(num_iter):
-        out = np.zeros_like(mask)
-        p = 0
-        for d in dilations:
-            for nb in _shifted(_pad_edge(mask, d), d, h, w):
-                np.multiply(a[p], nb, out=tmp)
-                out += tmp
-                p += 1
-        mask = out
-    return mask
+    out_all = np.empty_like(mask)
+    step = max(1, _BLOCK_BYTES // (4 * h * w))
+    for c0 in range(0, mask.shape[0], step):
+        m = mask[c0 : c0 + step].copy()
+        pads = {d: np.empty(m.shape[:-2] + (h + 2 * d, w + 2 * d), dtype=m.dtype) for d in dilations}
+        tmp, out = np.empty_like(m), np.empty_like(m)
+        for _ in range(num_iter):
+            out.fill(0)
+            p = 0
+            for d in dilations:
+                for nb in _shifted(_pad_edge(m, d, pads[d]), d, h, w):
+                    np.multiply(a[p], nb, out=tmp)
+                    out += tmp
+                    p += 1
+            m, out = out, m
+        out_all[c0 : c0 + step] = m
+    return out_all
 
 
 def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:

@@ -57,6 +57,9 @@ class EngineSegmenter:
         max_batch: most windows per dense call (capped by the export's ``max_batch``).
         max_memory_mb: working-memory budget: batch size and finishing strips derive from it.
         intra_op_threads: ONNX Runtime threads (0: all cores).
+        device_id: GPU index for the CUDA and TensorRT providers.
+        provider_options: extra ONNX Runtime options per provider name, over clipsam's (e.g.
+            {"TensorrtExecutionProvider": {"trt_max_workspace_size": 2 << 30}}).
         templates: template set or list, overriding the export's.
         overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
@@ -65,7 +68,8 @@ class EngineSegmenter:
                  preset=dataclasses.MISSING, precision: str | None = None, clip: str | None = None,
                  sam2: str | None = None, refine=None, trt_cache_dir: str | None = None, io_binding: bool | None = None,
                  verify: bool = True, max_batch: int | None = None, max_memory_mb: float | None = None,
-                 intra_op_threads: int = 0, templates=None, text_cache_size: int = 64, **overrides):
+                 intra_op_threads: int = 0, device_id: int = 0, provider_options: dict | None = None, templates=None,
+                 text_cache_size: int = 64, **overrides):
         self.manifest = m = load_manifest(folder)
         verify_files(m, check_hash=verify)
         if templates is not None:
@@ -80,7 +84,8 @@ class EngineSegmenter:
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
         self.max_memory_mb = max_memory_mb
         self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
-                                              intra_op_threads=intra_op_threads)
+                                              device_id=device_id, intra_op_threads=intra_op_threads,
+                                              provider_options=dict(provider_options or {}))
         self.precision = m.precision
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
@@ -95,6 +100,27 @@ class EngineSegmenter:
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.refine_config = self._refine_config(refine, sam2)
         self.refiner = self._make_refiner() if self.refine_config is not None else None
+
+    @classmethod
+    def from_engines(cls, folder, providers=None, *, device: str | None = None, templates=None,
+                     **kwargs) -> "EngineSegmenter":
+        """``Segmenter.from_engines``: build from an engine folder.
+
+        Arguments:
+            folder: engine folder (``clipsam export``).
+            providers: ONNX Runtime providers in priority order; None: from ``device`` ("cpu" -> CPU,
+                "cuda[:N]" -> CUDA on GPU N, then CPU), or the CPU.
+            device: torch-style device string, for callers written against ``Segmenter.from_pretrained``.
+            templates: template set or list (None keeps the export's).
+            kwargs: the constructor's keyword arguments (method, preset, precision, refine, allow_fallback, ...).
+        """
+        if providers is None and device is not None:
+            kind, _, index = str(device).partition(":")
+            if kind not in ("cpu", "cuda"):
+                raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]', or pass providers=[...]")
+            providers = ["cuda", "cpu"] if kind == "cuda" else ["cpu"]
+            kwargs.setdefault("device_id", int(index or 0))
+        return cls(folder, providers, templates=templates, **kwargs)
 
     # -- sessions and components -------------------------------------------------------------------------
     def _session(self, name: str) -> GraphSession:

@@ -80,23 +80,10 @@ def engine_segmenter(engines, method: str, preset: str, device: str = "cpu", tem
 
 
 def _open(args):
-    from .datasets import DatasetNotFoundError, open_dataset
+    from .datasets import open_dataset
 
-    try:
-        return open_dataset(args.dataset, args.root, args.split)
-    except DatasetNotFoundError:
-        if not args.skip_bad:
-            raise
     # --skip-bad: list every sample, missing files included; the runner reports and skips them one by one.
-    from .datasets import Dataset, Sample, _find_root, _list_ids
-
-    spec = DATASETS[args.dataset]
-    tok = spec.split_token(args.split)
-    img_rel, label_rel = spec.img_dir.format(split=tok), spec.label_dir.format(split=tok)
-    base = _find_root(spec, Path(args.root), img_rel, args.split)
-    samples = tuple(Sample(base / img_rel / f"{i}{spec.img_suffix}", base / label_rel / f"{i}{spec.label_suffix}", i)
-                    for i in _list_ids(spec, base, base / img_rel, tok, args.split))
-    return Dataset(spec=spec, root=base, split=args.split, samples=samples)
+    return open_dataset(args.dataset, args.root, args.split, check_files=not args.skip_bad)
 
 
 def cmd_eval(args) -> int:

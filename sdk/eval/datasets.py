@@ -236,7 +236,8 @@ def _list_ids(spec: DatasetSpec, base: Path, img_dir: Path, tok: str, split: str
 
 
 def open_dataset(
-    name: str, root: Union[str, os.PathLike], split: str = "val", limit: Optional[int] = None
+    name: str, root: Union[str, os.PathLike], split: str = "val", limit: Optional[int] = None,
+    check_files: bool = True,
 ) -> Dataset:
     """List the samples of ``split`` of dataset ``name`` stored under ``root``.
 
@@ -246,10 +247,11 @@ def open_dataset(
       root: the dataset root, or a folder above it matching one of the spec's root_subdirs.
       split: "val" (the benchmark split) or another split the spec lists.
       limit: keep only the first ``limit`` samples (in evaluation order); None keeps all.
+      check_files: check that every image and label exists (so a partial download fails now, naming the
+        first missing file, rather than mid-evaluation); False lists them anyway (``--skip-bad``).
 
     Returns:
-      A Dataset whose samples all have an existing image and label file (checked here, so a partial
-      download fails now, naming the first missing file, rather than mid-evaluation).
+      A Dataset of the listed samples.
     """
     if name not in DATASETS:
         raise ConfigError(f"Unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}.")
@@ -263,7 +265,7 @@ def open_dataset(
     samples = tuple(
         Sample(base / img_rel / f"{i}{spec.img_suffix}", base / label_rel / f"{i}{spec.label_suffix}", i) for i in ids
     )
-    for kind, attr in (("image", "image_path"), ("label", "label_path")):
+    for kind, attr in (("image", "image_path"), ("label", "label_path")) if check_files else ():
         missing = [getattr(s, attr) for s in samples if not getattr(s, attr).is_file()]
         if missing:
             raise DatasetNotFoundError(

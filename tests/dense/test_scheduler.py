@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipsam.config import dense_config
 from clipsam.dense.inference import infer_logits
 from clipsam.dense.scheduler import plan_members, run_members
 from clipsam.postprocess import postprocess

@@ -19,10 +19,20 @@ def _parser():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    engine_cli.register(sub)
-    if not any("--engines" in a.option_strings for a in sub.choices["segment"]._actions):
+    if "export" not in sub.choices:
+        engine_cli.register(sub)
+    if not _wired(sub):
         engine_cli.add_segment_arguments(sub.choices["segment"])
     return parser
+
+
+def _wired(sub=None) -> bool:
+    """Whether sdk/cli.py already adds the engine options to ``clipsam segment``."""
+    if sub is None:
+        from clipsam.cli import build_parser
+
+        sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return any("--engines" in a.option_strings for a in sub.choices["segment"]._actions)
 
 
 def test_export_command(tmp_path, capsys):
@@ -71,3 +81,19 @@ def test_segment_with_engines_checks_the_request(engine_dir, tmp_path):
         engine_cli.segment_with_engines(_parser().parse_args(base + ["--providers", "quantum"]))
     with pytest.raises(ManifestMismatchError, match="holds SAM2 model 'sam2.1_hiera_t', but 'sam2.1_hiera_l'"):
         engine_cli.segment_with_engines(_parser().parse_args(base + ["--refine", "sam2.1_hiera_l"]))
+
+
+def test_main_entry_point(engine_dir, chelsea_small, tmp_path):
+    """``clipsam segment --engines`` and ``clipsam export --help`` through clipsam.cli.main, once sdk/cli.py wires them."""
+    if not _wired():
+        pytest.skip("sdk/cli.py does not wire the engine commands yet (register / add_segment_arguments)")
+    from clipsam.cli import main
+
+    photo = tmp_path / "cat.png"
+    Image.fromarray(chelsea_small).save(photo)
+    out = tmp_path / "out"
+    assert main(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out", str(out), "--classes",
+                 "cat, grass", "--no-progress"]) == 0
+    assert json.loads((out / "cat.json").read_text())["backend"] == "onnxruntime"
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])

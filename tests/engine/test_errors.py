@@ -127,4 +127,4 @@ def test_tensorrt_options_come_from_the_manifest_profiles(engine_dir, tmp_path):
                                  fp16=False)
     assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(tmp_path / "c")
     assert opts["trt_profile_min_shapes"].startswith("crops:1x3x16x16,pos_embed:2x128")
-    assert "crops:8x3x224x224" in opts["trt_profile_max_shapes"] and opts["trt_fp16_enable"] is False
+    assert "crops:8x3x224x224" in opts["trt_profile_max_shapes"] and opts["trt_fp16_enable"] is False  # sliding

@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
     np.save(out, res.labels)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
-    print("instances", len(res.info["refine"]["instances"]), "providers", res.info["providers"])
+    print("instances", res.info["refine"]["instances"], "providers", res.info["providers"])
 """)
 
 

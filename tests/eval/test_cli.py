@@ -77,10 +77,10 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
     assert "NACLIP README" in md and "64.07" in md and f"{IDS[1]}.png" in md
 
 
-def test_engines_without_the_backend_is_an_error(voc, tmp_path):
+def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
     p = run("eval", "--dataset", "voc21", "--root", str(voc), "--engines", str(tmp_path), "--out", str(tmp_path / "r.json"),
             check=False)
-    assert p.returncode == 2 and "ONNX engines backend not available" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "has no manifest.json" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bench_runs_a_suite_and_prints_the_table(tmp_path):
