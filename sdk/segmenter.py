@@ -125,14 +125,14 @@ class Segmenter:
         if templates is not None:
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
+        if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
+            raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
         loaded = load_clip(clip, clip_weights)
         refiner = None
         if sam2 is not None:
             from .refine import Sam2Refiner
 
             refiner = Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights)
-        elif sam2_weights is not None or sam2_random_weights or refine is not None:
-            raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
         return cls(loaded, cfg, device=device, precision=precision, max_batch=max_batch, max_memory_mb=max_memory_mb,
                    refiner=refiner, refine_config=refine)
 
