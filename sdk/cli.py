@@ -158,16 +158,22 @@ def cmd_segment(args) -> int:
         overrides.update(sam2=args.refine, sam2_weights=args.sam2_weights,
                          sam2_random_weights=bool(args.random_weights and not args.sam2_weights))
     seg = _make_segmenter(args, args.preset, max_batch=args.max_batch, max_memory_mb=args.max_memory_mb, **overrides)
-    out = Path(args.out)
+    dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)
+    print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) -> {args.out}")
+    return 0
+
+
+def segment_and_save(seg, images: list[Path], classes, out: Path, batch_size: int, progress: bool) -> float:
+    """Segment ``images`` with any segmenter (PyTorch or engines), save each result under ``out``; seconds taken."""
     bar = None
-    if not args.no_progress:
+    if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(images), unit="img", desc="segment")
     t0 = time.perf_counter()
     stems: dict[str, int] = {}
     try:
-        results = seg.segment_stream((str(p) for p in images), classes=classes, batch_size=args.batch_size)
+        results = seg.segment_stream((str(p) for p in images), classes=classes, batch_size=batch_size)
         for path, res in zip(images, results):
             stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
             stems[path.stem] = stems.get(path.stem, 0) + 1
@@ -183,9 +189,7 @@ def cmd_segment(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    dt = time.perf_counter() - t0
-    print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) -> {out}")
-    return 0
+    return time.perf_counter() - t0
 
 
 COMMANDS = {"segment": cmd_segment}

@@ -143,33 +143,10 @@ def segment_with_engines(args) -> int:
     if classes is None and not seg.config.vocabulary:
         raise ClipSamError("name the classes: --classes \"cat, sofa\" or --class-file FILE (this engine folder has no "
                            "preset vocabulary)")
-    out = Path(args.out)
-    bar = None
-    if not getattr(args, "no_progress", True):
-        from tqdm.auto import tqdm
+    from ..cli import segment_and_save
 
-        bar = tqdm(total=len(images), unit="img", desc="segment")
-    t0 = time.perf_counter()
-    stems: dict[str, int] = {}
-    try:
-        results = seg.segment_stream((str(p) for p in images), classes=classes,
-                                     batch_size=getattr(args, "batch_size", 8))
-        for path, res in zip(images, results):
-            stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
-            stems[path.stem] = stems.get(path.stem, 0) + 1
-            res.info["image"] = str(path)
-            paths = res.save(out, stem)
-            top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
-            line = f"{path}: [{top}] -> {paths['labels'].parent}/{stem}_*"
-            if bar is not None:
-                bar.write(line)
-                bar.update(1)
-            else:
-                print(line)
-    finally:
-        if bar is not None:
-            bar.close()
-    dt = time.perf_counter() - t0
+    out = Path(args.out)
+    dt = segment_and_save(seg, images, classes, out, getattr(args, "batch_size", 8), not getattr(args, "no_progress", True))
     used = sorted({p for ps in seg.providers.values() for p in ps})
     print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) with ONNX "
           f"Runtime ({', '.join(used)}) -> {out}")
