@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -174,19 +173,10 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m clipsam.eval.cli {eval,bench} ...``: the same commands without the main ``clipsam`` parser."""
-    parser = argparse.ArgumentParser(prog="clipsam")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    try:
-        return args.func(args)
-    except ClipSamError as e:
-        print(f"clipsam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m clipsam.eval.cli {eval,bench} ...``: the ``clipsam`` command line itself."""
+    from ..cli import main as clipsam_main
+
+    return clipsam_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
