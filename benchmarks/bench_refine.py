@@ -73,7 +73,11 @@ def test_refine_decode_latency(benchmark, setup, provider):
 
     masks = benchmark.pedantic(target, rounds=1 if SMOKE else 3, iterations=1, warmup_rounds=1)
     assert masks.shape[0] == len(prompts)
-    np.testing.assert_array_equal(masks, batched(refiner, emb, prompts))  # same prompts, same masks
+    again = batched(refiner, emb, prompts)
+    if refiner.device.type == "cpu":
+        np.testing.assert_array_equal(masks, again)  # same prompts, same masks
+    else:  # cuBLAS picks other kernels for other batch sizes: a few pixels at the threshold may flip
+        assert np.mean(masks != again) <= 1e-5, f"{np.mean(masks != again):.2e} of the mask pixels differ"
     benchmark.extra_info.update(provider=provider, prompts=len(prompts), points=int(prompts.point_coords.shape[1]),
                                 image=list(emb.image_size), sam2="sam2.1_hiera_t", device=str(refiner.device),
                                 torch=torch.__version__, machine=platform.processor() or platform.machine(),

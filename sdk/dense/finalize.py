@@ -11,6 +11,11 @@ strip budget. Beyond it, the upsampling is computed for a strip of output rows a
 for the source rows the strip needs, then the two-row blend; equal to ``F.interpolate`` within ~1e-5), so a
 6000 x 4000 image never holds (Q, H0, W0) floats. SCLIP's area rule needs
 global argmax counts and then takes a second pass. Output PAMR needs the whole map and disables strips.
+
+On a GPU the post-processing runs there too (``_query_probs_t``, ``_merge_t``, ``_decide_t``, the same arithmetic
+as ``clipsam.postprocess`` in torch) and only labels, scores and, when asked, class probabilities cross to the host:
+copying (Q, H0, W0) logits to numpy and taking the softmax on one CPU core took most of a GPU call. On the CPU the
+numpy functions run, so CPU results stay those of the reference ``postprocess``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ def upsample_rows(x: torch.Tensor, out_hw: tuple[int, int], r0: int, r1: int) ->
 
 
 def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: list[torch.Tensor], out_hw,
-                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0, return_probs: bool = False):
+                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0, return_probs: bool = False,
+                     on_device: bool | None = None):
     """Labels and scores of one image from its ensemble members.
 
     Arguments:
@@ -65,6 +71,8 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
         guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
         out_hw: original (H0, W0).
         max_strip_mb: memory for the per-strip float buffers, which sets the strip height.
+        on_device: post-process in torch on the logits' device (default: when that is not the CPU) instead of
+            in numpy on the host.
 
     Returns:
         labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
@@ -92,22 +100,68 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
                 ups = [F.interpolate(m[None], size=out_hw, mode="bilinear", align_corners=False)[0] for m in logits]
             else:
                 ups = [upsample_rows(m, out_hw, r0, r1) for m in logits]
-            yield r0, r1, _combine(ups, weights, cfg, vocab)
+            yield r0, r1, (_combine_t if on_device else _combine)(ups, weights, cfg, vocab)
 
+    if on_device is None:
+        on_device = logits[0].device.type != "cpu"
     keep = None
     if cfg.area_thd is not None:
         counts = np.zeros(vocab.num_classes, dtype=np.int64)
         for _, _, probs in strips():
-            counts += np.bincount(probs.argmax(axis=0).ravel(), minlength=vocab.num_classes)
+            if on_device:
+                counts += torch.bincount(probs.argmax(dim=0).flatten(), minlength=vocab.num_classes).cpu().numpy()
+            else:
+                counts += np.bincount(probs.argmax(axis=0).ravel(), minlength=vocab.num_classes)
         keep = area_keep(counts, cfg.area_thd)
     labels = np.empty((h0, w0), dtype=np.int32)
     scores = np.empty((h0, w0), dtype=np.float32)
     full = np.empty((vocab.num_classes, h0, w0), dtype=np.float32) if return_probs else None
     for r0, r1, probs in strips():
-        labels[r0:r1], scores[r0:r1], normed = decide(probs, cfg.prob_thd, keep)
+        if on_device:
+            lab, sc, normed = _decide_t(probs, cfg.prob_thd, keep)
+            labels[r0:r1], scores[r0:r1] = lab.cpu().numpy(), sc.cpu().numpy()
+            normed = normed.cpu().numpy() if full is not None else None
+        else:
+            labels[r0:r1], scores[r0:r1], normed = decide(probs, cfg.prob_thd, keep)
         if full is not None:
             full[:, r0:r1] = normed
     return (labels, scores, full) if return_probs else (labels, scores)
+
+
+def _query_probs_t(logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """``clipsam.postprocess.query_probs`` in torch: softmax over dim 0 of (Q, ...) in float32."""
+    return torch.softmax(logits.float() * logit_scale, dim=0)
+
+
+def _merge_t(probs: torch.Tensor, query_to_class, num_classes: int) -> torch.Tensor:
+    """``clipsam.postprocess.merge_synonyms`` in torch: (Q, H, W) -> (C, H, W), max over each class's queries."""
+    if len(query_to_class) == num_classes:
+        return probs
+    q2c = np.asarray(query_to_class)
+    return torch.stack([probs[torch.as_tensor(np.flatnonzero(q2c == c), device=probs.device)].amax(dim=0)
+                        for c in range(num_classes)])
+
+
+def _decide_t(probs: torch.Tensor, prob_thd: float, keep: np.ndarray | None):
+    """``clipsam.postprocess.decide`` in torch: (C, H, W) -> labels int32, scores float32, renormalised probs."""
+    if keep is not None and not keep.all():
+        probs = probs * torch.as_tensor(keep, device=probs.device, dtype=probs.dtype)[:, None, None]
+    best, labels = probs.max(dim=0)
+    labels = torch.where(best < prob_thd, torch.zeros_like(labels), labels)
+    probs = probs / probs.sum(dim=0, keepdim=True)
+    scores = probs.gather(0, labels[None])[0]
+    return labels.int(), scores.float(), probs
+
+
+def _combine_t(ups: list[torch.Tensor], weights, cfg: DenseConfig, vocab) -> torch.Tensor:
+    """``_combine`` on the logits' device: (Q, r, W0) per member -> (C, r, W0) class probabilities."""
+    if len(ups) == 1:
+        probs = _query_probs_t(ups[0], cfg.logit_scale)
+    elif cfg.combine == "logit_mean":
+        probs = _query_probs_t(sum(w * u for u, w in zip(ups, weights)), cfg.logit_scale)
+    else:
+        probs = sum(w * _query_probs_t(u, cfg.logit_scale) for u, w in zip(ups, weights))
+    return _merge_t(probs, vocab.query_to_class, vocab.num_classes)
 
 
 def _combine(ups: list[torch.Tensor], weights, cfg: DenseConfig, vocab) -> np.ndarray:
