@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -89,6 +90,7 @@ class EngineSegmenter:
         self.precision = m.precision
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
+        self._sessions_lock = threading.Lock()  # one session per graph, also when threads race to create it
         consts = np.load(m.path("host_constants"))
         self._consts = {k: consts[k] for k in consts.files}
         self.patch = int(m.clip["patch"])
@@ -124,6 +126,10 @@ class EngineSegmenter:
 
     # -- sessions and components -------------------------------------------------------------------------
     def _session(self, name: str) -> GraphSession:
+        with self._sessions_lock:
+            return self._session_locked(name)
+
+    def _session_locked(self, name: str) -> GraphSession:
         if name not in self._sessions:
             entry = {**self.manifest.graphs[name], "name": name, "folder": str(self.manifest.folder)}
             self._sessions[name] = GraphSession(self.manifest.path(name), entry, self.provider_config,
@@ -170,6 +176,13 @@ class EngineSegmenter:
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
+    def warmup(self, classes=None, class_file=None, sizes=None) -> dict:
+        """Create every session, build TensorRT engines and encode the vocabulary by segmenting one synthetic image
+        per size ((H, W) pairs; default: the preset's resize target). See ``clipsam.warmup``."""
+        from ..warmup import warmup
+
+        return warmup(self, classes, class_file, sizes)
+
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
         """Explicit classes, a class file, or the preset's built-in vocabulary (as ``Segmenter.vocabulary``)."""
         if classes is not None and class_file is not None:

@@ -1,0 +1,61 @@
+"""``warmup``: run once everything a first request would otherwise pay for, before an app takes traffic.
+
+A first ``segment`` call loads lazily and compiles: the text embeddings of the vocabulary (then cached), the
+ONNX Runtime sessions of an engine folder (and TensorRT engines, built on first run), Triton kernels (compiled
+per dtype and shape) and cuDNN/cuBLAS plans on CUDA, the SAM2 refiner. ``warmup`` segments one synthetic image per
+requested size, so that the shapes the app will see are compiled too.
+
+Thread safety, for apps that share one segmenter between threads (web servers, worker pools): ``segment``,
+``segment_batch`` and ``segment_stream`` keep their state in local variables; the text-embedding cache is a
+bounded LRU behind a lock (two threads missing the same key both compute it, and the results are equal); the
+positional-embedding caches are filled with idempotent values; ONNX Runtime's ``InferenceSession.run`` is
+thread-safe and sessions are created once under a lock; autocast and inference mode are thread-local in torch.
+Nothing global (torch threads, grad mode, environment) is changed by a call. Calling ``warmup`` once before the
+threads start avoids several threads compiling the same kernels at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["warmup", "default_warmup_sizes"]
+
+
+def default_warmup_sizes(config) -> tuple[tuple[int, int], ...]:
+    """One (H, W) per shape class a real image produces: the preset's resize target (whole-image methods see
+    each image's own shape, so this covers the common landscape case only)."""
+    return ((int(config.short_side), int(config.long_side)),)
+
+
+def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
+    """Segment one synthetic image per size with ``segmenter``'s own pipeline; returns what was done and timings.
+
+    Arguments:
+        segmenter: a ``clipsam.Segmenter`` or an engine segmenter (``Segmenter.from_engines``).
+        classes, class_file: the vocabulary the app will use (default: the preset's); its embeddings stay cached.
+        sizes: image sizes (H, W) to run, e.g. the sizes the app receives; default: the preset's resize target.
+
+    Returns:
+        {"sizes": [...], "vocabulary": number of classes, "first_call_s": [...], "second_call_s": float}: the
+        second call repeats the first size and shows the warm latency.
+    """
+    sizes = default_warmup_sizes(segmenter.config) if sizes is None else tuple(tuple(s) for s in sizes)
+    if not sizes or any(len(s) != 2 or int(s[0]) < 1 or int(s[1]) < 1 for s in sizes):
+        raise ConfigError(f"warmup sizes must be (height, width) pairs of positive integers, got {sizes!r}")
+    vocab = segmenter.vocabulary(classes, class_file)
+    rng = np.random.default_rng(0)
+    first = []
+    for h, w in sizes:
+        image = rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+        t0 = time.perf_counter()
+        segmenter.segment(image, classes=classes, class_file=class_file)
+        first.append(round(time.perf_counter() - t0, 4))
+    h, w = sizes[0]
+    t0 = time.perf_counter()
+    segmenter.segment(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8), classes=classes, class_file=class_file)
+    return {"sizes": [list(map(int, s)) for s in sizes], "vocabulary": vocab.num_classes, "first_call_s": first,
+            "second_call_s": round(time.perf_counter() - t0, 4)}
