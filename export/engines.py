@@ -131,6 +131,9 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     log = log or (lambda *a, **k: None)
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if overrides.get("calibration", "none") != "none":
+        raise ConfigError(f"calibration={overrides['calibration']!r} cannot be exported: the engines' dense graphs do not "
+                          "include visual calibration. Export with calibration='none'.")
     out = Path(out)
     _prepare(out, overwrite)
     cfg = dense_config(method, preset, **overrides)

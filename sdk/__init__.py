@@ -13,13 +13,14 @@ from .errors import ClipSamError
 
 __version__ = "0.1.0"
 
-__all__ = ["Segmenter", "SegmentationResult", "DenseConfig", "dense_config", "ClipSamError", "__version__"]
+__all__ = ["Segmenter", "SegmentationResult", "DenseConfig", "dense_config", "PromptConfig", "ClipSamError", "__version__"]
 
 _LAZY = {
     "Segmenter": ("clipsam.segmenter", "Segmenter"),
     "SegmentationResult": ("clipsam.result", "SegmentationResult"),
     "DenseConfig": ("clipsam.config", "DenseConfig"),
     "dense_config": ("clipsam.config", "dense_config"),
+    "PromptConfig": ("clipsam.prompting", "PromptConfig"),
 }
 
 

@@ -29,7 +29,73 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=_METHODS, default="resclip", help="dense method (default: resclip = NACLIP+RCS+SFR)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="fp16/bf16 autocast needs CUDA")
-    g.add_argument("--templates", default=None, help="prompt templates: openai80 (default), openai7 or single")
+    g.add_argument("--templates", default=None, metavar="NAME_OR_FILE",
+                   help="prompt templates: openai80 (default), openai7, single, or a file (.txt one per line, or a "
+                        "JSON/YAML list)")
+    _add_prompt_args(p)
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompt engineering and calibration (README: 'Prompt engineering and calibration')")
+    g.add_argument("--context-prompts", metavar="FILE|default", default=None,
+                   help="per-class context prompts, averaged with the templates: 'default' (shipped) or a JSON/YAML "
+                        "file {class: [prompt, ...]}")
+    g.add_argument("--descriptions", metavar="FILE|voc20|coco80", default=None,
+                   help="per-class descriptions for text enrichment: shipped 'voc20' / 'coco80' or a JSON/YAML file "
+                        "{class: [sentence, ...]}")
+    g.add_argument("--enrichment", choices=("tse", "mean"), default=None,
+                   help="with --descriptions: ExCEL's TSE attribute bank (default) or plain averaging")
+    g.add_argument("--disambiguate", metavar="FILE|default", default=None,
+                   help="rename ambiguous class names before encoding ('mouse' -> 'computer mouse'): 'default' or a "
+                        "JSON/YAML map")
+    g.add_argument("--calibration", choices=("none", "excel", "knn"), default="none",
+                   help="visual calibration of the dense features: ExCEL's SVC (not with resclip methods) or kNN "
+                        "replacement of low-confidence patches (default: none)")
+
+
+def prompt_options(args) -> dict:
+    """``from_pretrained`` keywords of the prompt and calibration flags: templates, prompts, calibration."""
+    import os
+
+    from .prompt_files import load_templates
+    from .prompting import PromptConfig
+
+    out: dict = {}
+    t = getattr(args, "templates", None)
+    if t is not None:
+        out["templates"] = load_templates(t) if os.path.isfile(t) else t
+    kw = {k: getattr(args, k, None) for k in ("context_prompts", "descriptions", "disambiguate")}
+    enrichment = getattr(args, "enrichment", None)
+    if enrichment is not None and kw["descriptions"] is None:
+        raise ClipSamError("--enrichment needs --descriptions (voc20, coco80 or a file)")
+    if any(v is not None for v in kw.values()):
+        out["prompts"] = PromptConfig(enrichment=enrichment or "tse", **kw)
+    if getattr(args, "calibration", "none") != "none":
+        out["calibration"] = args.calibration
+    return out
+
+
+def add_segment_options(p: argparse.ArgumentParser) -> None:
+    """Vocabulary, model, SAM2 and scheduling options shared by ``clipsam segment`` and ``clipsam batch``."""
+    voc = p.add_argument_group("vocabulary (one of --classes / --class-file, or a --preset's own)")
+    voc.add_argument("--classes", help='comma-separated class names, e.g. "cat, sofa, floor"')
+    voc.add_argument("--class-file", help="class file: one class per line, synonyms separated by ', '")
+    voc.add_argument("--preset", choices=_PRESETS,
+                     help="dataset preset: its reference settings, and its vocabulary unless classes are given")
+    _add_model_args(p)
+    ref = p.add_argument_group("SAM2 refinement")
+    ref.add_argument("--refine", metavar="SAM2", choices=("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
+                     help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
+                          "writes <name>_instances.json (COCO RLE)")
+    ref.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
+    run = p.add_argument_group("scheduling")
+    run.add_argument("--scales", default=None,
+                     help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)")
+    run.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    run.add_argument("--batch-size", type=int, default=8, help="images per scheduling chunk (default: 8)")
+    run.add_argument("--max-batch", type=int, default=None, help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)")
+    run.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,32 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("images", nargs="+", metavar="IMAGE",
                      help="image files, folders (their images, sorted) or glob patterns such as 'photos/*.jpg'")
-    voc = seg.add_argument_group("vocabulary (one of --classes / --class-file, or a --preset's own)")
-    voc.add_argument("--classes", help='comma-separated class names, e.g. "cat, sofa, floor"')
-    voc.add_argument("--class-file", help="class file: one class per line, synonyms separated by ', '")
-    voc.add_argument("--preset", choices=_PRESETS,
-                     help="dataset preset: its reference settings, and its vocabulary unless classes are given")
     seg.add_argument("--out", required=True, help="output folder")
-    _add_model_args(seg)
-    ref = seg.add_argument_group("SAM2 refinement")
-    ref.add_argument("--refine", metavar="SAM2", choices=("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
-                     help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
-                          "writes <name>_instances.json (COCO RLE)")
-    ref.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
-    run = seg.add_argument_group("scheduling")
-    run.add_argument("--scales", default=None,
-                     help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)")
-    run.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-    run.add_argument("--batch-size", type=int, default=8, help="images per scheduling chunk (default: 8)")
-    run.add_argument("--max-batch", type=int, default=None, help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)")
-    run.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_segment_options(seg)
     seg.set_defaults(func=cmd_segment)
     # here, not at the top: these modules import this one
     from .engine.cli import add_segment_arguments, register as register_engine
     from .eval.cli import register as register_eval
 
     add_segment_arguments(seg)  # --engines DIR, --providers, --allow-provider-fallback, --trt-cache
+    from .batch import register as register_batch
+
+    register_batch(sub)  # clipsam batch
     register_engine(sub)  # clipsam export
     register_eval(sub)  # clipsam eval, clipsam bench
     return parser
@@ -120,32 +171,35 @@ def _parse_scales(text: str | None):
 def _make_segmenter(args, preset, **overrides):
     from .segmenter import Segmenter
 
-    weights = None if args.random_weights else args.weights
+    kwargs = dict(clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
+                  preset=preset, device=args.device, precision=args.precision, **prompt_options(args), **overrides)
     with warnings.catch_warnings():
         if args.random_weights:  # the user asked for it; say so once on stderr instead
             warnings.simplefilter("ignore")
             print("clipsam: using RANDOM CLIP weights (--random-weights); predictions are meaningless.", file=sys.stderr)
-        return Segmenter.from_pretrained(clip=args.clip, clip_weights=weights, method=args.method, preset=preset,
-                                         device=args.device, precision=args.precision, templates=args.templates,
-                                         **overrides)
+        return Segmenter.from_pretrained(**kwargs)
 
 
-def cmd_segment(args) -> int:
+def resolve_classes(args):
+    """The vocabulary named by --classes / --class-file (validated before any model loads), or None (preset's)."""
     from .vocabulary import Vocabulary, parse_class_file
-
-    if getattr(args, "engines", None):
-        from .engine.cli import segment_with_engines
-
-        return segment_with_engines(args)
 
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
-    if not (args.classes or args.class_file or args.preset):
+    if not (args.classes or args.class_file or args.preset or getattr(args, "engines", None)):
         raise ClipSamError("name the classes: --classes \"cat, sofa\", --class-file FILE, or --preset voc21")
-    classes = Vocabulary.from_names(args.classes) if args.classes else None  # validate before loading any model
     if args.class_file:
-        classes = parse_class_file(args.class_file)
-    images = expand_images(args.images)
+        return parse_class_file(args.class_file)
+    return Vocabulary.from_names(args.classes) if args.classes else None
+
+
+def build_segmenter(args):
+    """The segmenter the options describe: engines (--engines) or PyTorch (``Segmenter.from_pretrained``)."""
+    if getattr(args, "engines", None):
+        from .engine.cli import engine_options
+        from .engine.segmenter import EngineSegmenter
+
+        return EngineSegmenter(args.engines, **engine_options(args))
     overrides = {}
     scales = _parse_scales(args.scales)
     if scales is not None:
@@ -157,7 +211,18 @@ def cmd_segment(args) -> int:
     if args.refine:
         overrides.update(sam2=args.refine, sam2_weights=args.sam2_weights,
                          sam2_random_weights=bool(args.random_weights and not args.sam2_weights))
-    seg = _make_segmenter(args, args.preset, max_batch=args.max_batch, max_memory_mb=args.max_memory_mb, **overrides)
+    return _make_segmenter(args, args.preset, max_batch=args.max_batch, max_memory_mb=args.max_memory_mb, **overrides)
+
+
+def cmd_segment(args) -> int:
+    if getattr(args, "engines", None):
+        from .engine.cli import segment_with_engines
+
+        return segment_with_engines(args)
+
+    classes = resolve_classes(args)
+    images = expand_images(args.images)
+    seg = build_segmenter(args)
     dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)
     print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) -> {args.out}")
     return 0

@@ -16,6 +16,7 @@ __all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config"]
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
 BASES = ("clip", "sclip", "clearclip", "naclip")
+CALIBRATIONS = ("none", "excel", "knn")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class DenseConfig:
     scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
     combine: str = "prob_mean"  # scales/flips: "prob_mean" | "weighted" (probabilities) | "logit_mean"
     flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
+    calibration: str = "none"  # visual calibration (dense/calibration.py): "none" | "excel" (SVC) | "knn"
+    calibration_blocks: int = 5  # excel: the last N blocks get ExCEL's second attention path (ExCEL: 5)
+    knn_k: int = 8  # knn: high-confidence neighbours averaged into each low-confidence patch
+    knn_quantile: float = 0.5  # knn: fraction of each crop's patches, least confident first, that are replaced
     templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
     vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
     preset: str | None = None  # name of the preset this config came from (informational)
@@ -84,6 +89,18 @@ class DenseConfig:
             raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
         if self.scale_weights is not None and (len(self.scale_weights) != len(self.scales) or min(self.scale_weights) < 0):
             raise ConfigError("scale_weights must give one non-negative weight per scale")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.calibration == "excel" and (self.rcs or self.sfr):
+            raise ConfigError("calibration='excel' replaces the method's last block with ExCEL's second attention path, "
+                              "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
+                              "'clip' with it, or calibration='knn', which works with every method")
+        if self.calibration_blocks < 1:
+            raise ConfigError(f"calibration_blocks must be >= 1, got {self.calibration_blocks}")
+        if self.knn_k < 1:
+            raise ConfigError(f"knn_k must be >= 1, got {self.knn_k}")
+        if not 0.0 < self.knn_quantile < 1.0:
+            raise ConfigError(f"knn_quantile must be in (0, 1), got {self.knn_quantile}")
 
     def replace(self, **changes) -> "DenseConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -12,7 +12,8 @@ from .config import DenseConfig, dense_config
 from .errors import BackendUnavailableError, ConfigError, VocabularyError
 from .preprocess import load_image, preprocess
 from .result import SegmentationResult
-from .text import TextEmbeddingCache, encode_queries, resolve_templates
+from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
+from .text import TextEmbeddingCache, embed_prompts, encode_queries, resolve_templates
 from .vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
 
 __all__ = ["Segmenter"]
@@ -42,7 +43,8 @@ class Segmenter:
     """
 
     def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64,
-                 max_batch: int | None = None, max_memory_mb: float | None = None, refiner=None, refine_config=None):
+                 max_batch: int | None = None, max_memory_mb: float | None = None, refiner=None, refine_config=None,
+                 prompts: PromptConfig | None = None):
         import open_clip
 
         from .dense.encoder import DenseEncoder
@@ -61,7 +63,7 @@ class Segmenter:
         self.model = loaded.model.to(self.device).eval()
         self.encoder = DenseEncoder(self.model.visual, config)
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
-        self.templates = resolve_templates(config.templates)
+        self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
         if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
             max_batch = 32 if self.device.type == "cuda" else 4
@@ -94,6 +96,8 @@ class Segmenter:
         sam2_weights: str | os.PathLike | None = None,
         sam2_random_weights: bool = False,
         refine=None,
+        text_cache_size: int = 64,
+        prompts: PromptConfig | None = None,
         **overrides,
     ) -> "Segmenter":
         """Build a segmenter.
@@ -118,9 +122,17 @@ class Segmenter:
             sam2_weights: SAM2 checkpoint file; None downloads the official checkpoint by name (online).
             sam2_random_weights: random SAM2 weights (tests and offline smoke runs; warns).
             refine: ``clipsam.refine.RefineConfig`` (prompt extraction and merge rules); None: its defaults.
-            overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2).
+            text_cache_size: most vocabularies whose text embeddings stay cached (thread-safe LRU).
+            prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions and TSE); its fields
+                may also be given one by one (context_prompts="default", descriptions="voc20", ...).
+            overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2, calibration="knn").
         """
         from .models import load_clip
+
+        prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
+        prompts = (prompts or PromptConfig()).replace(**prompt_kw) if prompt_kw else prompts
+        if prompts is not None:
+            prompts.resolve()  # a bad prompt file fails before any weights load
 
         if templates is not None:
             overrides["templates"] = templates
@@ -134,7 +146,7 @@ class Segmenter:
 
             refiner = Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights)
         return cls(loaded, cfg, device=device, precision=precision, max_batch=max_batch, max_memory_mb=max_memory_mb,
-                   refiner=refiner, refine_config=refine)
+                   refiner=refiner, refine_config=refine, text_cache_size=text_cache_size, prompts=prompts)
 
     @classmethod
     def from_engines(cls, folder, providers=None, **kwargs):
@@ -149,15 +161,33 @@ class Segmenter:
         return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
     def with_options(self, **overrides) -> "Segmenter":
-        """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields replaced."""
+        """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or
+        ``PromptConfig`` fields) replaced."""
         from .dense.encoder import DenseEncoder
 
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        prompts = overrides.pop("prompts", self.prompts)
+        prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         new.config = self.config.replace(**overrides)
-        new.templates = resolve_templates(new.config.templates)
+        new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
         new.encoder = DenseEncoder(self.model.visual, new.config)
         return new
+
+    def _set_prompts(self, prompts: PromptConfig) -> None:
+        """Load the prompt files; the effective templates are the PromptConfig's, else the DenseConfig's."""
+        self.prompts = prompts
+        self._prompts = prompts.resolve()
+        self.templates = self._prompts.templates or resolve_templates(self.config.templates)
+        self.prompt_info = self._prompts.info()  # JSON-able, None for plain templates; in result info and eval reports
+
+    def warmup(self, classes=None, class_file=None, sizes=None) -> dict:
+        """Compile and load everything a first request would (text embeddings, Triton kernels, cuDNN plans, SAM2)
+        by segmenting one synthetic image per size in ``sizes`` ((H, W) pairs; default: the preset's resize
+        target). Call once before sharing the segmenter between threads. See ``clipsam.warmup``."""
+        from .warmup import warmup
+
+        return warmup(self, classes, class_file, sizes)
 
     # -- vocabulary and text ----------------------------------------------------------------------------
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
@@ -176,11 +206,18 @@ class Segmenter:
         return builtin_vocabulary(self.config.vocabulary)
 
     def text_embeddings(self, vocab: Vocabulary):
-        """(Q, E) query embeddings on the device, computed once per vocabulary and cached."""
-        key = (self.arch, self.weights_id, vocab.queries, self.templates)
+        """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
+        key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
-            emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device)
+            if self._prompts.is_default:
+                emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device)
+            else:
+                import torch
+
+                emb = build_text_embeddings(lambda p: embed_prompts(self.model, self.tokenizer, p, self.device), vocab,
+                                            self.templates, self._prompts, self.text_cache, (self.arch, self.weights_id))
+                emb = torch.from_numpy(emb).to(self.device)
             self.text_cache.put(key, emb)
         return emb
 
@@ -301,6 +338,8 @@ class Segmenter:
                 "time_ms": round(elapsed, 2),
                 "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
             }
+            if self.prompt_info is not None:
+                info["prompts"] = self.prompt_info
             if refined[i] is not None:
                 info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
                 results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,

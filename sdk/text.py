@@ -15,7 +15,7 @@ from .vocabulary import Vocabulary
 
 _PROMPTS_PER_BATCH = 256  # prompts per text-encoder call (all queries x templates, in order)
 
-__all__ = ["TEMPLATE_SETS", "resolve_templates", "TextEmbeddingCache", "encode_queries"]
+__all__ = ["TEMPLATE_SETS", "resolve_templates", "TextEmbeddingCache", "encode_queries", "embed_prompts"]
 
 TEMPLATE_SETS = {
     "openai80": OPENAI_IMAGENET_TEMPLATES,
@@ -89,6 +89,21 @@ def _encode_tokens(model, tokens):
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     proj = model.text_projection
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def embed_prompts(model, tokenizer, prompts: list[str], device) -> "np.ndarray":
+    """(len(prompts), E) float32 raw (unnormalised) text embeddings as numpy, in chunks of 256 prompts.
+
+    The encoder of ``clipsam.prompting.build_text_embeddings`` (context prompts, descriptions) on PyTorch.
+    """
+    import torch
+
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), _PROMPTS_PER_BATCH):
+            tokens = tokenizer(list(prompts[i : i + _PROMPTS_PER_BATCH])).to(device)
+            chunks.append(_encode_tokens(model, tokens).float().cpu())
+    return torch.cat(chunks).numpy()
 
 
 def encode_queries(model, tokenizer, vocab: Vocabulary, templates: tuple[str, ...], device) -> "torch.Tensor":

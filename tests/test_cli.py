@@ -37,7 +37,8 @@ def test_help_is_complete():
     assert "segment" in top
     seg = run("segment", "--help").stdout
     for opt in ("--classes", "--class-file", "--preset", "--out", "--method", "--weights", "--device", "--random-weights",
-                "--clip", "--templates", "--precision"):
+                "--clip", "--templates", "--precision", "--context-prompts", "--descriptions", "--enrichment",
+                "--disambiguate", "--calibration"):
         assert opt in seg, opt
 
 
@@ -83,6 +84,35 @@ def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
         "--clip", TINY_VIT, "--templates", "single")
     summary = json.loads((out / "chelsea.json").read_text())
     assert len(summary["classes"]) == 20 and summary["preset"] == "voc20"
+
+
+def test_prompt_and_calibration_flags(photo, tmp_path):
+    tpl = tmp_path / "templates.txt"
+    tpl.write_text("a photo of a {}.\nart of the {}.\n")
+    out = tmp_path / "out"
+    run("segment", str(photo), "--classes", "person, dog, mouse", "--out", str(out), "--random-weights", "--clip",
+        TINY_VIT, "--method", "naclip", "--templates", str(tpl), "--context-prompts", "default", "--disambiguate",
+        "default", "--descriptions", "voc20", "--enrichment", "mean", "--calibration", "knn", "--no-progress")
+    summary = json.loads((out / "voc_sample.json").read_text())
+    assert summary["classes"] == ["person", "dog", "mouse"]  # disambiguation does not rename the classes
+    assert summary["prompts"] == {"context_prompts": "default", "disambiguate": "default", "descriptions": "voc20",
+                                  "enrichment": "mean", "tse_clusters": None, "tse_drop": 0.1,
+                                  "descriptions_sha256": summary["prompts"]["descriptions_sha256"]}
+    assert summary["config"]["calibration"] == "knn"
+
+
+def test_prompt_file_errors_name_the_file(photo, tmp_path, capsys):
+    from clipsam.cli import main
+
+    bad = tmp_path / "ctx.yaml"
+    bad.write_text("cat: [a cat\n")
+    args = ["segment", str(photo), "--classes", "cat", "--out", str(tmp_path), "--random-weights", "--clip", TINY_VIT]
+    assert main(args + ["--context-prompts", str(bad)]) == 2
+    assert "ctx.yaml is not valid YAML" in capsys.readouterr().err
+    assert main(args + ["--enrichment", "mean"]) == 2
+    assert "--enrichment needs --descriptions" in capsys.readouterr().err
+    assert main(args + ["--calibration", "excel"]) == 2  # default method resclip: RCS/SFR cannot apply
+    assert "calibration='excel'" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(photo, tmp_path):

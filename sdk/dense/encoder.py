@@ -5,7 +5,9 @@ Data flow for a batch of crops (ALGORITHMS.md A.3, B, C):
     crops (B,3,H,W) --conv1--> tokens (B,1+N,D) + pos (bicubic +0.1 resize when the grid is not the native one)
       --ln_pre--> blocks 0..L-2 (q,k of the RCS blocks kept, (L_rcs,B,heads,1+N,d))
       --last block (variant; RCS blend; SFR pass 1 -> labels -> S_hat -> pass 2)--> ln_post @ proj
-      --patch tokens, L2-normalised, @ text^T--> logits (B,Q,h,w)
+      --patch tokens, L2-normalised (optional kNN calibration), @ text^T--> logits (B,Q,h,w)
+
+``calibration="excel"`` swaps the trunk and last block for ExCEL's two-path forward (``calibration.svc_tokens``).
 
 Only the last block runs twice under SFR; the trunk is computed once.
 """
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DenseConfig
+from ..errors import ConfigError
+from .calibration import knn_calibrate, svc_tokens
 from .sfr import first_pass_probs, patch_labels
 
 __all__ = ["DenseEncoder"]
@@ -41,6 +45,8 @@ class DenseEncoder:
             raise ValueError(
                 f"RCS layers {cfg.rcs_layers} need at least {max(cfg.rcs_layers) + 2} blocks; this model has {len(self.blocks)}"
             )
+        if cfg.calibration == "excel" and cfg.calibration_blocks > len(self.blocks):
+            raise ConfigError(f"calibration_blocks={cfg.calibration_blocks} exceeds this model's {len(self.blocks)} blocks")
         n = visual.positional_embedding.shape[0] - 1
         self.native_grid = int(round(n**0.5))
         self._pos_cache: dict = {}
@@ -122,12 +128,14 @@ class DenseEncoder:
         x = x + out
         return x + block.mlp(block.ln_2(x))
 
-    def patch_logits(self, tokens: torch.Tensor, grid, text: torch.Tensor) -> torch.Tensor:
-        """tokens (B,N1,D), text (Q,E) -> (B, Q, h, w) cosine logits."""
+    def patch_logits(self, tokens: torch.Tensor, grid, text: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
+        """tokens (B,N1,D), text (Q,E) -> (B, Q, h, w) cosine logits (``calibrate``: final logits, kNN applies)."""
         v = self.visual
         f = v.ln_post(tokens) @ v.proj
         f = f[:, 1:]
         f = f / f.norm(dim=-1, keepdim=True)
+        if calibrate and self.cfg.calibration == "knn":
+            f = knn_calibrate(f, text, self.cfg.logit_scale, self.cfg.knn_k, self.cfg.knn_quantile)
         logits = f @ text.to(f.dtype).T  # (B, N, Q)
         return logits.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
 
@@ -145,6 +153,8 @@ class DenseEncoder:
         """
         cfg = self.cfg
         x, grid = self.embed(crops)
+        if cfg.calibration == "excel":  # ExCEL SVC replaces the last-block variant (dense/calibration.py)
+            return self.patch_logits(svc_tokens(self, x, cfg.calibration_blocks), grid, text)
         x, rcs = self.trunk(x)
         sfr = None
         if cfg.sfr:
@@ -155,4 +165,4 @@ class DenseEncoder:
             from clipsam.kernels import sfr_affinity
 
             sfr = sfr_affinity(labels, gaussian_std=cfg.gaussian_std, path_check=cfg.sfr_path_check, blur=cfg.sfr_blur)
-        return self.patch_logits(self.last_block(x, grid, rcs, sfr), grid, text)
+        return self.patch_logits(self.last_block(x, grid, rcs, sfr), grid, text, calibrate=True)

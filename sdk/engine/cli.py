@@ -105,27 +105,19 @@ def _requested(args, name: str):
     return None if value == _CLI_DEFAULTS.get(name) else value
 
 
-def segment_with_engines(args) -> int:
-    """``clipsam segment --engines DIR ...``: segment and save results like the PyTorch path.
+def engine_options(args) -> dict:
+    """``EngineSegmenter`` keyword arguments (besides the folder) from ``clipsam segment/batch`` arguments.
 
     The folder's method, preset, precision and models are used; --method, --precision and --clip are checked
     against them when they differ from the CLI defaults, --preset and --refine SAM2 whenever given.
     """
     import dataclasses
 
-    from ..cli import _parse_scales, expand_images
-    from ..vocabulary import Vocabulary, parse_class_file
-    from .segmenter import EngineSegmenter
+    from ..cli import _parse_scales, prompt_options
 
-    if args.classes and args.class_file:
-        raise ClipSamError("give --classes or --class-file, not both")
-    classes = Vocabulary.from_names(args.classes) if args.classes else None
-    if args.class_file:
-        classes = parse_class_file(args.class_file)
     if getattr(args, "sam2_weights", None):
         raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
-    images = expand_images(args.images)
-    overrides = {"templates": args.templates} if getattr(args, "templates", None) else {}
+    overrides = prompt_options(args)  # templates, prompts; calibration is refused by the engines (check_request)
     scales = _parse_scales(getattr(args, "scales", None))
     if scales is not None:
         overrides["scales"] = scales
@@ -134,12 +126,27 @@ def segment_with_engines(args) -> int:
     providers = args.providers
     if providers == "cpu" and str(getattr(args, "device", "cpu")).startswith("cuda"):
         providers = "cuda,cpu"
-    seg = EngineSegmenter(
-        args.engines, providers=providers, allow_fallback=args.allow_provider_fallback,
+    return dict(
+        providers=providers, allow_fallback=args.allow_provider_fallback,
         method=_requested(args, "method"), precision=_requested(args, "precision"), clip=_requested(args, "clip"),
         preset=args.preset if args.preset else dataclasses.MISSING, sam2=getattr(args, "refine", None),
         trt_cache_dir=args.trt_cache, max_batch=getattr(args, "max_batch", None),
         max_memory_mb=getattr(args, "max_memory_mb", None), **overrides)
+
+
+def segment_with_engines(args) -> int:
+    """``clipsam segment --engines DIR ...``: segment and save results like the PyTorch path (see ``engine_options``)."""
+    from ..cli import expand_images
+    from ..vocabulary import Vocabulary, parse_class_file
+    from .segmenter import EngineSegmenter
+
+    if args.classes and args.class_file:
+        raise ClipSamError("give --classes or --class-file, not both")
+    classes = Vocabulary.from_names(args.classes) if args.classes else None
+    if args.class_file:
+        classes = parse_class_file(args.class_file)
+    images = expand_images(args.images)
+    seg = EngineSegmenter(args.engines, **engine_options(args))
     if classes is None and not seg.config.vocabulary:
         raise ClipSamError("name the classes: --classes \"cat, sofa\" or --class-file FILE (this engine folder has no "
                            "preset vocabulary)")

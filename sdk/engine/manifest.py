@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DenseConfig
+from ..errors import ConfigError
 from ..export.io_names import FORMAT_VERSION, MANIFEST_FILE
 from .errors import EngineError, EngineFileError, ManifestMismatchError
 
@@ -184,7 +185,11 @@ def check_request(manifest: EngineManifest, *, method=None, preset=dataclasses.M
         have = {k: getattr(manifest.dense, k) for k in baked}
         raise ManifestMismatchError(f"{', '.join(sorted(baked))} are baked into the exported graphs ({have}); asked "
                                     f"for {baked}. {fix} and the same options.")
-    return manifest.dense.replace(**overrides) if overrides else manifest.dense
+    cfg = manifest.dense.replace(**overrides) if overrides else manifest.dense
+    if cfg.calibration != "none":
+        raise ConfigError(f"calibration={cfg.calibration!r} is not available with exported engines: their dense graphs "
+                          "end in logits and do not include the calibration. Use the PyTorch Segmenter for it.")
+    return cfg
 
 
 def _norm(v):

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, VocabularyError
 from ..preprocess import load_image, preprocess
+from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..result import SegmentationResult
 from ..text import TextEmbeddingCache, resolve_templates
@@ -62,6 +63,8 @@ class EngineSegmenter:
         provider_options: extra ONNX Runtime options per provider name, over clipsam's (e.g.
             {"TensorrtExecutionProvider": {"trt_max_workspace_size": 2 << 30}}).
         templates: template set or list, overriding the export's.
+        prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions + TSE), run on the
+            ``clip_text`` graph with the same numpy arithmetic as the PyTorch pipeline.
         overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
 
@@ -70,7 +73,7 @@ class EngineSegmenter:
                  sam2: str | None = None, refine=None, trt_cache_dir: str | None = None, io_binding: bool | None = None,
                  verify: bool = True, max_batch: int | None = None, max_memory_mb: float | None = None,
                  intra_op_threads: int = 0, device_id: int = 0, provider_options: dict | None = None, templates=None,
-                 text_cache_size: int = 64, **overrides):
+                 text_cache_size: int = 64, prompts: PromptConfig | None = None, **overrides):
         self.manifest = m = load_manifest(folder)
         verify_files(m, check_hash=verify)
         if templates is not None:
@@ -98,7 +101,7 @@ class EngineSegmenter:
         files = m.data["files"]
         tokenizer = ClipTokenizer.from_folder(m.folder, files["tokenizer"]["file"], files["bpe"]["file"])
         self.text_encoder = OrtTextEncoder(self._session("clip_text"), tokenizer)
-        self.templates = resolve_templates(self.config.templates)
+        self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.refine_config = self._refine_config(refine, sam2)
         self.refiner = self._make_refiner() if self.refine_config is not None else None
@@ -170,8 +173,9 @@ class EngineSegmenter:
         """A segmenter sharing this one's sessions and text cache, with host-side ``DenseConfig`` fields replaced."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        prompts = overrides.pop("prompts", self.prompts)
         new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
-        new.templates = resolve_templates(new.config.templates)
+        new._set_prompts(prompts)
         new.dense = new._dense_encoder(new.config)
         return new
 
@@ -182,6 +186,12 @@ class EngineSegmenter:
         from ..warmup import warmup
 
         return warmup(self, classes, class_file, sizes)
+
+    def _set_prompts(self, prompts: PromptConfig) -> None:
+        self.prompts = prompts
+        self._prompts = prompts.resolve()
+        self.templates = self._prompts.templates or resolve_templates(self.config.templates)
+        self.prompt_info = self._prompts.info()
 
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
         """Explicit classes, a class file, or the preset's built-in vocabulary (as ``Segmenter.vocabulary``)."""
@@ -198,10 +208,14 @@ class EngineSegmenter:
 
     def text_embeddings(self, vocab: Vocabulary) -> np.ndarray:
         """(Q, C) float32 unit query embeddings, computed once per vocabulary and cached."""
-        key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates)
+        key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
-            emb = self.text_encoder.encode(vocab.queries, self.templates)
+            if self._prompts.is_default:
+                emb = self.text_encoder.encode(vocab.queries, self.templates)
+            else:
+                emb = build_text_embeddings(self.text_encoder.embed_prompts, vocab, self.templates, self._prompts,
+                                            self.text_cache, key[:1])
             self.text_cache.put(key, emb)
         return emb
 
@@ -285,6 +299,8 @@ class EngineSegmenter:
                 "precision": self.precision, "max_batch": max_batch, "time_ms": round(elapsed, 2),
                 "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
             }
+            if self.prompt_info is not None:
+                info["prompts"] = self.prompt_info
             if refined[i] is not None:
                 info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
                 results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..cli import _PRESETS, _add_model_args, _make_segmenter
+from ..cli import _PRESETS, _add_model_args, _make_segmenter, prompt_options
 from ..errors import BackendUnavailableError, ClipSamError
 from .datasets import DATASETS
 
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
 
 
 # -- eval ------------------------------------------------------------------------------------------------
-def engine_segmenter(engines, method: str, preset: str, device: str = "cpu", templates=None):
+def engine_segmenter(engines, method: str, preset: str, device: str = "cpu", templates=None, **options):
     """The ONNX-engine segmenter (``clipsam.engine.segmenter.EngineSegmenter.from_engines``); never a fallback."""
     try:
         from clipsam.engine import segmenter as engine
@@ -75,7 +75,7 @@ def engine_segmenter(engines, method: str, preset: str, device: str = "cpu", tem
         raise BackendUnavailableError(
             "ONNX engines backend not available: clipsam.engine.segmenter has no EngineSegmenter.from_engines(...)."
         )
-    return cls.from_engines(engines, method=method, preset=preset, device=device, templates=templates)
+    return cls.from_engines(engines, method=method, preset=preset, device=device, templates=templates, **options)
 
 
 def _open(args):
@@ -92,7 +92,7 @@ def cmd_eval(args) -> int:
         raise ClipSamError(f"--limit must be >= 1, got {args.limit}")
     dataset = _open(args)
     preset = args.preset or args.dataset
-    seg = (engine_segmenter(args.engines, args.method, preset, args.device, args.templates) if args.engines
+    seg = (engine_segmenter(args.engines, args.method, preset, args.device, **prompt_options(args)) if args.engines
            else _make_segmenter(args, preset))
     try:
         report = evaluate(seg, dataset, args.out, limit=args.limit, skip_bad=args.skip_bad,

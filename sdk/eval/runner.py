@@ -105,6 +105,7 @@ def _run_config(segmenter, dataset: Dataset, classes) -> dict[str, Any]:
         "backend": f"{type(segmenter).__module__}.{type(segmenter).__qualname__}",
         "clip": getattr(segmenter, "arch", None), "weights": getattr(segmenter, "weights_id", None),
         "precision": getattr(segmenter, "precision", None), "classes": classes, "config": cfg_dict,
+        **({"prompts": segmenter.prompt_info} if getattr(segmenter, "prompt_info", None) is not None else {}),
     })
 
 

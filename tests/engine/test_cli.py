@@ -67,6 +67,24 @@ def test_segment_with_engines(engine_dir, chelsea_small, tmp_path, capsys):
     assert labels.shape == chelsea_small.shape[:2]
 
 
+def test_batch_with_engines_and_refinement(engine_dir, chelsea_small, tmp_path, capsys):
+    from clipsam.cli import main
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(chelsea_small).save(tmp_path / "in" / "sub" / "cat.png")
+    Image.fromarray(chelsea_small[:40]).save(tmp_path / "in" / "top.png")
+    argv = ["batch", str(tmp_path / "in"), "--engines", str(engine_dir("resclip")), "--out", str(tmp_path / "out"),
+            "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "sub" / "cat.json").read_text())
+    assert summary["backend"] == "onnxruntime" and summary["refine"]["sam2"] == "sam2.1_hiera_t"
+    assert (tmp_path / "out" / "sub" / "cat_instances.json").is_file() and (tmp_path / "out" / "top_labels.png").is_file()
+    assert "2 segmented" in capsys.readouterr().out
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "0 segmented" in again and "2 already done" in again
+
+
 def test_segment_with_engines_checks_the_request(engine_dir, tmp_path):
     photo = tmp_path / "cat.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photo)

@@ -82,6 +82,20 @@ def test_text_embeddings_match_pytorch(engine_dir, tiny_clip):
     assert eng.text_embeddings(vocab) is got  # cached per vocabulary
 
 
+def test_prompt_options_match_pytorch_and_calibration_is_refused(engine_dir, tiny_clip):
+    from clipsam import PromptConfig
+    from clipsam.errors import ConfigError
+
+    prompts = PromptConfig(context_prompts="default", disambiguate="default", descriptions="voc20")
+    ref_seg = _torch_segmenter(tiny_clip, "resclip", None).with_options(prompts=prompts)
+    eng = EngineSegmenter(engine_dir("resclip"), prompts=prompts)
+    vocab = eng.vocabulary(classes=["cat", "mouse", "tv monitor"])
+    np.testing.assert_allclose(eng.text_embeddings(vocab), ref_seg.text_embeddings(vocab).numpy(), atol=1e-5, rtol=0)
+    assert not np.allclose(eng.text_embeddings(vocab), eng.with_options(prompts=PromptConfig()).text_embeddings(vocab))
+    with pytest.raises(ConfigError, match="not available with exported engines"):
+        EngineSegmenter(engine_dir("resclip"), calibration="knn")
+
+
 def test_fp16_engines_within_1e_2(engine_dir, tiny_clip, chelsea_small):
     ref_seg = _torch_segmenter(tiny_clip, "resclip", "voc21", short_side=64)
     eng = EngineSegmenter(engine_dir("resclip_fp16"), short_side=64, precision="fp16")

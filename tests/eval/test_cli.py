@@ -42,7 +42,8 @@ def voc(tmp_path) -> Path:
 def test_help_lists_the_options():
     ev = run("eval", "--help").stdout
     for opt in ("--dataset", "--root", "--split", "--method", "--preset", "--clip", "--weights", "--random-weights",
-                "--device", "--precision", "--limit", "--skip-bad", "--no-resume", "--out", "--engines", "voc21", "ade20k"):
+                "--device", "--precision", "--limit", "--skip-bad", "--no-resume", "--out", "--engines", "voc21", "ade20k",
+                "--context-prompts", "--descriptions", "--enrichment", "--disambiguate", "--calibration"):
         assert opt in ev, opt
     be = run("bench", "--help").stdout
     for opt in ("--suite", "--smoke", "--device"):
@@ -67,9 +68,10 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
               "--clip", TINY_VIT, "--method", "naclip", "--templates", "single"]
     p = run(*common, check=False)
     assert p.returncode == 2 and f"{IDS[1]}.png" in p.stderr and "Traceback" not in p.stderr
-    p = run(*common, "--skip-bad")
+    p = run(*common, "--skip-bad", "--descriptions", "voc20", "--calibration", "knn")  # an ablation row
     assert "RANDOM" in p.stderr and "mIoU" in p.stdout
     data = json.loads(out.read_text())
+    assert data["config"]["prompts"]["descriptions"] == "voc20" and data["config"]["config"]["calibration"] == "knn"
     assert data["images"] == 2 and data["skipped"][0]["path"].endswith(f"{IDS[1]}.png")
     assert data["config"]["config"]["method"] == "naclip" and data["config"]["config"]["preset"] == "voc21"
     assert data["config"]["clip"] == "clipsam-test-vit" and 0 <= data["mIoU"] <= 100

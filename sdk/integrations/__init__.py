@@ -1,0 +1,1 @@
+"""Integrations with other frameworks. ``clipsam.integrations.ray``: segment datasets with Ray Data."""

@@ -1,0 +1,114 @@
+"""clipsam batch: planning, in-process runs, bad images, resuming after an interruption (a killed process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import TINY_VIT
+
+MODEL = dict(clip=str(TINY_VIT), clip_weights=None, method="sclip", preset="voc21", short_side=48,
+             templates=("a photo of a {}.",))
+
+
+def make_images(folder: Path, n: int, bad: bool = True) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        p = sub / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40 + 4 * i, 56, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    if bad:
+        (folder / "a" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    return paths
+
+
+def labels_of(out: Path, name: str) -> np.ndarray:
+    return np.asarray(Image.open(out / f"{name}_labels.png"))
+
+
+def test_plan_rows_mirrors_the_tree(tmp_path):
+    from clipsam.batch import plan_rows
+
+    make_images(tmp_path / "in", 3, bad=False)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "a" / "img1.jpg")  # same stem as img1.png
+    (tmp_path / "in" / ".cache").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / ".cache" / "x.png")  # hidden: skipped
+    rows = plan_rows([str(tmp_path / "in"), str(tmp_path / "in" / "b" / "img0.png")])  # img0 twice: once
+    names = [r["name"] for r in rows]
+    assert names == ["a/img1", "a/img1_png", "b/img0", "b/img2"]
+    globbed = plan_rows([str(tmp_path / "in" / "*" / "*.png")])
+    assert [r["name"] for r in globbed] == ["a/img1", "b/img0", "b/img2"]
+    with pytest.raises(Exception, match="no file matches"):
+        plan_rows([str(tmp_path / "none" / "*.png")])
+
+
+def test_in_process_run_reports_bad_image_and_matches_segment(tmp_path, make_segmenter):
+    from clipsam.batch import run_batch
+    from clipsam.segmenter import Segmenter
+
+    paths = make_images(tmp_path / "in", 4)
+    report = run_batch([str(tmp_path / "in")], tmp_path / "out", model=MODEL, classes="cat, grass, sky", batch_size=3,
+                       progress=False)
+    assert (report["total"], report["done"], report["failed"], report["skipped"]) == (5, 4, 1, 0)
+    assert report["failures"][0]["path"].endswith("broken.jpg") and "broken.jpg" in report["failures"][0]["error"]
+    assert json.loads((tmp_path / "out" / "batch_report.json").read_text())["failed"] == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter.from_pretrained(**MODEL)
+    for p in paths:
+        name = f"{p.parent.name}/{p.stem}"
+        expected = seg.segment(str(p), classes="cat, grass, sky").labels
+        assert np.array_equal(labels_of(tmp_path / "out", name), expected)
+        summary = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert summary["image"] == str(p)
+    assert not list((tmp_path / "out").rglob(".partial-*"))
+    again = run_batch([str(tmp_path / "in")], tmp_path / "out", model=MODEL, classes="cat, grass, sky", progress=False)
+    assert (again["skipped"], again["done"], again["failed"]) == (4, 0, 1)  # only the bad image is retried
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "clipsam.cli", "batch", *args, "--clip", str(TINY_VIT), "--random-weights",
+            "--method", "sclip", "--preset", "voc21", "--templates", "single", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
+    make_images(tmp_path / "in", 10, bad=False)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    clean = subprocess.run(_cli(str(tmp_path / "in"), "--out", str(tmp_path / "clean")), env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cli(str(tmp_path / "in"), "--out", str(out), "--batch-size", "1"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = len([p for p in out.rglob("*.json") if p.name != "batch_report.json"])
+    assert 3 <= first < 10, "the run was not interrupted half-way"
+    res = subprocess.run(_cli(str(tmp_path / "in"), "--out", str(out)), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{10 - first} segmented" in res.stdout and f"{first} already done" in res.stdout
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    expected = sorted(p.relative_to(tmp_path / "clean").as_posix() for p in (tmp_path / "clean").rglob("*") if p.is_file())
+    assert files == expected  # nothing lost, nothing extra (no partial files left behind)
+    for f in files:
+        if f.endswith("_labels.png"):
+            assert np.array_equal(labels_of(out, f[: -len("_labels.png")]), labels_of(tmp_path / "clean", f[: -len("_labels.png")]))
