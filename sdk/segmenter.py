@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import numpy as np
 
 from .config import DenseConfig, dense_config
-from .errors import BackendUnavailableError, ConfigError, VocabularyError
+from .errors import BackendUnavailableError, ConfigError
+from .frontend import SegmenterFront
 from .preprocess import load_image, preprocess
-from .result import SegmentationResult
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .text import TextEmbeddingCache, embed_prompts, encode_queries, resolve_templates
-from .vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
+from .result import SegmentationResult
+from .text import TextEmbeddingCache, embed_prompts, encode_queries
+from .vocabulary import Vocabulary
 
 __all__ = ["Segmenter"]
 
@@ -35,7 +35,7 @@ def _resolve_device(device):
     return dev
 
 
-class Segmenter:
+class Segmenter(SegmenterFront):
     """Dense CLIP segmentation of images into user-named classes.
 
     Build with ``Segmenter.from_pretrained(...)``. ``segment(image, classes)`` returns a
@@ -174,37 +174,7 @@ class Segmenter:
         new.encoder = DenseEncoder(self.model.visual, new.config)
         return new
 
-    def _set_prompts(self, prompts: PromptConfig) -> None:
-        """Load the prompt files; the effective templates are the PromptConfig's, else the DenseConfig's."""
-        self.prompts = prompts
-        self._prompts = prompts.resolve()
-        self.templates = self._prompts.templates or resolve_templates(self.config.templates)
-        self.prompt_info = self._prompts.info()  # JSON-able, None for plain templates; in result info and eval reports
-
-    def warmup(self, classes=None, class_file=None, sizes=None) -> dict:
-        """Compile and load everything a first request would (text embeddings, Triton kernels, cuDNN plans, SAM2)
-        by segmenting one synthetic image per size in ``sizes`` ((H, W) pairs; default: the preset's resize
-        target). Call once before sharing the segmenter between threads. See ``clipsam.warmup``."""
-        from .warmup import warmup
-
-        return warmup(self, classes, class_file, sizes)
-
     # -- vocabulary and text ----------------------------------------------------------------------------
-    def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
-        """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary."""
-        if classes is not None and class_file is not None:
-            raise VocabularyError("give either classes or class_file, not both")
-        if classes is not None:
-            return Vocabulary.from_names(classes)
-        if class_file is not None:
-            return parse_class_file(class_file)
-        if self.config.vocabulary is None:
-            raise VocabularyError(
-                "no classes given and this configuration has no preset vocabulary. "
-                "Pass classes=['cat', 'sofa', ...], class_file=PATH, or build with a dataset preset."
-            )
-        return builtin_vocabulary(self.config.vocabulary)
-
     def text_embeddings(self, vocab: Vocabulary):
         """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
@@ -249,46 +219,6 @@ class Segmenter:
             out = infer_logits(self.encoder, torch.from_numpy(x).to(self.device), text, cfg, rgb.shape[:2])
         return out.float().cpu().numpy()
 
-    def segment(self, image, classes=None, class_file=None) -> SegmentationResult:
-        """Segment one image.
-
-        Arguments:
-            image: file path, PIL image, numpy HxWx3/HxW/HxWx4 (uint8 or float in [0, 1]) or tensor CxHxW.
-            classes: list of names (or of synonym lists), or "cat, sofa, floor"; default: the preset's.
-            class_file: path of a class file (one class per line, synonyms separated by ", ").
-
-        Returns:
-            SegmentationResult with labels (H, W) int32 and scores (H, W) float32.
-        """
-        return self.segment_batch([image], classes, class_file)[0]
-
-    def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary; windows of all images share encoder batches.
-
-        Results are in input order and equal to segmenting each image alone.
-        """
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
-        vocab = self.vocabulary(classes, class_file)
-        rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
-        if not rgbs:
-            return []
-        return self._run(rgbs, vocab, progress)
-
-    def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
-        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        vocab = self.vocabulary(classes, class_file)
-        chunk = []
-        for img in images:
-            chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
-            if len(chunk) == batch_size:
-                yield from self._run(chunk, vocab, progress)
-                chunk = []
-        if chunk:
-            yield from self._run(chunk, vocab, progress)
-
     def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
         import torch
 
@@ -324,26 +254,6 @@ class Segmenter:
                                           return_probs=self.refiner is not None))
             for m in mine:
                 m.logits = m.pixels = None
-        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
-        refined = [None] * len(rgbs)
-        if self.refiner is not None:
-            refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
-        results = []
-        elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
-        for i, rgb in enumerate(rgbs):
-            labels, scores = dense[i][0], dense[i][1]
-            info = {
-                "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "device": str(self.device), "precision": self.precision, "max_batch": max_batch,
-                "time_ms": round(elapsed, 2),
-                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
-            }
-            if self.prompt_info is not None:
-                info["prompts"] = self.prompt_info
-            if refined[i] is not None:
-                info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
-                results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,
-                                                  dense_labels=labels, instances=list(refined[i].instances)))
-            else:
-                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], info))
-        return results
+        info = {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+                "device": str(self.device), "precision": self.precision, "max_batch": max_batch}
+        return self._results(rgbs, vocab, dense, t0, info)

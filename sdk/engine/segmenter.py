@@ -13,19 +13,19 @@ refinement (``OrtSam2Refiner``, sharing ``Sam2Refiner.refine``). Nothing here im
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 
 import numpy as np
 
-from ..errors import ConfigError, VocabularyError
+from ..errors import ConfigError
+from ..frontend import SegmenterFront
 from ..preprocess import load_image, preprocess
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..result import SegmentationResult
-from ..text import TextEmbeddingCache, resolve_templates
-from ..vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
+from ..text import TextEmbeddingCache
+from ..vocabulary import Vocabulary
 from .dense import OrtDenseEncoder
 from .errors import ManifestMismatchError
 from .finalize import finalize_members
@@ -42,7 +42,7 @@ __all__ = ["EngineSegmenter"]
 _SAM2_GRAPHS = ("sam2_image_encoder", "sam2_prompt_decoder")
 
 
-class EngineSegmenter:
+class EngineSegmenter(SegmenterFront):
     """Dense open-vocabulary segmentation (and optional SAM2 refinement) from an engine folder.
 
     Arguments:
@@ -67,6 +67,8 @@ class EngineSegmenter:
             ``clip_text`` graph with the same numpy arithmetic as the PyTorch pipeline.
         overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
+
+    _no_vocabulary = "this engine folder has no preset vocabulary. Pass classes=['cat', 'sofa', ...] or class_file=PATH."
 
     def __init__(self, folder, providers=None, *, allow_fallback: bool = False, method: str | None = None,
                  preset=dataclasses.MISSING, precision: str | None = None, clip: str | None = None,
@@ -180,32 +182,6 @@ class EngineSegmenter:
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
-    def warmup(self, classes=None, class_file=None, sizes=None) -> dict:
-        """Create every session, build TensorRT engines and encode the vocabulary by segmenting one synthetic image
-        per size ((H, W) pairs; default: the preset's resize target). See ``clipsam.warmup``."""
-        from ..warmup import warmup
-
-        return warmup(self, classes, class_file, sizes)
-
-    def _set_prompts(self, prompts: PromptConfig) -> None:
-        self.prompts = prompts
-        self._prompts = prompts.resolve()
-        self.templates = self._prompts.templates or resolve_templates(self.config.templates)
-        self.prompt_info = self._prompts.info()
-
-    def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
-        """Explicit classes, a class file, or the preset's built-in vocabulary (as ``Segmenter.vocabulary``)."""
-        if classes is not None and class_file is not None:
-            raise VocabularyError("give either classes or class_file, not both")
-        if classes is not None:
-            return Vocabulary.from_names(classes)
-        if class_file is not None:
-            return parse_class_file(class_file)
-        if self.config.vocabulary is None:
-            raise VocabularyError("no classes given and this engine folder has no preset vocabulary. Pass "
-                                  "classes=['cat', 'sofa', ...] or class_file=PATH.")
-        return builtin_vocabulary(self.config.vocabulary)
-
     def text_embeddings(self, vocab: Vocabulary) -> np.ndarray:
         """(Q, C) float32 unit query embeddings, computed once per vocabulary and cached."""
         key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
@@ -227,32 +203,6 @@ class EngineSegmenter:
         cfg = self.config
         x = preprocess(rgb, cfg.short_side, cfg.long_side, min_side=self.patch)
         return self.dense.infer_logits(x, self.text_embeddings(vocab), rgb.shape[:2])
-
-    def segment(self, image, classes=None, class_file=None) -> SegmentationResult:
-        """Segment one image: ``SegmentationResult`` with labels (H, W) int32 and scores (H, W) float32."""
-        return self.segment_batch([image], classes, class_file)[0]
-
-    def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary; windows of all images share encoder batches."""
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
-        vocab = self.vocabulary(classes, class_file)
-        rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
-        return self._run(rgbs, vocab, progress) if rgbs else []
-
-    def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
-        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        vocab = self.vocabulary(classes, class_file)
-        chunk = []
-        for img in images:
-            chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
-            if len(chunk) == batch_size:
-                yield from self._run(chunk, vocab, progress)
-                chunk = []
-        if chunk:
-            yield from self._run(chunk, vocab, progress)
 
     def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
         cfg = self.config
@@ -284,30 +234,10 @@ class EngineSegmenter:
                                           return_probs=self.refiner is not None))
             for m in mine:
                 m.logits = m.pixels = None
-        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
-        refined = [None] * len(rgbs)
-        if self.refiner is not None:
-            refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
-        used = sorted({p for ps in self.providers.values() for p in ps})
-        elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
-        results = []
-        for i in range(len(rgbs)):
-            labels, scores = dense[i][0], dense[i][1]
-            info = {
-                "method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "backend": "onnxruntime", "providers": used, "engines": str(self.manifest.folder),
-                "precision": self.precision, "max_batch": max_batch, "time_ms": round(elapsed, 2),
-                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "templates"},
-            }
-            if self.prompt_info is not None:
-                info["prompts"] = self.prompt_info
-            if refined[i] is not None:
-                info["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
-                results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i], info,
-                                                  dense_labels=labels, instances=list(refined[i].instances)))
-            else:
-                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], info))
-        return results
+        info = {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+                "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
+                "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
+        return self._results(rgbs, vocab, dense, t0, info)
 
 
 def _diff(base, cfg) -> dict:
