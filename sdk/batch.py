@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import shutil
 import sys
 import time
@@ -154,7 +155,11 @@ def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):
 
     rt = require_ray()
     if not rt.is_initialized():
-        rt.init(address=None if ray is True or ray is None else ray, log_to_driver=False)
+        rt.init(address=None if ray is True or ray is None else ray, log_to_driver=False, configure_logging=False)
+    ctx = rt.data.DataContext.get_current()  # clipsam's own bar and failure lines instead of Ray Data's progress logs
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = rt.data.from_items(todo)
     mapped = segment_dataset(ds, concurrency=actors, num_gpus=gpus, batch_size=batch_size, **kwargs)
     for row in mapped.select_columns(["path", "ok", "error"]).iter_rows():

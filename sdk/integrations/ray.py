@@ -175,8 +175,9 @@ def segment_dataset(ds, *, concurrency: int = 1, num_gpus: float = 0, batch_size
                     **kwargs):
     """``ds.map_batches(SegmentImages, ...)`` with ``concurrency`` actors, each with ``num_gpus`` GPUs and
     ``num_cpus`` CPUs, ``batch_size`` rows per call; ``kwargs`` are ``SegmentImages``'s (model=..., out_dir=...)."""
-    require_ray()
+    ray = require_ray()
     if concurrency < 1 or batch_size < 1:
         raise ConfigError(f"concurrency and batch_size must be >= 1, got {concurrency} and {batch_size}")
-    return ds.map_batches(SegmentImages, fn_constructor_kwargs=kwargs, concurrency=concurrency, num_gpus=num_gpus,
-                          num_cpus=num_cpus, batch_size=batch_size, batch_format="numpy")
+    return ds.map_batches(SegmentImages, fn_constructor_kwargs=kwargs, num_gpus=num_gpus, num_cpus=num_cpus,
+                          compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size,
+                          batch_format="numpy")
