@@ -2,9 +2,10 @@
 ``EngineSegmenter`` (torch-free): vocabulary resolution, prompt set-up, ``segment`` / ``segment_batch`` /
 ``segment_stream`` / ``warmup``, and the assembly of ``SegmentationResult`` objects (SAM2 refinement included).
 
-A backend sets ``config``, ``text_cache``, ``refiner``, ``refine_config`` and implements ``text_embeddings(vocab)``
-and ``_run(rgbs, vocab, progress)``; its ``_run`` computes, per image, the dense ``(labels, scores[, probs])`` and
-hands them to ``_results`` with the backend's own info fields.
+A backend sets ``config``, ``text_cache``, ``refiner``, ``refine_config``, ``max_batch``, ``max_memory_mb`` and
+implements ``text_embeddings(vocab)`` and the hooks of ``_run``: ``_plan`` (windows of every ensemble member),
+``_batch_for_budget``, ``_encode`` (batched encoder calls), ``_finalize`` (one image's members to labels and scores)
+and ``_info`` (its fields of the result info).
 """
 
 from __future__ import annotations
@@ -98,6 +99,53 @@ class SegmenterFront:
             yield from self._run(chunk, vocab, progress)
 
     def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
+        """Plan windows x scales x flips of all images, encode them in shape-bucketed batches, finish each image."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        text = self.text_embeddings(vocab)
+        members = self._plan(rgbs)
+        max_batch = self.max_batch
+        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
+        if self.max_memory_mb is not None:
+            max_batch = min(max_batch, self._batch_for_budget(vocab.num_queries, window))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
+        try:
+            self._encode(members, text, max_batch, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
+        dense = []
+        for i, rgb in enumerate(rgbs):
+            mine = [m for m in members if m.image == i]
+            dense.append(self._finalize(mine, rgb.shape[:2], vocab, strip_mb))
+            for m in mine:
+                m.logits = m.pixels = None
+        return self._results(rgbs, vocab, dense, t0, self._info(max_batch))
+
+    # -- backend hooks -----------------------------------------------------------------------------------
+    def _plan(self, rgbs: list[np.ndarray]) -> list:
+        """Ensemble members (image x scale x flip, each with its windows) of the images."""
+        raise NotImplementedError
+
+    def _batch_for_budget(self, num_queries: int, window: tuple[int, int]) -> int:
+        """Most windows per encoder call that fit ``max_memory_mb``."""
+        raise NotImplementedError
+
+    def _encode(self, members: list, text, max_batch: int, bar) -> None:
+        """Fill every member's logits, ``max_batch`` windows per encoder call."""
+        raise NotImplementedError
+
+    def _finalize(self, members: list, out_hw: tuple[int, int], vocab: Vocabulary, strip_mb: float) -> tuple:
+        """One image's members -> (labels, scores[, class probabilities when a refiner is set])."""
+        raise NotImplementedError
+
+    def _info(self, max_batch: int) -> dict:
+        """The backend's fields of ``SegmentationResult.info``."""
         raise NotImplementedError
 
     def _results(self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float,

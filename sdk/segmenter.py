@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -12,7 +11,6 @@ from .errors import BackendUnavailableError, ConfigError
 from .frontend import SegmenterFront
 from .preprocess import load_image, preprocess
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .result import SegmentationResult
 from .text import TextEmbeddingCache, embed_prompts, encode_queries
 from .vocabulary import Vocabulary
 
@@ -219,41 +217,33 @@ class Segmenter(SegmenterFront):
             out = infer_logits(self.encoder, torch.from_numpy(x).to(self.device), text, cfg, rgb.shape[:2])
         return out.float().cpu().numpy()
 
-    def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
+    # -- hooks of SegmenterFront._run ----------------------------------------------------------------------
+    def _plan(self, rgbs):
+        from .dense.scheduler import plan_members
+
+        return plan_members(rgbs, self.config, self.encoder.patch, self.device)
+
+    def _batch_for_budget(self, num_queries, window):
+        from .dense.scheduler import max_batch_for_budget
+
+        return max_batch_for_budget(self.max_memory_mb, self.config, self.encoder, num_queries, window)
+
+    def _encode(self, members, text, max_batch, bar):
         import torch
 
+        from .dense.scheduler import run_members
+
+        with torch.inference_mode(), self._autocast():
+            run_members(self.encoder, members, text, self.config, max_batch, bar)
+
+    def _finalize(self, members, out_hw, vocab, strip_mb):
         from .dense.finalize import finalize_members
-        from .dense.scheduler import max_batch_for_budget, plan_members, run_members
 
+        return finalize_members([m.logits for m in members], [m.weight for m in members],
+                                [m.pixels.flip(-1) if m.flip else m.pixels for m in members], out_hw, self.config,
+                                vocab, max_strip_mb=strip_mb, return_probs=self.refiner is not None)
+
+    def _info(self, max_batch):
         cfg = self.config
-        t0 = time.perf_counter()
-        text = self.text_embeddings(vocab)
-        members = plan_members(rgbs, cfg, self.encoder.patch, self.device)
-        max_batch = self.max_batch
-        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
-        if self.max_memory_mb is not None:
-            max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, self.encoder, vocab.num_queries, window))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
-        try:
-            with torch.inference_mode(), self._autocast():
-                run_members(self.encoder, members, text, cfg, max_batch, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
-        dense = []
-        for i, rgb in enumerate(rgbs):
-            mine = [m for m in members if m.image == i]
-            dense.append(finalize_members([m.logits for m in mine], [m.weight for m in mine],
-                                          [m.pixels.flip(-1) if m.flip else m.pixels for m in mine],
-                                          rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb,
-                                          return_probs=self.refiner is not None))
-            for m in mine:
-                m.logits = m.pixels = None
-        info = {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+        return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
                 "device": str(self.device), "precision": self.precision, "max_batch": max_batch}
-        return self._results(rgbs, vocab, dense, t0, info)

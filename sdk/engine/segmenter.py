@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from ..frontend import SegmenterFront
 from ..preprocess import load_image, preprocess
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
-from ..result import SegmentationResult
 from ..text import TextEmbeddingCache
 from ..vocabulary import Vocabulary
 from .dense import OrtDenseEncoder
@@ -204,40 +202,26 @@ class EngineSegmenter(SegmenterFront):
         x = preprocess(rgb, cfg.short_side, cfg.long_side, min_side=self.patch)
         return self.dense.infer_logits(x, self.text_embeddings(vocab), rgb.shape[:2])
 
-    def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
-        cfg = self.config
-        t0 = time.perf_counter()
-        text = self.text_embeddings(vocab)
-        members = plan_members(rgbs, cfg, self.patch)
-        max_batch = self.max_batch
-        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
-        if self.max_memory_mb is not None:
-            max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, self.manifest.clip,
-                                                            vocab.num_queries, window))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    # -- hooks of SegmenterFront._run ----------------------------------------------------------------------
+    def _plan(self, rgbs):
+        return plan_members(rgbs, self.config, self.patch)
 
-            bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
-        try:
-            self.dense.run_members(members, text, max_batch, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
-        dense = []
-        for i, rgb in enumerate(rgbs):
-            mine = [m for m in members if m.image == i]
-            dense.append(finalize_members([m.logits for m in mine], [m.weight for m in mine],
-                                          [np.ascontiguousarray(m.pixels[..., ::-1]) if m.flip else m.pixels for m in mine],
-                                          rgb.shape[:2], cfg, vocab, max_strip_mb=strip_mb,
-                                          return_probs=self.refiner is not None))
-            for m in mine:
-                m.logits = m.pixels = None
-        info = {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
+    def _batch_for_budget(self, num_queries, window):
+        return max_batch_for_budget(self.max_memory_mb, self.config, self.manifest.clip, num_queries, window)
+
+    def _encode(self, members, text, max_batch, bar):
+        self.dense.run_members(members, text, max_batch, bar)
+
+    def _finalize(self, members, out_hw, vocab, strip_mb):
+        return finalize_members([m.logits for m in members], [m.weight for m in members],
+                                [np.ascontiguousarray(m.pixels[..., ::-1]) if m.flip else m.pixels for m in members],
+                                out_hw, self.config, vocab, max_strip_mb=strip_mb, return_probs=self.refiner is not None)
+
+    def _info(self, max_batch):
+        cfg = self.config
+        return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
                 "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
                 "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
-        return self._results(rgbs, vocab, dense, t0, info)
 
 
 def _diff(base, cfg) -> dict:
