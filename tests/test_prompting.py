@@ -204,3 +204,20 @@ def test_generate_descriptions_script_writes_a_loadable_file(tmp_path):
     assert gen.main(["--classes", "cat, sofa", "--llm", llm, "--out", str(out)]) == 0
     r = PromptConfig(descriptions=out).resolve()
     assert r.descriptions.entries == {"cat": ("a tabby curled up.",), "sofa": ("a tabby curled up.",)}
+
+
+def test_shipped_context_prompts_cover_every_builtin_vocabulary():
+    import json
+
+    from clipsam.prompting import _norm
+    from clipsam.prompt_files import shipped_path
+    from clipsam.vocabulary import builtin_vocabulary
+
+    entries = json.loads(shipped_path("context_prompts", "default").read_text())
+    have = {_norm(k) for k in entries}
+    assert all(len(v) == 3 and all(p.endswith(".") and "{}" not in p for p in v) for v in entries.values())
+    for name in ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k"):
+        vocab = builtin_vocabulary(name)
+        for ci, cls in enumerate(vocab.classes):
+            queries = [q for q, c in zip(vocab.queries, vocab.query_to_class) if c == ci]
+            assert any(_norm(q) in have for q in queries), f"{name}: no context prompts for {cls!r}"
