@@ -26,10 +26,10 @@ from functools import partial
 from pathlib import Path
 
 from .errors import ClipSamError, ConfigError
+from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["plan_rows", "pending_rows", "run_batch", "register", "cmd_batch"]
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _glob_root(pattern: str) -> Path:
@@ -46,10 +46,10 @@ def plan_rows(inputs: list[str]) -> list[dict]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in _IMAGE_SUFFIXES
+            found = [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
                      and f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
             if not found:
-                raise ClipSamError(f"folder {item} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
+                raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif p.is_file():
             found = [(p, Path(p.name))]
         elif any(ch in item for ch in "*?["):

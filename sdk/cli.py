@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ClipSamError
+from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["main", "build_parser"]
 
@@ -129,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -140,9 +140,9 @@ def expand_images(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise ClipSamError(f"folder {item} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
+                raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif p.is_file():
             found = [p]
         elif any(ch in item for ch in "*?["):

@@ -6,15 +6,17 @@
     label  = argmax_c P_c; pixels with max_c P_c < prob_thd -> class 0
     score  = P_label / sum_c P_c  (the class probabilities renormalised after the synonym merge, as upstream)
 
-The steps are separate functions so that large images can be finished in row strips (``sdk/dense/finalize.py``)
-with the same arithmetic; ``postprocess`` runs them on a whole image.
+The steps are separate functions so that large images can be finished in row strips with the same arithmetic
+(``finish_strips``, driven by ``sdk/dense/finalize.py`` and ``sdk/engine/finalize.py``); ``postprocess`` runs them
+on a whole image.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["query_probs", "merge_synonyms", "area_keep", "decide", "postprocess"]
+__all__ = ["query_probs", "merge_synonyms", "area_keep", "decide", "postprocess", "strip_rows", "argmax_counts",
+           "finish_strips"]
 
 
 def query_probs(logits: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -70,3 +72,48 @@ def postprocess(logits: np.ndarray, query_to_class, num_classes: int, logit_scal
     if area_thd is not None:
         keep = area_keep(np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes), area_thd)
     return decide(probs, prob_thd, keep)
+
+
+def strip_rows(out_hw, members: int, num_queries: int, num_classes: int, max_strip_mb: float,
+               whole: bool = False) -> int:
+    """Rows per strip so that the per-strip float buffers (members' upsampled logits, probabilities, class
+    probabilities) fit ``max_strip_mb``; all rows when ``whole`` (output PAMR needs the whole map)."""
+    h0, w0 = out_hw
+    per_row = 4.0 * w0 * ((members + 2) * num_queries + 2 * num_classes)
+    return h0 if whole else int(max(1, min(h0, max_strip_mb * 2**20 // per_row)))
+
+
+def argmax_counts(probs: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels per class of argmax over axis 0 of (C, ...) probabilities: (C,) int64."""
+    return np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes)
+
+
+def finish_strips(strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None = None,
+                  return_probs: bool = False, counts=argmax_counts, decide_strip=decide):
+    """Labels and scores of one image from its class probabilities, strip by strip.
+
+    Arguments:
+        strips: callable yielding (r0, r1, probs (C, r1 - r0, W0)) for consecutive row ranges covering the image;
+            called twice when SCLIP's area rule needs the global argmax counts first.
+        counts: (probs, C) -> (C,) numpy argmax counts of a strip (``argmax_counts``, or a device version).
+        decide_strip: ``decide`` or a function with its signature and numpy results.
+
+    Returns:
+        labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
+        probabilities (C, H0, W0) float32.
+    """
+    h0, w0 = out_hw
+    keep = None
+    if area_thd is not None:
+        total = np.zeros(num_classes, dtype=np.int64)
+        for _, _, probs in strips():
+            total += counts(probs, num_classes)
+        keep = area_keep(total, area_thd)
+    labels = np.empty((h0, w0), dtype=np.int32)
+    scores = np.empty((h0, w0), dtype=np.float32)
+    full = np.empty((num_classes, h0, w0), dtype=np.float32) if return_probs else None
+    for r0, r1, probs in strips():
+        labels[r0:r1], scores[r0:r1], normed = decide_strip(probs, prob_thd, keep)
+        if full is not None:
+            full[:, r0:r1] = normed
+    return (labels, scores, full) if return_probs else (labels, scores)

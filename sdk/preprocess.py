@@ -18,7 +18,9 @@ import numpy as np
 
 from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
 
-__all__ = ["MEAN", "STD", "load_image", "resize_shape", "preprocess"]
+__all__ = ["MEAN", "STD", "IMAGE_SUFFIXES", "load_image", "resize_shape", "preprocess"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folder inputs pick up
 
 MEAN = np.array([122.771, 116.746, 104.094], dtype=np.float32)  # RGB
 STD = np.array([68.501, 66.632, 70.323], dtype=np.float32)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DenseConfig
-from ..postprocess import area_keep, decide, merge_synonyms, query_probs
+from ..postprocess import finish_strips, merge_synonyms, query_probs, strip_rows
 from .pamr import pamr
 
 __all__ = ["upsample_rows", "finalize_members"]
@@ -78,7 +78,7 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
         labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
         probabilities (C, H0, W0) float32 (needed by SAM2 refinement; C x H0 x W0 floats).
     """
-    h0, w0 = out_hw
+    h0 = out_hw[0]
     if cfg.pamr_iters > 0:  # PAMR needs the whole map: refine each member at full size, then treat it as final
         full = []
         for m, g in zip(logits, guides):
@@ -86,9 +86,7 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
             guide = F.interpolate(g[None], size=out_hw, mode="bilinear", align_corners=False)
             full.append(pamr(guide, up, cfg.pamr_iters, cfg.pamr_dilations)[0])
         logits = full
-    q = logits[0].shape[0]
-    per_row = 4.0 * w0 * ((len(logits) + 2) * q + 2 * vocab.num_classes)  # member strips, probs, class probs
-    rows = h0 if cfg.pamr_iters > 0 else int(max(1, min(h0, max_strip_mb * 2**20 // per_row)))
+    rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, max_strip_mb, cfg.pamr_iters > 0)
     whole = rows >= h0  # fits: upsample with F.interpolate itself, bit-identical to the reference path
 
     def strips():
@@ -104,28 +102,18 @@ def finalize_members(logits: list[torch.Tensor], weights: list[float], guides: l
 
     if on_device is None:
         on_device = logits[0].device.type != "cpu"
-    keep = None
-    if cfg.area_thd is not None:
-        counts = np.zeros(vocab.num_classes, dtype=np.int64)
-        for _, _, probs in strips():
-            if on_device:
-                counts += torch.bincount(probs.argmax(dim=0).flatten(), minlength=vocab.num_classes).cpu().numpy()
-            else:
-                counts += np.bincount(probs.argmax(axis=0).ravel(), minlength=vocab.num_classes)
-        keep = area_keep(counts, cfg.area_thd)
-    labels = np.empty((h0, w0), dtype=np.int32)
-    scores = np.empty((h0, w0), dtype=np.float32)
-    full = np.empty((vocab.num_classes, h0, w0), dtype=np.float32) if return_probs else None
-    for r0, r1, probs in strips():
-        if on_device:
-            lab, sc, normed = _decide_t(probs, cfg.prob_thd, keep)
-            labels[r0:r1], scores[r0:r1] = lab.cpu().numpy(), sc.cpu().numpy()
-            normed = normed.cpu().numpy() if full is not None else None
-        else:
-            labels[r0:r1], scores[r0:r1], normed = decide(probs, cfg.prob_thd, keep)
-        if full is not None:
-            full[:, r0:r1] = normed
-    return (labels, scores, full) if return_probs else (labels, scores)
+    if not on_device:
+        return finish_strips(strips, out_hw, vocab.num_classes, cfg.prob_thd, cfg.area_thd, return_probs)
+
+    def counts(probs, num_classes):
+        return torch.bincount(probs.argmax(dim=0).flatten(), minlength=num_classes).cpu().numpy()
+
+    def decide_strip(probs, prob_thd, keep):  # on the device; only what is returned crosses to the host
+        lab, sc, normed = _decide_t(probs, prob_thd, keep)
+        return lab.cpu().numpy(), sc.cpu().numpy(), normed.cpu().numpy() if return_probs else None
+
+    return finish_strips(strips, out_hw, vocab.num_classes, cfg.prob_thd, cfg.area_thd, return_probs, counts,
+                         decide_strip)
 
 
 def _query_probs_t(logits: torch.Tensor, logit_scale: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DenseConfig
-from ..postprocess import area_keep, decide, merge_synonyms, query_probs
+from ..postprocess import finish_strips, merge_synonyms, query_probs, strip_rows
 from .host_ops import resize_bilinear
 from .pamr import pamr
 
@@ -50,13 +50,11 @@ def finalize_members(logits: list[np.ndarray], weights: list[float], guides: lis
         labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
         probabilities (C, H0, W0) float32.
     """
-    h0, w0 = out_hw
+    h0 = out_hw[0]
     if cfg.pamr_iters > 0:
         logits = [pamr(resize_bilinear(g[None], out_hw), resize_bilinear(m[None], out_hw), cfg.pamr_iters,
                        cfg.pamr_dilations)[0] for m, g in zip(logits, guides)]
-    q = logits[0].shape[0]
-    per_row = 4.0 * w0 * ((len(logits) + 2) * q + 2 * vocab.num_classes)
-    rows = h0 if cfg.pamr_iters > 0 else int(max(1, min(h0, max_strip_mb * 2**20 // per_row)))
+    rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, max_strip_mb, cfg.pamr_iters > 0)
 
     def strips():
         for r0 in range(0, h0, rows):
@@ -67,17 +65,4 @@ def finalize_members(logits: list[np.ndarray], weights: list[float], guides: lis
                 ups = [resize_bilinear(m, out_hw, rows=(r0, r1)) for m in logits]
             yield r0, r1, _combine(ups, weights, cfg, vocab)
 
-    keep = None
-    if cfg.area_thd is not None:
-        counts = np.zeros(vocab.num_classes, dtype=np.int64)
-        for _, _, probs in strips():
-            counts += np.bincount(probs.argmax(axis=0).ravel(), minlength=vocab.num_classes)
-        keep = area_keep(counts, cfg.area_thd)
-    labels = np.empty((h0, w0), dtype=np.int32)
-    scores = np.empty((h0, w0), dtype=np.float32)
-    full = np.empty((vocab.num_classes, h0, w0), dtype=np.float32) if return_probs else None
-    for r0, r1, probs in strips():
-        labels[r0:r1], scores[r0:r1], normed = decide(probs, cfg.prob_thd, keep)
-        if full is not None:
-            full[:, r0:r1] = normed
-    return (labels, scores, full) if return_probs else (labels, scores)
+    return finish_strips(strips, out_hw, vocab.num_classes, cfg.prob_thd, cfg.area_thd, return_probs)
