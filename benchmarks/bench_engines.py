@@ -99,7 +99,7 @@ def _segmenter(method: str, preset: str, backend: str, tmp_root: Path):
         seg = Segmenter(_loaded(), dense_config(method, preset, **_overrides(method, preset)), device=device)
     else:
         from clipsam.engine import EngineSegmenter
-        from clipsam.engine.errors import ProviderError
+        from clipsam.errors import ProviderError
 
         try:
             seg = EngineSegmenter(_engines(method, preset, tmp_root), _PROVIDERS[backend], **_overrides(method, preset))

@@ -52,7 +52,7 @@ def _inputs(shape: str, dtype: torch.dtype):
     s_hat = torch.rand(b, n, n, device=DEVICE, generator=gen)
     s_hat[:, 0], s_hat[:, :, 0] = 0, 0
     kw = dict(
-        scale=0.125, window=(gh, gw, 5.0), sfr=(s_hat / s_hat.amax()).half(), sfr_weights=(2.2, 0.7),
+        scale=0.125, window=(gh, gw, 5.0), sfr_term=0.7 * (s_hat / s_hat.amax()).half(), sfr_weights=(2.2, 0.7),
         rcs_q=rnd(LAYERS, b, h, n, 64), rcs_k=rnd(LAYERS, b, h, n, 64), rcs_weights=(2.0, 0.3),
     )
     return q, k, v, kw

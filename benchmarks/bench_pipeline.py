@@ -92,9 +92,10 @@ def _segmenter(method: str, preset: str, backend: str, scales: str, device: str,
     key = (method, preset, backend, scales, device, precision)
     if key not in _SEGMENTERS:
         if backend == "onnxruntime":
-            from clipsam.eval.cli import engine_segmenter
+            from clipsam.segmenter import Segmenter
 
-            _SEGMENTERS[key] = engine_segmenter(os.environ["CLIPSAM_BENCH_ENGINES"], method, preset, device, "single")
+            _SEGMENTERS[key] = Segmenter.from_engines(os.environ["CLIPSAM_BENCH_ENGINES"], method=method, preset=preset,
+                                                      device=device, templates="single")
         else:
             from clipsam.models import load_clip
             from clipsam.segmenter import Segmenter
@@ -193,10 +194,10 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
     peak = matmul_peak(device, precision)
     info = dict(
         config=f"{_case_id(case)} {device}-{precision} {hw[0]}x{hw[1]}", method=method, preset=preset,
-        backend=backend, refine=refine, device=device, precision=precision, scales=list(seg.config.scales),
-        flip=seg.config.flip, image_hw=list(hw),
+        backend=backend, refine=refine, device=device, precision=precision, scales=list(seg.config.schedule.scales),
+        flip=seg.config.schedule.flip, image_hw=list(hw),
         clip=getattr(seg, "arch", CLIP), weights=getattr(seg, "weights_id", None), smoke=SMOKE,
-        queries=vocab.num_queries, slide=[seg.config.slide_crop, seg.config.slide_stride],
+        queries=vocab.num_queries, slide=[seg.config.schedule.slide_crop, seg.config.schedule.slide_stride],
         max_batch=getattr(seg, "max_batch", None), prompts=prompts,
         first_call_s=first_s, peak_gflops=peak, machine=machine_info(), versions=versions(), **device_info,
     )

@@ -59,21 +59,22 @@ def _sync(seg):
 
 def reference(seg, images, scales):
     """Each image, scale and window alone through ``infer_logits``; probabilities averaged over scales."""
-    from clipsam.dense.inference import infer_logits
+    from clipsam.pipeline import infer_logits
     from clipsam.postprocess import decide, merge_synonyms, query_probs
     from clipsam.preprocess import preprocess
 
     cfg, vocab = seg.config, seg.vocabulary()
+    sc = cfg.schedule
     text = seg.text_embeddings(vocab)
     out = []
     with torch.inference_mode():
         for rgb in images:
             probs = 0
             for s in scales:
-                x = torch.from_numpy(preprocess(rgb, round(cfg.short_side * s), round(cfg.long_side * s))).to(seg.device)
-                logits = infer_logits(seg.encoder, x, text, cfg, rgb.shape[:2]).cpu().numpy()
-                probs = probs + query_probs(logits, cfg.logit_scale) / len(scales)
-            out.append(decide(merge_synonyms(probs, vocab.query_to_class, vocab.num_classes), cfg.prob_thd)[0])
+                x = torch.from_numpy(preprocess(rgb, round(sc.short_side * s), round(sc.long_side * s))).to(seg.device)
+                logits = infer_logits(seg.backend, x, text, cfg, rgb.shape[:2]).cpu().numpy()
+                probs = probs + query_probs(logits, cfg.post.logit_scale) / len(scales)
+            out.append(decide(merge_synonyms(probs, vocab.query_to_class, vocab.num_classes), cfg.post.prob_thd)[0])
     _sync(seg)
     return out
 
@@ -87,13 +88,13 @@ def batched(seg, images, scales):
 @pytest.mark.parametrize("scales", list(SCALES))
 @pytest.mark.parametrize("provider", ["reference", "batched"])
 def test_scheduler_throughput(benchmark, segmenter, provider, scales):
-    from clipsam.dense.windows import window_grid
+    from clipsam.pipeline.windows import window_grid
     from clipsam.preprocess import resize_shape
 
     images = _images()
-    cfg = segmenter.config
-    windows = sum(len(window_grid(*resize_shape(*im.shape[:2], round(cfg.short_side * s), round(cfg.long_side * s)),
-                                  cfg.slide_crop, cfg.slide_stride)) for im in images for s in SCALES[scales])
+    sc = segmenter.config.schedule
+    windows = sum(len(window_grid(*resize_shape(*im.shape[:2], round(sc.short_side * s), round(sc.long_side * s)),
+                                  sc.slide_crop, sc.slide_stride)) for im in images for s in SCALES[scales])
     fn = reference if provider == "reference" else batched
     cuda = segmenter.device.type == "cuda"  # one warm-up on the GPU (kernel compilation, cuDNN plans), none on the slow CPU
     labels = benchmark.pedantic(fn, args=(segmenter, images, SCALES[scales]), rounds=3 if cuda else 1, iterations=1,

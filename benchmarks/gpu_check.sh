@@ -34,6 +34,6 @@ step gpu_tests 150 env CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} $PY -m py
     --benchmark-enable --benchmark-json="$OUT/bench_scheduler.json"
 step bench_refine 30 $PY -m pytest benchmarks/bench_refine.py -k cuda -q -p no:cacheprovider \
     --benchmark-enable --benchmark-json="$OUT/bench_refine.json"
-[ -n "${SKIP_BENCH:-}" ] || step bench_pipeline 100 $PY -m clipsam.eval.cli bench --device cuda --json "$OUT/bench_pipeline.json" -k \
+[ -n "${SKIP_BENCH:-}" ] || step bench_pipeline 100 $PY -m clipsam.cli bench --device cuda --json "$OUT/bench_pipeline.json" -k \
     "375x500 and (resclip-voc21-torch or naclip-ade20k-torch or clearclip-voc21-torch or naclip-voc21-torch-ms5 or resclip-voc21-torch-sam2)"
 step profile 45 $PY benchmarks/profile_cuda.py ${PROFILE:-resclip voc21}

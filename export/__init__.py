@@ -4,8 +4,8 @@
     export_engines("engines/", clip="ViT-B-16", clip_weights="openai", method="resclip", preset="voc21",
                    sam2="sam2.1_hiera_t")
 
-Exporting needs torch, open_clip, onnx (and sam2 for the SAM2 graphs); ``clipsam.export.io_names`` does not,
-and importing this package imports none of them (the ONNX Runtime backend reads ``io_names``).
+Exporting needs torch, open_clip, onnx (and sam2 for the SAM2 graphs); importing this package imports none of
+them. The engine format (graph names, files, IO) is the runtime's: ``clipsam.engine.io_names``.
 """
 
 from __future__ import annotations

@@ -6,16 +6,14 @@ Graph split (names and shapes in ``io_names``):
   configured) -> ln_post @ proj -> L2-normalised patch features @ text^T -> ``patch_logits`` (B, Q, h*w);
 * with SFR (ResCLIP), three graphs so the trunk runs once: ``clip_dense_trunk`` (crops -> tokens entering the last
   block, and q, k of the RCS blocks), ``clip_dense_pass1`` (last block without SFR -> logits) and
-  ``clip_dense_pass2`` (last block with the SFR term -> logits). The host runs the SFR steps in between (numpy,
-  ``clipsam.engine.sfr``): upsample, PAMR, softmax, patch labels, S_hat, and passes
+  ``clipsam.ops.base.sfr_feedback``): upsample, PAMR, softmax, patch labels, S_hat, and passes
   ``sfr_bias = float32(fp16(lambda_sfr * S_hat))``, the term upstream adds in fp16.
 
 Window size: every graph takes any crop size (dynamic H, W). What depends on the patch grid is an input computed on
-the host: ``pos_embed`` (the bicubic +0.1 resize of the positional embedding, ``engine.host_ops``) and, for the
+the host: ``pos_embed`` (the bicubic +0.1 resize of the positional embedding, ``clipsam.ops.resize``) and, for the
 NACLIP base, ``window_bias`` (Omega). Everything the configuration fixes (base, residual, RCS layers and weights,
-tau_sfr and lambda_sfr) is baked in. ``last_block_attention`` restates ``kernels.rcs_attention_ref`` with Omega
-and the SFR term as tensors (the reference builds Omega from Python ints, which tracing would freeze) and reuses
-the reference's own ``_rcs_mean``; the validation below compares every graph with ``DenseEncoder`` itself.
+tau_sfr and lambda_sfr) is baked in. The last block is ``kernels.rcs_attention_ref`` itself, given Omega and the
+SFR term as tensors (graph inputs); the validation below compares every graph with ``DenseEncoder`` itself.
 """
 
 from __future__ import annotations
@@ -24,51 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipsam.kernels.rcs_attention import _rcs_mean
+from clipsam.kernels import rcs_attention_ref
 
 from .component import ParityCase
 
-__all__ = ["ClipDenseGraph", "last_block_attention", "dense_cases"]
-
-
-def last_block_attention(q, k, v, *, base: str, scale: float, omega=None, sfr_bias=None, sfr_weights=None,
-                         rcs_q=None, rcs_k=None, rcs_weights=None):
-    """``rcs_attention_ref`` with Omega (N1, N1) and the SFR term (B, N1, N1) given as tensors.
-
-    Arguments:
-        q, k, v: (B, H, N1, d).
-        omega: NACLIP's window bias (naclip base only).
-        sfr_bias: float32(fp16(lambda_sfr * S_hat)); the blend is tau * ((1 - lambda) * Z + sfr_bias).
-
-    Returns:
-        (B, H, N1, d) A v.
-    """
-
-    def blend(z):
-        if sfr_bias is None:
-            return z
-        tau, lam = sfr_weights
-        return tau * ((1 - lam) * z + sfr_bias[:, None].to(z.dtype))
-
-    if base == "sclip":
-        zq = blend(torch.matmul(q, q.transpose(-1, -2)) * scale)
-        zk = blend(torch.matmul(k, k.transpose(-1, -2)) * scale)
-        attn = torch.softmax(zq, dim=-1) + torch.softmax(zk, dim=-1)
-    else:
-        if base == "naclip":
-            z = torch.matmul(k, k.transpose(-1, -2)) * scale
-        elif base == "clearclip":
-            z = torch.matmul(q, q.transpose(-1, -2)) * scale
-        else:
-            z = torch.matmul(q * scale, k.transpose(-1, -2))
-        z = blend(z)
-        if base == "naclip":
-            z = z + omega.to(z.dtype)
-        attn = torch.softmax(z, dim=-1)
-    if rcs_q is not None:
-        tau, lam = rcs_weights
-        attn = tau * ((1 - lam) * attn + lam * _rcs_mean(rcs_q, rcs_k, scale))
-    return torch.matmul(attn, v)
+__all__ = ["ClipDenseGraph", "dense_cases"]
 
 
 class ClipDenseGraph(nn.Module):
@@ -81,9 +39,9 @@ class ClipDenseGraph(nn.Module):
         self.visual = encoder.visual
         self.enc = encoder
         self.part = part
-        cfg = encoder.cfg
-        self.naclip = cfg.base == "naclip"
-        self.rcs = bool(cfg.rcs)
+        att = encoder.cfg.attention
+        self.naclip = att.base == "naclip"
+        self.rcs = bool(att.rcs)
 
     def embed(self, crops, pos_embed):
         v = self.visual
@@ -92,15 +50,16 @@ class ClipDenseGraph(nn.Module):
         return v.ln_pre(torch.cat([cls, x], dim=1) + pos_embed.to(x.dtype))
 
     def head(self, x, rcs_q, rcs_k, omega, text, sfr_bias):
-        cfg, v = self.enc.cfg, self.visual
+        att, v = self.enc.cfg.attention, self.visual
         block = self.enc.blocks[-1]
-        q, k, val = self.enc._qkv(block, x)
-        a = last_block_attention(
-            q, k, val, base=cfg.base, scale=q.shape[-1] ** -0.5, omega=omega, sfr_bias=sfr_bias,
-            sfr_weights=cfg.sfr_weights, rcs_q=rcs_q, rcs_k=rcs_k, rcs_weights=cfg.rcs_weights if self.rcs else None,
+        q, k, val = self.enc.qkv(block, x)
+        a = rcs_attention_ref(
+            q, k, val, base=att.base, scale=q.shape[-1] ** -0.5, window=omega, sfr_term=sfr_bias,
+            sfr_weights=att.sfr_weights if sfr_bias is not None else None, rcs_q=rcs_q, rcs_k=rcs_k,
+            rcs_weights=att.rcs_weights if self.rcs else None,
         )
-        out = self.enc._out(block, a)
-        if cfg.residual:
+        out = self.enc.out_proj(block, a)
+        if att.residual:
             x = x + out
             out = x + block.mlp(block.ln_2(x))
         f = (v.ln_post(out) @ v.proj)[:, 1:]
@@ -133,8 +92,8 @@ def _host_inputs(encoder, crops):
     from clipsam.kernels.rcs_attention import neighbourhood_window
 
     gh, gw = crops.shape[-2] // encoder.patch, crops.shape[-1] // encoder.patch
-    pos = encoder._pos_embed(gh, gw, crops).detach()
-    omega = neighbourhood_window(gh, gw, float(encoder.cfg.gaussian_std))
+    pos = encoder.pos_embed(gh, gw, crops).detach()
+    omega = neighbourhood_window(gh, gw, float(encoder.cfg.feedback.gaussian_std))
     return (gh, gw), pos, omega
 
 
@@ -151,7 +110,7 @@ def dense_cases(encoder, part: str, sizes, num_queries: int = 5, seed: int = 0):
     """
     from clipsam.kernels import sfr_affinity_ref
 
-    cfg = encoder.cfg
+    att, fb = encoder.cfg.attention, encoder.cfg.feedback
     gen = torch.Generator().manual_seed(seed)
     dim = encoder.visual.proj.shape[1]
     example, cases = None, []
@@ -166,12 +125,13 @@ def dense_cases(encoder, part: str, sizes, num_queries: int = 5, seed: int = 0):
             if part == "pass2":
                 labels = torch.randint(0, 3, (b, *grid), generator=gen)
                 labels[:, : max(1, grid[0] // 2)] = 1
-                sfr = sfr_affinity_ref(labels, gaussian_std=cfg.gaussian_std, path_check=cfg.sfr_path_check,
-                                       blur=cfg.sfr_blur)
-                sfr_bias = (cfg.sfr_weights[1] * sfr).float()
+                s_hat = sfr_affinity_ref(labels, gaussian_std=fb.gaussian_std, path_check=fb.sfr_path_check,
+                                         blur=fb.sfr_blur)
+                sfr = att.sfr_weights[1] * s_hat
+                sfr_bias = sfr.float()
             if part == "trunk":
                 expected = {"tokens": tokens}
-                if cfg.rcs:
+                if att.rcs:
                     expected.update(rcs_q=rcs[0], rcs_k=rcs[1])
             elif part == "full":
                 expected = {"patch_logits": encoder(crops, text).flatten(2)}
@@ -179,14 +139,14 @@ def dense_cases(encoder, part: str, sizes, num_queries: int = 5, seed: int = 0):
                 out = encoder.last_block(tokens, grid, rcs, sfr)
                 expected = {"patch_logits": encoder.patch_logits(out, grid, text).flatten(2)}
         inputs = {"crops": crops, "pos_embed": pos, "tokens": tokens, "window_bias": omega, "text_embeddings": text}
-        if cfg.rcs:
+        if att.rcs:
             inputs.update(rcs_q=rcs[0], rcs_k=rcs[1])
         if sfr_bias is not None:
             inputs["sfr_bias"] = sfr_bias
         order = {"full": ("crops", "pos_embed"), "trunk": ("crops", "pos_embed")}.get(
-            part, ("tokens",) + (("rcs_q", "rcs_k") if cfg.rcs else ()))
+            part, ("tokens",) + (("rcs_q", "rcs_k") if att.rcs else ()))
         if part != "trunk":
-            order += (("window_bias",) if cfg.base == "naclip" else ()) + ("text_embeddings",)
+            order += (("window_bias",) if att.base == "naclip" else ()) + ("text_embeddings",)
             order += ("sfr_bias",) if part == "pass2" else ()
         if example is None:
             example = tuple(inputs[n].clone() for n in order)

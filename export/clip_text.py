@@ -1,7 +1,7 @@
 """Trace-safe wrapper of the CLIP text encoder, its parity cases, and the tokenizer files the runtime reads.
 
 ``ClipTextGraph``: token ids (T, L) int64 -> text embeddings (T, C) (before normalisation), for any L <= the
-context length: the runtime, like ``clipsam.text._encode_tokens``, cuts every chunk of prompts after its longest
+context length: the runtime, like ``clipsam.dense.text.encode_tokens``, cuts every chunk of prompts after its longest
 end-of-text token (the causal mask makes later positions irrelevant), which makes CLIP's 77-token context 4-6x
 cheaper. The EOT token is found with ``argmax`` over the ids (open_clip ``text_pool_type="argmax"``) and gathered
 with ``gather`` (trace-safe for a dynamic T). The residual blocks are restated with explicit q/k/v projections and
@@ -26,7 +26,7 @@ from torch import nn
 from clipsam.errors import ConfigError
 
 from .component import ParityCase
-from .io_names import BPE_FILE, TOKENIZER_FILE
+from clipsam.engine.io_names import BPE_FILE, TOKENIZER_FILE
 
 __all__ = ["ClipTextGraph", "text_cases", "write_tokenizer_files", "check_text_model"]
 
@@ -47,7 +47,7 @@ def check_text_model(model) -> None:
 
 
 class ClipTextGraph(nn.Module):
-    """token_ids (T, L) -> (T, C) projected EOT features, exactly ``clipsam.text._encode_tokens`` for L tokens."""
+    """token_ids (T, L) -> (T, C) projected EOT features, exactly ``clipsam.dense.text.encode_tokens`` for L tokens."""
 
     def __init__(self, model):
         super().__init__()
@@ -87,15 +87,15 @@ def _tokens(tokenizer, prompts) -> torch.Tensor:
 
 
 def text_cases(model, tokenizer):
-    """Example token batch and ``ParityCase``s (two batch sizes and lengths) against ``_encode_tokens``."""
-    from clipsam.text import _encode_tokens
+    """Example token batch and ``ParityCase``s (two batch sizes and lengths) against ``encode_tokens``."""
+    from clipsam.dense.text import encode_tokens
 
     example = _tokens(tokenizer, _CASE_PROMPTS[:3])
     cases = []
     for prompts in (_CASE_PROMPTS, _CASE_PROMPTS[5:]):
         tokens = _tokens(tokenizer, prompts)
         with torch.inference_mode():
-            ref = _encode_tokens(model, tokens).float()
+            ref = encode_tokens(model, tokens).float()
         cases.append(ParityCase(f"{len(prompts)} prompts, {tokens.shape[1]} tokens",
                                 {"token_ids": tokens.numpy()}, {"text_embeddings": ref.numpy()}))
     return example, cases

@@ -1,11 +1,11 @@
 """``export_component``: export one trace-safe wrapper to ONNX, check it, and prove it against PyTorch.
 
-Steps (STYLE.md item 10), each failing loudly:
+Steps, each failing loudly:
 
 1. ``torch.onnx.export`` with the legacy TorchScript exporter (``dynamo=False``: the dynamo exporter needs
-   onnxscript and mishandles SAM2's decoder dims, SAM2_ONNX.md §2), opset >= 17, names and dynamic axes from
+   onnxscript and mishandles SAM2's decoder dims, ``docs/export.md``), opset >= 17, names and dynamic axes from
    ``io_names``, constant folding; the MHA fast path is disabled and ``clipsam.kernels.exportable()`` forces the
-   PyTorch references (SAM2_ONNX.md §3).
+   PyTorch references (``docs/export.md``).
 2. ONNX Runtime's provider-independent (``ORT_ENABLE_BASIC``) graph optimisation is applied offline to the fp32
    graph and saved: constant folding and redundant-node elimination; the file stays standard ONNX, so CUDA,
    TensorRT and other builds load it. Sessions at run time apply the remaining (provider-specific) optimisations.
@@ -30,7 +30,7 @@ import numpy as np
 
 from clipsam.errors import ClipSamError
 
-from .io_names import GraphIO
+from clipsam.engine.io_names import GraphIO
 
 __all__ = ["ParityCase", "ValidationRow", "ExportValidationError", "export_component", "format_table",
            "TOLERANCES"]

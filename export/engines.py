@@ -16,7 +16,6 @@ table is printed and stored in the manifest, which is written last: a folder wit
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -31,7 +30,7 @@ from clipsam.config import dense_config
 from clipsam.errors import ConfigError
 
 from .component import export_component, format_table
-from .io_names import (BPE_FILE, CLIP_TEXT, FORMAT_VERSION, HOST_CONSTANTS_FILE, MANIFEST_FILE, SAM2_IMAGE_ENCODER,
+from clipsam.engine.io_names import (BPE_FILE, CLIP_TEXT, FORMAT_VERSION, HOST_CONSTANTS_FILE, MANIFEST_FILE, SAM2_IMAGE_ENCODER,
                        SAM2_PROMPT_DECODER, TOKENIZER_FILE, TRTEXEC_FILE, dense_graphs)
 
 __all__ = ["export_engines", "state_dict_sha256"]
@@ -52,7 +51,7 @@ def state_dict_sha256(module) -> str:
 
 
 def _file_entry(path: Path) -> dict:
-    from clipsam.engine.manifest import file_sha256
+    from clipsam.hashing import file_sha256
 
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
@@ -137,7 +136,8 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     out = Path(out)
     _prepare(out, overwrite)
     cfg = dense_config(method, preset, **overrides)
-    max_batch = max_batch or (8 if cfg.slide_crop > 0 else 2)
+    sc = cfg.schedule
+    max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights)
     from clipsam.dense.encoder import DenseEncoder
 
@@ -162,10 +162,10 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
 
     tok = write_tokenizer_files(out, loaded.arch)
     example, cases = text_cases(loaded.model, open_clip.get_tokenizer(loaded.arch))
-    from clipsam.text import _PROMPTS_PER_BATCH
+    from clipsam.text import PROMPTS_PER_BATCH
 
     add(CLIP_TEXT, ClipTextGraph(loaded.model), (example,), cases,
-        profiles.text_profile(tok["context_length"], _PROMPTS_PER_BATCH))
+        profiles.text_profile(tok["context_length"], PROMPTS_PER_BATCH))
     n = info["native_grid"]
     sizes = [(2, 4 * p, 5 * p), (1, 3 * p + 7, 2 * p), (1, n * p, n * p)]
     vocab_q = 32
@@ -174,8 +174,9 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
 
         vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
     queries = (1, min(vocab_q, max_queries), max_queries)
-    parts = _PARTS_SFR if cfg.sfr else ("full",)
-    for io, part in zip(dense_graphs(cfg.base, cfg.rcs, cfg.sfr), parts):
+    att = cfg.attention
+    parts = _PARTS_SFR if att.sfr else ("full",)
+    for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
         example, cases = dense_cases(encoder, part, sizes)
         add(io, ClipDenseGraph(encoder, part), example, cases,
             profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries))
@@ -211,11 +212,11 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                           "python": platform.python_version()},
         "precision": precision, "opset": opset, "method": cfg.method, "preset": cfg.preset,
-        "dense_config": json.loads(json.dumps(dataclasses.asdict(cfg))), "clip": info, "tokenizer": tok, "sam2": sam2_info,
+        "dense_config": cfg.to_dict(), "clip": info, "tokenizer": tok, "sam2": sam2_info,
         "input_sizes": {
             "clip_native": info["native_grid"] * p, "patch": p,
-            "dense_windows": (f"{cfg.slide_crop}x{cfg.slide_crop} sliding, stride {cfg.slide_stride}" if cfg.slide_crop
-                              else f"whole image, short side {cfg.short_side}, up to {max_side} px a side"),
+            "dense_windows": (f"{sc.slide_crop}x{sc.slide_crop} sliding, stride {sc.slide_stride}" if sc.slide_crop
+                              else f"whole image, short side {sc.short_side}, up to {max_side} px a side"),
             "text_context": tok["context_length"],
             "sam2_image": sam2_info["image_size"] if sam2_info else None,
         },

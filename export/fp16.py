@@ -18,7 +18,7 @@ Gemm, Conv, Add, Mul and the attention products (the bulk of the FLOPs) run in f
 
 ONNX Runtime's own ``float16.convert_float_to_float16`` was not used: on these graphs it binds LayerNormalization to
 mixed types and duplicates Cast node names (measured with onnxruntime 1.31), and it fails on the legacy SAM2 encoder's
-``If`` nodes (SAM2_ONNX.md §2), which are kept fp32 here.
+``If`` nodes (``docs/export.md``), which are kept fp32 here.
 """
 
 from __future__ import annotations

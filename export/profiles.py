@@ -1,6 +1,6 @@
 """TensorRT shape profiles of every graph, and the ``trtexec`` command lines written next to the graphs.
 
-Profiles come from the runtime's scheduler (``clipsam.engine.scheduler``): the dense graphs' batch axis spans
+Profiles follow the pipeline's plan (``clipsam.pipeline.plan``): the dense graphs' batch axis spans
 ``batch_sizes`` (1 .. max_batch windows, opt = the windows of a typical 4:3 image; 1 for whole-image presets) and
 their crops ``crop_sizes`` (one patch .. one crop, or .. max_side for whole images); token counts follow from the
 crop (N1 = 1 + (H/p)(W/p)). The same profiles are passed to ONNX Runtime's TensorRT provider at run time
@@ -11,11 +11,41 @@ engines on the device with ``trtexec`` (Jetson).
 from __future__ import annotations
 
 from clipsam.config import DenseConfig
-from clipsam.engine.scheduler import batch_sizes, crop_sizes
+from clipsam.pipeline.windows import pad_to_patch, window_grid
+from clipsam.preprocess import resize_shape
 
-__all__ = ["dense_profile", "text_profile", "sam2_encoder_profile", "sam2_decoder_profile", "trtexec_line"]
+__all__ = ["dense_profile", "text_profile", "sam2_encoder_profile", "sam2_decoder_profile", "trtexec_line",
+           "batch_sizes", "crop_sizes"]
 
 _LEVELS = ("min", "opt", "max")
+TYPICAL_ASPECT = 4 / 3  # the "opt" profile shape: a landscape 4:3 photo
+
+
+def _typical(cfg: DenseConfig) -> tuple[int, int]:
+    sc = cfg.schedule
+    return resize_shape(sc.short_side, int(round(sc.short_side * TYPICAL_ASPECT)), sc.short_side, sc.long_side)
+
+
+def batch_sizes(cfg: DenseConfig, max_batch: int) -> tuple[int, int, int]:
+    """(min, opt, max) windows per encoder call: opt = the windows of one typical 4:3 image (x flips), capped.
+
+    Whole-image windows batch only across images (and flips) of identical size, so their opt is 1 (x flips).
+    """
+    sc = cfg.schedule
+    h, w = _typical(cfg)
+    n = len(window_grid(h, w, sc.slide_crop, sc.slide_stride)) if sc.slide_crop > 0 else 1
+    n *= 2 if sc.flip else 1
+    return 1, max(1, min(n, max_batch)), max_batch
+
+
+def crop_sizes(cfg: DenseConfig, patch: int, max_side: int):
+    """(min, opt, max) encoder input (H, W): one patch .. a full (padded) crop, or .. ``max_side`` (whole image)."""
+    sc = cfg.schedule
+    if sc.slide_crop > 0:
+        c = sc.slide_crop
+        full = c + sum(pad_to_patch(c, c, patch)[:2]) if sc.pad_crops else c
+        return (patch, patch), (c, c), (full, full)
+    return (patch, patch), _typical(cfg), (max_side, max_side)
 
 
 def _tokens(hw, patch: int) -> int:
@@ -25,7 +55,7 @@ def _tokens(hw, patch: int) -> int:
 def dense_profile(inputs, cfg: DenseConfig, clip: dict, max_batch: int, max_side: int, queries: tuple[int, int, int]):
     """min/opt/max shapes of a dense graph's inputs (``inputs``: the graph's input names)."""
     p, width, heads = clip["patch"], clip["width"], clip["heads"]
-    layers = len(cfg.rcs_layers)
+    layers = len(cfg.attention.rcs_layers)
     batches, crops = batch_sizes(cfg, max_batch), crop_sizes(cfg, p, max_side)
     out = {}
     for level, b, hw, q in zip(_LEVELS, batches, crops, queries):

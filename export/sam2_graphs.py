@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipsam.refine.config import SAM2_MEAN, SAM2_STD
+
 from .component import ParityCase
 
 __all__ = ["Sam2EncoderGraph", "Sam2DecoderGraph", "encoder_cases", "decoder_cases", "sam2_info"]
@@ -73,7 +75,7 @@ def sam2_info(model) -> dict:
     return {
         "image_size": int(model.image_size),
         "embed_size": int(model.sam_image_embedding_size),
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "mean": list(SAM2_MEAN), "std": list(SAM2_STD),
         "dynamic_multimask": {"delta": float(d.dynamic_multimask_stability_delta),
                               "thresh": float(d.dynamic_multimask_stability_thresh)} if dyn else None,
     }
@@ -115,7 +117,7 @@ def _decoder_inputs(model, p: int, k: int, with_mask: bool, gen):
 def decoder_cases(model, seed: int = 0):
     """Example (2 prompts x 3 points) and parity cases against SAM2's own prompt encoder + mask decoder calls
     (``masks=None`` as ``Sam2Refiner.predict`` calls them, and with a mask input)."""
-    from .io_names import SAM2_PROMPT_DECODER
+    from clipsam.engine.io_names import SAM2_PROMPT_DECODER
 
     gen = torch.Generator().manual_seed(seed)
     names = SAM2_PROMPT_DECODER.inputs

@@ -1,6 +1,11 @@
-"""Which implementation a kernel entry point runs: the Triton kernel or the PyTorch reference.
+"""The skeleton every kernel shares: the one Triton probe, the launchers, the custom op, and dispatch.
 
-Rules, in order (STYLE.md "What to absorb" 6-7):
+``HAS_TRITON`` / ``triton`` / ``tl``: triton probed once (a broken install counts as absent). ``jit_launcher``
+gives a kernel's compiled launcher, or the interpreted one for CPU tensors (``runs_interpreted``);
+``custom_op`` registers the launcher as a torch custom op with its fake (for ``torch.compile``); ``dispatch``
+chooses between the kernel and its reference by the rules below.
+
+Which implementation an entry point runs, in order:
 
 1. Export: inside ``exportable()``, during ``torch.onnx.export`` and while ``torch.jit`` traces or scripts,
    every op runs its reference, whatever else is asked.
@@ -22,11 +27,12 @@ dot precision of fp32 inputs.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import contextvars
 import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -35,12 +41,19 @@ from clipsam.errors import BackendUnavailableError
 __all__ = [
     "ENV_DISABLE",
     "ENV_FORCE",
+    "HAS_TRITON",
+    "triton",
+    "tl",
     "exportable",
     "is_exporting",
     "triton_available",
     "triton_disabled",
     "interpreter_enabled",
+    "runs_interpreted",
+    "jit_launcher",
+    "custom_op",
     "use_triton",
+    "dispatch",
     "interpreted",
 ]
 
@@ -49,7 +62,7 @@ ENV_FORCE = "CLIPSAM_TRITON"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
-_export_depth = 0
+_exporting: contextvars.ContextVar[int] = contextvars.ContextVar("clipsam_exporting", default=0)
 _warned: set[str] = set()
 
 
@@ -62,23 +75,20 @@ def _env_flag(name: str) -> bool | None:
     return None
 
 
-def _probe_triton() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a driver/ABI failure inside triton's import
-        return False
-    return True
+try:  # the one probe; the kernel modules take triton from here
+    import triton
+    import triton.language as tl
 
-
-_HAS_TRITON = _probe_triton()  # once, at import (the kernel modules import triton, guarded, anyway)
+    HAS_TRITON = True
+except Exception:  # ImportError, or a driver/ABI failure inside triton's import
+    triton: Any = None  # type: ignore[no-redef]
+    tl: Any = None  # type: ignore[no-redef]
+    HAS_TRITON = False
 
 
 def triton_available() -> bool:
     """Whether triton imports here (a broken install counts as absent)."""
-    return _HAS_TRITON
+    return HAS_TRITON
 
 
 def triton_disabled() -> bool:
@@ -91,20 +101,25 @@ def interpreter_enabled() -> bool:
     return bool(_env_flag("TRITON_INTERPRET"))
 
 
+def runs_interpreted(device: torch.device) -> bool:
+    """Whether a launch on ``device`` goes through Triton's interpreter (CPU tensors, or TRITON_INTERPRET=1)."""
+    return device.type == "cpu" or interpreter_enabled()
+
+
 @contextlib.contextmanager
 def exportable() -> Iterator[None]:
-    """Context in which every clipsam kernel op runs its PyTorch reference (for ``torch.onnx.export``)."""
-    global _export_depth
-    _export_depth += 1
+    """Context in which every clipsam kernel op runs its PyTorch reference (for ``torch.onnx.export``); per thread
+    and task (a context variable)."""
+    token = _exporting.set(_exporting.get() + 1)
     try:
         yield
     finally:
-        _export_depth -= 1
+        _exporting.reset(token)
 
 
 def is_exporting() -> bool:
     """True inside ``exportable()``, during ONNX export, and while torch.jit traces or scripts."""
-    if _export_depth > 0:
+    if _exporting.get() > 0:
         return True
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
@@ -156,7 +171,7 @@ def use_triton(op: str, device: torch.device, unsupported: Callable[[], str | No
                 f"or stop forcing the kernel (force=None/False, unset {ENV_FORCE})"
             )
         return False
-    reason = None if triton_available() else "triton is not installed (pip install 'clipsam[triton]', Linux only)"
+    reason = None if HAS_TRITON else "triton is not installed (pip install 'clipsam[triton]', Linux only)"
     reason = reason or _device_reason(device, bool(want)) or unsupported()
     if reason is None:
         return True
@@ -165,6 +180,36 @@ def use_triton(op: str, device: torch.device, unsupported: Callable[[], str | No
     if device.type == "cuda":
         _warn_once(f"clipsam.kernels.{op}: using the PyTorch reference because {reason}")
     return False
+
+
+def dispatch(op: str, device: torch.device, unsupported: Callable[[], str | None], force: bool | None,
+             kernel: Callable[[], Any], reference: Callable[[], Any]) -> Any:
+    """``kernel()`` or ``reference()``, as ``use_triton`` decides."""
+    return kernel() if use_triton(op, device, unsupported, force) else reference()
+
+
+def jit_launcher(kernel: Any, interpret: bool) -> Any:
+    """The launcher of a ``@triton.jit`` kernel: compiled (also when TRITON_INTERPRET=1 was set at import), or run
+    by the interpreter on CPU tensors."""
+    if interpret:
+        return interpreted(kernel)
+    from triton.runtime.jit import JITFunction
+
+    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+
+
+def custom_op(name: str, fake: Callable[..., torch.Tensor]) -> Callable[[Callable], Callable]:
+    """Register ``fn`` as the torch custom op ``clipsam::<name>`` with ``fake`` as its shape function (graphs and
+    ``torch.compile`` see one opaque op); ``fn`` itself where torch has no ``custom_op``."""
+
+    def register(fn: Callable) -> Callable:
+        if not hasattr(torch.library, "custom_op"):
+            return fn
+        op = torch.library.custom_op(f"clipsam::{name}", mutates_args=())(fn)
+        op.register_fake(fake)
+        return op
+
+    return register
 
 
 # ---- Triton's interpreter, whatever TRITON_INTERPRET was when triton was imported ----------------------

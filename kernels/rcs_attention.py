@@ -1,9 +1,9 @@
 """Last-block attention of the training-free CLIP segmenters, with ResCLIP's RCS and SFR terms.
 
-Per head (ALGORITHMS.md B and C.6), with s = d^-1/2:
+Per head (``docs/algorithms.md`` sections 8 and 9), with s = d^-1/2:
 
     base logits   Z_b  = s*k k^T (naclip), s*q q^T (clearclip), s*q k^T (clip);  sclip uses both s*q q^T and s*k k^T
-    SFR blend     Z_b <- tau_sfr * ((1 - lambda_sfr) * Z_b + lambda_sfr * S_hat)        (S_hat: fp16, as upstream)
+    SFR blend     Z_b <- tau_sfr * ((1 - lambda_sfr) * Z_b + T),  T = fp16(lambda_sfr * S_hat)   (as upstream)
     window        Z_b <- Z_b + Omega                                                       (naclip only)
     base softmax  A    = softmax(Z_b)         (sclip: softmax(Z_q) + softmax(Z_k), rows sum to 2)
     RCS blend     A   <- tau_rcs * ((1 - lambda_rcs) * A + lambda_rcs * A_c),  A_c = mean_l softmax(s q_l k_l^T)
@@ -56,12 +56,11 @@ def neighbourhood_window(h: int, w: int, std: float, device=None, dtype=torch.fl
     return _window_cpu(int(h), int(w), float(std)).to(device=device, dtype=dtype)
 
 
-def _blend_sfr(logits: torch.Tensor, sfr: torch.Tensor | None, sfr_weights) -> torch.Tensor:
-    if sfr is None:
+def _blend_sfr(logits: torch.Tensor, sfr_term: torch.Tensor | None, sfr_weights) -> torch.Tensor:
+    if sfr_term is None:
         return logits
     tau, lam = sfr_weights
-    # lam * S_hat is computed in fp16 exactly as upstream (python float times an fp16 tensor stays fp16).
-    return tau * ((1 - lam) * logits + (lam * sfr)[:, None].to(logits.dtype))
+    return tau * ((1 - lam) * logits + sfr_term[:, None].to(logits.dtype))
 
 
 def _rcs_mean(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -76,22 +75,24 @@ def rcs_attention_ref(
     *,
     base: str,
     scale: float,
-    window: tuple[int, int, float] | None = None,
-    sfr: torch.Tensor | None = None,
+    window: tuple[int, int, float] | torch.Tensor | None = None,
+    sfr_term: torch.Tensor | None = None,
     sfr_weights: tuple[float, float] | None = None,
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
     rcs_weights: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Materialised last-block attention (reference path).
+    """Materialised last-block attention (reference path; also what ONNX export traces).
 
     Arguments:
         q, k, v: (B, H, N1, d) per-head projections of the tokens entering the last block (N1 = 1 + h*w).
         base: one of ``BASES``.
         scale: s = d^-1/2.
-        window: (h, w, std) of NACLIP's Omega; required for base ``naclip``, ignored otherwise.
-        sfr: (B, N1, N1) fp16 class-consistency matrix S_hat (already divided by its global max), or None.
-        sfr_weights: (tau_sfr, lambda_sfr), required with ``sfr``.
+        window: NACLIP's Omega, as (h, w, std) of the patch grid or as the (N1, N1) tensor itself
+            (``neighbourhood_window``; export passes it as a graph input); required for base ``naclip``.
+        sfr_term: (B, N1, N1) SFR term lambda_sfr * S_hat in fp16 (or those values in float32), S_hat the
+            class-consistency matrix divided by its global max; None without SFR.
+        sfr_weights: (tau_sfr, lambda_sfr), required with ``sfr_term``.
         rcs_q, rcs_k: (L, B, H, N1, d) q and k of the RCS layers (blocks 6-9), or None for no RCS.
         rcs_weights: (tau_rcs, lambda_rcs), required with ``rcs_q``.
 
@@ -100,13 +101,13 @@ def rcs_attention_ref(
     """
     if base not in BASES:
         raise ValueError(f"unknown attention base {base!r}; expected one of {BASES}")
-    if sfr is not None and sfr_weights is None:
-        raise ValueError("sfr_weights=(tau, lambda) is required when sfr is given")
+    if sfr_term is not None and sfr_weights is None:
+        raise ValueError("sfr_weights=(tau, lambda) is required when sfr_term is given")
     if rcs_q is not None and (rcs_k is None or rcs_weights is None):
         raise ValueError("rcs_k and rcs_weights=(tau, lambda) are required when rcs_q is given")
     if base == "sclip":
-        zq = _blend_sfr(torch.matmul(q, q.transpose(-1, -2)) * scale, sfr, sfr_weights)
-        zk = _blend_sfr(torch.matmul(k, k.transpose(-1, -2)) * scale, sfr, sfr_weights)
+        zq = _blend_sfr(torch.matmul(q, q.transpose(-1, -2)) * scale, sfr_term, sfr_weights)
+        zk = _blend_sfr(torch.matmul(k, k.transpose(-1, -2)) * scale, sfr_term, sfr_weights)
         attn = torch.softmax(zq, dim=-1) + torch.softmax(zk, dim=-1)
     else:
         if base == "naclip":
@@ -115,11 +116,12 @@ def rcs_attention_ref(
             z = torch.matmul(q, q.transpose(-1, -2)) * scale
         else:
             z = torch.matmul(q * scale, k.transpose(-1, -2))
-        z = _blend_sfr(z, sfr, sfr_weights)
+        z = _blend_sfr(z, sfr_term, sfr_weights)
         if base == "naclip":
             if window is None:
                 raise ValueError("base 'naclip' needs window=(h, w, std)")
-            z = z + neighbourhood_window(*window, device=z.device, dtype=z.dtype)
+            omega = window if isinstance(window, torch.Tensor) else neighbourhood_window(*window, device=z.device)
+            z = z + omega.to(z.dtype)
         attn = torch.softmax(z, dim=-1)
     if rcs_q is not None:
         tau, lam = rcs_weights
@@ -145,15 +147,7 @@ def rcs_attention_ref(
 # writes per head instead (logits, each blend step, softmaxes, stack, mean).
 # ------------------------------------------------------------------------------------------------------
 
-try:  # triton is optional (Linux extra); the reference above needs only torch
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except Exception:  # ImportError, or a broken install
-    triton = None
-    tl = None
-    HAS_TRITON = False
+from ._dispatch import HAS_TRITON, custom_op, dispatch, jit_launcher, runs_interpreted, tl, triton  # noqa: E402
 
 _BASE_OPERANDS = {"clip": ("qk",), "clearclip": ("qq",), "naclip": ("kk",), "sclip": ("qq", "kk")}
 SUPPORTED_HEAD_DIMS = (64,)
@@ -173,13 +167,13 @@ if HAS_TRITON:
         stride_rql, stride_rqb, stride_rqh, stride_rqn, stride_rkl, stride_rkb, stride_rkh, stride_rkn,
         stride_ob, stride_oh, stride_on,
         H, N, GRID_W, NUM_RCS,
-        qk_coef, sfr_lam, sfr_coef, win_coef, rcs_coef, w_base, w_rcs,
+        qk_coef, sfr_coef, win_coef, rcs_coef, w_base, w_rcs,
         TWO_BASE: tl.constexpr, HAS_SFR: tl.constexpr, HAS_WINDOW: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     ):
         # Base logits, in log2 units: qk_coef = s*tau_sfr*(1-lambda_sfr)*log2e (s*log2e without SFR),
-        # bias = fp16(lambda_sfr * S) * tau_sfr*log2e + Omega*log2e; RCS logits: rcs_coef = s*log2e.
+        # bias = T * tau_sfr*log2e + Omega*log2e (T = fp16(lambda_sfr * S_hat)); RCS logits: rcs_coef = s*log2e.
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // H).to(tl.int64)
@@ -224,9 +218,7 @@ if HAS_TRITON:
             bias = tl.where(mask_k, 0.0, float("-inf"))[None, :]
             if HAS_SFR:
                 sv = tl.load(s_ptr + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                # upstream: (lambda * S_hat) in S_hat's dtype (fp16), then cast to the logits' dtype
-                lam_s = (sv.to(tl.float32) * sfr_lam).to(S.dtype.element_ty)
-                bias += lam_s.to(A1.dtype.element_ty).to(tl.float32) * sfr_coef
+                bias += sv.to(A1.dtype.element_ty).to(tl.float32) * sfr_coef  # T cast to the logits' dtype
             if HAS_WINDOW:
                 row_j = (offs_k - 1) // GRID_W
                 col_j = (offs_k - 1) - row_j * GRID_W
@@ -308,11 +300,7 @@ _CONFIGS_32 = ((128, 32, 8, 2), (64, 32, 4, 2), (128, 32, 8, 3), (64, 64, 4, 2))
 
 @lru_cache(maxsize=None)
 def _compiled_kernel(tuned: bool, fp32: bool = False):
-    from triton.runtime.jit import JITFunction
-
-    jitted = _rcs_attn_fwd_kernel
-    if not isinstance(jitted, JITFunction):  # TRITON_INTERPRET=1 was set at import: build the compiled twin
-        jitted = JITFunction(jitted.fn)
+    jitted = jit_launcher(_rcs_attn_fwd_kernel, interpret=False)
     if not tuned:
         return jitted
     configs = [
@@ -323,13 +311,6 @@ def _compiled_kernel(tuned: bool, fp32: bool = False):
     return triton.autotune(configs=configs, key=key)(jitted)
 
 
-@lru_cache(maxsize=None)
-def _interpreted_kernel():
-    from ._dispatch import interpreted
-
-    return interpreted(_rcs_attn_fwd_kernel)
-
-
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -338,7 +319,7 @@ def _rcs_attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    sfr: torch.Tensor | None,
+    sfr_term: torch.Tensor | None,
     rcs_q: torch.Tensor | None,
     rcs_k: torch.Tensor | None,
     base: str,
@@ -361,12 +342,12 @@ def _rcs_attention_fwd(
     src = {"q": q, "k": k}
     pairs = [(src[p[0]], src[p[1]]) for p in _BASE_OPERANDS[base]]
     (a1, b1), (a2, b2) = pairs[0], pairs[-1]
-    has_sfr = sfr is not None
+    has_sfr = sfr_term is not None
     if has_sfr:
-        sfr = _rows(sfr)
-        s_strides = (sfr.stride(0) if sfr.shape[0] > 1 else 0, sfr.stride(1))
+        sfr_term = _rows(sfr_term)
+        s_strides = (sfr_term.stride(0) if sfr_term.shape[0] > 1 else 0, sfr_term.stride(1))
     else:
-        sfr, s_strides = q, (0, 0)
+        sfr_term, s_strides = q, (0, 0)
     num_rcs = 0 if rcs_q is None else rcs_q.shape[0]
     if num_rcs:
         rcs_q, rcs_k = _rows(rcs_q), _rows(rcs_k)
@@ -379,13 +360,13 @@ def _rcs_attention_fwd(
     has_window = base == "naclip"
     win_coef = -_LOG2E / (2.0 * window_std**2) if has_window else 0.0
     precision = FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32"
-    interpret = q.device.type == "cpu" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    interpret = runs_interpreted(q.device)
     args = (
-        a1, b1, a2, b2, v, sfr, rcs_q, rcs_k, out,
+        a1, b1, a2, b2, v, sfr_term, rcs_q, rcs_k, out,
         *a1.stride()[:3], *b1.stride()[:3], *a2.stride()[:3], *b2.stride()[:3], *v.stride()[:3], *s_strides,
         *rq, *rk, *out.stride()[:3],
         heads, n, max(int(grid_w), 1), num_rcs,
-        qk_coef, float(sfr_lam), float(sfr_tau) * _LOG2E if has_sfr else 0.0, win_coef, scale * _LOG2E,
+        qk_coef, float(sfr_tau) * _LOG2E if has_sfr else 0.0, win_coef, scale * _LOG2E,
         float(w_base), float(w_rcs),
     )
     flags = dict(TWO_BASE=len(pairs) == 2, HAS_SFR=has_sfr, HAS_WINDOW=has_window, HEAD_DIM=d, DOT_PRECISION=precision)
@@ -393,7 +374,7 @@ def _rcs_attention_fwd(
         # The interpreter (triton 3.8) multiplies bf16 bit patterns as integers in tl.dot: upcast there.
         bm, bn = block_m or 16, block_n or 16
         grid = (triton.cdiv(n, bm), bsz * heads)
-        _interpreted_kernel()[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=q.dtype == torch.bfloat16)
+        jit_launcher(_rcs_attn_fwd_kernel, interpret=True)[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=q.dtype == torch.bfloat16)
     elif block_m or os.environ.get("CLIPSAM_TRITON_AUTOTUNE", "1") == "0":
         first = (_CONFIGS_32 if q.dtype == torch.float32 else _CONFIGS_16)[0]
         bm, bn = block_m or first[0], block_n or first[1]
@@ -406,48 +387,27 @@ def _rcs_attention_fwd(
     return out
 
 
-if HAS_TRITON and hasattr(torch.library, "custom_op"):
-
-    @torch.library.custom_op("clipsam::rcs_attention", mutates_args=())
-    def _rcs_attention_op(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        sfr: torch.Tensor | None,
-        rcs_q: torch.Tensor | None,
-        rcs_k: torch.Tensor | None,
-        base: str,
-        scale: float,
-        grid_w: int,
-        window_std: float,
-        sfr_tau: float,
-        sfr_lam: float,
-        rcs_tau: float,
-        rcs_lam: float,
-    ) -> torch.Tensor:
-        return _rcs_attention_fwd(q, k, v, sfr, rcs_q, rcs_k, base, scale, grid_w, window_std, sfr_tau, sfr_lam, rcs_tau, rcs_lam)
-
-    @_rcs_attention_op.register_fake
-    def _rcs_attention_fake(q, k, v, sfr, rcs_q, rcs_k, base, scale, grid_w, window_std, sfr_tau, sfr_lam, rcs_tau, rcs_lam):
-        return q.new_empty(q.shape, dtype=v.dtype)
-
-else:
-    _rcs_attention_op = _rcs_attention_fwd if HAS_TRITON else None
+def _rcs_attention_fake(q, k, v, sfr_term, rcs_q, rcs_k, base, scale, grid_w, window_std, sfr_tau, sfr_lam, rcs_tau,
+                        rcs_lam):
+    return q.new_empty(q.shape, dtype=v.dtype)
 
 
-def _check_args(base, window, sfr, sfr_weights, rcs_q, rcs_k, rcs_weights) -> None:
+_rcs_attention_op = custom_op("rcs_attention", _rcs_attention_fake)(_rcs_attention_fwd) if HAS_TRITON else None
+
+
+def _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights) -> None:
     # The reference's argument errors, raised before any launch.
     if base not in BASES:
         raise ValueError(f"unknown attention base {base!r}; expected one of {BASES}")
-    if sfr is not None and sfr_weights is None:
-        raise ValueError("sfr_weights=(tau, lambda) is required when sfr is given")
+    if sfr_term is not None and sfr_weights is None:
+        raise ValueError("sfr_weights=(tau, lambda) is required when sfr_term is given")
     if rcs_q is not None and (rcs_k is None or rcs_weights is None):
         raise ValueError("rcs_k and rcs_weights=(tau, lambda) are required when rcs_q is given")
     if base == "naclip" and window is None:
         raise ValueError("base 'naclip' needs window=(h, w, std)")
 
 
-def unsupported_reason(q, k, v, *, base, window=None, sfr=None, rcs_q=None, rcs_k=None) -> str | None:
+def unsupported_reason(q, k, v, *, base, window=None, sfr_term=None, rcs_q=None, rcs_k=None) -> str | None:
     """Why the fused kernel cannot take these inputs (None when it can)."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         return f"q, k, v must share one (B, H, N1, d) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
@@ -458,16 +418,18 @@ def unsupported_reason(q, k, v, *, base, window=None, sfr=None, rcs_q=None, rcs_
         return f"head dim {d} (supported: {SUPPORTED_HEAD_DIMS})"
     if bsz * heads > 65535 or n == 0:
         return f"B*H = {bsz * heads} (max 65535) or N1 = {n}"
-    tensors = [t for t in (q, k, v, sfr, rcs_q, rcs_k) if t is not None]
+    tensors = [t for t in (q, k, v, sfr_term, rcs_q, rcs_k) if t is not None]
     if any(t.device != q.device for t in tensors):
         return "the tensors are on different devices"
+    if isinstance(window, torch.Tensor):
+        return "window given as a tensor (the kernel computes Omega from (h, w, std))"
     if base == "naclip" and window is not None and 1 + int(window[0]) * int(window[1]) != n:
         return f"window grid {window[0]}x{window[1]} does not match N1 = {n}"
-    if sfr is not None:
-        if sfr.dim() != 3 or sfr.shape[0] not in (1, bsz) or tuple(sfr.shape[1:]) != (n, n):
-            return f"sfr must be (B, N1, N1) = ({bsz}, {n}, {n}), got {tuple(sfr.shape)}"
-        if sfr.dtype not in SUPPORTED_DTYPES:
-            return f"sfr dtype {sfr.dtype}"
+    if sfr_term is not None:
+        if sfr_term.dim() != 3 or sfr_term.shape[0] not in (1, bsz) or tuple(sfr_term.shape[1:]) != (n, n):
+            return f"sfr_term must be (B, N1, N1) = ({bsz}, {n}, {n}), got {tuple(sfr_term.shape)}"
+        if sfr_term.dtype not in SUPPORTED_DTYPES:
+            return f"sfr_term dtype {sfr_term.dtype}"
     if rcs_q is not None:
         if rcs_q.dim() != 5 or tuple(rcs_q.shape[1:]) != tuple(q.shape) or rcs_k.shape != rcs_q.shape:
             return f"rcs_q/rcs_k must be (L, {bsz}, {heads}, {n}, {d}), got {tuple(rcs_q.shape)}, {tuple(rcs_k.shape)}"
@@ -484,7 +446,7 @@ def rcs_attention_triton(
     base: str,
     scale: float,
     window: tuple[int, int, float] | None = None,
-    sfr: torch.Tensor | None = None,
+    sfr_term: torch.Tensor | None = None,
     sfr_weights: tuple[float, float] | None = None,
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
@@ -493,16 +455,16 @@ def rcs_attention_triton(
     """The fused kernel with the reference's signature (no dispatch; inputs must be supported)."""
     if not HAS_TRITON:
         raise RuntimeError("rcs_attention_triton needs triton (pip install 'clipsam[triton]')")
-    _check_args(base, window, sfr, sfr_weights, rcs_q, rcs_k, rcs_weights)
-    reason = unsupported_reason(q, k, v, base=base, window=window, sfr=sfr, rcs_q=rcs_q, rcs_k=rcs_k)
+    _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights)
+    reason = unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
     if reason is not None:
         raise ValueError(f"rcs_attention_triton cannot take these inputs: {reason}")
     grid_w, std = (int(window[1]), float(window[2])) if base == "naclip" else (1, 1.0)
-    sfr_tau, sfr_lam = (float(sfr_weights[0]), float(sfr_weights[1])) if sfr is not None else (1.0, 0.0)
+    sfr_tau, sfr_lam = (float(sfr_weights[0]), float(sfr_weights[1])) if sfr_term is not None else (1.0, 0.0)
     if rcs_q is None:
         rcs_k = None
     rcs_tau, rcs_lam = (float(rcs_weights[0]), float(rcs_weights[1])) if rcs_q is not None else (1.0, 0.0)
-    return _rcs_attention_op(q, k, v, sfr, rcs_q, rcs_k, base, float(scale), grid_w, std, sfr_tau, sfr_lam, rcs_tau, rcs_lam)
+    return _rcs_attention_op(q, k, v, sfr_term, rcs_q, rcs_k, base, float(scale), grid_w, std, sfr_tau, sfr_lam, rcs_tau, rcs_lam)
 
 
 def rcs_attention(
@@ -513,7 +475,7 @@ def rcs_attention(
     base: str,
     scale: float,
     window: tuple[int, int, float] | None = None,
-    sfr: torch.Tensor | None = None,
+    sfr_term: torch.Tensor | None = None,
     sfr_weights: tuple[float, float] | None = None,
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
@@ -528,14 +490,12 @@ def rcs_attention(
     Returns:
         (B, H, N1, d) tensor A v in the dtype of ``v``.
     """
-    from . import _dispatch
-
-    kwargs = dict(base=base, scale=scale, window=window, sfr=sfr, sfr_weights=sfr_weights, rcs_q=rcs_q, rcs_k=rcs_k, rcs_weights=rcs_weights)
+    kwargs = dict(base=base, scale=scale, window=window, sfr_term=sfr_term, sfr_weights=sfr_weights, rcs_q=rcs_q,
+                  rcs_k=rcs_k, rcs_weights=rcs_weights)
 
     def reason() -> str | None:
-        _check_args(base, window, sfr, sfr_weights, rcs_q, rcs_k, rcs_weights)
-        return unsupported_reason(q, k, v, base=base, window=window, sfr=sfr, rcs_q=rcs_q, rcs_k=rcs_k)
+        _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights)
+        return unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
 
-    if _dispatch.use_triton("rcs_attention", q.device, reason, force):
-        return rcs_attention_triton(q, k, v, **kwargs)
-    return rcs_attention_ref(q, k, v, **kwargs)
+    return dispatch("rcs_attention", q.device, reason, force, lambda: rcs_attention_triton(q, k, v, **kwargs),
+                    lambda: rcs_attention_ref(q, k, v, **kwargs))

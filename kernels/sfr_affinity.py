@@ -1,4 +1,4 @@
-"""ResCLIP's SFR class-consistency matrix S_hat from a grid of patch labels (ALGORITHMS.md C.5).
+"""ResCLIP's SFR class-consistency matrix S_hat from a grid of patch labels (``docs/algorithms.md`` section 9).
 
 For an h x w grid of labels L (N = h*w patches, raster order):
 
@@ -20,7 +20,7 @@ The reference is vectorised over patch pairs; the path check is chunked over sta
 
 from __future__ import annotations
 
-import os
+
 from functools import lru_cache
 
 import torch
@@ -146,15 +146,7 @@ def sfr_affinity_ref(
 # where the reference moves (pairs x steps x 2) int64 index tensors and several fp32 N x N matrices.
 # ------------------------------------------------------------------------------------------------------
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except Exception:  # ImportError, or a broken install
-    triton = None
-    tl = None
-    HAS_TRITON = False
+from ._dispatch import HAS_TRITON, custom_op, dispatch, jit_launcher, runs_interpreted, tl, triton  # noqa: E402
 
 FUSED_PATH_CHECKS = ("prefix", "none")
 FUSED_BLURS = ("raster",)
@@ -267,14 +259,7 @@ if HAS_TRITON:
 
 @lru_cache(maxsize=None)
 def _launchers(interpret: bool):
-    kernels = (_sfr_path_kernel, _sfr_rowstat_kernel, _sfr_finalize_kernel)
-    if interpret:
-        from ._dispatch import interpreted
-
-        return tuple(interpreted(k) for k in kernels)
-    from triton.runtime.jit import JITFunction
-
-    return tuple(k if isinstance(k, JITFunction) else JITFunction(k.fn) for k in kernels)
+    return tuple(jit_launcher(k, interpret) for k in (_sfr_path_kernel, _sfr_rowstat_kernel, _sfr_finalize_kernel))
 
 
 def _sfr_affinity_fwd(labels: torch.Tensor, gaussian_std: float, path_check: str) -> torch.Tensor:
@@ -293,7 +278,7 @@ def _sfr_affinity_fwd(labels: torch.Tensor, gaussian_std: float, path_check: str
     code = torch.empty((bsz, n, n), dtype=torch.int8, device=dev)
     stats = torch.empty((2, bsz, n), dtype=torch.float32, device=dev)
     out = torch.empty((bsz, n + 1, n + 1), dtype=torch.float16, device=dev)
-    interpret = dev.type == "cpu" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    interpret = runs_interpreted(dev)
     path_k, stat_k, final_k = _launchers(interpret)
     bi, bj = (16, 64) if interpret else (32, 64)
     opts = {} if interpret else {"num_warps": 4}
@@ -312,19 +297,12 @@ def _sfr_affinity_fwd(labels: torch.Tensor, gaussian_std: float, path_check: str
     return out
 
 
-if HAS_TRITON and hasattr(torch.library, "custom_op"):
+def _sfr_affinity_fake(labels, gaussian_std, path_check):
+    n1 = 1 + labels.shape[1] * labels.shape[2]
+    return labels.new_empty((labels.shape[0], n1, n1), dtype=torch.float16)
 
-    @torch.library.custom_op("clipsam::sfr_affinity", mutates_args=())
-    def _sfr_affinity_op(labels: torch.Tensor, gaussian_std: float, path_check: str) -> torch.Tensor:
-        return _sfr_affinity_fwd(labels, gaussian_std, path_check)
 
-    @_sfr_affinity_op.register_fake
-    def _sfr_affinity_fake(labels, gaussian_std, path_check):
-        n1 = 1 + labels.shape[1] * labels.shape[2]
-        return labels.new_empty((labels.shape[0], n1, n1), dtype=torch.float16)
-
-else:
-    _sfr_affinity_op = _sfr_affinity_fwd if HAS_TRITON else None
+_sfr_affinity_op = custom_op("sfr_affinity", _sfr_affinity_fake)(_sfr_affinity_fwd) if HAS_TRITON else None
 
 
 def _check_args(labels: torch.Tensor, path_check: str, blur: str) -> None:
@@ -383,12 +361,10 @@ def sfr_affinity(
     Returns:
         (B, 1 + h*w, 1 + h*w) fp16 tensor, CLS row and column zero, global max 1 per window.
     """
-    from . import _dispatch
-
     def reason() -> str | None:
         _check_args(labels, path_check, blur)
         return unsupported_reason(labels, path_check=path_check, blur=blur)
 
-    if _dispatch.use_triton("sfr_affinity", labels.device, reason, force):
-        return sfr_affinity_triton(labels, gaussian_std=gaussian_std, path_check=path_check, blur=blur)
-    return sfr_affinity_ref(labels, gaussian_std=gaussian_std, path_check=path_check, blur=blur)
+    kwargs = dict(gaussian_std=gaussian_std, path_check=path_check, blur=blur)
+    return dispatch("sfr_affinity", labels.device, reason, force, lambda: sfr_affinity_triton(labels, **kwargs),
+                    lambda: sfr_affinity_ref(labels, **kwargs))

@@ -1,8 +1,5 @@
-"""``clipsam batch``: label every image of folders or globs; resumable; in-process or on a Ray cluster.
-
-    clipsam batch photos/ --out labels/ --preset voc21                      # in this process
-    clipsam batch 'photos/**/*.jpg' --out labels/ --classes "cat, dog" --ray --actors 2
-    clipsam batch photos/ --out labels/ --engines engines/ --ray ray://head:10001 --actors 8 --gpus-per-actor 1
+"""``run_batch``: label every image of folders or globs; resumable; in-process or on a Ray cluster
+(the library behind ``clipsam batch``, ``clipsam.cli.batch``).
 
 Outputs mirror the input tree: ``photos/a/b.jpg`` -> ``labels/a/b_labels.png``, ``b_overlay.png``, ``b.json``
 (``b_instances.json`` with --refine). Each image's files are written with the summary JSON last and atomically, so
@@ -15,65 +12,17 @@ machines, ``--out`` and the inputs must be on a shared file system).
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import logging
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
-from .errors import ClipSamError, ConfigError
-from .preprocess import IMAGE_SUFFIXES
+from .errors import ConfigError
+from .inputs import expand_inputs
 
-__all__ = ["plan_rows", "pending_rows", "run_batch", "register", "cmd_batch"]
-
-
-
-def _glob_root(pattern: str) -> Path:
-    parts = Path(pattern).parts
-    root = [p for p in parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))]]
-    return Path(*root) if root else Path(".")
-
-
-def plan_rows(inputs: list[str]) -> list[dict]:
-    """Image paths and output names (relative, no suffix) for folders (recursive), files and glob patterns."""
-    rows: list[dict] = []
-    seen: set[str] = set()
-    names: set[str] = set()
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
-                     and f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
-            if not found:
-                raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        elif p.is_file():
-            found = [(p, Path(p.name))]
-        elif any(ch in item for ch in "*?["):
-            root = _glob_root(item)
-            found = [(Path(f), Path(f).relative_to(root)) for f in sorted(glob.glob(item, recursive=True))
-                     if Path(f).is_file()]
-            if not found:
-                raise ClipSamError(f"no file matches {item!r}")
-        else:
-            raise ClipSamError(f"input not found: {item}")
-        for path, rel in found:
-            key = str(path.resolve())
-            if key in seen:
-                continue
-            seen.add(key)
-            name = rel.with_suffix("").as_posix()
-            if name in names:  # a.jpg beside a.png: keep both
-                name = f"{name}_{path.suffix.lstrip('.').lower()}"
-            k = 1
-            while name in names:
-                name, k = f"{rel.with_suffix('').as_posix()}_{k}", k + 1
-            names.add(name)
-            rows.append({"path": str(path), "name": name})
-    return rows
+__all__ = ["pending_rows", "run_batch"]
 
 
 def pending_rows(rows: list[dict], out: Path) -> list[dict]:
@@ -106,7 +55,7 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
         raise ConfigError(f"batch_size and actors must be >= 1, got {batch_size} and {actors}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
-    rows = plan_rows(inputs)
+    rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs)]
     todo = pending_rows(rows, out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".partial-*"):  # left by an interrupted run (one run per output folder at a time)
@@ -164,49 +113,3 @@ def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):
     mapped = segment_dataset(ds, concurrency=actors, num_gpus=gpus, batch_size=batch_size, **kwargs)
     for row in mapped.select_columns(["path", "ok", "error"]).iter_rows():
         yield {"path": str(row["path"]), "ok": bool(row["ok"]), "error": str(row["error"])}
-
-
-# -- command line --------------------------------------------------------------------------------------------
-def register(subparsers) -> argparse.ArgumentParser:
-    from .cli import add_segment_options
-
-    p = subparsers.add_parser(
-        "batch", help="label many images: resumable, bad images reported, in-process or on Ray",
-        description=__doc__.split("\n\n")[2].replace("\n", " "))
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders (recursive), image files or glob patterns")
-    p.add_argument("--out", required=True, help="output folder (mirrors the input tree)")
-    p.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
-                   help="run on Ray Data: a local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
-    p.add_argument("--actors", type=int, default=1, help="Ray actors, each with its own segmenter (default: 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=None,
-                   help="GPUs per Ray actor (default: 1 with --device cuda, else 0)")
-    add_segment_options(p)
-    from .engine.cli import add_segment_arguments
-
-    add_segment_arguments(p)  # --engines DIR, --providers, ...
-    p.set_defaults(func=cmd_batch)
-    return p
-
-
-def build_from_options(options: dict):
-    """A segmenter from ``vars(args)`` of ``clipsam batch`` (picklable entry point for Ray actors)."""
-    from .cli import build_segmenter
-
-    return build_segmenter(argparse.Namespace(**options))
-
-
-def cmd_batch(args) -> int:
-    from .cli import resolve_classes
-
-    classes = resolve_classes(args)
-    if args.actors > 1 and args.ray is False:
-        raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
-    options = {k: v for k, v in vars(args).items() if k != "func"}
-    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if str(args.device).startswith("cuda") else 0)
-    report = run_batch(args.inputs, args.out, segmenter=partial(build_from_options, options), classes=classes,
-                       ray=args.ray, actors=args.actors, gpus_per_actor=gpus, batch_size=args.batch_size,
-                       progress=not args.no_progress)
-    rate = f" ({report['images_per_s']:.2f} img/s)" if report["images_per_s"] else ""
-    print(f"clipsam batch: {report['done']} segmented{rate}, {report['skipped']} already done, {report['failed']} "
-          f"failed, of {report['total']} -> {args.out} ({report['mode']})")
-    return 1 if report["failed"] else 0

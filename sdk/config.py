@@ -1,116 +1,234 @@
-"""Configuration of the dense CLIP pipeline: one frozen dataclass, methods, and per-dataset presets.
+"""Configuration of the dense CLIP pipeline: frozen groups of settings, the methods, and per-dataset presets.
 
-Every knob of ALGORITHMS.md is a field. ``dense_config(method, preset, **overrides)`` returns the
-reference-exact configuration of a method on a dataset (table (b)); overrides replace single fields.
+``DenseConfig`` holds five groups, each a frozen dataclass validated on construction:
+
+    attention    the last-block attention (base, residual, ResCLIP's RCS and SFR weights): baked into exported graphs
+    feedback     host-side inputs of that attention: NACLIP's window std and ResCLIP's SFR first pass
+    schedule     resizing, sliding windows and the multi-scale / flip ensemble
+    post         logits to labels: temperature, thresholds, optional output PAMR
+    calibration  optional visual calibration (ExCEL SVC, kNN)
+
+``dense_config(method, preset, **overrides)`` returns the reference configuration of a method on a dataset
+(``docs/algorithms.md``, "Presets"). Overrides and ``DenseConfig.replace`` take the flat field names of the groups
+(``slide_crop=224``, ``prob_thd=0.2``, ``calibration="knn"``) or whole groups (``schedule=ScheduleConfig(...)``);
+reading a flat name (``cfg.slide_crop``) reads through to its group.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config"]
+__all__ = ["DenseConfig", "AttentionConfig", "FeedbackConfig", "ScheduleConfig", "PostConfig", "CalibrationConfig",
+           "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config"]
 
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
-BASES = ("clip", "sclip", "clearclip", "naclip")
-CALIBRATIONS = ("none", "excel", "knn")
+Base = Literal["clip", "sclip", "clearclip", "naclip"]
+PathCheck = Literal["prefix", "full", "none"]
+Blur = Literal["raster", "2d"]
+Upsample = Literal["two_step", "one_step"]
+Combine = Literal["prob_mean", "weighted", "logit_mean"]
+Calibration = Literal["none", "excel", "knn"]
+
+BASES: tuple[str, ...] = ("clip", "sclip", "clearclip", "naclip")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class DenseConfig:
-    """Dense CLIP prediction settings (defaults: ResCLIP on NACLIP, VOC21, whole image)."""
+class AttentionConfig:
+    """The last-block attention. Every field is baked into the exported dense graphs."""
 
-    base: str = "naclip"  # last-block attention: clip | sclip | clearclip | naclip
+    base: Base = "naclip"  # clip | sclip | clearclip | naclip
     residual: bool = False  # last block keeps residual + FFN ('w_resi': clip, sclip) or not ('wo_resi')
     rcs: bool = True  # ResCLIP residual cross-correlation attention
-    rcs_layers: tuple[int, ...] = (5, 6, 7, 8)  # 0-based trunk blocks averaged for A_c (blocks 6-9, all backbones)
+    rcs_layers: tuple[int, ...] = (5, 6, 7, 8)  # 0-based trunk blocks averaged for A_c (blocks 6-9)
     rcs_weights: tuple[float, float] = (2.0, 0.3)  # (tau_rcs, lambda_rcs)
     sfr: bool = True  # ResCLIP semantic feedback refinement (two passes of the last block)
     sfr_weights: tuple[float, float] = (2.2, 0.7)  # (tau_sfr, lambda_sfr)
+
+    def __post_init__(self) -> None:
+        _choice("base", self.base, BASES)
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Inputs of the last block computed on the host: NACLIP's window and ResCLIP's SFR first pass."""
+
+    gaussian_std: float = 5.0  # NACLIP window and SFR blur std, in patches
     temp_thd: float = 0.5  # pixels whose max first-pass probability is below this join query 0
     sfr_pamr_iters: int = 10  # PAMR inside SFR's first pass (upstream runs it although pamr_steps=0)
     sfr_pamr_dilations: tuple[int, ...] = (8, 16)
-    sfr_path_check: str = "prefix"  # "prefix" (upstream quirk) | "full" | "none"
-    sfr_blur: str = "raster"  # "raster" (upstream, wraps across rows) | "2d"
-    gaussian_std: float = 5.0  # NACLIP window and SFR blur std, in patches
+    sfr_path_check: PathCheck = "prefix"  # "prefix" (upstream quirk) | "full" | "none"
+    sfr_blur: Blur = "raster"  # "raster" (upstream, wraps across rows) | "2d"
+
+    def __post_init__(self) -> None:
+        _choice("sfr_path_check", self.sfr_path_check, ("prefix", "full", "none"))
+        _choice("sfr_blur", self.sfr_blur, ("raster", "2d"))
+        if self.gaussian_std <= 0:
+            raise ConfigError("gaussian_std must be > 0")
+        if self.sfr_pamr_iters < 0:
+            raise ConfigError("PAMR iteration counts must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Resizing, sliding windows and the ensemble of scales and flips."""
+
     short_side: int = 336  # Resize(scale=(long_side, short_side), keep_ratio=True)
     long_side: int = 2048
     slide_crop: int = 0  # 0: one pass over the whole image; else square crop size in pixels
     slide_stride: int = 112
+    pad_crops: bool = False  # pad windows to a patch multiple with zeros (ClearCLIP) instead of dropping the remainder
+    upsample: Upsample = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (grid -> original)
+    scales: tuple[float, ...] = (1.0,)  # multi-scale ensemble: short/long sides times each scale (MULTI_SCALE_5)
+    scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
+    combine: Combine = "prob_mean"  # scales/flips: "prob_mean" | "weighted" (probabilities) | "logit_mean"
+    flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
+
+    def __post_init__(self) -> None:
+        _choice("upsample", self.upsample, ("two_step", "one_step"))
+        _choice("combine", self.combine, ("prob_mean", "weighted", "logit_mean"))
+        if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
+            raise ConfigError("slide_crop must be >= 0 and slide_stride > 0 when sliding")
+        if self.short_side <= 0 or self.long_side <= 0:
+            raise ConfigError("short_side and long_side must be positive")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
+        if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
+            raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
+        if self.scale_weights is not None and (len(self.scale_weights) != len(self.scales)
+                                               or min(self.scale_weights) < 0):
+            raise ConfigError("scale_weights must give one non-negative weight per scale")
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    """From logits to labels."""
+
     logit_scale: float = 40.0  # softmax temperature of the post-processing (and of SFR's first pass)
     prob_thd: float = 0.0  # pixels whose max class probability is below this get class 0
     area_thd: float | None = None  # SCLIP: foreground classes under this fraction of foreground pixels are dropped
     pamr_iters: int = 0  # optional PAMR on the final logits (NACLIP's own default is 10)
     pamr_dilations: tuple[int, ...] = (8, 16)
-    pad_crops: bool = False  # pad windows to a patch multiple with zeros (ClearCLIP) instead of dropping the remainder
-    upsample: str = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (SCLIP whole image)
-    scales: tuple[float, ...] = (1.0,)  # multi-scale ensemble: short/long sides times each scale (MULTI_SCALE_5)
-    scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
-    combine: str = "prob_mean"  # scales/flips: "prob_mean" | "weighted" (probabilities) | "logit_mean"
-    flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
-    calibration: str = "none"  # visual calibration (dense/calibration.py): "none" | "excel" (SVC) | "knn"
-    calibration_blocks: int = 5  # excel: the last N blocks get ExCEL's second attention path (ExCEL: 5)
-    knn_k: int = 8  # knn: high-confidence neighbours averaged into each low-confidence patch
-    knn_quantile: float = 0.5  # knn: fraction of each crop's patches, least confident first, that are replaced
-    templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
-    vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
-    preset: str | None = None  # name of the preset this config came from (informational)
-    method: str = "resclip"  # name of the method this config came from (informational)
 
-    def __post_init__(self):
-        if self.base not in BASES:
-            raise ConfigError(f"base must be one of {BASES}, got {self.base!r}")
-        if self.sfr_path_check not in ("prefix", "full", "none"):
-            raise ConfigError(f"sfr_path_check must be 'prefix', 'full' or 'none', got {self.sfr_path_check!r}")
-        if self.sfr_blur not in ("raster", "2d"):
-            raise ConfigError(f"sfr_blur must be 'raster' or '2d', got {self.sfr_blur!r}")
-        if self.upsample not in ("two_step", "one_step"):
-            raise ConfigError(f"upsample must be 'two_step' or 'one_step', got {self.upsample!r}")
-        if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
-            raise ConfigError("slide_crop must be >= 0 and slide_stride > 0 when sliding")
-        if self.short_side <= 0 or self.long_side <= 0:
-            raise ConfigError("short_side and long_side must be positive")
+    def __post_init__(self) -> None:
         if not 0.0 <= self.prob_thd <= 1.0:
             raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
         if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
             raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
-        if self.pamr_iters < 0 or self.sfr_pamr_iters < 0:
+        if self.pamr_iters < 0:
             raise ConfigError("PAMR iteration counts must be >= 0")
-        if self.gaussian_std <= 0:
-            raise ConfigError("gaussian_std must be > 0")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
-        if self.combine not in ("prob_mean", "weighted", "logit_mean"):
-            raise ConfigError(f"combine must be 'prob_mean', 'weighted' or 'logit_mean', got {self.combine!r}")
-        if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
-            raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
-        if self.scale_weights is not None and (len(self.scale_weights) != len(self.scales) or min(self.scale_weights) < 0):
-            raise ConfigError("scale_weights must give one non-negative weight per scale")
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-        if self.calibration == "excel" and (self.rcs or self.sfr):
-            raise ConfigError("calibration='excel' replaces the method's last block with ExCEL's second attention path, "
-                              "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
-                              "'clip' with it, or calibration='knn', which works with every method")
-        if self.calibration_blocks < 1:
-            raise ConfigError(f"calibration_blocks must be >= 1, got {self.calibration_blocks}")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Visual calibration of the dense features (``clipsam.dense.calibration``); none in the published methods."""
+
+    mode: Calibration = "none"  # "none" | "excel" (ExCEL SVC) | "knn"
+    blocks: int = 5  # excel: the last N blocks get ExCEL's second attention path (ExCEL: 5)
+    knn_k: int = 8  # knn: high-confidence neighbours averaged into each low-confidence patch
+    knn_quantile: float = 0.5  # knn: fraction of each crop's patches, least confident first, that are replaced
+
+    def __post_init__(self) -> None:
+        _choice("calibration", self.mode, ("none", "excel", "knn"))
+        if self.blocks < 1:
+            raise ConfigError(f"calibration_blocks must be >= 1, got {self.blocks}")
         if self.knn_k < 1:
             raise ConfigError(f"knn_k must be >= 1, got {self.knn_k}")
         if not 0.0 < self.knn_quantile < 1.0:
             raise ConfigError(f"knn_quantile must be in (0, 1), got {self.knn_quantile}")
 
-    def replace(self, **changes) -> "DenseConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+
+_GROUPS: dict[str, type] = {"attention": AttentionConfig, "feedback": FeedbackConfig, "schedule": ScheduleConfig,
+                            "post": PostConfig, "calibration": CalibrationConfig}
+# flat option name -> (group, field); the calibration group's fields keep their historical flat names
+_FLAT: dict[str, tuple[str, str]] = {f.name: (g, f.name) for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+for _name in ("mode", "blocks"):
+    del _FLAT[_name]
+_FLAT.update(calibration=("calibration", "mode"), calibration_blocks=("calibration", "blocks"))
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Dense CLIP prediction settings (defaults: ResCLIP on NACLIP, VOC21, whole image), in groups."""
+
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
+    vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
+    preset: str | None = None  # name of the preset this config came from (informational)
+    method: str = "resclip"  # name of the method this config came from (informational)
+
+    def __post_init__(self) -> None:
+        for name, cls in _GROUPS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.calibration.mode == "excel" and (self.attention.rcs or self.attention.sfr):
+            raise ConfigError("calibration='excel' replaces the method's last block with ExCEL's second attention path, "
+                              "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
+                              "'clip' with it, or calibration='knn', which works with every method")
+
+    def __getattr__(self, name: str) -> Any:
+        """Flat names read through to their group: ``cfg.slide_crop`` is ``cfg.schedule.slide_crop``."""
+        flat = _FLAT.get(name)
+        if flat is None:
+            raise AttributeError(f"DenseConfig has no field {name!r}")
+        return getattr(getattr(self, flat[0]), flat[1])
+
+    def replace(self, **changes: Any) -> "DenseConfig":
+        """A copy with fields replaced: flat names (``slide_crop=224``), groups, or the top-level fields."""
+        top = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - top - set(_FLAT)
         if unknown:
             raise ConfigError(f"unknown DenseConfig option(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        direct = {k: v for k, v in changes.items() if k in top and not (k == "calibration" and isinstance(v, str))}
+        per_group: dict[str, dict[str, Any]] = {}
+        for k, v in changes.items():
+            if k not in direct:
+                group, name = _FLAT[k]
+                per_group.setdefault(group, {})[name] = v
+        for group, kw in per_group.items():
+            direct[group] = dataclasses.replace(direct.get(group, getattr(self, group)), **kw)
+        return dataclasses.replace(self, **direct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the flat option names (what overrides take; ``from_dict`` reads it back)."""
+        out: dict[str, Any] = {name: getattr(getattr(self, g), f) for name, (g, f) in _FLAT.items()}
+        out.update(templates=self.templates, vocabulary=self.vocabulary, preset=self.preset, method=self.method)
+        return json_safe(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DenseConfig":
+        """The config of a ``to_dict`` dict (lists become tuples)."""
+        return cls().replace(**_tuples(data))
 
 
-# method -> (base, residual, rcs+sfr, family). Family selects the per-dataset column of table (b).
-METHODS = {
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def json_safe(value: Any) -> Any:
+    """Tuples to lists, recursively (what ``json.dumps`` then writes)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# method -> (base, residual, rcs+sfr, family). Family selects the per-dataset settings.
+METHODS: dict[str, tuple[str, bool, bool, str]] = {
     "clip": ("clip", True, False, "sclip"),
     "sclip": ("sclip", True, False, "sclip"),
     "clearclip": ("clearclip", False, False, "clearclip"),
@@ -120,7 +238,7 @@ METHODS = {
     "resclip_clearclip": ("clearclip", False, True, "resclip"),
 }
 
-_DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
+DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
 _SCLIP_LOGIT = dict(voc21=65.0, context60=50.0, coco_object=50.0)
 _PROB = dict(voc21=0.1, context60=0.1, coco_object=0.1)
 _CLEARCLIP_PROB = dict(voc21=0.5, context60=0.15, coco_object=0.4)
@@ -140,10 +258,10 @@ _WHOLE_IMAGE = ("voc21", "voc20")  # NACLIP and ResCLIP run these without slidin
 
 def _preset(method: str, ds: str) -> DenseConfig:
     base, residual, res, family = METHODS[method]
-    kw: dict = dict(base=base, residual=residual, rcs=res, sfr=res, preset=ds, method=method, vocabulary=ds)
+    kw: dict[str, Any] = dict(base=base, residual=residual, rcs=res, sfr=res, preset=ds, method=method, vocabulary=ds)
     if family == "clearclip":
-        kw.update(short_side=448, slide_crop=448, slide_stride=224, logit_scale=50.0, prob_thd=_CLEARCLIP_PROB.get(ds, 0.0),
-                  vocabulary=f"{ds}_plain", pad_crops=True)
+        kw.update(short_side=448, slide_crop=448, slide_stride=224, logit_scale=50.0,
+                  prob_thd=_CLEARCLIP_PROB.get(ds, 0.0), vocabulary=f"{ds}_plain", pad_crops=True)
         if ds == "cityscapes":  # only slide_crop=224 is set upstream: the stride stays 224 (no overlap)
             kw.update(slide_crop=224, slide_stride=224)
     else:
@@ -164,13 +282,13 @@ def _preset(method: str, ds: str) -> DenseConfig:
         if family == "resclip":
             thd, rcs_w, sfr_w = _RESCLIP[ds]
             kw.update(temp_thd=thd, rcs_weights=rcs_w, sfr_weights=sfr_w)
-    return DenseConfig(**kw)
+    return DenseConfig().replace(**kw)
 
 
-PRESETS: dict[str, tuple[str, ...]] = {m: _DATASETS for m in METHODS}
+PRESETS: dict[str, tuple[str, ...]] = {m: DATASETS for m in METHODS}
 
 
-def dense_config(method: str = "resclip", preset: str | None = "voc21", **overrides) -> DenseConfig:
+def dense_config(method: str = "resclip", preset: str | None = "voc21", **overrides: Any) -> DenseConfig:
     """The reference configuration of ``method`` on dataset ``preset``, with field overrides.
 
     Arguments:
@@ -178,14 +296,14 @@ def dense_config(method: str = "resclip", preset: str | None = "voc21", **overri
         preset: dataset name (``PRESETS[method]``), or None for open-vocabulary use: the method's settings for a
             dataset without background class (PASCAL Context 59: sliding windows, prob_thd 0), no built-in
             vocabulary (classes are given at segment time).
-        overrides: DenseConfig fields to replace.
+        overrides: DenseConfig fields to replace (flat names such as ``slide_crop``, or groups).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if preset is None:
         cfg = _preset(method, "context59").replace(vocabulary=None, preset=None)
-    elif preset not in _DATASETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(_DATASETS)}")
+    elif preset not in DATASETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(DATASETS)}")
     else:
         cfg = _preset(method, preset)
     return cfg.replace(**overrides) if overrides else cfg

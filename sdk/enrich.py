@@ -4,7 +4,7 @@ Shared by the PyTorch pipeline and the torch-free ONNX engine runtime (both hand
 ``clipsam.prompting.build_text_embeddings``, which calls these). Every vector below is a row; E is the embedding
 width (512 for ViT-B/16).
 
-Text Semantic Enrichment (ALGORITHMS.md D, ExCEL ``attr_aggregate``), for a unit class embedding ``t`` (E,) and the
+Text Semantic Enrichment (``docs/algorithms.md`` section 1; ExCEL ``attr_aggregate``), for a unit class embedding ``t`` (E,) and the
 attribute bank ``A`` (K, E) (K-means centres of the L2-normalised description embeddings, not renormalised, as
 sklearn's ``cluster_centers_``)::
 

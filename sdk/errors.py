@@ -17,6 +17,11 @@ __all__ = [
     "ConfigError",
     "BackendUnavailableError",
     "MissingDependencyError",
+    "EngineError",
+    "EngineFileError",
+    "ManifestMismatchError",
+    "ProviderError",
+    "EngineLimitError",
 ]
 
 
@@ -54,6 +59,26 @@ class BackendUnavailableError(ClipSamError, RuntimeError):
 
 class MissingDependencyError(ClipSamError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that provides it."""
+
+
+class EngineError(ClipSamError):
+    """An engine folder cannot be used."""
+
+
+class EngineFileError(EngineError):
+    """A file of the engine folder is missing, corrupt, or not the one the manifest names."""
+
+
+class ManifestMismatchError(EngineError, ValueError):
+    """The engine folder was exported for something other than what the runtime is asked to do."""
+
+
+class ProviderError(BackendUnavailableError):
+    """A requested ONNX Runtime execution provider is not available or did not load."""
+
+
+class EngineLimitError(EngineError, ValueError):
+    """An input is outside what the exported engines serve (e.g. a patch grid beyond ``max_grid``)."""
 
 
 def missing_dependency(module: str, extra: str, what: str) -> MissingDependencyError:

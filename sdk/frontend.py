@@ -1,23 +1,23 @@
 """``SegmenterFront``: the public front shared by the PyTorch ``Segmenter`` and the ONNX Runtime
 ``EngineSegmenter`` (torch-free): vocabulary resolution, prompt set-up, ``segment`` / ``segment_batch`` /
-``segment_stream`` / ``warmup``, and the assembly of ``SegmentationResult`` objects (SAM2 refinement included).
+``segment_stream`` / ``logits`` / ``warmup``, the pipeline core's plan -> encode -> finalise loop
+(``clipsam.pipeline``), and the assembly of ``SegmentationResult`` objects (SAM2 refinement included).
 
-A backend sets ``config``, ``text_cache``, ``refiner``, ``refine_config``, ``max_batch``, ``max_memory_mb`` and
-implements ``text_embeddings(vocab)`` and the hooks of ``_run``: ``_plan`` (windows of every ensemble member),
-``_batch_for_budget``, ``_encode`` (batched encoder calls), ``_finalize`` (one image's members to labels and scores)
-and ``_info`` (its fields of the result info).
+A front end sets ``config``, ``backend`` (a ``clipsam.pipeline.DenseBackend``), ``text_cache``, ``refiner``,
+``refine_config``, ``max_batch``, ``max_memory_mb`` and implements ``text_embeddings(vocab)`` and ``_info`` (its
+fields of the result info).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import numpy as np
 
 from .errors import ConfigError, VocabularyError
-from .preprocess import load_image
+from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
+from .preprocess import load_image, preprocess
 from .prompting import PromptConfig
 from .result import SegmentationResult
 from .text import resolve_templates
@@ -98,54 +98,60 @@ class SegmenterFront:
         if chunk:
             yield from self._run(chunk, vocab, progress)
 
+    def logits(self, image, classes=None, class_file=None) -> np.ndarray:
+        """Query logits at the original image size: (Q, H, W) float32 (before the softmax), single scale, window by
+        window (the reference path that ``segment`` equals)."""
+        vocab = self.vocabulary(classes, class_file)
+        rgb = load_image(image)
+        backend, sc = self.backend, self.config.schedule
+        x = preprocess(rgb, sc.short_side, sc.long_side, min_side=backend.spec.patch)
+        text = self.text_embeddings(vocab)
+        with backend.inference():
+            out = infer_logits(backend, backend.ops.from_numpy(x), text, self.config, rgb.shape[:2])
+            return backend.ops.to_numpy(out)
+
     def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
         """Plan windows x scales x flips of all images, encode them in shape-bucketed batches, finish each image."""
-        cfg = self.config
+        cfg, backend = self.config, self.backend
         t0 = time.perf_counter()
         text = self.text_embeddings(vocab)
-        members = self._plan(rgbs)
         max_batch = self.max_batch
-        window = (cfg.slide_crop, cfg.slide_crop) if cfg.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
-        if self.max_memory_mb is not None:
-            max_batch = min(max_batch, self._batch_for_budget(vocab.num_queries, window))
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=None, unit="window", desc="clipsam", leave=False)
+        dense = []
         try:
-            self._encode(members, text, max_batch, bar)
+            with backend.inference():
+                members = plan_members(rgbs, cfg, backend.spec.patch, backend.ops)
+                sc = cfg.schedule
+                window = (sc.slide_crop, sc.slide_crop) if sc.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
+                if self.max_memory_mb is not None:
+                    max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, backend.spec,
+                                                                    vocab.num_queries, window))
+                run_members(backend, members, text, cfg, max_batch, bar)
+                strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
+                for i, rgb in enumerate(rgbs):
+                    mine = [m for m in members if m.image == i]
+                    guides = [backend.ops.flip_w(m.pixels) if m.flip else m.pixels for m in mine]
+                    dense.append(finalize_members(backend.ops, [m.logits for m in mine], [m.weight for m in mine],
+                                                  guides, rgb.shape[:2], cfg, vocab, strip_mb,
+                                                  return_probs=self.refiner is not None))
+                    for m in mine:
+                        m.logits = m.pixels = None
         finally:
             if bar is not None:
                 bar.close()
-        strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
-        dense = []
-        for i, rgb in enumerate(rgbs):
-            mine = [m for m in members if m.image == i]
-            dense.append(self._finalize(mine, rgb.shape[:2], vocab, strip_mb))
-            for m in mine:
-                m.logits = m.pixels = None
         return self._results(rgbs, vocab, dense, t0, self._info(max_batch))
 
-    # -- backend hooks -----------------------------------------------------------------------------------
-    def _plan(self, rgbs: list[np.ndarray]) -> list:
-        """Ensemble members (image x scale x flip, each with its windows) of the images."""
-        raise NotImplementedError
-
-    def _batch_for_budget(self, num_queries: int, window: tuple[int, int]) -> int:
-        """Most windows per encoder call that fit ``max_memory_mb``."""
-        raise NotImplementedError
-
-    def _encode(self, members: list, text, max_batch: int, bar) -> None:
-        """Fill every member's logits, ``max_batch`` windows per encoder call."""
-        raise NotImplementedError
-
-    def _finalize(self, members: list, out_hw: tuple[int, int], vocab: Vocabulary, strip_mb: float) -> tuple:
-        """One image's members -> (labels, scores[, class probabilities when a refiner is set])."""
+    # -- front-end hooks --------------------------------------------------------------------------------------
+    def text_embeddings(self, vocab: Vocabulary):
+        """(Q, E) unit query embeddings in the backend's array type, cached per vocabulary and prompts."""
         raise NotImplementedError
 
     def _info(self, max_batch: int) -> dict:
-        """The backend's fields of ``SegmentationResult.info``."""
+        """The front end's fields of ``SegmentationResult.info``."""
         raise NotImplementedError
 
     def _results(self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float,
@@ -160,7 +166,7 @@ class SegmenterFront:
         if self.refiner is not None:
             refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
         elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
-        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "templates"}
+        config = {k: v for k, v in self.config.to_dict().items() if k != "templates"}
         results = []
         for i in range(len(rgbs)):
             labels, scores = dense[i][0], dense[i][1]

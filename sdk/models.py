@@ -19,7 +19,6 @@ raises ``CheckpointError`` listing expected vs found shapes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, ConfigError, missing_dependency
+from .hashing import file_sha256
 
 __all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict"]
 
@@ -61,11 +61,7 @@ def _open_clip():
 
 
 def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "file:" + h.hexdigest()[:16]
+    return "file:" + file_sha256(path)[:16]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:

@@ -1,4 +1,4 @@
-"""Logits to labels (ALGORITHMS.md A.6), in numpy so every backend shares it.
+"""Logits to labels (``docs/algorithms.md``, post-processing), in numpy.
 
     P      = softmax(logit_scale * logits) over all queries         (synonyms compete)
     P_c    = max over the queries of class c
@@ -7,8 +7,7 @@
     score  = P_label / sum_c P_c  (the class probabilities renormalised after the synonym merge, as upstream)
 
 The steps are separate functions so that large images can be finished in row strips with the same arithmetic
-(``finish_strips``, driven by ``sdk/dense/finalize.py`` and ``sdk/engine/finalize.py``); ``postprocess`` runs them
-on a whole image.
+(``finish_strips``, driven by ``clipsam.pipeline.finalize``); ``postprocess`` runs them on a whole image.
 """
 
 from __future__ import annotations
@@ -88,15 +87,16 @@ def argmax_counts(probs: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes)
 
 
-def finish_strips(strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None = None,
-                  return_probs: bool = False, counts=argmax_counts, decide_strip=decide):
+def finish_strips(strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None, return_probs: bool,
+                  counts, decide_strip):
     """Labels and scores of one image from its class probabilities, strip by strip.
 
     Arguments:
         strips: callable yielding (r0, r1, probs (C, r1 - r0, W0)) for consecutive row ranges covering the image;
             called twice when SCLIP's area rule needs the global argmax counts first.
         counts: (probs, C) -> (C,) numpy argmax counts of a strip (``argmax_counts``, or a device version).
-        decide_strip: ``decide`` or a function with its signature and numpy results.
+        decide_strip: (probs, prob_thd, keep, with_probs) -> numpy labels, scores and (when ``with_probs``)
+            renormalised probabilities: ``decide`` or a device version.
 
     Returns:
         labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
@@ -113,7 +113,7 @@ def finish_strips(strips, out_hw, num_classes: int, prob_thd: float, area_thd: f
     scores = np.empty((h0, w0), dtype=np.float32)
     full = np.empty((num_classes, h0, w0), dtype=np.float32) if return_probs else None
     for r0, r1, probs in strips():
-        labels[r0:r1], scores[r0:r1], normed = decide_strip(probs, prob_thd, keep)
+        labels[r0:r1], scores[r0:r1], normed = decide_strip(probs, prob_thd, keep, return_probs)
         if full is not None:
             full[:, r0:r1] = normed
     return (labels, scores, full) if return_probs else (labels, scores)

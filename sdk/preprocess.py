@@ -1,4 +1,4 @@
-"""Image input: reading, validation, and the mmseg test-time preprocessing (ALGORITHMS.md A.2).
+"""Image input: reading, validation, and the mmseg test-time preprocessing (``docs/algorithms.md`` section 2).
 
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
@@ -11,6 +11,7 @@ int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmse
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -92,14 +93,11 @@ def load_image(image, what: str = "image") -> np.ndarray:
 
 
 def _torch_uint8():
-    import torch
-
-    return torch.uint8
+    return sys.modules["torch"].uint8  # a tensor was passed, so torch is imported
 
 
 def _torch_ok_dtypes():
-    import torch
-
+    torch = sys.modules["torch"]
     return (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

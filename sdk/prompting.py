@@ -10,7 +10,7 @@ Order of operations for each query q (a synonym) of class c, given raw text embe
        "tse":  t = ExCEL TSE of t with the attribute bank = K-means centres of all description embeddings
                (``clipsam.enrich.tse_enrich``); every query is enriched, with or without descriptions of its own
 
-Without context prompts, step 3 is exactly the template ensemble of ALGORITHMS.md A.1 / E. A description d of class
+Without context prompts, step 3 is exactly the template ensemble of ``docs/algorithms.md`` section 1. A description d of class
 key k is encoded as ``"a photo of a {k}. {d}"`` (ExCEL prefixes ``"a clean origami {k}."``; it also builds t_c
 from that single template, where we use the configured templates).
 

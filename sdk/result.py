@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SegmentationResult", "palette"]
+__all__ = ["SegmentationResult", "palette", "save_atomic"]
 
 
 def palette(n: int = 256) -> np.ndarray:
@@ -137,3 +137,21 @@ class SegmentationResult:
              "box": [int(v) for v in inst.box], "area": int(inst.area), "segmentation": inst.to_coco_rle()}
             for inst in self.instances
         ]
+
+
+def save_atomic(result: SegmentationResult, out_dir: str | os.PathLike, name: str) -> list[str]:
+    """Write ``result`` as ``out_dir/<name>_*`` with the summary ``<name>.json`` last: a file set whose summary
+    exists is complete (an interrupted write leaves no summary, so a resumed run redoes the image). ``name`` may
+    hold '/' (sub-folders are created). Returns the paths written."""
+    target = Path(out_dir) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".partial-{target.name}-{os.getpid()}"
+    paths = result.save(tmp, target.name)
+    summary = paths.pop("summary")
+    final = []
+    for p in list(paths.values()) + [summary]:
+        dst = target.parent / p.name
+        os.replace(p, dst)
+        final.append(str(dst))
+    tmp.rmdir()
+    return final

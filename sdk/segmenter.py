@@ -9,9 +9,8 @@ import numpy as np
 from .config import DenseConfig, dense_config
 from .errors import BackendUnavailableError, ConfigError
 from .frontend import SegmenterFront
-from .preprocess import load_image, preprocess
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .text import TextEmbeddingCache, embed_prompts, encode_queries
+from .text import TextEmbeddingCache
 from .vocabulary import Vocabulary
 
 __all__ = ["Segmenter"]
@@ -45,8 +44,6 @@ class Segmenter(SegmenterFront):
                  prompts: PromptConfig | None = None):
         import open_clip
 
-        from .dense.encoder import DenseEncoder
-
         if precision not in _PRECISIONS:
             raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         self.device = _resolve_device(device)
@@ -59,7 +56,7 @@ class Segmenter(SegmenterFront):
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
         self.model = loaded.model.to(self.device).eval()
-        self.encoder = DenseEncoder(self.model.visual, config)
+        self._set_backend()
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
@@ -158,23 +155,30 @@ class Segmenter(SegmenterFront):
 
         return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
+    def _set_backend(self) -> None:
+        from .dense.backend import TorchBackend
+        from .dense.encoder import DenseEncoder
+
+        self.encoder = DenseEncoder(self.model.visual, self.config)
+        self.backend = TorchBackend(self.encoder, self.device, self.precision)
+
     def with_options(self, **overrides) -> "Segmenter":
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or
         ``PromptConfig`` fields) replaced."""
-        from .dense.encoder import DenseEncoder
-
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         prompts = overrides.pop("prompts", self.prompts)
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         new.config = self.config.replace(**overrides)
         new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
-        new.encoder = DenseEncoder(self.model.visual, new.config)
+        new._set_backend()
         return new
 
     # -- vocabulary and text ----------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary):
         """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
+        from .dense.text import embed_prompts, encode_queries
+
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
@@ -188,60 +192,6 @@ class Segmenter(SegmenterFront):
                 emb = torch.from_numpy(emb).to(self.device)
             self.text_cache.put(key, emb)
         return emb
-
-    # -- inference ---------------------------------------------------------------------------------------
-    def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
-
-    def logits(self, image, classes=None, class_file=None) -> np.ndarray:
-        """Query logits at the original image size: (Q, H, W) float32 (before the softmax)."""
-        vocab = self.vocabulary(classes, class_file)
-        rgb = load_image(image)
-        return self._logits(rgb, vocab)
-
-    def _logits(self, rgb: np.ndarray, vocab: Vocabulary) -> np.ndarray:
-        import torch
-
-        from .dense.inference import infer_logits
-
-        cfg = self.config
-        x = preprocess(rgb, cfg.short_side, cfg.long_side, min_side=self.encoder.patch)
-        text = self.text_embeddings(vocab)
-        with torch.inference_mode(), self._autocast():
-            out = infer_logits(self.encoder, torch.from_numpy(x).to(self.device), text, cfg, rgb.shape[:2])
-        return out.float().cpu().numpy()
-
-    # -- hooks of SegmenterFront._run ----------------------------------------------------------------------
-    def _plan(self, rgbs):
-        from .dense.scheduler import plan_members
-
-        return plan_members(rgbs, self.config, self.encoder.patch, self.device)
-
-    def _batch_for_budget(self, num_queries, window):
-        from .dense.scheduler import max_batch_for_budget
-
-        return max_batch_for_budget(self.max_memory_mb, self.config, self.encoder, num_queries, window)
-
-    def _encode(self, members, text, max_batch, bar):
-        import torch
-
-        from .dense.scheduler import run_members
-
-        with torch.inference_mode(), self._autocast():
-            run_members(self.encoder, members, text, self.config, max_batch, bar)
-
-    def _finalize(self, members, out_hw, vocab, strip_mb):
-        from .dense.finalize import finalize_members
-
-        return finalize_members([m.logits for m in members], [m.weight for m in members],
-                                [m.pixels.flip(-1) if m.flip else m.pixels for m in members], out_hw, self.config,
-                                vocab, max_strip_mb=strip_mb, return_probs=self.refiner is not None)
 
     def _info(self, max_batch):
         cfg = self.config

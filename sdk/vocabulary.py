@@ -2,7 +2,7 @@
 
 A vocabulary is an ordered list of classes; each class has one or more *queries* (synonyms). Every query
 is encoded as its own text embedding and competes in the softmax; a class then takes the max over its
-queries (ALGORITHMS.md A.1, A.6, pitfall 9). Class files hold one class per line with synonyms separated
+queries (``docs/algorithms.md`` sections 1 and 6). Class files hold one class per line with synonyms separated
 by ", " (exactly the upstream format: the display name of a class is its first synonym).
 """
 

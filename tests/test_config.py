@@ -1,4 +1,4 @@
-"""Presets reproduce table (b) of ALGORITHMS.md; overrides and validation."""
+"""Presets reproduce the table of docs/algorithms.md section 13; overrides and validation."""
 
 from __future__ import annotations
 
@@ -65,10 +65,10 @@ def test_overrides_and_errors():
     with pytest.raises(ConfigError, match="unknown DenseConfig option"):
         dense_config("resclip", "voc21", slide=1)
     with pytest.raises(ConfigError, match="prob_thd"):
-        DenseConfig(prob_thd=2.0)
+        DenseConfig().replace(prob_thd=2.0)
     with pytest.raises(ConfigError, match="base"):
-        DenseConfig(base="maskclip")
+        DenseConfig().replace(base="maskclip")
     with pytest.raises(ConfigError, match="sfr_path_check"):
-        DenseConfig(sfr_path_check="half")
+        DenseConfig().replace(sfr_path_check="half")
     with pytest.raises(Exception):
         dense_config().short_side = 3  # frozen

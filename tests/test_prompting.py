@@ -153,7 +153,7 @@ def test_numpy_path_equals_the_torch_template_ensemble(tiny_clip):
     """Context prompts of one class leave the other classes exactly as the default torch encode_queries gives."""
     import open_clip
 
-    from clipsam.text import embed_prompts, encode_queries
+    from clipsam.dense.text import embed_prompts, encode_queries
 
     tok = open_clip.get_tokenizer(tiny_clip.arch)
     vocab = Vocabulary.from_names(["cat", "sofa"])

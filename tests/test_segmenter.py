@@ -47,7 +47,7 @@ def test_vocabulary_sources(make_segmenter, chelsea_small, tmp_path):
 
 
 def test_text_embeddings_are_cached(make_segmenter, chelsea_small, monkeypatch):
-    import clipsam.segmenter as mod
+    import clipsam.dense.text as mod
 
     seg = make_segmenter("sclip", None, **FAST)
     calls = []

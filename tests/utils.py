@@ -1,4 +1,5 @@
-"""Shared test helpers: the flash-attention "2x rule" for comparing a kernel with its reference.
+"""Shared test helpers: the flash-attention "2x rule" for comparing a kernel with its reference, and confident
+CLIP-like probabilities of a ground truth (``dense_from_gt``).
 
 A kernel may be at most twice as wrong as PyTorch itself: with ``ref_hi`` the reference computed in a
 higher precision (fp64), ``ref`` the same reference in the kernel's dtype, and ``out`` the kernel,
@@ -8,9 +9,19 @@ higher precision (fp64), ``ref`` the same reference in the kernel's dtype, and `
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["assert_close_to_ref"]
+__all__ = ["assert_close_to_ref", "dense_from_gt", "NUM_CLASSES"]
+
+NUM_CLASSES = 21  # PASCAL VOC: background + 20 classes
+
+
+def dense_from_gt(gt: np.ndarray, seed: int = 0) -> np.ndarray:
+    """float32 (21, H, W) probabilities of a confident CLIP map of ``gt``: one-hot * 0.9 + noise."""
+    rng = np.random.default_rng(seed)
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[gt].transpose(2, 0, 1)
+    return onehot * 0.9 + rng.uniform(0.0, 0.1, onehot.shape).astype(np.float32)
 
 
 def assert_close_to_ref(out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, *, atol: float, name: str = "kernel") -> None:

@@ -4,7 +4,7 @@ Both act per crop, inside ``DenseEncoder.__call__``, so the batched scheduler an
 run them unchanged. Neither is part of the published methods: with ``calibration="none"`` (default) nothing here
 runs and the logits are bit-for-bit those of the method.
 
-**"excel": static visual calibration** (ALGORITHMS.md D; ExCEL ``clip_surgery_model.py``, the dual-path blocks of
+**"excel": static visual calibration** (``docs/algorithms.md`` section 11; ExCEL ``clip_surgery_model.py``, the dual-path blocks of
 CLIP Surgery). The original path runs every block unchanged (standard attention + FFN). The last ``n``
 (``calibration_blocks``, 5) blocks also feed a second path: with q, k, v of the *original* path's block input
 (per head, (B, H, N1, d), s = d^-1/2)::
@@ -68,13 +68,13 @@ def svc_tokens(encoder, x: torch.Tensor, blocks: int) -> torch.Tensor:
     start = depth - blocks
     x_new = None
     for i, block in enumerate(encoder.blocks):
-        q, k, v = encoder._qkv(block, x)
+        q, k, v = encoder.qkv(block, x)
         if i >= start:
-            out = encoder._out(block, svc_attention(q, k, v, q.shape[-1] ** -0.5))
+            out = encoder.out_proj(block, svc_attention(q, k, v, q.shape[-1] ** -0.5))
             x_new = x + out if x_new is None else x_new + out
         if i == depth - 1:
             break  # the original path's last block output is not used
-        x = x + block.ls_1(encoder._out(block, F.scaled_dot_product_attention(q, k, v)))
+        x = x + block.ls_1(encoder.out_proj(block, F.scaled_dot_product_attention(q, k, v)))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x_new
 

@@ -1,4 +1,4 @@
-"""PAMR: pixel-adaptive mask refinement (ALGORITHMS.md A.7), as used by SCLIP, NACLIP and ResCLIP's SFR.
+"""PAMR: pixel-adaptive mask refinement (``docs/algorithms.md`` section 7), as used by SCLIP, NACLIP and ResCLIP's SFR.
 
 For each dilation d, the 8 neighbours of every pixel on the d-scaled 3x3 grid (replicate padding):
 

@@ -10,19 +10,13 @@ this package imports torch, open_clip or sam2. Names load lazily.
 
 from __future__ import annotations
 
-__all__ = ["EngineSegmenter", "ClipTokenizer", "load_manifest", "ProviderConfig", "EngineError", "EngineFileError",
-           "ManifestMismatchError", "ProviderError", "EngineLimitError"]
+__all__ = ["EngineSegmenter", "ClipTokenizer", "load_manifest", "ProviderConfig"]
 
 _LAZY = {
     "EngineSegmenter": "segmenter",
     "ClipTokenizer": "tokenizer",
     "load_manifest": "manifest",
     "ProviderConfig": "session",
-    "EngineError": "errors",
-    "EngineFileError": "errors",
-    "ManifestMismatchError": "errors",
-    "ProviderError": "errors",
-    "EngineLimitError": "errors",
 }
 
 

@@ -11,44 +11,21 @@ sliding windows, PAMR, templates) may be overridden freely; those baked into the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DenseConfig
-from ..errors import ConfigError
-from ..export.io_names import FORMAT_VERSION, MANIFEST_FILE
-from .errors import EngineError, EngineFileError, ManifestMismatchError
+from ..config import AttentionConfig, DenseConfig
+from ..errors import ConfigError, EngineError, EngineFileError, ManifestMismatchError
+from ..hashing import file_sha256
+from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
-__all__ = ["EngineManifest", "load_manifest", "verify_files", "check_request", "dense_config_from_dict",
-           "GRAPH_FIELDS", "file_sha256"]
+__all__ = ["EngineManifest", "load_manifest", "verify_files", "check_request", "GRAPH_FIELDS"]
 
-# DenseConfig fields baked into the dense graphs: they cannot be overridden at run time.
-GRAPH_FIELDS = ("base", "residual", "rcs", "rcs_layers", "rcs_weights", "sfr", "sfr_weights")
-_TUPLE_FIELDS = ("rcs_layers", "rcs_weights", "sfr_weights", "sfr_pamr_dilations", "pamr_dilations", "scales",
-                 "scale_weights")
+# DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
+GRAPH_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
 _REQUIRED = ("format", "clipsam_version", "precision", "opset", "method", "preset", "dense_config", "clip", "sam2",
              "limits", "graphs", "files")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dense_config_from_dict(d: dict) -> DenseConfig:
-    """DenseConfig from its JSON form (lists back to tuples)."""
-    d = dict(d)
-    for k in _TUPLE_FIELDS:
-        if d.get(k) is not None:
-            d[k] = tuple(d[k])
-    if isinstance(d.get("templates"), list):
-        d["templates"] = tuple(d["templates"])
-    return DenseConfig(**d)
 
 
 @dataclass(frozen=True)
@@ -126,7 +103,7 @@ def load_manifest(folder) -> EngineManifest:
     if missing:
         raise EngineError(f"{path} lacks {', '.join(missing)}; export the engines again.")
     try:
-        dense = dense_config_from_dict(data["dense_config"])
+        dense = DenseConfig.from_dict(data["dense_config"])
     except Exception as e:
         raise EngineError(f"{path}: dense_config is invalid ({e}); export the engines again.") from e
     return EngineManifest(folder, data, dense)
@@ -180,14 +157,17 @@ def check_request(manifest: EngineManifest, *, method=None, preset=dataclasses.M
         raise ManifestMismatchError(f"the engine folder {manifest.folder} holds SAM2 model {have!r}, but {sam2!r} was "
                                     f"asked for. Export it with --sam2 {sam2}.")
     overrides = dict(overrides or {})
-    baked = {k: v for k, v in overrides.items() if k in GRAPH_FIELDS and _norm(v) != _norm(getattr(manifest.dense, k))}
+    att = manifest.dense.attention
+    baked = {k: v for k, v in overrides.items() if k in GRAPH_FIELDS and _norm(v) != _norm(getattr(att, k))}
+    if "attention" in overrides and overrides["attention"] != att:
+        baked["attention"] = overrides["attention"]
     if baked:
-        have = {k: getattr(manifest.dense, k) for k in baked}
+        have = {k: getattr(att, k, att) for k in baked}
         raise ManifestMismatchError(f"{', '.join(sorted(baked))} are baked into the exported graphs ({have}); asked "
                                     f"for {baked}. {fix} and the same options.")
     cfg = manifest.dense.replace(**overrides) if overrides else manifest.dense
-    if cfg.calibration != "none":
-        raise ConfigError(f"calibration={cfg.calibration!r} is not available with exported engines: their dense graphs "
+    if cfg.calibration.mode != "none":
+        raise ConfigError(f"calibration={cfg.calibration.mode!r} is not available with exported engines: their dense graphs "
                           "end in logits and do not include the calibration. Use the PyTorch Segmenter for it.")
     return cfg
 

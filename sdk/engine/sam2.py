@@ -1,9 +1,8 @@
 """SAM2 refinement on ONNX Runtime: the same refinement as ``clipsam.refine.Sam2Refiner``, without torch.
 
-``OrtSam2Refiner`` implements the two backend methods, ``embed_images`` and ``predict``, with the exported graphs and
-numpy; ``refine`` (prompt extraction, one encoder pass over every image with prompts, one decoder call per image,
-merging) is ``Sam2Refiner.refine`` itself, so both backends share every line of the refinement logic
-(``extract_prompts``, ``merge_masks`` and the orchestration between them).
+``OrtSam2Refiner`` implements ``Refiner``'s two backend methods, ``embed_images`` and ``predict``, with the exported
+graphs and numpy; ``refine`` (prompt extraction, one encoder pass over every image with prompts, one decoder call
+per image, merging) is ``clipsam.refine.refiner.Refiner.refine``, shared with the PyTorch backend.
 
 Mirrored from ``Sam2Refiner``:
 
@@ -24,8 +23,8 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidInputError
 from ..refine.prompts import PromptSet
-from ..refine.sam2_backend import Sam2Refiner
-from .host_ops import resize_bilinear, resize_bilinear_aa
+from ..refine.refiner import Refiner
+from ..ops.resize import resize_bilinear, resize_bilinear_aa
 
 __all__ = ["OrtSam2Refiner", "OrtSam2Embedding"]
 
@@ -45,7 +44,7 @@ class OrtSam2Embedding:
     image_size: tuple[int, int]
 
 
-class OrtSam2Refiner:
+class OrtSam2Refiner(Refiner):
     """SAM2 image encoder + prompt decoder graphs with ``Sam2Refiner``'s API (``refine``, ``embed_images``,
     ``predict``, ``decoder_calls``).
 
@@ -54,8 +53,6 @@ class OrtSam2Refiner:
         info: the manifest's ``sam2`` entry (image_size, mean, std, dynamic_multimask, model).
         max_batch: images per encoder call.
     """
-
-    refine = Sam2Refiner.refine  # the shared orchestration (numpy only; it calls the two methods below)
 
     def __init__(self, encoder, decoder, info: dict, max_batch: int = 4):
         self.encoder = encoder
@@ -114,15 +111,11 @@ class OrtSam2Refiner:
         return (np.where(stable[..., None, None], masks[:, :1], best_logits),
                 np.where(stable, iou[:, :1], best_iou))
 
-    def predict(self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool = True,
-                chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """Decode all P prompts of one image in one decoder call: bool masks (P, H, W), IoU scores (P,)."""
+    def decode(self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool,
+               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``Refiner.predict``: bool masks (P, H, W), IoU scores (P,) from one decoder call."""
         h, w = embedding.image_size
-        if prompts.image_size != (h, w):
-            raise InvalidInputError(f"prompts are for a {prompts.image_size} image, embedding for {(h, w)}")
         p = len(prompts)
-        if p == 0:
-            return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
         res = float(self.image_size)
         scale = np.array([res / w, res / h], dtype=np.float32)
         coords = prompts.point_coords.astype(np.float32) * scale

@@ -17,21 +17,18 @@ import threading
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ManifestMismatchError
 from ..frontend import SegmenterFront
-from ..preprocess import load_image, preprocess
+from ..ops.sfr import LinspaceTable
+from ..ops.base import EncoderSpec
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..text import TextEmbeddingCache
 from ..vocabulary import Vocabulary
-from .dense import OrtDenseEncoder
-from .errors import ManifestMismatchError
-from .finalize import finalize_members
+from .dense import OrtBackend
 from .manifest import check_request, load_manifest, verify_files
 from .sam2 import OrtSam2Refiner
-from .scheduler import max_batch_for_budget, plan_members
 from .session import GraphSession, ProviderConfig, resolve_providers
-from .sfr import LinspaceTable
 from .text import OrtTextEncoder
 from .tokenizer import ClipTokenizer
 
@@ -97,7 +94,7 @@ class EngineSegmenter(SegmenterFront):
         consts = np.load(m.path("host_constants"))
         self._consts = {k: consts[k] for k in consts.files}
         self.patch = int(m.clip["patch"])
-        self.dense = self._dense_encoder(self.config)
+        self.backend = self._backend(self.config)
         files = m.data["files"]
         tokenizer = ClipTokenizer.from_folder(m.folder, files["tokenizer"]["file"], files["bpe"]["file"])
         self.text_encoder = OrtTextEncoder(self._session("clip_text"), tokenizer)
@@ -139,11 +136,12 @@ class EngineSegmenter(SegmenterFront):
                                                 fp16=self.precision == "fp16")
         return self._sessions[name]
 
-    def _dense_encoder(self, cfg) -> OrtDenseEncoder:
+    def _backend(self, cfg) -> OrtBackend:
         sessions = {n: self._session(n) for n in self.manifest.graphs if n.startswith("clip_dense")}
         table = LinspaceTable(self._consts["sfr_linspace"], self._consts["sfr_linspace_offsets"])
-        return OrtDenseEncoder(sessions, cfg, self._consts["clip_pos_embed"], self.patch,
-                               self.manifest.limits["max_grid"], self.max_batch, table)
+        clip = self.manifest.clip
+        spec = EncoderSpec(int(clip["patch"]), int(clip["heads"]), int(clip["width"]))
+        return OrtBackend(sessions, cfg, self._consts["clip_pos_embed"], spec, self.manifest.limits["max_grid"], table)
 
     def _make_refiner(self) -> OrtSam2Refiner:
         info = self.manifest.sam2
@@ -176,7 +174,7 @@ class EngineSegmenter(SegmenterFront):
         prompts = overrides.pop("prompts", self.prompts)
         new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
         new._set_prompts(prompts)
-        new.dense = new._dense_encoder(new.config)
+        new.backend = new._backend(new.config)
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
@@ -193,30 +191,6 @@ class EngineSegmenter(SegmenterFront):
             self.text_cache.put(key, emb)
         return emb
 
-    # -- inference ---------------------------------------------------------------------------------------
-    def logits(self, image, classes=None, class_file=None) -> np.ndarray:
-        """Query logits at the original image size: (Q, H, W) float32 (single scale, window by window)."""
-        vocab = self.vocabulary(classes, class_file)
-        rgb = load_image(image)
-        cfg = self.config
-        x = preprocess(rgb, cfg.short_side, cfg.long_side, min_side=self.patch)
-        return self.dense.infer_logits(x, self.text_embeddings(vocab), rgb.shape[:2])
-
-    # -- hooks of SegmenterFront._run ----------------------------------------------------------------------
-    def _plan(self, rgbs):
-        return plan_members(rgbs, self.config, self.patch)
-
-    def _batch_for_budget(self, num_queries, window):
-        return max_batch_for_budget(self.max_memory_mb, self.config, self.manifest.clip, num_queries, window)
-
-    def _encode(self, members, text, max_batch, bar):
-        self.dense.run_members(members, text, max_batch, bar)
-
-    def _finalize(self, members, out_hw, vocab, strip_mb):
-        return finalize_members([m.logits for m in members], [m.weight for m in members],
-                                [np.ascontiguousarray(m.pixels[..., ::-1]) if m.flip else m.pixels for m in members],
-                                out_hw, self.config, vocab, max_strip_mb=strip_mb, return_probs=self.refiner is not None)
-
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
@@ -225,5 +199,6 @@ class EngineSegmenter(SegmenterFront):
 
 
 def _diff(base, cfg) -> dict:
-    """DenseConfig fields of ``cfg`` that differ from ``base``."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+    """DenseConfig options (flat names) of ``cfg`` that differ from ``base``."""
+    a, b = base.to_dict(), cfg.to_dict()
+    return {k: getattr(cfg, k) for k, v in b.items() if v != a[k]}

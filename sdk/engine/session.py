@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineFileError, ProviderError
+from ..errors import EngineFileError, ProviderError
 
 __all__ = ["ProviderConfig", "GraphSession", "resolve_providers", "PROVIDER_ALIASES"]
 

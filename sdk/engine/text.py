@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..text import _PROMPTS_PER_BATCH
+from ..text import PROMPTS_PER_BATCH
 
 __all__ = ["OrtTextEncoder"]
 
@@ -23,7 +23,7 @@ class OrtTextEncoder:
         chunk: prompts per graph call.
     """
 
-    def __init__(self, session, tokenizer, chunk: int = _PROMPTS_PER_BATCH):
+    def __init__(self, session, tokenizer, chunk: int = PROMPTS_PER_BATCH):
         self.session = session
         self.tokenizer = tokenizer
         self.chunk = int(chunk)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..dense.windows import pad_to_patch, window_grid
+from ..pipeline.windows import pad_to_patch, window_grid
 from ..preprocess import resize_shape
 
 __all__ = [
@@ -117,8 +117,8 @@ def window_flops(spec: VitSpec, grid: tuple[int, int], cfg, num_queries: int, cr
     """FLOPs of one window with patch grid ``grid`` = (h, w) (pixels ``crop_hw``), split by part."""
     n = grid[0] * grid[1]
     n1, d = n + 1, spec.width
-    scores = (2 if cfg.base == "sclip" else 1) + (len(cfg.rcs_layers) if cfg.rcs else 0)
-    last = block_flops(n1, d, spec.mlp, scores, with_mlp=cfg.residual)
+    scores = (2 if cfg.attention.base == "sclip" else 1) + (len(cfg.attention.rcs_layers) if cfg.attention.rcs else 0)
+    last = block_flops(n1, d, spec.mlp, scores, with_mlp=cfg.attention.residual)
     head = 2 * n1 * d * spec.embed_dim + 2 * n * spec.embed_dim * num_queries
     out = {
         "embed": float(2 * n * 3 * spec.patch**2 * d),
@@ -126,23 +126,23 @@ def window_flops(spec: VitSpec, grid: tuple[int, int], cfg, num_queries: int, cr
         "last": last,
         "head": float(head),
     }
-    if cfg.sfr:
-        k = min(n, int(6 * cfg.gaussian_std + 1))
+    if cfg.attention.sfr:
+        k = min(n, int(6 * cfg.feedback.gaussian_std + 1))
         k += 1 - k % 2
         out["sfr"] = last + head + 2.0 * n * n * k + pamr_flops(
-            crop_hw[0], crop_hw[1], num_queries, cfg.sfr_pamr_iters, cfg.sfr_pamr_dilations)
+            crop_hw[0], crop_hw[1], num_queries, cfg.feedback.sfr_pamr_iters, cfg.feedback.sfr_pamr_dilations)
     return out
 
 
 def _crops(h: int, w: int, cfg, patch: int) -> list[tuple[int, int]]:
-    if cfg.slide_crop <= 0:
+    if cfg.schedule.slide_crop <= 0:
         return [(h, w)]
     shapes = []
-    for y1, y2, x1, x2 in window_grid(h, w, cfg.slide_crop, cfg.slide_stride):
+    for y1, y2, x1, x2 in window_grid(h, w, cfg.schedule.slide_crop, cfg.schedule.slide_stride):
         ch, cw = y2 - y1, x2 - x1
-        if cfg.pad_crops:
-            l, r, t, b = pad_to_patch(ch, cw, patch)
-            ch, cw = ch + t + b, cw + l + r
+        if cfg.schedule.pad_crops:
+            left, right, top, bottom = pad_to_patch(ch, cw, patch)
+            ch, cw = ch + top + bottom, cw + left + right
         shapes.append((ch, cw))
     return shapes
 
@@ -150,7 +150,7 @@ def _crops(h: int, w: int, cfg, patch: int) -> list[tuple[int, int]]:
 def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int, sam2: float = 0.0) -> FlopCount:
     """FLOPs of segmenting one image of ``image_hw`` = (H, W) original pixels with DenseConfig ``cfg``.
 
-    Every member of the ensemble (each of ``cfg.scales``, twice with ``cfg.flip``) is planned as the
+    Every member of the ensemble (each of ``cfg.schedule.scales``, twice with ``cfg.schedule.flip``) is planned as the
     scheduler plans it: sides scaled and rounded, ``resize_shape``, then its windows; output PAMR runs per
     member at the original size.
 
@@ -162,7 +162,7 @@ def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int,
     flips = 2 if getattr(cfg, "flip", False) else 1
     fc = FlopCount()
     for scale in getattr(cfg, "scales", (1.0,)):
-        short, long = int(round(cfg.short_side * scale)), int(round(cfg.long_side * scale))
+        short, long = int(round(cfg.schedule.short_side * scale)), int(round(cfg.schedule.long_side * scale))
         h, w = resize_shape(image_hw[0], image_hw[1], short, long)
         if scale == 1.0 or fc.input_hw == (0, 0):
             fc.input_hw = (h, w)
@@ -173,8 +173,8 @@ def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int,
                 grid = (ch // spec.patch, cw // spec.patch)
                 for part, f in window_flops(spec, grid, cfg, num_queries, (ch, cw)).items():
                     fc.add(part, f)
-            if cfg.pamr_iters > 0:
-                fc.add("pamr", pamr_flops(image_hw[0], image_hw[1], num_queries, cfg.pamr_iters, cfg.pamr_dilations))
+            if cfg.post.pamr_iters > 0:
+                fc.add("pamr", pamr_flops(image_hw[0], image_hw[1], num_queries, cfg.post.pamr_iters, cfg.post.pamr_dilations))
     if sam2:
         fc.add("sam2", sam2)
     return fc

@@ -1,6 +1,6 @@
-"""Published mIoU of the reference methods (ALGORITHMS.md table (c)), as data, with their sources.
+"""Published mIoU of the reference methods (the methods' READMEs), as data, with their sources.
 
-Every number is copied from a method's public README (the commits named in ALGORITHMS.md); none was
+Every number is copied from a method's public README (the commits named in ``docs/algorithms.md``); none was
 reproduced here. ``published(method, dataset)`` returns the rows an evaluation report puts beside its
 own mIoU. The ResCLIP README's NACLIP rows are NACLIP *without* PAMR; the NACLIP README's own numbers
 use PAMR (clipsam's ``naclip`` presets run it, so those are the like-for-like rows).

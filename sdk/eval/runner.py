@@ -12,7 +12,6 @@ and ``config`` (a ``DenseConfig``); ``arch``, ``weights_id``, ``precision`` and 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -99,7 +98,7 @@ def _jsonable(obj: Any) -> Any:
 def _run_config(segmenter, dataset: Dataset, classes) -> dict[str, Any]:
     """What the results depend on; a partial state is resumed only when this matches exactly."""
     cfg = segmenter.config
-    cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
     return _jsonable({
         "dataset": dataset.spec.name, "split": dataset.split, "root": str(Path(dataset.root).resolve()),
         "backend": f"{type(segmenter).__module__}.{type(segmenter).__qualname__}",
@@ -207,7 +206,7 @@ class EvalReport:
             f"{self.images} images scored, {len(self.skipped)} skipped; "
             f"{self.timing['images_per_s']:.2f} img/s ({self.timing['ms_per_image']:.0f} ms per image).", "",
             "| mIoU | mAcc | aAcc |", "|---:|---:|---:|", f"| {pct(m.mIoU)} | {pct(m.mAcc)} | {pct(m.aAcc)} |", "",
-            "## Published mIoU (ALGORITHMS.md table (c))", "",
+            "## Published mIoU (the methods' READMEs)", "",
         ]
         rows = self.published()
         if rows:

@@ -28,14 +28,14 @@ callable returning a segmenter). Ray itself is only needed by ``segment_dataset`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ClipSamError, ConfigError, missing_dependency
+from ..result import save_atomic
 
-__all__ = ["SegmentImages", "segment_dataset", "require_ray", "save_atomic"]
+__all__ = ["SegmentImages", "segment_dataset", "require_ray"]
 
 
 def require_ray():
@@ -48,23 +48,6 @@ def require_ray():
     return ray
 
 
-def save_atomic(result, out_dir: Path, name: str) -> list[str]:
-    """Write ``result`` as ``out_dir/<name>_*`` with the summary ``<name>.json`` last: a file set whose summary
-    exists is complete (an interrupted write leaves no summary, so the image is redone). Returns the paths."""
-    target = out_dir / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".partial-{target.name}-{os.getpid()}"
-    paths = result.save(tmp, target.name)
-    summary = paths.pop("summary")
-    final = []
-    for p in list(paths.values()) + [summary]:
-        dst = target.parent / p.name
-        os.replace(p, dst)
-        final.append(str(dst))
-    tmp.rmdir()
-    return final
-
-
 class SegmentImages:
     """``map_batches`` callable: segment a batch of rows with a segmenter built once per actor (see module doc).
 
@@ -74,7 +57,6 @@ class SegmentImages:
         segmenter: zero-argument callable returning a segmenter (picklable for Ray).
         classes, class_file: the vocabulary (default: the preset's).
         out_dir: write label PNGs, overlays and JSON there instead of returning arrays.
-        overlay: also write ``<name>_overlay.png`` (default True) when writing files.
     """
 
     def __init__(self, *, model: dict | None = None, engines: str | None = None, engine_options: dict | None = None,

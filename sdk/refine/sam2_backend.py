@@ -1,8 +1,8 @@
 """PyTorch SAM2.1 backend of CLIP-guided refinement: batched image encoding, one batched decode per image.
 
-``Sam2Refiner.refine`` runs the whole path: ``extract_prompts`` per image, the image encoder once over
-every image that has prompts, then per image a single call of the prompt encoder + mask decoder over all
-of its P prompts (``decoder_calls`` counts these calls), then ``merge_masks``.
+``Sam2Refiner`` implements ``Refiner``'s two backend methods (``clipsam.refine.refiner``): the image encoder once
+over every image that has prompts, then per image a single call of the prompt encoder + mask decoder over all
+of its P prompts (``decoder_calls`` counts these calls).
 
 The model is built once with ``sam2.build_sam.build_sam2(config, ckpt_path=None)``; weights are loaded
 here, strictly, so a wrong or corrupt checkpoint raises ``CheckpointError`` with a hint instead of sam2's
@@ -20,16 +20,15 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, InvalidImageError
 from ..errors import InvalidInputError, missing_dependency
-from .config import RefineConfig
-from .merge import MergeResult, merge_masks
-from .prompts import PromptSet, extract_prompts
+from .config import SAM2_MEAN, SAM2_STD
+from .prompts import PromptSet
+from .refiner import Refiner
 
 __all__ = ["Sam2Refiner", "Sam2Embedding", "MODELS"]
 
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as SAM2Transforms
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 # name -> (sam2 config, official checkpoint file, (trunk blocks, trunk width) to recognise a checkpoint)
-MODELS: dict[str, tuple[str, str, tuple[int, int]]] = {
+MODELS: dict[str, tuple[str, str, tuple[int, int]]] = {  # keys: SAM2_MODELS
     "sam2.1_hiera_t": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt", (12, 96)),
     "sam2.1_hiera_s": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt", (16, 96)),
     "sam2.1_hiera_b+": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt", (24, 112)),
@@ -121,7 +120,7 @@ class Sam2Embedding:
     image_size: tuple[int, int]
 
 
-class Sam2Refiner:
+class Sam2Refiner(Refiner):
     """SAM2.1 image encoder + mask decoder for CLIP-guided refinement; build with ``from_pretrained``."""
 
     def __init__(self, model: Any, name: str) -> None:
@@ -138,8 +137,8 @@ class Sam2Refiner:
         """float32 [B, 3, S, S] encoder input: each image squashed to S x S (bilinear, antialiased) and
         normalised with the ImageNet mean/std, exactly as ``sam2.utils.transforms.SAM2Transforms``."""
         torch, s = self._torch, self.model.image_size
-        mean = torch.tensor(_MEAN, device=self.device).view(3, 1, 1)
-        std = torch.tensor(_STD, device=self.device).view(3, 1, 1)
+        mean = torch.tensor(SAM2_MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(SAM2_STD, device=self.device).view(3, 1, 1)
         out = []
         for im in images:
             x = torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1)[None]
@@ -241,28 +240,12 @@ class Sam2Refiner:
             for i, im in enumerate(images)
         ]
 
-    def predict(
-        self, embedding: Sam2Embedding, prompts: PromptSet, multimask: bool = True, chunk: int = 16
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Decode all P prompts of one image in ONE prompt-encoder + mask-decoder call.
-
-        Arguments:
-          embedding (Sam2Embedding): the image's features from ``embed_images``.
-          prompts (PromptSet): P prompts (points [P, K, 2] pixel xy, labels [P, K], optional boxes [P, 4]).
-          multimask (bool): decode 3 masks per prompt and keep the one with the highest predicted IoU.
-          chunk (int): prompts upsampled to full resolution at a time (memory bound only).
-
-        Returns:
-          (np.ndarray, np.ndarray): masks bool [P, H, W] and predicted IoU float32 [P]. With P = 0 the
-            decoder is not called.
-        """
+    def decode(self, embedding: Sam2Embedding, prompts: PromptSet, multimask: bool,
+               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``Refiner.predict``: ONE prompt-encoder + mask-decoder call over all P prompts of the image."""
         torch = self._torch
         h, w = embedding.image_size
-        if prompts.image_size != (h, w):
-            raise InvalidInputError(f"prompts are for a {prompts.image_size} image, embedding for {(h, w)}")
         p = len(prompts)
-        if p == 0:
-            return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
         dev, res = self.device, float(self.model.image_size)
         scale = torch.tensor([res / w, res / h], device=dev)
         coords = torch.as_tensor(prompts.point_coords, dtype=torch.float32, device=dev) * scale
@@ -293,40 +276,3 @@ class Sam2Refiner:
                 for s in range(0, p, chunk)
             ])[:, 0]
         return masks.cpu().numpy(), scores.float().cpu().numpy()
-
-    def refine(
-        self, images: Sequence[np.ndarray], dense_labels: Sequence[np.ndarray], probs: Sequence[np.ndarray],
-        config: RefineConfig | None = None, batch_size: int | None = None,
-    ) -> list[MergeResult]:
-        """Refine dense CLIP segmentations of a batch of images with SAM2.
-
-        Arguments:
-          images (sequence of np.ndarray): RGB uint8 [H_i, W_i, 3].
-          dense_labels (sequence of np.ndarray): int [H_i, W_i] dense labels per image.
-          probs (sequence of np.ndarray): float [C, H_i, W_i] class probabilities (or [H_i, W_i] scores).
-          config (RefineConfig or None): None uses the defaults.
-          batch_size (int or None): images per encoder forward; None: all images in one forward.
-
-        Returns:
-          (list[MergeResult]): one per image. Images without prompts are not encoded; their labels are
-            the dense labels.
-        """
-        config = RefineConfig() if config is None else config
-        if not len(images) == len(dense_labels) == len(probs):
-            raise InvalidInputError(
-                f"got {len(images)} images, {len(dense_labels)} label maps and {len(probs)} probability maps"
-            )
-        for i, (im, lab) in enumerate(zip(images, dense_labels)):
-            if np.shape(im)[:2] != np.shape(lab):
-                raise InvalidInputError(f"image {i} is {np.shape(im)[:2]} but its labels are {np.shape(lab)}")
-        prompt_sets = [extract_prompts(lab, pr, config) for lab, pr in zip(dense_labels, probs)]
-        todo = [i for i, ps in enumerate(prompt_sets) if len(ps)]
-        embeddings = dict(zip(todo, self.embed_images([images[i] for i in todo], batch_size)))
-        results = []
-        for i, ps in enumerate(prompt_sets):
-            if i in embeddings:
-                masks, scores = self.predict(embeddings[i], ps, config.multimask)
-            else:
-                masks, scores = np.zeros((0, *ps.image_size), bool), np.zeros(0, np.float32)
-            results.append(merge_masks(dense_labels[i], probs[i], ps, masks, scores, config))
-        return results

@@ -1,4 +1,4 @@
-"""PAMR against a direct per-pixel loop implementation of ALGORITHMS.md A.7."""
+"""PAMR against a direct per-pixel loop implementation of docs/algorithms.md section 7."""
 
 from __future__ import annotations
 

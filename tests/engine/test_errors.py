@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from clipsam.engine import EngineSegmenter
-from clipsam.engine.errors import EngineError, EngineFileError, ManifestMismatchError, ProviderError
+from clipsam.errors import EngineError, EngineFileError, ManifestMismatchError, ProviderError
 from clipsam.errors import ClipSamError
 
 

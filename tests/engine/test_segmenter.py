@@ -7,12 +7,12 @@ import pytest
 
 from clipsam.config import dense_config
 from clipsam.engine import EngineSegmenter
-from clipsam.engine.errors import EngineLimitError
+from clipsam.errors import EngineLimitError
 from clipsam.postprocess import postprocess
 from clipsam.refine import RefineConfig
 from clipsam.result import SegmentationResult
 
-from .engines import TEMPLATES
+from ..engines import TEMPLATES
 
 torch = pytest.importorskip("torch")
 
@@ -124,7 +124,7 @@ def test_sam2_refinement_matches_pytorch(engine_dir, tiny_clip, tiny_sam2, chels
 def test_sam2_embeddings_and_masks_match_pytorch(engine_dir, tiny_sam2, voc):
     from clipsam.refine import extract_prompts
 
-    from ..refine.conftest import dense_from_gt
+    from ..utils import dense_from_gt
 
     eng = EngineSegmenter(engine_dir("resclip"), refine=True)
     img, gt = voc["rgb"][:200, :300], voc["gt"][:200, :300]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipsam.export.component import ExportValidationError, ParityCase, export_component, format_table
-from clipsam.export.io_names import GraphIO
+from clipsam.engine.io_names import GraphIO
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -59,8 +59,8 @@ def test_bad_requests(tmp_path):
 
 @pytest.mark.parametrize("base", ["naclip", "sclip", "clearclip", "clip"])
 @pytest.mark.parametrize("sfr", [False, True])
-def test_wrapper_attention_equals_the_reference(base, sfr):
-    from clipsam.export.clip_dense import last_block_attention
+def test_graph_inputs_give_the_reference_attention(base, sfr):
+    """Export traces the reference with Omega and the SFR term as float32 tensors (graph inputs): the same values."""
     from clipsam.kernels import rcs_attention_ref, sfr_affinity_ref
     from clipsam.kernels.rcs_attention import neighbourhood_window
 
@@ -71,9 +71,9 @@ def test_wrapper_attention_equals_the_reference(base, sfr):
     s_hat = sfr_affinity_ref(torch.randint(0, 3, (b, *grid), generator=g)) if sfr else None
     kw = dict(base=base, scale=d**-0.5, rcs_q=rq, rcs_k=rk, rcs_weights=(2.0, 0.3),
               sfr_weights=(2.2, 0.7) if sfr else None)
-    ref = rcs_attention_ref(q, k, v, window=(*grid, 5.0), sfr=s_hat, **kw)
-    got = last_block_attention(q, k, v, omega=neighbourhood_window(*grid, 5.0),
-                               sfr_bias=(0.7 * s_hat).float() if sfr else None, **kw)
+    ref = rcs_attention_ref(q, k, v, window=(*grid, 5.0), sfr_term=0.7 * s_hat if sfr else None, **kw)
+    got = rcs_attention_ref(q, k, v, window=neighbourhood_window(*grid, 5.0),
+                            sfr_term=(0.7 * s_hat).float() if sfr else None, **kw)
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
 
 

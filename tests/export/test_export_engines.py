@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clipsam.export.io_names import GRAPHS, dense_graphs
+from clipsam.engine.io_names import GRAPHS, dense_graphs
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -87,10 +87,10 @@ def test_host_constants(folder, tiny_clip):
 
 
 def test_tensorrt_profiles_follow_the_scheduler(folder, manifest):
-    from clipsam.engine.manifest import dense_config_from_dict
-    from clipsam.engine.scheduler import batch_sizes
+    from clipsam.config import DenseConfig
+    from clipsam.export.profiles import batch_sizes
 
-    cfg = dense_config_from_dict(manifest["dense_config"])
+    cfg = DenseConfig.from_dict(manifest["dense_config"])
     trunk = manifest["graphs"]["clip_dense_trunk"]["profile"]
     assert manifest["limits"]["max_batch"] == 2  # whole image: batches only across equal sizes and flips
     assert [trunk[k]["crops"][0] for k in ("min", "opt", "max")] == list(batch_sizes(cfg, 2)) == [1, 1, 2]
@@ -108,7 +108,7 @@ def test_tensorrt_profiles_follow_the_scheduler(folder, manifest):
 
 def test_sliding_presets_batch_windows(tiny_clip):
     from clipsam.config import dense_config
-    from clipsam.engine.scheduler import batch_sizes, crop_sizes
+    from clipsam.export.profiles import batch_sizes, crop_sizes
 
     cfg = dense_config("sclip", "context59")  # 224 crops, stride 112 on a 336 x 448 image: 2 x 3 windows
     assert batch_sizes(cfg, 8) == (1, 6, 8) and crop_sizes(cfg, 16, 1024)[2] == (224, 224)

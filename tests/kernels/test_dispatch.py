@@ -33,7 +33,8 @@ def inputs(n_grid=(2, 3), d=64, dtype=torch.float32):
     q, k, v = (torch.randn(2, 2, n, d, dtype=dtype) for _ in range(3))
     labels = torch.randint(0, 3, (2, gh, gw))
     kw = dict(
-        base="naclip", scale=d**-0.5, window=(gh, gw, 5.0), sfr=K.sfr_affinity_ref(labels), sfr_weights=(2.2, 0.7),
+        base="naclip", scale=d**-0.5, window=(gh, gw, 5.0), sfr_term=0.7 * K.sfr_affinity_ref(labels),
+        sfr_weights=(2.2, 0.7),
         rcs_q=torch.randn(2, 2, 2, n, d, dtype=dtype), rcs_k=torch.randn(2, 2, 2, n, d, dtype=dtype), rcs_weights=(2.0, 0.3),
     )
     return q, k, v, kw, labels
@@ -80,7 +81,7 @@ def test_forcing_triton_under_the_interpreter_runs_the_kernels(monkeypatch):
 @needs_triton
 @pytest.mark.parametrize(
     "change, message",
-    [("head_dim", "head dim"), ("float64", "dtypes"), ("rcs_dtype", "rcs dtypes"), ("sfr_shape", "sfr must be")],
+    [("head_dim", "head dim"), ("float64", "dtypes"), ("rcs_dtype", "rcs dtypes"), ("sfr_shape", "sfr_term must be")],
 )
 def test_forcing_unsupported_inputs_names_the_reason(monkeypatch, change, message):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -88,7 +89,7 @@ def test_forcing_unsupported_inputs_names_the_reason(monkeypatch, change, messag
     if change == "rcs_dtype":
         kw["rcs_q"], kw["rcs_k"] = kw["rcs_q"].half(), kw["rcs_k"].half()
     if change == "sfr_shape":
-        kw["sfr"] = kw["sfr"][:, 1:, 1:]
+        kw["sfr_term"] = kw["sfr_term"][:, 1:, 1:]
     with pytest.raises(BackendUnavailableError, match=message):
         K.rcs_attention(q, k, v, **kw, force=True)
     # automatic dispatch: the reference (the CPU path; silently)

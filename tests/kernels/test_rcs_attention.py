@@ -37,10 +37,10 @@ def make_inputs(b, h, gh, gw, dtype, *, layers=2, sfr=True, amp=1.0, device="cpu
     n = 1 + gh * gw
     q, k, v = (amp * torch.randn(b, h, n, 64, device=device)).to(dtype), (amp * torch.randn(b, h, n, 64, device=device)).to(dtype), torch.randn(b, h, n, 64, device=device).to(dtype)
     kw = dict(scale=64**-0.5, window=(gh, gw, 5.0))
-    if sfr:  # any fp16 (B, N1, N1) matrix with a zero CLS row/column and max 1 will do for the kernel
+    if sfr:  # any fp16 (B, N1, N1) S_hat with a zero CLS row/column and max 1 will do; the term is lambda * S_hat
         s_hat = torch.rand(b, n, n, device=device)
         s_hat[:, 0], s_hat[:, :, 0] = 0, 0
-        kw.update(sfr=(s_hat / s_hat.amax()).half(), sfr_weights=(2.2, 0.7))
+        kw.update(sfr_term=0.7 * (s_hat / s_hat.amax()).half(), sfr_weights=(2.2, 0.7))
     if layers:
         kw.update(
             rcs_q=(amp * torch.randn(layers, b, h, n, 64, device=device)).to(dtype),
@@ -104,7 +104,7 @@ def test_ref_rcs_mean_of_identical_layers_is_plain_attention():
 def test_ref_zero_sfr_scales_the_logits():
     q, k, v, _ = make_inputs(2, 2, 3, 3, torch.float64, layers=0, sfr=False)
     zeros = torch.zeros(2, 10, 10, dtype=torch.float16)
-    blended = rcs_attention_ref(q, k, v, base="clearclip", scale=0.125, sfr=zeros, sfr_weights=(2.0, 0.75))
+    blended = rcs_attention_ref(q, k, v, base="clearclip", scale=0.125, sfr_term=zeros, sfr_weights=(2.0, 0.75))
     torch.testing.assert_close(blended, rcs_attention_ref(q, k, v, base="clearclip", scale=0.125 * 2.0 * 0.25))
 
 
@@ -131,7 +131,7 @@ def test_ref_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown attention base"):
         rcs_attention_ref(q, k, v, base="nope", scale=0.125)
     with pytest.raises(ValueError, match="sfr_weights"):
-        rcs_attention_ref(q, k, v, base="clip", scale=0.125, sfr=kw["sfr"])
+        rcs_attention_ref(q, k, v, base="clip", scale=0.125, sfr_term=kw["sfr_term"])
     with pytest.raises(ValueError, match="window"):
         rcs_attention_ref(q, k, v, base="naclip", scale=0.125)
 
@@ -164,13 +164,13 @@ def test_kernel_token_counts(base, dtype, grid):
 def test_kernel_options(variant):
     q, k, v, kw = make_inputs(2, 2, 4, 4, torch.float32, layers=1 if variant == "one_layer" else 2, amp=3.0 if variant == "large_logits" else 1.0)
     if variant in ("no_sfr", "plain"):
-        kw = {key: val for key, val in kw.items() if key not in ("sfr", "sfr_weights")}
+        kw = {key: val for key, val in kw.items() if key not in ("sfr_term", "sfr_weights")}
     if variant in ("no_rcs", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("rcs_q", "rcs_k", "rcs_weights")}
     if variant == "sfr_batch_1":
-        kw["sfr"] = kw["sfr"][:1]
+        kw["sfr_term"] = kw["sfr_term"][:1]
     if variant == "sfr_fp32":
-        kw["sfr"] = kw["sfr"].float()
+        kw["sfr_term"] = kw["sfr_term"].float()
     for base in ("naclip", "sclip"):
         check_kernel(q, k, v, kw, base)
 
@@ -191,7 +191,7 @@ def test_kernel_strided_inputs_as_the_sdk_passes_them():
 @pytest.mark.parametrize("block_m, block_n", [(32, 16), (16, 32), (64, 64)])
 def test_kernel_tile_shapes_agree(block_m, block_n):
     q, k, v, kw = make_inputs(1, 2, 7, 7, torch.float32)
-    args = (q, k, v, kw["sfr"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 7, 5.0, 2.2, 0.7, 2.0, 0.3)
+    args = (q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 7, 5.0, 2.2, 0.7, 2.0, 0.3)
     base = ra._rcs_attention_fwd(*args)
     torch.testing.assert_close(ra._rcs_attention_fwd(*args, block_m=block_m, block_n=block_n), base, atol=2e-6, rtol=1e-5)
 
@@ -211,7 +211,7 @@ def test_kernel_omega_alone_is_the_window():
 @needs_triton
 def test_custom_op_opcheck():
     q, k, v, kw = make_inputs(1, 2, 2, 3, torch.float32)
-    args = (q, k, v, kw["sfr"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 3, 5.0, 2.2, 0.7, 2.0, 0.3)
+    args = (q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 3, 5.0, 2.2, 0.7, 2.0, 0.3)
     torch.library.opcheck(torch.ops.clipsam.rcs_attention.default, args)
 
 
@@ -223,7 +223,7 @@ def test_torch_compile_traces_the_custom_op():
         return torch.ops.clipsam.rcs_attention(q, k, v, sfr, rcs_q, rcs_k, "naclip", 0.125, 3, 5.0, 2.2, 0.7, 2.0, 0.3) * 2
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
-    out = compiled(q, k, v, kw["sfr"], kw["rcs_q"], kw["rcs_k"])
+    out = compiled(q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"])
     torch.testing.assert_close(out, 2 * rcs_attention_ref(q, k, v, base="naclip", **kw), atol=1e-5, rtol=1e-5)
 
 
@@ -235,7 +235,7 @@ def test_kernel_rejects_what_it_cannot_take():
     with pytest.raises(ValueError, match="window grid"):
         ra.rcs_attention_triton(q, k, v, base="naclip", scale=0.125, window=(3, 3, 5.0))
     with pytest.raises(ValueError, match="sfr_weights"):
-        ra.rcs_attention_triton(q, k, v, base="clip", scale=0.125, sfr=kw["sfr"])
+        ra.rcs_attention_triton(q, k, v, base="clip", scale=0.125, sfr_term=kw["sfr_term"])
 
 
 # ---- GPU: the full grid -------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_gpu_kernel_options(monkeypatch, variant, dtype):
     monkeypatch.setenv("CLIPSAM_TRITON_AUTOTUNE", "0")
     q, k, v, kw = make_inputs(4, 12, 28, 28, dtype, layers=4, amp=3.0 if variant == "large_logits" else 1.0, device="cuda")
     if variant in ("no_sfr", "plain"):
-        kw = {key: val for key, val in kw.items() if key not in ("sfr", "sfr_weights")}
+        kw = {key: val for key, val in kw.items() if key not in ("sfr_term", "sfr_weights")}
     if variant in ("no_rcs", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("rcs_q", "rcs_k", "rcs_weights")}
     for base in BASES:
@@ -289,7 +289,7 @@ def test_gpu_strided_inputs_and_fixed_tiles():
     q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
     _, _, _, kw = make_inputs(b, h, 28, 28, torch.float16, layers=4, device="cuda")
     check_kernel(q, k, v, kw, "naclip")
-    args = (q, k, v, kw["sfr"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 28, 5.0, 2.2, 0.7, 2.0, 0.3)
+    args = (q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 28, 5.0, 2.2, 0.7, 2.0, 0.3)
     tuned = ra._rcs_attention_fwd(*args)
     for bm, bn in ((64, 32), (128, 64)):
         torch.testing.assert_close(ra._rcs_attention_fwd(*args, block_m=bm, block_n=bn), tuned, atol=4e-3, rtol=4e-3)

@@ -9,7 +9,7 @@ import pytest
 from clipsam.errors import InvalidInputError, InvalidTypeError
 from clipsam.refine import PromptSet, RefineConfig, extract_prompts, mask_to_rle, merge_masks, rle_to_mask
 
-from .conftest import dense_from_gt
+from ..utils import dense_from_gt
 
 CFG = RefineConfig(min_mask_score=0.0)
 

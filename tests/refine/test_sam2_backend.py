@@ -19,7 +19,7 @@ from clipsam.errors import (
 )
 from clipsam.refine import MergeResult, RefineConfig, extract_prompts, merge_masks
 
-from .conftest import dense_from_gt
+from ..utils import dense_from_gt
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2")

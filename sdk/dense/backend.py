@@ -1,0 +1,49 @@
+"""``TorchBackend``: the PyTorch dense backend of the pipeline core (``clipsam.pipeline``).
+
+It encodes batches of crops with ``DenseEncoder`` under inference mode and the requested autocast, and gives the
+core ``TorchOps`` on the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..ops.base import EncoderSpec
+from .encoder import DenseEncoder
+from .ops import TorchOps
+
+__all__ = ["TorchBackend"]
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend:
+    """``DenseBackend`` over a ``DenseEncoder``.
+
+    Arguments:
+        encoder: the dense encoder (its config fixes the method).
+        device: the model's device.
+        precision: "fp32", or "fp16"/"bf16" CUDA autocast around the encoder.
+    """
+
+    def __init__(self, encoder: DenseEncoder, device: torch.device, precision: str = "fp32"):
+        self.encoder = encoder
+        self.ops = TorchOps(device)
+        self.precision = precision
+        v = encoder.visual
+        self.spec = EncoderSpec(encoder.patch, encoder.heads, int(v.conv1.out_channels))
+
+    def inference(self):
+        """The context of a whole call (inference mode)."""
+        return torch.inference_mode()
+
+    def _autocast(self):
+        dtype = _AUTOCAST.get(self.precision)
+        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+
+    def patch_logits(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised crops, (Q, E) unit text -> (B, Q, H // p, W // p) float32 logits."""
+        with torch.inference_mode(), self._autocast():
+            return self.encoder(crops, text, self.ops).float()

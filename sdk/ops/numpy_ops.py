@@ -1,0 +1,91 @@
+"""``NumpyOps``: the host operations on numpy arrays (float32), torch-free.
+
+The ONNX Runtime backend runs every host step with these. The resampling, PAMR and SFR functions follow the
+arithmetic of the PyTorch CPU kernels they stand for (``clipsam.ops.resize``, ``clipsam.ops.pamr``,
+``clipsam.ops.sfr``); post-processing is ``clipsam.postprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .. import postprocess
+from .pamr import pamr
+from .resize import resize_bilinear, softmax
+from .sfr import LinspaceTable, patch_labels, sfr_affinity, sfr_term
+
+__all__ = ["NumpyOps", "NumpyPost"]
+
+_F = np.float32
+
+
+class NumpyPost:
+    """``PostOps`` in numpy (``clipsam.postprocess``)."""
+
+    query_probs = staticmethod(postprocess.query_probs)
+    merge_synonyms = staticmethod(postprocess.merge_synonyms)
+    argmax_counts = staticmethod(postprocess.argmax_counts)
+
+    @staticmethod
+    def weighted_sum(xs: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        return sum(_F(w) * x for x, w in zip(xs, weights))  # type: ignore[return-value]
+
+    @staticmethod
+    def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None, with_probs: bool):
+        return postprocess.decide(probs, prob_thd, keep)
+
+
+class NumpyOps:
+    """``HostOps`` on float32 numpy arrays.
+
+    Arguments:
+        table: torch.linspace values for SFR's path check (the engine folder stores the exporter's).
+    """
+
+    post = NumpyPost()
+
+    def __init__(self, table: LinspaceTable | None = None):
+        self.table = table or LinspaceTable()
+
+    def from_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_post(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def zeros(self, shape: tuple[int, ...], like: np.ndarray) -> np.ndarray:
+        return np.zeros(shape, _F)
+
+    def stack(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(xs)
+
+    def flip_w(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[..., ::-1])
+
+    def pad(self, x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+        left, right, top, bottom = pads
+        return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)])
+
+    def resize(self, x: np.ndarray, size: tuple[int, int], *, align_corners: bool = False,
+               rows: tuple[int, int] | None = None) -> np.ndarray:
+        return resize_bilinear(x, size, align_corners=align_corners, rows=rows)
+
+    def pamr(self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int]) -> np.ndarray:
+        return pamr(image, logits, iters, dilations)
+
+    def softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
+        return softmax(x, axis)
+
+    def patch_labels(self, probs: np.ndarray, patch: int, temp_thd: float) -> np.ndarray:
+        return patch_labels(probs, patch, temp_thd)
+
+    def sfr_affinity(self, labels: np.ndarray, gaussian_std: float, path_check: str, blur: str) -> np.ndarray:
+        return sfr_affinity(labels, gaussian_std, path_check, blur, self.table)
+
+    def sfr_term(self, s_hat: np.ndarray, lam: float) -> np.ndarray:
+        return sfr_term(s_hat, lam)

@@ -1,0 +1,99 @@
+"""PAMR in numpy (``docs/algorithms.md``, PAMR), torch-free; the arithmetic of ``clipsam.dense.pamr``.
+
+Same algorithm, same float32 arithmetic and neighbour order as the torch reference:
+
+    sigma  = unbiased std over the 9 * len(dilations) samples of each channel (centre once per dilation)
+    aff_n  = mean over image channels of  -|I - I_n| / (1e-8 + 0.1 * sigma)
+    a      = softmax over the 8 * len(dilations) neighbours
+    repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
+
+Neighbours are strided views of one edge-padded copy per dilation and iteration; the update accumulates in
+place into reused buffers, a few channels at a time so that they stay in cache (every channel's arithmetic is
+unchanged: the same products summed in the same order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .resize import resize_bilinear, softmax
+
+__all__ = ["pamr", "NEIGHBOUR_OFFSETS"]
+
+NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+_BLOCK_BYTES = 1 << 21  # mask bytes per channel block
+
+
+def _pad_edge(x: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Replicate-pad the last two axes by d (what F.pad(mode="replicate") does), into ``out`` when given."""
+    h, w = x.shape[-2:]
+    if out is None:
+        out = np.empty(x.shape[:-2] + (h + 2 * d, w + 2 * d), dtype=x.dtype)
+    out[..., d : d + h, d : d + w] = x
+    out[..., :d, d : d + w] = x[..., :1, :]
+    out[..., d + h :, d : d + w] = x[..., -1:, :]
+    out[..., :, :d] = out[..., :, d : d + 1]
+    out[..., :, d + w :] = out[..., :, d + w - 1 : d + w]
+    return out
+
+
+def _shifted(padded: np.ndarray, d: int, h: int, w: int):
+    for dy, dx in NEIGHBOUR_OFFSETS:
+        yield padded[..., d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+
+
+def _affinity(image: np.ndarray, dilations) -> np.ndarray:
+    """(K, H, W) image -> (8*len(dilations), H, W) neighbour weights summing to 1 over axis 0."""
+    h, w = image.shape[-2:]
+    samples, diffs = [], []
+    for d in dilations:
+        nbs = list(_shifted(_pad_edge(image, d), d, h, w))
+        samples.extend(nbs[:4] + [image] + nbs[4:])
+        diffs.extend(np.abs(image - nb) for nb in nbs)
+    std = np.stack(samples, axis=1).std(axis=1, ddof=1)  # (K, H, W)
+    denom = np.float32(1e-8) + np.float32(0.1) * std
+    aff = np.stack([-dist / denom for dist in diffs], axis=1)  # (K, P, H, W)
+    return softmax(aff.mean(axis=0, dtype=np.float32), axis=0)
+
+
+def _pamr_one(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
+    h, w = image.shape[-2:]
+    a = _affinity(image, dilations)
+    out_all = np.empty_like(mask)
+    step = max(1, _BLOCK_BYTES // (4 * h * w))
+    for c0 in range(0, mask.shape[0], step):
+        m = mask[c0 : c0 + step].copy()
+        pads = {d: np.empty(m.shape[:-2] + (h + 2 * d, w + 2 * d), dtype=m.dtype) for d in dilations}
+        tmp, out = np.empty_like(m), np.empty_like(m)
+        for _ in range(num_iter):
+            out.fill(0)
+            p = 0
+            for d in dilations:
+                for nb in _shifted(_pad_edge(m, d, pads[d]), d, h, w):
+                    np.multiply(a[p], nb, out=tmp)
+                    out += tmp
+                    p += 1
+            m, out = out, m
+        out_all[c0 : c0 + step] = m
+    return out_all
+
+
+def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
+    """Refine ``logits`` with affinities of ``image``.
+
+    Arguments:
+        image: (B, K, H, W) float32 normalised image.
+        logits: (B, C, H', W') float32; resized to (H, W) bilinearly (align_corners=True) first, as upstream.
+
+    Returns:
+        (B, C, H, W) float32 refined logits.
+    """
+    if num_iter <= 0:
+        return logits
+    image = np.asarray(image, dtype=np.float32)
+    if logits.shape[-2:] != image.shape[-2:]:
+        logits = resize_bilinear(logits, image.shape[-2:], align_corners=True)
+    mask = np.asarray(logits, dtype=np.float32)
+    return np.stack([_pamr_one(image[b], mask[b], num_iter, tuple(dilations)) for b in range(mask.shape[0])])

@@ -1,0 +1,120 @@
+"""Encoding: windows through the backend, upsampled to the window and stitched back into each member.
+
+Per window of h x w pixels (ClearCLIP first zero-pads it to a patch multiple):
+
+    patch logits (B, Q, h/p, w/p) = backend.patch_logits(crops, text)     (SFR inside, ``clipsam.ops.base``)
+    window logits = bilinear resize to (h, w) (the padding cropped off)
+    member logits = sum of the window logits over the windows covering a pixel / their count
+
+One-step whole-image inference (SCLIP) keeps the patch grid; finalisation resizes it to the original size.
+``run_members`` batches windows of equal shape across members and images; ``infer_logits`` is the reference path,
+one window at a time, which the batched path equals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import DenseConfig
+from .plan import Member, window_tasks
+from .windows import pad_to_patch, window_grid
+
+__all__ = ["window_logits", "run_members", "infer_logits"]
+
+
+def window_logits(backend, crops: Any, text: Any, pads: tuple[int, int, int, int]) -> Any:
+    """Logits of equally sized crops (B, 3, h, w), upsampled to the crop size: (B, Q, h, w) float32.
+
+    Arguments:
+        backend: a ``clipsam.pipeline.DenseBackend``.
+        pads: (left, right, top, bottom) zero padding of each crop before encoding (ClearCLIP), or zeros.
+    """
+    ops = backend.ops
+    h, w = crops.shape[-2:]
+    left, right, top, bottom = pads
+    if left or right or top or bottom:
+        padded = ops.pad(crops, pads)
+        out = ops.resize(backend.patch_logits(padded, text), tuple(padded.shape[-2:]))
+        return out[:, :, top : top + h, left : left + w]
+    return ops.resize(backend.patch_logits(crops, text), (h, w))
+
+
+def _pads(cfg: DenseConfig, hw: tuple[int, int], patch: int) -> tuple[int, int, int, int]:
+    sc = cfg.schedule
+    return pad_to_patch(hw[0], hw[1], patch) if sc.pad_crops and sc.slide_crop > 0 else (0, 0, 0, 0)
+
+
+def run_members(backend, members: list[Member], text: Any, cfg: DenseConfig, max_batch: int,
+                progress=None) -> list[Member]:
+    """Run every window of every member in shape-bucketed batches and stitch the logits.
+
+    Arguments:
+        backend: ``DenseBackend``.
+        members: from ``plan_members``; their ``logits`` are filled in.
+        text: (Q, E) unit query embeddings (the backend's array type).
+        max_batch: most windows per encoder call.
+        progress: optional tqdm-like object; ``update(n)`` is called with the windows done.
+
+    Returns:
+        the members, with ``logits`` (Q, h, w) float32, flips undone ((Q, gh, gw) for one-step whole image).
+    """
+    ops, sc = backend.ops, cfg.schedule
+    q = text.shape[0]
+    one_step = sc.slide_crop == 0 and sc.upsample == "one_step"
+    acc = {}
+    if sc.slide_crop > 0:
+        for mi, m in enumerate(members):
+            h, w = m.pixels.shape[-2:]
+            acc[mi] = (ops.zeros((q, h, w), m.pixels), ops.zeros((1, h, w), m.pixels))
+    for shape, tasks in window_tasks(members, cfg).items():
+        pads = _pads(cfg, shape, backend.spec.patch)
+        for b0 in range(0, len(tasks), max_batch):
+            chunk = tasks[b0 : b0 + max_batch]
+            crops = ops.stack([members[mi].pixels[:, y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk])
+            out = backend.patch_logits(crops, text) if one_step else window_logits(backend, crops, text, pads)
+            for k, (mi, (y1, y2, x1, x2)) in enumerate(chunk):
+                if sc.slide_crop > 0:
+                    acc[mi][0][:, y1:y2, x1:x2] += out[k]
+                    acc[mi][1][:, y1:y2, x1:x2] += 1
+                else:
+                    members[mi].logits = out[k]
+            if progress is not None:
+                progress.update(len(chunk))
+    for mi, m in enumerate(members):
+        if sc.slide_crop > 0:
+            m.logits = acc[mi][0] / acc[mi][1]
+        if m.flip:
+            m.logits = ops.flip_w(m.logits)
+    return members
+
+
+def infer_logits(backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple[int, int]) -> Any:
+    """Logits of one preprocessed image at its original size, one window at a time (the reference path).
+
+    Arguments:
+        image: (3, h, w) normalised image at the resized size (the backend's array type).
+        text: (Q, E) query embeddings.
+        ori_hw: (H0, W0) original image size.
+
+    Returns:
+        (Q, H0, W0) float32 logits (after the optional output PAMR).
+    """
+    ops, sc, post = backend.ops, cfg.schedule, cfg.post
+    img = image[None]
+    h, w = img.shape[-2:]
+    if sc.slide_crop > 0:
+        preds = ops.zeros((1, text.shape[0], h, w), img)
+        count = ops.zeros((1, 1, h, w), img)
+        for y1, y2, x1, x2 in window_grid(h, w, sc.slide_crop, sc.slide_stride):
+            pads = _pads(cfg, (y2 - y1, x2 - x1), backend.spec.patch)
+            preds[:, :, y1:y2, x1:x2] += window_logits(backend, img[:, :, y1:y2, x1:x2], text, pads)
+            count[:, :, y1:y2, x1:x2] += 1
+        logits = preds / count
+    elif sc.upsample == "one_step":
+        logits = backend.patch_logits(img, text)
+    else:
+        logits = window_logits(backend, img, text, (0, 0, 0, 0))
+    logits = ops.resize(logits, ori_hw)
+    if post.pamr_iters > 0:
+        logits = ops.pamr(ops.resize(img, ori_hw), logits, post.pamr_iters, post.pamr_dilations)
+    return logits[0]

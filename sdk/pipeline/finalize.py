@@ -1,0 +1,72 @@
+"""From stitched member logits to labels at the original size, in row strips of bounded memory.
+
+Each member's logits (Q, h, w) at its resized size are upsampled bilinearly (align_corners=False) to the
+original size (H0, W0), then the ensemble is combined and post-processed (``clipsam.postprocess``):
+
+    prob_mean / weighted :  P = sum_m w_m softmax(logit_scale * L_m)      (weights sum to 1)
+    logit_mean           :  P = softmax(logit_scale * sum_m w_m L_m)
+
+A single member whose whole map fits the strip budget reduces to the reference ``postprocess(upsample(L))``, bit
+for bit. Beyond the budget, the upsampling is computed for a strip of output rows at a time (the backend's
+``resize(..., rows=...)``), so a 6000 x 4000 photo never holds (Q, H0, W0) floats. SCLIP's area rule needs global
+argmax counts and then takes a second pass. Output PAMR needs the whole map and disables strips.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import DenseConfig
+from ..postprocess import finish_strips, strip_rows
+
+__all__ = ["class_probs", "finalize_members"]
+
+
+def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vocab) -> Any:
+    """Members' logits for the same pixels, (Q, r, W0) each (``post``'s arrays) -> class probabilities (C, r, W0)."""
+    scale = cfg.post.logit_scale
+    if len(ups) == 1:
+        probs = post.query_probs(ups[0], scale)
+    elif cfg.schedule.combine == "logit_mean":
+        probs = post.query_probs(post.weighted_sum(ups, weights), scale)
+    else:
+        probs = post.weighted_sum((post.query_probs(u, scale) for u in ups), weights)
+    return post.merge_synonyms(probs, vocab.query_to_class, vocab.num_classes)
+
+
+def finalize_members(ops, logits: list[Any], weights: list[float], guides: list[Any], out_hw: tuple[int, int],
+                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0, return_probs: bool = False):
+    """Labels and scores of one image from its ensemble members.
+
+    Arguments:
+        ops: the backend's ``HostOps``.
+        logits: per member (Q, h_m, w_m) float32 logits at the member's resized size (flips undone).
+        weights: per member ensemble weight (summing to 1).
+        guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
+        out_hw: original (H0, W0).
+        max_strip_mb: memory for the per-strip float buffers, which sets the strip height.
+        return_probs: also return the class probabilities (SAM2 refinement needs them; C x H0 x W0 floats).
+
+    Returns:
+        labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
+        probabilities (C, H0, W0) float32 (numpy).
+    """
+    h0 = out_hw[0]
+    pamr = cfg.post.pamr_iters > 0
+    if pamr:  # PAMR needs the whole map: refine each member at full size, then treat it as final
+        logits = [ops.pamr(ops.resize(g[None], out_hw), ops.resize(m[None], out_hw), cfg.post.pamr_iters,
+                           cfg.post.pamr_dilations)[0] for m, g in zip(logits, guides)]
+    rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, max_strip_mb, pamr)
+    whole = rows >= h0  # fits: one resize of the whole map, as the reference path
+
+    def strips():
+        for r0 in range(0, h0, rows):
+            r1 = min(h0, r0 + rows)
+            if pamr:
+                ups = [m[:, r0:r1] for m in logits]
+            else:
+                ups = [ops.resize(m, out_hw, rows=None if whole else (r0, r1)) for m in logits]
+            yield r0, r1, class_probs(ops.post, [ops.to_post(u) for u in ups], weights, cfg, vocab)
+
+    return finish_strips(strips, out_hw, vocab.num_classes, cfg.post.prob_thd, cfg.post.area_thd, return_probs,
+                         ops.post.argmax_counts, ops.post.decide)

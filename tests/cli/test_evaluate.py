@@ -1,0 +1,79 @@
+"""``clipsam eval`` (run as ``python -m clipsam.cli``) end to end in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsam.cli import build_parser
+from clipsam.cli.evaluate import cmd_eval
+
+from ..conftest import TINY_VIT
+from ..eval.test_datasets import _write_image, _write_label
+
+IDS = ["2008_000001", "2008_000002", "2008_000003"]
+
+
+def run(*args, check=True, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    base = tmp_path / "VOC2012"
+    rng = np.random.default_rng(1)
+    for k, i in enumerate(IDS):
+        _write_image(base / "JPEGImages" / f"{i}.jpg", 20 + k, 24)
+        _write_label(base / "SegmentationClass" / f"{i}.png", rng.integers(0, 21, (20 + k, 24)), palette=True)
+    (base / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(IDS) + "\n")
+    return tmp_path
+
+
+def test_help_lists_the_options():
+    ev = run("eval", "--help").stdout
+    for opt in ("--dataset", "--root", "--split", "--method", "--preset", "--clip", "--weights", "--random-weights",
+                "--device", "--precision", "--limit", "--skip-bad", "--no-resume", "--out", "--engines", "voc21", "ade20k",
+                "--context-prompts", "--descriptions", "--enrichment", "--disambiguate", "--calibration"):
+        assert opt in ev, opt
+    be = run("bench", "--help").stdout
+    for opt in ("--suite", "--smoke", "--device"):
+        assert opt in be, opt
+
+
+def test_register_on_the_main_parser():
+    args = build_parser().parse_args(["eval", "--dataset", "voc21", "--root", "x", "--random-weights"])
+    assert args.func is cmd_eval and args.preset is None and args.out == "results.json" and args.random_weights
+
+
+def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
+    (voc / "VOC2012" / "SegmentationClass" / f"{IDS[1]}.png").unlink()
+    out = tmp_path / "res" / "voc.json"
+    common = ["eval", "--dataset", "voc21", "--root", str(voc), "--out", str(out), "--random-weights",
+              "--clip", TINY_VIT, "--method", "naclip", "--templates", "single"]
+    p = run(*common, check=False)
+    assert p.returncode == 2 and f"{IDS[1]}.png" in p.stderr and "Traceback" not in p.stderr
+    p = run(*common, "--skip-bad", "--descriptions", "voc20", "--calibration", "knn")  # an ablation row
+    assert "RANDOM" in p.stderr and "mIoU" in p.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["prompts"]["descriptions"] == "voc20" and data["config"]["config"]["calibration"] == "knn"
+    assert data["images"] == 2 and data["skipped"][0]["path"].endswith(f"{IDS[1]}.png")
+    assert data["config"]["config"]["method"] == "naclip" and data["config"]["config"]["preset"] == "voc21"
+    assert data["config"]["clip"] == "clipsam-test-vit" and 0 <= data["mIoU"] <= 100
+    md = out.with_suffix(".md").read_text()
+    assert "NACLIP README" in md and "64.07" in md and f"{IDS[1]}.png" in md
+
+
+def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
+    p = run("eval", "--dataset", "voc21", "--root", str(voc), "--engines", str(tmp_path), "--out", str(tmp_path / "r.json"),
+            check=False)
+    assert p.returncode == 2 and "has no manifest.json" in p.stderr and "Traceback" not in p.stderr

