@@ -48,6 +48,8 @@ def _from_array(a: np.ndarray, what: str) -> np.ndarray:
             f"{what} has shape {a.shape}; expected HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA). "
             "For a channels-first array, transpose it to HxWxC."
         )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InvalidImageError(f"{what} is empty ({a.shape[0]}x{a.shape[1]} pixels); pass an image with pixels.")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype in (np.float16, np.float32, np.float64):
@@ -75,7 +77,7 @@ def load_image(image, what: str = "image") -> np.ndarray:
         Image = None
     if Image is not None and isinstance(image, Image.Image):
         try:
-            return np.asarray(image.convert("RGB")).copy()
+            return _from_array(np.asarray(image.convert("RGB")).copy(), f"PIL {what}")
         except OSError as e:
             raise InvalidImageError(f"cannot decode PIL {what}: {e}") from e
     if type(image).__module__.startswith("torch"):
@@ -105,6 +107,8 @@ def _torch_ok_dtypes():
 
 def resize_shape(h: int, w: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
     """mmcv ``imrescale`` output size (new_h, new_w) for ``scale=(long_side, short_side)``, keep_ratio."""
+    if h <= 0 or w <= 0:
+        raise InvalidImageError(f"image is empty ({h}x{w} pixels); pass an image with pixels.")
     f = min(long_side / max(h, w), short_side / min(h, w))
     return int(h * f + 0.5), int(w * f + 0.5)
 

@@ -110,3 +110,18 @@ def test_wrong_dtype_shape_and_type():
 def test_image_smaller_than_one_patch():
     with pytest.raises(InvalidImageError, match="smaller than one 16x16 patch"):
         preprocess(np.zeros((2, 3000, 3), np.uint8), 336, min_side=16)
+
+
+# -- hardening (issue 14): every bad image gets a named error, no image is read silently wrong --------------
+@pytest.mark.parametrize("image", [
+    np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 3), np.uint8), np.zeros((64, 0), np.float32),
+    Image.new("RGB", (0, 0)), Image.new("L", (5, 0)), torch.zeros(3, 0, 0), torch.zeros(3, 8, 0, dtype=torch.uint8),
+], ids=["0x0", "0xW", "Hx0-gray", "pil-0x0", "pil-5x0", "tensor-0x0", "tensor-8x0"])
+def test_empty_images_are_refused(image):
+    with pytest.raises(InvalidImageError, match=r"empty \(\d+x\d+ pixels\)"):
+        load_image(image)
+
+
+def test_resize_shape_of_an_empty_image_is_an_error():
+    with pytest.raises(InvalidImageError, match="empty"):
+        resize_shape(0, 0, 336)
