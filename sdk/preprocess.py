@@ -3,6 +3,8 @@
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
 decoded with OpenCV exactly as mmseg's LoadImageFromFile does. The caller's objects are never modified.
+PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit
+integers, no defined range) refused with the conversion to use, every other mode through PIL's conversion to RGB.
 
 Preprocessing (numpy + OpenCV, no torch): resize with factor f = min(long/max(h,w), short/min(h,w)), new side
 int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmseg constants, channels first.
@@ -65,6 +67,31 @@ def _from_array(a: np.ndarray, what: str) -> np.ndarray:
     raise InvalidTypeError(f"{what} has dtype {a.dtype}; expected uint8, or float16/32/64 in [0, 1].")
 
 
+def _from_pil(image, what: str) -> np.ndarray:
+    """PIL modes by their value range: 16-bit integers as OpenCV reads 16-bit files (v >> 8), "F" by the float
+    rule ([0, 1]), "I" (32-bit, no range) refused, every other mode through PIL's own conversion to RGB."""
+    mode = image.mode
+    try:
+        if mode.startswith("I;16"):
+            return _from_array((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), what)
+        if mode == "I":
+            raise InvalidImageError(
+                f"{what} has mode 'I' (32-bit integers), which has no defined value range. Convert it to 8 bits "
+                "yourself: Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for 16-bit data, or "
+                "im.convert('L') for data in [0, 255].")
+        if mode == "F":
+            return _from_array(np.asarray(image, dtype=np.float32), what)
+        rgb = np.asarray(image.convert("RGB")).copy()
+    except ValueError as e:  # a mode PIL cannot convert to RGB
+        if isinstance(e, InvalidInputError):
+            raise
+        raise InvalidImageError(f"{what} has mode {mode!r}, which PIL cannot convert to RGB ({e}); convert it to "
+                                "'RGB' or 'L' yourself.") from e
+    except OSError as e:
+        raise InvalidImageError(f"cannot decode {what}: {e}") from e
+    return _from_array(rgb, what)
+
+
 def load_image(image, what: str = "image") -> np.ndarray:
     """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs); a new array."""
     if isinstance(image, (str, os.PathLike)):
@@ -76,10 +103,7 @@ def load_image(image, what: str = "image") -> np.ndarray:
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        try:
-            return _from_array(np.asarray(image.convert("RGB")).copy(), f"PIL {what}")
-        except OSError as e:
-            raise InvalidImageError(f"cannot decode PIL {what}: {e}") from e
+        return _from_pil(image, f"PIL {what}")
     if type(image).__module__.startswith("torch"):
         t = image.detach()
         if t.ndim != 3 or t.shape[0] not in (1, 3, 4):

@@ -125,3 +125,29 @@ def test_empty_images_are_refused(image):
 def test_resize_shape_of_an_empty_image_is_an_error():
     with pytest.raises(InvalidImageError, match="empty"):
         resize_shape(0, 0, 336)
+
+
+def test_16_bit_pil_images_are_scaled_like_16_bit_files(tmp_path):
+    a = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21 % 65536).astype(np.uint16)
+    path = tmp_path / "depth16.png"
+    cv2.imwrite(str(path), a)
+    pil = Image.open(path)
+    assert pil.mode == "I;16"
+    got = load_image(pil)
+    np.testing.assert_array_equal(got, np.repeat((a >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(got, load_image(path))  # the same file read by path (OpenCV) gives the same pixels
+    assert pil.mode == "I;16" and np.array_equal(np.asarray(pil), a)  # the caller's image is untouched
+
+
+def test_float_pil_images_follow_the_float_array_rule():
+    f = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    np.testing.assert_allclose(load_image(Image.fromarray(f, mode="F"))[:, :, 0], f * 255, atol=1e-4)
+    with pytest.raises(InvalidInputError, match=r"values in \[0, 255\].*\[0, 1\]"):
+        load_image(Image.fromarray(f * 255, mode="F"))
+
+
+def test_pil_modes_without_a_defined_range_or_conversion_are_refused():
+    with pytest.raises(InvalidImageError, match=r"mode 'I' .*no defined value range.*>> 8"):
+        load_image(Image.fromarray(np.full((16, 16), 300, np.int32), mode="I"))
+    with pytest.raises(InvalidImageError, match=r"mode 'La'.*convert"):
+        load_image(Image.new("La", (16, 16)))
