@@ -3,7 +3,8 @@
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
 decoded with OpenCV exactly as mmseg's LoadImageFromFile does. The caller's objects are never modified.
-PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit
+A 3-D shape whose first and last sides are both 1, 3 or 4 reads both ways (e.g. a 4x64x3 tensor) and is refused
+rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit
 integers, no defined range) refused with the conversion to use, every other mode through PIL's conversion to RGB.
 
 Preprocessing (numpy + OpenCV, no torch): resize with factor f = min(long/max(h,w), short/min(h,w)), new side
@@ -38,7 +39,25 @@ def _read_file(path: Path) -> np.ndarray:
     return bgr[:, :, ::-1].copy()  # BGR -> RGB
 
 
-def _from_array(a: np.ndarray, what: str) -> np.ndarray:
+_CHANNELS = (1, 3, 4)
+
+
+def _ambiguous(shape, layout: str, what: str) -> InvalidImageError | None:
+    """A 3-D shape whose first and last sides both look like channels (1, 3 or 4): not guessed."""
+    if len(shape) != 3 or shape[0] not in _CHANNELS or shape[2] not in _CHANNELS:
+        return None
+    fix = ("if it is HxWxC, pass t.permute(2, 0, 1)" if layout == "CxHxW" else
+           "if it is CxHxW, pass a.transpose(1, 2, 0)")
+    return InvalidImageError(
+        f"{what} has shape {tuple(shape)}, which is ambiguous: it reads both as CxHxW and as HxWxC. Tensors are read "
+        f"as CxHxW and numpy arrays as HxWxC, so this one is refused rather than guessed: {fix}. A side of 1, 3 or 4 "
+        "pixels cannot be told apart from channels (pad or resize such an image).")
+
+
+def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarray:
+    err = _ambiguous(a.shape, "HxWxC", what) if check_layout else None
+    if err is not None:
+        raise err
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] in (3, 4):
@@ -73,14 +92,14 @@ def _from_pil(image, what: str) -> np.ndarray:
     mode = image.mode
     try:
         if mode.startswith("I;16"):
-            return _from_array((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), what)
+            return _from_array((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), what, check_layout=False)
         if mode == "I":
             raise InvalidImageError(
                 f"{what} has mode 'I' (32-bit integers), which has no defined value range. Convert it to 8 bits "
                 "yourself: Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for 16-bit data, or "
                 "im.convert('L') for data in [0, 255].")
         if mode == "F":
-            return _from_array(np.asarray(image, dtype=np.float32), what)
+            return _from_array(np.asarray(image, dtype=np.float32), what, check_layout=False)
         rgb = np.asarray(image.convert("RGB")).copy()
     except ValueError as e:  # a mode PIL cannot convert to RGB
         if isinstance(e, InvalidInputError):
@@ -89,7 +108,7 @@ def _from_pil(image, what: str) -> np.ndarray:
                                 "'RGB' or 'L' yourself.") from e
     except OSError as e:
         raise InvalidImageError(f"cannot decode {what}: {e}") from e
-    return _from_array(rgb, what)
+    return _from_array(rgb, what, check_layout=False)
 
 
 def load_image(image, what: str = "image") -> np.ndarray:
@@ -106,12 +125,15 @@ def load_image(image, what: str = "image") -> np.ndarray:
         return _from_pil(image, f"PIL {what}")
     if type(image).__module__.startswith("torch"):
         t = image.detach()
-        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        if t.ndim != 3 or t.shape[0] not in _CHANNELS:
             raise InvalidImageError(f"tensor {what} has shape {tuple(t.shape)}; expected CxHxW with C in (1, 3, 4).")
+        err = _ambiguous(tuple(t.shape), "CxHxW", f"tensor {what}")
+        if err is not None:
+            raise err
         if t.dtype.is_complex or t.dtype not in _torch_ok_dtypes():
             raise InvalidTypeError(f"tensor {what} has dtype {t.dtype}; expected uint8 or a float dtype in [0, 1].")
         arr = t.cpu().float().numpy() if t.dtype != _torch_uint8() else t.cpu().numpy()
-        return _from_array(np.moveaxis(arr, 0, -1), what)
+        return _from_array(np.moveaxis(arr, 0, -1), what, check_layout=False)
     raise InvalidTypeError(
         f"{what} has type {type(image).__name__}; expected a file path, PIL image, numpy array or torch tensor."
     )

@@ -151,3 +151,19 @@ def test_pil_modes_without_a_defined_range_or_conversion_are_refused():
         load_image(Image.fromarray(np.full((16, 16), 300, np.int32), mode="I"))
     with pytest.raises(InvalidImageError, match=r"mode 'La'.*convert"):
         load_image(Image.new("La", (16, 16)))
+
+
+@pytest.mark.parametrize("image", [torch.zeros(4, 64, 3), torch.zeros(3, 64, 3, dtype=torch.uint8), torch.zeros(1, 9, 4),
+                                   np.zeros((4, 64, 3), np.uint8), np.zeros((3, 50, 4), np.float32)],
+                         ids=["tensor-4x64x3", "tensor-3x64x3", "tensor-1x9x4", "array-4x64x3", "array-3x50x4"])
+def test_ambiguous_layouts_are_refused(image):
+    """A side of 1, 3 or 4 pixels at both ends could be channels either way: refused, not guessed."""
+    with pytest.raises(InvalidImageError, match="ambiguous"):
+        load_image(image)
+
+
+def test_unambiguous_small_sides_are_read_by_the_rule():
+    assert load_image(torch.zeros(3, 64, 5)).shape == (64, 5, 3)  # tensors are CxHxW
+    assert load_image(np.zeros((5, 64, 3), np.uint8)).shape == (5, 64, 3)  # arrays are HxWxC
+    assert load_image(torch.zeros(3, 4, 64)).shape == (4, 64, 3)  # only the tensor's own layout is checked
+    assert load_image(Image.new("RGB", (64, 3))).shape == (3, 64, 3)  # PIL images have one layout
