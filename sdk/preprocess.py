@@ -2,7 +2,8 @@
 
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
-decoded with OpenCV exactly as mmseg's LoadImageFromFile does. The caller's objects are never modified.
+decoded with OpenCV exactly as mmseg's LoadImageFromFile does, which applies the EXIF orientation; PIL images get
+the same rule (a transposed copy). The caller's objects are never modified.
 A 3-D shape whose first and last sides are both 1, 3 or 4 reads both ways (e.g. a 4x64x3 tensor) and is refused
 rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit
 integers, no defined range) refused with the conversion to use, every other mode through PIL's conversion to RGB.
@@ -40,6 +41,7 @@ def _read_file(path: Path) -> np.ndarray:
 
 
 _CHANNELS = (1, 3, 4)
+_EXIF_ORIENTATION = 0x0112
 
 
 def _ambiguous(shape, layout: str, what: str) -> InvalidImageError | None:
@@ -87,10 +89,14 @@ def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarr
 
 
 def _from_pil(image, what: str) -> np.ndarray:
-    """PIL modes by their value range: 16-bit integers as OpenCV reads 16-bit files (v >> 8), "F" by the float
+    """EXIF orientation applied as for files; PIL modes by their value range: 16-bit integers as OpenCV reads 16-bit files (v >> 8), "F" by the float
     rule ([0, 1]), "I" (32-bit, no range) refused, every other mode through PIL's own conversion to RGB."""
     mode = image.mode
     try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as OpenCV applies it to files (a transposed copy)
+            from PIL import ImageOps
+
+            image = ImageOps.exif_transpose(image)
         if mode.startswith("I;16"):
             return _from_array((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), what, check_layout=False)
         if mode == "I":

@@ -167,3 +167,16 @@ def test_unambiguous_small_sides_are_read_by_the_rule():
     assert load_image(np.zeros((5, 64, 3), np.uint8)).shape == (5, 64, 3)  # arrays are HxWxC
     assert load_image(torch.zeros(3, 4, 64)).shape == (4, 64, 3)  # only the tensor's own layout is checked
     assert load_image(Image.new("RGB", (64, 3))).shape == (3, 64, 3)  # PIL images have one layout
+
+
+def test_exif_orientation_is_one_rule_for_paths_and_pil_images(tmp_path, chelsea_small):
+    im = Image.fromarray(chelsea_small)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif.tobytes(), quality=95)
+    pil = Image.open(path)
+    by_path, by_pil = load_image(path), load_image(pil)
+    assert by_path.shape == (120, 80, 3)  # OpenCV (as mmseg) applies the orientation to files
+    np.testing.assert_array_equal(by_pil, by_path)
+    assert pil.size == (120, 80) and pil.getexif().get(0x0112) == 6  # the caller's image is not transposed
