@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import ClipSamError, ConfigError
+from .paths import input_error
 from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["plan_rows", "pending_rows", "run_batch", "register", "cmd_batch"]
@@ -59,7 +60,7 @@ def plan_rows(inputs: list[str]) -> list[dict]:
             if not found:
                 raise ClipSamError(f"no file matches {item!r}")
         else:
-            raise ClipSamError(f"input not found: {item}")
+            raise input_error(item, "input", ClipSamError)
         for path, rel in found:
             key = str(path.resolve())
             if key in seen:

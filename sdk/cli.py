@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ClipSamError
+from .paths import input_error
 from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["main", "build_parser"]
@@ -150,7 +151,7 @@ def expand_images(items: list[str]) -> list[Path]:
             if not found:
                 raise ClipSamError(f"no file matches {item!r}")
         else:
-            raise ClipSamError(f"image file not found: {item}")
+            raise input_error(item, "image file", ClipSamError)
         out.extend(f for f in found if f not in out)
     return out
 

@@ -15,12 +15,12 @@ int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmse
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
+from .paths import input_file
 
 __all__ = ["MEAN", "STD", "IMAGE_SUFFIXES", "load_image", "resize_shape", "preprocess"]
 
@@ -30,9 +30,9 @@ MEAN = np.array([122.771, 116.746, 104.094], dtype=np.float32)  # RGB
 STD = np.array([68.501, 66.632, 70.323], dtype=np.float32)
 
 
-def _read_file(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InvalidImageError(f"image file not found: {path}")
+def _read_file(image) -> np.ndarray:
+    path = input_file(image, "image file", InvalidImageError,
+                      folder_hint="Pass the image files inside it (clipsam segment and clipsam batch take folders).")
     data = np.fromfile(str(path), dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
@@ -120,7 +120,7 @@ def _from_pil(image, what: str) -> np.ndarray:
 def load_image(image, what: str = "image") -> np.ndarray:
     """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs); a new array."""
     if isinstance(image, (str, os.PathLike)):
-        return _read_file(Path(image))
+        return _read_file(image)
     if isinstance(image, np.ndarray):
         return _from_array(image, what)
     try:

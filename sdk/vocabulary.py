@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 from .errors import InvalidTypeError, VocabularyError
+from .paths import input_file
 
 __all__ = ["Vocabulary", "parse_class_file", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
 
@@ -110,11 +110,9 @@ class Vocabulary:
 
 def parse_class_file(path: str | os.PathLike) -> Vocabulary:
     """Read a class file: one class per line, synonyms separated by ", " (upstream ``get_cls_idx``)."""
-    path = Path(path)
+    path = input_file(path, "class file", VocabularyError)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise VocabularyError(f"class file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise VocabularyError(f"cannot read class file {path}: {e}") from e
     return _parse_lines(text, str(path))

@@ -180,3 +180,12 @@ def test_exif_orientation_is_one_rule_for_paths_and_pil_images(tmp_path, chelsea
     assert by_path.shape == (120, 80, 3)  # OpenCV (as mmseg) applies the orientation to files
     np.testing.assert_array_equal(by_pil, by_path)
     assert pil.size == (120, 80) and pil.getexif().get(0x0112) == 6  # the caller's image is not transposed
+
+
+def test_folders_and_urls_are_named_as_such(tmp_path):
+    (tmp_path / "d.jpg").mkdir()
+    with pytest.raises(InvalidImageError, match=r"d.jpg is a folder, not a file"):
+        load_image(tmp_path / "d.jpg")
+    url = "https://example.com/photos/cat.jpg"
+    with pytest.raises(InvalidImageError, match=r"'https://example.com/photos/cat.jpg' is a URL; clipsam does not fetch"):
+        load_image(url)

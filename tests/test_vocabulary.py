@@ -67,3 +67,16 @@ def test_vocabulary_errors(tmp_path):
     with pytest.raises(VocabularyError, match="unknown built-in"):
         builtin_vocabulary("imagenet")
     assert issubclass(VocabularyError, ValueError)
+
+
+def test_class_file_that_is_not_a_path_a_folder_or_a_url(tmp_path):
+    from clipsam.errors import ClipSamError
+
+    with pytest.raises(InvalidTypeError, match="class file must be a path.*got int 5"):
+        parse_class_file(5)
+    with pytest.raises(VocabularyError, match="is a folder, not a file"):
+        parse_class_file(tmp_path)
+    with pytest.raises(VocabularyError, match="is a URL"):
+        parse_class_file("http://example.com/classes.txt")
+    with pytest.raises(ClipSamError):
+        parse_class_file(b"classes.txt")
