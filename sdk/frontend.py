@@ -155,7 +155,7 @@ class SegmenterFront:
         ``info`` holds the backend's fields; the time per image since ``t0``, the DenseConfig, the prompt options
         and the refinement summary are added here.
         """
-        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
+        u8 = [_read_only(rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)) for rgb in rgbs]
         refined = [None] * len(rgbs)
         if self.refiner is not None:
             refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
@@ -174,3 +174,10 @@ class SegmenterFront:
             else:
                 results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta))
         return results
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: ``SegmentationResult.image`` may share the caller's buffer and must not write to it."""
+    v = a.view()
+    v.flags.writeable = False
+    return v

@@ -74,7 +74,11 @@ def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarr
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InvalidImageError(f"{what} is empty ({a.shape[0]}x{a.shape[1]} pixels); pass an image with pixels.")
     if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
+        out = np.ascontiguousarray(a)
+        if out is a or np.shares_memory(out, a):  # never hand the caller's own buffer back writable
+            out = out.view()
+            out.flags.writeable = False
+        return out
     if a.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(a).all():
             raise InvalidInputError(f"{what} contains NaN or inf values; clean the image before segmenting it.")
@@ -89,8 +93,9 @@ def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarr
 
 
 def _from_pil(image, what: str) -> np.ndarray:
-    """EXIF orientation applied as for files; PIL modes by their value range: 16-bit integers as OpenCV reads 16-bit files (v >> 8), "F" by the float
-    rule ([0, 1]), "I" (32-bit, no range) refused, every other mode through PIL's own conversion to RGB."""
+    """EXIF orientation applied as for files; PIL modes by their value range: 16-bit integers as OpenCV reads
+    16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit, no range) refused, every other mode through
+    PIL's own conversion to RGB."""
     mode = image.mode
     try:
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as OpenCV applies it to files (a transposed copy)
@@ -118,7 +123,8 @@ def _from_pil(image, what: str) -> np.ndarray:
 
 
 def load_image(image, what: str = "image") -> np.ndarray:
-    """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs); a new array."""
+    """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs): a new array, or a
+    read-only view of a uint8 HxWx3 numpy input (never a writable alias of the caller's image)."""
     if isinstance(image, (str, os.PathLike)):
         return _read_file(image)
     if isinstance(image, np.ndarray):

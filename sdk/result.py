@@ -41,7 +41,8 @@ class SegmentationResult:
         labels: (H, W) int32 class indices into ``classes``.
         scores: (H, W) float32 probability of the chosen class.
         classes: class display names.
-        image: (H, W, 3) uint8 RGB input (for overlays), or None.
+        image: (H, W, 3) uint8 RGB input (for overlays), or None; read-only (it may share the caller's image):
+            copy it to draw on it.
         info: configuration, timing and backend details (JSON-serialisable).
         dense_labels: (H, W) int32 dense CLIP labels before SAM2 refinement (None without refinement).
         instances: SAM2 instances (``clipsam.refine.Instance``: mask, class_id, score, box, area) after merging.

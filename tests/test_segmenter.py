@@ -169,3 +169,18 @@ def test_sam2_refinement_through_the_segmenter(tmp_path):
     paths = a.save(tmp_path, "voc")
     inst = json.loads(paths["instances"].read_text())
     assert len(inst) == len(a.instances) and inst[0]["segmentation"]["size"] == [375, 500]
+
+
+def test_result_image_is_not_the_callers_array(make_segmenter, chelsea_small):
+    """Writing to res.image must not change the caller's image (it is a read-only view or a copy)."""
+    seg = make_segmenter("clip", "voc21", short_side=48)
+    arr = chelsea_small.copy()
+    res = seg.segment(arr, classes=["cat", "grass"])
+    np.testing.assert_array_equal(res.image, chelsea_small)
+    with pytest.raises(ValueError, match="read-only"):
+        res.image[0, 0, 0] = 1
+    assert np.array_equal(arr, chelsea_small)
+    assert not np.shares_memory(res.image, arr) or not res.image.flags.writeable
+    from clipsam.preprocess import load_image
+
+    assert not load_image(arr).flags.writeable or not np.shares_memory(load_image(arr), arr)

@@ -142,7 +142,8 @@ class Sam2Refiner:
         std = torch.tensor(_STD, device=self.device).view(3, 1, 1)
         out = []
         for im in images:
-            x = torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1)[None]
+            im = np.ascontiguousarray(im) if im.flags.writeable else np.array(im)  # results' images are read-only
+            x = torch.from_numpy(im).to(self.device).permute(2, 0, 1)[None]
             x = torch.nn.functional.interpolate(x.float() / 255.0, (s, s), mode="bilinear",
                                                 align_corners=False, antialias=True)
             out.append((x[0] - mean) / std)
