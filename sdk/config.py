@@ -7,11 +7,28 @@ reference-exact configuration of a method on a dataset (table (b)); overrides re
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config"]
+__all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config", "positive_int", "positive_number"]
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1, else ``ConfigError`` naming the option and the value (a run-time option such as
+    ``max_batch`` or ``batch_size``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_number(value, name: str) -> float:
+    """``value`` as a finite float > 0, else ``ConfigError`` (e.g. ``max_memory_mb``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
 
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 

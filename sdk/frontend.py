@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError, VocabularyError
+from .config import positive_int
+from .errors import InvalidTypeError, VocabularyError
 from .preprocess import load_image
 from .prompting import PromptConfig
 from .result import SegmentationResult
@@ -74,20 +75,20 @@ class SegmenterFront:
         return self.segment_batch([image], classes, class_file)[0]
 
     def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary; windows of all images share encoder batches.
+        """Segment images with one vocabulary; windows of all images share encoder batches.
 
-        Results are in input order and equal to segmenting each image alone.
+        ``images`` is a list or any iterable of images, or an (N, H, W, C) array / (N, C, H, W) tensor. Results are
+        in input order and equal to segmenting each image alone.
         """
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
+        images = list(_image_iter(images, "segment_batch"))
         vocab = self.vocabulary(classes, class_file)
         rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
         return self._run(rgbs, vocab, progress) if rgbs else []
 
     def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
         """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = positive_int(batch_size, "batch_size")
+        images = _image_iter(images, "segment_stream")
         vocab = self.vocabulary(classes, class_file)
         chunk = []
         for img in images:
@@ -181,3 +182,19 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     v = a.view()
     v.flags.writeable = False
     return v
+
+
+def _image_iter(images, method: str):
+    """An iterator over the images of ``segment_batch`` / ``segment_stream``: any iterable of images, where a 4-D
+    array or tensor is a batch; a single image is refused (iterating it would give rows or characters)."""
+    module = type(images).__module__
+    ndim = getattr(images, "ndim", None) if isinstance(images, np.ndarray) or module.startswith("torch") else None
+    if isinstance(images, (str, bytes, os.PathLike)) or module.startswith("PIL.") or (ndim is not None and ndim != 4):
+        raise InvalidTypeError(
+            f"{method} takes a list (or any iterable) of images, got a single image ({type(images).__name__}"
+            f"{'' if ndim is None else f' with {ndim} dimensions'}). Use segment(image) for one image, or {method}"
+            "([image, ...]); a batch array must be (N, H, W, C), a batch tensor (N, C, H, W).")
+    try:
+        return iter(images)
+    except TypeError:
+        raise InvalidTypeError(f"{method} takes a list (or any iterable) of images, got {type(images).__name__}.") from None
