@@ -3,7 +3,9 @@
 A vocabulary is an ordered list of classes; each class has one or more *queries* (synonyms). Every query
 is encoded as its own text embedding and competes in the softmax; a class then takes the max over its
 queries (ALGORITHMS.md A.1, A.6, pitfall 9). Class files hold one class per line with synonyms separated
-by ", " (exactly the upstream format: the display name of a class is its first synonym).
+by ", " (exactly the upstream format: the display name of a class is its first synonym); they are read as UTF-8
+with an optional byte-order mark. Names are normalised (``normalise_name``: no BOM, single inner spaces, stripped),
+so "cat " and "cat" are one name and a duplicate.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from importlib import resources
 from .errors import InvalidTypeError, VocabularyError
 from .paths import input_file
 
-__all__ = ["Vocabulary", "parse_class_file", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
+__all__ = ["Vocabulary", "parse_class_file", "normalise_name", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
 
 BUILTIN_VOCABULARIES = (
     "voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k",
@@ -46,26 +48,30 @@ class Vocabulary:
         """
         if len(synonyms) == 0:
             raise VocabularyError(f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa'].")
-        queries, q2c, seen = [], [], {}
+        queries, q2c, seen, firsts = [], [], {}, []
         for ci, names in enumerate(synonyms):
             if len(names) == 0:
                 raise VocabularyError(f"{source}: class {ci} has no name.")
-            for name in names:
-                if not isinstance(name, str):
+            for given in names:
+                if not isinstance(given, str):
                     raise VocabularyError(
-                        f"{source}: class names must be strings, got {type(name).__name__} {name!r} for class {ci}."
+                        f"{source}: class names must be strings, got {type(given).__name__} {given!r} for class {ci}."
                     )
-                if not name.strip():
+                name = normalise_name(given)
+                if not name:
                     raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
                 if name in seen and not allow_duplicates:
+                    was = seen[name][1]
+                    same = f"; given as {was!r} and {given!r}, equal once spacing is normalised" if was != given else ""
                     raise VocabularyError(
-                        f"{source}: duplicate class name {name!r} (classes {seen[name]} and {ci}). "
+                        f"{source}: duplicate class name {name!r} (classes {seen[name][0]} and {ci}{same}). "
                         "Each name may appear once; put synonyms of one class on the same line."
                     )
-                seen[name] = ci
+                seen[name] = (ci, given)
                 queries.append(name)
                 q2c.append(ci)
-        return cls(tuple(n[0] for n in synonyms), tuple(queries), tuple(q2c))
+            firsts.append(queries[-len(names)])
+        return cls(tuple(firsts), tuple(queries), tuple(q2c))
 
     @classmethod
     def from_names(cls, names) -> "Vocabulary":
@@ -108,11 +114,17 @@ class Vocabulary:
         return [", ".join(names) for names in lines]
 
 
+def normalise_name(name: str) -> str:
+    """A class name as clipsam keeps it: byte-order marks removed, surrounding whitespace stripped and inner runs
+    of whitespace made one space (CLIP's tokenizer ignores spacing, so "cat " and "cat" are one name)."""
+    return " ".join(name.replace("\ufeff", "").split())
+
+
 def parse_class_file(path: str | os.PathLike) -> Vocabulary:
     """Read a class file: one class per line, synonyms separated by ", " (upstream ``get_cls_idx``)."""
     path = input_file(path, "class file", VocabularyError)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
         raise VocabularyError(f"cannot read class file {path}: {e}") from e
     return _parse_lines(text, str(path))

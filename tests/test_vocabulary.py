@@ -80,3 +80,37 @@ def test_class_file_that_is_not_a_path_a_folder_or_a_url(tmp_path):
         parse_class_file("http://example.com/classes.txt")
     with pytest.raises(ClipSamError):
         parse_class_file(b"classes.txt")
+
+
+def test_utf8_bom_is_stripped(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("cat, kitty\ndog\n".encode("utf-8-sig"))
+    v = parse_class_file(f)
+    assert v.classes == ("cat", "dog") and v.queries == ("cat", "kitty", "dog")
+    assert Vocabulary.from_names(["\ufeffcat", "dog"]).classes == ("cat", "dog")
+
+
+def test_whitespace_is_normalised_and_equal_names_are_duplicates(tmp_path):
+    v = Vocabulary.from_names(["  big   dog ", "cat\t"])
+    assert v.classes == ("big dog", "cat")
+    with pytest.raises(VocabularyError, match=r"duplicate class name 'cat'.*'cat ' and 'cat'"):
+        Vocabulary.from_names(["cat ", "cat"])
+    f = tmp_path / "spaces.txt"
+    f.write_text("cat , kitty\ndog\n")
+    assert parse_class_file(f).queries == ("cat", "kitty", "dog")
+
+
+def test_prompt_files_with_a_bom_or_bad_encoding(tmp_path):
+    from clipsam.errors import ConfigError
+    from clipsam.prompt_files import load_sentences, load_templates
+
+    t = tmp_path / "templates.txt"
+    t.write_bytes("a photo of a {}.\nart of the {}.\n".encode("utf-8-sig"))
+    assert load_templates(t) == ("a photo of a {}.", "art of the {}.")
+    j = tmp_path / "ctx.json"
+    j.write_bytes('{"cat": ["a cat on a sofa"]}'.encode("utf-8-sig"))
+    assert load_sentences(j, "context-prompt file")[0] == {"cat": ("a cat on a sofa",)}
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("une photo d'un {} \xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.txt cannot be read"):
+        load_templates(bad)
