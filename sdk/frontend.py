@@ -22,7 +22,7 @@ from .preprocess import load_image
 from .prompting import PromptConfig
 from .result import SegmentationResult
 from .text import resolve_templates
-from .vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
+from .vocabulary import Vocabulary, builtin_vocabulary, check_tokens, parse_class_file
 
 __all__ = ["SegmenterFront"]
 
@@ -48,6 +48,18 @@ class SegmenterFront:
         from .warmup import warmup
 
         return warmup(self, classes, class_file, sizes)
+
+    def _check_tokens(self, vocab: Vocabulary, tokenizer) -> None:
+        """``clipsam.vocabulary.check_tokens`` on the texts this segmenter encodes (run before encoding a new
+        vocabulary); skipped for tokenizers without ``encode`` (open_clip's Hugging Face tokenizers)."""
+        encode, ctx = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+        if encode is None or not ctx:
+            return
+        texts = contexts = None
+        if not self._prompts.is_default:
+            plan = self._prompts.plan(vocab)
+            texts, contexts = [p[0] for p in plan], [p[1] for p in plan]
+        check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts)
 
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
         """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary."""

@@ -178,6 +178,7 @@ class Segmenter(SegmenterFront):
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
+            self._check_tokens(vocab, self.tokenizer)
             if self._prompts.is_default:
                 emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device)
             else:

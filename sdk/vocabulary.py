@@ -17,7 +17,8 @@ from importlib import resources
 from .errors import InvalidTypeError, VocabularyError
 from .paths import input_file
 
-__all__ = ["Vocabulary", "parse_class_file", "normalise_name", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
+__all__ = ["Vocabulary", "parse_class_file", "normalise_name", "check_tokens", "builtin_vocabulary",
+           "BUILTIN_VOCABULARIES"]
 
 BUILTIN_VOCABULARIES = (
     "voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k",
@@ -112,6 +113,76 @@ class Vocabulary:
         for q, c in zip(self.queries, self.query_to_class):
             lines[c].append(q)
         return [", ".join(names) for names in lines]
+
+
+def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, texts=None, contexts=None) -> None:
+    """Refuse queries that CLIP's text encoder cannot tell apart; warn about prompts cut at its context length.
+
+    Every prompt is cut to ``context_length`` tokens (start and end tokens included), as open_clip does. Two queries
+    of different classes whose prompts are then the same token ids (names that differ only after the cut, or only
+    in case or spacing, which the tokenizer drops) would get identical embeddings, so one of them could never be
+    predicted: ``VocabularyError`` naming both. Identical names admitted on purpose (the shipped COCO-Object
+    vocabulary lists "bed" twice, as upstream) and synonyms of one class are not refused.
+
+    Arguments:
+        vocab: the vocabulary.
+        templates: format strings with one "{}".
+        encode: str -> token ids without start/end tokens (open_clip ``SimpleTokenizer.encode``, ``ClipTokenizer``).
+        context_length: tokens per prompt (77 for CLIP).
+        texts: per query, the text put into the templates (default: the query itself; disambiguation renames).
+        contexts: per query, extra full prompts (context prompts).
+    """
+    import warnings
+
+    texts = list(texts) if texts is not None else list(vocab.queries)
+    contexts = list(contexts) if contexts is not None else [()] * len(texts)
+    keep = context_length - 2  # tokens between the start and end tokens
+    overhead = max(len(encode(t.replace("{}", ""))) for t in templates) + 2  # +2: tokens merging at the boundary
+    groups: dict[tuple, list[int]] = {}
+    cut = []
+    for i, (text, ctx) in enumerate(zip(texts, contexts)):
+        ids = encode(text)
+        if len(ids) + overhead <= keep:  # no template can reach the cut: the query's own ids decide
+            key: tuple = ("query", tuple(ids))
+        else:
+            full = [encode(t.format(text)) for t in templates]
+            key = ("prompts", tuple(tuple(f[:keep]) for f in full))
+            if any(len(f) > keep for f in full):
+                cut.append(i)
+        ctx_ids = [encode(c) for c in ctx]
+        if any(len(c) > keep for c in ctx_ids) and (not cut or cut[-1] != i):
+            cut.append(i)
+        groups.setdefault(key + tuple(tuple(c[:keep]) for c in ctx_ids), []).append(i)
+    for key, members in groups.items():
+        for a in members:
+            for b in members:
+                qa, qb = vocab.queries[a], vocab.queries[b]
+                if a < b and vocab.query_to_class[a] != vocab.query_to_class[b] and qa != qb:
+                    names = f"{_describe(vocab, a)} and {_describe(vocab, b)}"
+                    if key[0] == "prompts":
+                        raise VocabularyError(
+                            f"{names} differ only after CLIP's {context_length}-token context: every prompt is cut "
+                            "there, so their text embeddings would be identical and one of them could never be "
+                            "predicted. Shorten or rephrase them so that they differ early.")
+                    renamed = " (after disambiguation)" if texts[a] != qa or texts[b] != qb else ""
+                    raise VocabularyError(
+                        f"{names} are the same text to CLIP's tokenizer{renamed}, which lowercases and ignores spacing "
+                        "around punctuation, so their text embeddings would be identical and one of them could never "
+                        "be predicted. Make them one class (synonyms on one line) or rename one.")
+    if cut:
+        shown = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        warnings.warn(f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
+                      f"context ({shown}); the text encoder sees only the first {context_length} tokens of each "
+                      "prompt, as open_clip does.", UserWarning, stacklevel=3)
+
+
+def _describe(vocab: Vocabulary, i: int) -> str:
+    q, c = vocab.queries[i], vocab.classes[vocab.query_to_class[i]]
+    return f"class {_short(q)!r}" if q == c else f"{_short(q)!r} (a synonym of class {_short(c)!r})"
+
+
+def _short(name: str, width: int = 64) -> str:
+    return name if len(name) <= width else f"{name[: width // 2 - 3]}...{name[-(width // 2):]}"
 
 
 def normalise_name(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from clipsam.errors import InvalidTypeError, VocabularyError
@@ -114,3 +115,42 @@ def test_prompt_files_with_a_bom_or_bad_encoding(tmp_path):
     bad.write_bytes("une photo d'un {} \xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.txt cannot be read"):
         load_templates(bad)
+
+
+# -- CLIP's 77-token context: prompts are cut there (as open_clip does); queries it cannot tell apart are refused --
+LONG = "a very large and extremely old " * 12  # about 80 tokens on its own
+
+
+@pytest.fixture(scope="module")
+def seg(make_segmenter):
+    return make_segmenter("clip", None, short_side=48)
+
+
+def test_names_that_differ_only_after_the_context_are_refused(seg):
+    classes = [LONG + "tabby cat", LONG + "grey dog", "grass"]
+    with pytest.raises(VocabularyError, match=r"tabby cat.*grey dog' differ only after CLIP's 77-token context"):
+        seg.text_embeddings(Vocabulary.from_names(classes))
+    with pytest.raises(VocabularyError, match="77-token"):
+        seg.segment(np.zeros((32, 32, 3), np.uint8), classes=classes)
+
+
+def test_names_the_tokenizer_cannot_tell_apart_are_refused(seg):
+    with pytest.raises(VocabularyError, match=r"'Cat' .*'cat'.*same text to CLIP's tokenizer"):
+        seg.text_embeddings(Vocabulary.from_names(["Cat", "cat"]))
+    with pytest.raises(VocabularyError, match="hot-dog.*hot - dog"):
+        seg.text_embeddings(Vocabulary.from_names(["hot-dog", "hot - dog"]))
+    seg.text_embeddings(Vocabulary.from_names([["cat", "Cat"], "dog"]))  # synonyms of one class may coincide
+
+
+def test_a_long_name_is_cut_with_a_warning(seg):
+    with pytest.warns(UserWarning, match=r"longer than CLIP's 77-token context.*tabby cat"):
+        emb = seg.text_embeddings(Vocabulary.from_names([LONG + "tabby cat", "grass"]))
+    assert emb.shape[0] == 2
+
+
+def test_shipped_vocabularies_pass_the_check(seg):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg.text_embeddings(builtin_vocabulary("coco_object"))  # "bed" twice, as upstream: identical on purpose

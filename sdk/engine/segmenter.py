@@ -185,6 +185,7 @@ class EngineSegmenter(SegmenterFront):
         key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
+            self._check_tokens(vocab, self.text_encoder.tokenizer)
             if self._prompts.is_default:
                 emb = self.text_encoder.encode(vocab.queries, self.templates)
             else:
