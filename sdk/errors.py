@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "BackendUnavailableError",
     "MissingDependencyError",
+    "first_line",
 ]
 
 
@@ -62,3 +63,11 @@ def missing_dependency(module: str, extra: str, what: str) -> MissingDependencyE
         f"{what} needs the Python package '{module}', which is not installed. "
         f"Install it with: pip install 'clipsam[{extra}]'"
     )
+
+
+def first_line(error: BaseException, width: int = 200) -> str:
+    """``"TypeName: first line of the message"`` of a library's exception, for a one-line clipsam message (the
+    message may be empty or span pages)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip()[:width] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

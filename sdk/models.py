@@ -22,16 +22,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError, missing_dependency
+from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, missing_dependency
+from .paths import input_error, is_url
 
-__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict"]
+__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict", "checkpoint_file", "torch_load"]
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,49 @@ def _file_id(path: Path) -> str:
     return "file:" + h.hexdigest()[:16]
 
 
+def checkpoint_file(value, what: str = "checkpoint") -> Path:
+    """The Path of an existing, non-empty checkpoint file, or ``CheckpointError`` saying what ``value`` is instead
+    (a URL, a folder and the weight files in it, a missing or empty file); ``InvalidTypeError`` for a non-path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidTypeError(f"{what} must be a file path (str or os.PathLike), got {type(value).__name__} {value!r:.80}")
+    path = Path(os.fspath(value)).expanduser()
+    if is_url(value) or not path.is_file():
+        hint = ""
+        if path.is_dir():
+            found = sorted(f.name for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES)[:5]
+            hint = f"It holds {', '.join(found)}: pass one of them." if found else "Pass the weights file itself."
+        raise input_error(value, what, CheckpointError, folder_hint=hint,
+                          missing_hint="Pass an existing file or an open_clip pretrained tag.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): the download or copy did not finish. Copy or "
+                              "download it again.")
+    return path
+
+
+def torch_load(path: Path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` (no pickled code runs) with one-line errors: a file holding
+    pickled Python objects is refused saying how to convert a trusted one; anything else is corrupt."""
+    import pickle
+
+    torch = _torch()
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): "
+                                  f"{first_line(e)}") from e
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise CheckpointError(
+            f"{what} {path} is refused: besides tensors it contains pickled Python objects"
+            f"{f' ({found.group(1)})' if found else ''}, and unpickling them can run code, so clipsam does not. If "
+            "you trust the file, convert it once to a plain state dict, e.g. sd = torch.load(path, weights_only=False)"
+            "; torch.save({k: v for k, v in sd.items() if torch.is_tensor(v)}, 'weights.pt'), and pass the new file."
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): "
+                              f"{first_line(e)}") from e
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """Read the tensors of a checkpoint file without unpickling arbitrary objects.
 
@@ -75,9 +121,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         dict name -> tensor (the raw content; see ``normalise_state_dict``).
     """
     torch = _torch()
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}. Pass an existing file or an open_clip pretrained tag.")
+    path = checkpoint_file(path)
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         with zipfile.ZipFile(path) as z:
@@ -88,13 +132,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             except Exception as e:
                 raise CheckpointError(f"cannot read TorchScript checkpoint {path}: {e}") from e
             return dict(module.state_dict())
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (corrupt, truncated, or not a PyTorch weights file): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from e
+    obj = torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict).")
     return obj
@@ -199,7 +237,13 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
     """
     torch = _torch()
     open_clip = _open_clip()
-    name = _resolve_arch(arch)
+    if not isinstance(arch, (str, os.PathLike)):
+        raise InvalidTypeError(f"clip must be an open_clip architecture name or a model-config JSON path, got "
+                               f"{type(arch).__name__} {arch!r:.80}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise InvalidTypeError(f"clip_weights must be an open_clip pretrained tag, a checkpoint path or None, got "
+                               f"{type(weights).__name__} {weights!r:.80}")
+    name = _resolve_arch(os.fspath(arch))
     if weights is None:
         warnings.warn(
             "clipsam: building the CLIP model with RANDOM weights (clip_weights=None). Its predictions are "
@@ -214,9 +258,9 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
 
     path = Path(os.fspath(weights)).expanduser()
     if path.is_file():
-        source, weights_id = str(path), _file_id(path)
-    elif os.sep in os.fspath(weights) or Path(os.fspath(weights)).suffix in (".pt", ".pth", ".bin", ".safetensors"):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        source, weights_id = str(checkpoint_file(path)), _file_id(path)
+    elif is_url(weights) or path.is_dir() or os.sep in os.fspath(weights) or path.suffix in _WEIGHT_SUFFIXES:
+        checkpoint_file(weights)  # raises: a URL, a folder, or a missing file
     else:
         tag = str(weights)
         cfg = open_clip.get_pretrained_cfg(name, tag)

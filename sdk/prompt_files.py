@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 __all__ = ["load_sentences", "load_map", "load_templates", "read_structured", "shipped_path"]
 
@@ -59,7 +59,7 @@ def read_structured(path: str | os.PathLike, what: str):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{what} {path} is not valid YAML: {problem}{where}") from e
 
 

@@ -136,3 +136,42 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_random_weights_warn_loudly():
     with pytest.warns(UserWarning, match="RANDOM weights"):
         load_clip(TINY_VIT, None)
+
+
+# -- hardening (issue 14) ----------------------------------------------------------------------------------------
+def test_zero_byte_and_folder_checkpoints(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty \(0 bytes\)"):
+        load_clip(TINY_VIT, empty)
+    folder = tmp_path / "ViT-B-16"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"ViT-B-16 is a folder, not a file.*open_clip_model.safetensors"):
+        load_clip(TINY_VIT, folder)
+
+
+def test_refused_pickle_says_why_and_how_to_convert(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_clip(TINY_VIT, path)
+    msg = str(err.value)
+    assert "refused" in msg and "pickled Python objects" in msg and "print" in msg and "convert" in msg
+    assert "Re-running" not in msg and "weights_only set to False" not in msg
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_weights_and_architecture_arguments_of_the_wrong_kind():
+    from clipsam.errors import InvalidTypeError
+
+    with pytest.raises(CheckpointError, match="'https://example.com/ViT-B-16.pt' is a URL; clipsam does not fetch"):
+        load_clip(TINY_VIT, "https://example.com/ViT-B-16.pt")
+    with pytest.raises(InvalidTypeError, match="clip_weights must be"):
+        load_clip(TINY_VIT, 5)
+    with pytest.raises(InvalidTypeError, match="clip must be"):
+        load_clip(5, None)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import first_line
 from .errors import EngineFileError, ProviderError
 
 __all__ = ["ProviderConfig", "GraphSession", "resolve_providers", "PROVIDER_ALIASES"]
@@ -129,9 +130,8 @@ class GraphSession:
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=list(zip(usable, options)))
         except Exception as e:
-            raise EngineFileError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:300]}). The file is corrupt or was not written by "
-                                  "'clipsam export': export the engines again.") from e
+            raise EngineFileError(f"ONNX Runtime cannot load {self.path} ({first_line(e, 300)}). The file is corrupt "
+                                  "or was not written by 'clipsam export': export the engines again.") from e
         self.providers = tuple(self.session.get_providers())
         for p in usable:
             if p not in self.providers:

@@ -52,15 +52,10 @@ def _import_sam2() -> tuple[Any, Any]:
 
 def _read_checkpoint(torch: Any, path: Path) -> Mapping[str, Any]:
     """The state dict stored in a SAM2 checkpoint file (under key "model", or the file is one)."""
-    if not path.is_file():
-        raise CheckpointError(f"SAM2 checkpoint '{path}' does not exist or is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and EOF errors all mean the same thing here
-        raise CheckpointError(
-            f"cannot read SAM2 checkpoint '{path}' ({type(e).__name__}: {e}); the file is corrupt, truncated "
-            "or not a PyTorch checkpoint: download it again"
-        ) from e
+    from ..models import checkpoint_file, torch_load
+
+    path = checkpoint_file(path, "SAM2 checkpoint")  # a URL, a folder, a missing or empty file: named as such
+    obj = torch_load(path, "SAM2 checkpoint")  # refuses pickled code, names a corrupt file
     sd = obj["model"] if isinstance(obj, Mapping) and "model" in obj else obj
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(
@@ -176,7 +171,7 @@ class Sam2Refiner:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device={device!r} was asked for but CUDA is not available here")
         if weights is not None:
-            source, sd = str(weights), _read_checkpoint(torch, Path(weights))  # fail fast, before building
+            source, sd = str(weights), _read_checkpoint(torch, weights)  # fail fast, before building
         elif not random_weights:
             source = _URL + filename
             try:
