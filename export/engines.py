@@ -68,10 +68,10 @@ def _prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _load_clip(clip, clip_weights):
+def _load_clip(clip, clip_weights, quick_gelu=None):
     from clipsam.models import LoadedClip, load_clip
 
-    return clip if isinstance(clip, LoadedClip) else load_clip(clip, clip_weights)
+    return clip if isinstance(clip, LoadedClip) else load_clip(clip, clip_weights, quick_gelu=quick_gelu)
 
 
 def _load_sam2(sam2, sam2_weights, sam2_random_weights: bool):
@@ -103,13 +103,14 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
                    sam2=None, sam2_weights=None, sam2_random_weights: bool = False, precision: str = "fp32",
                    opset: int = 17, max_batch: int | None = None, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
                    max_queries: int = 512, validate: bool = True, optimize: bool = True, overwrite: bool = False,
-                   log=print, **overrides) -> dict:
+                   log=print, quick_gelu: bool | None = None, **overrides) -> dict:
     """Export, validate and describe the engines of one configuration.
 
     Arguments:
         out: engine folder to create (must be empty unless ``overwrite``).
         clip: open_clip architecture name / config JSON, or a ``clipsam.models.LoadedClip``.
         clip_weights: pretrained tag, checkpoint path or None (random) when ``clip`` is a name.
+        quick_gelu: the weights' activation when ``clip`` is a name (``clipsam.models.load_clip``; None: detected).
         method, preset, overrides: the DenseConfig (``clipsam.config.dense_config``).
         sam2: None, a SAM2 model name ("sam2.1_hiera_t", ...) or a ``Sam2Refiner``.
         sam2_weights, sam2_random_weights: checkpoint (None: download) or random weights (tests).
@@ -138,7 +139,7 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     _prepare(out, overwrite)
     cfg = dense_config(method, preset, **overrides)
     max_batch = max_batch or (8 if cfg.slide_crop > 0 else 2)
-    loaded = _load_clip(clip, clip_weights)
+    loaded = _load_clip(clip, clip_weights, quick_gelu)
     from clipsam.dense.encoder import DenseEncoder
 
     from .clip_dense import ClipDenseGraph, dense_cases

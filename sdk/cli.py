@@ -28,6 +28,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "open_clip format (default: openai)")
     w.add_argument("--random-weights", action="store_true",
                    help="random CLIP weights: for offline smoke runs only, predictions are meaningless")
+    add_quick_gelu_arg(g)
     g.add_argument("--method", choices=_METHODS, default="resclip", help="dense method (default: resclip = NACLIP+RCS+SFR)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="fp16/bf16 autocast needs CUDA")
@@ -35,6 +36,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="prompt templates: openai80 (default), openai7, single, or a file (.txt one per line, or a "
                         "JSON/YAML list)")
     _add_prompt_args(p)
+
+
+def add_quick_gelu_arg(g) -> None:
+    """``--quick-gelu`` / ``--no-quick-gelu``: the activation the CLIP weights were trained with (default: detected)."""
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the weights were trained with QuickGELU (OpenAI's) or not (--no-quick-gelu: GELU); default: "
+                        "the tag's own setting, or detected from the checkpoint file (a warning when it does not tell)")
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -173,7 +181,8 @@ def _make_segmenter(args, preset, **overrides):
     from .segmenter import Segmenter
 
     kwargs = dict(clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
-                  preset=preset, device=args.device, precision=args.precision, **prompt_options(args), **overrides)
+                  preset=preset, device=args.device, precision=args.precision, quick_gelu=getattr(args, "quick_gelu", None),
+                  **prompt_options(args), **overrides)
     with warnings.catch_warnings():
         if args.random_weights:  # the user asked for it; say so once on stderr instead
             warnings.simplefilter("ignore")

@@ -31,10 +31,12 @@ from pathlib import Path
 from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, missing_dependency
 from .paths import input_error, is_url
 
-__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict", "checkpoint_file", "torch_load"]
+__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict", "detect_format", "checkpoint_file",
+           "torch_load"]
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_OPEN_CLIP_ONLY = ("ls_1.gamma", "ls_2.gamma", "logit_bias", "attn_pool", "visual.trunk.", "text.transformer.")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     Returns:
         dict name -> tensor (the raw content; see ``normalise_state_dict``).
     """
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path) -> tuple[dict, bool]:
+    """(raw content, whether the file is a TorchScript archive: openai/CLIP's release format)."""
     torch = _torch()
     path = checkpoint_file(path)
     is_zip = zipfile.is_zipfile(path)
@@ -130,31 +137,71 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
-                raise CheckpointError(f"cannot read TorchScript checkpoint {path}: {e}") from e
-            return dict(module.state_dict())
+                raise CheckpointError(f"cannot read TorchScript checkpoint {path}: {first_line(e)}") from e
+            return dict(module.state_dict()), True
     obj = torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict).")
-    return obj
+    return obj, False
+
+
+def _unwrap(obj: dict) -> tuple[dict, bool]:
+    """(the state dict inside a training checkpoint, without ``module.``; whether it was wrapped that way)."""
+    sd, wrapped = obj, False
+    for key in ("state_dict", "model"):
+        if key in sd and isinstance(sd[key], dict):
+            sd, wrapped = sd[key], True
+            break
+    if sd and all(k.startswith("module.") for k in sd):
+        sd, wrapped = {k[len("module."):]: v for k, v in sd.items()}, True
+    return sd, wrapped
+
+
+def detect_format(obj: dict, torchscript: bool = False) -> tuple[str, str]:
+    """Whose weights a checkpoint holds, from its content rather than its dtype alone: ``(format, evidence)``.
+
+    ``"openai"`` (trained with QuickGELU): a TorchScript archive (openai/CLIP's release format), OpenAI's integer
+    entries, or attention and MLP weights that are fp16 numbers (as openai/CLIP stores them) whether saved in fp16
+    or in fp32. ``"open_clip"`` (the architecture's own activation): an open_clip training checkpoint
+    (``{"state_dict": ...}``, ``module.`` keys) or keys only open_clip models have (layer scale, logit bias, timm
+    or Hugging Face towers). ``"unknown"``: none of these, or both kinds at once.
+    """
+    torch = _torch()
+    sd, wrapped = _unwrap(obj)
+    openai, open_clip = [], []
+    if torchscript:
+        openai.append("a TorchScript archive, openai/CLIP's release format")
+    ints = [k for k in _OPENAI_EXTRA_KEYS if k in sd]
+    if ints:
+        openai.append(f"OpenAI's integer entries ({', '.join(ints)})")
+    weights = [v for k, v in sd.items() if k.endswith(("attn.in_proj_weight", "mlp.c_fc.weight"))
+               and isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.float32)][:4]
+    if weights and all(torch.equal(v.half().float(), v.float()) for v in weights) and not all(
+            torch.equal(v.float().bfloat16().float(), v.float()) for v in weights):
+        stored = "fp16" if all(v.dtype == torch.float16 for v in weights) else "fp32"
+        openai.append(f"attention weights that are fp16 numbers (stored as {stored}), as openai/CLIP stores them")
+    if wrapped:
+        open_clip.append("an open_clip training checkpoint ({'state_dict': ...} or 'module.' keys)")
+    own = sorted({m.strip(".") for m in _OPEN_CLIP_ONLY for k in sd if m in k})
+    if own:
+        open_clip.append(f"entries only open_clip models have ({', '.join(own[:3])})")
+    if openai and not open_clip:
+        return "openai", "; ".join(openai)
+    if open_clip and not openai:
+        return "open_clip", "; ".join(open_clip)
+    return "unknown", "; ".join(openai + open_clip)
 
 
 def normalise_state_dict(obj: dict) -> tuple[dict, str]:
     """Unwrap training checkpoints, strip ``module.``, drop OpenAI's integer keys, cast to fp32.
 
     Returns:
-        (state dict, format) with format ``"openai"`` or ``"open_clip"``.
+        (state dict, format) with format ``"openai"`` or ``"open_clip"`` (``detect_format``; unknown counts as
+        open_clip).
     """
     torch = _torch()
-    sd = obj
-    for key in ("state_dict", "model"):
-        if key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    fmt = "openai" if any(k in sd for k in _OPENAI_EXTRA_KEYS) or any(
-        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for k, v in sd.items() if k.endswith("in_proj_weight")
-    ) else "open_clip"
+    fmt = "openai" if detect_format(obj)[0] == "openai" else "open_clip"
+    sd, _ = _unwrap(obj)
     out = {}
     for k, v in sd.items():
         if k in _OPENAI_EXTRA_KEYS or k.endswith("attn_mask"):  # attn_mask: a buffer TorchScript archives also store
@@ -200,13 +247,20 @@ class _DropRandomInitNotice(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _create(open_clip, name: str, quick_gelu: bool):
+def _create(open_clip, name: str, quick_gelu: bool | None):
+    """The architecture with QuickGELU (True), GELU (False) or its own activation (None)."""
     root, quiet = logging.getLogger(), _DropRandomInitNotice()
     root.addFilter(quiet)
     try:
-        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+        kw = {} if quick_gelu is None else {"quick_gelu": bool(quick_gelu)}  # model kwargs override the config
+        return open_clip.create_model(name, pretrained=None, **kw)
     finally:
         root.removeFilter(quiet)
+
+
+def _own_quick_gelu(open_clip, name: str) -> bool:
+    """The activation the architecture's config names (open_clip's "-quickgelu" variants and this repo's test ViT)."""
+    return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
 
 
 def _resolve_arch(arch: str) -> str:
@@ -228,8 +282,10 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
     Arguments:
         arch: open_clip model name ("ViT-B-16") or path of a model-config JSON file.
         weights: pretrained tag, local checkpoint path, or None for random weights.
-        quick_gelu: activation override; default True for OpenAI weights (tag or OpenAI-format file) and random
-            weights, else the architecture's own setting.
+        quick_gelu: the activation the weights were trained with: True (QuickGELU, OpenAI's), False (GELU), or None:
+            a pretrained tag's own setting; for a file, QuickGELU when ``detect_format`` finds OpenAI's weights, the
+            architecture's own activation for open_clip's, and the architecture's own with a warning naming the
+            choice when the file does not tell (only where that is GELU); True for random weights.
         seed: torch seed used for random weights.
 
     Returns:
@@ -243,7 +299,10 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise InvalidTypeError(f"clip_weights must be an open_clip pretrained tag, a checkpoint path or None, got "
                                f"{type(weights).__name__} {weights!r:.80}")
+    if quick_gelu is not None and not isinstance(quick_gelu, bool):
+        raise InvalidTypeError(f"quick_gelu must be True, False or None, got {type(quick_gelu).__name__} {quick_gelu!r:.80}")
     name = _resolve_arch(os.fspath(arch))
+    own = _own_quick_gelu(open_clip, name)
     if weights is None:
         warnings.warn(
             "clipsam: building the CLIP model with RANDOM weights (clip_weights=None). Its predictions are "
@@ -257,6 +316,7 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
         return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
 
     path = Path(os.fspath(weights)).expanduser()
+    scripted = False
     if path.is_file():
         source, weights_id = str(checkpoint_file(path)), _file_id(path)
     elif is_url(weights) or path.is_dir() or os.sep in os.fspath(weights) or path.suffix in _WEIGHT_SUFFIXES:
@@ -279,8 +339,18 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
                 "pass a local checkpoint file as clip_weights, or clip_weights=None for random weights."
             ) from e
         weights_id = tag
-    sd, fmt = normalise_state_dict(read_state_dict(source))
-    gelu = quick_gelu if quick_gelu is not None else (fmt == "openai" or None)
-    model = _create(open_clip, name, bool(gelu))
+    raw, scripted = _read_checkpoint(source)
+    if quick_gelu is None:
+        fmt, evidence = detect_format(raw, scripted)
+        if fmt == "openai":
+            quick_gelu = True
+        elif fmt == "unknown" and not own:
+            warnings.warn(
+                f"clipsam: checkpoint {source} does not show whether it holds OpenAI's weights (trained with QuickGELU) "
+                f"or open_clip's ({evidence or 'a plain state dict in fp32'}); building {name!r} with its own "
+                "activation, GELU. If the weights are OpenAI's, pass quick_gelu=True (CLI: --quick-gelu); pass "
+                "quick_gelu=False (--no-quick-gelu) to confirm GELU and silence this warning.", UserWarning, stacklevel=3)
+    sd, _ = normalise_state_dict(raw)
+    model = _create(open_clip, name, quick_gelu)
     _load_into(model, sd, name, source)
-    return LoadedClip(model.eval(), name, weights_id, bool(gelu))
+    return LoadedClip(model.eval(), name, weights_id, own if quick_gelu is None else bool(quick_gelu))

@@ -58,6 +58,7 @@ class Segmenter(SegmenterFront):
         self.config = config
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
+        self.quick_gelu = loaded.quick_gelu
         self.model = loaded.model.to(self.device).eval()
         self.encoder = DenseEncoder(self.model.visual, config)
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
@@ -96,6 +97,7 @@ class Segmenter(SegmenterFront):
         refine=None,
         text_cache_size: int = 64,
         prompts: PromptConfig | None = None,
+        quick_gelu: bool | None = None,
         **overrides,
     ) -> "Segmenter":
         """Build a segmenter.
@@ -123,6 +125,9 @@ class Segmenter(SegmenterFront):
             text_cache_size: most vocabularies whose text embeddings stay cached (thread-safe LRU).
             prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions and TSE); its fields
                 may also be given one by one (context_prompts="default", descriptions="voc20", ...).
+            quick_gelu: the activation the CLIP weights were trained with: True (QuickGELU, OpenAI's weights), False
+                (GELU), or None to detect it (``clipsam.models.load_clip``: a tag's own setting; for a file, OpenAI's
+                weights by their content, with a warning when the file does not tell).
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2, calibration="knn").
         """
         from .models import load_clip
@@ -137,7 +142,7 @@ class Segmenter(SegmenterFront):
         cfg = dense_config(method, preset, **overrides)
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
             raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
-        loaded = load_clip(clip, clip_weights)
+        loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:
             from .refine import Sam2Refiner
@@ -247,4 +252,5 @@ class Segmenter(SegmenterFront):
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "device": str(self.device), "precision": self.precision, "max_batch": max_batch}
+                "quick_gelu": self.quick_gelu, "device": str(self.device), "precision": self.precision,
+                "max_batch": max_batch}

@@ -175,3 +175,67 @@ def test_weights_and_architecture_arguments_of_the_wrong_kind():
         load_clip(TINY_VIT, 5)
     with pytest.raises(InvalidTypeError, match="clip must be"):
         load_clip(5, None)
+
+
+@pytest.fixture(scope="module")
+def gelu_arch(tmp_path_factory):
+    """The tiny test architecture with GELU as its own activation, as ViT-B-16's open_clip config has."""
+    import json
+    from pathlib import Path
+
+    cfg = json.loads(Path(TINY_VIT).read_text())
+    cfg["quick_gelu"] = False
+    path = tmp_path_factory.mktemp("arch") / "clipsam-test-vit-gelu.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _activation(loaded) -> str:
+    return type(loaded.model.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_openai_state_dict_saved_in_fp32_without_integer_entries(tmp_path, tiny_clip, gelu_arch, image):
+    """OpenAI's weights re-saved as fp32 without input_resolution/context_length/vocab_size: still QuickGELU."""
+    sd = {k: v.float() for k, v in openai_state_dict(tiny_clip.model).items()
+          if k not in ("input_resolution", "context_length", "vocab_size")}
+    path = tmp_path / "openai-fp32.pt"
+    torch.save(sd, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # detected from the values: no ambiguity warning
+        loaded = load_clip(gelu_arch, path)
+    assert loaded.quick_gelu and _activation(loaded) == "QuickGELU"
+    reference = load_clip(TINY_VIT, path)  # the QuickGELU architecture with the same weights
+    np.testing.assert_array_equal(_logits(loaded, image), _logits(reference, image))
+
+
+def test_ambiguous_checkpoint_warns_naming_the_choice_and_quick_gelu_can_be_stated(tmp_path, tiny_clip, gelu_arch):
+    path = tmp_path / "plain-fp32.pt"
+    torch.save(tiny_clip.model.state_dict(), path)  # random fp32 weights: nothing says whose they are
+    with pytest.warns(UserWarning, match=r"does not show whether.*GELU.*quick_gelu=True \(CLI: --quick-gelu\)"):
+        loaded = load_clip(gelu_arch, path)
+    assert not loaded.quick_gelu and _activation(loaded) == "GELU"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _activation(load_clip(gelu_arch, path, quick_gelu=True)) == "QuickGELU"
+        assert _activation(load_clip(gelu_arch, path, quick_gelu=False)) == "GELU"
+        stated = load_clip(TINY_VIT, path, quick_gelu=False)  # an explicit False wins over the config's QuickGELU
+    assert not stated.quick_gelu and _activation(stated) == "GELU"
+    seg = Segmenter.from_pretrained(clip=gelu_arch, clip_weights=str(path), quick_gelu=True, templates="single",
+                                    short_side=48, preset=None, method="clip")
+    assert seg.quick_gelu and seg.segment(np.zeros((32, 32, 3), np.uint8), classes="cat").info["quick_gelu"] is True
+
+
+def test_cli_quick_gelu_flag(tmp_path, tiny_clip, capsys):
+    import json
+
+    from PIL import Image
+
+    from clipsam.cli import main
+
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    args = ["segment", str(tmp_path / "a.png"), "--classes", "cat, dog", "--out", str(tmp_path / "o"), "--clip",
+            TINY_VIT, "--random-weights", "--templates", "single", "--method", "clip", "--no-progress"]
+    assert main(args + ["--no-quick-gelu"]) == 0
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is False
+    assert main(args + ["--quick-gelu"]) == 0
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is True

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ClipSamError
 
-__all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines"]
+__all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines", "check_engine_args"]
 
 _METHODS = ("resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip")
 _PRESETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
@@ -37,6 +37,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     w = g.add_mutually_exclusive_group()
     w.add_argument("--weights", default="openai", help="open_clip pretrained tag or checkpoint file (default: openai)")
     w.add_argument("--random-weights", action="store_true", help="random CLIP weights (tests and smoke runs only)")
+    from ..cli import add_quick_gelu_arg
+
+    add_quick_gelu_arg(g)
     g.add_argument("--method", choices=_METHODS, default="resclip", help="dense method (default: resclip)")
     g.add_argument("--preset", default="voc21", choices=_PRESETS + ("none",),
                    help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)")
@@ -79,7 +82,7 @@ def cmd_export(args) -> int:
             sam2_random_weights=args.sam2_random_weights, precision=args.precision, opset=args.opset,
             max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
             max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
-            overwrite=args.overwrite, log=log, **overrides)
+            overwrite=args.overwrite, log=log, quick_gelu=args.quick_gelu, **overrides)
     if log:
         log(f"clipsam export: done in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -105,6 +108,15 @@ def _requested(args, name: str):
     return None if value == _CLI_DEFAULTS.get(name) else value
 
 
+def check_engine_args(args) -> None:
+    """Refuse PyTorch-only options given with --engines (they would be ignored silently)."""
+    if getattr(args, "sam2_weights", None):
+        raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
+    if getattr(args, "quick_gelu", None) is not None:
+        raise ClipSamError("--quick-gelu / --no-quick-gelu do not apply with --engines: the activation is baked into "
+                           "the exported graphs (give it to clipsam export)")
+
+
 def engine_options(args) -> dict:
     """``EngineSegmenter`` keyword arguments (besides the folder) from ``clipsam segment/batch`` arguments.
 
@@ -115,8 +127,7 @@ def engine_options(args) -> dict:
 
     from ..cli import _parse_scales, prompt_options
 
-    if getattr(args, "sam2_weights", None):
-        raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
+    check_engine_args(args)
     overrides = prompt_options(args)  # templates, prompts; calibration is refused by the engines (check_request)
     scales = _parse_scales(getattr(args, "scales", None))
     if scales is not None:

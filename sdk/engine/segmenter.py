@@ -221,7 +221,7 @@ class EngineSegmenter(SegmenterFront):
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
+                "quick_gelu": self.manifest.clip.get("quick_gelu"), "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
                 "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
 
 

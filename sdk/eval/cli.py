@@ -90,6 +90,10 @@ def cmd_eval(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ClipSamError(f"--limit must be >= 1, got {args.limit}")
+    if args.engines:
+        from ..engine.cli import check_engine_args
+
+        check_engine_args(args)
     dataset = _open(args)
     preset = args.preset or args.dataset
     seg = (engine_segmenter(args.engines, args.method, preset, args.device, **prompt_options(args)) if args.engines
