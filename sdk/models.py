@@ -263,6 +263,95 @@ def _own_quick_gelu(open_clip, name: str) -> bool:
     return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
 
 
+_OFFLINE_FIX = ("Pass a local checkpoint file (clip_weights=PATH; CLI: --weights PATH), or random weights for a smoke "
+                "run (clip_weights=None; CLI: --random-weights).")
+
+
+def _download(open_clip, cfg: dict, tag: str, name: str) -> str:
+    """The local file of a pretrained tag: from the cache without any network request, else downloaded; offline
+    (its host unreachable within a few seconds) it fails at once instead of after minutes of retries."""
+    cached = _cached_pretrained(open_clip, cfg)
+    if cached:
+        return cached
+    host, port = _download_host(cfg)
+    if host is not None and not _reachable(host, port):
+        raise CheckpointError(f"cannot download the {tag!r} weights for {name!r}: {host} cannot be reached (no network, "
+                              f"or a proxy is needed) and they are not in the local cache. {_OFFLINE_FIX}")
+    try:
+        return open_clip.download_pretrained(cfg)
+    except Exception as e:
+        raise CheckpointError(f"could not download the {tag!r} weights for {name!r} ({first_line(e)}). "
+                              f"{_OFFLINE_FIX}") from e
+
+
+def _uses_hf_hub(cfg: dict) -> bool:
+    import importlib.util
+
+    return bool(cfg.get("hf_hub")) and importlib.util.find_spec("huggingface_hub") is not None  # open_clip's preference
+
+
+def _cached_pretrained(open_clip, cfg: dict) -> str | None:
+    """The file open_clip would download for ``cfg`` when it is already in its cache (no network request)."""
+    if cfg.get("file"):
+        return cfg["file"]
+    if _uses_hf_hub(cfg):
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        safe = getattr(open_clip.pretrained, "_get_safe_alternatives", lambda f: [])(filename)
+        for f in list(safe) + [filename]:
+            found = try_to_load_from_cache(model_id, f)
+            if isinstance(found, str):
+                return found
+        return None
+    url = cfg.get("url", "")
+    if url and (Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)).is_file():
+        return open_clip.download_pretrained(cfg)  # open_clip checks the cached file's SHA-256, no request
+    return None
+
+
+def _download_host(cfg: dict) -> tuple[str | None, int]:
+    """(host, port) a download of ``cfg`` connects to first: the proxy when one is configured."""
+    from urllib.parse import urlparse
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(var):
+            proxy = urlparse(os.environ[var] if "://" in os.environ[var] else "http://" + os.environ[var])
+            return proxy.hostname, proxy.port or 80
+    if _uses_hf_hub(cfg):
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "the Hugging Face hub (HF_HUB_OFFLINE is set)", 0
+        url = urlparse(constants.ENDPOINT)
+    else:
+        url = urlparse(cfg.get("url", ""))
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (name lookup included)."""
+    import socket
+    import threading
+
+    if not port:
+        return False
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok and ok[0])
+
+
 def _resolve_arch(arch: str) -> str:
     open_clip = _open_clip()
     if arch.endswith(".json") and Path(arch).is_file():
@@ -331,13 +420,7 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
             )
         if quick_gelu is None:
             quick_gelu = bool(cfg.get("quick_gelu", tag == "openai"))
-        try:
-            source = open_clip.download_pretrained(cfg)
-        except Exception as e:
-            raise CheckpointError(
-                f"could not download the {tag!r} weights for {name!r} ({type(e).__name__}: {e}). Without internet, "
-                "pass a local checkpoint file as clip_weights, or clip_weights=None for random weights."
-            ) from e
+        source = _download(open_clip, cfg, tag, name)
         weights_id = tag
     raw, scripted = _read_checkpoint(source)
     if quick_gelu is None:

@@ -239,3 +239,35 @@ def test_cli_quick_gelu_flag(tmp_path, tiny_clip, capsys):
     assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is False
     assert main(args + ["--quick-gelu"]) == 0
     assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is True
+
+
+def test_offline_pretrained_tag_fails_fast_naming_the_alternatives(monkeypatch):
+    """No network (simulated: every connection fails) and nothing cached: an error in seconds, not minutes of retries."""
+    import socket
+    import time
+
+    import huggingface_hub
+    import open_clip
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    calls = []
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    def download(*args, **kwargs):  # what open_clip does offline: ~47 s of retries, then an error
+        calls.append(args)
+        raise FileNotFoundError("Failed to download file")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(open_clip, "download_pretrained", download)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"'openai' weights for 'ViT-B-16': huggingface.co cannot be reached.*"
+                                              r"--weights PATH.*--random-weights"):
+        load_clip("ViT-B-16", "openai")
+    assert not calls and time.perf_counter() - t0 < 5
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        load_clip("ViT-B-16", "openai")
