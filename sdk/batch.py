@@ -25,6 +25,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from .device import parse_device
 from .errors import ClipSamError, ConfigError
 from .paths import input_error
 from .preprocess import IMAGE_SUFFIXES
@@ -203,7 +204,8 @@ def cmd_batch(args) -> int:
     if args.actors > 1 and args.ray is False:
         raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
     options = {k: v for k, v in vars(args).items() if k != "func"}
-    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if str(args.device).startswith("cuda") else 0)
+    on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
+    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if on_gpu else 0)
     report = run_batch(args.inputs, args.out, segmenter=partial(build_from_options, options), classes=classes,
                        ray=args.ray, actors=args.actors, gpus_per_actor=gpus, batch_size=args.batch_size,
                        progress=not args.no_progress)

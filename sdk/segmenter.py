@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from .config import DenseConfig, dense_config
+from .config import DenseConfig, dense_config, positive_int, positive_number
+from .device import parse_device
 from .errors import BackendUnavailableError, ConfigError
 from .frontend import SegmenterFront
 from .preprocess import load_image, preprocess
@@ -22,14 +23,33 @@ _PRECISIONS = ("fp32", "fp16", "bf16")
 def _resolve_device(device):
     import torch
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"device {device!r} was requested but CUDA is not available here (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda}). Use device='cpu' or install a CUDA build of torch."
+            )
+        if index is not None and index >= torch.cuda.device_count():
+            raise BackendUnavailableError(f"device {device!r} was requested but this machine has "
+                                          f"{torch.cuda.device_count()} GPU(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+    return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
+
+
+def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size):
+    """The torch device, after checking the run options (before any weights load)."""
+    if precision not in _PRECISIONS:
+        raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    dev = _resolve_device(device)
+    if precision != "fp32" and dev.type != "cuda":
         raise BackendUnavailableError(
-            f"device {device!r} was requested but CUDA is not available here (torch {torch.__version__}, "
-            f"CUDA build: {torch.version.cuda}). Use device='cpu' or install a CUDA build of torch."
+            f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32'."
         )
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'.")
+    if max_batch is not None:
+        positive_int(max_batch, "max_batch")
+    if max_memory_mb is not None:
+        positive_number(max_memory_mb, "max_memory_mb")
+    positive_int(text_cache_size, "text_cache_size")
     return dev
 
 
@@ -47,13 +67,7 @@ class Segmenter(SegmenterFront):
 
         from .dense.encoder import DenseEncoder
 
-        if precision not in _PRECISIONS:
-            raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        self.device = _resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise BackendUnavailableError(
-                f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32'."
-            )
+        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)
         self.precision = precision
         self.config = config
         self.arch = loaded.arch
@@ -66,10 +80,6 @@ class Segmenter(SegmenterFront):
         self.text_cache = TextEmbeddingCache(text_cache_size)
         if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
             max_batch = 32 if self.device.type == "cuda" else 4
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if max_memory_mb is not None and max_memory_mb <= 0:
-            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
         self.max_batch = int(max_batch)
         self.max_memory_mb = max_memory_mb
         self.refiner = refiner  # clipsam.refine.Sam2Refiner or None: SAM2 refinement of the dense labels
@@ -142,6 +152,7 @@ class Segmenter(SegmenterFront):
         cfg = dense_config(method, preset, **overrides)
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
             raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
+        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
         loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:

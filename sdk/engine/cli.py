@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..device import parse_device
 from ..errors import ClipSamError
 
 __all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines", "check_engine_args"]
@@ -135,9 +136,10 @@ def engine_options(args) -> dict:
     if getattr(args, "flip", False):
         overrides["flip"] = True
     providers = args.providers
-    if providers == "cpu" and str(getattr(args, "device", "cpu")).startswith("cuda"):
+    kind, index = parse_device(getattr(args, "device", "cpu"), "--device")
+    if providers == "cpu" and kind == "cuda":
         providers = "cuda,cpu"
-    return dict(
+    return dict(device_id=index or 0,
         providers=providers, allow_fallback=args.allow_provider_fallback,
         method=_requested(args, "method"), precision=_requested(args, "precision"), clip=_requested(args, "clip"),
         preset=args.preset if args.preset else dataclasses.MISSING, sam2=getattr(args, "refine", None),

@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from ..config import positive_int, positive_number
+from ..device import parse_device
 from ..errors import ConfigError
 from ..frontend import SegmenterFront
 from ..preprocess import load_image, preprocess
@@ -81,10 +83,13 @@ class EngineSegmenter(SegmenterFront):
         self.config = check_request(m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2,
                                     overrides=overrides)
         limits = m.limits
-        if max_batch is not None and max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if max_memory_mb is not None and max_memory_mb <= 0:
-            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
+        if max_batch is not None:
+            positive_int(max_batch, "max_batch")
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
+        positive_int(text_cache_size, "text_cache_size")
+        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+            raise ConfigError(f"device_id must be a GPU index (an integer >= 0), got {device_id!r}")
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
         self.max_memory_mb = max_memory_mb
         self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
@@ -120,11 +125,9 @@ class EngineSegmenter(SegmenterFront):
             kwargs: the constructor's keyword arguments (method, preset, precision, refine, allow_fallback, ...).
         """
         if providers is None and device is not None:
-            kind, _, index = str(device).partition(":")
-            if kind not in ("cpu", "cuda"):
-                raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]', or pass providers=[...]")
+            kind, index = parse_device(device)
             providers = ["cuda", "cpu"] if kind == "cuda" else ["cpu"]
-            kwargs.setdefault("device_id", int(index or 0))
+            kwargs.setdefault("device_id", index or 0)
         return cls(folder, providers, templates=templates, **kwargs)
 
     # -- sessions and components -------------------------------------------------------------------------

@@ -168,7 +168,9 @@ class Sam2Refiner:
             raise ConfigError("pass either weights=... or random_weights=True, not both")
         torch, build_sam2 = _import_sam2()
         config_file, filename, _ = MODELS[name]
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        from ..device import parse_device
+
+        if parse_device(device)[0] == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device={device!r} was asked for but CUDA is not available here")
         if weights is not None:
             source, sd = str(weights), _read_checkpoint(torch, weights)  # fail fast, before building
