@@ -58,14 +58,15 @@ def _file_entry(path: Path) -> dict:
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder")
+    from clipsam.paths import output_dir
+
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an engine folder")
+        output_dir(out, "engine folder")
         if (out / MANIFEST_FILE).exists():
             (out / MANIFEST_FILE).unlink()  # an interrupted export must not leave a valid-looking folder
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out, "engine folder")  # a file, read-only or unwritable: an OutputError before any model loads
 
 
 def _load_clip(clip, clip_weights, quick_gelu=None):

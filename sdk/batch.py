@@ -26,8 +26,8 @@ from functools import partial
 from pathlib import Path
 
 from .device import parse_device
-from .errors import ClipSamError, ConfigError
-from .paths import input_error
+from .errors import ClipSamError, ConfigError, OutputError, first_line
+from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["plan_rows", "pending_rows", "run_batch", "register", "cmd_batch"]
@@ -107,10 +107,9 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
     if batch_size < 1 or actors < 1:
         raise ConfigError(f"batch_size and actors must be >= 1, got {batch_size} and {actors}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(out)
     rows = plan_rows(inputs)
+    out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done
     todo = pending_rows(rows, out)
-    out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".partial-*"):  # left by an interrupted run (one run per output folder at a time)
         shutil.rmtree(stale, ignore_errors=True)
     kwargs = dict(segmenter=segmenter, model=model, engines=engines, engine_options=engine_options, classes=classes,
@@ -138,8 +137,16 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
     report = {"total": len(rows), "skipped": len(rows) - len(todo), "done": done, "failed": len(failures),
               "failures": failures, "seconds": round(dt, 3), "images_per_s": round(done / dt, 4) if dt > 0 else None,
               "mode": "in-process" if ray is False else f"ray ({actors} actor(s))"}
-    (out / "batch_report.json").write_text(json.dumps(report, indent=2))
+    _write_report(out, report)
     return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    try:
+        (out / "batch_report.json").write_text(json.dumps(report, indent=2))
+    except OSError as e:
+        raise OutputError(f"cannot write {out / 'batch_report.json'} ({first_line(e)}); {report['done']} image(s) "
+                          f"were segmented and saved, {report['failed']} failed.") from e
 
 
 def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ClipSamError
-from .paths import input_error
+from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["main", "build_parser"]
@@ -232,6 +232,7 @@ def cmd_segment(args) -> int:
 
     classes = resolve_classes(args)
     images = expand_images(args.images)
+    output_dir(args.out, "--out")  # before any model loads
     seg = build_segmenter(args)
     dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)
     print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s) -> {args.out}")

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "BackendUnavailableError",
     "MissingDependencyError",
+    "OutputError",
     "first_line",
 ]
 
@@ -47,6 +48,10 @@ class CheckpointError(ClipSamError, ValueError):
 
 class ConfigError(InvalidInputError):
     """An unknown method, preset, option, or an inconsistent combination of options."""
+
+
+class OutputError(ClipSamError, OSError):
+    """An output location cannot be written: a file where a folder is needed, a read-only file system, no permission."""
 
 
 class BackendUnavailableError(ClipSamError, RuntimeError):

@@ -116,8 +116,9 @@ class SegmentationResult:
 
     def save(self, out_dir: str | os.PathLike, stem: str = "result") -> dict[str, Path]:
         """Write ``<stem>_labels.png`` (palette), ``<stem>_overlay.png`` and ``<stem>.json``; returns the paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        from .paths import output_dir
+
+        out = output_dir(out_dir, "output folder")  # a file, read-only or unwritable: OutputError naming it
         paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
         if len(self.classes) <= 256:
             self.label_image().save(paths["labels"])

@@ -18,3 +18,89 @@ def test_image_arguments_that_are_urls_or_missing(tmp_path):
         plan_rows(["s3://bucket/photos/a.jpg"])
     with pytest.raises(ClipSamError, match=r"image file not found: .*nope.jpg"):
         expand_images([str(tmp_path / "nope.jpg")])
+
+
+# -- output locations are checked before any model loads ------------------------------------------------------
+def _problem(tmp_path, monkeypatch, kind):
+    """An --out of the given kind; read-only and permission problems are simulated (the tests may run as root)."""
+    import errno
+
+    import clipsam.paths
+
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("a file")
+    if kind == "file":
+        return blocker, "is a file, not a folder"
+    if kind == "under-a-file":
+        return blocker / "sub", "taken.txt is a file, not a folder"
+    code, text = (errno.EROFS, "Read-only file system") if kind == "read-only" else (errno.EACCES, "Permission denied")
+
+    def refuse(folder):
+        raise OSError(code, text)
+
+    monkeypatch.setattr(clipsam.paths, "_probe_write", refuse)
+    return tmp_path / "out", "read-only file system" if kind == "read-only" else "permission denied"
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import clipsam.models
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output location was checked")
+
+    monkeypatch.setattr(clipsam.models, "load_clip", fail)
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "read-only", "unwritable"])
+@pytest.mark.parametrize("command", ["segment", "batch", "eval", "export"])
+def test_bad_output_location_is_one_message_before_any_work(tmp_path, monkeypatch, capsys, no_model_loading, command,
+                                                            kind):
+    import numpy as np
+    from PIL import Image
+
+    from clipsam.cli import main
+
+    from .conftest import TINY_VIT
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    out, reason = _problem(tmp_path, monkeypatch, kind)
+    model = ["--clip", TINY_VIT, "--random-weights"]
+    argv = {
+        "segment": ["segment", str(tmp_path / "a.png"), "--classes", "cat", "--out", str(out), *model, "--no-progress"],
+        "batch": ["batch", str(tmp_path / "a.png"), "--classes", "cat", "--out", str(out), *model, "--no-progress"],
+        "eval": ["eval", "--dataset", "voc21", "--root", str(tmp_path / "no-data"), "--out", str(out / "r.json"), *model],
+        "export": ["export", "--out", str(out), *model, "--quiet"],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and err.count("error:") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "taken.txt" / "batch_report.json").exists()
+
+
+def test_library_writers_check_the_location_first(tmp_path):
+    import numpy as np
+
+    from clipsam import SegmentationResult
+    from clipsam.batch import run_batch
+    from clipsam.errors import OutputError
+    from clipsam.integrations.ray import SegmentImages
+
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("a file")
+    res = SegmentationResult(np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32), ("cat",))
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        res.save(blocker)
+
+    def never():
+        raise AssertionError("the segmenter was built before out_dir was checked")
+
+    with pytest.raises(OutputError, match="taken.txt is a file"):
+        SegmentImages(segmenter=never, out_dir=str(blocker / "sub"))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(OutputError):
+        run_batch([str(tmp_path / "a.png")], blocker, segmenter=never, progress=False)
+    assert issubclass(OutputError, OSError) and issubclass(OutputError, ClipSamError)
+

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..device import parse_device
 from ..errors import ClipSamError
+from ..paths import output_dir
 
 __all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines", "check_engine_args"]
 
@@ -159,6 +160,7 @@ def segment_with_engines(args) -> int:
     if args.class_file:
         classes = parse_class_file(args.class_file)
     images = expand_images(args.images)
+    output_dir(args.out, "--out")  # before the engines load
     seg = EngineSegmenter(args.engines, **engine_options(args))
     if classes is None and not seg.config.vocabulary:
         raise ClipSamError("name the classes: --classes \"cat, sofa\" or --class-file FILE (this engine folder has no "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..cli import _PRESETS, _add_model_args, _make_segmenter, prompt_options
 from ..errors import BackendUnavailableError, ClipSamError
+from ..paths import output_file
 from .datasets import DATASETS
 
 __all__ = ["register", "cmd_eval", "cmd_bench", "engine_segmenter", "bench_table", "main"]
@@ -94,6 +95,7 @@ def cmd_eval(args) -> int:
         from ..engine.cli import check_engine_args
 
         check_engine_args(args)
+    output_file(args.out, "--out")  # before the model loads
     dataset = _open(args)
     preset = args.preset or args.dataset
     seg = (engine_segmenter(args.engines, args.method, preset, args.device, **prompt_options(args)) if args.engines
@@ -158,6 +160,8 @@ def cmd_bench(args) -> int:
             known = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
             raise ClipSamError(f"no benchmark suite {suite!r} ({f}); known: {', '.join(known)}")
         files.append(str(f))
+    if args.json:
+        output_file(args.json, "--json")
     env = dict(os.environ, CLIPSAM_BENCH_DEVICE=args.device)
     if args.smoke:
         env["CLIPSAM_BENCH_SMOKE"] = "1"

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InvalidImageError, InvalidInputError
+from ..paths import output_file
 from ..vocabulary import Vocabulary, builtin_vocabulary
 from .datasets import Dataset, DatasetNotFoundError, Sample
 from .metrics import MetricResult, SegmentationMetric
@@ -286,8 +287,7 @@ def evaluate(
     Returns:
         EvalReport (also written to ``out_path`` and its ``.md`` sibling).
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = output_file(out_path, "out_path")
     classes = None if classes is None else _class_groups(classes)
     class_names = _check_vocabulary(segmenter, dataset, classes)
     samples: list[Sample] = list(dataset.samples[:limit])
