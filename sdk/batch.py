@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from .device import parse_device
-from .errors import ClipSamError, ConfigError, OutputError, first_line
+from .errors import ClipSamError, ConfigError, Interrupted, OutputError, first_line
 from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
 
@@ -100,7 +100,9 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
         batch_size: images per segmenter call.
 
     Returns:
-        {"total", "skipped", "done", "failed", "failures": [{"path", "error"}], "seconds", "images_per_s", "mode"}.
+        {"total", "skipped", "done", "failed", "failures": [{"path", "error"}], "seconds", "images_per_s", "mode",
+        "interrupted"}. On Ctrl-C the report (``interrupted: true``) is written and ``clipsam.errors.Interrupted``
+        (a KeyboardInterrupt saying what was finished and how to resume) is raised.
     """
     from .integrations.ray import SegmentImages
 
@@ -121,6 +123,7 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="img", desc="clipsam batch")
     t0 = time.perf_counter()
+    interrupted = False
     try:
         for row in _results(todo, kwargs, ray, actors, gpus_per_actor, batch_size, SegmentImages):
             if row["ok"]:
@@ -130,13 +133,21 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
                 (bar.write if bar is not None else log)(f"clipsam batch: {row['path']}: {row['error']}")
             if bar is not None:
                 bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
     dt = time.perf_counter() - t0
     report = {"total": len(rows), "skipped": len(rows) - len(todo), "done": done, "failed": len(failures),
               "failures": failures, "seconds": round(dt, 3), "images_per_s": round(done / dt, 4) if dt > 0 else None,
-              "mode": "in-process" if ray is False else f"ray ({actors} actor(s))"}
+              "mode": "in-process" if ray is False else f"ray ({actors} actor(s))", "interrupted": interrupted}
+    if interrupted:
+        _write_report(out, report)
+        raise Interrupted(
+            f"{done} image(s) were segmented and saved in {out} in this run ({report['skipped']} were done before, "
+            f"{len(failures)} failed); {len(todo) - done - len(failures)} were not. Run the same command again to "
+            "continue: finished images are skipped.")
     _write_report(out, report)
     return report
 

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ClipSamError
+from .errors import ClipSamError, Interrupted
 from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
 
@@ -248,6 +248,7 @@ def segment_and_save(seg, images: list[Path], classes, out: Path, batch_size: in
         bar = tqdm(total=len(images), unit="img", desc="segment")
     t0 = time.perf_counter()
     stems: dict[str, int] = {}
+    done = 0
     try:
         results = seg.segment_stream((str(p) for p in images), classes=classes, batch_size=batch_size)
         for path, res in zip(images, results):
@@ -255,6 +256,7 @@ def segment_and_save(seg, images: list[Path], classes, out: Path, batch_size: in
             stems[path.stem] = stems.get(path.stem, 0) + 1
             res.info["image"] = str(path)
             paths = res.save(out, stem)
+            done += 1
             top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(res.pixel_fractions().items())[:5])
             line = f"{path}: [{top}] -> {paths['labels'].parent}/{stem}_*"
             if bar is not None:
@@ -262,6 +264,11 @@ def segment_and_save(seg, images: list[Path], classes, out: Path, batch_size: in
                 bar.update(1)
             else:
                 print(line)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{done} of {len(images)} image(s) were finished and saved in {out} (each <name>.json is written last); "
+            f"{len(images) - done} were not. To do only the rest, run clipsam batch with the same images, options and "
+            "--out: it skips images whose <name>.json exists.") from None
     finally:
         if bar is not None:
             bar.close()
@@ -282,6 +289,10 @@ def main(argv=None) -> int:
     except ClipSamError as e:
         print(f"clipsam {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what was finished and how to resume, no traceback
+        said = str(e) if isinstance(e, Interrupted) else "nothing was finished."
+        print(f"clipsam {args.command}: interrupted (Ctrl-C): {said}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

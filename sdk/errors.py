@@ -18,6 +18,7 @@ __all__ = [
     "BackendUnavailableError",
     "MissingDependencyError",
     "OutputError",
+    "Interrupted",
     "first_line",
 ]
 
@@ -60,6 +61,11 @@ class BackendUnavailableError(ClipSamError, RuntimeError):
 
 class MissingDependencyError(ClipSamError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that provides it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, carrying what was finished and how to resume. A ``KeyboardInterrupt`` (not a
+    ClipSamError), so ``except Exception`` never swallows it; the CLI prints its message and exits 130."""
 
 
 def missing_dependency(module: str, extra: str, what: str) -> MissingDependencyError:

@@ -104,3 +104,69 @@ def test_library_writers_check_the_location_first(tmp_path):
         run_batch([str(tmp_path / "a.png")], blocker, segmenter=never, progress=False)
     assert issubclass(OutputError, OSError) and issubclass(OutputError, ClipSamError)
 
+
+# -- Ctrl-C: what was finished, how to resume, exit 130, no traceback --------------------------------------------
+def _interrupt_after_first_result(argv, out, env_extra=None):
+    """Run the CLI, send SIGINT once a first image's <name>.json exists, return the finished process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "clipsam.cli", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not [p for p in out.rglob("*.json") if p.name != "batch_report.json"]:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_ctrl_c_says_what_was_finished_and_how_to_resume(tmp_path, many_images, command):
+    import json
+
+    from .conftest import TINY_VIT
+
+    out = tmp_path / "out"
+    argv = [command, str(many_images), "--classes", "cat, grass", "--out", str(out), "--clip", TINY_VIT,
+            "--random-weights", "--method", "clip", "--templates", "single", "--batch-size", "1", "--no-progress"]
+    rc, _, err = _interrupt_after_first_result(argv, out)
+    finished = len([p for p in out.rglob("*.json") if p.name != "batch_report.json"])
+    assert rc == 130, err
+    assert "Traceback" not in err and f"clipsam {command}: interrupted (Ctrl-C)" in err, err
+    if command == "segment":
+        assert f"{finished} of 12 image(s) were finished and saved in {out}" in err and "clipsam batch" in err
+    else:
+        assert f"{finished} image(s) were segmented and saved in {out}" in err and "Run the same command again" in err
+        assert json.loads((out / "batch_report.json").read_text())["interrupted"] is True
+
+
+def test_ctrl_c_during_export_names_the_incomplete_folder(tmp_path, monkeypatch, capsys):
+    import clipsam.export.engines
+    from clipsam.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clipsam.export.engines, "export_engines", interrupted)
+    assert main(["export", "--out", str(tmp_path / "eng"), "--random-weights", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "engine folder" in err and "incomplete" in err and "--overwrite" in err and "Traceback" not in err

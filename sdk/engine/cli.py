@@ -9,13 +9,14 @@ with engines does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from ..device import parse_device
-from ..errors import ClipSamError
+from ..errors import ClipSamError, Interrupted
 from ..paths import output_dir
 
 __all__ = ["register", "add_segment_arguments", "cmd_export", "segment_with_engines", "check_engine_args"]
@@ -78,16 +79,26 @@ def cmd_export(args) -> int:
                   file=sys.stderr)
         overrides = {"templates": args.templates} if args.templates else {}
         t0 = time.perf_counter()
-        export_engines(
-            args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
-            preset=None if args.preset == "none" else args.preset, sam2=args.sam2, sam2_weights=args.sam2_weights,
-            sam2_random_weights=args.sam2_random_weights, precision=args.precision, opset=args.opset,
-            max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
-            max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
-            overwrite=args.overwrite, log=log, quick_gelu=args.quick_gelu, **overrides)
+        with _interrupted_export(args.out):
+            export_engines(
+                args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights,
+                method=args.method, preset=None if args.preset == "none" else args.preset, sam2=args.sam2,
+                sam2_weights=args.sam2_weights, sam2_random_weights=args.sam2_random_weights, precision=args.precision,
+                opset=args.opset, max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
+                max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
+                overwrite=args.overwrite, log=log, quick_gelu=args.quick_gelu, **overrides)
     if log:
         log(f"clipsam export: done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+@contextlib.contextmanager
+def _interrupted_export(out):
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"the engine folder {out} is incomplete (it has no manifest.json, so it will not be used). "
+                          "Run the same command again with --overwrite.") from None
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
