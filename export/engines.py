@@ -231,6 +231,9 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
                   "host_constants": _file_entry(out / HOST_CONSTANTS_FILE), "trtexec": _file_entry(out / TRTEXEC_FILE)},
         "validation": [r.as_dict() for r in rows],
     }
+    from clipsam.engine.manifest import seal_manifest
+
+    manifest["graph_settings"] = seal_manifest(manifest)  # the graph-baked fields, sealed with the graphs' SHA-256
     if rows:
         log(format_table(rows))
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

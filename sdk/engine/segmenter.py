@@ -29,13 +29,12 @@ from ..vocabulary import Vocabulary
 from .dense import OrtDenseEncoder
 from .errors import ManifestMismatchError
 from .finalize import finalize_members
-from .manifest import check_request, load_manifest, verify_files
+from .manifest import check_request, load_host_constants, load_manifest, load_tokenizer, verify_files
 from .sam2 import OrtSam2Refiner
 from .scheduler import max_batch_for_budget, plan_members
 from .session import GraphSession, ProviderConfig, resolve_providers
 from .sfr import LinspaceTable
 from .text import OrtTextEncoder
-from .tokenizer import ClipTokenizer
 
 __all__ = ["EngineSegmenter"]
 
@@ -99,12 +98,10 @@ class EngineSegmenter(SegmenterFront):
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
         self._sessions_lock = threading.Lock()  # one session per graph, also when threads race to create it
-        consts = np.load(m.path("host_constants"))
-        self._consts = {k: consts[k] for k in consts.files}
+        self._consts = load_host_constants(m)
         self.patch = int(m.clip["patch"])
+        tokenizer = load_tokenizer(m)
         self.dense = self._dense_encoder(self.config)
-        files = m.data["files"]
-        tokenizer = ClipTokenizer.from_folder(m.folder, files["tokenizer"]["file"], files["bpe"]["file"])
         self.text_encoder = OrtTextEncoder(self._session("clip_text"), tokenizer)
         self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
@@ -224,7 +221,8 @@ class EngineSegmenter(SegmenterFront):
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "quick_gelu": self.manifest.clip.get("quick_gelu"), "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
+                "quick_gelu": self.manifest.clip.get("quick_gelu"), "backend": "onnxruntime",
+                "providers": sorted({p for ps in self.providers.values() for p in ps}),
                 "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
 
 
