@@ -183,9 +183,11 @@ class SegmenterFront:
             if refined[i] is not None:
                 meta["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
                 results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i],
-                                                  meta, dense_labels=labels, instances=list(refined[i].instances)))
+                                                  meta, dense_labels=labels, instances=list(refined[i].instances),
+                                                  max_memory_mb=self.max_memory_mb))
             else:
-                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta))
+                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta,
+                                                  max_memory_mb=self.max_memory_mb))
         return results
 
 

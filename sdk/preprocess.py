@@ -37,7 +37,7 @@ def _read_file(image) -> np.ndarray:
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise InvalidImageError(f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads.")
-    return bgr[:, :, ::-1].copy()  # BGR -> RGB
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: a large photo is not held twice
 
 
 _CHANNELS = (1, 3, 4)
