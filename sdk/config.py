@@ -11,6 +11,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import ConfigError
 
 __all__ = ["DenseConfig", "METHODS", "PRESETS", "MULTI_SCALE_5", "dense_config", "positive_int", "positive_number"]
@@ -78,6 +80,7 @@ class DenseConfig:
     method: str = "resclip"  # name of the method this config came from (informational)
 
     def __post_init__(self):
+        _check_types(self)
         if self.base not in BASES:
             raise ConfigError(f"base must be one of {BASES}, got {self.base!r}")
         if self.sfr_path_check not in ("prefix", "full", "none"):
@@ -124,6 +127,49 @@ class DenseConfig:
         if unknown:
             raise ConfigError(f"unknown DenseConfig option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+
+# The type of every DenseConfig field (checked first, so a wrong type is a ConfigError naming the field, not a
+# TypeError from a comparison): a kind, with "?" when None is allowed too.
+_FIELD_KINDS = {
+    **dict.fromkeys(("residual", "rcs", "sfr", "pad_crops", "flip"), "bool"),
+    **dict.fromkeys(("sfr_pamr_iters", "short_side", "long_side", "slide_crop", "slide_stride", "pamr_iters",
+                     "calibration_blocks", "knn_k"), "int"),
+    **dict.fromkeys(("rcs_layers", "sfr_pamr_dilations", "pamr_dilations"), "ints"),
+    **dict.fromkeys(("temp_thd", "gaussian_std", "logit_scale", "prob_thd", "knn_quantile"), "real"),
+    **dict.fromkeys(("rcs_weights", "sfr_weights", "scales"), "reals"),
+    "area_thd": "real?", "scale_weights": "reals?", "vocabulary": "str?", "preset": "str?", "templates": "templates",
+    **dict.fromkeys(("base", "sfr_path_check", "sfr_blur", "upsample", "combine", "calibration", "method"), "str"),
+}
+_KIND_TEXT = {"bool": "True or False", "int": "an integer", "ints": "a tuple of integers", "real": "a number",
+              "reals": "a tuple of numbers", "str": "a string", "templates": "a template-set name or a list of strings"}
+
+
+def _is_kind(value, kind: str) -> bool:
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+    def real(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    if kind.endswith("?"):
+        return value is None or _is_kind(value, kind[:-1])
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind in ("int", "real", "str"):
+        return {"int": integer, "real": real, "str": lambda v: isinstance(v, str)}[kind](value)
+    if kind == "templates":
+        return isinstance(value, str) or (isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value))
+    check = integer if kind == "ints" else real
+    return isinstance(value, (tuple, list)) and all(check(v) for v in value)
+
+
+def _check_types(cfg) -> None:
+    for name, kind in _FIELD_KINDS.items():
+        value = getattr(cfg, name)
+        if not _is_kind(value, kind):
+            text = _KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
+            raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
 
 
 # method -> (base, residual, rcs+sfr, family). Family selects the per-dataset column of table (b).

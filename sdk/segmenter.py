@@ -8,11 +8,11 @@ import numpy as np
 
 from .config import DenseConfig, dense_config, positive_int, positive_number
 from .device import parse_device
-from .errors import BackendUnavailableError, ConfigError
+from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
 from .preprocess import load_image, preprocess
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .text import TextEmbeddingCache, embed_prompts, encode_queries
+from .text import TextEmbeddingCache, embed_prompts, encode_queries, resolve_templates
 from .vocabulary import Vocabulary
 
 __all__ = ["Segmenter"]
@@ -142,6 +142,9 @@ class Segmenter(SegmenterFront):
         """
         from .models import load_clip
 
+        if prompts is not None and not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__} "
+                                   "(its fields may also be given one by one: context_prompts='default', ...)")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         prompts = (prompts or PromptConfig()).replace(**prompt_kw) if prompt_kw else prompts
         if prompts is not None:
@@ -150,9 +153,18 @@ class Segmenter(SegmenterFront):
         if templates is not None:
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
+        resolve_templates(cfg.templates)  # a bad template fails before any weights load
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
             raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
         _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
+        if sam2 is not None:
+            from .refine.config import RefineConfig
+            from .refine.sam2_backend import MODELS
+
+            if sam2 not in MODELS:
+                raise ConfigError(f"unknown SAM2 model {sam2!r}; choose one of {sorted(MODELS)}")
+            if refine is not None and not isinstance(refine, RefineConfig):
+                raise InvalidTypeError(f"refine must be a clipsam.refine.RefineConfig or None, got {type(refine).__name__}")
         loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import DenseConfig
 from ..errors import ConfigError, first_line
+from ..paths import is_url
 from ..export.io_names import FORMAT_VERSION, MANIFEST_FILE
 from .errors import EngineError, EngineFileError, ManifestMismatchError
 
@@ -113,7 +114,16 @@ def load_manifest(folder) -> EngineManifest:
     Raises:
         EngineError: no folder, no manifest, invalid JSON, unknown format version or missing keys.
     """
+    if not isinstance(folder, (str, Path)) and not hasattr(folder, "__fspath__"):
+        raise EngineError(f"the engine folder must be a path (str or os.PathLike), got {type(folder).__name__} "
+                          f"{folder!r:.80}")
+    if is_url(folder):
+        raise EngineError(f"engine folder {str(folder)!r} is a URL; clipsam reads local folders only (no network "
+                          "access). Copy the folder here and pass its path.")
     folder = Path(folder)
+    if folder.is_file():
+        raise EngineError(f"engine folder {folder} is a file; pass the folder written by 'clipsam export' (the one "
+                          "holding manifest.json).")
     if not folder.is_dir():
         raise EngineError(f"engine folder not found: {folder}. Create one with: clipsam export --out {folder}")
     path = folder / MANIFEST_FILE

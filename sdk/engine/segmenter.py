@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import positive_int, positive_number
 from ..device import parse_device
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidTypeError
 from ..frontend import SegmenterFront
 from ..preprocess import load_image, preprocess
 from ..prompting import PromptConfig, build_text_embeddings
@@ -87,8 +87,11 @@ class EngineSegmenter(SegmenterFront):
         if max_memory_mb is not None:
             positive_number(max_memory_mb, "max_memory_mb")
         positive_int(text_cache_size, "text_cache_size")
-        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-            raise ConfigError(f"device_id must be a GPU index (an integer >= 0), got {device_id!r}")
+        for name, value in (("device_id", device_id), ("intra_op_threads", intra_op_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if prompts is not None and not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__}")
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
         self.max_memory_mb = max_memory_mb
         self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
@@ -162,7 +165,7 @@ class EngineSegmenter(SegmenterFront):
             return RefineConfig()
         if refine is None or refine is False:
             return None
-        raise TypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
+        raise InvalidTypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
 
     @property
     def providers(self) -> dict[str, tuple[str, ...]]:

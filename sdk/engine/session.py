@@ -59,6 +59,9 @@ def resolve_providers(names) -> tuple[str, ...]:
         names = ["cpu"]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ProviderError(f"providers must be a list of provider names or a comma-separated string, got "
+                            f"{type(names).__name__} {names!r:.80}")
     out = []
     for n in names:
         full = PROVIDER_ALIASES.get(n.lower(), n) if isinstance(n, str) else None
