@@ -136,9 +136,18 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     if overrides.get("calibration", "none") != "none":
         raise ConfigError(f"calibration={overrides['calibration']!r} cannot be exported: the engines' dense graphs do not "
                           "include visual calibration. Export with calibration='none'.")
+    from clipsam.config import positive_int
+    from clipsam.text import resolve_templates
+
+    if positive_int(opset, "opset") < 17:
+        raise ConfigError(f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), got {opset}")
+    for name, value in (("max_side", max_side), ("max_images", max_images), ("max_prompts", max_prompts),
+                        ("max_queries", max_queries)) + ((("max_batch", max_batch),) if max_batch is not None else ()):
+        positive_int(value, name)
+    cfg = dense_config(method, preset, **overrides)
+    resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
     _prepare(out, overwrite)
-    cfg = dense_config(method, preset, **overrides)
     max_batch = max_batch or (8 if cfg.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights, quick_gelu)
     from clipsam.dense.encoder import DenseEncoder
@@ -149,7 +158,10 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     encoder = DenseEncoder(loaded.model.visual, cfg)
     info = _clip_info(loaded)
     p = info["patch"]
-    max_grid = max(1, max_side // p)
+    if max_side < p:
+        raise ConfigError(f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
+                          "(default 1024)")
+    max_grid = max_side // p
     graphs, rows = {}, []
 
     def add(io, module, example, cases, profile):
