@@ -25,8 +25,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+from .config import positive_int
 from .device import parse_device
-from .errors import ClipSamError, ConfigError, Interrupted, OutputError, first_line
+from .errors import ClipSamError, Interrupted, OutputError, first_line
 from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
 
@@ -106,8 +107,8 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
     """
     from .integrations.ray import SegmentImages
 
-    if batch_size < 1 or actors < 1:
-        raise ConfigError(f"batch_size and actors must be >= 1, got {batch_size} and {actors}")
+    positive_int(batch_size, "batch_size")
+    positive_int(actors, "actors")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rows = plan_rows(inputs)
     out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done

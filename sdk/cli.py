@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .config import positive_int
 from .errors import ClipSamError, Interrupted
 from .paths import input_error, output_dir
 from .preprocess import IMAGE_SUFFIXES
@@ -232,6 +233,7 @@ def cmd_segment(args) -> int:
 
     classes = resolve_classes(args)
     images = expand_images(args.images)
+    positive_int(args.batch_size, "--batch-size")
     output_dir(args.out, "--out")  # before any model loads
     seg = build_segmenter(args)
     dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)

@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..config import positive_int
 from ..device import parse_device
 from ..errors import ClipSamError, Interrupted
 from ..paths import output_dir
@@ -171,6 +172,7 @@ def segment_with_engines(args) -> int:
     if args.class_file:
         classes = parse_class_file(args.class_file)
     images = expand_images(args.images)
+    positive_int(getattr(args, "batch_size", 8), "--batch-size")
     output_dir(args.out, "--out")  # before the engines load
     seg = EngineSegmenter(args.engines, **engine_options(args))
     if classes is None and not seg.config.vocabulary:

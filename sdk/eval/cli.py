@@ -87,7 +87,7 @@ def _open(args):
 
 
 def cmd_eval(args) -> int:
-    from .runner import evaluate, partial_path
+    from .runner import check_classes, evaluate, partial_path
 
     if args.limit is not None and args.limit < 1:
         raise ClipSamError(f"--limit must be >= 1, got {args.limit}")
@@ -97,6 +97,7 @@ def cmd_eval(args) -> int:
         check_engine_args(args)
     output_file(args.out, "--out")  # before the model loads
     dataset = _open(args)
+    check_classes(dataset, args.classes)
     preset = args.preset or args.dataset
     seg = (engine_segmenter(args.engines, args.method, preset, args.device, **prompt_options(args)) if args.engines
            else _make_segmenter(args, preset))

@@ -33,7 +33,7 @@ from .datasets import Dataset, DatasetNotFoundError, Sample
 from .metrics import MetricResult, SegmentationMetric
 from .published import backbone_of, published
 
-__all__ = ["EvalReport", "evaluate", "partial_path", "versions", "machine_info"]
+__all__ = ["EvalReport", "evaluate", "partial_path", "versions", "machine_info", "check_classes"]
 
 _PARTIAL_FORMAT = "clipsam.eval.partial"
 _REPORT_FORMAT = "clipsam.eval.report"
@@ -130,17 +130,26 @@ def _class_groups(classes) -> list[list[str]]:
     return groups
 
 
+def check_classes(dataset: Dataset, classes) -> Optional[list[list[str]]]:
+    """Explicit classes as synonym groups, one per label index of ``dataset`` (``ConfigError`` otherwise); None stays
+    None. Cheap: the CLI calls it before building a segmenter."""
+    if classes is None:
+        return None
+    groups = _class_groups(classes)
+    spec = dataset.spec
+    if len(groups) != spec.num_classes:
+        raise ConfigError(
+            f"{len(groups)} classes were given, but '{spec.name}' scores {spec.num_classes} classes; give one "
+            "class per label index, in label order."
+        )
+    return groups
+
+
 def _check_vocabulary(segmenter, dataset: Dataset, classes: Optional[list[list[str]]]) -> tuple[str, ...]:
     """The class names of the report; raises unless the segmenter's vocabulary is the dataset's."""
     spec = dataset.spec
     if classes is not None:
-        names = tuple(g[0] for g in classes)
-        if len(names) != spec.num_classes:
-            raise ConfigError(
-                f"{len(names)} classes were given, but '{spec.name}' scores {spec.num_classes} classes; give one "
-                "class per label index, in label order."
-            )
-        return names
+        return tuple(g[0] for g in check_classes(dataset, classes))
     vocab = getattr(segmenter.config, "vocabulary", None)
     if vocab not in (spec.name, f"{spec.name}_plain"):
         raise ConfigError(
