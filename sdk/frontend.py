@@ -35,6 +35,9 @@ class SegmenterFront:
 
     def _set_prompts(self, prompts: PromptConfig) -> None:
         """Load the prompt files; the effective templates are the PromptConfig's, else the DenseConfig's."""
+        if not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__} (its fields "
+                                   "may also be given one by one: context_prompts='default', ...)")
         self.prompts = prompts
         self._prompts = prompts.resolve()
         self.templates = self._prompts.templates or resolve_templates(self.config.templates)

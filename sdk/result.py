@@ -9,11 +9,15 @@ the overlay is blended with integer arithmetic (exactly the float formula's valu
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .config import positive_number
+from .errors import InvalidInputError
 
 __all__ = ["SegmentationResult", "palette"]
 
@@ -95,7 +99,8 @@ class SegmentationResult:
         from PIL import Image
 
         if len(self.classes) > 256:
-            raise ValueError("a palette PNG holds at most 256 classes; save labels as .npy instead")
+            raise InvalidInputError(f"a palette PNG holds at most 256 classes, this result has {len(self.classes)}; "
+                                    "save the labels as .npy instead (save() does so by itself)")
         img = Image.fromarray(self.labels.astype(np.uint8), mode="P")
         img.putpalette(palette().ravel().tolist())
         return img
@@ -147,6 +152,10 @@ class SegmentationResult:
         """
         from PIL import Image
 
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+            raise InvalidInputError(f"alpha must be a number in [0, 1] (the weight of the class colours), got {alpha!r:.40}")
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
         colours = _overlay_colours(len(self.classes))
         h, w = self.labels.shape[:2]
         below = self._legend(w, colours) if legend else None
@@ -166,7 +175,11 @@ class SegmentationResult:
         from .png import PngWriter
         from .paths import output_dir
 
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
         out = output_dir(out_dir, "output folder")  # a file, read-only or unwritable: OutputError naming it
+        if Path(str(stem)).parent != Path("."):  # a stem with sub-folders ("a/b"): created like the output folder
+            output_dir(out / Path(str(stem)).parent, "output folder")
         paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
         h, w = self.labels.shape[:2]
         if len(self.classes) <= 256:

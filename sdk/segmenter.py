@@ -194,6 +194,8 @@ class Segmenter(SegmenterFront):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         prompts = overrides.pop("prompts", self.prompts)
+        if not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__}")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         new.config = self.config.replace(**overrides)
         new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
@@ -203,6 +205,7 @@ class Segmenter(SegmenterFront):
     # -- vocabulary and text ----------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary):
         """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
+        vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:

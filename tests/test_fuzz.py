@@ -182,7 +182,9 @@ def test_vocabularies(backend, tmp_path):
         cases.append((f"segment({name})", _check(lambda: backend.segment(img, **kw), kw, img)))
         cases.append((f"vocabulary({name})", _check(lambda: backend.text_embeddings(backend.vocabulary(**kw)), kw)))
         cases.append((f"warmup({name})", _check(lambda: backend.warmup(sizes=[(24, 40)], **kw), kw)))
-    for sizes in ([], [(0, 5)], [("a", 3)], 5, [(24,)], [(24, 40, 3)], [(-1, 5)], "24x40", [(1e9, 1e9)][:0]):
+    for given in (["cat"], "cat, dog", 5, None, [LONG + "a", LONG + "b"]):  # not a Vocabulary: read as classes
+        cases.append((f"text_embeddings({given!r:.40})", _check(lambda: backend.text_embeddings(given), given)))
+    for sizes in ([], [(0, 5)], [("a", 3)], 5, [(24,)], [(24, 40, 3)], [(-1, 5)], "24x40"):
         cases.append((f"warmup(sizes={sizes!r})", _check(lambda: backend.warmup(classes="cat", sizes=sizes), sizes)))
     _assert_all(cases)
 
@@ -192,7 +194,7 @@ def test_options(seg, engine):
     from clipsam.engine import EngineSegmenter
 
     cases = []
-    for kw in options():
+    for kw in options() + [dict(prompts=5), dict(prompts="default"), dict(context_prompts=5)]:
         cases.append((f"torch with_options({kw})", _check(lambda: seg.with_options(**kw), kw)))
         cases.append((f"engine with_options({kw})", _check(lambda: engine.with_options(**kw), kw)))
         cases.append((f"from_pretrained({kw})", _check(
@@ -390,4 +392,20 @@ def test_command_line(tmp_path, capsys):
         if problem is None and (rc in (0, None) or "Traceback" in err):
             problem = f"exit {rc}, stderr: {err[-300:]}"
         cases.append((" ".join(argv[:3] + argv[-4:]), problem))
+    _assert_all(cases)
+
+
+def test_results(tmp_path):
+    from clipsam import SegmentationResult
+
+    labels = np.zeros((6, 8), np.int32)
+    many = SegmentationResult(labels, np.zeros((6, 8), np.float32), tuple(f"c{i}" for i in range(300)))
+    few = SegmentationResult(labels, np.zeros((6, 8), np.float32), ("cat",))
+    (tmp_path / "taken").write_text("x")
+    cases = [("label_image(300 classes)", _check(many.label_image))]
+    for out, stem in ((tmp_path, ""), (tmp_path, 5), (tmp_path, "../escape"), (tmp_path / "taken", "a"),
+                      (tmp_path, "taken/a"), (5, "a"), (tmp_path, "sub/dir/a")):
+        cases.append((f"save({out!r:.30}, {stem!r})", _check(lambda: few.save(out, stem))))
+    for kw in (dict(alpha="x"), dict(alpha=2.0), dict(alpha=float("nan")), dict(max_memory_mb=-1)):
+        cases.append((f"overlay({kw})", _check(lambda: few.overlay(**kw))))
     _assert_all(cases)

@@ -185,6 +185,7 @@ class EngineSegmenter(SegmenterFront):
     # -- vocabulary and text -----------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary) -> np.ndarray:
         """(Q, C) float32 unit query embeddings, computed once per vocabulary and cached."""
+        vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
