@@ -140,7 +140,8 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     from clipsam.text import resolve_templates
 
     if positive_int(opset, "opset") < 17:
-        raise ConfigError(f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), got {opset}")
+        raise ConfigError(f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), "
+                          f"got {opset}")
     for name, value in (("max_side", max_side), ("max_images", max_images), ("max_prompts", max_prompts),
                         ("max_queries", max_queries)) + ((("max_batch", max_batch),) if max_batch is not None else ()):
         positive_int(value, name)

@@ -182,8 +182,8 @@ def _make_segmenter(args, preset, **overrides):
     from .segmenter import Segmenter
 
     kwargs = dict(clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
-                  preset=preset, device=args.device, precision=args.precision, quick_gelu=getattr(args, "quick_gelu", None),
-                  **prompt_options(args), **overrides)
+                  preset=preset, device=args.device, precision=args.precision,
+                  quick_gelu=getattr(args, "quick_gelu", None), **prompt_options(args), **overrides)
     with warnings.catch_warnings():
         if args.random_weights:  # the user asked for it; say so once on stderr instead
             warnings.simplefilter("ignore")

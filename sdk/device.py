@@ -22,7 +22,8 @@ def parse_device(device, what: str = "device") -> tuple[str, int | None]:
         return "cpu", None
     if isinstance(device, numbers.Integral) and not isinstance(device, bool) and device >= 0:
         return "cuda", int(device)
-    text = str(device).strip().lower() if isinstance(device, str) or type(device).__module__.startswith("torch") else None
+    is_text = isinstance(device, str) or type(device).__module__.startswith("torch")  # a str or a torch.device
+    text = str(device).strip().lower() if is_text else None
     m = _DEVICE.match(text) if text is not None else None
     if m is None:
         hint = ""

@@ -214,4 +214,5 @@ def _image_iter(images, method: str):
     try:
         return iter(images)
     except TypeError:
-        raise InvalidTypeError(f"{method} takes a list (or any iterable) of images, got {type(images).__name__}.") from None
+        raise InvalidTypeError(f"{method} takes a list (or any iterable) of images, got "
+                               f"{type(images).__name__}.") from None

@@ -77,7 +77,8 @@ def checkpoint_file(value, what: str = "checkpoint") -> Path:
     """The Path of an existing, non-empty checkpoint file, or ``CheckpointError`` saying what ``value`` is instead
     (a URL, a folder and the weight files in it, a missing or empty file); ``InvalidTypeError`` for a non-path."""
     if not isinstance(value, (str, os.PathLike)):
-        raise InvalidTypeError(f"{what} must be a file path (str or os.PathLike), got {type(value).__name__} {value!r:.80}")
+        raise InvalidTypeError(f"{what} must be a file path (str or os.PathLike), got {type(value).__name__} "
+                               f"{value!r:.80}")
     path = Path(os.fspath(value)).expanduser()
     if is_url(value) or not path.is_file():
         hint = ""
@@ -389,7 +390,8 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
         raise InvalidTypeError(f"clip_weights must be an open_clip pretrained tag, a checkpoint path or None, got "
                                f"{type(weights).__name__} {weights!r:.80}")
     if quick_gelu is not None and not isinstance(quick_gelu, bool):
-        raise InvalidTypeError(f"quick_gelu must be True, False or None, got {type(quick_gelu).__name__} {quick_gelu!r:.80}")
+        raise InvalidTypeError(f"quick_gelu must be True, False or None, got {type(quick_gelu).__name__} "
+                               f"{quick_gelu!r:.80}")
     name = _resolve_arch(os.fspath(arch))
     own = _own_quick_gelu(open_clip, name)
     if weights is None:
@@ -432,7 +434,8 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
                 f"clipsam: checkpoint {source} does not show whether it holds OpenAI's weights (trained with QuickGELU) "
                 f"or open_clip's ({evidence or 'a plain state dict in fp32'}); building {name!r} with its own "
                 "activation, GELU. If the weights are OpenAI's, pass quick_gelu=True (CLI: --quick-gelu); pass "
-                "quick_gelu=False (--no-quick-gelu) to confirm GELU and silence this warning.", UserWarning, stacklevel=3)
+                "quick_gelu=False (--no-quick-gelu) to confirm GELU and silence this warning.",
+                UserWarning, stacklevel=3)
     sd, _ = normalise_state_dict(raw)
     model = _create(open_clip, name, quick_gelu)
     _load_into(model, sd, name, source)

@@ -113,7 +113,8 @@ def _why_not_writable(e: OSError) -> str:
     if e.errno == errno.EROFS:
         return "is on a read-only file system. Choose a writable location."
     if e.errno in (errno.EACCES, errno.EPERM):
-        return "cannot be written: permission denied for this user. Choose a folder you can write to, or change its permissions."
+        return ("cannot be written: permission denied for this user. Choose a folder you can write to, or change its "
+                "permissions.")
     if e.errno == errno.ENOSPC:
         return "cannot be written: no space left on the device. Free some space or choose another disk."
     if e.errno == errno.ENOTDIR:

@@ -38,7 +38,8 @@ class PngWriter:
         self._pending_bytes = 0
         self._previous = np.zeros((self.width * self.channels,), np.uint8)  # the row above the first is zeros
         f.write(_SIGNATURE)
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 3 if palette is not None else 2, 0, 0, 0))
+        colour_type = 3 if palette is not None else 2  # indexed, or RGB
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, colour_type, 0, 0, 0))
         if palette is not None:
             self._chunk(b"PLTE", np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
 
@@ -75,4 +76,5 @@ class PngWriter:
             self._pending, self._pending_bytes = [], 0
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
-        self.f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        self.f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc))

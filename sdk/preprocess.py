@@ -5,8 +5,9 @@ alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) o
 decoded with OpenCV exactly as mmseg's LoadImageFromFile does, which applies the EXIF orientation; PIL images get
 the same rule (a transposed copy). The caller's objects are never modified.
 A 3-D shape whose first and last sides are both 1, 3 or 4 reads both ways (e.g. a 4x64x3 tensor) and is refused
-rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit
-integers, no defined range) refused with the conversion to use, every other mode through PIL's conversion to RGB.
+rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule
+([0, 1]), "I" (32-bit integers, no defined range) refused with the conversion to use, every other mode through PIL's
+conversion to RGB.
 
 Preprocessing (numpy + OpenCV, no torch): resize with factor f = min(long/max(h,w), short/min(h,w)), new side
 int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmseg constants, channels first.

@@ -153,7 +153,8 @@ class SegmentationResult:
         from PIL import Image
 
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
-            raise InvalidInputError(f"alpha must be a number in [0, 1] (the weight of the class colours), got {alpha!r:.40}")
+            raise InvalidInputError(f"alpha must be a number in [0, 1] (the weight of the class colours), got "
+                                    f"{alpha!r:.40}")
         if max_memory_mb is not None:
             positive_number(max_memory_mb, "max_memory_mb")
         colours = _overlay_colours(len(self.classes))
@@ -166,7 +167,8 @@ class SegmentationResult:
             canvas.paste(below, (0, h))
         return canvas
 
-    def save(self, out_dir: str | os.PathLike, stem: str = "result", max_memory_mb: float | None = None) -> dict[str, Path]:
+    def save(self, out_dir: str | os.PathLike, stem: str = "result",
+             max_memory_mb: float | None = None) -> dict[str, Path]:
         """Write ``<stem>_labels.png`` (palette), ``<stem>_overlay.png`` and ``<stem>.json``; returns the paths.
 
         Both PNGs are written strip by strip (``max_memory_mb``, default the result's budget), so saving needs

@@ -31,8 +31,9 @@ def _resolve_device(device):
                 f"CUDA build: {torch.version.cuda}). Use device='cpu' or install a CUDA build of torch."
             )
         if index is not None and index >= torch.cuda.device_count():
-            raise BackendUnavailableError(f"device {device!r} was requested but this machine has "
-                                          f"{torch.cuda.device_count()} GPU(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+            n = torch.cuda.device_count()
+            raise BackendUnavailableError(f"device {device!r} was requested but this machine has {n} GPU(s): use "
+                                          f"cuda:0 .. cuda:{n - 1}.")
     return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
 
 
@@ -164,7 +165,8 @@ class Segmenter(SegmenterFront):
             if sam2 not in MODELS:
                 raise ConfigError(f"unknown SAM2 model {sam2!r}; choose one of {sorted(MODELS)}")
             if refine is not None and not isinstance(refine, RefineConfig):
-                raise InvalidTypeError(f"refine must be a clipsam.refine.RefineConfig or None, got {type(refine).__name__}")
+                raise InvalidTypeError(f"refine must be a clipsam.refine.RefineConfig or None, got "
+                                       f"{type(refine).__name__}")
         loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:

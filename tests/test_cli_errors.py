@@ -134,7 +134,7 @@ def many_images(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("many")
     rng = np.random.default_rng(0)
-    for i in range(12):
+    for i in range(24):
         Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
     return folder
 
@@ -153,7 +153,7 @@ def test_ctrl_c_says_what_was_finished_and_how_to_resume(tmp_path, many_images, 
     assert rc == 130, err
     assert "Traceback" not in err and f"clipsam {command}: interrupted (Ctrl-C)" in err, err
     if command == "segment":
-        assert f"{finished} of 12 image(s) were finished and saved in {out}" in err and "clipsam batch" in err
+        assert f"{finished} of 24 image(s) were finished and saved in {out}" in err and "clipsam batch" in err
     else:
         assert f"{finished} image(s) were segmented and saved in {out}" in err and "Run the same command again" in err
         assert json.loads((out / "batch_report.json").read_text())["interrupted"] is True

@@ -237,7 +237,8 @@ def graph_settings(data: dict) -> dict:
         "method": data.get("method"), "precision": data.get("precision"), "opset": data.get("opset"),
         "dense_config": {k: dense.get(k) for k in GRAPH_FIELDS}, "clip": data.get("clip"), "sam2": data.get("sam2"),
         "limits": data.get("limits"),
-        "graphs": {n: {"inputs": g.get("inputs"), "outputs": g.get("outputs")} for n, g in (data.get("graphs") or {}).items()},
+        "graphs": {n: {"inputs": g.get("inputs"), "outputs": g.get("outputs")}
+                   for n, g in (data.get("graphs") or {}).items()},
     }
 
 
@@ -287,7 +288,8 @@ def _check_method(data: dict, path: Path) -> None:
 
     method, dense = data["method"], data["dense_config"]
     if method not in METHODS:
-        raise ManifestMismatchError(f"{path}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). {_EDITED}")
+        raise ManifestMismatchError(f"{path}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). "
+                                    f"{_EDITED}")
     base, residual, res, _ = METHODS[method]
     want = {"base": base, "residual": residual, "rcs": res, "sfr": res, "method": method}
     for k, v in want.items():
@@ -320,9 +322,10 @@ def load_host_constants(manifest: EngineManifest) -> dict:
     want = (1 + clip["native_grid"] ** 2, clip["width"])
     missing = [k for k in ("clip_pos_embed", "sfr_linspace", "sfr_linspace_offsets") if k not in out]
     if missing or tuple(out["clip_pos_embed"].shape) != want:
+        found = getattr(out.get("clip_pos_embed"), "shape", None)
         raise EngineFileError(f"{path} does not hold the host constants of this manifest's CLIP model (missing "
-                              f"{missing or 'nothing'}; positional embedding {getattr(out.get('clip_pos_embed'), 'shape', None)}, "
-                              f"expected {want}). Export the engines again.")
+                              f"{missing or 'nothing'}; positional embedding {found}, expected {want}). Export the "
+                              "engines again.")
     return out
 
 
@@ -334,8 +337,9 @@ def load_tokenizer(manifest: EngineManifest):
     try:
         return ClipTokenizer.from_folder(manifest.folder, files["tokenizer"]["file"], files["bpe"]["file"])
     except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
-        raise EngineFileError(f"cannot read the tokenizer files {files['tokenizer']['file']} / {files['bpe']['file']} in "
-                              f"{manifest.folder} ({first_line(e)}): they are corrupt. Export the engines again.") from e
+        names = f"{files['tokenizer']['file']} / {files['bpe']['file']}"
+        raise EngineFileError(f"cannot read the tokenizer files {names} in {manifest.folder} ({first_line(e)}): they "
+                              "are corrupt. Export the engines again.") from e
 
 
 def verify_files(manifest: EngineManifest, check_hash: bool = True) -> None:
