@@ -57,20 +57,21 @@ def _file_entry(path: Path) -> dict:
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder")
+    from clipsam.paths import output_dir
+
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an engine folder")
+        output_dir(out, "engine folder")
         if (out / MANIFEST_FILE).exists():
             (out / MANIFEST_FILE).unlink()  # an interrupted export must not leave a valid-looking folder
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out, "engine folder")  # a file, read-only or unwritable: an OutputError before any model loads
 
 
-def _load_clip(clip, clip_weights):
+def _load_clip(clip, clip_weights, quick_gelu=None):
     from clipsam.models import LoadedClip, load_clip
 
-    return clip if isinstance(clip, LoadedClip) else load_clip(clip, clip_weights)
+    return clip if isinstance(clip, LoadedClip) else load_clip(clip, clip_weights, quick_gelu=quick_gelu)
 
 
 def _load_sam2(sam2, sam2_weights, sam2_random_weights: bool):
@@ -102,13 +103,14 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
                    sam2=None, sam2_weights=None, sam2_random_weights: bool = False, precision: str = "fp32",
                    opset: int = 17, max_batch: int | None = None, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
                    max_queries: int = 512, validate: bool = True, optimize: bool = True, overwrite: bool = False,
-                   log=print, **overrides) -> dict:
+                   log=print, quick_gelu: bool | None = None, **overrides) -> dict:
     """Export, validate and describe the engines of one configuration.
 
     Arguments:
         out: engine folder to create (must be empty unless ``overwrite``).
         clip: open_clip architecture name / config JSON, or a ``clipsam.models.LoadedClip``.
         clip_weights: pretrained tag, checkpoint path or None (random) when ``clip`` is a name.
+        quick_gelu: the weights' activation when ``clip`` is a name (``clipsam.models.load_clip``; None: detected).
         method, preset, overrides: the DenseConfig (``clipsam.config.dense_config``).
         sam2: None, a SAM2 model name ("sam2.1_hiera_t", ...) or a ``Sam2Refiner``.
         sam2_weights, sam2_random_weights: checkpoint (None: download) or random weights (tests).
@@ -133,12 +135,22 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     if overrides.get("calibration", "none") != "none":
         raise ConfigError(f"calibration={overrides['calibration']!r} cannot be exported: the engines' dense graphs do not "
                           "include visual calibration. Export with calibration='none'.")
+    from clipsam.config import positive_int
+    from clipsam.text import resolve_templates
+
+    if positive_int(opset, "opset") < 17:
+        raise ConfigError(f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), "
+                          f"got {opset}")
+    for name, value in (("max_side", max_side), ("max_images", max_images), ("max_prompts", max_prompts),
+                        ("max_queries", max_queries)) + ((("max_batch", max_batch),) if max_batch is not None else ()):
+        positive_int(value, name)
+    cfg = dense_config(method, preset, **overrides)
+    resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
     _prepare(out, overwrite)
-    cfg = dense_config(method, preset, **overrides)
     sc = cfg.schedule
     max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
-    loaded = _load_clip(clip, clip_weights)
+    loaded = _load_clip(clip, clip_weights, quick_gelu)
     from clipsam.dense.encoder import DenseEncoder
 
     from .clip_dense import ClipDenseGraph, dense_cases
@@ -147,7 +159,10 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     encoder = DenseEncoder(loaded.model.visual, cfg)
     info = _clip_info(loaded)
     p = info["patch"]
-    max_grid = max(1, max_side // p)
+    if max_side < p:
+        raise ConfigError(f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
+                          "(default 1024)")
+    max_grid = max_side // p
     graphs, rows = {}, []
 
     def add(io, module, example, cases, profile):
@@ -230,6 +245,9 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
                   "host_constants": _file_entry(out / HOST_CONSTANTS_FILE), "trtexec": _file_entry(out / TRTEXEC_FILE)},
         "validation": [r.as_dict() for r in rows],
     }
+    from clipsam.engine.manifest import seal_manifest
+
+    manifest["graph_settings"] = seal_manifest(manifest)  # the graph-baked fields, sealed with the graphs' SHA-256
     if rows:
         log(format_table(rows))
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

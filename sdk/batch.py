@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from .config import positive_int
+from .errors import Interrupted, OutputError, first_line
 from .inputs import expand_inputs
+from .paths import output_dir
 
 __all__ = ["pending_rows", "run_batch"]
 
@@ -47,17 +49,18 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
         batch_size: images per segmenter call.
 
     Returns:
-        {"total", "skipped", "done", "failed", "failures": [{"path", "error"}], "seconds", "images_per_s", "mode"}.
+        {"total", "skipped", "done", "failed", "failures": [{"path", "error"}], "seconds", "images_per_s", "mode",
+        "interrupted"}. On Ctrl-C the report (``interrupted: true``) is written and ``clipsam.errors.Interrupted``
+        (a KeyboardInterrupt saying what was finished and how to resume) is raised.
     """
     from .integrations.ray import SegmentImages
 
-    if batch_size < 1 or actors < 1:
-        raise ConfigError(f"batch_size and actors must be >= 1, got {batch_size} and {actors}")
+    positive_int(batch_size, "batch_size")
+    positive_int(actors, "actors")
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(out)
     rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs)]
+    out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done
     todo = pending_rows(rows, out)
-    out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".partial-*"):  # left by an interrupted run (one run per output folder at a time)
         shutil.rmtree(stale, ignore_errors=True)
     kwargs = dict(segmenter=segmenter, model=model, engines=engines, engine_options=engine_options, classes=classes,
@@ -69,6 +72,7 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="img", desc="clipsam batch")
     t0 = time.perf_counter()
+    interrupted = False
     try:
         for row in _results(todo, kwargs, ray, actors, gpus_per_actor, batch_size, SegmentImages):
             if row["ok"]:
@@ -78,15 +82,30 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
                 (bar.write if bar is not None else log)(f"clipsam batch: {row['path']}: {row['error']}")
             if bar is not None:
                 bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
     dt = time.perf_counter() - t0
     report = {"total": len(rows), "skipped": len(rows) - len(todo), "done": done, "failed": len(failures),
               "failures": failures, "seconds": round(dt, 3), "images_per_s": round(done / dt, 4) if dt > 0 else None,
-              "mode": "in-process" if ray is False else f"ray ({actors} actor(s))"}
-    (out / "batch_report.json").write_text(json.dumps(report, indent=2))
+              "mode": "in-process" if ray is False else f"ray ({actors} actor(s))", "interrupted": interrupted}
+    _write_report(out, report)
+    if interrupted:
+        raise Interrupted(
+            f"{done} image(s) were segmented and saved in {out} in this run ({report['skipped']} were done before, "
+            f"{len(failures)} failed); {len(todo) - done - len(failures)} were not. Run the same command again to "
+            "continue: finished images are skipped.")
     return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    try:
+        (out / "batch_report.json").write_text(json.dumps(report, indent=2))
+    except OSError as e:
+        raise OutputError(f"cannot write {out / 'batch_report.json'} ({first_line(e)}); {report['done']} image(s) "
+                          f"were segmented and saved, {report['failed']} failed.") from e
 
 
 def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):

@@ -17,13 +17,32 @@ reading a flat name (``cfg.slide_crop``) reads through to its group.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from .errors import ConfigError
 
 __all__ = ["DenseConfig", "AttentionConfig", "FeedbackConfig", "ScheduleConfig", "PostConfig", "CalibrationConfig",
-           "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config"]
+           "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config", "positive_int", "positive_number"]
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1, else ``ConfigError`` naming the option and the value (a run-time option such as
+    ``max_batch`` or ``batch_size``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a finite float > 0, else ``ConfigError`` (e.g. ``max_memory_mb``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
 
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
@@ -42,6 +61,55 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+# The type of every option (checked first, so a wrong type is a ConfigError naming the option, not a TypeError from
+# a comparison), by its flat name: a kind, with "?" when None is allowed too.
+_FIELD_KINDS = {
+    **dict.fromkeys(("residual", "rcs", "sfr", "pad_crops", "flip"), "bool"),
+    **dict.fromkeys(("sfr_pamr_iters", "short_side", "long_side", "slide_crop", "slide_stride", "pamr_iters",
+                     "calibration_blocks", "knn_k"), "int"),
+    **dict.fromkeys(("rcs_layers", "sfr_pamr_dilations", "pamr_dilations"), "ints"),
+    **dict.fromkeys(("temp_thd", "gaussian_std", "logit_scale", "prob_thd", "knn_quantile"), "real"),
+    **dict.fromkeys(("rcs_weights", "sfr_weights", "scales"), "reals"),
+    "area_thd": "real?", "scale_weights": "reals?", "vocabulary": "str?", "preset": "str?", "templates": "templates",
+    **dict.fromkeys(("base", "sfr_path_check", "sfr_blur", "upsample", "combine", "calibration", "method"), "str"),
+}
+_KIND_TEXT = {"bool": "True or False", "int": "an integer", "ints": "a tuple of integers", "real": "a number",
+              "reals": "a tuple of numbers", "str": "a string", "templates": "a template-set name or a list of strings"}
+_GROUP_NAMES = {"mode": "calibration", "blocks": "calibration_blocks"}  # CalibrationConfig field -> option name
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+    def real(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    if kind.endswith("?"):
+        return value is None or _is_kind(value, kind[:-1])
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind in ("int", "real", "str"):
+        return {"int": integer, "real": real, "str": lambda v: isinstance(v, str)}[kind](value)
+    if kind == "templates":
+        return isinstance(value, str) or (isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value))
+    check = integer if kind == "ints" else real
+    return isinstance(value, (tuple, list)) and all(check(v) for v in value)
+
+
+def _check_types(obj: Any) -> None:
+    """ConfigError naming the option when a field of ``obj`` (a group or DenseConfig) has the wrong type."""
+    for f in dataclasses.fields(obj):
+        if isinstance(obj, DenseConfig) and f.name in _GROUPS:
+            continue  # the groups check themselves
+        name = _GROUP_NAMES.get(f.name, f.name) if isinstance(obj, CalibrationConfig) else f.name
+        kind = _FIELD_KINDS.get(name)
+        value = getattr(obj, f.name)
+        if kind is not None and not _is_kind(value, kind):
+            text = _KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
+            raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     """The last-block attention. Every field is baked into the exported dense graphs."""
@@ -55,6 +123,7 @@ class AttentionConfig:
     sfr_weights: tuple[float, float] = (2.2, 0.7)  # (tau_sfr, lambda_sfr)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("base", self.base, BASES)
 
 
@@ -70,6 +139,7 @@ class FeedbackConfig:
     sfr_blur: Blur = "raster"  # "raster" (upstream, wraps across rows) | "2d"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("sfr_path_check", self.sfr_path_check, ("prefix", "full", "none"))
         _choice("sfr_blur", self.sfr_blur, ("raster", "2d"))
         if self.gaussian_std <= 0:
@@ -94,6 +164,7 @@ class ScheduleConfig:
     flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("upsample", self.upsample, ("two_step", "one_step"))
         _choice("combine", self.combine, ("prob_mean", "weighted", "logit_mean"))
         if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
@@ -120,6 +191,7 @@ class PostConfig:
     pamr_dilations: tuple[int, ...] = (8, 16)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if not 0.0 <= self.prob_thd <= 1.0:
             raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
         if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
@@ -138,6 +210,7 @@ class CalibrationConfig:
     knn_quantile: float = 0.5  # knn: fraction of each crop's patches, least confident first, that are replaced
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("calibration", self.mode, ("none", "excel", "knn"))
         if self.blocks < 1:
             raise ConfigError(f"calibration_blocks must be >= 1, got {self.blocks}")
@@ -174,6 +247,7 @@ class DenseConfig:
         for name, cls in _GROUPS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        _check_types(self)
         if self.calibration.mode == "excel" and (self.attention.rcs or self.attention.sfr):
             raise ConfigError("calibration='excel' replaces the method's last block with ExCEL's second attention path, "
                               "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
@@ -192,7 +266,8 @@ class DenseConfig:
         unknown = set(changes) - top - set(_FLAT)
         if unknown:
             raise ConfigError(f"unknown DenseConfig option(s): {', '.join(sorted(unknown))}")
-        direct = {k: v for k, v in changes.items() if k in top and not (k == "calibration" and isinstance(v, str))}
+        direct = {k: v for k, v in changes.items()
+                  if k in top and not (k == "calibration" and not isinstance(v, CalibrationConfig))}
         per_group: dict[str, dict[str, Any]] = {}
         for k, v in changes.items():
             if k not in direct:
@@ -260,8 +335,10 @@ def _preset(method: str, ds: str) -> DenseConfig:
     base, residual, res, family = METHODS[method]
     kw: dict[str, Any] = dict(base=base, residual=residual, rcs=res, sfr=res, preset=ds, method=method, vocabulary=ds)
     if family == "clearclip":
+        # ClearCLIP's whole-image path (slide_crop=0, unused by its presets) resizes the grid to the original size
+        # in one step, as SCLIP's does (upstream forward_feature(inputs, ori_shape))
         kw.update(short_side=448, slide_crop=448, slide_stride=224, logit_scale=50.0,
-                  prob_thd=_CLEARCLIP_PROB.get(ds, 0.0), vocabulary=f"{ds}_plain", pad_crops=True)
+                  prob_thd=_CLEARCLIP_PROB.get(ds, 0.0), vocabulary=f"{ds}_plain", pad_crops=True, upsample="one_step")
         if ds == "cityscapes":  # only slide_crop=224 is set upstream: the stride stays 224 (no overlap)
             kw.update(slide_crop=224, slide_stride=224)
     else:

@@ -22,6 +22,9 @@ __all__ = [
     "ManifestMismatchError",
     "ProviderError",
     "EngineLimitError",
+    "OutputError",
+    "Interrupted",
+    "first_line",
 ]
 
 
@@ -53,6 +56,10 @@ class ConfigError(InvalidInputError):
     """An unknown method, preset, option, or an inconsistent combination of options."""
 
 
+class OutputError(ClipSamError, OSError):
+    """An output location cannot be written: a file where a folder is needed, a read-only file system, no permission."""
+
+
 class BackendUnavailableError(ClipSamError, RuntimeError):
     """A requested backend, provider, device or kernel cannot run here."""
 
@@ -81,9 +88,22 @@ class EngineLimitError(EngineError, ValueError):
     """An input is outside what the exported engines serve (e.g. a patch grid beyond ``max_grid``)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, carrying what was finished and how to resume. A ``KeyboardInterrupt`` (not a
+    ClipSamError), so ``except Exception`` never swallows it; the CLI prints its message and exits 130."""
+
+
 def missing_dependency(module: str, extra: str, what: str) -> MissingDependencyError:
     """Build the error raised when ``module`` is needed for ``what`` but is not installed."""
     return MissingDependencyError(
         f"{what} needs the Python package '{module}', which is not installed. "
         f"Install it with: pip install 'clipsam[{extra}]'"
     )
+
+
+def first_line(error: BaseException, width: int = 200) -> str:
+    """``"TypeName: first line of the message"`` of a library's exception, for a one-line clipsam message (the
+    message may be empty or span pages)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip()[:width] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError, VocabularyError
+from .config import positive_int
+from .errors import InvalidTypeError, VocabularyError
 from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
 from .preprocess import load_image, preprocess
 from .prompting import PromptConfig
 from .result import SegmentationResult
 from .text import resolve_templates
-from .vocabulary import Vocabulary, builtin_vocabulary, parse_class_file
+from .vocabulary import Vocabulary, builtin_vocabulary, check_tokens, parse_class_file
 
 __all__ = ["SegmenterFront"]
 
@@ -34,6 +35,9 @@ class SegmenterFront:
 
     def _set_prompts(self, prompts: PromptConfig) -> None:
         """Load the prompt files; the effective templates are the PromptConfig's, else the DenseConfig's."""
+        if not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__} (its fields "
+                                   "may also be given one by one: context_prompts='default', ...)")
         self.prompts = prompts
         self._prompts = prompts.resolve()
         self.templates = self._prompts.templates or resolve_templates(self.config.templates)
@@ -47,6 +51,18 @@ class SegmenterFront:
         from .warmup import warmup
 
         return warmup(self, classes, class_file, sizes)
+
+    def _check_tokens(self, vocab: Vocabulary, tokenizer) -> None:
+        """``clipsam.vocabulary.check_tokens`` on the texts this segmenter encodes (run before encoding a new
+        vocabulary); skipped for tokenizers without ``encode`` (open_clip's Hugging Face tokenizers)."""
+        encode, ctx = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+        if encode is None or not ctx:
+            return
+        texts = contexts = None
+        if not self._prompts.is_default:
+            plan = self._prompts.plan(vocab)
+            texts, contexts = [p[0] for p in plan], [p[1] for p in plan]
+        check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts)
 
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
         """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary."""
@@ -74,20 +90,20 @@ class SegmenterFront:
         return self.segment_batch([image], classes, class_file)[0]
 
     def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
-        """Segment a list of images with one vocabulary; windows of all images share encoder batches.
+        """Segment images with one vocabulary; windows of all images share encoder batches.
 
-        Results are in input order and equal to segmenting each image alone.
+        ``images`` is a list or any iterable of images, or an (N, H, W, C) array / (N, C, H, W) tensor. Results are
+        in input order and equal to segmenting each image alone.
         """
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"segment_batch takes a list of images, got {type(images).__name__}")
+        images = list(_image_iter(images, "segment_batch"))
         vocab = self.vocabulary(classes, class_file)
         rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
         return self._run(rgbs, vocab, progress) if rgbs else []
 
     def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
         """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = positive_int(batch_size, "batch_size")
+        images = _image_iter(images, "segment_stream")
         vocab = self.vocabulary(classes, class_file)
         chunk = []
         for img in images:
@@ -161,7 +177,7 @@ class SegmenterFront:
         ``info`` holds the backend's fields; the time per image since ``t0``, the DenseConfig, the prompt options
         and the refinement summary are added here.
         """
-        u8 = [rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8) for rgb in rgbs]
+        u8 = [_read_only(rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)) for rgb in rgbs]
         refined = [None] * len(rgbs)
         if self.refiner is not None:
             refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
@@ -176,7 +192,33 @@ class SegmenterFront:
             if refined[i] is not None:
                 meta["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
                 results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i],
-                                                  meta, dense_labels=labels, instances=list(refined[i].instances)))
+                                                  meta, dense_labels=labels, instances=list(refined[i].instances),
+                                                  max_memory_mb=self.max_memory_mb))
             else:
-                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta))
+                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta,
+                                                  max_memory_mb=self.max_memory_mb))
         return results
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: ``SegmentationResult.image`` may share the caller's buffer and must not write to it."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _image_iter(images, method: str):
+    """An iterator over the images of ``segment_batch`` / ``segment_stream``: any iterable of images, where a 4-D
+    array or tensor is a batch; a single image is refused (iterating it would give rows or characters)."""
+    module = type(images).__module__
+    ndim = getattr(images, "ndim", None) if isinstance(images, np.ndarray) or module.startswith("torch") else None
+    if isinstance(images, (str, bytes, os.PathLike)) or module.startswith("PIL.") or (ndim is not None and ndim != 4):
+        raise InvalidTypeError(
+            f"{method} takes a list (or any iterable) of images, got a single image ({type(images).__name__}"
+            f"{'' if ndim is None else f' with {ndim} dimensions'}). Use segment(image) for one image, or {method}"
+            "([image, ...]); a batch array must be (N, H, W, C), a batch tensor (N, C, H, W).")
+    try:
+        return iter(images)
+    except TypeError:
+        raise InvalidTypeError(f"{method} takes a list (or any iterable) of images, got "
+                               f"{type(images).__name__}.") from None

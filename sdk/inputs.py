@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClipSamError
+from .paths import input_error
 from .preprocess import IMAGE_SUFFIXES
 
 __all__ = ["InputImage", "expand_inputs"]
@@ -48,7 +49,7 @@ def _found(item: str) -> list[tuple[Path, Path]]:
         if not found:
             raise ClipSamError(f"no file matches {item!r}")
         return found
-    raise ClipSamError(f"image file not found: {item}")
+    raise input_error(item, "image file", ClipSamError)
 
 
 def expand_inputs(items: list[str]) -> list[InputImage]:

@@ -2,7 +2,12 @@
 
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
-decoded with OpenCV exactly as mmseg's LoadImageFromFile does. The caller's objects are never modified.
+decoded with OpenCV exactly as mmseg's LoadImageFromFile does, which applies the EXIF orientation; PIL images get
+the same rule (a transposed copy). The caller's objects are never modified.
+A 3-D shape whose first and last sides are both 1, 3 or 4 reads both ways (e.g. a 4x64x3 tensor) and is refused
+rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule
+([0, 1]), "I" (32-bit integers, no defined range) refused with the conversion to use, every other mode through PIL's
+conversion to RGB.
 
 Preprocessing (numpy + OpenCV, no torch): resize with factor f = min(long/max(h,w), short/min(h,w)), new side
 int(side*f + 0.5), cv2 INTER_LINEAR; then (x - mean) / std with the CLIP-in-mmseg constants, channels first.
@@ -12,12 +17,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
+from .paths import input_file
 
 __all__ = ["MEAN", "STD", "IMAGE_SUFFIXES", "load_image", "resize_shape", "preprocess"]
 
@@ -27,17 +32,36 @@ MEAN = np.array([122.771, 116.746, 104.094], dtype=np.float32)  # RGB
 STD = np.array([68.501, 66.632, 70.323], dtype=np.float32)
 
 
-def _read_file(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InvalidImageError(f"image file not found: {path}")
+def _read_file(image) -> np.ndarray:
+    path = input_file(image, "image file", InvalidImageError,
+                      folder_hint="Pass the image files inside it (clipsam segment and clipsam batch take folders).")
     data = np.fromfile(str(path), dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise InvalidImageError(f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads.")
-    return bgr[:, :, ::-1].copy()  # BGR -> RGB
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: a large photo is not held twice
 
 
-def _from_array(a: np.ndarray, what: str) -> np.ndarray:
+_CHANNELS = (1, 3, 4)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _ambiguous(shape, layout: str, what: str) -> InvalidImageError | None:
+    """A 3-D shape whose first and last sides both look like channels (1, 3 or 4): not guessed."""
+    if len(shape) != 3 or shape[0] not in _CHANNELS or shape[2] not in _CHANNELS:
+        return None
+    fix = ("if it is HxWxC, pass t.permute(2, 0, 1)" if layout == "CxHxW" else
+           "if it is CxHxW, pass a.transpose(1, 2, 0)")
+    return InvalidImageError(
+        f"{what} has shape {tuple(shape)}, which is ambiguous: it reads both as CxHxW and as HxWxC. Tensors are read "
+        f"as CxHxW and numpy arrays as HxWxC, so this one is refused rather than guessed: {fix}. A side of 1, 3 or 4 "
+        "pixels cannot be told apart from channels (pad or resize such an image).")
+
+
+def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarray:
+    err = _ambiguous(a.shape, "HxWxC", what) if check_layout else None
+    if err is not None:
+        raise err
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] in (3, 4):
@@ -49,8 +73,14 @@ def _from_array(a: np.ndarray, what: str) -> np.ndarray:
             f"{what} has shape {a.shape}; expected HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA). "
             "For a channels-first array, transpose it to HxWxC."
         )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InvalidImageError(f"{what} is empty ({a.shape[0]}x{a.shape[1]} pixels); pass an image with pixels.")
     if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
+        out = np.ascontiguousarray(a)
+        if out is a or np.shares_memory(out, a):  # never hand the caller's own buffer back writable
+            out = out.view()
+            out.flags.writeable = False
+        return out
     if a.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(a).all():
             raise InvalidInputError(f"{what} contains NaN or inf values; clean the image before segmenting it.")
@@ -64,10 +94,41 @@ def _from_array(a: np.ndarray, what: str) -> np.ndarray:
     raise InvalidTypeError(f"{what} has dtype {a.dtype}; expected uint8, or float16/32/64 in [0, 1].")
 
 
+def _from_pil(image, what: str) -> np.ndarray:
+    """EXIF orientation applied as for files; PIL modes by their value range: 16-bit integers as OpenCV reads
+    16-bit files (v >> 8), "F" by the float rule ([0, 1]), "I" (32-bit, no range) refused, every other mode through
+    PIL's own conversion to RGB."""
+    mode = image.mode
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as OpenCV applies it to files (a transposed copy)
+            from PIL import ImageOps
+
+            image = ImageOps.exif_transpose(image)
+        if mode.startswith("I;16"):
+            return _from_array((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), what, check_layout=False)
+        if mode == "I":
+            raise InvalidImageError(
+                f"{what} has mode 'I' (32-bit integers), which has no defined value range. Convert it to 8 bits "
+                "yourself: Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for 16-bit data, or "
+                "im.convert('L') for data in [0, 255].")
+        if mode == "F":
+            return _from_array(np.asarray(image, dtype=np.float32), what, check_layout=False)
+        rgb = np.asarray(image.convert("RGB")).copy()
+    except ValueError as e:  # a mode PIL cannot convert to RGB
+        if isinstance(e, InvalidInputError):
+            raise
+        raise InvalidImageError(f"{what} has mode {mode!r}, which PIL cannot convert to RGB ({e}); convert it to "
+                                "'RGB' or 'L' yourself.") from e
+    except OSError as e:
+        raise InvalidImageError(f"cannot decode {what}: {e}") from e
+    return _from_array(rgb, what, check_layout=False)
+
+
 def load_image(image, what: str = "image") -> np.ndarray:
-    """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs); a new array."""
+    """Any accepted image -> HxWx3 RGB array (uint8, or float32 in [0, 255] for float inputs): a new array, or a
+    read-only view of a uint8 HxWx3 numpy input (never a writable alias of the caller's image)."""
     if isinstance(image, (str, os.PathLike)):
-        return _read_file(Path(image))
+        return _read_file(image)
     if isinstance(image, np.ndarray):
         return _from_array(image, what)
     try:
@@ -75,18 +136,18 @@ def load_image(image, what: str = "image") -> np.ndarray:
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        try:
-            return np.asarray(image.convert("RGB")).copy()
-        except OSError as e:
-            raise InvalidImageError(f"cannot decode PIL {what}: {e}") from e
+        return _from_pil(image, f"PIL {what}")
     if type(image).__module__.startswith("torch"):
         t = image.detach()
-        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        if t.ndim != 3 or t.shape[0] not in _CHANNELS:
             raise InvalidImageError(f"tensor {what} has shape {tuple(t.shape)}; expected CxHxW with C in (1, 3, 4).")
+        err = _ambiguous(tuple(t.shape), "CxHxW", f"tensor {what}")
+        if err is not None:
+            raise err
         if t.dtype.is_complex or t.dtype not in _torch_ok_dtypes():
             raise InvalidTypeError(f"tensor {what} has dtype {t.dtype}; expected uint8 or a float dtype in [0, 1].")
         arr = t.cpu().float().numpy() if t.dtype != _torch_uint8() else t.cpu().numpy()
-        return _from_array(np.moveaxis(arr, 0, -1), what)
+        return _from_array(np.moveaxis(arr, 0, -1), what, check_layout=False)
     raise InvalidTypeError(
         f"{what} has type {type(image).__name__}; expected a file path, PIL image, numpy array or torch tensor."
     )
@@ -103,6 +164,8 @@ def _torch_ok_dtypes():
 
 def resize_shape(h: int, w: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
     """mmcv ``imrescale`` output size (new_h, new_w) for ``scale=(long_side, short_side)``, keep_ratio."""
+    if h <= 0 or w <= 0:
+        raise InvalidImageError(f"image is empty ({h}x{w} pixels); pass an image with pixels.")
     f = min(long_side / max(h, w), short_side / min(h, w))
     return int(h * f + 0.5), int(w * f + 0.5)
 

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 __all__ = ["load_sentences", "load_map", "load_templates", "read_structured", "shipped_path"]
 
@@ -44,7 +44,7 @@ def read_structured(path: str | os.PathLike, what: str):
     if suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"{what} {path}: unknown format {suffix or '(no extension)'!r}; use .json, .yaml or .yml")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path} cannot be read ({e})") from e
     if suffix == ".json":
@@ -59,7 +59,7 @@ def read_structured(path: str | os.PathLike, what: str):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{what} {path} is not valid YAML: {problem}{where}") from e
 
 
@@ -121,7 +121,11 @@ def load_templates(path: str | os.PathLike) -> tuple[str, ...]:
     if path.suffix.lower() == ".txt":
         if not path.is_file():
             raise ConfigError(f"{what} not found: {path}")
-        data = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{what} {path} cannot be read ({e}); save it as UTF-8") from e
+        data = [ln.strip() for ln in text.splitlines()]
         data = [ln for ln in data if ln and not ln.startswith("#")]
     else:
         data = read_structured(path, what)

@@ -1,13 +1,23 @@
-"""The result of segmenting one image: labels, scores, and ways to look at and store them."""
+"""The result of segmenting one image: labels, scores, and ways to look at and store them.
+
+Large results are drawn and written in row strips of bounded memory (``max_memory_mb``, the segmenter's budget):
+the overlay is blended with integer arithmetic (exactly the float formula's values for alphas that are multiples of
+1/256, such as the default 0.5) and ``save`` streams both PNGs strip by strip (``clipsam.png``), so writing an
+8000 x 6000 result never holds it in float32 or twice in PIL's layout.
+"""
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .config import positive_number
+from .errors import InvalidInputError
 
 __all__ = ["SegmentationResult", "palette", "save_atomic"]
 
@@ -41,10 +51,13 @@ class SegmentationResult:
         labels: (H, W) int32 class indices into ``classes``.
         scores: (H, W) float32 probability of the chosen class.
         classes: class display names.
-        image: (H, W, 3) uint8 RGB input (for overlays), or None.
+        image: (H, W, 3) uint8 RGB input (for overlays), or None; read-only (it may share the caller's image):
+            copy it to draw on it.
         info: configuration, timing and backend details (JSON-serialisable).
         dense_labels: (H, W) int32 dense CLIP labels before SAM2 refinement (None without refinement).
         instances: SAM2 instances (``clipsam.refine.Instance``: mask, class_id, score, box, area) after merging.
+        max_memory_mb: memory budget of ``overlay`` and ``save`` (the segmenter's ``max_memory_mb``), beyond the
+            result's own arrays.
     """
 
     labels: np.ndarray
@@ -54,6 +67,7 @@ class SegmentationResult:
     info: dict = field(default_factory=dict)
     dense_labels: np.ndarray | None = None
     instances: list = field(default_factory=list)
+    max_memory_mb: float | None = None  # working memory of overlay() and save() (default: 64 MiB strips)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,7 +75,9 @@ class SegmentationResult:
 
     def pixel_fractions(self) -> dict[str, float]:
         """Fraction of the image covered by each class present (descending)."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        counts = np.zeros(len(self.classes), np.int64)
+        for r0, r1 in self._strips(8):  # bincount casts to int64: per strip, not for the whole map
+            counts += np.bincount(self.labels[r0:r1].ravel(), minlength=len(self.classes))[: len(self.classes)]
         total = max(int(self.labels.size), 1)
         pairs = [(self.classes[i], counts[i] / total) for i in np.flatnonzero(counts)]
         return dict(sorted(pairs, key=lambda p: -p[1]))
@@ -83,47 +99,108 @@ class SegmentationResult:
         from PIL import Image
 
         if len(self.classes) > 256:
-            raise ValueError("a palette PNG holds at most 256 classes; save labels as .npy instead")
+            raise InvalidInputError(f"a palette PNG holds at most 256 classes, this result has {len(self.classes)}; "
+                                    "save the labels as .npy instead (save() does so by itself)")
         img = Image.fromarray(self.labels.astype(np.uint8), mode="P")
         img.putpalette(palette().ravel().tolist())
         return img
 
-    def overlay(self, alpha: float = 0.5, legend: bool = True):
-        """The image blended with class colours, with a legend of the classes present (PIL RGB image)."""
+    def _strips(self, bytes_per_pixel: float, max_memory_mb: float | None = None):
+        """Row ranges whose working buffers (``bytes_per_pixel`` per pixel) fit the budget (default: 64 MiB)."""
+        h, w = self.labels.shape[:2]
+        budget = (max_memory_mb or self.max_memory_mb or 256.0) * 2**20 / 4  # a quarter, as the finalising strips
+        rows = int(max(1, min(h, budget // max(1.0, bytes_per_pixel * w))))
+        return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+
+    def _blend(self, r0: int, r1: int, alpha: float, colours: np.ndarray) -> np.ndarray:
+        """Overlay rows [r0, r1): floor(image * (1 - alpha) + colour * alpha) as uint8."""
+        labels = self.labels[r0:r1]
+        if self.image is None:
+            base = np.zeros(labels.shape + (3,), np.uint8)
+        else:
+            base = self.image[r0:r1]
+            base = np.clip(base, 0, 255).astype(np.uint8) if base.dtype != np.uint8 else base
+        colour = colours[labels]
+        k = alpha * 256
+        if k == int(k) and 0 <= k <= 256:  # exact in integers: (b (256 - k) + c k) >> 8 == floor of the float formula
+            k = int(k)
+            mixed = base.astype(np.uint16) * np.uint16(256 - k)
+            mixed += colour.astype(np.uint16) * np.uint16(k)
+            return (mixed >> 8).astype(np.uint8)
+        return (base.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
+
+    def _legend(self, width: int, colours: np.ndarray):
+        """The legend under the overlay: a white PIL image with one row per class present."""
         from PIL import Image, ImageDraw
 
-        colours = _overlay_colours(len(self.classes))
-        base = self.image if self.image is not None else np.zeros(self.labels.shape + (3,), np.uint8)
-        base = np.clip(base, 0, 255).astype(np.uint8) if base.dtype != np.uint8 else base
-        mixed = (base.astype(np.float32) * (1 - alpha) + colours[self.labels].astype(np.float32) * alpha).astype(np.uint8)
-        img = Image.fromarray(mixed, mode="RGB")
-        if not legend:
-            return img
         present = list(self.pixel_fractions().items())
         row, pad = 14, 4
-        width = max([img.width] + [0])
-        legend_h = pad * 2 + row * len(present)
-        canvas = Image.new("RGB", (width, img.height + legend_h), (255, 255, 255))
-        canvas.paste(img, (0, 0))
-        draw = ImageDraw.Draw(canvas)
+        img = Image.new("RGB", (width, pad * 2 + row * len(present)), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
         for i, (name, frac) in enumerate(present):
-            y = img.height + pad + i * row
+            y = pad + i * row
             c = tuple(int(v) for v in colours[self.classes.index(name)])
             draw.rectangle([pad, y + 1, pad + 10, y + 11], fill=c, outline=(0, 0, 0))
             draw.text((pad + 16, y), f"{name}  {100 * frac:.1f}%", fill=(0, 0, 0))
+        return img
+
+    def overlay(self, alpha: float = 0.5, legend: bool = True, max_memory_mb: float | None = None):
+        """The image blended with class colours, with a legend of the classes present (PIL RGB image).
+
+        Blended in row strips (``max_memory_mb``, default the result's) with integer arithmetic: only the returned
+        image is full size.
+        """
+        from PIL import Image
+
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+            raise InvalidInputError(f"alpha must be a number in [0, 1] (the weight of the class colours), got "
+                                    f"{alpha!r:.40}")
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
+        colours = _overlay_colours(len(self.classes))
+        h, w = self.labels.shape[:2]
+        below = self._legend(w, colours) if legend else None
+        canvas = Image.new("RGB", (w, h + (below.height if below is not None else 0)), (255, 255, 255))
+        for r0, r1 in self._strips(32, max_memory_mb):
+            canvas.paste(Image.fromarray(self._blend(r0, r1, alpha, colours), mode="RGB"), (0, r0))
+        if below is not None:
+            canvas.paste(below, (0, h))
         return canvas
 
-    def save(self, out_dir: str | os.PathLike, stem: str = "result") -> dict[str, Path]:
-        """Write ``<stem>_labels.png`` (palette), ``<stem>_overlay.png`` and ``<stem>.json``; returns the paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def save(self, out_dir: str | os.PathLike, stem: str = "result",
+             max_memory_mb: float | None = None) -> dict[str, Path]:
+        """Write ``<stem>_labels.png`` (palette), ``<stem>_overlay.png`` and ``<stem>.json``; returns the paths.
+
+        Both PNGs are written strip by strip (``max_memory_mb``, default the result's budget), so saving needs
+        memory for one strip, not for the image.
+        """
+        from .png import PngWriter
+        from .paths import output_dir
+
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
+        out = output_dir(out_dir, "output folder")  # a file, read-only or unwritable: OutputError naming it
+        if Path(str(stem)).parent != Path("."):  # a stem with sub-folders ("a/b"): created like the output folder
+            output_dir(out / Path(str(stem)).parent, "output folder")
         paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
+        h, w = self.labels.shape[:2]
         if len(self.classes) <= 256:
-            self.label_image().save(paths["labels"])
+            with open(paths["labels"], "wb") as f:
+                png = PngWriter(f, w, h, palette=palette())
+                for r0, r1 in self._strips(6, max_memory_mb):
+                    png.write(self.labels[r0:r1].astype(np.uint8))
+                png.close()
         else:
             paths["labels"] = out / f"{stem}_labels.npy"
             np.save(paths["labels"], self.labels)
-        self.overlay().save(paths["overlay"])
+        colours = _overlay_colours(len(self.classes))
+        below = np.asarray(self._legend(w, colours))
+        with open(paths["overlay"], "wb") as f:
+            png = PngWriter(f, w, h + len(below))
+            for r0, r1 in self._strips(32, max_memory_mb):
+                png.write(self._blend(r0, r1, 0.5, colours))
+            png.write(below)
+            png.close()
         paths["summary"].write_text(json.dumps(self.summary(), indent=2))
         if self.dense_labels is not None:
             paths["instances"] = out / f"{stem}_instances.json"

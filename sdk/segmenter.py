@@ -6,11 +6,12 @@ import os
 
 import numpy as np
 
-from .config import DenseConfig, dense_config
-from .errors import BackendUnavailableError, ConfigError
+from .config import DenseConfig, dense_config, positive_int, positive_number
+from .device import parse_device
+from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .text import TextEmbeddingCache
+from .text import TextEmbeddingCache, resolve_templates
 from .vocabulary import Vocabulary
 
 __all__ = ["Segmenter"]
@@ -21,14 +22,34 @@ _PRECISIONS = ("fp32", "fp16", "bf16")
 def _resolve_device(device):
     import torch
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"device {device!r} was requested but CUDA is not available here (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda}). Use device='cpu' or install a CUDA build of torch."
+            )
+        if index is not None and index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise BackendUnavailableError(f"device {device!r} was requested but this machine has {n} GPU(s): use "
+                                          f"cuda:0 .. cuda:{n - 1}.")
+    return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
+
+
+def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size):
+    """The torch device, after checking the run options (before any weights load)."""
+    if precision not in _PRECISIONS:
+        raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    dev = _resolve_device(device)
+    if precision != "fp32" and dev.type != "cuda":
         raise BackendUnavailableError(
-            f"device {device!r} was requested but CUDA is not available here (torch {torch.__version__}, "
-            f"CUDA build: {torch.version.cuda}). Use device='cpu' or install a CUDA build of torch."
+            f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32'."
         )
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'.")
+    if max_batch is not None:
+        positive_int(max_batch, "max_batch")
+    if max_memory_mb is not None:
+        positive_number(max_memory_mb, "max_memory_mb")
+    positive_int(text_cache_size, "text_cache_size")
     return dev
 
 
@@ -44,17 +65,12 @@ class Segmenter(SegmenterFront):
                  prompts: PromptConfig | None = None):
         import open_clip
 
-        if precision not in _PRECISIONS:
-            raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        self.device = _resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise BackendUnavailableError(
-                f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32'."
-            )
+        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)
         self.precision = precision
         self.config = config
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
+        self.quick_gelu = loaded.quick_gelu
         self.model = loaded.model.to(self.device).eval()
         self._set_backend()
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
@@ -62,10 +78,6 @@ class Segmenter(SegmenterFront):
         self.text_cache = TextEmbeddingCache(text_cache_size)
         if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
             max_batch = 32 if self.device.type == "cuda" else 4
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if max_memory_mb is not None and max_memory_mb <= 0:
-            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
         self.max_batch = int(max_batch)
         self.max_memory_mb = max_memory_mb
         self.refiner = refiner  # clipsam.refine.Sam2Refiner or None: SAM2 refinement of the dense labels
@@ -93,6 +105,7 @@ class Segmenter(SegmenterFront):
         refine=None,
         text_cache_size: int = 64,
         prompts: PromptConfig | None = None,
+        quick_gelu: bool | None = None,
         **overrides,
     ) -> "Segmenter":
         """Build a segmenter.
@@ -120,10 +133,16 @@ class Segmenter(SegmenterFront):
             text_cache_size: most vocabularies whose text embeddings stay cached (thread-safe LRU).
             prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions and TSE); its fields
                 may also be given one by one (context_prompts="default", descriptions="voc20", ...).
+            quick_gelu: the activation the CLIP weights were trained with: True (QuickGELU, OpenAI's weights), False
+                (GELU), or None to detect it (``clipsam.models.load_clip``: a tag's own setting; for a file, OpenAI's
+                weights by their content, with a warning when the file does not tell).
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2, calibration="knn").
         """
         from .models import load_clip
 
+        if prompts is not None and not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__} "
+                                   "(its fields may also be given one by one: context_prompts='default', ...)")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         prompts = (prompts or PromptConfig()).replace(**prompt_kw) if prompt_kw else prompts
         if prompts is not None:
@@ -132,9 +151,20 @@ class Segmenter(SegmenterFront):
         if templates is not None:
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
+        resolve_templates(cfg.templates)  # a bad template fails before any weights load
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
             raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
-        loaded = load_clip(clip, clip_weights)
+        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
+        if sam2 is not None:
+            from .refine.config import RefineConfig
+            from .refine.sam2_backend import MODELS
+
+            if sam2 not in MODELS:
+                raise ConfigError(f"unknown SAM2 model {sam2!r}; choose one of {sorted(MODELS)}")
+            if refine is not None and not isinstance(refine, RefineConfig):
+                raise InvalidTypeError(f"refine must be a clipsam.refine.RefineConfig or None, got "
+                                       f"{type(refine).__name__}")
+        loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:
             from .refine import Sam2Refiner
@@ -168,6 +198,8 @@ class Segmenter(SegmenterFront):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         prompts = overrides.pop("prompts", self.prompts)
+        if not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__}")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         new.config = self.config.replace(**overrides)
         new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
@@ -179,9 +211,11 @@ class Segmenter(SegmenterFront):
         """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
         from .dense.text import embed_prompts, encode_queries
 
+        vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
+            self._check_tokens(vocab, self.tokenizer)
             if self._prompts.is_default:
                 emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device)
             else:
@@ -196,4 +230,5 @@ class Segmenter(SegmenterFront):
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "device": str(self.device), "precision": self.precision, "max_batch": max_batch}
+                "quick_gelu": self.quick_gelu, "device": str(self.device), "precision": self.precision,
+                "max_batch": max_batch}

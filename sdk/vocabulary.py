@@ -3,7 +3,9 @@
 A vocabulary is an ordered list of classes; each class has one or more *queries* (synonyms). Every query
 is encoded as its own text embedding and competes in the softmax; a class then takes the max over its
 queries (``docs/algorithms.md`` sections 1 and 6). Class files hold one class per line with synonyms separated
-by ", " (exactly the upstream format: the display name of a class is its first synonym).
+by ", " (exactly the upstream format: the display name of a class is its first synonym); they are read as UTF-8
+with an optional byte-order mark. Names are normalised (``normalise_name``: no BOM, single inner spaces, stripped),
+so "cat " and "cat" are one name and a duplicate.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 from .errors import InvalidTypeError, VocabularyError
+from .paths import input_file
 
-__all__ = ["Vocabulary", "parse_class_file", "builtin_vocabulary", "BUILTIN_VOCABULARIES"]
+__all__ = ["Vocabulary", "parse_class_file", "normalise_name", "check_tokens", "builtin_vocabulary",
+           "BUILTIN_VOCABULARIES"]
 
 BUILTIN_VOCABULARIES = (
     "voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k",
@@ -46,26 +49,30 @@ class Vocabulary:
         """
         if len(synonyms) == 0:
             raise VocabularyError(f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa'].")
-        queries, q2c, seen = [], [], {}
+        queries, q2c, seen, firsts = [], [], {}, []
         for ci, names in enumerate(synonyms):
             if len(names) == 0:
                 raise VocabularyError(f"{source}: class {ci} has no name.")
-            for name in names:
-                if not isinstance(name, str):
+            for given in names:
+                if not isinstance(given, str):
                     raise VocabularyError(
-                        f"{source}: class names must be strings, got {type(name).__name__} {name!r} for class {ci}."
+                        f"{source}: class names must be strings, got {type(given).__name__} {given!r} for class {ci}."
                     )
-                if not name.strip():
+                name = normalise_name(given)
+                if not name:
                     raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
                 if name in seen and not allow_duplicates:
+                    was = seen[name][1]
+                    same = f"; given as {was!r} and {given!r}, equal once spacing is normalised" if was != given else ""
                     raise VocabularyError(
-                        f"{source}: duplicate class name {name!r} (classes {seen[name]} and {ci}). "
+                        f"{source}: duplicate class name {name!r} (classes {seen[name][0]} and {ci}{same}). "
                         "Each name may appear once; put synonyms of one class on the same line."
                     )
-                seen[name] = ci
+                seen[name] = (ci, given)
                 queries.append(name)
                 q2c.append(ci)
-        return cls(tuple(n[0] for n in synonyms), tuple(queries), tuple(q2c))
+            firsts.append(queries[-len(names)])
+        return cls(tuple(firsts), tuple(queries), tuple(q2c))
 
     @classmethod
     def from_names(cls, names) -> "Vocabulary":
@@ -108,13 +115,87 @@ class Vocabulary:
         return [", ".join(names) for names in lines]
 
 
+def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, texts=None, contexts=None) -> None:
+    """Refuse queries that CLIP's text encoder cannot tell apart; warn about prompts cut at its context length.
+
+    Every prompt is cut to ``context_length`` tokens (start and end tokens included), as open_clip does. Two queries
+    of different classes whose prompts are then the same token ids (names that differ only after the cut, or only
+    in case or spacing, which the tokenizer drops) would get identical embeddings, so one of them could never be
+    predicted: ``VocabularyError`` naming both. Identical names admitted on purpose (the shipped COCO-Object
+    vocabulary lists "bed" twice, as upstream) and synonyms of one class are not refused.
+
+    Arguments:
+        vocab: the vocabulary.
+        templates: format strings with one "{}".
+        encode: str -> token ids without start/end tokens (open_clip ``SimpleTokenizer.encode``, ``ClipTokenizer``).
+        context_length: tokens per prompt (77 for CLIP).
+        texts: per query, the text put into the templates (default: the query itself; disambiguation renames).
+        contexts: per query, extra full prompts (context prompts).
+    """
+    import warnings
+
+    texts = list(texts) if texts is not None else list(vocab.queries)
+    contexts = list(contexts) if contexts is not None else [()] * len(texts)
+    keep = context_length - 2  # tokens between the start and end tokens
+    overhead = max(len(encode(t.replace("{}", ""))) for t in templates) + 2  # +2: tokens merging at the boundary
+    groups: dict[tuple, list[int]] = {}
+    cut = []
+    for i, (text, ctx) in enumerate(zip(texts, contexts)):
+        ids = encode(text)
+        if len(ids) + overhead <= keep:  # no template can reach the cut: the query's own ids decide
+            key: tuple = ("query", tuple(ids))
+        else:
+            full = [encode(t.format(text)) for t in templates]
+            key = ("prompts", tuple(tuple(f[:keep]) for f in full))
+            if any(len(f) > keep for f in full):
+                cut.append(i)
+        ctx_ids = [encode(c) for c in ctx]
+        if any(len(c) > keep for c in ctx_ids) and (not cut or cut[-1] != i):
+            cut.append(i)
+        groups.setdefault(key + tuple(tuple(c[:keep]) for c in ctx_ids), []).append(i)
+    for key, members in groups.items():
+        for a in members:
+            for b in members:
+                qa, qb = vocab.queries[a], vocab.queries[b]
+                if a < b and vocab.query_to_class[a] != vocab.query_to_class[b] and qa != qb:
+                    names = f"{_describe(vocab, a)} and {_describe(vocab, b)}"
+                    if key[0] == "prompts":
+                        raise VocabularyError(
+                            f"{names} differ only after CLIP's {context_length}-token context: every prompt is cut "
+                            "there, so their text embeddings would be identical and one of them could never be "
+                            "predicted. Shorten or rephrase them so that they differ early.")
+                    renamed = " (after disambiguation)" if texts[a] != qa or texts[b] != qb else ""
+                    raise VocabularyError(
+                        f"{names} are the same text to CLIP's tokenizer{renamed}, which lowercases and ignores spacing "
+                        "around punctuation, so their text embeddings would be identical and one of them could never "
+                        "be predicted. Make them one class (synonyms on one line) or rename one.")
+    if cut:
+        shown = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        warnings.warn(f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
+                      f"context ({shown}); the text encoder sees only the first {context_length} tokens of each "
+                      "prompt, as open_clip does.", UserWarning, stacklevel=3)
+
+
+def _describe(vocab: Vocabulary, i: int) -> str:
+    q, c = vocab.queries[i], vocab.classes[vocab.query_to_class[i]]
+    return f"class {_short(q)!r}" if q == c else f"{_short(q)!r} (a synonym of class {_short(c)!r})"
+
+
+def _short(name: str, width: int = 64) -> str:
+    return name if len(name) <= width else f"{name[: width // 2 - 3]}...{name[-(width // 2):]}"
+
+
+def normalise_name(name: str) -> str:
+    """A class name as clipsam keeps it: byte-order marks removed, surrounding whitespace stripped and inner runs
+    of whitespace made one space (CLIP's tokenizer ignores spacing, so "cat " and "cat" are one name)."""
+    return " ".join(name.replace("\ufeff", "").split())
+
+
 def parse_class_file(path: str | os.PathLike) -> Vocabulary:
     """Read a class file: one class per line, synonyms separated by ", " (upstream ``get_cls_idx``)."""
-    path = Path(path)
+    path = input_file(path, "class file", VocabularyError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise VocabularyError(f"class file not found: {path}") from None
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
         raise VocabularyError(f"cannot read class file {path}: {e}") from e
     return _parse_lines(text, str(path))

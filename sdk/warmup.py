@@ -16,6 +16,7 @@ threads start avoids several threads compiling the same kernels at once.
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import numpy as np
@@ -43,9 +44,15 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
         {"sizes": [...], "vocabulary": number of classes, "first_call_s": [...], "second_call_s": float}: the
         second call repeats the first size and shows the warm latency.
     """
-    sizes = default_warmup_sizes(segmenter.config) if sizes is None else tuple(tuple(s) for s in sizes)
-    if not sizes or any(len(s) != 2 or int(s[0]) < 1 or int(s[1]) < 1 for s in sizes):
-        raise ConfigError(f"warmup sizes must be (height, width) pairs of positive integers, got {sizes!r}")
+    given = sizes
+    try:
+        sizes = default_warmup_sizes(segmenter.config) if sizes is None else tuple(tuple(s) for s in sizes)
+        ok = bool(sizes) and all(len(s) == 2 and all(isinstance(v, numbers.Integral) and v >= 1 for v in s)
+                                 for s in sizes)
+    except TypeError:  # not an iterable of pairs
+        ok = False
+    if not ok:
+        raise ConfigError(f"warmup sizes must be (height, width) pairs of positive integers, got {given!r}")
     vocab = segmenter.vocabulary(classes, class_file)
     rng = np.random.default_rng(0)
     first = []

@@ -136,3 +136,138 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_random_weights_warn_loudly():
     with pytest.warns(UserWarning, match="RANDOM weights"):
         load_clip(TINY_VIT, None)
+
+
+# -- hardening (issue 14) ----------------------------------------------------------------------------------------
+def test_zero_byte_and_folder_checkpoints(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty \(0 bytes\)"):
+        load_clip(TINY_VIT, empty)
+    folder = tmp_path / "ViT-B-16"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"ViT-B-16 is a folder, not a file.*open_clip_model.safetensors"):
+        load_clip(TINY_VIT, folder)
+
+
+def test_refused_pickle_says_why_and_how_to_convert(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_clip(TINY_VIT, path)
+    msg = str(err.value)
+    assert "refused" in msg and "pickled Python objects" in msg and "print" in msg and "convert" in msg
+    assert "Re-running" not in msg and "weights_only set to False" not in msg
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_weights_and_architecture_arguments_of_the_wrong_kind():
+    from clipsam.errors import InvalidTypeError
+
+    with pytest.raises(CheckpointError, match="'https://example.com/ViT-B-16.pt' is a URL; clipsam does not fetch"):
+        load_clip(TINY_VIT, "https://example.com/ViT-B-16.pt")
+    with pytest.raises(InvalidTypeError, match="clip_weights must be"):
+        load_clip(TINY_VIT, 5)
+    with pytest.raises(InvalidTypeError, match="clip must be"):
+        load_clip(5, None)
+
+
+@pytest.fixture(scope="module")
+def gelu_arch(tmp_path_factory):
+    """The tiny test architecture with GELU as its own activation, as ViT-B-16's open_clip config has."""
+    import json
+    from pathlib import Path
+
+    cfg = json.loads(Path(TINY_VIT).read_text())
+    cfg["quick_gelu"] = False
+    path = tmp_path_factory.mktemp("arch") / "clipsam-test-vit-gelu.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _activation(loaded) -> str:
+    return type(loaded.model.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_openai_state_dict_saved_in_fp32_without_integer_entries(tmp_path, tiny_clip, gelu_arch, image):
+    """OpenAI's weights re-saved as fp32 without input_resolution/context_length/vocab_size: still QuickGELU."""
+    sd = {k: v.float() for k, v in openai_state_dict(tiny_clip.model).items()
+          if k not in ("input_resolution", "context_length", "vocab_size")}
+    path = tmp_path / "openai-fp32.pt"
+    torch.save(sd, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # detected from the values: no ambiguity warning
+        loaded = load_clip(gelu_arch, path)
+    assert loaded.quick_gelu and _activation(loaded) == "QuickGELU"
+    reference = load_clip(TINY_VIT, path)  # the QuickGELU architecture with the same weights
+    np.testing.assert_array_equal(_logits(loaded, image), _logits(reference, image))
+
+
+def test_ambiguous_checkpoint_warns_naming_the_choice_and_quick_gelu_can_be_stated(tmp_path, tiny_clip, gelu_arch):
+    path = tmp_path / "plain-fp32.pt"
+    torch.save(tiny_clip.model.state_dict(), path)  # random fp32 weights: nothing says whose they are
+    with pytest.warns(UserWarning, match=r"does not show whether.*GELU.*quick_gelu=True \(CLI: --quick-gelu\)"):
+        loaded = load_clip(gelu_arch, path)
+    assert not loaded.quick_gelu and _activation(loaded) == "GELU"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _activation(load_clip(gelu_arch, path, quick_gelu=True)) == "QuickGELU"
+        assert _activation(load_clip(gelu_arch, path, quick_gelu=False)) == "GELU"
+        stated = load_clip(TINY_VIT, path, quick_gelu=False)  # an explicit False wins over the config's QuickGELU
+    assert not stated.quick_gelu and _activation(stated) == "GELU"
+    seg = Segmenter.from_pretrained(clip=gelu_arch, clip_weights=str(path), quick_gelu=True, templates="single",
+                                    short_side=48, preset=None, method="clip")
+    assert seg.quick_gelu and seg.segment(np.zeros((32, 32, 3), np.uint8), classes="cat").info["quick_gelu"] is True
+
+
+def test_cli_quick_gelu_flag(tmp_path, tiny_clip, capsys):
+    import json
+
+    from PIL import Image
+
+    from clipsam.cli import main
+
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    args = ["segment", str(tmp_path / "a.png"), "--classes", "cat, dog", "--out", str(tmp_path / "o"), "--clip",
+            TINY_VIT, "--random-weights", "--templates", "single", "--method", "clip", "--no-progress"]
+    assert main(args + ["--no-quick-gelu"]) == 0
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is False
+    assert main(args + ["--quick-gelu"]) == 0
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is True
+
+
+def test_offline_pretrained_tag_fails_fast_naming_the_alternatives(monkeypatch):
+    """No network (simulated: every connection fails) and nothing cached: an error in seconds, not minutes of retries."""
+    import socket
+    import time
+
+    import huggingface_hub
+    import open_clip
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    calls = []
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    def download(*args, **kwargs):  # what open_clip does offline: ~47 s of retries, then an error
+        calls.append(args)
+        raise FileNotFoundError("Failed to download file")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(open_clip, "download_pretrained", download)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"'openai' weights for 'ViT-B-16': huggingface.co cannot be reached.*"
+                                              r"--weights PATH.*--random-weights"):
+        load_clip("ViT-B-16", "openai")
+    assert not calls and time.perf_counter() - t0 < 5
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        load_clip("ViT-B-16", "openai")

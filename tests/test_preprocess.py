@@ -110,3 +110,82 @@ def test_wrong_dtype_shape_and_type():
 def test_image_smaller_than_one_patch():
     with pytest.raises(InvalidImageError, match="smaller than one 16x16 patch"):
         preprocess(np.zeros((2, 3000, 3), np.uint8), 336, min_side=16)
+
+
+# -- hardening (issue 14): every bad image gets a named error, no image is read silently wrong --------------
+@pytest.mark.parametrize("image", [
+    np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 3), np.uint8), np.zeros((64, 0), np.float32),
+    Image.new("RGB", (0, 0)), Image.new("L", (5, 0)), torch.zeros(3, 0, 0), torch.zeros(3, 8, 0, dtype=torch.uint8),
+], ids=["0x0", "0xW", "Hx0-gray", "pil-0x0", "pil-5x0", "tensor-0x0", "tensor-8x0"])
+def test_empty_images_are_refused(image):
+    with pytest.raises(InvalidImageError, match=r"empty \(\d+x\d+ pixels\)"):
+        load_image(image)
+
+
+def test_resize_shape_of_an_empty_image_is_an_error():
+    with pytest.raises(InvalidImageError, match="empty"):
+        resize_shape(0, 0, 336)
+
+
+def test_16_bit_pil_images_are_scaled_like_16_bit_files(tmp_path):
+    a = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21 % 65536).astype(np.uint16)
+    path = tmp_path / "depth16.png"
+    cv2.imwrite(str(path), a)
+    pil = Image.open(path)
+    assert pil.mode == "I;16"
+    got = load_image(pil)
+    np.testing.assert_array_equal(got, np.repeat((a >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(got, load_image(path))  # the same file read by path (OpenCV) gives the same pixels
+    assert pil.mode == "I;16" and np.array_equal(np.asarray(pil), a)  # the caller's image is untouched
+
+
+def test_float_pil_images_follow_the_float_array_rule():
+    f = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    np.testing.assert_allclose(load_image(Image.fromarray(f, mode="F"))[:, :, 0], f * 255, atol=1e-4)
+    with pytest.raises(InvalidInputError, match=r"values in \[0, 255\].*\[0, 1\]"):
+        load_image(Image.fromarray(f * 255, mode="F"))
+
+
+def test_pil_modes_without_a_defined_range_or_conversion_are_refused():
+    with pytest.raises(InvalidImageError, match=r"mode 'I' .*no defined value range.*>> 8"):
+        load_image(Image.fromarray(np.full((16, 16), 300, np.int32), mode="I"))
+    with pytest.raises(InvalidImageError, match=r"mode 'La'.*convert"):
+        load_image(Image.new("La", (16, 16)))
+
+
+@pytest.mark.parametrize("image", [torch.zeros(4, 64, 3), torch.zeros(3, 64, 3, dtype=torch.uint8), torch.zeros(1, 9, 4),
+                                   np.zeros((4, 64, 3), np.uint8), np.zeros((3, 50, 4), np.float32)],
+                         ids=["tensor-4x64x3", "tensor-3x64x3", "tensor-1x9x4", "array-4x64x3", "array-3x50x4"])
+def test_ambiguous_layouts_are_refused(image):
+    """A side of 1, 3 or 4 pixels at both ends could be channels either way: refused, not guessed."""
+    with pytest.raises(InvalidImageError, match="ambiguous"):
+        load_image(image)
+
+
+def test_unambiguous_small_sides_are_read_by_the_rule():
+    assert load_image(torch.zeros(3, 64, 5)).shape == (64, 5, 3)  # tensors are CxHxW
+    assert load_image(np.zeros((5, 64, 3), np.uint8)).shape == (5, 64, 3)  # arrays are HxWxC
+    assert load_image(torch.zeros(3, 4, 64)).shape == (4, 64, 3)  # only the tensor's own layout is checked
+    assert load_image(Image.new("RGB", (64, 3))).shape == (3, 64, 3)  # PIL images have one layout
+
+
+def test_exif_orientation_is_one_rule_for_paths_and_pil_images(tmp_path, chelsea_small):
+    im = Image.fromarray(chelsea_small)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif.tobytes(), quality=95)
+    pil = Image.open(path)
+    by_path, by_pil = load_image(path), load_image(pil)
+    assert by_path.shape == (120, 80, 3)  # OpenCV (as mmseg) applies the orientation to files
+    np.testing.assert_array_equal(by_pil, by_path)
+    assert pil.size == (120, 80) and pil.getexif().get(0x0112) == 6  # the caller's image is not transposed
+
+
+def test_folders_and_urls_are_named_as_such(tmp_path):
+    (tmp_path / "d.jpg").mkdir()
+    with pytest.raises(InvalidImageError, match=r"d.jpg is a folder, not a file"):
+        load_image(tmp_path / "d.jpg")
+    url = "https://example.com/photos/cat.jpg"
+    with pytest.raises(InvalidImageError, match=r"'https://example.com/photos/cat.jpg' is a URL; clipsam does not fetch"):
+        load_image(url)

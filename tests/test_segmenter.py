@@ -169,3 +169,40 @@ def test_sam2_refinement_through_the_segmenter(tmp_path):
     paths = a.save(tmp_path, "voc")
     inst = json.loads(paths["instances"].read_text())
     assert len(inst) == len(a.instances) and inst[0]["segmentation"]["size"] == [375, 500]
+
+
+def test_result_image_is_not_the_callers_array(make_segmenter, chelsea_small):
+    """Writing to res.image must not change the caller's image (it is a read-only view or a copy)."""
+    seg = make_segmenter("clip", "voc21", short_side=48)
+    arr = chelsea_small.copy()
+    res = seg.segment(arr, classes=["cat", "grass"])
+    np.testing.assert_array_equal(res.image, chelsea_small)
+    with pytest.raises(ValueError, match="read-only"):
+        res.image[0, 0, 0] = 1
+    assert np.array_equal(arr, chelsea_small)
+    assert not np.shares_memory(res.image, arr) or not res.image.flags.writeable
+    from clipsam.preprocess import load_image
+
+    assert not load_image(arr).flags.writeable or not np.shares_memory(load_image(arr), arr)
+
+
+def test_segment_batch_takes_any_iterable_of_images(make_segmenter, chelsea_small):
+    from clipsam.errors import InvalidTypeError
+
+    seg = make_segmenter("clip", "voc21", short_side=48)
+    imgs = [chelsea_small, chelsea_small[::-1].copy()]
+    ref = seg.segment_batch(imgs, classes=["cat", "grass"])
+    for given in ((im for im in imgs), tuple(imgs), np.stack(imgs), torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)):
+        got = seg.segment_batch(given, classes=["cat", "grass"])
+        assert [r.labels.tolist() for r in got] == [r.labels.tolist() for r in ref]
+    for single in (chelsea_small, "photo.jpg", Image.fromarray(chelsea_small), torch.zeros(3, 32, 32)):
+        with pytest.raises(InvalidTypeError, match="single image.*segment\\(image\\)"):
+            seg.segment_batch(single, classes=["cat"])
+        with pytest.raises(InvalidTypeError, match="single image"):
+            next(seg.segment_stream(single, classes=["cat"]))
+    with pytest.raises(InvalidTypeError, match=r"iterable\) of images, got int"):
+        seg.segment_batch(5, classes=["cat"])
+    with pytest.raises(InvalidTypeError, match=r"iterable\) of images, got int"):
+        next(seg.segment_stream(5, classes=["cat"]))
+    with pytest.raises(ClipSamError, match="batch_size must be a positive integer"):
+        next(seg.segment_stream(imgs, classes=["cat"], batch_size="8"))

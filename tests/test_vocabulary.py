@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from clipsam.errors import InvalidTypeError, VocabularyError
@@ -67,3 +68,89 @@ def test_vocabulary_errors(tmp_path):
     with pytest.raises(VocabularyError, match="unknown built-in"):
         builtin_vocabulary("imagenet")
     assert issubclass(VocabularyError, ValueError)
+
+
+def test_class_file_that_is_not_a_path_a_folder_or_a_url(tmp_path):
+    from clipsam.errors import ClipSamError
+
+    with pytest.raises(InvalidTypeError, match="class file must be a path.*got int 5"):
+        parse_class_file(5)
+    with pytest.raises(VocabularyError, match="is a folder, not a file"):
+        parse_class_file(tmp_path)
+    with pytest.raises(VocabularyError, match="is a URL"):
+        parse_class_file("http://example.com/classes.txt")
+    with pytest.raises(ClipSamError):
+        parse_class_file(b"classes.txt")
+
+
+def test_utf8_bom_is_stripped(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("cat, kitty\ndog\n".encode("utf-8-sig"))
+    v = parse_class_file(f)
+    assert v.classes == ("cat", "dog") and v.queries == ("cat", "kitty", "dog")
+    assert Vocabulary.from_names(["\ufeffcat", "dog"]).classes == ("cat", "dog")
+
+
+def test_whitespace_is_normalised_and_equal_names_are_duplicates(tmp_path):
+    v = Vocabulary.from_names(["  big   dog ", "cat\t"])
+    assert v.classes == ("big dog", "cat")
+    with pytest.raises(VocabularyError, match=r"duplicate class name 'cat'.*'cat ' and 'cat'"):
+        Vocabulary.from_names(["cat ", "cat"])
+    f = tmp_path / "spaces.txt"
+    f.write_text("cat , kitty\ndog\n")
+    assert parse_class_file(f).queries == ("cat", "kitty", "dog")
+
+
+def test_prompt_files_with_a_bom_or_bad_encoding(tmp_path):
+    from clipsam.errors import ConfigError
+    from clipsam.prompt_files import load_sentences, load_templates
+
+    t = tmp_path / "templates.txt"
+    t.write_bytes("a photo of a {}.\nart of the {}.\n".encode("utf-8-sig"))
+    assert load_templates(t) == ("a photo of a {}.", "art of the {}.")
+    j = tmp_path / "ctx.json"
+    j.write_bytes('{"cat": ["a cat on a sofa"]}'.encode("utf-8-sig"))
+    assert load_sentences(j, "context-prompt file")[0] == {"cat": ("a cat on a sofa",)}
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("une photo d'un {} \xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.txt cannot be read"):
+        load_templates(bad)
+
+
+# -- CLIP's 77-token context: prompts are cut there (as open_clip does); queries it cannot tell apart are refused --
+LONG = "a very large and extremely old " * 12  # about 80 tokens on its own
+
+
+@pytest.fixture(scope="module")
+def seg(make_segmenter):
+    return make_segmenter("clip", None, short_side=48)
+
+
+def test_names_that_differ_only_after_the_context_are_refused(seg):
+    classes = [LONG + "tabby cat", LONG + "grey dog", "grass"]
+    with pytest.raises(VocabularyError, match=r"tabby cat.*grey dog' differ only after CLIP's 77-token context"):
+        seg.text_embeddings(Vocabulary.from_names(classes))
+    with pytest.raises(VocabularyError, match="77-token"):
+        seg.segment(np.zeros((32, 32, 3), np.uint8), classes=classes)
+
+
+def test_names_the_tokenizer_cannot_tell_apart_are_refused(seg):
+    with pytest.raises(VocabularyError, match=r"'Cat' .*'cat'.*same text to CLIP's tokenizer"):
+        seg.text_embeddings(Vocabulary.from_names(["Cat", "cat"]))
+    with pytest.raises(VocabularyError, match="hot-dog.*hot - dog"):
+        seg.text_embeddings(Vocabulary.from_names(["hot-dog", "hot - dog"]))
+    seg.text_embeddings(Vocabulary.from_names([["cat", "Cat"], "dog"]))  # synonyms of one class may coincide
+
+
+def test_a_long_name_is_cut_with_a_warning(seg):
+    with pytest.warns(UserWarning, match=r"longer than CLIP's 77-token context.*tabby cat"):
+        emb = seg.text_embeddings(Vocabulary.from_names([LONG + "tabby cat", "grass"]))
+    assert emb.shape[0] == 2
+
+
+def test_shipped_vocabularies_pass_the_check(seg):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg.text_embeddings(builtin_vocabulary("coco_object"))  # "bed" twice, as upstream: identical on purpose

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..errors import ClipSamError
+from ..errors import ClipSamError, Interrupted
 from . import batch, bench, evaluate, export, segment
 
 __all__ = ["main", "build_parser"]
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 on a ClipSamError, whose message is printed)."""
+    """Run the command line; returns the exit code (2 on a ClipSamError, whose message is printed; 130 on Ctrl-C,
+    saying what was finished and how to resume)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -43,3 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClipSamError as e:
         print(f"clipsam {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what was finished and how to resume, no traceback
+        said = str(e) if isinstance(e, Interrupted) else "nothing was finished."
+        print(f"clipsam {args.command}: interrupted (Ctrl-C): {said}", file=sys.stderr)
+        return 130

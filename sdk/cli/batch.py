@@ -13,6 +13,7 @@ import argparse
 from functools import partial
 
 from ..batch import run_batch
+from ..device import parse_device
 from ..errors import ClipSamError
 from .options import add_segment_options, build_segmenter, resolve_classes
 
@@ -48,7 +49,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.actors > 1 and args.ray is False:
         raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
     options = {k: v for k, v in vars(args).items() if k != "func"}
-    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if str(args.device).startswith("cuda") else 0)
+    on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
+    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if on_gpu else 0)
     report = run_batch(args.inputs, args.out, segmenter=partial(build_from_options, options), classes=classes,
                        ray=args.ray, actors=args.actors, gpus_per_actor=gpus, batch_size=args.batch_size,
                        progress=not args.no_progress)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ClipSamError
+from ..paths import output_file
 
 __all__ = ["register", "cmd_bench", "bench_table"]
 
@@ -81,6 +82,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             known = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
             raise ClipSamError(f"no benchmark suite {suite!r} ({f}); known: {', '.join(known)}")
         files.append(str(f))
+    if args.json:
+        output_file(args.json, "--json")
     env = dict(os.environ, CLIPSAM_BENCH_DEVICE=args.device)
     if args.smoke:
         env["CLIPSAM_BENCH_SMOKE"] = "1"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
 
 from ..config import DATASETS, METHODS
+from ..errors import Interrupted
 from ..refine.config import SAM2_MODELS
+from .options import add_quick_gelu_option
 
 __all__ = ["register", "cmd_export"]
 
@@ -25,6 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     w = g.add_mutually_exclusive_group()
     w.add_argument("--weights", default="openai", help="open_clip pretrained tag or checkpoint file (default: openai)")
     w.add_argument("--random-weights", action="store_true", help="random CLIP weights (tests and smoke runs only)")
+    add_quick_gelu_option(g)
     g.add_argument("--method", choices=tuple(METHODS), default="resclip", help="dense method (default: resclip)")
     g.add_argument("--preset", default="voc21", choices=DATASETS + ("none",),
                    help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)")
@@ -61,13 +65,23 @@ def cmd_export(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         overrides = {"templates": args.templates} if args.templates else {}
         t0 = time.perf_counter()
-        export_engines(
-            args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights, method=args.method,
-            preset=None if args.preset == "none" else args.preset, sam2=args.sam2, sam2_weights=args.sam2_weights,
-            sam2_random_weights=args.sam2_random_weights, precision=args.precision, opset=args.opset,
-            max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
-            max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
-            overwrite=args.overwrite, log=log, **overrides)
+        with _interrupted_export(args.out):
+            export_engines(
+                args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights,
+                method=args.method, preset=None if args.preset == "none" else args.preset, sam2=args.sam2,
+                sam2_weights=args.sam2_weights, sam2_random_weights=args.sam2_random_weights, precision=args.precision,
+                opset=args.opset, max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
+                max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
+                overwrite=args.overwrite, log=log, quick_gelu=args.quick_gelu, **overrides)
     if log:
         log(f"clipsam export: done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+@contextlib.contextmanager
+def _interrupted_export(out):
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"the engine folder {out} is incomplete (it has no manifest.json, so it will not be used). "
+                          "Run the same command again with --overwrite.") from None

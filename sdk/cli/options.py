@@ -18,8 +18,9 @@ from ..config import DATASETS, METHODS, MULTI_SCALE_5
 from ..errors import ClipSamError
 from ..refine.config import SAM2_MODELS
 
-__all__ = ["add_vocabulary_options", "add_model_options", "add_engine_options", "add_segment_options",
-           "resolve_classes", "prompt_options", "parse_scales", "build_segmenter"]
+__all__ = ["add_vocabulary_options", "add_model_options", "add_quick_gelu_option", "add_engine_options",
+           "add_segment_options", "resolve_classes", "prompt_options", "parse_scales", "check_engine_options",
+           "build_segmenter"]
 
 DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip", "precision": "fp32"}
 
@@ -42,6 +43,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "open_clip format (default: openai)")
     w.add_argument("--random-weights", action="store_true",
                    help="random CLIP weights: for offline smoke runs only, predictions are meaningless")
+    add_quick_gelu_option(g)
     g.add_argument("--method", choices=tuple(METHODS), default=None,
                    help="dense method (default: resclip = NACLIP+RCS+SFR)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -65,6 +67,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibration", choices=("none", "excel", "knn"), default="none",
                    help="visual calibration of the dense features: ExCEL's SVC (not with resclip methods) or kNN "
                         "replacement of low-confidence patches (default: none)")
+
+
+def add_quick_gelu_option(g) -> None:
+    """``--quick-gelu`` / ``--no-quick-gelu``: the activation the CLIP weights were trained with (default: detected)."""
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the weights were trained with QuickGELU (OpenAI's) or not (--no-quick-gelu: GELU); default: "
+                        "the tag's own setting, or detected from the checkpoint file (a warning when it does not tell)")
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -150,6 +159,18 @@ def prompt_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_engine_options(args: argparse.Namespace) -> None:
+    """Refuse PyTorch-only options given with --engines (they would be ignored silently)."""
+    if getattr(args, "sam2_weights", None):
+        raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
+    if getattr(args, "weights", None) or getattr(args, "random_weights", False):
+        raise ClipSamError("--weights / --random-weights do not apply with --engines: the CLIP weights are in the "
+                           "engine folder")
+    if getattr(args, "quick_gelu", None) is not None:
+        raise ClipSamError("--quick-gelu / --no-quick-gelu do not apply with --engines: the activation is baked into "
+                           "the exported graphs (give it to clipsam export)")
+
+
 def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING):
     """The segmenter the options describe: engines (--engines) or PyTorch (``Segmenter.from_pretrained``).
 
@@ -166,11 +187,7 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
     if getattr(args, "engines", None):
         from ..segmenter import Segmenter
 
-        if opt["sam2_weights"]:
-            raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
-        if args.weights or args.random_weights:
-            raise ClipSamError("--weights / --random-weights do not apply with --engines: the CLIP weights are in the "
-                               "engine folder")
+        check_engine_options(args)
         providers = getattr(args, "providers", None)
         return Segmenter.from_engines(
             args.engines, providers=providers.split(",") if providers else None, device=args.device,
@@ -193,4 +210,4 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
             clip=args.clip or DEFAULTS["clip"], clip_weights=None if args.random_weights else args.weights or "openai",
             method=args.method or DEFAULTS["method"], preset=preset, device=args.device,
             precision=args.precision or DEFAULTS["precision"], max_batch=opt["max_batch"],
-            max_memory_mb=opt["max_memory_mb"], **kwargs)
+            max_memory_mb=opt["max_memory_mb"], quick_gelu=getattr(args, "quick_gelu", None), **kwargs)

@@ -6,7 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
+from ..config import positive_int
+from ..errors import Interrupted
 from ..inputs import InputImage, expand_inputs
+from ..paths import output_dir
 from ..result import save_atomic
 from .options import add_segment_options, build_segmenter, resolve_classes
 
@@ -32,6 +35,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 def cmd_segment(args: argparse.Namespace) -> int:
     classes = resolve_classes(args)
     images = expand_inputs(args.images)
+    positive_int(args.batch_size, "--batch-size")
+    output_dir(args.out, "--out")  # before any model loads
     seg = build_segmenter(args)
     dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)
     backend = ""
@@ -63,6 +68,12 @@ def segment_and_save(seg, images: list[InputImage], classes, out: Path, batch_si
                 bar.update(1)
             else:
                 print(line)
+    except KeyboardInterrupt:
+        done = sum((out / f"{im.name}.json").is_file() for im in images)  # the interrupt may hit between two steps
+        raise Interrupted(
+            f"{done} of {len(images)} image(s) were finished and saved in {out} (each <name>.json is written last); "
+            f"{len(images) - done} were not. To do only the rest, run clipsam batch with the same images, options and "
+            "--out: it skips images whose <name>.json exists.") from None
     finally:
         if bar is not None:
             bar.close()

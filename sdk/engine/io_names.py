@@ -42,7 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-FORMAT_VERSION = 1  # engine-folder layout version; the runtime refuses other versions
+FORMAT_VERSION = 2  # engine-folder layout version (2: graph_settings sealed); the runtime refuses other versions
 MANIFEST_FILE = "manifest.json"
 HOST_CONSTANTS_FILE = "host_constants.npz"  # native CLIP positional embedding, torch.linspace tables for SFR
 TOKENIZER_FILE = "clip_tokenizer.json"  # context length, special ids, cleaning mode

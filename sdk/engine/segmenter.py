@@ -17,7 +17,9 @@ import threading
 
 import numpy as np
 
-from ..errors import ConfigError, ManifestMismatchError
+from ..config import positive_int, positive_number
+from ..device import parse_device
+from ..errors import ConfigError, InvalidTypeError, ManifestMismatchError
 from ..frontend import SegmenterFront
 from ..ops.sfr import LinspaceTable
 from ..ops.base import EncoderSpec
@@ -26,11 +28,10 @@ from ..refine.config import RefineConfig
 from ..text import TextEmbeddingCache
 from ..vocabulary import Vocabulary
 from .dense import OrtBackend
-from .manifest import check_request, load_manifest, verify_files
+from .manifest import check_request, load_host_constants, load_manifest, load_tokenizer, verify_files
 from .sam2 import OrtSam2Refiner
 from .session import GraphSession, ProviderConfig, resolve_providers
 from .text import OrtTextEncoder
-from .tokenizer import ClipTokenizer
 
 __all__ = ["EngineSegmenter"]
 
@@ -78,10 +79,16 @@ class EngineSegmenter(SegmenterFront):
         self.config = check_request(m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2,
                                     overrides=overrides)
         limits = m.limits
-        if max_batch is not None and max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if max_memory_mb is not None and max_memory_mb <= 0:
-            raise ConfigError(f"max_memory_mb must be positive, got {max_memory_mb}")
+        if max_batch is not None:
+            positive_int(max_batch, "max_batch")
+        if max_memory_mb is not None:
+            positive_number(max_memory_mb, "max_memory_mb")
+        positive_int(text_cache_size, "text_cache_size")
+        for name, value in (("device_id", device_id), ("intra_op_threads", intra_op_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if prompts is not None and not isinstance(prompts, PromptConfig):
+            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__}")
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
         self.max_memory_mb = max_memory_mb
         self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
@@ -91,12 +98,10 @@ class EngineSegmenter(SegmenterFront):
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
         self._sessions_lock = threading.Lock()  # one session per graph, also when threads race to create it
-        consts = np.load(m.path("host_constants"))
-        self._consts = {k: consts[k] for k in consts.files}
+        self._consts = load_host_constants(m)
         self.patch = int(m.clip["patch"])
+        tokenizer = load_tokenizer(m)
         self.backend = self._backend(self.config)
-        files = m.data["files"]
-        tokenizer = ClipTokenizer.from_folder(m.folder, files["tokenizer"]["file"], files["bpe"]["file"])
         self.text_encoder = OrtTextEncoder(self._session("clip_text"), tokenizer)
         self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
@@ -112,16 +117,15 @@ class EngineSegmenter(SegmenterFront):
             folder: engine folder (``clipsam export``).
             providers: ONNX Runtime providers in priority order; None: from ``device`` ("cpu" -> CPU,
                 "cuda[:N]" -> CUDA on GPU N, then CPU), or the CPU.
-            device: torch-style device string, for callers written against ``Segmenter.from_pretrained``.
+            device: torch-style device string ("cpu", "cuda[:N]"): the GPU index of the CUDA and TensorRT providers.
             templates: template set or list (None keeps the export's).
             kwargs: the constructor's keyword arguments (method, preset, precision, refine, allow_fallback, ...).
         """
-        if providers is None and device is not None:
-            kind, _, index = str(device).partition(":")
-            if kind not in ("cpu", "cuda"):
-                raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]', or pass providers=[...]")
-            providers = ["cuda", "cpu"] if kind == "cuda" else ["cpu"]
-            kwargs.setdefault("device_id", int(index or 0))
+        if device is not None:
+            kind, index = parse_device(device)
+            if providers is None:
+                providers = ["cuda", "cpu"] if kind == "cuda" else ["cpu"]
+            kwargs.setdefault("device_id", index or 0)
         return cls(folder, providers, templates=templates, **kwargs)
 
     # -- sessions and components -------------------------------------------------------------------------
@@ -160,7 +164,7 @@ class EngineSegmenter(SegmenterFront):
             return RefineConfig()
         if refine is None or refine is False:
             return None
-        raise TypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
+        raise InvalidTypeError(f"refine must be None, a bool or a RefineConfig, got {type(refine).__name__}")
 
     @property
     def providers(self) -> dict[str, tuple[str, ...]]:
@@ -180,9 +184,11 @@ class EngineSegmenter(SegmenterFront):
     # -- vocabulary and text -----------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary) -> np.ndarray:
         """(Q, C) float32 unit query embeddings, computed once per vocabulary and cached."""
+        vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
         if emb is None:
+            self._check_tokens(vocab, self.text_encoder.tokenizer)
             if self._prompts.is_default:
                 emb = self.text_encoder.encode(vocab.queries, self.templates)
             else:
@@ -194,7 +200,8 @@ class EngineSegmenter(SegmenterFront):
     def _info(self, max_batch):
         cfg = self.config
         return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "backend": "onnxruntime", "providers": sorted({p for ps in self.providers.values() for p in ps}),
+                "quick_gelu": self.manifest.clip.get("quick_gelu"), "backend": "onnxruntime",
+                "providers": sorted({p for ps in self.providers.values() for p in ps}),
                 "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EngineFileError, ProviderError
+from ..errors import EngineFileError, ProviderError, first_line
 
 __all__ = ["ProviderConfig", "GraphSession", "resolve_providers", "PROVIDER_ALIASES"]
 
@@ -58,6 +58,9 @@ def resolve_providers(names) -> tuple[str, ...]:
         names = ["cpu"]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ProviderError(f"providers must be a list of provider names or a comma-separated string, got "
+                            f"{type(names).__name__} {names!r:.80}")
     out = []
     for n in names:
         full = PROVIDER_ALIASES.get(n.lower(), n) if isinstance(n, str) else None
@@ -129,9 +132,8 @@ class GraphSession:
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=list(zip(usable, options)))
         except Exception as e:
-            raise EngineFileError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:300]}). The file is corrupt or was not written by "
-                                  "'clipsam export': export the engines again.") from e
+            raise EngineFileError(f"ONNX Runtime cannot load {self.path} ({first_line(e, 300)}). The file is corrupt "
+                                  "or was not written by 'clipsam export': export the engines again.") from e
         self.providers = tuple(self.session.get_providers())
         for p in usable:
             if p not in self.providers:

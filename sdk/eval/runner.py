@@ -26,12 +26,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InvalidImageError, InvalidInputError
+from ..paths import output_file
 from ..vocabulary import Vocabulary, builtin_vocabulary
 from .datasets import Dataset, DatasetNotFoundError, Sample
 from .metrics import MetricResult, SegmentationMetric
 from .published import backbone_of, published
 
-__all__ = ["EvalReport", "evaluate", "partial_path", "versions", "machine_info"]
+__all__ = ["EvalReport", "evaluate", "partial_path", "versions", "machine_info", "check_classes"]
 
 _PARTIAL_FORMAT = "clipsam.eval.partial"
 _REPORT_FORMAT = "clipsam.eval.report"
@@ -128,17 +129,26 @@ def _class_groups(classes) -> list[list[str]]:
     return groups
 
 
+def check_classes(dataset: Dataset, classes) -> Optional[list[list[str]]]:
+    """Explicit classes as synonym groups, one per label index of ``dataset`` (``ConfigError`` otherwise); None stays
+    None. Cheap: the CLI calls it before building a segmenter."""
+    if classes is None:
+        return None
+    groups = _class_groups(classes)
+    spec = dataset.spec
+    if len(groups) != spec.num_classes:
+        raise ConfigError(
+            f"{len(groups)} classes were given, but '{spec.name}' scores {spec.num_classes} classes; give one "
+            "class per label index, in label order."
+        )
+    return groups
+
+
 def _check_vocabulary(segmenter, dataset: Dataset, classes: Optional[list[list[str]]]) -> tuple[str, ...]:
     """The class names of the report; raises unless the segmenter's vocabulary is the dataset's."""
     spec = dataset.spec
     if classes is not None:
-        names = tuple(g[0] for g in classes)
-        if len(names) != spec.num_classes:
-            raise ConfigError(
-                f"{len(names)} classes were given, but '{spec.name}' scores {spec.num_classes} classes; give one "
-                "class per label index, in label order."
-            )
-        return names
+        return tuple(g[0] for g in check_classes(dataset, classes))
     vocab = getattr(segmenter.config, "vocabulary", None)
     if vocab not in (spec.name, f"{spec.name}_plain"):
         raise ConfigError(
@@ -285,8 +295,7 @@ def evaluate(
     Returns:
         EvalReport (also written to ``out_path`` and its ``.md`` sibling).
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = output_file(out_path, "out_path")
     classes = None if classes is None else _class_groups(classes)
     class_names = _check_vocabulary(segmenter, dataset, classes)
     samples: list[Sample] = list(dataset.samples[:limit])

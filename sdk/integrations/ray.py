@@ -65,6 +65,10 @@ class SegmentImages:
         if sum(given) != 1:
             raise ConfigError("SegmentImages needs exactly one of model={...from_pretrained kwargs}, engines=FOLDER "
                               "or segmenter=<callable returning a segmenter>")
+        if out_dir is not None:
+            from ..paths import output_dir
+
+            output_dir(out_dir, "out_dir")  # before the segmenter loads
         if segmenter is not None:
             self.segmenter = segmenter()
         elif engines is not None:

@@ -51,15 +51,10 @@ def _import_sam2() -> tuple[Any, Any]:
 
 def _read_checkpoint(torch: Any, path: Path) -> Mapping[str, Any]:
     """The state dict stored in a SAM2 checkpoint file (under key "model", or the file is one)."""
-    if not path.is_file():
-        raise CheckpointError(f"SAM2 checkpoint '{path}' does not exist or is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and EOF errors all mean the same thing here
-        raise CheckpointError(
-            f"cannot read SAM2 checkpoint '{path}' ({type(e).__name__}: {e}); the file is corrupt, truncated "
-            "or not a PyTorch checkpoint: download it again"
-        ) from e
+    from ..models import checkpoint_file, torch_load
+
+    path = checkpoint_file(path, "SAM2 checkpoint")  # a URL, a folder, a missing or empty file: named as such
+    obj = torch_load(path, "SAM2 checkpoint")  # refuses pickled code, names a corrupt file
     sd = obj["model"] if isinstance(obj, Mapping) and "model" in obj else obj
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(
@@ -141,7 +136,8 @@ class Sam2Refiner(Refiner):
         std = torch.tensor(SAM2_STD, device=self.device).view(3, 1, 1)
         out = []
         for im in images:
-            x = torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1)[None]
+            im = np.ascontiguousarray(im) if im.flags.writeable else np.array(im)  # results' images are read-only
+            x = torch.from_numpy(im).to(self.device).permute(2, 0, 1)[None]
             x = torch.nn.functional.interpolate(x.float() / 255.0, (s, s), mode="bilinear",
                                                 align_corners=False, antialias=True)
             out.append((x[0] - mean) / std)
@@ -171,10 +167,12 @@ class Sam2Refiner(Refiner):
             raise ConfigError("pass either weights=... or random_weights=True, not both")
         torch, build_sam2 = _import_sam2()
         config_file, filename, _ = MODELS[name]
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        from ..device import parse_device
+
+        if parse_device(device)[0] == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device={device!r} was asked for but CUDA is not available here")
         if weights is not None:
-            source, sd = str(weights), _read_checkpoint(torch, Path(weights))  # fail fast, before building
+            source, sd = str(weights), _read_checkpoint(torch, weights)  # fail fast, before building
         elif not random_weights:
             source = _URL + filename
             try:

@@ -128,3 +128,47 @@ def test_tensorrt_options_come_from_the_manifest_profiles(engine_dir, tmp_path):
     assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(tmp_path / "c")
     assert opts["trt_profile_min_shapes"].startswith("crops:1x3x16x16,pos_embed:2x128")
     assert "crops:8x3x224x224" in opts["trt_profile_max_shapes"] and opts["trt_fp16_enable"] is False  # sliding
+
+
+# -- the manifest's own fields are validated against the graphs it lists and their hashes (issue 14) -------------
+def _edit(folder, change):
+    data = _manifest(folder)
+    change(data)
+    (folder / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d.update(method="foo"), r"says method 'foo', but its graphs were exported for method 'sclip'"),
+    (lambda d: d.update(method="naclip"), r"says method 'naclip', but its graphs were exported for method 'sclip'"),
+    (lambda d: d["dense_config"].update(base="naclip"), r"dense_config.base 'naclip'.*exported for .*'sclip'"),
+    (lambda d: d["dense_config"].update(base="clearclip"), r"dense_config.base 'clearclip'"),
+    (lambda d: d["clip"].update(patch=14), r"clip.patch 14, but its graphs were exported for clip.patch 16"),
+    (lambda d: d.update(precision="fp16"), r"precision 'fp16'"),
+], ids=["method-foo", "method-naclip", "base-naclip", "base-clearclip", "patch", "precision"])
+def test_edited_manifest_fields_are_refused(folder, change, match):
+    _edit(folder, change)
+    with pytest.raises(ManifestMismatchError, match=match + r".*edited.*export the engines again"):
+        EngineSegmenter(folder)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d["clip"].update(patch="16"), r"clip.patch must be a positive integer, got '16'"),
+    (lambda d: d["limits"].pop("max_batch"), r"limits.max_batch is missing"),
+    (lambda d: d["graphs"]["clip_dense"].update(file="../clip_dense.onnx"), r"graphs.clip_dense.file .*plain file name"),
+    (lambda d: d["files"].pop("tokenizer"), r"files.tokenizer is missing"),
+    (lambda d: d.update(graphs=[]), r"graphs must be a JSON object"),
+    (lambda d: d["graph_settings"].update(sha256="0" * 64), r"graph_settings record does not match"),
+    (lambda d: d.pop("graph_settings"), r"lacks graph_settings"),
+], ids=["patch-type", "limits", "path", "files", "graphs-type", "seal", "no-seal"])
+def test_malformed_manifest_fields_are_named(folder, change, match):
+    _edit(folder, change)
+    with pytest.raises(EngineError, match=match):
+        EngineSegmenter(folder)
+
+
+@pytest.mark.parametrize("name", ["clip_tokenizer.json", "host_constants.npz"])
+def test_unverified_folder_with_a_corrupt_tokenizer_or_constants(folder, name):
+    path = folder / name
+    path.write_bytes(b"{" + b"x" * (path.stat().st_size - 1))  # same size: only the hash check would notice
+    with pytest.raises(EngineFileError, match=name + ".*[Ee]xport the engines again"):
+        EngineSegmenter(folder, verify=False)

@@ -37,7 +37,7 @@ def test_manifest_describes_the_export(manifest, tiny_clip):
     import clipsam
     from clipsam.export.engines import state_dict_sha256
 
-    assert manifest["format"] == 1 and manifest["clipsam_version"] == clipsam.__version__
+    assert manifest["format"] == 2 and manifest["clipsam_version"] == clipsam.__version__
     assert (manifest["method"], manifest["preset"], manifest["precision"]) == ("resclip", "voc21", "fp32")
     assert manifest["opset"] >= 17
     clip = manifest["clip"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +71,21 @@ def test_clearclip_pads_windows_and_crops_logits_back():
     padded = F.pad(img[None], (5, 5, 6, 6))
     ref = F.interpolate(FakeEncoder().patch_logits(padded, None), size=(112, 160), mode="bilinear")[:, :, 6:106, 5:155]
     torch.testing.assert_close(out, ref[0])
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("clip", "one_step"), ("sclip", "one_step"), ("clearclip", "one_step"),  # SCLIP's and ClearCLIP's forward_feature
+    ("naclip", "two_step"), ("resclip", "two_step"), ("resclip_sclip", "two_step"), ("resclip_clearclip", "two_step"),
+])
+def test_whole_image_upsampling_order_per_method(method, expected):
+    """Whole-image inference resizes grid -> original size in one step (SCLIP, ClearCLIP) or through the resized
+    input (NACLIP, ResCLIP), as each method's upstream code does."""
+    cfg = dense_config(method, "voc21", slide_crop=0, pamr_iters=0)
+    assert cfg.schedule.upsample == expected
+    img = torch.randn(3, 64, 96)
+    out = infer_logits(FakeEncoder(), img, None, cfg, (40, 50))
+    grid = FakeEncoder().patch_logits(img[None], None)
+    one = F.interpolate(grid, size=(40, 50), mode="bilinear")[0]
+    two = F.interpolate(F.interpolate(grid, size=(64, 96), mode="bilinear"), size=(40, 50), mode="bilinear")[0]
+    assert (one - two).abs().max() > 1e-3  # the order matters on this input
+    torch.testing.assert_close(out, one if expected == "one_step" else two)

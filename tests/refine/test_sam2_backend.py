@@ -225,3 +225,18 @@ def test_missing_sam2_raises_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # makes `from sam2.build_sam import ...` fail
     with pytest.raises(MissingDependencyError, match=r"clipsam\[sam2\]"):
         Sam2Refiner.from_pretrained("sam2.1_hiera_t", random_weights=True)
+
+
+def test_sam2_checkpoint_with_pickled_code_zero_bytes_or_a_folder(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(CheckpointError, match=r"refused: besides tensors it contains pickled Python objects") as err:
+        Sam2Refiner.from_pretrained("sam2.1_hiera_t", weights=_save(tmp_path, "evil.pt", {"model": Evil()}))
+    assert "Re-running" not in str(err.value)
+    (tmp_path / "zero.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"zero.pt is empty \(0 bytes\)"):
+        Sam2Refiner.from_pretrained("sam2.1_hiera_t", weights=tmp_path / "zero.pt")
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        Sam2Refiner.from_pretrained("sam2.1_hiera_t", weights=tmp_path)
