@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(sub)  # clipsam batch
     register_engine(sub)  # clipsam export
     register_eval(sub)  # clipsam eval, clipsam bench
+    from .serve import command as serve_cmd  # clipsam serve (needs the serve extra only when run)
+
+    serve_cmd.add_arguments(sub.add_parser("serve", help=serve_cmd.HELP)).set_defaults(func=serve_cmd.run)
     return parser
 
 
