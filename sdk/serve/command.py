@@ -141,10 +141,12 @@ def _check_model_options(args) -> None:
     from ..cli import _parse_scales, prompt_options
     from ..config import dense_config
 
-    prompt_options(args)
-    _parse_scales(args.scales)
+    overrides = {k: v for k, v in prompt_options(args).items() if k == "calibration"}
+    scales = _parse_scales(args.scales)
+    if scales is not None:
+        overrides["scales"] = scales
     if not args.engines:
-        dense_config(args.method, args.preset)
+        dense_config(args.method, args.preset, flip=bool(args.flip), **overrides)
         if args.sam2_weights and not args.refine:
             raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")
     elif not os.path.isdir(args.engines):
@@ -198,6 +200,7 @@ def _require_serve():
 def _check_port(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does: TIME_WAIT is no conflict
         try:
             s.bind((host, port))
         except OSError as e:
@@ -243,8 +246,8 @@ def run(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         try:
-            if ray.is_initialized():
-                serve.shutdown() if local else serve.delete("clipsam")
+            if ray.is_initialized():  # stop what this command started; in a caller's Ray, only its application
+                serve.shutdown() if started_ray and local else serve.delete("clipsam")
         finally:
             if started_ray and ray.is_initialized():
                 ray.shutdown()
