@@ -227,15 +227,16 @@ def run(args) -> int:
             ray.init(address="local" if local else args.ray, include_dashboard=False if local else None,
                      configure_logging=False)
             signal.signal(signal.SIGTERM, stop)  # again: Ray's core worker installs its own handler
-        serve.start(http_options={"host": args.host, "port": args.port})
+        # the proxy times out requests left in its queue; ours (504 JSON, from arrival at a replica) fires first
+        serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s + 30})
         print(f"clipsam serve: starting {args.replicas} replica(s) (model load and warm-up)...", file=sys.stderr, flush=True)
         try:
             serve.run(app, name="clipsam", route_prefix="/")
         except RuntimeError as e:
             raise ClipSamError(f"the service did not start: {e}") from None
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"clipsam serve: ready at http://{host}:{args.port}/ (API: /v1/segment, /v1/describe; "
-              f"Ctrl-C to stop)", flush=True)
+        where = f"http://{host}:{args.port}/" if local else f"port {args.port} of the Ray cluster {args.ray}'s nodes"
+        print(f"clipsam serve: ready at {where} (API: /v1/segment, /v1/describe; Ctrl-C to stop)", flush=True)
         if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key_env or args.api_key_file):
             print(f"clipsam serve: warning: listening on {args.host} without an API key (--api-key-env/--api-key-file)",
                   file=sys.stderr, flush=True)
