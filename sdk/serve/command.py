@@ -207,6 +207,21 @@ def _check_port(host: str, port: int) -> None:
             raise ClipSamError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host") from None
 
 
+def _startup_error(serve) -> str | None:
+    """The exception line of a replica that failed to start (Serve keeps the traceback in the deployment status)."""
+    try:
+        app = serve.status().applications["clipsam"]
+        messages = [d.message for d in app.deployments.values()] + [app.message]
+    except Exception:  # noqa: BLE001 - the generic error is still shown
+        return None
+    for message in messages:
+        lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+        if errors:
+            return errors[-1]
+    return None
+
+
 def run(args) -> int:
     """``clipsam serve``: start (or join) Ray, run the application, serve until Ctrl-C or SIGTERM, then clean up."""
     _require_serve()
@@ -220,20 +235,22 @@ def run(args) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    signals = (signal.SIGINT, signal.SIGTERM)  # SIGINT too: a shell starts background jobs with it ignored
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
     started_ray = not ray.is_initialized()
     try:
         if started_ray:
             ray.init(address="local" if local else args.ray, include_dashboard=False if local else None,
                      configure_logging=False)
-            signal.signal(signal.SIGTERM, stop)  # again: Ray's core worker installs its own handler
+            for sig in signals:  # again: Ray's core worker installs its own handlers
+                signal.signal(sig, stop)
         # the proxy times out requests left in its queue; ours (504 JSON, from arrival at a replica) fires first
         serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s + 30})
         print(f"clipsam serve: starting {args.replicas} replica(s) (model load and warm-up)...", file=sys.stderr, flush=True)
         try:
             serve.run(app, name="clipsam", route_prefix="/")
         except RuntimeError as e:
-            raise ClipSamError(f"the service did not start: {e}") from None
+            raise ClipSamError(f"the service did not start: {_startup_error(serve) or e}") from None
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         where = f"http://{host}:{args.port}/" if local else f"port {args.port} of the Ray cluster {args.ray}'s nodes"
         print(f"clipsam serve: ready at {where} (API: /v1/segment, /v1/describe; Ctrl-C to stop)", flush=True)
@@ -245,7 +262,8 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print("clipsam serve: stopping", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         try:
             if ray.is_initialized():  # stop what this command started; in a caller's Ray, only its application
                 serve.shutdown() if started_ray and local else serve.delete("clipsam")

@@ -1,5 +1,6 @@
 """`clipsam serve`: its options, the error without Ray Serve, the application builder, and the command itself in a
-subprocess on a loopback port: ready, answers like the in-process Segmenter, stops cleanly on SIGTERM."""
+subprocess on a loopback port: ready, answers like the in-process Segmenter, stops cleanly on SIGTERM or SIGINT,
+and names the error of a replica that cannot start."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def test_application_builder():
         build_application()
 
 
-def test_the_command_serves_and_stops_on_sigterm(reference, chelsea_small, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_command_serves_and_stops_on_a_signal(reference, chelsea_small, stop):
     from clipsam.serve import Client
 
     port = free_port()
@@ -124,7 +126,7 @@ def test_the_command_serves_and_stops_on_sigterm(reference, chelsea_small, tmp_p
         res = Client(f"http://127.0.0.1:{port}").segment(chelsea_small, "cat, grass, wall")
         assert_same(res, reference(short_side=336).segment(chelsea_small, classes="cat, grass, wall"))
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)  # SIGINT: as Ctrl-C
         try:
             rc = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -135,3 +137,12 @@ def test_the_command_serves_and_stops_on_sigterm(reference, chelsea_small, tmp_p
     assert "clipsam serve: stopping" in err and "clipsam serve: stopped" in err and "Traceback" not in err
     with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_replica_that_cannot_start_is_reported(tmp_path):
+    missing = tmp_path / "no-such-checkpoint.pt"
+    proc = subprocess.run([CLI, "serve", "--clip", TINY_VIT, "--weights", str(missing), "--preset", "voc21", "--port",
+                           str(free_port()), "--cpus-per-replica", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("clipsam serve: error:")]
+    assert line and "did not start" in line[0] and "no-such-checkpoint.pt" in line[0], proc.stderr[-2000:]
