@@ -123,3 +123,44 @@ def test_describe(seg):
     assert d["batching"] == {"max_batch": 4, "batch_wait_ms": 5, "max_ongoing_requests": 32,
                              "encoder_max_batch": seg.max_batch}
     assert d["choices"]["return"] == ["labels", "rle", "scores", "overlay"] and d["auth"] is False
+
+
+def test_engine_backend(tiny_clip, tmp_path_factory, images):
+    """An engine folder (ONNX Runtime) served: same results as the engine segmenter in process, described as such."""
+    pytest.importorskip("onnx")
+    from clipsam.engine.segmenter import EngineSegmenter
+
+    from ..engine import engines
+
+    eng = EngineSegmenter(engines.build("naclip", tiny_clip, tmp_path_factory), short_side=64)
+    svc = Service(eng, ServeConfig(warmup_sizes=((32, 48),)))
+    svc.warmup()
+    cats = Vocabulary.from_names("cat, grass")
+    out = svc.run_batch([Job(images[0], cats, ()), Job(images[2], cats, (("templates", "single"),))])
+    assert_same(out[0].result, eng.segment(images[0], classes=cats))
+    assert_same(out[1].result, eng.with_options(templates="single").segment(images[2], classes=cats))
+    d = svc.describe()
+    assert (d["backend"], d["method"], d["device"]) == ("onnxruntime", "naclip", None)
+    assert d["providers"] == ["CPUExecutionProvider"]
+
+
+def test_sam2_instances_through_the_wire(tiny_clip, images):
+    """With a SAM2 refiner, return=instances sends the instances and the dense labels; decoded, they equal the
+    in-process result's."""
+    pytest.importorskip("sam2")
+    from clipsam.segmenter import Segmenter
+    from clipsam.serve.codec import decode_result, encode_result
+
+    from ..engine import engines
+
+    seg = Segmenter(tiny_clip, dense_config("resclip", "voc21", short_side=64, templates=("a photo of a {}.",)),
+                    refiner=engines.tiny_sam2())
+    svc = Service(seg, ServeConfig())
+    assert svc.policy()["instances"] is True and "instances" in svc.describe()["choices"]["return"]
+    vocab = Vocabulary.from_names("cat, grass, sky")
+    res = svc.run_batch([Job(images[0], vocab, ())])[0].result
+    ref = seg.segment(images[0], classes=vocab)
+    got = decode_result(encode_result(res, ("labels", "scores", "instances")), images[0])
+    assert_same(got, ref)
+    assert np.array_equal(got.dense_labels, ref.dense_labels)
+    assert got.instances_json() == ref.instances_json() and len(got.instances) == len(ref.instances) > 0
