@@ -4,12 +4,12 @@ batching (``max_batch`` 8, ``batch_wait_ms`` 10) and without (``max_batch`` 1), 
     pytest benchmarks/bench_serve.py --benchmark-enable --benchmark-json bench_serve.json -s
     CLIPSAM_BENCH_SMOKE=1 pytest benchmarks/bench_serve.py --benchmark-disable      # tiny model, CI
 
-One local Ray Serve instance on 127.0.0.1 (a free port), one replica with all of the machine's CPUs (or one GPU),
-deployed once per batching mode. ViT-B/16 with random weights (seeded), ResCLIP with the VOC21 settings (whole
-image at short side 336), single template; each request uploads the bundled 451x300 JPEG with 5 classes and asks
+One local Ray Serve instance on 127.0.0.1 (a free port) with two applications, one replica each with all of the
+machine's CPUs (or half of one GPU), both deployed at the start; the levels alternate between them. ViT-B/16 with
+random weights (seeded), ResCLIP with the VOC21 settings (whole image at short side 336), single template; each request uploads the bundled 451x300 JPEG with 5 classes and asks
 for the label PNG. Clients are threads of this process using ``clipsam.serve.Client`` (a connection per request).
-Each level sends at most CLIPSAM_BENCH_REQUESTS requests per client (default 6, 4, 2 for 1, 8, 32 clients) and
-stops sending after CLIPSAM_BENCH_SECONDS (default 240) per level; two requests warm the replica first. Latency is
+Each level sends at most CLIPSAM_BENCH_REQUESTS requests per client (default 4, 2, 1 for 1, 8, 32 clients) and
+stops sending after CLIPSAM_BENCH_SECONDS (default 120) per level; two requests warm the replica first. Latency is
 measured by the client (upload to parsed answer); requests/s is completed requests over the level's wall time;
 the batch sizes are the ones the server reports in each answer. Every answer must succeed: an error fails the run.
 Environment: CLIPSAM_BENCH_DEVICE=cpu|cuda|auto (default auto).
@@ -30,8 +30,10 @@ import pytest
 SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE") == "1"
 TINY = str(Path(__file__).parents[1] / "tests" / "configs" / "clipsam-test-vit.json")
 CLIENTS = (1, 2) if SMOKE else (1, 8, 32)
-PER_CLIENT = {1: 6, 2: 2, 8: 4, 32: 2}
-SECONDS = float(os.environ.get("CLIPSAM_BENCH_SECONDS", 240))
+PER_CLIENT = {1: 4, 2: 2, 8: 2, 32: 1}
+if os.environ.get("CLIPSAM_BENCH_REQUESTS"):
+    PER_CLIENT = {c: int(os.environ["CLIPSAM_BENCH_REQUESTS"]) for c in PER_CLIENT}
+SECONDS = float(os.environ.get("CLIPSAM_BENCH_SECONDS", 120))
 CLASSES = "cat, grass, wall, floor, sky"
 
 
@@ -56,39 +58,37 @@ if SMOKE:
 
 
 @pytest.fixture(scope="module")
-def serve_instance():
+def services():
+    """Both applications, deployed once: /batching (max_batch 8) and /no_batching (max_batch 1), one replica each.
+
+    Ray is told it has twice the machine's CPUs so that both replicas (each asking for all of them: torch then uses
+    every core) are placed; only one works at a time, as the levels run one after the other."""
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
     import socket
 
+    from clipsam.serve.app import build_application
+    from clipsam.serve.service import ServeConfig
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    cpus = os.cpu_count()
+    ray.init(num_cpus=2 * cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
+        targets = []
+        for mode, max_batch in (("batching", 8), ("no_batching", 1)):
+            app = build_application(model=MODEL, config=ServeConfig(max_batch=max_batch, batch_wait_ms=10.0),
+                                    num_cpus=0 if DEVICE == "cuda" else cpus, num_gpus=0.5 if DEVICE == "cuda" else 0)
+            targets.append(serve.RunTarget(app, name=mode, route_prefix=f"/{mode}"))
+        serve.run_many(targets)
+        yield {mode: f"http://127.0.0.1:{port}/{mode}" for mode in ("batching", "no_batching")}
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
-
-
-@pytest.fixture(scope="module", params=["batching", "no_batching"])
-def service(request, serve_instance):
-    from ray import serve
-
-    from clipsam.serve.app import build_application
-    from clipsam.serve.service import ServeConfig
-
-    mode = request.param
-    config = ServeConfig(max_batch=8 if mode == "batching" else 1, batch_wait_ms=10.0)
-    app = build_application(model=MODEL, config=config, num_cpus=0 if DEVICE == "cuda" else os.cpu_count(),
-                            num_gpus=1 if DEVICE == "cuda" else 0)
-    serve.run(app, name=mode, route_prefix=f"/{mode}")
-    yield mode, f"{serve_instance}/{mode}"
-    serve.delete(mode)
 
 
 def _load(url: str, clients: int, per_client: int, image: bytes) -> dict:
@@ -127,12 +127,12 @@ def _load(url: str, clients: int, per_client: int, image: bytes) -> dict:
             "mean_batch": round(float(np.mean(sizes)), 2), "max_batch_formed": int(max(sizes))}
 
 
-@pytest.mark.parametrize("clients", CLIENTS)
-def test_serve_load(benchmark, service, clients):
+@pytest.mark.parametrize("clients, mode", [(c, m) for c in CLIENTS for m in ("batching", "no_batching")])
+def test_serve_load(benchmark, services, clients, mode):
     import clipsam
     from clipsam.serve import Client
 
-    mode, url = service
+    url = services[mode]
     image = (Path(clipsam.__file__).parent / "data" / "chelsea.jpg").read_bytes()
     for _ in range(2):  # the request vocabulary's text embeddings, first-call allocations
         Client(url, timeout=600).segment_json(image, CLASSES)
