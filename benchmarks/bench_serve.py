@@ -6,12 +6,13 @@ batching (``max_batch`` 8, ``batch_wait_ms`` 10) and without (``max_batch`` 1), 
 
 One local Ray Serve instance on 127.0.0.1 (a free port) with two applications, one replica each with all of the
 machine's CPUs (or half of one GPU), both deployed at the start; the levels alternate between them. ViT-B/16 with
-random weights (seeded), ResCLIP with the VOC21 settings (whole image at short side 336), single template; each request uploads the bundled 451x300 JPEG with 5 classes and asks
-for the label PNG. Clients are threads of this process using ``clipsam.serve.Client`` (a connection per request).
-Each level sends at most CLIPSAM_BENCH_REQUESTS requests per client (default 4, 2, 1 for 1, 8, 32 clients) and
-stops sending after CLIPSAM_BENCH_SECONDS (default 120) per level; two requests warm the replica first. Latency is
-measured by the client (upload to parsed answer); requests/s is completed requests over the level's wall time;
-the batch sizes are the ones the server reports in each answer. Every answer must succeed: an error fails the run.
+random weights (seeded), ResCLIP with the VOC21 settings (whole image at short side 336), single template; each
+request uploads the bundled 451x300 JPEG with 5 classes and asks for the label PNG. Clients are threads of this
+process using ``clipsam.serve.Client`` (a connection per request). Each level sends at most CLIPSAM_BENCH_REQUESTS
+requests per client (default 4, 2, 1 for 1, 8, 32 clients) and stops sending after CLIPSAM_BENCH_SECONDS (default
+120) per level; two requests warm the replica first. Latency is measured by the client (upload to parsed answer);
+requests/s is completed requests over the level's wall time; the batch sizes are the ones the server reports in
+each answer. Every answer must succeed: an error fails the run.
 Environment: CLIPSAM_BENCH_DEVICE=cpu|cuda|auto (default auto).
 """
 

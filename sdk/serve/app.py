@@ -111,7 +111,8 @@ class ClipsamServer:
             return await getattr(self, handler)(request, root)
         except ServeError as e:
             self.service.count(e.code)
-            return _json(e.to_json(), e.status, {**e.headers, **({"WWW-Authenticate": "Bearer"} if e.status == 401 else {})})
+            headers = {**e.headers, **({"WWW-Authenticate": "Bearer"} if e.status == 401 else {})}
+            return _json(e.to_json(), e.status, headers)
         except Exception as e:  # noqa: BLE001 - never let a request take the replica down
             log.exception("clipsam serve: %s %s failed", request.method, path)
             self.service.count("internal")
@@ -119,7 +120,8 @@ class ClipsamServer:
 
     # -- routes ------------------------------------------------------------------------------------------
     async def _page(self, request, root):
-        return HTMLResponse(self.page.replace("{{ROOT}}", json.dumps(root)), headers=_PAGE_HEADERS)
+        prefix = json.dumps(root).replace("<", "\\u003c")  # a JS string that cannot end the <script>
+        return HTMLResponse(self.page.replace("{{ROOT}}", prefix), headers=_PAGE_HEADERS)
 
     async def _health(self, request, root):
         return _json({"status": "ok", "ready": self.service.ready, "replica": self.service.replica})
