@@ -12,7 +12,8 @@ process using ``clipsam.serve.Client`` (a connection per request). Each level se
 requests per client (default 4, 2, 1 for 1, 8, 32 clients) and stops sending after CLIPSAM_BENCH_SECONDS (default
 120) per level; two requests warm the replica first. Latency is measured by the client (upload to parsed answer);
 requests/s is completed requests over the level's wall time; the batch sizes are the ones the server reports in
-each answer. Every answer must succeed: an error fails the run.
+each answer. Every answer must succeed: an error fails the run (the request timeout is raised to 900 s, as the
+32-client queue of a small CPU exceeds the default 60 s).
 Environment: CLIPSAM_BENCH_DEVICE=cpu|cuda|auto (default auto).
 """
 
@@ -69,6 +70,7 @@ def services():
     import socket
 
     from clipsam.serve.app import build_application
+    from clipsam.serve.limits import Limits
     from clipsam.serve.service import ServeConfig
 
     with socket.socket() as s:
@@ -80,7 +82,8 @@ def services():
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         targets = []
         for mode, max_batch in (("batching", 8), ("no_batching", 1)):
-            app = build_application(model=MODEL, config=ServeConfig(max_batch=max_batch, batch_wait_ms=10.0),
+            config = ServeConfig(max_batch=max_batch, batch_wait_ms=10.0, limits=Limits(request_timeout_s=900))
+            app = build_application(model=MODEL, config=config,
                                     num_cpus=0 if DEVICE == "cuda" else cpus, num_gpus=0.5 if DEVICE == "cuda" else 0)
             targets.append(serve.RunTarget(app, name=mode, route_prefix=f"/{mode}"))
         serve.run_many(targets)

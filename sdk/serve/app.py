@@ -74,7 +74,7 @@ class ClipsamServer:
         except Exception:  # noqa: BLE001 - outside a Serve replica (tests of the class itself)
             replica = "local"
         self.service = Service(factory(), config, replica=replica)
-        self.segment_batched.set_max_batch_size(config.max_batch)
+        self.segment_batched.set_max_batch_size(self.service.max_batch)
         self.segment_batched.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="clipsam-segment")  # one batch at a time per replica
         self.page = resources.files("clipsam.serve").joinpath("page.html").read_text(encoding="utf-8")

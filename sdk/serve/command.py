@@ -54,12 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run on the Ray cluster at ADDRESS ('auto', 'ray://head:10001'); default: a local Ray instance")
     b = p.add_argument_group("dynamic batching")
-    b.add_argument("--max-batch", dest="serve_max_batch", type=int, default=8, metavar="N",
-                   help="most requests segmented together in one segment_batch call (default: 8)")
+    b.add_argument("--max-batch", dest="serve_max_batch", type=int, default=None, metavar="N",
+                   help="most requests segmented together in one segment_batch call (default: 8 on a GPU, 1 on the "
+                        "CPU, where batching costs throughput)")
     b.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="longest a request waits for others to fill its batch, in ms (default: 10)")
     b.add_argument("--max-ongoing", type=int, default=None,
-                   help="requests a replica holds at once (default: max(32, 4 x --max-batch)); more wait in Ray's queue")
+                   help="requests a replica holds at once (default: max(32, 4 x --max-batch)); more wait in Ray's "
+                        "queue")
     b.add_argument("--max-windows", dest="max_batch", type=int, default=None, metavar="N",
                    help="most windows per encoder call (segment's --max-batch; default: 4 on CPU, 32 on CUDA)")
     r = p.add_argument_group("requests")

@@ -30,7 +30,8 @@ class ServeConfig:
     """How a replica serves (everything but the model, which the segmenter factory builds)."""
 
     limits: Limits = Limits()
-    max_batch: int = 8  # most requests segmented together (Ray Serve's max_batch_size)
+    max_batch: int | None = None  # most requests segmented together (Ray Serve's max_batch_size); None: 8 on a GPU,
+    # 1 on the CPU, where batching costs throughput (benchmarks/RESULTS.md, bench_serve)
     batch_wait_ms: float = 10.0  # longest a request waits for others to join its batch
     max_ongoing_requests: int | None = None  # per replica (default max(32, 4 * max_batch)); more wait in Ray's queue
     classes: tuple[str, ...] | None = None  # default vocabulary as class-file lines; None: the preset's
@@ -40,16 +41,16 @@ class ServeConfig:
     api_key_sha256: str | None = None  # SHA-256 of the API key; None: no key (see clipsam.serve.auth)
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.batch_wait_ms < 0:
+        if (self.max_batch is not None and self.max_batch < 1) or self.batch_wait_ms < 0:
             raise ConfigError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got {self.max_batch} and "
                               f"{self.batch_wait_ms}")
-        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < (self.max_batch or 8):
             raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch "
-                              f"({self.max_batch}), or batches can never fill")
+                              f"({self.max_batch or 8}), or batches can never fill")
 
     @property
     def ongoing(self) -> int:
-        return self.max_ongoing_requests or max(32, 4 * self.max_batch)
+        return self.max_ongoing_requests or max(32, 4 * (self.max_batch or 8))
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Service:
             raise ConfigError("an engine folder serves the method and preset it was exported for; per-request methods "
                               "and presets need the PyTorch backend")
         self.templates = tuple(TEMPLATE_SETS)
+        self.max_batch = config.max_batch or (8 if _on_gpu(segmenter) else 1)
         self.default_vocab = _parse_lines("\n".join(config.classes), "--classes") if config.classes else None
         self._overrides = {} if self.engines else self._server_overrides(cfg)
         self._variants: OrderedDict = OrderedDict()
@@ -253,7 +255,7 @@ class Service:
             "choices": {"methods": list(self.methods), "presets": list(self.presets), "templates": list(self.templates),
                         "return": ["labels", "rle", "scores", "overlay"] + (["instances"] if seg.refiner else [])},
             "limits": self.config.limits.to_json(),
-            "batching": {"max_batch": self.config.max_batch, "batch_wait_ms": self.config.batch_wait_ms,
+            "batching": {"max_batch": self.max_batch, "batch_wait_ms": self.config.batch_wait_ms,
                          "max_ongoing_requests": self.config.ongoing, "encoder_max_batch": seg.max_batch},
             "auth": self.config.api_key_sha256 is not None,
             "replica": self.replica,
@@ -267,4 +269,13 @@ class Service:
                     "requests": dict(s["requests"]), "batches": s["batches"],
                     "batch_sizes": {str(k): v for k, v in sorted(s["batch_sizes"].items())},
                     "group_sizes": {str(k): v for k, v in sorted(s["group_sizes"].items())},
-                    "max_batch": self.config.max_batch, "batch_wait_ms": self.config.batch_wait_ms}
+                    "max_batch": self.max_batch, "batch_wait_ms": self.config.batch_wait_ms}
+
+
+def _on_gpu(segmenter) -> bool:
+    """Whether the segmenter computes on a GPU (CUDA device, or a CUDA/TensorRT ONNX Runtime provider)."""
+    device = getattr(segmenter, "device", None)
+    if getattr(device, "type", None) == "cuda":
+        return True
+    providers = getattr(getattr(segmenter, "provider_config", None), "providers", ())
+    return any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in providers)

@@ -30,7 +30,7 @@ def parse(*argv):
 def test_options_and_defaults():
     a = parse("--preset", "voc21")
     assert (a.host, a.port, a.replicas, a.serve_max_batch, a.batch_wait_ms, a.max_batch, a.ray) == (
-        "127.0.0.1", 8000, 1, 8, 10.0, None, None)
+        "127.0.0.1", 8000, 1, None, 10.0, None, None)  # --max-batch: 8 on a GPU, 1 on the CPU (per replica)
     a = parse("--max-batch", "16", "--max-windows", "2", "--batch-wait-ms", "5", "--engines", "e/", "--refine",
               "sam2.1_hiera_t", "--method", "sclip", "--scales", "ms5")
     assert (a.serve_max_batch, a.max_batch, a.batch_wait_ms, a.engines, a.refine, a.scales) == (16, 2, 5.0, "e/",

@@ -116,6 +116,17 @@ def test_config_errors(seg):
         Service(engine_like, ServeConfig(methods=("sclip",)))
 
 
+def test_default_batch_size_follows_the_device(seg):
+    from clipsam.serve.service import _on_gpu
+
+    assert Service(seg, ServeConfig()).max_batch == 1  # the CPU: batching costs throughput (bench_serve)
+    assert Service(seg, ServeConfig(max_batch=6)).max_batch == 6
+    assert _on_gpu(types.SimpleNamespace(device=types.SimpleNamespace(type="cuda")))
+    engine_like = types.SimpleNamespace(provider_config=types.SimpleNamespace(providers=("CUDAExecutionProvider",
+                                                                                         "CPUExecutionProvider")))
+    assert _on_gpu(engine_like) and not _on_gpu(types.SimpleNamespace(device=seg.device))
+
+
 def test_describe(seg):
     d = Service(seg, ServeConfig(max_batch=4, batch_wait_ms=5), replica="r1").describe()
     assert (d["backend"], d["method"], d["preset"], d["precision"], d["device"], d["replica"]) == (
