@@ -277,11 +277,15 @@ class DenseConfig:
             direct[group] = dataclasses.replace(direct.get(group, getattr(self, group)), **kw)
         return dataclasses.replace(self, **direct)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of the flat option names (what overrides take; ``from_dict`` reads it back)."""
+    def options(self) -> dict[str, Any]:
+        """Every option by its flat name (what overrides take): ``dense_config(**cfg.options())`` rebuilds it."""
         out: dict[str, Any] = {name: getattr(getattr(self, g), f) for name, (g, f) in _FLAT.items()}
         out.update(templates=self.templates, vocabulary=self.vocabulary, preset=self.preset, method=self.method)
-        return json_safe(out)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the flat option names (``from_dict`` reads it back)."""
+        return json_safe(self.options())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DenseConfig":

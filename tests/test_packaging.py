@@ -30,7 +30,7 @@ def test_no_top_level_sdk_kernels_export_modules():
 
 
 def test_import_clipsam_does_not_import_torch():
-    code = "import sys, clipsam, clipsam.errors, clipsam.eval, clipsam.refine; print('torch' in sys.modules)"
+    code = "import sys, clipsam, clipsam.errors, clipsam.eval, clipsam.refine, clipsam.serve; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout
     assert out.strip() == "False"
 

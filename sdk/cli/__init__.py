@@ -1,6 +1,7 @@
-"""Command line: ``clipsam segment | batch | export | eval | bench``.
+"""Command line: ``clipsam segment | batch | export | eval | bench | serve``.
 
-One module per subcommand (``segment.py``, ``batch.py``, ``export.py``, ``evaluate.py``, ``bench.py``), each with
+One module per subcommand (``segment.py``, ``batch.py``, ``export.py``, ``evaluate.py``, ``bench.py``, ``serve.py``),
+each with
 ``register(subparsers)`` and its command function; the option groups and builders they share are in
 ``options.py``. Dependencies point one way: subcommands -> options -> the library.
 """
@@ -12,11 +13,11 @@ import sys
 
 from .. import __version__
 from ..errors import ClipSamError, Interrupted
-from . import batch, bench, evaluate, export, segment
+from . import batch, bench, evaluate, export, segment, serve
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = (segment, batch, export, evaluate, bench)
+SUBCOMMANDS = (segment, batch, export, evaluate, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,42 @@
+"""The API key: from an environment variable or a file, kept as a digest, checked as a bearer token."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipsam.errors import ClipSamError
+from clipsam.serve.auth import check_bearer, key_digest, load_api_key
+from clipsam.serve.errors import ServeError
+
+
+def test_key_from_env_or_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPSAM_TEST_KEY", "  s3cret \n")
+    assert load_api_key(env="CLIPSAM_TEST_KEY") == "s3cret"
+    f = tmp_path / "key"
+    f.write_text("from-file\nsecond line ignored\n")
+    assert load_api_key(file=f) == "from-file"
+    assert load_api_key() is None
+    with pytest.raises(ClipSamError, match="not both"):
+        load_api_key(env="CLIPSAM_TEST_KEY", file=f)
+    monkeypatch.setenv("CLIPSAM_TEST_KEY", "")
+    with pytest.raises(ClipSamError, match="CLIPSAM_TEST_KEY is not set or empty"):
+        load_api_key(env="CLIPSAM_TEST_KEY")
+    with pytest.raises(ClipSamError, match="cannot read the API key file .*missing"):
+        load_api_key(file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ClipSamError, match="is empty"):
+        load_api_key(file=tmp_path / "empty")
+
+
+def test_bearer_check():
+    digest = key_digest("s3cret")
+    assert len(digest) == 64 and "s3cret" not in digest
+    check_bearer("Bearer s3cret", digest)
+    check_bearer("bearer  s3cret ", digest)
+    check_bearer(None, None)  # no key set: anything goes
+    check_bearer("Bearer whatever", None)
+    for header, text in ((None, "needs an API key"), ("Basic s3cret", "needs an API key"), ("Bearer ", "needs an API key"),
+                         ("Bearer s3cret2", "wrong"), ("Bearer S3CRET", "wrong")):
+        with pytest.raises(ServeError, match=text) as e:
+            check_bearer(header, digest)
+        assert (e.value.status, e.value.code) == (401, "unauthorized")
