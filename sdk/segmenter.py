@@ -189,7 +189,12 @@ class Segmenter(SegmenterFront):
         from .dense.backend import TorchBackend
         from .dense.encoder import DenseEncoder
 
-        self.encoder = DenseEncoder(self.model.visual, self.config)
+        if self.config.attention.base == "rfclip":
+            from .dense.rfclip import RFClipEncoder
+
+            self.encoder = RFClipEncoder(self.model.visual, self.config)
+        else:
+            self.encoder = DenseEncoder(self.model.visual, self.config)
         self.backend = TorchBackend(self.encoder, self.device, self.precision)
 
     def with_options(self, **overrides) -> "Segmenter":

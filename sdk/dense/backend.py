@@ -43,7 +43,18 @@ class TorchBackend:
         dtype = _AUTOCAST.get(self.precision)
         return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
-    def patch_logits(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised crops, (Q, E) unit text -> (B, Q, H // p, W // p) float32 logits."""
+    def patch_logits(self, crops: torch.Tensor, text: torch.Tensor, **extras) -> torch.Tensor:
+        """(B, 3, H, W) normalised crops, (Q, E) unit text -> (B, Q, H // p, W // p) float32 logits.
+
+        ``extras``: the method's per-window inputs (``clipsam.pipeline.plan.Member``), passed to the encoder.
+        """
         with torch.inference_mode(), self._autocast():
-            return self.encoder(crops, text, self.ops).float()
+            return self.encoder(crops, text, self.ops, **extras).float()
+
+    def member_context(self, pixels: torch.Tensor) -> dict | None:
+        """The encoder's per-member inputs (RF-CLIP's whole-image CLS embedding), or None."""
+        make = getattr(self.encoder, "member_context", None)
+        if make is None:
+            return None
+        with torch.inference_mode(), self._autocast():
+            return make(pixels)
