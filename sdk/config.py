@@ -31,7 +31,8 @@ from .method_config import FIELD_KINDS as _METHOD_FIELD_KINDS
 from .method_config import CorrClipConfig, RFClipConfig
 
 __all__ = ["DenseConfig", "AttentionConfig", "FeedbackConfig", "ScheduleConfig", "PostConfig", "CalibrationConfig",
-           "RFClipConfig", "CorrClipConfig", "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config", "positive_int", "positive_number"]
+           "RFClipConfig", "CorrClipConfig", "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config",
+           "positive_int", "positive_number"]
 
 
 def positive_int(value: Any, name: str) -> int:
