@@ -28,17 +28,32 @@ PaintOrder = Literal["ascending_area", "descending_area"]
 
 # flat name -> kind, for clipsam.config's type check (same kinds as there)
 FIELD_KINDS = {
-    **dict.fromkeys(("rf_denoise_exact_identity", "rf_renormalise_attention", "corr_amg_multimask",
-                     "corr_mask_vote"), "bool"),
+    **dict.fromkeys(
+        ("rf_denoise_exact_identity", "rf_renormalise_attention", "corr_amg_multimask", "corr_mask_vote"), "bool"
+    ),
     **dict.fromkeys(("rf_topk", "corr_amg_points_per_side", "corr_amg_points_per_batch"), "int"),
     **dict.fromkeys(("rf_sink_channels", "corr_spatial_blocks"), "ints"),
-    **dict.fromkeys(("rf_sink_sigma", "rf_denoise_alpha", "rf_enhance_beta", "rf_cluster_threshold", "rf_text_alpha",
-                     "rf_global_weight", "corr_amg_pred_iou_thresh", "corr_amg_stability_thresh",
-                     "corr_amg_stability_offset", "corr_amg_box_nms_thresh", "corr_merge_eps", "corr_scope_tau"),
-                    "real"),
+    **dict.fromkeys(
+        (
+            "rf_sink_sigma",
+            "rf_denoise_alpha",
+            "rf_enhance_beta",
+            "rf_cluster_threshold",
+            "rf_text_alpha",
+            "rf_global_weight",
+            "corr_amg_pred_iou_thresh",
+            "corr_amg_stability_thresh",
+            "corr_amg_stability_offset",
+            "corr_amg_box_nms_thresh",
+            "corr_merge_eps",
+            "corr_scope_tau",
+        ),
+        "real",
+    ),
     "corr_branch_weights": "reals",
-    **dict.fromkeys(("rf_global_source", "corr_mask_source", "corr_merge_distance", "corr_unsegmented",
-                     "corr_paint_order"), "str"),
+    **dict.fromkeys(
+        ("rf_global_source", "corr_mask_source", "corr_merge_distance", "corr_unsegmented", "corr_paint_order"), "str"
+    ),
 }
 
 

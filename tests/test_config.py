@@ -32,7 +32,14 @@ def test_resclip_voc21_defaults():
 )
 def test_resclip_presets(ds, thd, rcs, sfr, slide, short, prob):
     c = dense_config("resclip", ds)
-    assert (c.temp_thd, c.rcs_weights, c.sfr_weights, c.slide_crop, c.short_side, c.prob_thd) == (thd, rcs, sfr, slide, short, prob)
+    assert (c.temp_thd, c.rcs_weights, c.sfr_weights, c.slide_crop, c.short_side, c.prob_thd) == (
+        thd,
+        rcs,
+        sfr,
+        slide,
+        short,
+        prob,
+    )
     assert c.slide_stride == 112 and c.logit_scale == 40.0
     for other in ("resclip_sclip", "resclip_clearclip"):  # other bases: same configs
         o = dense_config(other, ds)
@@ -49,8 +56,18 @@ def test_sclip_naclip_clearclip_presets():
     assert (n.slide_crop, n.pamr_iters, n.logit_scale, n.rcs, n.sfr) == (0, 10, 40.0, False, False)
     c = dense_config("clearclip", "voc21")
     assert (c.short_side, c.slide_crop, c.slide_stride, c.logit_scale, c.prob_thd, c.vocabulary, c.pad_crops) == (
-        448, 448, 224, 50.0, 0.5, "voc21_plain", True)
-    assert (dense_config("clearclip", "cityscapes").slide_crop, dense_config("clearclip", "cityscapes").slide_stride) == (224, 224)
+        448,
+        448,
+        224,
+        50.0,
+        0.5,
+        "voc21_plain",
+        True,
+    )
+    assert (
+        dense_config("clearclip", "cityscapes").slide_crop,
+        dense_config("clearclip", "cityscapes").slide_stride,
+    ) == (224, 224)
     assert set(PRESETS) == set(METHODS) and all(len(v) == 8 for v in PRESETS.values())
 
 

@@ -27,8 +27,14 @@ from .encoder import DenseEncoder
 __all__ = ["RFClipEncoder", "denoise", "enhance", "adapt_text"]
 
 
-def denoise(x: torch.Tensor, grid: tuple[int, int], channels: tuple[int, ...], sigma: float, alpha: float,
-            exact_identity: bool = False) -> torch.Tensor:
+def denoise(
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    channels: tuple[int, ...],
+    sigma: float,
+    alpha: float,
+    exact_identity: bool = False,
+) -> torch.Tensor:
     """RF-CLIP's dimension-specific denoising of the patch tokens (CLS untouched).
 
     A patch is flagged when, after shifting its features to start at 0 and dividing by their sum, the largest
@@ -69,8 +75,9 @@ def enhance(x: torch.Tensor, guide: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.cat([x[:, :1], s @ x[:, 1:]], dim=1)
 
 
-def adapt_text(patches: torch.Tensor, text: torch.Tensor, sims: torch.Tensor, table: torch.Tensor, alpha: float,
-               topk: int) -> torch.Tensor:
+def adapt_text(
+    patches: torch.Tensor, text: torch.Tensor, sims: torch.Tensor, table: torch.Tensor, alpha: float, topk: int
+) -> torch.Tensor:
     """``clipsam.ops.rfclip.adapt_text`` on the device: (B,N,E) unit patches, (Q,E) text, (B,Q) global similarities,
     (K,M) cluster table -> (B,Q,E) adjusted text."""
     b, n, e = patches.shape
@@ -106,14 +113,16 @@ class RFClipEncoder:
             raise ConfigError(
                 f"rf_sink_channels {rf.rf_sink_channels} name channels beyond this model's width {self.width}. "
                 "RF-CLIP's channels are those of ViT-B/16 (width 768); for another backbone pass its own "
-                "rf_sink_channels=(...)")
+                "rf_sink_channels=(...)"
+            )
         self._tables: dict = {}
 
     # -- encoder -------------------------------------------------------------------------------------
     def _denoise(self, x: torch.Tensor, grid) -> torch.Tensor:
         rf = self.cfg.rfclip
-        return denoise(x, grid, rf.rf_sink_channels, rf.rf_sink_sigma, rf.rf_denoise_alpha,
-                       rf.rf_denoise_exact_identity)
+        return denoise(
+            x, grid, rf.rf_sink_channels, rf.rf_sink_sigma, rf.rf_denoise_alpha, rf.rf_denoise_exact_identity
+        )
 
     def _block(self, block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A standard block; also returns its kk map softmax(s k kᵀ) (B, heads, 1+N, 1+N)."""
@@ -173,8 +182,9 @@ class RFClipEncoder:
         return {"global_embedding": self.encode(pixels[None], cls_only=True)[1][0]}
 
     @torch.inference_mode()
-    def __call__(self, crops: torch.Tensor, text: torch.Tensor, ops=None,
-                 global_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, crops: torch.Tensor, text: torch.Tensor, ops=None, global_embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Patch-grid logits of a batch of equally sized crops.
 
         Arguments:

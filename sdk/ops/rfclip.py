@@ -69,8 +69,9 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def adapt_text(patches: np.ndarray, text: np.ndarray, sims: np.ndarray, table: np.ndarray, alpha: float,
-               topk: int) -> np.ndarray:
+def adapt_text(
+    patches: np.ndarray, text: np.ndarray, sims: np.ndarray, table: np.ndarray, alpha: float, topk: int
+) -> np.ndarray:
     """Image-adaptive text: in every cluster, the query most similar to the global embedding moves towards the
     mean of the patches most similar to it.
 
@@ -100,8 +101,16 @@ def adapt_text(patches: np.ndarray, text: np.ndarray, sims: np.ndarray, table: n
     return out
 
 
-def rf_window_logits(patches: np.ndarray, cls: np.ndarray, text: np.ndarray, table: np.ndarray, alpha: float,
-                     gamma: float, topk: int, grid: tuple[int, int]) -> np.ndarray:
+def rf_window_logits(
+    patches: np.ndarray,
+    cls: np.ndarray,
+    text: np.ndarray,
+    table: np.ndarray,
+    alpha: float,
+    gamma: float,
+    topk: int,
+    grid: tuple[int, int],
+) -> np.ndarray:
     """Logits of a batch of windows from the encoder's outputs.
 
     Arguments:

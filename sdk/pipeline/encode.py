@@ -25,8 +25,14 @@ from .windows import pad_to_patch, window_grid
 __all__ = ["window_logits", "run_members", "infer_logits"]
 
 
-def window_logits(backend, crops: Any, text: Any, pads: tuple[int, int, int, int], maps: dict | None = None,
-                  context: dict | None = None) -> Any:
+def window_logits(
+    backend,
+    crops: Any,
+    text: Any,
+    pads: tuple[int, int, int, int],
+    maps: dict | None = None,
+    context: dict | None = None,
+) -> Any:
     """Logits of equally sized crops (B, 3, h, w), upsampled to the crop size: (B, Q, h, w) float32.
 
     Arguments:
@@ -56,8 +62,9 @@ def _pads(cfg: DenseConfig, hw: tuple[int, int], patch: int) -> tuple[int, int, 
 def _side_inputs(ops, members: list[Member], chunk: list) -> tuple[dict, dict]:
     """The maps (cropped to each window) and contexts of a chunk's members, stacked like the crops."""
     first = members[chunk[0][0]]
-    maps = {k: ops.stack([members[mi].maps[k][y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk])
-            for k in (first.maps or {})}
+    maps = {
+        k: ops.stack([members[mi].maps[k][y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk]) for k in (first.maps or {})
+    }
     context = {k: ops.stack([members[mi].context[k] for mi, _ in chunk]) for k in (first.context or {})}
     return maps, context
 
@@ -70,8 +77,9 @@ def _member_context(backend, members: list[Member]) -> None:
             m.context = make(m.pixels)
 
 
-def run_members(backend, members: list[Member], text: Any, cfg: DenseConfig, max_batch: int,
-                progress=None) -> list[Member]:
+def run_members(
+    backend, members: list[Member], text: Any, cfg: DenseConfig, max_batch: int, progress=None
+) -> list[Member]:
     """Run every window of every member in shape-bucketed batches and stitch the logits.
 
     Arguments:
@@ -119,8 +127,9 @@ def run_members(backend, members: list[Member], text: Any, cfg: DenseConfig, max
     return members
 
 
-def infer_logits(backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple[int, int],
-                 maps: dict | None = None) -> Any:
+def infer_logits(
+    backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple[int, int], maps: dict | None = None
+) -> Any:
     """Logits of one preprocessed image at its original size, one window at a time (the reference path).
 
     Arguments:
@@ -147,8 +156,9 @@ def infer_logits(backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple
         count = ops.zeros((1, 1, h, w), img)
         for y1, y2, x1, x2 in window_grid(h, w, sc.slide_crop, sc.slide_stride):
             pads = _pads(cfg, (y2 - y1, x2 - x1), backend.spec.patch)
-            preds[:, :, y1:y2, x1:x2] += window_logits(backend, img[:, :, y1:y2, x1:x2], text, pads,
-                                                       crop(y1, y2, x1, x2), context)
+            preds[:, :, y1:y2, x1:x2] += window_logits(
+                backend, img[:, :, y1:y2, x1:x2], text, pads, crop(y1, y2, x1, x2), context
+            )
             count[:, :, y1:y2, x1:x2] += 1
         logits = preds / count
     elif sc.upsample == "one_step":

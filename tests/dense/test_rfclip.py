@@ -59,9 +59,13 @@ def _tokens(visual, img):
     pos = visual.positional_embedding
     if x.shape[1] != pos.shape[0]:
         n = int(math.sqrt(pos.shape[0] - 1))
-        pp = F.interpolate(pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2), mode="bicubic",
-                           scale_factor=((gh + 0.1) / n, (gw + 0.1) / n), align_corners=False,
-                           recompute_scale_factor=False)
+        pp = F.interpolate(
+            pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2),
+            mode="bicubic",
+            scale_factor=((gh + 0.1) / n, (gw + 0.1) / n),
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
         pos = torch.cat([pos[:1][None], pp.permute(0, 2, 3, 1).reshape(1, -1, pp.shape[1])], dim=1)[0]
     return visual.ln_pre(x + pos).permute(1, 0, 2), (gh, gw)  # (1+N, 1, D)
 
@@ -140,8 +144,9 @@ def ref_clusters(text, threshold):
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import pdist
 
-    labels = fcluster(linkage(pdist(np.asarray(text, np.float64), "cosine"), method="complete"), threshold,
-                      criterion="distance")
+    labels = fcluster(
+        linkage(pdist(np.asarray(text, np.float64), "cosine"), method="complete"), threshold, criterion="distance"
+    )
     return sorted(sorted(np.nonzero(labels == c)[0].tolist()) for c in np.unique(labels))
 
 
@@ -158,8 +163,9 @@ def ref_window(visual, text, clusters, crop, whole, rf, flagged_log):
         c = int(idx[np.argmax(g.numpy()[idx])])
         t = F.normalize(text[c][None], dim=1)
         top = torch.topk((pfn @ t.T)[:, 0], min(rf.rf_topk, pf.shape[0])).indices
-        adj[c] = F.normalize((1 - rf.rf_text_alpha) * t[0] + rf.rf_text_alpha * F.normalize(pf[top].mean(0), dim=0),
-                             dim=0)
+        adj[c] = F.normalize(
+            (1 - rf.rf_text_alpha) * t[0] + rf.rf_text_alpha * F.normalize(pf[top].mean(0), dim=0), dim=0
+        )
     lg = (pf @ adj.T) * (1 - rf.rf_global_weight) + g[None] * rf.rf_global_weight
     return F.interpolate(lg.T.reshape(1, -1, gh, gw), size=crop.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -179,8 +185,9 @@ def ref_image(visual, text, inp, cfg, ori_hw, flagged_log):
                 y2, x2 = min(i * sc.slide_stride + sc.slide_crop, h), min(j * sc.slide_stride + sc.slide_crop, w)
                 y1, x1 = max(y2 - sc.slide_crop, 0), max(x2 - sc.slide_crop, 0)
                 whole = None if rf.rf_global_source == "window" else inp
-                preds[:, :, y1:y2, x1:x2] += ref_window(visual, text, clusters, inp[:, :, y1:y2, x1:x2], whole, rf,
-                                                        flagged_log)
+                preds[:, :, y1:y2, x1:x2] += ref_window(
+                    visual, text, clusters, inp[:, :, y1:y2, x1:x2], whole, rf, flagged_log
+                )
                 count[:, :, y1:y2, x1:x2] += 1
         lg = preds / count
     else:
@@ -242,8 +249,15 @@ def _planted_text(dim=64, seed=0):
 
 
 def _segmenter(tiny_clip, visual, preset, **overrides):
-    cfg = dense_config("rfclip", preset, rf_sink_channels=SINKS, rf_sink_sigma=1.5, short_side=64,
-                       templates=("a photo of a {}.",), **overrides)
+    cfg = dense_config(
+        "rfclip",
+        preset,
+        rf_sink_channels=SINKS,
+        rf_sink_sigma=1.5,
+        short_side=64,
+        templates=("a photo of a {}.",),
+        **overrides,
+    )
     if cfg.schedule.slide_crop:
         cfg = cfg.replace(slide_crop=48, slide_stride=32)
     loaded = copy.copy(tiny_clip)

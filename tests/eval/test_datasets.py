@@ -67,8 +67,14 @@ def _reduced(label: np.ndarray) -> np.ndarray:
 
 def test_registry():
     expect = {
-        "voc21": (21, False), "voc20": (20, True), "context60": (60, False), "context59": (59, True),
-        "coco_object": (81, False), "coco_stuff164k": (171, False), "cityscapes": (19, False), "ade20k": (150, True),
+        "voc21": (21, False),
+        "voc20": (20, True),
+        "context60": (60, False),
+        "context59": (59, True),
+        "coco_object": (81, False),
+        "coco_stuff164k": (171, False),
+        "cityscapes": (19, False),
+        "ade20k": (150, True),
     }
     assert {k: (s.num_classes, s.reduce_zero_label) for k, s in DATASETS.items()} == expect
     for name, spec in DATASETS.items():

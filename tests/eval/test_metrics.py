@@ -54,8 +54,15 @@ def _reference(pairs, num_classes=C, ignore=255):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return dict(
-            mIoU=np.nanmean(iou) * 100, mAcc=np.nanmean(acc) * 100, aAcc=inter.sum() / label.sum() * 100,
-            iou=iou, acc=acc, inter=inter, union=union, pred=predicted, label=label,
+            mIoU=np.nanmean(iou) * 100,
+            mAcc=np.nanmean(acc) * 100,
+            aAcc=inter.sum() / label.sum() * 100,
+            iou=iou,
+            acc=acc,
+            inter=inter,
+            union=union,
+            pred=predicted,
+            label=label,
         )
 
 
