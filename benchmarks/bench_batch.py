@@ -26,8 +26,7 @@ SIZES = [(375, 500), (500, 333), (375, 500), (333, 500), (500, 375), (281, 500),
 if SMOKE:
     SIZES = [(60, 80), (80, 50)]
 TINY = str(Path(__file__).parents[1] / "tests" / "configs" / "clipsam-test-vit.json")
-MODEL = dict(clip=TINY if SMOKE else "ViT-B-16", clip_weights=None, method="sclip", preset="voc21",
-             templates="single")
+MODEL = dict(clip=TINY if SMOKE else "ViT-B-16", clip_weights=None, method="sclip", preset="voc21", templates="single")
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +63,27 @@ def test_batch_throughput(benchmark, cluster, inputs, tmp_path, mode):
         shutil.rmtree(out, ignore_errors=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return run_batch([str(inputs)], out, model=MODEL, ray=False if actors == 0 else cluster,
-                             actors=max(actors, 1), batch_size=2, progress=False)
+            return run_batch(
+                [str(inputs)],
+                out,
+                model=MODEL,
+                ray=False if actors == 0 else cluster,
+                actors=max(actors, 1),
+                batch_size=2,
+                progress=False,
+            )
 
     report = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     assert report["done"] == len(SIZES) and report["failed"] == 0
     stats = benchmark.stats.stats if benchmark.stats is not None else None
     benchmark.extra_info.update(
-        mode=mode, actors=actors, images=len(SIZES), sizes=SIZES, clip=MODEL["clip"], method=MODEL["method"],
-        machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+        mode=mode,
+        actors=actors,
+        images=len(SIZES),
+        sizes=SIZES,
+        clip=MODEL["clip"],
+        method=MODEL["method"],
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
         images_per_s=(len(SIZES) / stats.median) if stats is not None and stats.median else None,
     )

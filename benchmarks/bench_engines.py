@@ -78,8 +78,16 @@ def _engines(method: str, preset: str, tmp_root: Path) -> Path:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                export_engines(out, clip=_loaded(), method=method, preset=preset, templates="single", log=None,
-                               overwrite=True, validate=not SMOKE)
+                export_engines(
+                    out,
+                    clip=_loaded(),
+                    method=method,
+                    preset=preset,
+                    templates="single",
+                    log=None,
+                    overwrite=True,
+                    validate=not SMOKE,
+                )
             print(f"\nexported {out.name} in {time.perf_counter() - t0:.0f} s")
         _STATE["engines"][key] = out
     return _STATE["engines"][key]
@@ -149,12 +157,22 @@ def test_end_to_end(benchmark, bench_root, case, hw, backend):
     ref = _STATE["labels"].get((case, hw, ref_backend))
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     median = stats.median if stats is not None and stats.median > 0 else None
-    info = dict(config=f"{method}-{preset} {hw[0]}x{hw[1]}", backend=backend, clip=Path(CLIP).stem, smoke=SMOKE,
-                image_hw=list(hw), first_call_s=first_s, median_ms=None if median is None else median * 1e3,
-                providers=res.info.get("providers"), max_batch=res.info.get("max_batch"),
-                label_agreement=None if ref is None or backend == ref_backend else float((ref == res.labels).mean()),
-                torch=torch.__version__, onnxruntime=ort.__version__, cpu=platform.processor() or platform.machine(),
-                threads=torch.get_num_threads())
+    info = dict(
+        config=f"{method}-{preset} {hw[0]}x{hw[1]}",
+        backend=backend,
+        clip=Path(CLIP).stem,
+        smoke=SMOKE,
+        image_hw=list(hw),
+        first_call_s=first_s,
+        median_ms=None if median is None else median * 1e3,
+        providers=res.info.get("providers"),
+        max_batch=res.info.get("max_batch"),
+        label_agreement=None if ref is None or backend == ref_backend else float((ref == res.labels).mean()),
+        torch=torch.__version__,
+        onnxruntime=ort.__version__,
+        cpu=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+    )
     _ROWS.append(info)
     benchmark.extra_info.update(info)
     assert res.labels.shape == hw
@@ -170,10 +188,13 @@ def _markdown_table():
     if not path or not _ROWS:
         return
     ms = {(r["config"], r["backend"]): r["median_ms"] for r in _ROWS}
-    lines = [f"ViT: {_ROWS[0]['clip']} (random weights); torch {_ROWS[0]['torch']}, onnxruntime {_ROWS[0]['onnxruntime']}, "
-             f"{_ROWS[0]['threads']} threads; median of timed `segment()` calls; speed-up = torch / ORT on the same device.",
-             "", "| config | backend | median ms | first call s | speed-up vs torch | label agreement |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"ViT: {_ROWS[0]['clip']} (random weights); torch {_ROWS[0]['torch']}, onnxruntime {_ROWS[0]['onnxruntime']}, "
+        f"{_ROWS[0]['threads']} threads; median of timed `segment()` calls; speed-up = torch / ORT on the same device.",
+        "",
+        "| config | backend | median ms | first call s | speed-up vs torch | label agreement |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in _ROWS:
         ref = ms.get((r["config"], "torch-cuda" if r["backend"].endswith(("cuda", "tensorrt")) else "torch-cpu"))
         up = f"{ref / r['median_ms']:.2f}x" if ref and r["median_ms"] and r["backend"].startswith("ort") else ""

@@ -52,8 +52,13 @@ def _inputs(shape: str, dtype: torch.dtype):
     s_hat = torch.rand(b, n, n, device=DEVICE, generator=gen)
     s_hat[:, 0], s_hat[:, :, 0] = 0, 0
     kw = dict(
-        scale=0.125, window=(gh, gw, 5.0), sfr_term=0.7 * (s_hat / s_hat.amax()).half(), sfr_weights=(2.2, 0.7),
-        rcs_q=rnd(LAYERS, b, h, n, 64), rcs_k=rnd(LAYERS, b, h, n, 64), rcs_weights=(2.0, 0.3),
+        scale=0.125,
+        window=(gh, gw, 5.0),
+        sfr_term=0.7 * (s_hat / s_hat.amax()).half(),
+        sfr_weights=(2.2, 0.7),
+        rcs_q=rnd(LAYERS, b, h, n, 64),
+        rcs_k=rnd(LAYERS, b, h, n, 64),
+        rcs_weights=(2.0, 0.3),
     )
     return q, k, v, kw
 
@@ -92,8 +97,21 @@ def test_rcs_attention(cuda_bench, benchmark, device_info, shape, dtype, base, p
     flops = passes * 4.0 * b * h * n * n * d
     elem = q.element_size()
     nbytes = elem * b * h * n * d * (4 + 2 * LAYERS) + 2.0 * b * n * n
-    _record(benchmark, device_info, flops, nbytes, op="rcs_attention", shape=shape, N=n, B=b, H=h, dtype=dtype,
-            base=base, provider=provider, first_call_s=first_s)
+    _record(
+        benchmark,
+        device_info,
+        flops,
+        nbytes,
+        op="rcs_attention",
+        shape=shape,
+        N=n,
+        B=b,
+        H=h,
+        dtype=dtype,
+        base=base,
+        provider=provider,
+        first_call_s=first_s,
+    )
 
 
 @pytest.mark.parametrize("provider", ["ref", "triton"])
@@ -106,8 +124,20 @@ def test_sfr_affinity(cuda_bench, benchmark, device_info, grid, provider):
     fn()
     cuda_bench(fn, rounds=3 if provider == "ref" else 20, warmup_rounds=1)
     n = grid[0] * grid[1]
-    _record(benchmark, device_info, 0.0, 8.0 * 32 * n + 2.0 * 32 * (n + 1) ** 2, op="sfr_affinity",
-            shape=f"32x{grid[0]}x{grid[1]}", N=n + 1, B=32, H=1, dtype="fp16", base="-", provider=provider)
+    _record(
+        benchmark,
+        device_info,
+        0.0,
+        8.0 * 32 * n + 2.0 * 32 * (n + 1) ** 2,
+        op="sfr_affinity",
+        shape=f"32x{grid[0]}x{grid[1]}",
+        N=n + 1,
+        B=32,
+        H=1,
+        dtype="fp16",
+        base="-",
+        provider=provider,
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -43,7 +43,8 @@ CLIP = TINY_VIT if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16")
 SIZES = [(40, 56)] if SMOKE else [(375, 500), (500, 333)]
 _DEV = os.environ.get("CLIPSAM_BENCH_DEVICE", "auto")
 TARGETS = ([("cpu", "fp32")] if _DEV in ("auto", "cpu") else []) + (
-    [("cuda", "fp32"), ("cuda", "fp16")] if _DEV in ("auto", "cuda") and torch.cuda.is_available() else [])
+    [("cuda", "fp32"), ("cuda", "fp16")] if _DEV in ("auto", "cuda") and torch.cuda.is_available() else []
+)
 
 METHODS = ("resclip", "naclip", "sclip", "clearclip")
 PRESETS = ("voc21", "ade20k")
@@ -94,8 +95,9 @@ def _segmenter(method: str, preset: str, backend: str, scales: str, device: str,
         if backend == "onnxruntime":
             from clipsam.segmenter import Segmenter
 
-            _SEGMENTERS[key] = Segmenter.from_engines(os.environ["CLIPSAM_BENCH_ENGINES"], method=method, preset=preset,
-                                                      device=device, templates="single")
+            _SEGMENTERS[key] = Segmenter.from_engines(
+                os.environ["CLIPSAM_BENCH_ENGINES"], method=method, preset=preset, device=device, templates="single"
+            )
         else:
             from clipsam.models import load_clip
             from clipsam.segmenter import Segmenter
@@ -149,7 +151,11 @@ def matmul_peak():
 
 def _case_id(case) -> str:
     method, preset, backend, refine, scales = case
-    return f"{method}-{preset}-{backend}" + ("" if refine == "off" else f"-{refine}") + ("" if scales == "s1" else f"-{scales}")
+    return (
+        f"{method}-{preset}-{backend}"
+        + ("" if refine == "off" else f"-{refine}")
+        + ("" if scales == "s1" else f"-{scales}")
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[0]}-{t[1]}")
@@ -193,19 +199,38 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
     flops = image_flops(spec, seg.config, hw, vocab.num_queries, sam2=sam2) if spec else None
     peak = matmul_peak(device, precision)
     info = dict(
-        config=f"{_case_id(case)} {device}-{precision} {hw[0]}x{hw[1]}", method=method, preset=preset,
-        backend=backend, refine=refine, device=device, precision=precision, scales=list(seg.config.schedule.scales),
-        flip=seg.config.schedule.flip, image_hw=list(hw),
-        clip=getattr(seg, "arch", CLIP), weights=getattr(seg, "weights_id", None), smoke=SMOKE,
-        queries=vocab.num_queries, slide=[seg.config.schedule.slide_crop, seg.config.schedule.slide_stride],
-        max_batch=getattr(seg, "max_batch", None), prompts=prompts,
-        first_call_s=first_s, peak_gflops=peak, machine=machine_info(), versions=versions(), **device_info,
+        config=f"{_case_id(case)} {device}-{precision} {hw[0]}x{hw[1]}",
+        method=method,
+        preset=preset,
+        backend=backend,
+        refine=refine,
+        device=device,
+        precision=precision,
+        scales=list(seg.config.schedule.scales),
+        flip=seg.config.schedule.flip,
+        image_hw=list(hw),
+        clip=getattr(seg, "arch", CLIP),
+        weights=getattr(seg, "weights_id", None),
+        smoke=SMOKE,
+        queries=vocab.num_queries,
+        slide=[seg.config.schedule.slide_crop, seg.config.schedule.slide_stride],
+        max_batch=getattr(seg, "max_batch", None),
+        prompts=prompts,
+        first_call_s=first_s,
+        peak_gflops=peak,
+        machine=machine_info(),
+        versions=versions(),
+        **device_info,
     )
     if flops is not None:
-        info.update(gflop=flops.gflop, gflop_parts={k: v / 1e9 for k, v in flops.parts.items()},
-                    input_hw=list(flops.input_hw), windows=flops.windows,
-                    window_shapes=sorted({f"{h}x{w}" for h, w in flops.window_shapes}),
-                    text_gflop=text_flops(TextSpec.from_model(model), vocab.num_queries * len(seg.templates)) / 1e9)
+        info.update(
+            gflop=flops.gflop,
+            gflop_parts={k: v / 1e9 for k, v in flops.parts.items()},
+            input_hw=list(flops.input_hw),
+            windows=flops.windows,
+            window_shapes=sorted({f"{h}x{w}" for h, w in flops.window_shapes}),
+            text_gflop=text_flops(TextSpec.from_model(model), vocab.num_queries * len(seg.templates)) / 1e9,
+        )
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is not None and stats.median > 0:
         info.update(median_ms=stats.median * 1e3, images_per_s=1.0 / stats.median)

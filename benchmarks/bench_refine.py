@@ -78,7 +78,14 @@ def test_refine_decode_latency(benchmark, setup, provider):
         np.testing.assert_array_equal(masks, again)  # same prompts, same masks
     else:  # cuBLAS picks other kernels for other batch sizes: a few pixels at the threshold may flip
         assert np.mean(masks != again) <= 1e-5, f"{np.mean(masks != again):.2e} of the mask pixels differ"
-    benchmark.extra_info.update(provider=provider, prompts=len(prompts), points=int(prompts.point_coords.shape[1]),
-                                image=list(emb.image_size), sam2="sam2.1_hiera_t", device=str(refiner.device),
-                                torch=torch.__version__, machine=platform.processor() or platform.machine(),
-                                cpus=os.cpu_count())
+    benchmark.extra_info.update(
+        provider=provider,
+        prompts=len(prompts),
+        points=int(prompts.point_coords.shape[1]),
+        image=list(emb.image_size),
+        sam2="sam2.1_hiera_t",
+        device=str(refiner.device),
+        torch=torch.__version__,
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+    )

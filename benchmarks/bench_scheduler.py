@@ -45,9 +45,17 @@ def segmenter(request):
     clip = str(Path(__file__).parents[1] / "tests" / "configs" / "clipsam-test-vit.json") if SMOKE else "ViT-B-16"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = Segmenter.from_pretrained(clip=clip, clip_weights=None, method="resclip", preset="voc21",
-                                        slide_crop=224, slide_stride=112, short_side=64 if SMOKE else 336,
-                                        device=request.param, templates="single")  # default max_batch
+        seg = Segmenter.from_pretrained(
+            clip=clip,
+            clip_weights=None,
+            method="resclip",
+            preset="voc21",
+            slide_crop=224,
+            slide_stride=112,
+            short_side=64 if SMOKE else 336,
+            device=request.param,
+            templates="single",
+        )  # default max_batch
     seg.text_embeddings(seg.vocabulary())
     return seg
 
@@ -93,17 +101,41 @@ def test_scheduler_throughput(benchmark, segmenter, provider, scales):
 
     images = _images()
     sc = segmenter.config.schedule
-    windows = sum(len(window_grid(*resize_shape(*im.shape[:2], round(sc.short_side * s), round(sc.long_side * s)),
-                                  sc.slide_crop, sc.slide_stride)) for im in images for s in SCALES[scales])
+    windows = sum(
+        len(
+            window_grid(
+                *resize_shape(*im.shape[:2], round(sc.short_side * s), round(sc.long_side * s)),
+                sc.slide_crop,
+                sc.slide_stride,
+            )
+        )
+        for im in images
+        for s in SCALES[scales]
+    )
     fn = reference if provider == "reference" else batched
-    cuda = segmenter.device.type == "cuda"  # one warm-up on the GPU (kernel compilation, cuDNN plans), none on the slow CPU
-    labels = benchmark.pedantic(fn, args=(segmenter, images, SCALES[scales]), rounds=3 if cuda else 1, iterations=1,
-                                warmup_rounds=1 if cuda else 0)
+    cuda = (
+        segmenter.device.type == "cuda"
+    )  # one warm-up on the GPU (kernel compilation, cuDNN plans), none on the slow CPU
+    labels = benchmark.pedantic(
+        fn,
+        args=(segmenter, images, SCALES[scales]),
+        rounds=3 if cuda else 1,
+        iterations=1,
+        warmup_rounds=1 if cuda else 0,
+    )
     assert len(labels) == len(images)
     stats = benchmark.stats.stats if benchmark.stats is not None else None
     benchmark.extra_info.update(
-        provider=provider, scales=SCALES[scales], images=len(images), sizes=SIZES, windows=windows,
-        device=str(segmenter.device), clip=segmenter.arch, max_batch=segmenter.max_batch, torch=torch.__version__,
-        machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+        provider=provider,
+        scales=SCALES[scales],
+        images=len(images),
+        sizes=SIZES,
+        windows=windows,
+        device=str(segmenter.device),
+        clip=segmenter.arch,
+        max_batch=segmenter.max_batch,
+        torch=torch.__version__,
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
         images_per_s=(len(images) / stats.median) if stats is not None and stats.median else None,
     )

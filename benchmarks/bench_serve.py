@@ -53,8 +53,14 @@ def _device() -> str:
 
 
 DEVICE = _device()
-MODEL = dict(clip=TINY if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16"), clip_weights=None,
-             method="resclip", preset="voc21", templates="single", device=DEVICE)
+MODEL = dict(
+    clip=TINY if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16"),
+    clip_weights=None,
+    method="resclip",
+    preset="voc21",
+    templates="single",
+    device=DEVICE,
+)
 if SMOKE:
     MODEL["short_side"] = 64
 
@@ -83,8 +89,12 @@ def services():
         targets = []
         for mode, max_batch in (("batching", 8), ("no_batching", 1)):
             config = ServeConfig(max_batch=max_batch, batch_wait_ms=10.0, limits=Limits(request_timeout_s=900))
-            app = build_application(model=MODEL, config=config,
-                                    num_cpus=0 if DEVICE == "cuda" else cpus, num_gpus=0.5 if DEVICE == "cuda" else 0)
+            app = build_application(
+                model=MODEL,
+                config=config,
+                num_cpus=0 if DEVICE == "cuda" else cpus,
+                num_gpus=0.5 if DEVICE == "cuda" else 0,
+            )
             targets.append(serve.RunTarget(app, name=mode, route_prefix=f"/{mode}"))
         serve.run_many(targets)
         yield {mode: f"http://127.0.0.1:{port}/{mode}" for mode in ("batching", "no_batching")}
@@ -125,10 +135,18 @@ def _load(url: str, clients: int, per_client: int, image: bytes) -> dict:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - t0
     ms = 1000 * np.asarray(lat)
-    return {"clients": clients, "requests": len(lat), "errors": errors, "wall_s": round(wall, 2),
-            "rps": round(len(lat) / wall, 3), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p95_ms": round(float(np.percentile(ms, 95)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "mean_batch": round(float(np.mean(sizes)), 2), "max_batch_formed": int(max(sizes))}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "rps": round(len(lat) / wall, 3),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "mean_batch": round(float(np.mean(sizes)), 2),
+        "max_batch_formed": int(max(sizes)),
+    }
 
 
 @pytest.mark.parametrize("clients, mode", [(c, m) for c in CLIENTS for m in ("batching", "no_batching")])
@@ -146,9 +164,20 @@ def test_serve_load(benchmark, services, clients, mode):
     import ray
     import torch
 
-    benchmark.extra_info.update(mode=mode, device=DEVICE, clip=MODEL["clip"], method=MODEL["method"],
-                                image="451x300 JPEG", classes=CLASSES, cpus=os.cpu_count(),
-                                machine=platform.processor() or platform.machine(), ray=ray.__version__,
-                                torch=torch.__version__, **{k: v for k, v in result.items() if k != "errors"})
-    print(f"\n| {DEVICE} | {mode} | {clients} | {result['requests']} | {result['rps']:.2f} | {result['p50_ms']:.0f} | "
-          f"{result['p95_ms']:.0f} | {result['p99_ms']:.0f} | {result['mean_batch']:.2f} | {result['max_batch_formed']} |")
+    benchmark.extra_info.update(
+        mode=mode,
+        device=DEVICE,
+        clip=MODEL["clip"],
+        method=MODEL["method"],
+        image="451x300 JPEG",
+        classes=CLASSES,
+        cpus=os.cpu_count(),
+        machine=platform.processor() or platform.machine(),
+        ray=ray.__version__,
+        torch=torch.__version__,
+        **{k: v for k, v in result.items() if k != "errors"},
+    )
+    print(
+        f"\n| {DEVICE} | {mode} | {clients} | {result['requests']} | {result['rps']:.2f} | {result['p50_ms']:.0f} | "
+        f"{result['p95_ms']:.0f} | {result['p99_ms']:.0f} | {result['mean_batch']:.2f} | {result['max_batch_formed']} |"
+    )

@@ -17,8 +17,12 @@ import pytest
 
 
 def pytest_addoption(parser):
-    parser.addoption("--smoke", action="store_true", default=False,
-                     help="clipsam benchmarks: tiny model and sizes, to check the suites run (same as CLIPSAM_BENCH_SMOKE=1)")
+    parser.addoption(
+        "--smoke",
+        action="store_true",
+        default=False,
+        help="clipsam benchmarks: tiny model and sizes, to check the suites run (same as CLIPSAM_BENCH_SMOKE=1)",
+    )
 
 
 def pytest_configure(config):

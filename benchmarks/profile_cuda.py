@@ -41,8 +41,9 @@ def profile(method: str, preset: str, clip: str = "ViT-B-16") -> None:
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(22)
     print(s.getvalue()[-6000:])
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as p:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as p:
         seg.segment(image)
         torch.cuda.synchronize()
     print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=50))

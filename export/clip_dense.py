@@ -54,8 +54,16 @@ class ClipDenseGraph(nn.Module):
         block = self.enc.blocks[-1]
         q, k, val = self.enc.qkv(block, x)
         a = rcs_attention_ref(
-            q, k, val, base=att.base, scale=q.shape[-1] ** -0.5, window=omega, sfr_term=sfr_bias,
-            sfr_weights=att.sfr_weights if sfr_bias is not None else None, rcs_q=rcs_q, rcs_k=rcs_k,
+            q,
+            k,
+            val,
+            base=att.base,
+            scale=q.shape[-1] ** -0.5,
+            window=omega,
+            sfr_term=sfr_bias,
+            sfr_weights=att.sfr_weights if sfr_bias is not None else None,
+            rcs_q=rcs_q,
+            rcs_k=rcs_k,
             rcs_weights=att.rcs_weights if self.rcs else None,
         )
         out = self.enc.out_proj(block, a)
@@ -125,8 +133,9 @@ def dense_cases(encoder, part: str, sizes, num_queries: int = 5, seed: int = 0):
             if part == "pass2":
                 labels = torch.randint(0, 3, (b, *grid), generator=gen)
                 labels[:, : max(1, grid[0] // 2)] = 1
-                s_hat = sfr_affinity_ref(labels, gaussian_std=fb.gaussian_std, path_check=fb.sfr_path_check,
-                                         blur=fb.sfr_blur)
+                s_hat = sfr_affinity_ref(
+                    labels, gaussian_std=fb.gaussian_std, path_check=fb.sfr_path_check, blur=fb.sfr_blur
+                )
                 sfr = att.sfr_weights[1] * s_hat
                 sfr_bias = sfr.float()
             if part == "trunk":
@@ -144,14 +153,18 @@ def dense_cases(encoder, part: str, sizes, num_queries: int = 5, seed: int = 0):
         if sfr_bias is not None:
             inputs["sfr_bias"] = sfr_bias
         order = {"full": ("crops", "pos_embed"), "trunk": ("crops", "pos_embed")}.get(
-            part, ("tokens",) + (("rcs_q", "rcs_k") if att.rcs else ()))
+            part, ("tokens",) + (("rcs_q", "rcs_k") if att.rcs else ())
+        )
         if part != "trunk":
             order += (("window_bias",) if att.base == "naclip" else ()) + ("text_embeddings",)
             order += ("sfr_bias",) if part == "pass2" else ()
         if example is None:
             example = tuple(inputs[n].clone() for n in order)
-        cases.append(ParityCase(
-            f"batch {b}, {h}x{w} crop", {n: np.ascontiguousarray(inputs[n].numpy()) for n in order},
-            {k: v.detach().numpy() for k, v in expected.items()},
-        ))
+        cases.append(
+            ParityCase(
+                f"batch {b}, {h}x{w} crop",
+                {n: np.ascontiguousarray(inputs[n].numpy()) for n in order},
+                {k: v.detach().numpy() for k, v in expected.items()},
+            )
+        )
     return example, cases

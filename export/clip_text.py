@@ -23,27 +23,35 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipsam.engine.io_names import BPE_FILE, TOKENIZER_FILE
 from clipsam.errors import ConfigError
 
 from .component import ParityCase
-from clipsam.engine.io_names import BPE_FILE, TOKENIZER_FILE
 
 __all__ = ["ClipTextGraph", "text_cases", "write_tokenizer_files", "check_text_model"]
 
-_CASE_PROMPTS = ("a photo of a cat.", "itap of the large sofa.", "a bad photo of the tvmonitor.", "art of the sky.",
-                 "a photo of many people sitting around a wooden dining table in the evening.", "x")
+_CASE_PROMPTS = (
+    "a photo of a cat.",
+    "itap of the large sofa.",
+    "a bad photo of the tvmonitor.",
+    "art of the sky.",
+    "a photo of many people sitting around a wooden dining table in the evening.",
+    "x",
+)
 
 
 def check_text_model(model) -> None:
     """Raise ConfigError unless ``model`` is an open_clip CLIP whose text tower the wrapper supports."""
     blocks = getattr(getattr(model, "transformer", None), "resblocks", [])
-    plain = all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and not hasattr(b, "ln_1_kv")
-                for b in blocks) and getattr(model.transformer, "batch_first", True)
+    plain = all(
+        isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and not hasattr(b, "ln_1_kv") for b in blocks
+    ) and getattr(model.transformer, "batch_first", True)
     if getattr(model, "text_pool_type", None) != "argmax" or not hasattr(model, "token_embedding") or not plain:
         raise ConfigError(
             "the text encoder export supports open_clip CLIP models with an argmax (EOT) text pool, such as the "
             f"OpenAI ViT models; {type(model).__name__} with text_pool_type={getattr(model, 'text_pool_type', None)!r} "
-            "is not supported")
+            "is not supported"
+        )
 
 
 class ClipTextGraph(nn.Module):
@@ -96,8 +104,13 @@ def text_cases(model, tokenizer):
         tokens = _tokens(tokenizer, prompts)
         with torch.inference_mode():
             ref = encode_tokens(model, tokens).float()
-        cases.append(ParityCase(f"{len(prompts)} prompts, {tokens.shape[1]} tokens",
-                                {"token_ids": tokens.numpy()}, {"text_embeddings": ref.numpy()}))
+        cases.append(
+            ParityCase(
+                f"{len(prompts)} prompts, {tokens.shape[1]} tokens",
+                {"token_ids": tokens.numpy()},
+                {"text_embeddings": ref.numpy()},
+            )
+        )
     return example, cases
 
 
@@ -112,14 +125,22 @@ def write_tokenizer_files(folder, arch: str) -> dict:
 
     tok = open_clip.get_tokenizer(arch)
     if not isinstance(tok, SimpleTokenizer) or tok.clean_fn is not _clean_lower or tok.reduction_fn is not None:
-        raise ConfigError(f"the tokenizer of {arch!r} ({type(tok).__name__}) is not CLIP's BPE SimpleTokenizer; "
-                          "only CLIP-tokenized models can be exported for the torch-free runtime")
+        raise ConfigError(
+            f"the tokenizer of {arch!r} ({type(tok).__name__}) is not CLIP's BPE SimpleTokenizer; "
+            "only CLIP-tokenized models can be exported for the torch-free runtime"
+        )
     folder = Path(folder)
     shutil.copyfile(default_bpe(), folder / BPE_FILE)
     special = [tok.decoder[i] for i in tok.all_special_ids]
-    desc = {"context_length": int(tok.context_length), "num_merges": len(tok.bpe_ranks), "special_tokens": special,
-            "sot_token_id": int(tok.sot_token_id), "eot_token_id": int(tok.eot_token_id), "clean": "lower",
-            "vocab_size": int(tok.vocab_size)}
+    desc = {
+        "context_length": int(tok.context_length),
+        "num_merges": len(tok.bpe_ranks),
+        "special_tokens": special,
+        "sot_token_id": int(tok.sot_token_id),
+        "eot_token_id": int(tok.eot_token_id),
+        "clean": "lower",
+        "vocab_size": int(tok.vocab_size),
+    }
     (folder / TOKENIZER_FILE).write_text(json.dumps(desc, indent=2))
     # the numpy tokenizer must reproduce open_clip on the files just written
     from clipsam.engine.tokenizer import ClipTokenizer

@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsam.engine.io_names import GraphIO
 from clipsam.errors import ClipSamError
 
-from clipsam.engine.io_names import GraphIO
-
-__all__ = ["ParityCase", "ValidationRow", "ExportValidationError", "export_component", "format_table",
-           "TOLERANCES"]
+__all__ = ["ParityCase", "ValidationRow", "ExportValidationError", "export_component", "format_table", "TOLERANCES"]
 
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}  # precision -> (atol, rtol)
 
@@ -74,9 +72,16 @@ class ValidationRow:
         return bool(np.isfinite(self.max_abs_err) and self.max_abs_err <= self.tolerance)
 
     def as_dict(self) -> dict:
-        return {"graph": self.graph, "case": self.case, "output": self.output, "shape": list(self.shape),
-                "max_abs_err": self.max_abs_err, "ref_max_abs": self.ref_max_abs, "tolerance": self.tolerance,
-                "ok": self.ok}
+        return {
+            "graph": self.graph,
+            "case": self.case,
+            "output": self.output,
+            "shape": list(self.shape),
+            "max_abs_err": self.max_abs_err,
+            "ref_max_abs": self.ref_max_abs,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+        }
 
 
 def format_table(rows) -> str:
@@ -85,8 +90,10 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = "x".join(str(s) for s in r.shape)
-        lines.append(f"{r.graph:<20} {r.case[:30]:<30} {r.output[:20]:<20} {shape:<22} {r.max_abs_err:>14.3e} "
-                     f"{r.tolerance:>9.1e}  {'yes' if r.ok else 'NO'}")
+        lines.append(
+            f"{r.graph:<20} {r.case[:30]:<30} {r.output[:20]:<20} {shape:<22} {r.max_abs_err:>14.3e} "
+            f"{r.tolerance:>9.1e}  {'yes' if r.ok else 'NO'}"
+        )
     return "\n".join(lines)
 
 
@@ -135,16 +142,26 @@ def _validate(path: Path, io: GraphIO, cases, atol: float, rtol: float) -> list[
             ref = np.asarray(ref, dtype=np.float64)
             if got.shape != ref.shape:
                 raise ExportValidationError(
-                    f"{io.name}: case {case.name!r} output {name!r} has shape {got.shape}, PyTorch gives {ref.shape}")
+                    f"{io.name}: case {case.name!r} output {name!r} has shape {got.shape}, PyTorch gives {ref.shape}"
+                )
             err = float(np.abs(got - ref).max()) if ref.size else 0.0
             scale = float(np.abs(ref).max()) if ref.size else 0.0
             rows.append(ValidationRow(io.name, case.name, name, tuple(ref.shape), err, scale, atol + rtol * scale))
     return rows
 
 
-def export_component(module, example_inputs: tuple, path, io: GraphIO, cases=(), *, opset: int = 17,
-                     precision: str = "fp32", optimize: bool = True, tolerances: tuple[float, float] | None = None
-                     ) -> list[ValidationRow]:
+def export_component(
+    module,
+    example_inputs: tuple,
+    path,
+    io: GraphIO,
+    cases=(),
+    *,
+    opset: int = 17,
+    precision: str = "fp32",
+    optimize: bool = True,
+    tolerances: tuple[float, float] | None = None,
+) -> list[ValidationRow]:
     """Export ``module`` to ``path`` and validate it.
 
     Arguments:
@@ -178,8 +195,13 @@ def export_component(module, example_inputs: tuple, path, io: GraphIO, cases=(),
         try:
             with _export_mode():
                 torch.onnx.export(
-                    module.eval(), tuple(example_inputs), str(raw), dynamo=False, opset_version=opset,
-                    input_names=list(io.inputs), output_names=list(io.outputs),
+                    module.eval(),
+                    tuple(example_inputs),
+                    str(raw),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=list(io.inputs),
+                    output_names=list(io.outputs),
                     dynamic_axes={k: v for k, v in io.dynamic_axes.items() if k in io.inputs + io.outputs},
                     do_constant_folding=True,
                 )
@@ -207,5 +229,6 @@ def export_component(module, example_inputs: tuple, path, io: GraphIO, cases=(),
     if bad:
         raise ExportValidationError(
             f"{io.name}: ONNX Runtime disagrees with PyTorch beyond tolerance ({precision}: atol {atol:g}, "
-            f"rtol {rtol:g}) on {len(bad)} output(s):\n{format_table(rows)}")
+            f"rtol {rtol:g}) on {len(bad)} output(s):\n{format_table(rows)}"
+        )
     return rows

@@ -27,11 +27,21 @@ import numpy as np
 
 from clipsam import __version__
 from clipsam.config import dense_config
+from clipsam.engine.io_names import (
+    BPE_FILE,
+    CLIP_TEXT,
+    FORMAT_VERSION,
+    HOST_CONSTANTS_FILE,
+    MANIFEST_FILE,
+    SAM2_IMAGE_ENCODER,
+    SAM2_PROMPT_DECODER,
+    TOKENIZER_FILE,
+    TRTEXEC_FILE,
+    dense_graphs,
+)
 from clipsam.errors import ConfigError
 
 from .component import export_component, format_table
-from clipsam.engine.io_names import (BPE_FILE, CLIP_TEXT, FORMAT_VERSION, HOST_CONSTANTS_FILE, MANIFEST_FILE, SAM2_IMAGE_ENCODER,
-                       SAM2_PROMPT_DECODER, TOKENIZER_FILE, TRTEXEC_FILE, dense_graphs)
 
 __all__ = ["export_engines", "state_dict_sha256"]
 
@@ -84,10 +94,18 @@ def _load_sam2(sam2, sam2_weights, sam2_random_weights: bool):
 
 def _clip_info(loaded) -> dict:
     v = loaded.model.visual
-    return {"arch": loaded.arch, "weights": loaded.weights_id, "weights_sha256": state_dict_sha256(loaded.model),
-            "quick_gelu": loaded.quick_gelu, "patch": int(v.conv1.kernel_size[0]), "width": int(v.conv1.out_channels),
-            "heads": int(v.transformer.resblocks[0].attn.num_heads), "layers": len(v.transformer.resblocks),
-            "embed_dim": int(v.proj.shape[1]), "native_grid": int(round((v.positional_embedding.shape[0] - 1) ** 0.5))}
+    return {
+        "arch": loaded.arch,
+        "weights": loaded.weights_id,
+        "weights_sha256": state_dict_sha256(loaded.model),
+        "quick_gelu": loaded.quick_gelu,
+        "patch": int(v.conv1.kernel_size[0]),
+        "width": int(v.conv1.out_channels),
+        "heads": int(v.transformer.resblocks[0].attn.num_heads),
+        "layers": len(v.transformer.resblocks),
+        "embed_dim": int(v.proj.shape[1]),
+        "native_grid": int(round((v.positional_embedding.shape[0] - 1) ** 0.5)),
+    }
 
 
 def _host_constants(path: Path, visual, max_grid: int) -> None:
@@ -95,15 +113,38 @@ def _host_constants(path: Path, visual, max_grid: int) -> None:
 
     tables = [torch.linspace(0, 1, steps=d + 1).numpy() for d in range(1, max(2, max_grid))]
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
-    np.savez(path, clip_pos_embed=visual.positional_embedding.detach().float().numpy(),
-             sfr_linspace=np.concatenate(tables).astype(np.float32), sfr_linspace_offsets=offsets)
+    np.savez(
+        path,
+        clip_pos_embed=visual.positional_embedding.detach().float().numpy(),
+        sfr_linspace=np.concatenate(tables).astype(np.float32),
+        sfr_linspace_offsets=offsets,
+    )
 
 
-def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str = "resclip", preset: str | None = "voc21",
-                   sam2=None, sam2_weights=None, sam2_random_weights: bool = False, precision: str = "fp32",
-                   opset: int = 17, max_batch: int | None = None, max_side: int = 1024, max_images: int = 4, max_prompts: int = 64,
-                   max_queries: int = 512, validate: bool = True, optimize: bool = True, overwrite: bool = False,
-                   log=print, quick_gelu: bool | None = None, **overrides) -> dict:
+def export_engines(
+    out,
+    *,
+    clip="ViT-B-16",
+    clip_weights="openai",
+    method: str = "resclip",
+    preset: str | None = "voc21",
+    sam2=None,
+    sam2_weights=None,
+    sam2_random_weights: bool = False,
+    precision: str = "fp32",
+    opset: int = 17,
+    max_batch: int | None = None,
+    max_side: int = 1024,
+    max_images: int = 4,
+    max_prompts: int = 64,
+    max_queries: int = 512,
+    validate: bool = True,
+    optimize: bool = True,
+    overwrite: bool = False,
+    log=print,
+    quick_gelu: bool | None = None,
+    **overrides,
+) -> dict:
     """Export, validate and describe the engines of one configuration.
 
     Arguments:
@@ -133,16 +174,23 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     if overrides.get("calibration", "none") != "none":
-        raise ConfigError(f"calibration={overrides['calibration']!r} cannot be exported: the engines' dense graphs do not "
-                          "include visual calibration. Export with calibration='none'.")
+        raise ConfigError(
+            f"calibration={overrides['calibration']!r} cannot be exported: the engines' dense graphs do not "
+            "include visual calibration. Export with calibration='none'."
+        )
     from clipsam.config import positive_int
     from clipsam.text import resolve_templates
 
     if positive_int(opset, "opset") < 17:
-        raise ConfigError(f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), "
-                          f"got {opset}")
-    for name, value in (("max_side", max_side), ("max_images", max_images), ("max_prompts", max_prompts),
-                        ("max_queries", max_queries)) + ((("max_batch", max_batch),) if max_batch is not None else ()):
+        raise ConfigError(
+            f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), got {opset}"
+        )
+    for name, value in (
+        ("max_side", max_side),
+        ("max_images", max_images),
+        ("max_prompts", max_prompts),
+        ("max_queries", max_queries),
+    ) + ((("max_batch", max_batch),) if max_batch is not None else ()):
         positive_int(value, name)
     cfg = dense_config(method, preset, **overrides)
     resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
@@ -160,18 +208,34 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     info = _clip_info(loaded)
     p = info["patch"]
     if max_side < p:
-        raise ConfigError(f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
-                          "(default 1024)")
+        raise ConfigError(
+            f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
+            "(default 1024)"
+        )
     max_grid = max_side // p
     graphs, rows = {}, []
 
     def add(io, module, example, cases, profile):
         log(f"clipsam export: {io.file} ...")
-        rows.extend(export_component(module, example, out / io.file, io, cases if validate else (), opset=opset,
-                                     precision=precision, optimize=optimize))
-        graphs[io.name] = {**_file_entry(out / io.file), "inputs": list(io.inputs), "outputs": list(io.outputs),
-                           "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in io.dynamic_axes.items()},
-                           "profile": profile}
+        rows.extend(
+            export_component(
+                module,
+                example,
+                out / io.file,
+                io,
+                cases if validate else (),
+                opset=opset,
+                precision=precision,
+                optimize=optimize,
+            )
+        )
+        graphs[io.name] = {
+            **_file_entry(out / io.file),
+            "inputs": list(io.inputs),
+            "outputs": list(io.outputs),
+            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in io.dynamic_axes.items()},
+            "profile": profile,
+        }
 
     import open_clip
 
@@ -179,8 +243,13 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     example, cases = text_cases(loaded.model, open_clip.get_tokenizer(loaded.arch))
     from clipsam.text import PROMPTS_PER_BATCH
 
-    add(CLIP_TEXT, ClipTextGraph(loaded.model), (example,), cases,
-        profiles.text_profile(tok["context_length"], PROMPTS_PER_BATCH))
+    add(
+        CLIP_TEXT,
+        ClipTextGraph(loaded.model),
+        (example,),
+        cases,
+        profiles.text_profile(tok["context_length"], PROMPTS_PER_BATCH),
+    )
     n = info["native_grid"]
     sizes = [(2, 4 * p, 5 * p), (1, 3 * p + 7, 2 * p), (1, n * p, n * p)]
     vocab_q = 32
@@ -193,27 +262,47 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     parts = _PARTS_SFR if att.sfr else ("full",)
     for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
         example, cases = dense_cases(encoder, part, sizes)
-        add(io, ClipDenseGraph(encoder, part), example, cases,
-            profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries))
+        add(
+            io,
+            ClipDenseGraph(encoder, part),
+            example,
+            cases,
+            profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries),
+        )
 
     sam2_info = None
     if sam2 is not None:
-        from .sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, decoder_cases, encoder_cases, sam2_info as _info
+        from .sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, decoder_cases, encoder_cases
+        from .sam2_graphs import sam2_info as _info
 
         refiner = _load_sam2(sam2, sam2_weights, sam2_random_weights)
         model = refiner.model
         sam2_info = {"model": refiner.name, "weights_sha256": state_dict_sha256(model), **_info(model)}
         example, cases = encoder_cases(model, (2, 1))
-        add(SAM2_IMAGE_ENCODER, Sam2EncoderGraph(model), example, cases,
-            profiles.sam2_encoder_profile(sam2_info["image_size"], max_images))
+        add(
+            SAM2_IMAGE_ENCODER,
+            Sam2EncoderGraph(model),
+            example,
+            cases,
+            profiles.sam2_encoder_profile(sam2_info["image_size"], max_images),
+        )
         example, cases = decoder_cases(model)
-        add(SAM2_PROMPT_DECODER, Sam2DecoderGraph(model), example, cases,
-            profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)))
+        add(
+            SAM2_PROMPT_DECODER,
+            Sam2DecoderGraph(model),
+            example,
+            cases,
+            profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)),
+        )
 
     _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid)
-    lines = ["#!/bin/sh", "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
-             "# Shape profiles follow clipsam's scheduler; the ONNX Runtime TensorRT provider uses the same ones.",
-             "set -e", 'cd "$(dirname "$0")"']
+    lines = [
+        "#!/bin/sh",
+        "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
+        "# Shape profiles follow clipsam's scheduler; the ONNX Runtime TensorRT provider uses the same ones.",
+        "set -e",
+        'cd "$(dirname "$0")"',
+    ]
     lines += [profiles.trtexec_line(g["file"], g["profile"], precision == "fp16") for g in graphs.values()]
     (out / TRTEXEC_FILE).write_text("\n".join(lines) + "\n")
     os.chmod(out / TRTEXEC_FILE, 0o755)
@@ -222,27 +311,51 @@ def export_engines(out, *, clip="ViT-B-16", clip_weights="openai", method: str =
     import torch
 
     manifest = {
-        "format": FORMAT_VERSION, "clipsam_version": __version__,
+        "format": FORMAT_VERSION,
+        "clipsam_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                          "python": platform.python_version()},
-        "precision": precision, "opset": opset, "method": cfg.method, "preset": cfg.preset,
-        "dense_config": cfg.to_dict(), "clip": info, "tokenizer": tok, "sam2": sam2_info,
+        "exported_with": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        "precision": precision,
+        "opset": opset,
+        "method": cfg.method,
+        "preset": cfg.preset,
+        "dense_config": cfg.to_dict(),
+        "clip": info,
+        "tokenizer": tok,
+        "sam2": sam2_info,
         "input_sizes": {
-            "clip_native": info["native_grid"] * p, "patch": p,
-            "dense_windows": (f"{sc.slide_crop}x{sc.slide_crop} sliding, stride {sc.slide_stride}" if sc.slide_crop
-                              else f"whole image, short side {sc.short_side}, up to {max_side} px a side"),
+            "clip_native": info["native_grid"] * p,
+            "patch": p,
+            "dense_windows": (
+                f"{sc.slide_crop}x{sc.slide_crop} sliding, stride {sc.slide_stride}"
+                if sc.slide_crop
+                else f"whole image, short side {sc.short_side}, up to {max_side} px a side"
+            ),
             "text_context": tok["context_length"],
             "sam2_image": sam2_info["image_size"] if sam2_info else None,
         },
-        "limits": {"max_batch": max_batch, "max_side": max_side,
-                   "max_grid": max_grid, "max_images": max_images, "max_prompts": max_prompts,
-                   "max_queries": max_queries},
+        "limits": {
+            "max_batch": max_batch,
+            "max_side": max_side,
+            "max_grid": max_grid,
+            "max_images": max_images,
+            "max_prompts": max_prompts,
+            "max_queries": max_queries,
+        },
         "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
-                      "patch labels, S_hat), stitching, post-processing, SAM2 pre/post-processing",
+        "patch labels, S_hat), stitching, post-processing, SAM2 pre/post-processing",
         "graphs": graphs,
-        "files": {"tokenizer": _file_entry(out / TOKENIZER_FILE), "bpe": _file_entry(out / BPE_FILE),
-                  "host_constants": _file_entry(out / HOST_CONSTANTS_FILE), "trtexec": _file_entry(out / TRTEXEC_FILE)},
+        "files": {
+            "tokenizer": _file_entry(out / TOKENIZER_FILE),
+            "bpe": _file_entry(out / BPE_FILE),
+            "host_constants": _file_entry(out / HOST_CONSTANTS_FILE),
+            "trtexec": _file_entry(out / TRTEXEC_FILE),
+        },
         "validation": [r.as_dict() for r in rows],
     }
     from clipsam.engine.manifest import seal_manifest

@@ -28,9 +28,26 @@ import numpy as np
 __all__ = ["FP16_OP_BLOCK_LIST", "to_fp16"]
 
 FP16_OP_BLOCK_LIST = (
-    "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Reciprocal", "Div",
-    "Softmax", "Exp", "Erf", "Sin", "Cos", "Resize", "Range", "CumSum", "ArgMax",
-    "If", "Loop", "Scan",
+    "LayerNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceL2",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Div",
+    "Softmax",
+    "Exp",
+    "Erf",
+    "Sin",
+    "Cos",
+    "Resize",
+    "Range",
+    "CumSum",
+    "ArgMax",
+    "If",
+    "Loop",
+    "Scan",
 )
 _FP16_MAX = 65504.0
 
@@ -147,7 +164,11 @@ def to_fp16(model, op_block_list=FP16_OP_BLOCK_LIST):
                     if a.name == "to" and a.i == TensorProto.FLOAT:
                         a.i = TensorProto.FLOAT16
             for a in node.attribute:
-                if node.op_type in ("Constant", "ConstantOfShape") and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                if (
+                    node.op_type in ("Constant", "ConstantOfShape")
+                    and a.name == "value"
+                    and a.t.data_type == TensorProto.FLOAT
+                ):
                     arr = np.clip(numpy_helper.to_array(a.t), -_FP16_MAX, _FP16_MAX).astype(np.float16)
                     a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
         out_casts = []
@@ -157,8 +178,11 @@ def to_fp16(model, op_block_list=FP16_OP_BLOCK_LIST):
             if name in outputs and not blocked:  # graph outputs stay fp32: produce fp16 under another name
                 node.output[j] = f"{name}__fp16"
                 native[node.output[j]] = TensorProto.FLOAT16
-                out_casts.append(helper.make_node("Cast", [node.output[j]], [name], to=TensorProto.FLOAT,
-                                                  name=f"fp16_output_cast_{name}"))
+                out_casts.append(
+                    helper.make_node(
+                        "Cast", [node.output[j]], [name], to=TensorProto.FLOAT, name=f"fp16_output_cast_{name}"
+                    )
+                )
                 native[name] = TensorProto.FLOAT
             else:
                 native[name] = want

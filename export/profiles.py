@@ -14,8 +14,15 @@ from clipsam.config import DenseConfig
 from clipsam.pipeline.windows import pad_to_patch, window_grid
 from clipsam.preprocess import resize_shape
 
-__all__ = ["dense_profile", "text_profile", "sam2_encoder_profile", "sam2_decoder_profile", "trtexec_line",
-           "batch_sizes", "crop_sizes"]
+__all__ = [
+    "dense_profile",
+    "text_profile",
+    "sam2_encoder_profile",
+    "sam2_decoder_profile",
+    "trtexec_line",
+    "batch_sizes",
+    "crop_sizes",
+]
 
 _LEVELS = ("min", "opt", "max")
 TYPICAL_ASPECT = 4 / 3  # the "opt" profile shape: a landscape 4:3 photo
@@ -60,18 +67,27 @@ def dense_profile(inputs, cfg: DenseConfig, clip: dict, max_batch: int, max_side
     out = {}
     for level, b, hw, q in zip(_LEVELS, batches, crops, queries):
         n1 = _tokens(hw, p)
-        shapes = {"crops": (b, 3, *hw), "pos_embed": (n1, width), "window_bias": (n1, n1),
-                  "text_embeddings": (q, clip["embed_dim"]), "tokens": (b, n1, width),
-                  "rcs_q": (layers, b, heads, n1, width // heads), "rcs_k": (layers, b, heads, n1, width // heads),
-                  "sfr_bias": (b, n1, n1)}
+        shapes = {
+            "crops": (b, 3, *hw),
+            "pos_embed": (n1, width),
+            "window_bias": (n1, n1),
+            "text_embeddings": (q, clip["embed_dim"]),
+            "tokens": (b, n1, width),
+            "rcs_q": (layers, b, heads, n1, width // heads),
+            "rcs_k": (layers, b, heads, n1, width // heads),
+            "sfr_bias": (b, n1, n1),
+        }
         out[level] = {name: list(shapes[name]) for name in inputs}
     return out
 
 
 def text_profile(context_length: int, chunk: int):
     """token_ids (prompts, length): one short prompt .. a full chunk of full-length prompts."""
-    return {"min": {"token_ids": [1, 2]}, "opt": {"token_ids": [chunk, 16]},
-            "max": {"token_ids": [chunk, context_length]}}
+    return {
+        "min": {"token_ids": [1, 2]},
+        "opt": {"token_ids": [chunk, 16]},
+        "max": {"token_ids": [chunk, context_length]},
+    }
 
 
 def sam2_encoder_profile(image_size: int, max_images: int):
@@ -83,9 +99,15 @@ def sam2_decoder_profile(embed_size: int, max_prompts: int, points: tuple[int, i
     e = embed_size
     out = {}
     for level, p, k in zip(_LEVELS, (1, min(16, max_prompts), max_prompts), points):
-        out[level] = {"image_embed": [1, 256, e, e], "high_res_feats_0": [1, 32, 4 * e, 4 * e],
-                      "high_res_feats_1": [1, 64, 2 * e, 2 * e], "point_coords": [p, k, 2], "point_labels": [p, k],
-                      "mask_input": [p, 1, 4 * e, 4 * e], "has_mask_input": [p]}
+        out[level] = {
+            "image_embed": [1, 256, e, e],
+            "high_res_feats_0": [1, 32, 4 * e, 4 * e],
+            "high_res_feats_1": [1, 64, 2 * e, 2 * e],
+            "point_coords": [p, k, 2],
+            "point_labels": [p, k],
+            "mask_input": [p, 1, 4 * e, 4 * e],
+            "has_mask_input": [p],
+        }
     return out
 
 

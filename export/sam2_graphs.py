@@ -53,8 +53,9 @@ class Sam2DecoderGraph(nn.Module):
         self.prompt_encoder = model.sam_prompt_encoder
         self.mask_decoder = model.sam_mask_decoder
 
-    def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input,
-                has_mask_input):
+    def forward(
+        self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input, has_mask_input
+    ):
         pe = self.prompt_encoder
         sparse = pe._embed_points(point_coords, point_labels, pad=True)
         masked = pe._embed_masks(mask_input)
@@ -62,8 +63,12 @@ class Sam2DecoderGraph(nn.Module):
         has = has_mask_input.reshape(-1, 1, 1, 1).to(masked.dtype)
         dense = has * masked + (1 - has) * none
         masks, iou, _, obj = self.mask_decoder.predict_masks(
-            image_embeddings=image_embed, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, repeat_image=True, high_res_features=[high_res_feats_0, high_res_feats_1],
+            image_embeddings=image_embed,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            repeat_image=True,
+            high_res_features=[high_res_feats_0, high_res_feats_1],
         )
         return masks, iou, obj
 
@@ -75,9 +80,14 @@ def sam2_info(model) -> dict:
     return {
         "image_size": int(model.image_size),
         "embed_size": int(model.sam_image_embedding_size),
-        "mean": list(SAM2_MEAN), "std": list(SAM2_STD),
-        "dynamic_multimask": {"delta": float(d.dynamic_multimask_stability_delta),
-                              "thresh": float(d.dynamic_multimask_stability_thresh)} if dyn else None,
+        "mean": list(SAM2_MEAN),
+        "std": list(SAM2_STD),
+        "dynamic_multimask": {
+            "delta": float(d.dynamic_multimask_stability_delta),
+            "thresh": float(d.dynamic_multimask_stability_thresh),
+        }
+        if dyn
+        else None,
     }
 
 
@@ -92,9 +102,13 @@ def encoder_cases(model, batches=(2, 1), seed: int = 0):
         x = torch.randn(b, 3, s, s, generator=gen)
         with torch.inference_mode():
             outs = graph(x)
-        cases.append(ParityCase(f"batch {b}", {"image": x.numpy()},
-                                dict(zip(("image_embed", "high_res_feats_0", "high_res_feats_1"),
-                                         (o.numpy() for o in outs)))))
+        cases.append(
+            ParityCase(
+                f"batch {b}",
+                {"image": x.numpy()},
+                dict(zip(("image_embed", "high_res_feats_0", "high_res_feats_1"), (o.numpy() for o in outs))),
+            )
+        )
     return example, cases
 
 
@@ -108,7 +122,8 @@ def _decoder_inputs(model, p: int, k: int, with_mask: bool, gen):
         "image_embed": torch.randn(1, 256, e, e, generator=gen),
         "high_res_feats_0": torch.randn(1, 32, 4 * e, 4 * e, generator=gen),
         "high_res_feats_1": torch.randn(1, 64, 2 * e, 2 * e, generator=gen),
-        "point_coords": coords, "point_labels": labels,
+        "point_coords": coords,
+        "point_labels": labels,
         "mask_input": torch.randn(p, 1, 4 * e, 4 * e, generator=gen) if with_mask else torch.zeros(p, 1, 4 * e, 4 * e),
         "has_mask_input": torch.full((p,), 1.0 if with_mask else 0.0),
     }
@@ -127,15 +142,23 @@ def decoder_cases(model, seed: int = 0):
         x = _decoder_inputs(model, p, k, with_mask, gen)
         with torch.inference_mode():
             sparse, dense = model.sam_prompt_encoder(
-                points=(x["point_coords"], x["point_labels"].int()), boxes=None,
-                masks=x["mask_input"] if with_mask else None)
+                points=(x["point_coords"], x["point_labels"].int()),
+                boxes=None,
+                masks=x["mask_input"] if with_mask else None,
+            )
             masks, iou, _, obj = model.sam_mask_decoder.predict_masks(
-                image_embeddings=x["image_embed"], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=p > 1,
-                high_res_features=[x["high_res_feats_0"], x["high_res_feats_1"]])
-        cases.append(ParityCase(
-            f"{p} prompts x {k} points{', mask input' if with_mask else ''}",
-            {n: np.ascontiguousarray(x[n].numpy()) for n in names},
-            {"masks": masks.numpy(), "iou_predictions": iou.numpy(), "object_score_logits": obj.numpy()},
-        ))
+                image_embeddings=x["image_embed"],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                repeat_image=p > 1,
+                high_res_features=[x["high_res_feats_0"], x["high_res_feats_1"]],
+            )
+        cases.append(
+            ParityCase(
+                f"{p} prompts x {k} points{', mask input' if with_mask else ''}",
+                {n: np.ascontiguousarray(x[n].numpy()) for n in names},
+                {"masks": masks.numpy(), "iou_predictions": iou.numpy(), "object_score_logits": obj.numpy()},
+            )
+        )
     return example, cases

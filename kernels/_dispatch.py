@@ -182,8 +182,14 @@ def use_triton(op: str, device: torch.device, unsupported: Callable[[], str | No
     return False
 
 
-def dispatch(op: str, device: torch.device, unsupported: Callable[[], str | None], force: bool | None,
-             kernel: Callable[[], Any], reference: Callable[[], Any]) -> Any:
+def dispatch(
+    op: str,
+    device: torch.device,
+    unsupported: Callable[[], str | None],
+    force: bool | None,
+    kernel: Callable[[], Any],
+    reference: Callable[[], Any],
+) -> Any:
     """``kernel()`` or ``reference()``, as ``use_triton`` decides."""
     return kernel() if use_triton(op, device, unsupported, force) else reference()
 

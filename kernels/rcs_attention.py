@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
-__all__ = ["BASES", "rcs_attention", "rcs_attention_ref", "rcs_attention_triton", "neighbourhood_window", "unsupported_reason"]
+__all__ = [
+    "BASES",
+    "rcs_attention",
+    "rcs_attention_ref",
+    "rcs_attention_triton",
+    "neighbourhood_window",
+    "unsupported_reason",
+]
 
 BASES = ("clip", "sclip", "clearclip", "naclip")
 
@@ -64,7 +71,9 @@ def _blend_sfr(logits: torch.Tensor, sfr_term: torch.Tensor | None, sfr_weights)
 
 
 def _rcs_mean(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> torch.Tensor:
-    maps = [torch.softmax(torch.matmul(rcs_q[i] * scale, rcs_k[i].transpose(-1, -2)), dim=-1) for i in range(rcs_q.shape[0])]
+    maps = [
+        torch.softmax(torch.matmul(rcs_q[i] * scale, rcs_k[i].transpose(-1, -2)), dim=-1) for i in range(rcs_q.shape[0])
+    ]
     return torch.stack(maps).mean(dim=0)
 
 
@@ -160,17 +169,61 @@ if HAS_TRITON:
 
     @triton.jit
     def _rcs_attn_fwd_kernel(
-        A1, B1, A2, B2, V, S, RQ, RK, O,
-        stride_a1b, stride_a1h, stride_a1n, stride_b1b, stride_b1h, stride_b1n,
-        stride_a2b, stride_a2h, stride_a2n, stride_b2b, stride_b2h, stride_b2n,
-        stride_vb, stride_vh, stride_vn, stride_sb, stride_sn,
-        stride_rql, stride_rqb, stride_rqh, stride_rqn, stride_rkl, stride_rkb, stride_rkh, stride_rkn,
-        stride_ob, stride_oh, stride_on,
-        H, N, GRID_W, NUM_RCS,
-        qk_coef, sfr_coef, win_coef, rcs_coef, w_base, w_rcs,
-        TWO_BASE: tl.constexpr, HAS_SFR: tl.constexpr, HAS_WINDOW: tl.constexpr,
-        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+        A1,
+        B1,
+        A2,
+        B2,
+        V,
+        S,
+        RQ,
+        RK,
+        O,  # noqa: E741 (the kernel's output, named as in Triton's tutorials)
+        stride_a1b,
+        stride_a1h,
+        stride_a1n,
+        stride_b1b,
+        stride_b1h,
+        stride_b1n,
+        stride_a2b,
+        stride_a2h,
+        stride_a2n,
+        stride_b2b,
+        stride_b2h,
+        stride_b2n,
+        stride_vb,
+        stride_vh,
+        stride_vn,
+        stride_sb,
+        stride_sn,
+        stride_rql,
+        stride_rqb,
+        stride_rqh,
+        stride_rqn,
+        stride_rkl,
+        stride_rkb,
+        stride_rkh,
+        stride_rkn,
+        stride_ob,
+        stride_oh,
+        stride_on,
+        H,
+        N,
+        GRID_W,
+        NUM_RCS,
+        qk_coef,
+        sfr_coef,
+        win_coef,
+        rcs_coef,
+        w_base,
+        w_rcs,
+        TWO_BASE: tl.constexpr,
+        HAS_SFR: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        DOT_F32: tl.constexpr,
     ):
         # Base logits, in log2 units: qk_coef = s*tau_sfr*(1-lambda_sfr)*log2e (s*log2e without SFR),
         # bias = T * tau_sfr*log2e + Omega*log2e (T = fp16(lambda_sfr * S_hat)); RCS logits: rcs_coef = s*log2e.
@@ -184,8 +237,11 @@ if HAS_TRITON:
         mask_m = offs_m < N
         v_ptr = V + b * stride_vb + h * stride_vh
         b1_ptr = B1 + b * stride_b1b + h * stride_b1h
-        a1 = tl.load(A1 + b * stride_a1b + h * stride_a1h + offs_m[:, None] * stride_a1n + offs_d[None, :],
-                     mask=mask_m[:, None], other=0.0)
+        a1 = tl.load(
+            A1 + b * stride_a1b + h * stride_a1h + offs_m[:, None] * stride_a1n + offs_d[None, :],
+            mask=mask_m[:, None],
+            other=0.0,
+        )
         if DOT_F32:
             a1 = a1.to(tl.float32)
         m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -193,8 +249,11 @@ if HAS_TRITON:
         acc1 = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         if TWO_BASE:
             b2_ptr = B2 + b * stride_b2b + h * stride_b2h
-            a2 = tl.load(A2 + b * stride_a2b + h * stride_a2h + offs_m[:, None] * stride_a2n + offs_d[None, :],
-                         mask=mask_m[:, None], other=0.0)
+            a2 = tl.load(
+                A2 + b * stride_a2b + h * stride_a2h + offs_m[:, None] * stride_a2n + offs_d[None, :],
+                mask=mask_m[:, None],
+                other=0.0,
+            )
             if DOT_F32:
                 a2 = a2.to(tl.float32)
             m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -273,7 +332,10 @@ if HAS_TRITON:
                 if DOT_F32:
                     kt = kt.to(tl.float32)
                     v = v.to(tl.float32)
-                z = tl.dot(qa, kt, input_precision=DOT_PRECISION) * rcs_coef + tl.where(mask_k, 0.0, float("-inf"))[None, :]
+                z = (
+                    tl.dot(qa, kt, input_precision=DOT_PRECISION) * rcs_coef
+                    + tl.where(mask_k, 0.0, float("-inf"))[None, :]
+                )
                 m_new = tl.maximum(m_r, tl.max(z, 1))
                 alpha = tl.exp2(m_r - m_new)
                 p = tl.exp2(z - m_new[:, None])
@@ -298,7 +360,7 @@ _CONFIGS_16 = ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3),
 _CONFIGS_32 = ((128, 32, 8, 2), (64, 32, 4, 2), (128, 32, 8, 3), (64, 64, 4, 2))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled_kernel(tuned: bool, fp32: bool = False):
     jitted = jit_launcher(_rcs_attn_fwd_kernel, interpret=False)
     if not tuned:
@@ -362,33 +424,59 @@ def _rcs_attention_fwd(
     precision = FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32"
     interpret = runs_interpreted(q.device)
     args = (
-        a1, b1, a2, b2, v, sfr_term, rcs_q, rcs_k, out,
-        *a1.stride()[:3], *b1.stride()[:3], *a2.stride()[:3], *b2.stride()[:3], *v.stride()[:3], *s_strides,
-        *rq, *rk, *out.stride()[:3],
-        heads, n, max(int(grid_w), 1), num_rcs,
-        qk_coef, float(sfr_tau) * _LOG2E if has_sfr else 0.0, win_coef, scale * _LOG2E,
-        float(w_base), float(w_rcs),
+        a1,
+        b1,
+        a2,
+        b2,
+        v,
+        sfr_term,
+        rcs_q,
+        rcs_k,
+        out,
+        *a1.stride()[:3],
+        *b1.stride()[:3],
+        *a2.stride()[:3],
+        *b2.stride()[:3],
+        *v.stride()[:3],
+        *s_strides,
+        *rq,
+        *rk,
+        *out.stride()[:3],
+        heads,
+        n,
+        max(int(grid_w), 1),
+        num_rcs,
+        qk_coef,
+        float(sfr_tau) * _LOG2E if has_sfr else 0.0,
+        win_coef,
+        scale * _LOG2E,
+        float(w_base),
+        float(w_rcs),
     )
     flags = dict(TWO_BASE=len(pairs) == 2, HAS_SFR=has_sfr, HAS_WINDOW=has_window, HEAD_DIM=d, DOT_PRECISION=precision)
     if interpret:
         # The interpreter (triton 3.8) multiplies bf16 bit patterns as integers in tl.dot: upcast there.
         bm, bn = block_m or 16, block_n or 16
         grid = (triton.cdiv(n, bm), bsz * heads)
-        jit_launcher(_rcs_attn_fwd_kernel, interpret=True)[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=q.dtype == torch.bfloat16)
+        jit_launcher(_rcs_attn_fwd_kernel, interpret=True)[grid](
+            *args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=q.dtype == torch.bfloat16
+        )
     elif block_m or os.environ.get("CLIPSAM_TRITON_AUTOTUNE", "1") == "0":
         first = (_CONFIGS_32 if q.dtype == torch.float32 else _CONFIGS_16)[0]
         bm, bn = block_m or first[0], block_n or first[1]
         grid = (triton.cdiv(n, bm), bsz * heads)
-        _compiled_kernel(False)[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False,
-                                      num_warps=8 if bm >= 128 else 4, num_stages=first[3])
+        _compiled_kernel(False)[grid](
+            *args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False, num_warps=8 if bm >= 128 else 4, num_stages=first[3]
+        )
     else:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), bsz * heads)  # noqa: E731
         _compiled_kernel(True, q.dtype == torch.float32)[grid](*args, **flags, DOT_F32=False)
     return out
 
 
-def _rcs_attention_fake(q, k, v, sfr_term, rcs_q, rcs_k, base, scale, grid_w, window_std, sfr_tau, sfr_lam, rcs_tau,
-                        rcs_lam):
+def _rcs_attention_fake(
+    q, k, v, sfr_term, rcs_q, rcs_k, base, scale, grid_w, window_std, sfr_tau, sfr_lam, rcs_tau, rcs_lam
+):
     return q.new_empty(q.shape, dtype=v.dtype)
 
 
@@ -464,7 +552,9 @@ def rcs_attention_triton(
     if rcs_q is None:
         rcs_k = None
     rcs_tau, rcs_lam = (float(rcs_weights[0]), float(rcs_weights[1])) if rcs_q is not None else (1.0, 0.0)
-    return _rcs_attention_op(q, k, v, sfr_term, rcs_q, rcs_k, base, float(scale), grid_w, std, sfr_tau, sfr_lam, rcs_tau, rcs_lam)
+    return _rcs_attention_op(
+        q, k, v, sfr_term, rcs_q, rcs_k, base, float(scale), grid_w, std, sfr_tau, sfr_lam, rcs_tau, rcs_lam
+    )
 
 
 def rcs_attention(
@@ -490,12 +580,26 @@ def rcs_attention(
     Returns:
         (B, H, N1, d) tensor A v in the dtype of ``v``.
     """
-    kwargs = dict(base=base, scale=scale, window=window, sfr_term=sfr_term, sfr_weights=sfr_weights, rcs_q=rcs_q,
-                  rcs_k=rcs_k, rcs_weights=rcs_weights)
+    kwargs = dict(
+        base=base,
+        scale=scale,
+        window=window,
+        sfr_term=sfr_term,
+        sfr_weights=sfr_weights,
+        rcs_q=rcs_q,
+        rcs_k=rcs_k,
+        rcs_weights=rcs_weights,
+    )
 
     def reason() -> str | None:
         _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights)
         return unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
 
-    return dispatch("rcs_attention", q.device, reason, force, lambda: rcs_attention_triton(q, k, v, **kwargs),
-                    lambda: rcs_attention_ref(q, k, v, **kwargs))
+    return dispatch(
+        "rcs_attention",
+        q.device,
+        reason,
+        force,
+        lambda: rcs_attention_triton(q, k, v, **kwargs),
+        lambda: rcs_attention_ref(q, k, v, **kwargs),
+    )

@@ -20,8 +20,7 @@ The reference is vectorised over patch pairs; the path check is chunked over sta
 
 from __future__ import annotations
 
-
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -155,8 +154,17 @@ if HAS_TRITON:
 
     @triton.jit
     def _sfr_path_kernel(
-        LAB, TV, CODE, N, GRID_W, D, stride_lb, stride_cb,
-        CHECK_PATH: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+        LAB,
+        TV,
+        CODE,
+        N,
+        GRID_W,
+        D,
+        stride_lb,
+        stride_cb,
+        CHECK_PATH: tl.constexpr,
+        BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr,
     ):
         pid_b = tl.program_id(2).to(tl.int64)
         offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -191,8 +199,21 @@ if HAS_TRITON:
         tl.store(CODE + pid_b * stride_cb + offs_i[:, None] * N + offs_j[None, :], code.to(tl.int8), mask=mask)
 
     @triton.jit
-    def _sfr_blur_tile(code_rows, row_i, col_i, mask_i, offs_j, KW, DECAY, N, GRID_W, KSIZE, PAD,
-                       BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    def _sfr_blur_tile(
+        code_rows,
+        row_i,
+        col_i,
+        mask_i,
+        offs_j,
+        KW,
+        DECAY,
+        N,
+        GRID_W,
+        KSIZE,
+        PAD,
+        BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr,
+    ):
         # ReLU(sum_tap KW[tap] * S[i, j + tap - PAD]) for a (BLOCK_I, BLOCK_J) tile, S decoded from codes.
         acc = tl.zeros([BLOCK_I, BLOCK_J], tl.float32)
         for tap in range(0, KSIZE):
@@ -200,7 +221,9 @@ if HAS_TRITON:
             m = mask_i[:, None] & ((src >= 0) & (src < N))[None, :]
             c = tl.load(code_rows + src[None, :], mask=m, other=0)
             row_j = src // GRID_W
-            steps = tl.maximum(tl.abs(row_i[:, None] - row_j[None, :]), tl.abs(col_i[:, None] - (src - row_j * GRID_W)[None, :]))
+            steps = tl.maximum(
+                tl.abs(row_i[:, None] - row_j[None, :]), tl.abs(col_i[:, None] - (src - row_j * GRID_W)[None, :])
+            )
             dec = tl.load(DECAY + steps, mask=m & (c == 2), other=0.0)
             s = tl.where(c == 1, 1.0, dec)
             acc += tl.load(KW + tap) * s
@@ -208,8 +231,18 @@ if HAS_TRITON:
 
     @triton.jit
     def _sfr_rowstat_kernel(
-        CODE, KW, DECAY, RSUM, RMAX, N, GRID_W, KSIZE, PAD, stride_cb,
-        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+        CODE,
+        KW,
+        DECAY,
+        RSUM,
+        RMAX,
+        N,
+        GRID_W,
+        KSIZE,
+        PAD,
+        stride_cb,
+        BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr,
     ):
         pid_b = tl.program_id(1).to(tl.int64)
         offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -221,7 +254,9 @@ if HAS_TRITON:
         row_max = tl.zeros([BLOCK_I], tl.float32)
         for j0 in range(0, N, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)
-            val = _sfr_blur_tile(code_rows, row_i, col_i, mask_i, offs_j, KW, DECAY, N, GRID_W, KSIZE, PAD, BLOCK_I, BLOCK_J)
+            val = _sfr_blur_tile(
+                code_rows, row_i, col_i, mask_i, offs_j, KW, DECAY, N, GRID_W, KSIZE, PAD, BLOCK_I, BLOCK_J
+            )
             val = tl.where(mask_i[:, None] & (offs_j < N)[None, :], val, 0.0)
             row_sum += tl.sum(val, 1)
             row_max = tl.maximum(row_max, tl.max(val, 1))
@@ -232,8 +267,21 @@ if HAS_TRITON:
 
     @triton.jit
     def _sfr_finalize_kernel(
-        CODE, KW, DECAY, RSUM, RMAX, OUT, N, GRID_W, KSIZE, PAD, stride_cb, stride_ob,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
+        CODE,
+        KW,
+        DECAY,
+        RSUM,
+        RMAX,
+        OUT,
+        N,
+        GRID_W,
+        KSIZE,
+        PAD,
+        stride_cb,
+        stride_ob,
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_G: tl.constexpr,
     ):
         pid_b = tl.program_id(2).to(tl.int64)
         gmax = tl.zeros([BLOCK_G], tl.float32)
@@ -249,7 +297,9 @@ if HAS_TRITON:
         row_i = offs_i // GRID_W
         col_i = offs_i - row_i * GRID_W
         code_rows = CODE + pid_b * stride_cb + offs_i[:, None] * N
-        val = _sfr_blur_tile(code_rows, row_i, col_i, mask_i, offs_j, KW, DECAY, N, GRID_W, KSIZE, PAD, BLOCK_R, BLOCK_C)
+        val = _sfr_blur_tile(
+            code_rows, row_i, col_i, mask_i, offs_j, KW, DECAY, N, GRID_W, KSIZE, PAD, BLOCK_R, BLOCK_C
+        )
         denom = tl.load(RSUM + pid_b * N + offs_i, mask=mask_i, other=1.0)
         val = tl.div_rn(tl.div_rn(val, denom[:, None]), top)
         val = tl.where(mask_i[:, None] & ((cols >= 1) & (cols <= N))[None, :], val, 0.0)
@@ -257,7 +307,7 @@ if HAS_TRITON:
         tl.store(OUT + pid_b * stride_ob + rows[:, None] * (N + 1) + cols[None, :], val.to(tl.float16), mask=m)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _launchers(interpret: bool):
     return tuple(jit_launcher(k, interpret) for k in (_sfr_path_kernel, _sfr_rowstat_kernel, _sfr_finalize_kernel))
 
@@ -283,16 +333,47 @@ def _sfr_affinity_fwd(labels: torch.Tensor, gaussian_std: float, path_check: str
     bi, bj = (16, 64) if interpret else (32, 64)
     opts = {} if interpret else {"num_warps": 4}
     path_k[(triton.cdiv(n, bi), triton.cdiv(n, bj), bsz)](
-        lab, t_vec, code, n, w, max_steps if check else 0, lab.stride(0), n * n,
-        CHECK_PATH=check, BLOCK_I=bi, BLOCK_J=bj, **opts, **({} if interpret else {"enable_fp_fusion": False}),
+        lab,
+        t_vec,
+        code,
+        n,
+        w,
+        max_steps if check else 0,
+        lab.stride(0),
+        n * n,
+        CHECK_PATH=check,
+        BLOCK_I=bi,
+        BLOCK_J=bj,
+        **opts,
+        **({} if interpret else {"enable_fp_fusion": False}),
     )
     blur = (taps, decay, stats[0], stats[1])
     stat_k[(triton.cdiv(n, bi), bsz)](
-        code, *blur, n, w, taps.numel(), taps.numel() // 2, n * n, BLOCK_I=bi, BLOCK_J=bj, **opts,
+        code,
+        *blur,
+        n,
+        w,
+        taps.numel(),
+        taps.numel() // 2,
+        n * n,
+        BLOCK_I=bi,
+        BLOCK_J=bj,
+        **opts,
     )
     final_k[(triton.cdiv(n + 1, bi), triton.cdiv(n + 1, bj), bsz)](
-        code, *blur, out, n, w, taps.numel(), taps.numel() // 2, n * n, (n + 1) * (n + 1),
-        BLOCK_R=bi, BLOCK_C=bj, BLOCK_G=64 if interpret else 1024, **opts,
+        code,
+        *blur,
+        out,
+        n,
+        w,
+        taps.numel(),
+        taps.numel() // 2,
+        n * n,
+        (n + 1) * (n + 1),
+        BLOCK_R=bi,
+        BLOCK_C=bj,
+        BLOCK_G=64 if interpret else 1024,
+        **opts,
     )
     return out
 
@@ -361,10 +442,17 @@ def sfr_affinity(
     Returns:
         (B, 1 + h*w, 1 + h*w) fp16 tensor, CLS row and column zero, global max 1 per window.
     """
+
     def reason() -> str | None:
         _check_args(labels, path_check, blur)
         return unsupported_reason(labels, path_check=path_check, blur=blur)
 
     kwargs = dict(gaussian_std=gaussian_std, path_check=path_check, blur=blur)
-    return dispatch("sfr_affinity", labels.device, reason, force, lambda: sfr_affinity_triton(labels, **kwargs),
-                    lambda: sfr_affinity_ref(labels, **kwargs))
+    return dispatch(
+        "sfr_affinity",
+        labels.device,
+        reason,
+        force,
+        lambda: sfr_affinity_triton(labels, **kwargs),
+        lambda: sfr_affinity_ref(labels, **kwargs),
+    )

@@ -13,7 +13,15 @@ from .errors import ClipSamError
 
 __version__ = "0.1.0"
 
-__all__ = ["Segmenter", "SegmentationResult", "DenseConfig", "dense_config", "PromptConfig", "ClipSamError", "__version__"]
+__all__ = [
+    "Segmenter",
+    "SegmentationResult",
+    "DenseConfig",
+    "dense_config",
+    "PromptConfig",
+    "ClipSamError",
+    "__version__",
+]
 
 _LAZY = {
     "Segmenter": ("clipsam.segmenter", "Segmenter"),

@@ -32,10 +32,23 @@ def pending_rows(rows: list[dict], out: Path) -> list[dict]:
     return [r for r in rows if not (out / f"{r['name']}.json").is_file()]
 
 
-def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = None, engines: str | None = None,
-              engine_options: dict | None = None, classes=None, class_file: str | None = None, ray=False,
-              actors: int = 1, gpus_per_actor: float = 0, batch_size: int = 8, progress: bool = True,
-              log=None) -> dict:
+def run_batch(
+    inputs: list[str],
+    out,
+    *,
+    segmenter=None,
+    model: dict | None = None,
+    engines: str | None = None,
+    engine_options: dict | None = None,
+    classes=None,
+    class_file: str | None = None,
+    ray=False,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    log=None,
+) -> dict:
     """Segment every input image that has no output yet; returns the report (also written to batch_report.json).
 
     Arguments:
@@ -63,8 +76,15 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
     todo = pending_rows(rows, out)
     for stale in out.rglob(".partial-*"):  # left by an interrupted run (one run per output folder at a time)
         shutil.rmtree(stale, ignore_errors=True)
-    kwargs = dict(segmenter=segmenter, model=model, engines=engines, engine_options=engine_options, classes=classes,
-                  class_file=class_file, out_dir=str(out))
+    kwargs = dict(
+        segmenter=segmenter,
+        model=model,
+        engines=engines,
+        engine_options=engine_options,
+        classes=classes,
+        class_file=class_file,
+        out_dir=str(out),
+    )
     failures, done = [], 0
     bar = None
     if progress:
@@ -88,15 +108,24 @@ def run_batch(inputs: list[str], out, *, segmenter=None, model: dict | None = No
         if bar is not None:
             bar.close()
     dt = time.perf_counter() - t0
-    report = {"total": len(rows), "skipped": len(rows) - len(todo), "done": done, "failed": len(failures),
-              "failures": failures, "seconds": round(dt, 3), "images_per_s": round(done / dt, 4) if dt > 0 else None,
-              "mode": "in-process" if ray is False else f"ray ({actors} actor(s))", "interrupted": interrupted}
+    report = {
+        "total": len(rows),
+        "skipped": len(rows) - len(todo),
+        "done": done,
+        "failed": len(failures),
+        "failures": failures,
+        "seconds": round(dt, 3),
+        "images_per_s": round(done / dt, 4) if dt > 0 else None,
+        "mode": "in-process" if ray is False else f"ray ({actors} actor(s))",
+        "interrupted": interrupted,
+    }
     _write_report(out, report)
     if interrupted:
         raise Interrupted(
             f"{done} image(s) were segmented and saved in {out} in this run ({report['skipped']} were done before, "
             f"{len(failures)} failed); {len(todo) - done - len(failures)} were not. Run the same command again to "
-            "continue: finished images are skipped.")
+            "continue: finished images are skipped."
+        )
     return report
 
 
@@ -104,8 +133,10 @@ def _write_report(out: Path, report: dict) -> None:
     try:
         (out / "batch_report.json").write_text(json.dumps(report, indent=2))
     except OSError as e:
-        raise OutputError(f"cannot write {out / 'batch_report.json'} ({first_line(e)}); {report['done']} image(s) "
-                          f"were segmented and saved, {report['failed']} failed.") from e
+        raise OutputError(
+            f"cannot write {out / 'batch_report.json'} ({first_line(e)}); {report['done']} image(s) "
+            f"were segmented and saved, {report['failed']} failed."
+        ) from e
 
 
 def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):
@@ -117,7 +148,9 @@ def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             res = mapper({"path": [r["path"] for r in chunk], "name": [r["name"] for r in chunk]})
-            yield from ({"path": p, "ok": bool(ok), "error": e} for p, ok, e in zip(res["path"], res["ok"], res["error"]))
+            yield from (
+                {"path": p, "ok": bool(ok), "error": e} for p, ok, e in zip(res["path"], res["ok"], res["error"])
+            )
         return
     from .integrations.ray import require_ray, segment_dataset
 

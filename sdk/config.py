@@ -26,8 +26,21 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["DenseConfig", "AttentionConfig", "FeedbackConfig", "ScheduleConfig", "PostConfig", "CalibrationConfig",
-           "METHODS", "PRESETS", "DATASETS", "MULTI_SCALE_5", "dense_config", "positive_int", "positive_number"]
+__all__ = [
+    "DenseConfig",
+    "AttentionConfig",
+    "FeedbackConfig",
+    "ScheduleConfig",
+    "PostConfig",
+    "CalibrationConfig",
+    "METHODS",
+    "PRESETS",
+    "DATASETS",
+    "MULTI_SCALE_5",
+    "dense_config",
+    "positive_int",
+    "positive_number",
+]
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -43,6 +56,7 @@ def positive_number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
 
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
@@ -65,16 +79,38 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 # a comparison), by its flat name: a kind, with "?" when None is allowed too.
 _FIELD_KINDS = {
     **dict.fromkeys(("residual", "rcs", "sfr", "pad_crops", "flip"), "bool"),
-    **dict.fromkeys(("sfr_pamr_iters", "short_side", "long_side", "slide_crop", "slide_stride", "pamr_iters",
-                     "calibration_blocks", "knn_k"), "int"),
+    **dict.fromkeys(
+        (
+            "sfr_pamr_iters",
+            "short_side",
+            "long_side",
+            "slide_crop",
+            "slide_stride",
+            "pamr_iters",
+            "calibration_blocks",
+            "knn_k",
+        ),
+        "int",
+    ),
     **dict.fromkeys(("rcs_layers", "sfr_pamr_dilations", "pamr_dilations"), "ints"),
     **dict.fromkeys(("temp_thd", "gaussian_std", "logit_scale", "prob_thd", "knn_quantile"), "real"),
     **dict.fromkeys(("rcs_weights", "sfr_weights", "scales"), "reals"),
-    "area_thd": "real?", "scale_weights": "reals?", "vocabulary": "str?", "preset": "str?", "templates": "templates",
+    "area_thd": "real?",
+    "scale_weights": "reals?",
+    "vocabulary": "str?",
+    "preset": "str?",
+    "templates": "templates",
     **dict.fromkeys(("base", "sfr_path_check", "sfr_blur", "upsample", "combine", "calibration", "method"), "str"),
 }
-_KIND_TEXT = {"bool": "True or False", "int": "an integer", "ints": "a tuple of integers", "real": "a number",
-              "reals": "a tuple of numbers", "str": "a string", "templates": "a template-set name or a list of strings"}
+_KIND_TEXT = {
+    "bool": "True or False",
+    "int": "an integer",
+    "ints": "a tuple of integers",
+    "real": "a number",
+    "reals": "a tuple of numbers",
+    "str": "a string",
+    "templates": "a template-set name or a list of strings",
+}
 _GROUP_NAMES = {"mode": "calibration", "blocks": "calibration_blocks"}  # CalibrationConfig field -> option name
 
 
@@ -175,8 +211,9 @@ class ScheduleConfig:
             raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
         if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
             raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
-        if self.scale_weights is not None and (len(self.scale_weights) != len(self.scales)
-                                               or min(self.scale_weights) < 0):
+        if self.scale_weights is not None and (
+            len(self.scale_weights) != len(self.scales) or min(self.scale_weights) < 0
+        ):
             raise ConfigError("scale_weights must give one non-negative weight per scale")
 
 
@@ -220,8 +257,13 @@ class CalibrationConfig:
             raise ConfigError(f"knn_quantile must be in (0, 1), got {self.knn_quantile}")
 
 
-_GROUPS: dict[str, type] = {"attention": AttentionConfig, "feedback": FeedbackConfig, "schedule": ScheduleConfig,
-                            "post": PostConfig, "calibration": CalibrationConfig}
+_GROUPS: dict[str, type] = {
+    "attention": AttentionConfig,
+    "feedback": FeedbackConfig,
+    "schedule": ScheduleConfig,
+    "post": PostConfig,
+    "calibration": CalibrationConfig,
+}
 # flat option name -> (group, field); the calibration group's fields keep their historical flat names
 _FLAT: dict[str, tuple[str, str]] = {f.name: (g, f.name) for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 for _name in ("mode", "blocks"):
@@ -246,12 +288,16 @@ class DenseConfig:
     def __post_init__(self) -> None:
         for name, cls in _GROUPS.items():
             if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+                raise ConfigError(
+                    f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
+                )
         _check_types(self)
         if self.calibration.mode == "excel" and (self.attention.rcs or self.attention.sfr):
-            raise ConfigError("calibration='excel' replaces the method's last block with ExCEL's second attention path, "
-                              "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
-                              "'clip' with it, or calibration='knn', which works with every method")
+            raise ConfigError(
+                "calibration='excel' replaces the method's last block with ExCEL's second attention path, "
+                "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
+                "'clip' with it, or calibration='knn', which works with every method"
+            )
 
     def __getattr__(self, name: str) -> Any:
         """Flat names read through to their group: ``cfg.slide_crop`` is ``cfg.schedule.slide_crop``."""
@@ -260,14 +306,17 @@ class DenseConfig:
             raise AttributeError(f"DenseConfig has no field {name!r}")
         return getattr(getattr(self, flat[0]), flat[1])
 
-    def replace(self, **changes: Any) -> "DenseConfig":
+    def replace(self, **changes: Any) -> DenseConfig:
         """A copy with fields replaced: flat names (``slide_crop=224``), groups, or the top-level fields."""
         top = {f.name for f in dataclasses.fields(self)}
         unknown = set(changes) - top - set(_FLAT)
         if unknown:
             raise ConfigError(f"unknown DenseConfig option(s): {', '.join(sorted(unknown))}")
-        direct = {k: v for k, v in changes.items()
-                  if k in top and not (k == "calibration" and not isinstance(v, CalibrationConfig))}
+        direct = {
+            k: v
+            for k, v in changes.items()
+            if k in top and not (k == "calibration" and not isinstance(v, CalibrationConfig))
+        }
         per_group: dict[str, dict[str, Any]] = {}
         for k, v in changes.items():
             if k not in direct:
@@ -288,7 +337,7 @@ class DenseConfig:
         return json_safe(self.options())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DenseConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DenseConfig:
         """The config of a ``to_dict`` dict (lists become tuples)."""
         return cls().replace(**_tuples(data))
 
@@ -341,8 +390,16 @@ def _preset(method: str, ds: str) -> DenseConfig:
     if family == "clearclip":
         # ClearCLIP's whole-image path (slide_crop=0, unused by its presets) resizes the grid to the original size
         # in one step, as SCLIP's does (upstream forward_feature(inputs, ori_shape))
-        kw.update(short_side=448, slide_crop=448, slide_stride=224, logit_scale=50.0,
-                  prob_thd=_CLEARCLIP_PROB.get(ds, 0.0), vocabulary=f"{ds}_plain", pad_crops=True, upsample="one_step")
+        kw.update(
+            short_side=448,
+            slide_crop=448,
+            slide_stride=224,
+            logit_scale=50.0,
+            prob_thd=_CLEARCLIP_PROB.get(ds, 0.0),
+            vocabulary=f"{ds}_plain",
+            pad_crops=True,
+            upsample="one_step",
+        )
         if ds == "cityscapes":  # only slide_crop=224 is set upstream: the stride stays 224 (no overlap)
             kw.update(slide_crop=224, slide_stride=224)
     else:
@@ -354,8 +411,9 @@ def _preset(method: str, ds: str) -> DenseConfig:
         kw.update(slide_crop=0 if whole else 224, slide_stride=112)
         if family == "sclip":
             # SCLIP's whole-image path (slide_crop=0, unused by its presets) upsamples in one step
-            kw.update(logit_scale=_SCLIP_LOGIT.get(ds, 40.0), area_thd=0.1 if ds == "voc21" else None,
-                      upsample="one_step")
+            kw.update(
+                logit_scale=_SCLIP_LOGIT.get(ds, 40.0), area_thd=0.1 if ds == "voc21" else None, upsample="one_step"
+            )
         else:
             kw.update(logit_scale=40.0)
         if family == "naclip":

@@ -30,14 +30,18 @@ __all__ = ["SegmenterFront"]
 class SegmenterFront:
     """Backend-independent public methods; see ``clipsam.Segmenter`` for their documentation."""
 
-    _no_vocabulary = ("this configuration has no preset vocabulary. Pass classes=['cat', 'sofa', ...], "
-                      "class_file=PATH, or build with a dataset preset.")
+    _no_vocabulary = (
+        "this configuration has no preset vocabulary. Pass classes=['cat', 'sofa', ...], "
+        "class_file=PATH, or build with a dataset preset."
+    )
 
     def _set_prompts(self, prompts: PromptConfig) -> None:
         """Load the prompt files; the effective templates are the PromptConfig's, else the DenseConfig's."""
         if not isinstance(prompts, PromptConfig):
-            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__} (its fields "
-                                   "may also be given one by one: context_prompts='default', ...)")
+            raise InvalidTypeError(
+                f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__} (its fields "
+                "may also be given one by one: context_prompts='default', ...)"
+            )
         self.prompts = prompts
         self._prompts = prompts.resolve()
         self.templates = self._prompts.templates or resolve_templates(self.config.templates)
@@ -144,16 +148,28 @@ class SegmenterFront:
                 sc = cfg.schedule
                 window = (sc.slide_crop, sc.slide_crop) if sc.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
                 if self.max_memory_mb is not None:
-                    max_batch = min(max_batch, max_batch_for_budget(self.max_memory_mb, cfg, backend.spec,
-                                                                    vocab.num_queries, window))
+                    max_batch = min(
+                        max_batch,
+                        max_batch_for_budget(self.max_memory_mb, cfg, backend.spec, vocab.num_queries, window),
+                    )
                 run_members(backend, members, text, cfg, max_batch, bar)
                 strip_mb = self.max_memory_mb / 4 if self.max_memory_mb is not None else 256.0
                 for i, rgb in enumerate(rgbs):
                     mine = [m for m in members if m.image == i]
                     guides = [backend.ops.flip_w(m.pixels) if m.flip else m.pixels for m in mine]
-                    dense.append(finalize_members(backend.ops, [m.logits for m in mine], [m.weight for m in mine],
-                                                  guides, rgb.shape[:2], cfg, vocab, strip_mb,
-                                                  return_probs=self.refiner is not None))
+                    dense.append(
+                        finalize_members(
+                            backend.ops,
+                            [m.logits for m in mine],
+                            [m.weight for m in mine],
+                            guides,
+                            rgb.shape[:2],
+                            cfg,
+                            vocab,
+                            strip_mb,
+                            return_probs=self.refiner is not None,
+                        )
+                    )
                     for m in mine:
                         m.logits = m.pixels = None
         finally:
@@ -170,8 +186,9 @@ class SegmenterFront:
         """The front end's fields of ``SegmentationResult.info``."""
         raise NotImplementedError
 
-    def _results(self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float,
-                 info: dict) -> list[SegmentationResult]:
+    def _results(
+        self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float, info: dict
+    ) -> list[SegmentationResult]:
         """Refine (when a SAM2 refiner is set) and wrap each image's dense (labels, scores[, probs]).
 
         ``info`` holds the backend's fields; the time per image since ``t0``, the DenseConfig, the prompt options
@@ -191,12 +208,22 @@ class SegmenterFront:
                 meta["prompts"] = self.prompt_info
             if refined[i] is not None:
                 meta["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
-                results.append(SegmentationResult(refined[i].labels.astype(np.int32), scores, vocab.classes, u8[i],
-                                                  meta, dense_labels=labels, instances=list(refined[i].instances),
-                                                  max_memory_mb=self.max_memory_mb))
+                results.append(
+                    SegmentationResult(
+                        refined[i].labels.astype(np.int32),
+                        scores,
+                        vocab.classes,
+                        u8[i],
+                        meta,
+                        dense_labels=labels,
+                        instances=list(refined[i].instances),
+                        max_memory_mb=self.max_memory_mb,
+                    )
+                )
             else:
-                results.append(SegmentationResult(labels, scores, vocab.classes, u8[i], meta,
-                                                  max_memory_mb=self.max_memory_mb))
+                results.append(
+                    SegmentationResult(labels, scores, vocab.classes, u8[i], meta, max_memory_mb=self.max_memory_mb)
+                )
         return results
 
 
@@ -216,9 +243,11 @@ def _image_iter(images, method: str):
         raise InvalidTypeError(
             f"{method} takes a list (or any iterable) of images, got a single image ({type(images).__name__}"
             f"{'' if ndim is None else f' with {ndim} dimensions'}). Use segment(image) for one image, or {method}"
-            "([image, ...]); a batch array must be (N, H, W, C), a batch tensor (N, C, H, W).")
+            "([image, ...]); a batch array must be (N, H, W, C), a batch tensor (N, C, H, W)."
+        )
     try:
         return iter(images)
     except TypeError:
-        raise InvalidTypeError(f"{method} takes a list (or any iterable) of images, got "
-                               f"{type(images).__name__}.") from None
+        raise InvalidTypeError(
+            f"{method} takes a list (or any iterable) of images, got {type(images).__name__}."
+        ) from None

@@ -35,8 +35,13 @@ def _glob_root(pattern: str) -> Path:
 def _found(item: str) -> list[tuple[Path, Path]]:
     p = Path(item)
     if p.is_dir():
-        found = [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
-                 and f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        found = [
+            (f, f.relative_to(p))
+            for f in sorted(p.rglob("*"))
+            if f.suffix.lower() in IMAGE_SUFFIXES
+            and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        ]
         if not found:
             raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return found
@@ -44,8 +49,9 @@ def _found(item: str) -> list[tuple[Path, Path]]:
         return [(p, Path(p.name))]
     if any(ch in item for ch in "*?["):
         root = _glob_root(item)
-        found = [(Path(f), Path(f).relative_to(root)) for f in sorted(glob.glob(item, recursive=True))
-                 if Path(f).is_file()]
+        found = [
+            (Path(f), Path(f).relative_to(root)) for f in sorted(glob.glob(item, recursive=True)) if Path(f).is_file()
+        ]
         if not found:
             raise ClipSamError(f"no file matches {item!r}")
         return found

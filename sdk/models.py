@@ -31,8 +31,15 @@ from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, 
 from .hashing import file_sha256
 from .paths import input_error, is_url
 
-__all__ = ["LoadedClip", "load_clip", "read_state_dict", "normalise_state_dict", "detect_format", "checkpoint_file",
-           "torch_load"]
+__all__ = [
+    "LoadedClip",
+    "load_clip",
+    "read_state_dict",
+    "normalise_state_dict",
+    "detect_format",
+    "checkpoint_file",
+    "torch_load",
+]
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -73,19 +80,26 @@ def checkpoint_file(value, what: str = "checkpoint") -> Path:
     """The Path of an existing, non-empty checkpoint file, or ``CheckpointError`` saying what ``value`` is instead
     (a URL, a folder and the weight files in it, a missing or empty file); ``InvalidTypeError`` for a non-path."""
     if not isinstance(value, (str, os.PathLike)):
-        raise InvalidTypeError(f"{what} must be a file path (str or os.PathLike), got {type(value).__name__} "
-                               f"{value!r:.80}")
+        raise InvalidTypeError(
+            f"{what} must be a file path (str or os.PathLike), got {type(value).__name__} {value!r:.80}"
+        )
     path = Path(os.fspath(value)).expanduser()
     if is_url(value) or not path.is_file():
         hint = ""
         if path.is_dir():
             found = sorted(f.name for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES)[:5]
             hint = f"It holds {', '.join(found)}: pass one of them." if found else "Pass the weights file itself."
-        raise input_error(value, what, CheckpointError, folder_hint=hint,
-                          missing_hint="Pass an existing file or an open_clip pretrained tag.")
+        raise input_error(
+            value,
+            what,
+            CheckpointError,
+            folder_hint=hint,
+            missing_hint="Pass an existing file or an open_clip pretrained tag.",
+        )
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{what} {path} is empty (0 bytes): the download or copy did not finish. Copy or "
-                              "download it again.")
+        raise CheckpointError(
+            f"{what} {path} is empty (0 bytes): the download or copy did not finish. Copy or download it again."
+        )
     return path
 
 
@@ -99,8 +113,9 @@ def torch_load(path: Path, what: str = "checkpoint"):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): "
-                                  f"{first_line(e)}") from e
+            raise CheckpointError(
+                f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
+            ) from e
         found = re.search(r"GLOBAL (\S+)", str(e))
         raise CheckpointError(
             f"{what} {path} is refused: besides tensors it contains pickled Python objects"
@@ -109,8 +124,9 @@ def torch_load(path: Path, what: str = "checkpoint"):
             "; torch.save({k: v for k, v in sd.items() if torch.is_tensor(v)}, 'weights.pt'), and pass the new file."
         ) from None
     except Exception as e:
-        raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): "
-                              f"{first_line(e)}") from e
+        raise CheckpointError(
+            f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
+        ) from e
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
@@ -138,7 +154,9 @@ def _read_checkpoint(path) -> tuple[dict, bool]:
             return dict(module.state_dict()), True
     obj = torch_load(path)
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict).")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict)."
+        )
     return obj, False
 
 
@@ -150,7 +168,7 @@ def _unwrap(obj: dict) -> tuple[dict, bool]:
             sd, wrapped = sd[key], True
             break
     if sd and all(k.startswith("module.") for k in sd):
-        sd, wrapped = {k[len("module."):]: v for k, v in sd.items()}, True
+        sd, wrapped = {k[len("module.") :]: v for k, v in sd.items()}, True
     return sd, wrapped
 
 
@@ -171,10 +189,18 @@ def detect_format(obj: dict, torchscript: bool = False) -> tuple[str, str]:
     ints = [k for k in _OPENAI_EXTRA_KEYS if k in sd]
     if ints:
         openai.append(f"OpenAI's integer entries ({', '.join(ints)})")
-    weights = [v for k, v in sd.items() if k.endswith(("attn.in_proj_weight", "mlp.c_fc.weight"))
-               and isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.float32)][:4]
-    if weights and all(torch.equal(v.half().float(), v.float()) for v in weights) and not all(
-            torch.equal(v.float().bfloat16().float(), v.float()) for v in weights):
+    weights = [
+        v
+        for k, v in sd.items()
+        if k.endswith(("attn.in_proj_weight", "mlp.c_fc.weight"))
+        and isinstance(v, torch.Tensor)
+        and v.dtype in (torch.float16, torch.float32)
+    ][:4]
+    if (
+        weights
+        and all(torch.equal(v.half().float(), v.float()) for v in weights)
+        and not all(torch.equal(v.float().bfloat16().float(), v.float()) for v in weights)
+    ):
         stored = "fp16" if all(v.dtype == torch.float16 for v in weights) else "fp32"
         openai.append(f"attention weights that are fp16 numbers (stored as {stored}), as openai/CLIP stores them")
     if wrapped:
@@ -222,7 +248,11 @@ def _load_into(model, sd: dict, arch: str, source: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    wrong = [(k, tuple(expected[k].shape), tuple(sd[k].shape)) for k in expected if k in sd and expected[k].shape != sd[k].shape]
+    wrong = [
+        (k, tuple(expected[k].shape), tuple(sd[k].shape))
+        for k in expected
+        if k in sd and expected[k].shape != sd[k].shape
+    ]
     if missing or unexpected or wrong:
         lines = [f"checkpoint {source} does not match architecture {arch!r}."]
         for k, e, f in wrong[:5]:
@@ -231,7 +261,9 @@ def _load_into(model, sd: dict, arch: str, source: str) -> None:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:5])}")
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
-        lines.append(f"  the checkpoint looks like: {_describe_arch(sd)}; the architecture is: {_describe_arch(expected)}.")
+        lines.append(
+            f"  the checkpoint looks like: {_describe_arch(sd)}; the architecture is: {_describe_arch(expected)}."
+        )
         lines.append("  Fix: pass the clip architecture the checkpoint was trained with (e.g. clip='ViT-L-14').")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=True)
@@ -260,8 +292,10 @@ def _own_quick_gelu(open_clip, name: str) -> bool:
     return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
 
 
-_OFFLINE_FIX = ("Pass a local checkpoint file (clip_weights=PATH; CLI: --weights PATH), or random weights for a smoke "
-                "run (clip_weights=None; CLI: --random-weights).")
+_OFFLINE_FIX = (
+    "Pass a local checkpoint file (clip_weights=PATH; CLI: --weights PATH), or random weights for a smoke "
+    "run (clip_weights=None; CLI: --random-weights)."
+)
 
 
 def _download(open_clip, cfg: dict, tag: str, name: str) -> str:
@@ -272,13 +306,16 @@ def _download(open_clip, cfg: dict, tag: str, name: str) -> str:
         return cached
     host, port = _download_host(cfg)
     if host is not None and not _reachable(host, port):
-        raise CheckpointError(f"cannot download the {tag!r} weights for {name!r}: {host} cannot be reached (no network, "
-                              f"or a proxy is needed) and they are not in the local cache. {_OFFLINE_FIX}")
+        raise CheckpointError(
+            f"cannot download the {tag!r} weights for {name!r}: {host} cannot be reached (no network, "
+            f"or a proxy is needed) and they are not in the local cache. {_OFFLINE_FIX}"
+        )
     try:
         return open_clip.download_pretrained(cfg)
     except Exception as e:
-        raise CheckpointError(f"could not download the {tag!r} weights for {name!r} ({first_line(e)}). "
-                              f"{_OFFLINE_FIX}") from e
+        raise CheckpointError(
+            f"could not download the {tag!r} weights for {name!r} ({first_line(e)}). {_OFFLINE_FIX}"
+        ) from e
 
 
 def _uses_hf_hub(cfg: dict) -> bool:
@@ -362,7 +399,9 @@ def _resolve_arch(arch: str) -> str:
     return arch
 
 
-def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_gelu: bool | None = None, seed: int = 0) -> LoadedClip:
+def load_clip(
+    arch: str, weights: str | os.PathLike | None = "openai", *, quick_gelu: bool | None = None, seed: int = 0
+) -> LoadedClip:
     """Build an OpenCLIP model and load its weights.
 
     Arguments:
@@ -380,14 +419,19 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
     torch = _torch()
     open_clip = _open_clip()
     if not isinstance(arch, (str, os.PathLike)):
-        raise InvalidTypeError(f"clip must be an open_clip architecture name or a model-config JSON path, got "
-                               f"{type(arch).__name__} {arch!r:.80}")
+        raise InvalidTypeError(
+            f"clip must be an open_clip architecture name or a model-config JSON path, got "
+            f"{type(arch).__name__} {arch!r:.80}"
+        )
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise InvalidTypeError(f"clip_weights must be an open_clip pretrained tag, a checkpoint path or None, got "
-                               f"{type(weights).__name__} {weights!r:.80}")
+        raise InvalidTypeError(
+            f"clip_weights must be an open_clip pretrained tag, a checkpoint path or None, got "
+            f"{type(weights).__name__} {weights!r:.80}"
+        )
     if quick_gelu is not None and not isinstance(quick_gelu, bool):
-        raise InvalidTypeError(f"quick_gelu must be True, False or None, got {type(quick_gelu).__name__} "
-                               f"{quick_gelu!r:.80}")
+        raise InvalidTypeError(
+            f"quick_gelu must be True, False or None, got {type(quick_gelu).__name__} {quick_gelu!r:.80}"
+        )
     name = _resolve_arch(os.fspath(arch))
     own = _own_quick_gelu(open_clip, name)
     if weights is None:
@@ -431,7 +475,9 @@ def load_clip(arch: str, weights: str | os.PathLike | None = "openai", *, quick_
                 f"or open_clip's ({evidence or 'a plain state dict in fp32'}); building {name!r} with its own "
                 "activation, GELU. If the weights are OpenAI's, pass quick_gelu=True (CLI: --quick-gelu); pass "
                 "quick_gelu=False (--no-quick-gelu) to confirm GELU and silence this warning.",
-                UserWarning, stacklevel=3)
+                UserWarning,
+                stacklevel=3,
+            )
     sd, _ = normalise_state_dict(raw)
     model = _create(open_clip, name, quick_gelu)
     _load_into(model, sd, name, source)

@@ -29,8 +29,9 @@ def is_url(value) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
-def input_error(value, what: str, error: type[ClipSamError] = InvalidInputError, folder_hint: str = "",
-                missing_hint: str = "") -> ClipSamError:
+def input_error(
+    value, what: str, error: type[ClipSamError] = InvalidInputError, folder_hint: str = "", missing_hint: str = ""
+) -> ClipSamError:
     """The error for ``value`` that does not name an existing file: a URL, a folder, or a missing path.
 
     Arguments:
@@ -40,16 +41,19 @@ def input_error(value, what: str, error: type[ClipSamError] = InvalidInputError,
         folder_hint, missing_hint: sentences appended when it is a folder or does not exist.
     """
     if is_url(value):
-        return error(f"{what} {os.fspath(value)!r} is a URL; clipsam does not fetch URLs (the library makes no "
-                     "network requests). Download it first and pass the local file.")
+        return error(
+            f"{what} {os.fspath(value)!r} is a URL; clipsam does not fetch URLs (the library makes no "
+            "network requests). Download it first and pass the local file."
+        )
     path = Path(value)
     if path.is_dir():
         return error(f"{what} {path} is a folder, not a file." + (f" {folder_hint}" if folder_hint else ""))
     return error(f"{what} not found: {path}." + (f" {missing_hint}" if missing_hint else ""))
 
 
-def input_file(value, what: str, error: type[ClipSamError] = InvalidInputError, folder_hint: str = "",
-               missing_hint: str = "") -> Path:
+def input_file(
+    value, what: str, error: type[ClipSamError] = InvalidInputError, folder_hint: str = "", missing_hint: str = ""
+) -> Path:
     """``value`` as the Path of an existing file, or the error of ``input_error`` (``InvalidTypeError`` when it is
     not a str or os.PathLike)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
@@ -69,8 +73,9 @@ def output_dir(value, what: str = "output folder") -> Path:
     """
     path = _path(value, what)
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{what} {path} is a file, not a folder. Choose a folder (it is created if missing), or "
-                          "move the file away.")
+        raise OutputError(
+            f"{what} {path} is a file, not a folder. Choose a folder (it is created if missing), or move the file away."
+        )
     above = path
     while not above.exists() and above != above.parent:
         above = above.parent
@@ -97,8 +102,10 @@ def _path(value, what: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
         raise InvalidTypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
     if is_url(value):
-        raise OutputError(f"{what} {os.fspath(value)!r} is a URL; clipsam writes local files only. Write to a local "
-                          "folder (or a mounted one) and copy the results.")
+        raise OutputError(
+            f"{what} {os.fspath(value)!r} is a URL; clipsam writes local files only. Write to a local "
+            "folder (or a mounted one) and copy the results."
+        )
     return Path(value).expanduser()
 
 
@@ -113,8 +120,10 @@ def _why_not_writable(e: OSError) -> str:
     if e.errno == errno.EROFS:
         return "is on a read-only file system. Choose a writable location."
     if e.errno in (errno.EACCES, errno.EPERM):
-        return ("cannot be written: permission denied for this user. Choose a folder you can write to, or change its "
-                "permissions.")
+        return (
+            "cannot be written: permission denied for this user. Choose a folder you can write to, or change its "
+            "permissions."
+        )
     if e.errno == errno.ENOSPC:
         return "cannot be written: no space left on the device. Free some space or choose another disk."
     if e.errno == errno.ENOTDIR:

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["query_probs", "merge_synonyms", "area_keep", "decide", "postprocess", "strip_rows", "argmax_counts",
-           "finish_strips"]
+__all__ = [
+    "query_probs",
+    "merge_synonyms",
+    "area_keep",
+    "decide",
+    "postprocess",
+    "strip_rows",
+    "argmax_counts",
+    "finish_strips",
+]
 
 
 def query_probs(logits: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -44,7 +52,9 @@ def area_keep(class_counts: np.ndarray, area_thd: float | None) -> np.ndarray | 
     return np.concatenate([[True], fg > area_thd * fg.sum()])
 
 
-def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decide(
+    probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities (C, H, W) -> labels (H, W) int32, scores (H, W) float32, renormalised probs."""
     if keep is not None and not keep.all():
         probs = probs * keep.astype(probs.dtype)[:, None, None]
@@ -55,8 +65,14 @@ def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None) -
     return labels.astype(np.int32), scores.astype(np.float32), probs.astype(np.float32, copy=False)
 
 
-def postprocess(logits: np.ndarray, query_to_class, num_classes: int, logit_scale: float, prob_thd: float = 0.0,
-                area_thd: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def postprocess(
+    logits: np.ndarray,
+    query_to_class,
+    num_classes: int,
+    logit_scale: float,
+    prob_thd: float = 0.0,
+    area_thd: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels from query logits of a whole image.
 
     Arguments:
@@ -73,8 +89,9 @@ def postprocess(logits: np.ndarray, query_to_class, num_classes: int, logit_scal
     return decide(probs, prob_thd, keep)
 
 
-def strip_rows(out_hw, members: int, num_queries: int, num_classes: int, max_strip_mb: float,
-               whole: bool = False) -> int:
+def strip_rows(
+    out_hw, members: int, num_queries: int, num_classes: int, max_strip_mb: float, whole: bool = False
+) -> int:
     """Rows per strip so that the per-strip float buffers (members' upsampled logits, probabilities, class
     probabilities) fit ``max_strip_mb``; all rows when ``whole`` (output PAMR needs the whole map)."""
     h0, w0 = out_hw
@@ -87,8 +104,9 @@ def argmax_counts(probs: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes)
 
 
-def finish_strips(strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None, return_probs: bool,
-                  counts, decide_strip):
+def finish_strips(
+    strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None, return_probs: bool, counts, decide_strip
+):
     """Labels and scores of one image from its class probabilities, strip by strip.
 
     Arguments:

@@ -33,12 +33,18 @@ STD = np.array([68.501, 66.632, 70.323], dtype=np.float32)
 
 
 def _read_file(image) -> np.ndarray:
-    path = input_file(image, "image file", InvalidImageError,
-                      folder_hint="Pass the image files inside it (clipsam segment and clipsam batch take folders).")
+    path = input_file(
+        image,
+        "image file",
+        InvalidImageError,
+        folder_hint="Pass the image files inside it (clipsam segment and clipsam batch take folders).",
+    )
     data = np.fromfile(str(path), dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
-        raise InvalidImageError(f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads.")
+        raise InvalidImageError(
+            f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads."
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: a large photo is not held twice
 
 
@@ -50,12 +56,14 @@ def _ambiguous(shape, layout: str, what: str) -> InvalidImageError | None:
     """A 3-D shape whose first and last sides both look like channels (1, 3 or 4): not guessed."""
     if len(shape) != 3 or shape[0] not in _CHANNELS or shape[2] not in _CHANNELS:
         return None
-    fix = ("if it is HxWxC, pass t.permute(2, 0, 1)" if layout == "CxHxW" else
-           "if it is CxHxW, pass a.transpose(1, 2, 0)")
+    fix = (
+        "if it is HxWxC, pass t.permute(2, 0, 1)" if layout == "CxHxW" else "if it is CxHxW, pass a.transpose(1, 2, 0)"
+    )
     return InvalidImageError(
         f"{what} has shape {tuple(shape)}, which is ambiguous: it reads both as CxHxW and as HxWxC. Tensors are read "
         f"as CxHxW and numpy arrays as HxWxC, so this one is refused rather than guessed: {fix}. A side of 1, 3 or 4 "
-        "pixels cannot be told apart from channels (pad or resize such an image).")
+        "pixels cannot be told apart from channels (pad or resize such an image)."
+    )
 
 
 def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarray:
@@ -90,7 +98,7 @@ def _from_array(a: np.ndarray, what: str, check_layout: bool = True) -> np.ndarr
                 f"{what} is a float image with values in [{lo:.3g}, {hi:.3g}]; float images must lie in [0, 1]. "
                 "Divide by 255 or pass uint8."
             )
-        return (a.astype(np.float32) * 255.0)
+        return a.astype(np.float32) * 255.0
     raise InvalidTypeError(f"{what} has dtype {a.dtype}; expected uint8, or float16/32/64 in [0, 1].")
 
 
@@ -110,15 +118,17 @@ def _from_pil(image, what: str) -> np.ndarray:
             raise InvalidImageError(
                 f"{what} has mode 'I' (32-bit integers), which has no defined value range. Convert it to 8 bits "
                 "yourself: Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for 16-bit data, or "
-                "im.convert('L') for data in [0, 255].")
+                "im.convert('L') for data in [0, 255]."
+            )
         if mode == "F":
             return _from_array(np.asarray(image, dtype=np.float32), what, check_layout=False)
         rgb = np.asarray(image.convert("RGB")).copy()
     except ValueError as e:  # a mode PIL cannot convert to RGB
         if isinstance(e, InvalidInputError):
             raise
-        raise InvalidImageError(f"{what} has mode {mode!r}, which PIL cannot convert to RGB ({e}); convert it to "
-                                "'RGB' or 'L' yourself.") from e
+        raise InvalidImageError(
+            f"{what} has mode {mode!r}, which PIL cannot convert to RGB ({e}); convert it to 'RGB' or 'L' yourself."
+        ) from e
     except OSError as e:
         raise InvalidImageError(f"cannot decode {what}: {e}") from e
     return _from_array(rgb, what, check_layout=False)

@@ -66,8 +66,9 @@ def read_structured(path: str | os.PathLike, what: str):
 def _entries(data, source: str) -> dict:
     """The top-level mapping without ``_``-prefixed keys; every key a non-empty string."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of class name -> entries at the top level, "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of class name -> entries at the top level, got {type(data).__name__}"
+        )
     out = {}
     for key, value in data.items():
         if not isinstance(key, str) or not key.strip():
@@ -90,12 +91,14 @@ def load_sentences(source, what: str) -> tuple[dict[str, tuple[str, ...]], str]:
     out = {}
     for key, value in _entries(data, name).items():
         if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{name}: the entry of class {key!r} must be a non-empty list of strings, "
-                              f"got {type(value).__name__}")
+            raise ConfigError(
+                f"{name}: the entry of class {key!r} must be a non-empty list of strings, got {type(value).__name__}"
+            )
         for s in value:
             if not isinstance(s, str) or not s.strip():
-                raise ConfigError(f"{name}: class {key!r} has a non-string or empty entry {s!r}; every entry must "
-                                  "be a sentence")
+                raise ConfigError(
+                    f"{name}: class {key!r} has a non-string or empty entry {s!r}; every entry must be a sentence"
+                )
         out[key] = tuple(value)
     return out, name
 

@@ -61,8 +61,9 @@ class PromptConfig:
         for f in ("context_prompts", "disambiguate", "descriptions"):
             v = getattr(self, f)
             if v is not None and not isinstance(v, (str, os.PathLike, dict)):
-                raise InvalidTypeError(f"PromptConfig.{f} must be None, a name, a file path or a dict, "
-                                       f"got {type(v).__name__}")
+                raise InvalidTypeError(
+                    f"PromptConfig.{f} must be None, a name, a file path or a dict, got {type(v).__name__}"
+                )
         if self.enrichment not in ENRICHMENTS:
             raise ConfigError(f"enrichment must be one of {ENRICHMENTS}, got {self.enrichment!r}")
         if self.tse_clusters is not None and (not isinstance(self.tse_clusters, int) or self.tse_clusters < 1):
@@ -75,13 +76,13 @@ class PromptConfig:
         """True when only templates are set: the text embeddings are the plain template ensemble."""
         return self.context_prompts is None and self.disambiguate is None and self.descriptions is None
 
-    def replace(self, **changes) -> "PromptConfig":
+    def replace(self, **changes) -> PromptConfig:
         unknown = set(changes) - set(PROMPT_FIELDS)
         if unknown:
             raise ConfigError(f"unknown PromptConfig option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
-    def resolve(self) -> "ResolvedPrompts":
+    def resolve(self) -> ResolvedPrompts:
         """Load every file now (errors surface at construction, not at the first image)."""
         templates = None
         if self.templates is not None:
@@ -124,8 +125,10 @@ def _source(kind: str, value, what: str) -> _Source | None:
     for key, entry in mapping.items():
         n = _norm(key)
         if n in keys and entries[n] != entry:
-            raise ConfigError(f"{name}: names {keys[n]!r} and {key!r} are the same class (case, spaces, '-' and '_' "
-                              "are ignored); keep one")
+            raise ConfigError(
+                f"{name}: names {keys[n]!r} and {key!r} are the same class (case, spaces, '-' and '_' "
+                "are ignored); keep one"
+            )
         entries[n], keys[n] = entry, key
     digest = hashlib.sha256(json.dumps(mapping, sort_keys=True).encode()).hexdigest()
     return _Source(entries, keys, value if shipped else name, shipped, digest)
@@ -152,19 +155,30 @@ class ResolvedPrompts:
         """Hashable identity of everything that changes the embeddings (file contents by digest)."""
         if self.is_default:
             return ()
-        digests = tuple(s.digest if s is not None else None for s in (self.context, self.disambiguation, self.descriptions))
+        digests = tuple(
+            s.digest if s is not None else None for s in (self.context, self.disambiguation, self.descriptions)
+        )
         return digests + ((self.enrichment, self.tse_clusters, self.tse_drop) if self.descriptions else ())
 
     def info(self) -> dict | None:
         """JSON-able summary for result metadata and evaluation reports (None when nothing beyond templates)."""
         if self.is_default:
             return None
-        out = {k: (s.name if s is not None else None) for k, s in
-               (("context_prompts", self.context), ("disambiguate", self.disambiguation),
-                ("descriptions", self.descriptions))}
+        out = {
+            k: (s.name if s is not None else None)
+            for k, s in (
+                ("context_prompts", self.context),
+                ("disambiguate", self.disambiguation),
+                ("descriptions", self.descriptions),
+            )
+        }
         if self.descriptions is not None:
-            out.update(enrichment=self.enrichment, tse_clusters=self.tse_clusters, tse_drop=self.tse_drop,
-                       descriptions_sha256=self.descriptions.digest[:16])
+            out.update(
+                enrichment=self.enrichment,
+                tse_clusters=self.tse_clusters,
+                tse_drop=self.tse_drop,
+                descriptions_sha256=self.descriptions.digest[:16],
+            )
         return out
 
     def plan(self, vocab) -> list[tuple[str, tuple[str, ...], str | None]]:
@@ -179,8 +193,10 @@ class ResolvedPrompts:
                 for n, key in src.keys.items():
                     if n not in known:
                         shown = ", ".join(vocab.classes[:8]) + (", ..." if len(vocab.classes) > 8 else "")
-                        raise ConfigError(f"{src.name}: class {key!r} is not in the vocabulary ({shown}); remove it "
-                                          "from the file or add the class")
+                        raise ConfigError(
+                            f"{src.name}: class {key!r} is not in the vocabulary ({shown}); remove it "
+                            "from the file or add the class"
+                        )
         synonyms: dict[int, list[str]] = {}
         for q, ci in zip(vocab.queries, vocab.query_to_class):
             synonyms.setdefault(ci, []).append(_norm(q))
@@ -212,8 +228,9 @@ def _description_texts(p: ResolvedPrompts) -> tuple[list[str], list[str]]:
     return texts, owners
 
 
-def build_text_embeddings(embed, vocab, templates: tuple[str, ...], prompts: ResolvedPrompts, cache=None,
-                          cache_key: tuple = ()) -> np.ndarray:
+def build_text_embeddings(
+    embed, vocab, templates: tuple[str, ...], prompts: ResolvedPrompts, cache=None, cache_key: tuple = ()
+) -> np.ndarray:
     """Query embeddings under a prompt configuration (steps in the module docstring), from any text encoder.
 
     Arguments:
@@ -252,7 +269,10 @@ def build_text_embeddings(embed, vocab, templates: tuple[str, ...], prompts: Res
                 t[i] = mean_enrich(t[i], demb[owners == key])
         return t
     k = prompts.tse_clusters or default_clusters(
-        prompts.descriptions.name if prompts.descriptions.shipped else None, len(prompts.descriptions.entries), len(demb))
+        prompts.descriptions.name if prompts.descriptions.shipped else None,
+        len(prompts.descriptions.entries),
+        len(demb),
+    )
     k = min(k, len(demb))
     bkey = dkey + ("bank", k)
     bank = cache.get(bkey) if cache is not None else None

@@ -99,8 +99,10 @@ class SegmentationResult:
         from PIL import Image
 
         if len(self.classes) > 256:
-            raise InvalidInputError(f"a palette PNG holds at most 256 classes, this result has {len(self.classes)}; "
-                                    "save the labels as .npy instead (save() does so by itself)")
+            raise InvalidInputError(
+                f"a palette PNG holds at most 256 classes, this result has {len(self.classes)}; "
+                "save the labels as .npy instead (save() does so by itself)"
+            )
         img = Image.fromarray(self.labels.astype(np.uint8), mode="P")
         img.putpalette(palette().ravel().tolist())
         return img
@@ -153,8 +155,9 @@ class SegmentationResult:
         from PIL import Image
 
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
-            raise InvalidInputError(f"alpha must be a number in [0, 1] (the weight of the class colours), got "
-                                    f"{alpha!r:.40}")
+            raise InvalidInputError(
+                f"alpha must be a number in [0, 1] (the weight of the class colours), got {alpha!r:.40}"
+            )
         if max_memory_mb is not None:
             positive_number(max_memory_mb, "max_memory_mb")
         colours = _overlay_colours(len(self.classes))
@@ -167,22 +170,27 @@ class SegmentationResult:
             canvas.paste(below, (0, h))
         return canvas
 
-    def save(self, out_dir: str | os.PathLike, stem: str = "result",
-             max_memory_mb: float | None = None) -> dict[str, Path]:
+    def save(
+        self, out_dir: str | os.PathLike, stem: str = "result", max_memory_mb: float | None = None
+    ) -> dict[str, Path]:
         """Write ``<stem>_labels.png`` (palette), ``<stem>_overlay.png`` and ``<stem>.json``; returns the paths.
 
         Both PNGs are written strip by strip (``max_memory_mb``, default the result's budget), so saving needs
         memory for one strip, not for the image.
         """
-        from .png import PngWriter
         from .paths import output_dir
+        from .png import PngWriter
 
         if max_memory_mb is not None:
             positive_number(max_memory_mb, "max_memory_mb")
         out = output_dir(out_dir, "output folder")  # a file, read-only or unwritable: OutputError naming it
         if Path(str(stem)).parent != Path("."):  # a stem with sub-folders ("a/b"): created like the output folder
             output_dir(out / Path(str(stem)).parent, "output folder")
-        paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
+        paths = {
+            "labels": out / f"{stem}_labels.png",
+            "overlay": out / f"{stem}_overlay.png",
+            "summary": out / f"{stem}.json",
+        }
         h, w = self.labels.shape[:2]
         if len(self.classes) <= 256:
             with open(paths["labels"], "wb") as f:
@@ -210,8 +218,14 @@ class SegmentationResult:
     def instances_json(self) -> list[dict]:
         """Instances as JSON: class name, score, box (x0, y0, x1, y1, inclusive), area, COCO RLE mask."""
         return [
-            {"class": self.classes[int(inst.class_id)], "class_id": int(inst.class_id), "score": float(inst.score),
-             "box": [int(v) for v in inst.box], "area": int(inst.area), "segmentation": inst.to_coco_rle()}
+            {
+                "class": self.classes[int(inst.class_id)],
+                "class_id": int(inst.class_id),
+                "score": float(inst.score),
+                "box": [int(v) for v in inst.box],
+                "area": int(inst.area),
+                "segmentation": inst.to_coco_rle(),
+            }
             for inst in self.instances
         ]
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .config import DenseConfig, dense_config, positive_int, positive_number
 from .device import parse_device
 from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
@@ -31,8 +29,9 @@ def _resolve_device(device):
             )
         if index is not None and index >= torch.cuda.device_count():
             n = torch.cuda.device_count()
-            raise BackendUnavailableError(f"device {device!r} was requested but this machine has {n} GPU(s): use "
-                                          f"cuda:0 .. cuda:{n - 1}.")
+            raise BackendUnavailableError(
+                f"device {device!r} was requested but this machine has {n} GPU(s): use cuda:0 .. cuda:{n - 1}."
+            )
     return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
 
 
@@ -60,9 +59,19 @@ class Segmenter(SegmenterFront):
     ``SegmentationResult`` whose ``labels`` index into ``result.classes``.
     """
 
-    def __init__(self, loaded, config: DenseConfig, device="cpu", precision: str = "fp32", text_cache_size: int = 64,
-                 max_batch: int | None = None, max_memory_mb: float | None = None, refiner=None, refine_config=None,
-                 prompts: PromptConfig | None = None):
+    def __init__(
+        self,
+        loaded,
+        config: DenseConfig,
+        device="cpu",
+        precision: str = "fp32",
+        text_cache_size: int = 64,
+        max_batch: int | None = None,
+        max_memory_mb: float | None = None,
+        refiner=None,
+        refine_config=None,
+        prompts: PromptConfig | None = None,
+    ):
         import open_clip
 
         self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)
@@ -107,7 +116,7 @@ class Segmenter(SegmenterFront):
         prompts: PromptConfig | None = None,
         quick_gelu: bool | None = None,
         **overrides,
-    ) -> "Segmenter":
+    ) -> Segmenter:
         """Build a segmenter.
 
         Arguments:
@@ -141,8 +150,10 @@ class Segmenter(SegmenterFront):
         from .models import load_clip
 
         if prompts is not None and not isinstance(prompts, PromptConfig):
-            raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__} "
-                                   "(its fields may also be given one by one: context_prompts='default', ...)")
+            raise InvalidTypeError(
+                f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__} "
+                "(its fields may also be given one by one: context_prompts='default', ...)"
+            )
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         prompts = (prompts or PromptConfig()).replace(**prompt_kw) if prompt_kw else prompts
         if prompts is not None:
@@ -153,7 +164,9 @@ class Segmenter(SegmenterFront):
         cfg = dense_config(method, preset, **overrides)
         resolve_templates(cfg.templates)  # a bad template fails before any weights load
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
-            raise ConfigError("sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)")
+            raise ConfigError(
+                "sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)"
+            )
         _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
         if sam2 is not None:
             from .refine.config import RefineConfig
@@ -162,16 +175,29 @@ class Segmenter(SegmenterFront):
             if sam2 not in MODELS:
                 raise ConfigError(f"unknown SAM2 model {sam2!r}; choose one of {sorted(MODELS)}")
             if refine is not None and not isinstance(refine, RefineConfig):
-                raise InvalidTypeError(f"refine must be a clipsam.refine.RefineConfig or None, got "
-                                       f"{type(refine).__name__}")
+                raise InvalidTypeError(
+                    f"refine must be a clipsam.refine.RefineConfig or None, got {type(refine).__name__}"
+                )
         loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
         refiner = None
         if sam2 is not None:
             from .refine import Sam2Refiner
 
-            refiner = Sam2Refiner.from_pretrained(sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights)
-        return cls(loaded, cfg, device=device, precision=precision, max_batch=max_batch, max_memory_mb=max_memory_mb,
-                   refiner=refiner, refine_config=refine, text_cache_size=text_cache_size, prompts=prompts)
+            refiner = Sam2Refiner.from_pretrained(
+                sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights
+            )
+        return cls(
+            loaded,
+            cfg,
+            device=device,
+            precision=precision,
+            max_batch=max_batch,
+            max_memory_mb=max_memory_mb,
+            refiner=refiner,
+            refine_config=refine,
+            text_cache_size=text_cache_size,
+            prompts=prompts,
+        )
 
     @classmethod
     def from_engines(cls, folder, providers=None, **kwargs):
@@ -192,7 +218,7 @@ class Segmenter(SegmenterFront):
         self.encoder = DenseEncoder(self.model.visual, self.config)
         self.backend = TorchBackend(self.encoder, self.device, self.precision)
 
-    def with_options(self, **overrides) -> "Segmenter":
+    def with_options(self, **overrides) -> Segmenter:
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or
         ``PromptConfig`` fields) replaced."""
         new = object.__new__(type(self))
@@ -221,14 +247,27 @@ class Segmenter(SegmenterFront):
             else:
                 import torch
 
-                emb = build_text_embeddings(lambda p: embed_prompts(self.model, self.tokenizer, p, self.device), vocab,
-                                            self.templates, self._prompts, self.text_cache, (self.arch, self.weights_id))
+                emb = build_text_embeddings(
+                    lambda p: embed_prompts(self.model, self.tokenizer, p, self.device),
+                    vocab,
+                    self.templates,
+                    self._prompts,
+                    self.text_cache,
+                    (self.arch, self.weights_id),
+                )
                 emb = torch.from_numpy(emb).to(self.device)
             self.text_cache.put(key, emb)
         return emb
 
     def _info(self, max_batch):
         cfg = self.config
-        return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "quick_gelu": self.quick_gelu, "device": str(self.device), "precision": self.precision,
-                "max_batch": max_batch}
+        return {
+            "method": cfg.method,
+            "preset": cfg.preset,
+            "clip": self.arch,
+            "weights": self.weights_id,
+            "quick_gelu": self.quick_gelu,
+            "device": str(self.device),
+            "precision": self.precision,
+            "max_batch": max_batch,
+        }

@@ -31,7 +31,9 @@ def resolve_templates(templates) -> tuple[str, ...]:
             return tuple(TEMPLATE_SETS[templates])
         if "{}" in templates:
             return (templates,)
-        raise ConfigError(f"unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a list of strings with '{{}}'.")
+        raise ConfigError(
+            f"unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a list of strings with '{{}}'."
+        )
     if not isinstance(templates, (list, tuple)) or not templates:
         raise InvalidTypeError("templates must be a template-set name or a non-empty list of strings.")
     for t in templates:

@@ -17,11 +17,24 @@ from importlib import resources
 from .errors import InvalidTypeError, VocabularyError
 from .paths import input_file
 
-__all__ = ["Vocabulary", "parse_class_file", "normalise_name", "check_tokens", "builtin_vocabulary",
-           "BUILTIN_VOCABULARIES"]
+__all__ = [
+    "Vocabulary",
+    "parse_class_file",
+    "normalise_name",
+    "check_tokens",
+    "builtin_vocabulary",
+    "BUILTIN_VOCABULARIES",
+]
 
 BUILTIN_VOCABULARIES = (
-    "voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff164k", "cityscapes", "ade20k",
+    "voc21",
+    "voc20",
+    "context60",
+    "context59",
+    "coco_object",
+    "coco_stuff164k",
+    "cityscapes",
+    "ade20k",
 )
 
 
@@ -40,15 +53,18 @@ class Vocabulary:
     query_to_class: tuple[int, ...]
 
     @classmethod
-    def from_synonyms(cls, synonyms: list[list[str]] | tuple, source: str = "classes",
-                      allow_duplicates: bool = False) -> "Vocabulary":
+    def from_synonyms(
+        cls, synonyms: list[list[str]] | tuple, source: str = "classes", allow_duplicates: bool = False
+    ) -> Vocabulary:
         """Build from one list of synonyms per class, validating every name.
 
         ``allow_duplicates`` admits a name in two classes (both queries then compete); only the shipped
         upstream vocabularies need it (COCO-Object lists "bed" both as a background synonym and as a class).
         """
         if len(synonyms) == 0:
-            raise VocabularyError(f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa'].")
+            raise VocabularyError(
+                f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa']."
+            )
         queries, q2c, seen, firsts = [], [], {}, []
         for ci, names in enumerate(synonyms):
             if len(names) == 0:
@@ -75,12 +91,14 @@ class Vocabulary:
         return cls(tuple(firsts), tuple(queries), tuple(q2c))
 
     @classmethod
-    def from_names(cls, names) -> "Vocabulary":
+    def from_names(cls, names) -> Vocabulary:
         """From a list of class names, or a comma-separated string ("cat, sofa, floor")."""
         if isinstance(names, str):
             names = [n.strip() for n in names.split(",")]
             if any(not n for n in names):
-                raise VocabularyError(f"classes string {names!r} has an empty entry (two commas in a row, or a trailing comma).")
+                raise VocabularyError(
+                    f"classes string {names!r} has an empty entry (two commas in a row, or a trailing comma)."
+                )
         elif isinstance(names, Vocabulary):
             return names
         elif not isinstance(names, (list, tuple)):
@@ -163,17 +181,23 @@ def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, text
                         raise VocabularyError(
                             f"{names} differ only after CLIP's {context_length}-token context: every prompt is cut "
                             "there, so their text embeddings would be identical and one of them could never be "
-                            "predicted. Shorten or rephrase them so that they differ early.")
+                            "predicted. Shorten or rephrase them so that they differ early."
+                        )
                     renamed = " (after disambiguation)" if texts[a] != qa or texts[b] != qb else ""
                     raise VocabularyError(
                         f"{names} are the same text to CLIP's tokenizer{renamed}, which lowercases and ignores spacing "
                         "around punctuation, so their text embeddings would be identical and one of them could never "
-                        "be predicted. Make them one class (synonyms on one line) or rename one.")
+                        "be predicted. Make them one class (synonyms on one line) or rename one."
+                    )
     if cut:
         shown = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
-        warnings.warn(f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
-                      f"context ({shown}); the text encoder sees only the first {context_length} tokens of each "
-                      "prompt, as open_clip does.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
+            f"context ({shown}); the text encoder sees only the first {context_length} tokens of each "
+            "prompt, as open_clip does.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _describe(vocab: Vocabulary, i: int) -> str:
@@ -182,7 +206,7 @@ def _describe(vocab: Vocabulary, i: int) -> str:
 
 
 def _short(name: str, width: int = 64) -> str:
-    return name if len(name) <= width else f"{name[: width // 2 - 3]}...{name[-(width // 2):]}"
+    return name if len(name) <= width else f"{name[: width // 2 - 3]}...{name[-(width // 2) :]}"
 
 
 def normalise_name(name: str) -> str:
@@ -208,7 +232,9 @@ def _parse_lines(text: str, source: str, allow_duplicates: bool = False) -> Voca
     for i, line in enumerate(lines):
         if not line.strip():
             raise VocabularyError(f"{source}: line {i + 1} is empty; every line must name one class.")
-    return Vocabulary.from_synonyms([line.split(", ") for line in lines], source=source, allow_duplicates=allow_duplicates)
+    return Vocabulary.from_synonyms(
+        [line.split(", ") for line in lines], source=source, allow_duplicates=allow_duplicates
+    )
 
 
 def builtin_vocabulary(name: str) -> Vocabulary:

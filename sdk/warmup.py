@@ -47,8 +47,9 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
     given = sizes
     try:
         sizes = default_warmup_sizes(segmenter.config) if sizes is None else tuple(tuple(s) for s in sizes)
-        ok = bool(sizes) and all(len(s) == 2 and all(isinstance(v, numbers.Integral) and v >= 1 for v in s)
-                                 for s in sizes)
+        ok = bool(sizes) and all(
+            len(s) == 2 and all(isinstance(v, numbers.Integral) and v >= 1 for v in s) for s in sizes
+        )
     except TypeError:  # not an iterable of pairs
         ok = False
     if not ok:
@@ -64,5 +65,9 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
     h, w = sizes[0]
     t0 = time.perf_counter()
     segmenter.segment(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8), classes=vocab)
-    return {"sizes": [list(map(int, s)) for s in sizes], "vocabulary": vocab.num_classes, "first_call_s": first,
-            "second_call_s": round(time.perf_counter() - t0, 4)}
+    return {
+        "sizes": [list(map(int, s)) for s in sizes],
+        "vocabulary": vocab.num_classes,
+        "first_call_s": first,
+        "second_call_s": round(time.perf_counter() - t0, 4),
+    }

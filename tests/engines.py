@@ -32,8 +32,12 @@ def tiny_sam2():
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            model = build_sam2(MODELS["sam2.1_hiera_t"][0], None, device="cpu",
-                               hydra_overrides_extra=[f"++model.image_size={SAM2_SIZE}"])
+            model = build_sam2(
+                MODELS["sam2.1_hiera_t"][0],
+                None,
+                device="cpu",
+                hydra_overrides_extra=[f"++model.image_size={SAM2_SIZE}"],
+            )
         _CACHE["sam2"] = Sam2Refiner(model, "sam2.1_hiera_t")
     return _CACHE["sam2"]
 

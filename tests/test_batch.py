@@ -16,8 +16,14 @@ from PIL import Image
 
 from .conftest import TINY_VIT
 
-MODEL = dict(clip=str(TINY_VIT), clip_weights=None, method="sclip", preset="voc21", short_side=48,
-             templates=("a photo of a {}.",))
+MODEL = dict(
+    clip=str(TINY_VIT),
+    clip_weights=None,
+    method="sclip",
+    preset="voc21",
+    short_side=48,
+    templates=("a photo of a {}.",),
+)
 
 
 def make_images(folder: Path, n: int, bad: bool = True) -> list[Path]:
@@ -43,8 +49,9 @@ def test_in_process_run_reports_bad_image_and_matches_segment(tmp_path, make_seg
     from clipsam.segmenter import Segmenter
 
     paths = make_images(tmp_path / "in", 4)
-    report = run_batch([str(tmp_path / "in")], tmp_path / "out", model=MODEL, classes="cat, grass, sky", batch_size=3,
-                       progress=False)
+    report = run_batch(
+        [str(tmp_path / "in")], tmp_path / "out", model=MODEL, classes="cat, grass, sky", batch_size=3, progress=False
+    )
     assert (report["total"], report["done"], report["failed"], report["skipped"]) == (5, 4, 1, 0)
     assert report["failures"][0]["path"].endswith("broken.jpg") and "broken.jpg" in report["failures"][0]["error"]
     assert json.loads((tmp_path / "out" / "batch_report.json").read_text())["failed"] == 1
@@ -65,20 +72,44 @@ def test_in_process_run_reports_bad_image_and_matches_segment(tmp_path, make_seg
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "clipsam.cli", "batch", *args, "--clip", str(TINY_VIT), "--random-weights",
-            "--method", "sclip", "--preset", "voc21", "--templates", "single", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "clipsam.cli",
+        "batch",
+        *args,
+        "--clip",
+        str(TINY_VIT),
+        "--random-weights",
+        "--method",
+        "sclip",
+        "--preset",
+        "voc21",
+        "--templates",
+        "single",
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     make_images(tmp_path / "in", 10, bad=False)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    clean = subprocess.run(_cli(str(tmp_path / "in"), "--out", str(tmp_path / "clean")), env=env, capture_output=True,
-                           text=True, timeout=300)
+    clean = subprocess.run(
+        _cli(str(tmp_path / "in"), "--out", str(tmp_path / "clean")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cli(str(tmp_path / "in"), "--out", str(out), "--batch-size", "1"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(str(tmp_path / "in"), "--out", str(out), "--batch-size", "1"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("*.json"))) < 3:
         time.sleep(0.05)
@@ -86,16 +117,21 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     first = len([p for p in out.rglob("*.json") if p.name != "batch_report.json"])
     assert 3 <= first < 10, "the run was not interrupted half-way"
-    res = subprocess.run(_cli(str(tmp_path / "in"), "--out", str(out)), env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        _cli(str(tmp_path / "in"), "--out", str(out)), env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     assert f"{10 - first} segmented" in res.stdout and f"{first} already done" in res.stdout
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    expected = sorted(p.relative_to(tmp_path / "clean").as_posix() for p in (tmp_path / "clean").rglob("*") if p.is_file())
+    expected = sorted(
+        p.relative_to(tmp_path / "clean").as_posix() for p in (tmp_path / "clean").rglob("*") if p.is_file()
+    )
     assert files == expected  # nothing lost, nothing extra (no partial files left behind)
     for f in files:
         if f.endswith("_labels.png"):
-            assert np.array_equal(labels_of(out, f[: -len("_labels.png")]), labels_of(tmp_path / "clean", f[: -len("_labels.png")]))
+            assert np.array_equal(
+                labels_of(out, f[: -len("_labels.png")]), labels_of(tmp_path / "clean", f[: -len("_labels.png")])
+            )
 
 
 def test_batch_with_engines_and_refinement(engine_dir, chelsea_small, tmp_path, capsys):
@@ -104,12 +140,25 @@ def test_batch_with_engines_and_refinement(engine_dir, chelsea_small, tmp_path, 
     (tmp_path / "in" / "sub").mkdir(parents=True)
     Image.fromarray(chelsea_small).save(tmp_path / "in" / "sub" / "cat.png")
     Image.fromarray(chelsea_small[:40]).save(tmp_path / "in" / "top.png")
-    argv = ["batch", str(tmp_path / "in"), "--engines", str(engine_dir("resclip")), "--out", str(tmp_path / "out"),
-            "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t", "--no-progress"]
+    argv = [
+        "batch",
+        str(tmp_path / "in"),
+        "--engines",
+        str(engine_dir("resclip")),
+        "--out",
+        str(tmp_path / "out"),
+        "--classes",
+        "cat, grass, sky",
+        "--refine",
+        "sam2.1_hiera_t",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "out" / "sub" / "cat.json").read_text())
     assert summary["backend"] == "onnxruntime" and summary["refine"]["sam2"] == "sam2.1_hiera_t"
-    assert (tmp_path / "out" / "sub" / "cat_instances.json").is_file() and (tmp_path / "out" / "top_labels.png").is_file()
+    assert (tmp_path / "out" / "sub" / "cat_instances.json").is_file() and (
+        tmp_path / "out" / "top_labels.png"
+    ).is_file()
     assert "2 segmented" in capsys.readouterr().out
     assert main(argv) == 0
     again = capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from clipsam.config import METHODS, PRESETS, DenseConfig, dense_config
@@ -32,7 +34,14 @@ def test_resclip_voc21_defaults():
 )
 def test_resclip_presets(ds, thd, rcs, sfr, slide, short, prob):
     c = dense_config("resclip", ds)
-    assert (c.temp_thd, c.rcs_weights, c.sfr_weights, c.slide_crop, c.short_side, c.prob_thd) == (thd, rcs, sfr, slide, short, prob)
+    assert (c.temp_thd, c.rcs_weights, c.sfr_weights, c.slide_crop, c.short_side, c.prob_thd) == (
+        thd,
+        rcs,
+        sfr,
+        slide,
+        short,
+        prob,
+    )
     assert c.slide_stride == 112 and c.logit_scale == 40.0
     for other in ("resclip_sclip", "resclip_clearclip"):  # other bases: same configs
         o = dense_config(other, ds)
@@ -49,8 +58,18 @@ def test_sclip_naclip_clearclip_presets():
     assert (n.slide_crop, n.pamr_iters, n.logit_scale, n.rcs, n.sfr) == (0, 10, 40.0, False, False)
     c = dense_config("clearclip", "voc21")
     assert (c.short_side, c.slide_crop, c.slide_stride, c.logit_scale, c.prob_thd, c.vocabulary, c.pad_crops) == (
-        448, 448, 224, 50.0, 0.5, "voc21_plain", True)
-    assert (dense_config("clearclip", "cityscapes").slide_crop, dense_config("clearclip", "cityscapes").slide_stride) == (224, 224)
+        448,
+        448,
+        224,
+        50.0,
+        0.5,
+        "voc21_plain",
+        True,
+    )
+    assert (
+        dense_config("clearclip", "cityscapes").slide_crop,
+        dense_config("clearclip", "cityscapes").slide_stride,
+    ) == (224, 224)
     assert set(PRESETS) == set(METHODS) and all(len(v) == 8 for v in PRESETS.values())
 
 
@@ -70,5 +89,7 @@ def test_overrides_and_errors():
         DenseConfig().replace(base="maskclip")
     with pytest.raises(ConfigError, match="sfr_path_check"):
         DenseConfig().replace(sfr_path_check="half")
-    with pytest.raises(Exception):
-        dense_config().short_side = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dense_config().schedule.short_side = 3  # frozen
+    with pytest.raises(AttributeError):
+        dense_config().short_side = 3  # frozen: no flat attribute to set either

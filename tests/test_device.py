@@ -24,7 +24,9 @@ def test_parse_device_forms():
         parse_device("cuda:x")
 
 
-@pytest.mark.parametrize("device,error", [("tpu", ConfigError), ("cuda:x", ConfigError), ("cuda:0", BackendUnavailableError)])
+@pytest.mark.parametrize(
+    "device,error", [("tpu", ConfigError), ("cuda:x", ConfigError), ("cuda:0", BackendUnavailableError)]
+)
 def test_segmenter_refuses_bad_devices_before_loading_weights(monkeypatch, device, error):
     import clipsam.models
     from clipsam import Segmenter
@@ -62,8 +64,25 @@ def test_cli_bad_device_is_one_message(tmp_path, capsys, command, device):
     from clipsam.cli import main
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
-    assert main([command, str(tmp_path / "a.png"), "--classes", "cat", "--out", str(tmp_path / "o"), "--clip", TINY_VIT,
-                 "--random-weights", "--device", device, "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                command,
+                str(tmp_path / "a.png"),
+                "--classes",
+                "cat",
+                "--out",
+                str(tmp_path / "o"),
+                "--clip",
+                TINY_VIT,
+                "--random-weights",
+                "--device",
+                device,
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"unsupported --device {device!r}" in err or f"unsupported device {device!r}" in err
     assert err.count("error:") == 1 and "Traceback" not in err

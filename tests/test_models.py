@@ -14,8 +14,19 @@ from clipsam.segmenter import Segmenter
 
 from .conftest import TINY_VIT
 
-LP_SUFFIXES = ("in_proj_weight", "in_proj_bias", "c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias",
-               "out_proj.weight", "out_proj.bias", "conv1.weight", "visual.proj", "text_projection")
+LP_SUFFIXES = (
+    "in_proj_weight",
+    "in_proj_bias",
+    "c_fc.weight",
+    "c_fc.bias",
+    "c_proj.weight",
+    "c_proj.bias",
+    "out_proj.weight",
+    "out_proj.bias",
+    "conv1.weight",
+    "visual.proj",
+    "text_projection",
+)
 
 
 def openai_state_dict(model) -> dict:
@@ -43,7 +54,10 @@ def test_open_clip_format_round_trip(tmp_path, tiny_clip, image):
     plain = tmp_path / "plain.pt"
     torch.save(tiny_clip.model.state_dict(), plain)
     wrapped = tmp_path / "train_ckpt.pt"  # open_clip training checkpoint: {"epoch", "state_dict": {"module.*"}}
-    torch.save({"epoch": 3, "name": "run", "state_dict": {"module." + k: v for k, v in tiny_clip.model.state_dict().items()}}, wrapped)
+    torch.save(
+        {"epoch": 3, "name": "run", "state_dict": {"module." + k: v for k, v in tiny_clip.model.state_dict().items()}},
+        wrapped,
+    )
     ref = _logits(tiny_clip, image)
     for path in (plain, wrapped):
         loaded = load_clip(TINY_VIT, path)
@@ -76,8 +90,9 @@ def test_openai_format_state_dict_and_torchscript(tmp_path, tiny_clip, image):
 def test_segmenter_from_pretrained_with_local_file(tmp_path, tiny_clip, image):
     path = tmp_path / "w.pt"
     torch.save(tiny_clip.model.state_dict(), path)
-    seg = Segmenter.from_pretrained(clip=TINY_VIT, clip_weights=str(path), method="naclip", preset="voc21", templates="single",
-                                    short_side=64)
+    seg = Segmenter.from_pretrained(
+        clip=TINY_VIT, clip_weights=str(path), method="naclip", preset="voc21", templates="single", short_side=64
+    )
     res = seg.segment(image)
     assert res.labels.shape == image.shape[:2] and len(res.classes) == 21
 
@@ -196,8 +211,11 @@ def _activation(loaded) -> str:
 
 def test_openai_state_dict_saved_in_fp32_without_integer_entries(tmp_path, tiny_clip, gelu_arch, image):
     """OpenAI's weights re-saved as fp32 without input_resolution/context_length/vocab_size: still QuickGELU."""
-    sd = {k: v.float() for k, v in openai_state_dict(tiny_clip.model).items()
-          if k not in ("input_resolution", "context_length", "vocab_size")}
+    sd = {
+        k: v.float()
+        for k, v in openai_state_dict(tiny_clip.model).items()
+        if k not in ("input_resolution", "context_length", "vocab_size")
+    }
     path = tmp_path / "openai-fp32.pt"
     torch.save(sd, path)
     with warnings.catch_warnings():
@@ -220,8 +238,15 @@ def test_ambiguous_checkpoint_warns_naming_the_choice_and_quick_gelu_can_be_stat
         assert _activation(load_clip(gelu_arch, path, quick_gelu=False)) == "GELU"
         stated = load_clip(TINY_VIT, path, quick_gelu=False)  # an explicit False wins over the config's QuickGELU
     assert not stated.quick_gelu and _activation(stated) == "GELU"
-    seg = Segmenter.from_pretrained(clip=gelu_arch, clip_weights=str(path), quick_gelu=True, templates="single",
-                                    short_side=48, preset=None, method="clip")
+    seg = Segmenter.from_pretrained(
+        clip=gelu_arch,
+        clip_weights=str(path),
+        quick_gelu=True,
+        templates="single",
+        short_side=48,
+        preset=None,
+        method="clip",
+    )
     assert seg.quick_gelu and seg.segment(np.zeros((32, 32, 3), np.uint8), classes="cat").info["quick_gelu"] is True
 
 
@@ -233,8 +258,22 @@ def test_cli_quick_gelu_flag(tmp_path, tiny_clip, capsys):
     from clipsam.cli import main
 
     Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(tmp_path / "a.png")
-    args = ["segment", str(tmp_path / "a.png"), "--classes", "cat, dog", "--out", str(tmp_path / "o"), "--clip",
-            TINY_VIT, "--random-weights", "--templates", "single", "--method", "clip", "--no-progress"]
+    args = [
+        "segment",
+        str(tmp_path / "a.png"),
+        "--classes",
+        "cat, dog",
+        "--out",
+        str(tmp_path / "o"),
+        "--clip",
+        TINY_VIT,
+        "--random-weights",
+        "--templates",
+        "single",
+        "--method",
+        "clip",
+        "--no-progress",
+    ]
     assert main(args + ["--no-quick-gelu"]) == 0
     assert json.loads((tmp_path / "o" / "a.json").read_text())["quick_gelu"] is False
     assert main(args + ["--quick-gelu"]) == 0
@@ -264,8 +303,11 @@ def test_offline_pretrained_tag_fails_fast_naming_the_alternatives(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(open_clip, "download_pretrained", download)
     t0 = time.perf_counter()
-    with pytest.raises(CheckpointError, match=r"'openai' weights for 'ViT-B-16': huggingface.co cannot be reached.*"
-                                              r"--weights PATH.*--random-weights"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'openai' weights for 'ViT-B-16': huggingface.co cannot be reached.*"
+        r"--weights PATH.*--random-weights",
+    ):
         load_clip("ViT-B-16", "openai")
     assert not calls and time.perf_counter() - t0 < 5
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = {"sdk": "clipsam", "kernels": "clipsam.kernels", "export": "clipsam.export"}

@@ -113,10 +113,19 @@ def test_image_smaller_than_one_patch():
 
 
 # -- hardening (issue 14): every bad image gets a named error, no image is read silently wrong --------------
-@pytest.mark.parametrize("image", [
-    np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 3), np.uint8), np.zeros((64, 0), np.float32),
-    Image.new("RGB", (0, 0)), Image.new("L", (5, 0)), torch.zeros(3, 0, 0), torch.zeros(3, 8, 0, dtype=torch.uint8),
-], ids=["0x0", "0xW", "Hx0-gray", "pil-0x0", "pil-5x0", "tensor-0x0", "tensor-8x0"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((0, 64, 3), np.uint8),
+        np.zeros((64, 0), np.float32),
+        Image.new("RGB", (0, 0)),
+        Image.new("L", (5, 0)),
+        torch.zeros(3, 0, 0),
+        torch.zeros(3, 8, 0, dtype=torch.uint8),
+    ],
+    ids=["0x0", "0xW", "Hx0-gray", "pil-0x0", "pil-5x0", "tensor-0x0", "tensor-8x0"],
+)
 def test_empty_images_are_refused(image):
     with pytest.raises(InvalidImageError, match=r"empty \(\d+x\d+ pixels\)"):
         load_image(image)
@@ -153,9 +162,17 @@ def test_pil_modes_without_a_defined_range_or_conversion_are_refused():
         load_image(Image.new("La", (16, 16)))
 
 
-@pytest.mark.parametrize("image", [torch.zeros(4, 64, 3), torch.zeros(3, 64, 3, dtype=torch.uint8), torch.zeros(1, 9, 4),
-                                   np.zeros((4, 64, 3), np.uint8), np.zeros((3, 50, 4), np.float32)],
-                         ids=["tensor-4x64x3", "tensor-3x64x3", "tensor-1x9x4", "array-4x64x3", "array-3x50x4"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        torch.zeros(4, 64, 3),
+        torch.zeros(3, 64, 3, dtype=torch.uint8),
+        torch.zeros(1, 9, 4),
+        np.zeros((4, 64, 3), np.uint8),
+        np.zeros((3, 50, 4), np.float32),
+    ],
+    ids=["tensor-4x64x3", "tensor-3x64x3", "tensor-1x9x4", "array-4x64x3", "array-3x50x4"],
+)
 def test_ambiguous_layouts_are_refused(image):
     """A side of 1, 3 or 4 pixels at both ends could be channels either way: refused, not guessed."""
     with pytest.raises(InvalidImageError, match="ambiguous"):
@@ -187,5 +204,7 @@ def test_folders_and_urls_are_named_as_such(tmp_path):
     with pytest.raises(InvalidImageError, match=r"d.jpg is a folder, not a file"):
         load_image(tmp_path / "d.jpg")
     url = "https://example.com/photos/cat.jpg"
-    with pytest.raises(InvalidImageError, match=r"'https://example.com/photos/cat.jpg' is a URL; clipsam does not fetch"):
+    with pytest.raises(
+        InvalidImageError, match=r"'https://example.com/photos/cat.jpg' is a URL; clipsam does not fetch"
+    ):
         load_image(url)

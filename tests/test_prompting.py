@@ -66,15 +66,18 @@ def test_yaml_and_json_user_files(tmp_path):
     assert plan[1] == ("computer mouse", (), None)
 
 
-@pytest.mark.parametrize("name,text,match", [
-    ("bad.json", '{"cat": ["a",\n  ]}', r"bad\.json is not valid JSON: .* line 2"),
-    ("bad.yaml", "cat:\n  - a\n - b\n", r"bad\.yaml is not valid YAML: .* line 3"),
-    ("list.json", '["a cat"]', r"list\.json: expected a mapping"),
-    ("str.json", '{"cat": "a cat"}', r"str\.json: the entry of class 'cat' must be a non-empty list"),
-    ("num.yaml", "cat: [a cat, 3]\n", r"num\.yaml: class 'cat' has a non-string or empty entry 3"),
-    ("empty.json", '{"_comment": "x"}', r"empty\.json: holds no classes"),
-    ("ctx.txt", "cat", r"ctx\.txt: unknown format '.txt'"),
-])
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("bad.json", '{"cat": ["a",\n  ]}', r"bad\.json is not valid JSON: .* line 2"),
+        ("bad.yaml", "cat:\n  - a\n - b\n", r"bad\.yaml is not valid YAML: .* line 3"),
+        ("list.json", '["a cat"]', r"list\.json: expected a mapping"),
+        ("str.json", '{"cat": "a cat"}', r"str\.json: the entry of class 'cat' must be a non-empty list"),
+        ("num.yaml", "cat: [a cat, 3]\n", r"num\.yaml: class 'cat' has a non-string or empty entry 3"),
+        ("empty.json", '{"_comment": "x"}', r"empty\.json: holds no classes"),
+        ("ctx.txt", "cat", r"ctx\.txt: unknown format '.txt'"),
+    ],
+)
 def test_file_errors_name_the_file_and_the_problem(tmp_path, name, text, match):
     path = tmp_path / name
     path.write_text(text)
@@ -126,8 +129,11 @@ def test_context_prompts_vote_with_the_templates_after_disambiguation():
     ctx = {"mouse": ["a mouse next to a keyboard.", "a mouse on a desk."]}
     emb, enc = _embed(vocab, PromptConfig(context_prompts=ctx, disambiguate={"mouse": "computer mouse"}))
     f = enc.vec
-    want0 = ensemble(np.stack([f("a photo of a computer mouse."), f("art of the computer mouse."),
-                               f(ctx["mouse"][0]), f(ctx["mouse"][1])]))
+    want0 = ensemble(
+        np.stack(
+            [f("a photo of a computer mouse."), f("art of the computer mouse."), f(ctx["mouse"][0]), f(ctx["mouse"][1])]
+        )
+    )
     np.testing.assert_allclose(emb[0], want0, atol=1e-6)
     want1 = ensemble(np.stack([f("a photo of a rodent."), f("art of the rodent.")] + [f(p) for p in ctx["mouse"]]))
     np.testing.assert_allclose(emb[1], want1, atol=1e-6)  # a synonym without its own entry uses its class's
@@ -140,7 +146,9 @@ def test_description_enrichment_mean_and_tse():
     base, _ = _embed(vocab, PromptConfig(context_prompts={"cat": ["x."]}))  # same templates, plus one context prompt
     plain = np.stack([ensemble(np.stack([FakeEncoder().vec(t.format(q)) for t in TEMPLATES])) for q in vocab.queries])
     mean, enc = _embed(vocab, PromptConfig(descriptions=desc, enrichment="mean"))
-    d = {k: l2_normalize(np.stack([enc.vec(f"{DESCRIPTION_PREFIX.format(k)} {s}") for s in v])) for k, v in desc.items()}
+    d = {
+        k: l2_normalize(np.stack([enc.vec(f"{DESCRIPTION_PREFIX.format(k)} {s}") for s in v])) for k, v in desc.items()
+    }
     np.testing.assert_allclose(mean[0], mean_enrich(plain[0], d["cat"]), atol=1e-6)
     np.testing.assert_allclose(mean[1], mean_enrich(plain[1], d["dog"]), atol=1e-6)
     tse, _ = _embed(vocab, PromptConfig(descriptions=desc, tse_clusters=3, tse_drop=0.34))
@@ -158,8 +166,12 @@ def test_numpy_path_equals_the_torch_template_ensemble(tiny_clip):
     tok = open_clip.get_tokenizer(tiny_clip.arch)
     vocab = Vocabulary.from_names(["cat", "sofa"])
     ref = encode_queries(tiny_clip.model, tok, vocab, TEMPLATES, "cpu").numpy()
-    ours = build_text_embeddings(lambda p: embed_prompts(tiny_clip.model, tok, p, "cpu"), vocab, TEMPLATES,
-                                 PromptConfig(context_prompts={"cat": ["a cat."]}).resolve())
+    ours = build_text_embeddings(
+        lambda p: embed_prompts(tiny_clip.model, tok, p, "cpu"),
+        vocab,
+        TEMPLATES,
+        PromptConfig(context_prompts={"cat": ["a cat."]}).resolve(),
+    )
     np.testing.assert_allclose(ours[1], ref[1], atol=1e-6)
     assert np.abs(ours[0] - ref[0]).max() > 1e-3
 
@@ -209,8 +221,8 @@ def test_generate_descriptions_script_writes_a_loadable_file(tmp_path):
 def test_shipped_context_prompts_cover_every_builtin_vocabulary():
     import json
 
-    from clipsam.prompting import _norm
     from clipsam.prompt_files import shipped_path
+    from clipsam.prompting import _norm
     from clipsam.vocabulary import builtin_vocabulary
 
     entries = json.loads(shipped_path("context_prompts", "default").read_text())

@@ -55,7 +55,9 @@ def test_saved_pngs_decode_to_the_same_pixels(tmp_path):
     summary = json.loads(paths["summary"].read_text())
     assert summary["height"] == 61 and abs(sum(summary["pixel_fractions"].values()) - 1) < 1e-5
     none = SegmentationResult(res.labels, res.scores, res.classes)  # no image: colours on black
-    np.testing.assert_array_equal(np.asarray(Image.open(none.save(tmp_path, "n")["overlay"]))[:61], _reference_overlay(none))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(none.save(tmp_path, "n")["overlay"]))[:61], _reference_overlay(none)
+    )
 
 
 SAVE_MEMORY = r"""
@@ -89,8 +91,13 @@ print(json.dumps({"before": before, "peak": status("VmHWM:")}))
 def test_save_stays_inside_the_memory_budget(tmp_path):
     """Saving a 2000 x 4000 result grows the process by less than its budget (the float32 overlay took ~0.3 GB)."""
     budget = 100.0
-    out = subprocess.run([sys.executable, "-c", SAVE_MEMORY, "2000", "4000", str(budget), str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SAVE_MEMORY, "2000", "4000", str(budget), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     grown = r["peak"] - r["before"]
     assert grown <= budget, r
@@ -137,8 +144,12 @@ def test_cli_segment_stays_inside_the_memory_budget(tmp_path):
     from .conftest import TINY_VIT
 
     h, w, budget = 2000, 3000, 100.0
-    out = subprocess.run([sys.executable, "-c", CLI_MEMORY, str(h), str(w), str(int(budget)), str(tmp_path), TINY_VIT],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", CLI_MEMORY, str(h), str(w), str(int(budget)), str(tmp_path), TINY_VIT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     allowed = budget + h * w * (8 + 3) / 2**20 + 64

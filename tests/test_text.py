@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clipsam.data.templates import OPENAI_IMAGENET_TEMPLATES, OPENAI_SUBSET_TEMPLATES
-from clipsam.errors import ConfigError
 from clipsam.dense.text import encode_queries, encode_tokens
+from clipsam.errors import ConfigError
 from clipsam.text import TextEmbeddingCache, resolve_templates
 from clipsam.vocabulary import Vocabulary
 
@@ -33,7 +33,9 @@ def test_truncated_encoder_equals_open_clip_encode_text(tiny_clip):
     tok = open_clip.get_tokenizer(tiny_clip.arch)
     tokens = tok(["a photo of a cat.", "itap of a television monitor.", "a"])
     with torch.inference_mode():
-        torch.testing.assert_close(encode_tokens(tiny_clip.model, tokens), tiny_clip.model.encode_text(tokens), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            encode_tokens(tiny_clip.model, tokens), tiny_clip.model.encode_text(tokens), atol=1e-5, rtol=0
+        )
 
 
 def test_ensemble_is_normalise_mean_renormalise(tiny_clip):

@@ -28,8 +28,16 @@ def test_class_file_synonyms_split_on_comma_space(tmp_path):
 
 @pytest.mark.parametrize(
     "name,classes,queries",
-    [("voc21", 21, 56), ("voc20", 20, 30), ("context60", 60, 60), ("context59", 59, 59), ("coco_object", 81, 113),
-     ("coco_stuff164k", 171, 171), ("cityscapes", 19, 19), ("ade20k", 150, 150)],
+    [
+        ("voc21", 21, 56),
+        ("voc20", 20, 30),
+        ("context60", 60, 60),
+        ("context59", 59, 59),
+        ("coco_object", 81, 113),
+        ("coco_stuff164k", 171, 171),
+        ("cityscapes", 19, 19),
+        ("ade20k", 150, 150),
+    ],
 )
 def test_builtin_vocabularies(name, classes, queries):
     v = builtin_vocabulary(name)

@@ -25,8 +25,13 @@ def _jobs(n: int):
 
 
 def _global_state():
-    return (torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-            torch.is_autocast_enabled("cpu"), torch.get_default_dtype())
+    return (
+        torch.get_num_threads(),
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        torch.is_autocast_enabled("cpu"),
+        torch.get_default_dtype(),
+    )
 
 
 def _check_threads(seg, calls_per_thread: int, threads: int = 8):
@@ -64,8 +69,9 @@ def test_eight_threads_give_the_sequential_results(tiny_clip):
     from clipsam.config import dense_config
     from clipsam.segmenter import Segmenter
 
-    seg = Segmenter(tiny_clip, dense_config("resclip", "voc21", short_side=48, templates=("a photo of a {}.",)),
-                    text_cache_size=3)  # 5 vocabularies: the LRU must evict while threads use it
+    seg = Segmenter(
+        tiny_clip, dense_config("resclip", "voc21", short_side=48, templates=("a photo of a {}.",)), text_cache_size=3
+    )  # 5 vocabularies: the LRU must evict while threads use it
     results = _check_threads(seg, calls_per_thread=20)
     assert len(results) == 160 and {r.classes for r in results} >= {("cat", "grass"), ("sky", "tree", "road")}
 

@@ -24,7 +24,9 @@ def dense_from_gt(gt: np.ndarray, seed: int = 0) -> np.ndarray:
     return onehot * 0.9 + rng.uniform(0.0, 0.1, onehot.shape).astype(np.float32)
 
 
-def assert_close_to_ref(out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, *, atol: float, name: str = "kernel") -> None:
+def assert_close_to_ref(
+    out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, *, atol: float, name: str = "kernel"
+) -> None:
     """Assert the 2x rule, with a verbose message (errors, worst element, count over the bound).
 
     Arguments:
@@ -38,7 +40,9 @@ def assert_close_to_ref(out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tens
     hi = ref_hi.detach().double().cpu()
     got = out.detach().double().cpu()
     pt = ref.detach().double().cpu()
-    assert torch.isfinite(got).all() or not torch.isfinite(hi).all(), f"{name}: non-finite values where the reference is finite"
+    assert torch.isfinite(got).all() or not torch.isfinite(hi).all(), (
+        f"{name}: non-finite values where the reference is finite"
+    )
     err = (got - hi).abs()
     err_pt = (pt - hi).abs()
     bound = 2 * err_pt.max().item() + atol

@@ -22,18 +22,27 @@ __all__ = ["register", "cmd_batch", "build_from_options"]
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "batch", help="label many images: resumable, bad images reported, in-process or on Ray",
+        "batch",
+        help="label many images: resumable, bad images reported, in-process or on Ray",
         description="Label every image of folders (recursive), files and globs. Outputs mirror the input tree; each "
-                    "image's summary JSON is written last and atomically, so a rerun skips finished images. Bad "
-                    "images are reported (stderr and batch_report.json) and the run goes on; the exit code is 1 if "
-                    "any image failed. --ray runs the same code on Ray Data, one segmenter per actor.")
+        "image's summary JSON is written last and atomically, so a rerun skips finished images. Bad "
+        "images are reported (stderr and batch_report.json) and the run goes on; the exit code is 1 if "
+        "any image failed. --ray runs the same code on Ray Data, one segmenter per actor.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders (recursive), image files or glob patterns")
     p.add_argument("--out", required=True, help="output folder (mirrors the input tree)")
-    p.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
-                   help="run on Ray Data: a local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="ADDRESS",
+        help="run on Ray Data: a local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')",
+    )
     p.add_argument("--actors", type=int, default=1, help="Ray actors, each with its own segmenter (default: 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=None,
-                   help="GPUs per Ray actor (default: 1 with --device cuda, else 0)")
+    p.add_argument(
+        "--gpus-per-actor", type=float, default=None, help="GPUs per Ray actor (default: 1 with --device cuda, else 0)"
+    )
     add_segment_options(p)
     p.set_defaults(func=cmd_batch)
     return p
@@ -51,10 +60,20 @@ def cmd_batch(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k != "func"}
     on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if on_gpu else 0)
-    report = run_batch(args.inputs, args.out, segmenter=partial(build_from_options, options), classes=classes,
-                       ray=args.ray, actors=args.actors, gpus_per_actor=gpus, batch_size=args.batch_size,
-                       progress=not args.no_progress)
+    report = run_batch(
+        args.inputs,
+        args.out,
+        segmenter=partial(build_from_options, options),
+        classes=classes,
+        ray=args.ray,
+        actors=args.actors,
+        gpus_per_actor=gpus,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     rate = f" ({report['images_per_s']:.2f} img/s)" if report["images_per_s"] else ""
-    print(f"clipsam batch: {report['done']} segmented{rate}, {report['skipped']} already done, {report['failed']} "
-          f"failed, of {report['total']} -> {args.out} ({report['mode']})")
+    print(
+        f"clipsam batch: {report['done']} segmented{rate}, {report['skipped']} already done, {report['failed']} "
+        f"failed, of {report['total']} -> {args.out} ({report['mode']})"
+    )
     return 1 if report["failed"] else 0

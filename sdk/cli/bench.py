@@ -1,6 +1,6 @@
 """``clipsam bench``: run the pytest-benchmark suites of ``benchmarks/`` and print a table.
 
-    clipsam bench [--suite pipeline --smoke --device cpu]
+clipsam bench [--suite pipeline --smoke --device cpu]
 """
 
 from __future__ import annotations
@@ -22,15 +22,26 @@ __all__ = ["register", "cmd_bench", "bench_table"]
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``clipsam bench``."""
     be = subparsers.add_parser(
-        "bench", help="run the benchmark suites and print a table",
+        "bench",
+        help="run the benchmark suites and print a table",
         description="Run the pytest-benchmark suites of benchmarks/ (a source checkout) and print, per configuration, "
-                    "the median latency, images/s, GFLOP per image and the fraction of the measured matmul peak.",
+        "the median latency, images/s, GFLOP per image and the fraction of the measured matmul peak.",
     )
-    be.add_argument("--suite", action="append", default=None,
-                    help="suite name: benchmarks/bench_<suite>.py (repeatable; 'all' for every suite; default: pipeline)")
-    be.add_argument("--smoke", action="store_true", help="tiny model and images: checks the suites run, times nothing real")
-    be.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="auto: the CPU, and CUDA when available (default)")
+    be.add_argument(
+        "--suite",
+        action="append",
+        default=None,
+        help="suite name: benchmarks/bench_<suite>.py (repeatable; 'all' for every suite; default: pipeline)",
+    )
+    be.add_argument(
+        "--smoke", action="store_true", help="tiny model and images: checks the suites run, times nothing real"
+    )
+    be.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: the CPU, and CUDA when available (default)",
+    )
     be.add_argument("-k", dest="keyword", default=None, help="pytest -k expression selecting configurations")
     be.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration")
     be.add_argument("--json", default=None, help="keep pytest-benchmark's JSON here")
@@ -39,9 +50,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     return be
 
 
-
 def _benchmarks_dir(given) -> Path:
-    for cand in ([Path(given)] if given else [Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]):
+    for cand in (
+        [Path(given)] if given else [Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
+    ):
         if (cand / "conftest.py").is_file():
             return cand
     raise ClipSamError("benchmarks/ not found: run from a clipsam source checkout or pass --benchmarks-dir")
@@ -55,18 +67,23 @@ def bench_table(data: dict) -> str:
         med = stats.get("median")
         gflop, peak = info.get("gflop"), info.get("peak_gflops")
         rate = gflop / med if gflop and med else None
-        cells = [info.get("config") or b.get("name", "?"),
-                 f"{med * 1e3:.1f}" if med else "-",
-                 f"{1.0 / med:.3f}" if med else "-",
-                 f"{gflop:.2f}" if gflop else "-",
-                 f"{rate:.1f}" if rate else "-",
-                 f"{100 * rate / peak:.1f}" if rate and peak else "-"]
+        cells = [
+            info.get("config") or b.get("name", "?"),
+            f"{med * 1e3:.1f}" if med else "-",
+            f"{1.0 / med:.3f}" if med else "-",
+            f"{gflop:.2f}" if gflop else "-",
+            f"{rate:.1f}" if rate else "-",
+            f"{100 * rate / peak:.1f}" if rate and peak else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(data.get("benchmarks", [])), {}).get("extra_info", {})
     if first.get("machine"):
         m = first["machine"]
-        lines += ["", f"machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu')}; "
-                      f"measured matmul peak {first.get('peak_gflops') or float('nan'):.0f} GFLOP/s ({first.get('device')})"]
+        lines += [
+            "",
+            f"machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu')}; "
+            f"measured matmul peak {first.get('peak_gflops') or float('nan'):.0f} GFLOP/s ({first.get('device')})",
+        ]
     return "\n".join(lines)
 
 
@@ -75,11 +92,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     files = []
     suites = args.suite or ["pipeline"]
     if "all" in suites:
-        suites = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
+        suites = sorted(p.stem[len("bench_") :] for p in bdir.glob("bench_*.py"))
     for suite in suites:
         f = bdir / f"bench_{suite}.py"
         if not f.is_file():
-            known = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py"))
+            known = sorted(p.stem[len("bench_") :] for p in bdir.glob("bench_*.py"))
             raise ClipSamError(f"no benchmark suite {suite!r} ({f}); known: {', '.join(known)}")
         files.append(str(f))
     if args.json:
@@ -92,8 +109,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.json) if args.json else Path(tmp) / "bench.json"
         out.unlink(missing_ok=True)  # never print the table of an earlier run
-        cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "--benchmark-enable",
-               f"--benchmark-json={out}"] + (["-k", args.keyword] if args.keyword else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *files,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-enable",
+            f"--benchmark-json={out}",
+        ] + (["-k", args.keyword] if args.keyword else [])
         print("running:", " ".join(cmd), file=sys.stderr)
         rc = subprocess.call(cmd, cwd=bdir.parent, env=env)
         if not out.is_file():

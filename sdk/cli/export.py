@@ -18,20 +18,28 @@ __all__ = ["register", "cmd_export"]
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "export", help="export validated ONNX engines (CLIP text, dense encoder, SAM2) to a folder",
+        "export",
+        help="export validated ONNX engines (CLIP text, dense encoder, SAM2) to a folder",
         description="Export the ONNX graphs of one CLIP model, method and preset (and optionally SAM2) into an engine "
-                    "folder, validate each against PyTorch (table printed), and write manifest.json and trtexec.sh. "
-                    "Run them with: clipsam segment --engines DIR (no torch needed).")
+        "folder, validate each against PyTorch (table printed), and write manifest.json and trtexec.sh. "
+        "Run them with: clipsam segment --engines DIR (no torch needed).",
+    )
     p.add_argument("--out", required=True, help="engine folder to create")
     g = p.add_argument_group("models")
-    g.add_argument("--clip", default="ViT-B-16", help="open_clip architecture name or model-config JSON (default: ViT-B-16)")
+    g.add_argument(
+        "--clip", default="ViT-B-16", help="open_clip architecture name or model-config JSON (default: ViT-B-16)"
+    )
     w = g.add_mutually_exclusive_group()
     w.add_argument("--weights", default="openai", help="open_clip pretrained tag or checkpoint file (default: openai)")
     w.add_argument("--random-weights", action="store_true", help="random CLIP weights (tests and smoke runs only)")
     add_quick_gelu_option(g)
     g.add_argument("--method", choices=tuple(METHODS), default="resclip", help="dense method (default: resclip)")
-    g.add_argument("--preset", default="voc21", choices=DATASETS + ("none",),
-                   help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)")
+    g.add_argument(
+        "--preset",
+        default="voc21",
+        choices=DATASETS + ("none",),
+        help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)",
+    )
     g.add_argument("--templates", default=None, help="prompt templates: openai80 (default), openai7 or single")
     g.add_argument("--sam2", choices=SAM2_MODELS, default=None, help="also export this SAM2 model (refinement)")
     s = g.add_mutually_exclusive_group()
@@ -40,10 +48,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     o = p.add_argument_group("graphs")
     o.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision; IO stays fp32")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
-    o.add_argument("--max-batch", type=int, default=None,
-                   help="windows per dense-encoder call (default: 8 when sliding, 2 for whole images)")
-    o.add_argument("--max-side", type=int, default=1024,
-                   help="largest whole-image side in pixels the dense graphs serve (default: 1024)")
+    o.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="windows per dense-encoder call (default: 8 when sliding, 2 for whole images)",
+    )
+    o.add_argument(
+        "--max-side",
+        type=int,
+        default=1024,
+        help="largest whole-image side in pixels the dense graphs serve (default: 1024)",
+    )
     o.add_argument("--max-images", type=int, default=4, help="images per SAM2 encoder call (default: 4)")
     o.add_argument("--max-prompts", type=int, default=64, help="prompts per SAM2 decoder call (default: 64)")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
@@ -61,18 +77,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         if args.random_weights or args.sam2_random_weights:
             warnings.simplefilter("ignore")
-            print("clipsam: exporting RANDOM weights (--random-weights); the engines' predictions are meaningless.",
-                  file=sys.stderr)
+            print(
+                "clipsam: exporting RANDOM weights (--random-weights); the engines' predictions are meaningless.",
+                file=sys.stderr,
+            )
         overrides = {"templates": args.templates} if args.templates else {}
         t0 = time.perf_counter()
         with _interrupted_export(args.out):
             export_engines(
-                args.out, clip=args.clip, clip_weights=None if args.random_weights else args.weights,
-                method=args.method, preset=None if args.preset == "none" else args.preset, sam2=args.sam2,
-                sam2_weights=args.sam2_weights, sam2_random_weights=args.sam2_random_weights, precision=args.precision,
-                opset=args.opset, max_batch=args.max_batch, max_side=args.max_side, max_images=args.max_images,
-                max_prompts=args.max_prompts, validate=not args.no_validate, optimize=not args.no_optimize,
-                overwrite=args.overwrite, log=log, quick_gelu=args.quick_gelu, **overrides)
+                args.out,
+                clip=args.clip,
+                clip_weights=None if args.random_weights else args.weights,
+                method=args.method,
+                preset=None if args.preset == "none" else args.preset,
+                sam2=args.sam2,
+                sam2_weights=args.sam2_weights,
+                sam2_random_weights=args.sam2_random_weights,
+                precision=args.precision,
+                opset=args.opset,
+                max_batch=args.max_batch,
+                max_side=args.max_side,
+                max_images=args.max_images,
+                max_prompts=args.max_prompts,
+                validate=not args.no_validate,
+                optimize=not args.no_optimize,
+                overwrite=args.overwrite,
+                log=log,
+                quick_gelu=args.quick_gelu,
+                **overrides,
+            )
     if log:
         log(f"clipsam export: done in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -83,5 +116,7 @@ def _interrupted_export(out):
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(f"the engine folder {out} is incomplete (it has no manifest.json, so it will not be used). "
-                          "Run the same command again with --overwrite.") from None
+        raise Interrupted(
+            f"the engine folder {out} is incomplete (it has no manifest.json, so it will not be used). "
+            "Run the same command again with --overwrite."
+        ) from None

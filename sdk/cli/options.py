@@ -18,9 +18,18 @@ from ..config import DATASETS, METHODS, MULTI_SCALE_5
 from ..errors import ClipSamError
 from ..refine.config import SAM2_MODELS
 
-__all__ = ["add_vocabulary_options", "add_model_options", "add_quick_gelu_option", "add_engine_options",
-           "add_segment_options", "resolve_classes", "prompt_options", "parse_scales", "check_engine_options",
-           "build_segmenter"]
+__all__ = [
+    "add_vocabulary_options",
+    "add_model_options",
+    "add_quick_gelu_option",
+    "add_engine_options",
+    "add_segment_options",
+    "resolve_classes",
+    "prompt_options",
+    "parse_scales",
+    "check_engine_options",
+    "build_segmenter",
+]
 
 DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip", "precision": "fp32"}
 
@@ -29,8 +38,11 @@ def add_vocabulary_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vocabulary (one of --classes / --class-file, or a --preset's own)")
     g.add_argument("--classes", help='comma-separated class names, e.g. "cat, sofa, floor"')
     g.add_argument("--class-file", help="class file: one class per line, synonyms separated by ', '")
-    g.add_argument("--preset", choices=DATASETS,
-                   help="dataset preset: its reference settings, and its vocabulary unless classes are given")
+    g.add_argument(
+        "--preset",
+        choices=DATASETS,
+        help="dataset preset: its reference settings, and its vocabulary unless classes are given",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -38,54 +50,101 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--clip", default=None, help="open_clip architecture name or model-config JSON (default: ViT-B-16)")
     w = g.add_mutually_exclusive_group()
-    w.add_argument("--weights", default=None,
-                   help="open_clip pretrained tag (downloaded when online) or local checkpoint file, OpenAI or "
-                        "open_clip format (default: openai)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="random CLIP weights: for offline smoke runs only, predictions are meaningless")
+    w.add_argument(
+        "--weights",
+        default=None,
+        help="open_clip pretrained tag (downloaded when online) or local checkpoint file, OpenAI or "
+        "open_clip format (default: openai)",
+    )
+    w.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random CLIP weights: for offline smoke runs only, predictions are meaningless",
+    )
     add_quick_gelu_option(g)
-    g.add_argument("--method", choices=tuple(METHODS), default=None,
-                   help="dense method (default: resclip = NACLIP+RCS+SFR)")
+    g.add_argument(
+        "--method", choices=tuple(METHODS), default=None, help="dense method (default: resclip = NACLIP+RCS+SFR)"
+    )
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="fp16/bf16 autocast needs CUDA (default: fp32)")
-    g.add_argument("--templates", default=None, metavar="NAME_OR_FILE",
-                   help="prompt templates: openai80 (default), openai7, single, or a file (.txt one per line, or a "
-                        "JSON/YAML list)")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="fp16/bf16 autocast needs CUDA (default: fp32)",
+    )
+    g.add_argument(
+        "--templates",
+        default=None,
+        metavar="NAME_OR_FILE",
+        help="prompt templates: openai80 (default), openai7, single, or a file (.txt one per line, or a "
+        "JSON/YAML list)",
+    )
     g = p.add_argument_group("prompt engineering and calibration (README: 'Prompt engineering and calibration')")
-    g.add_argument("--context-prompts", metavar="FILE|default", default=None,
-                   help="per-class context prompts, averaged with the templates: 'default' (shipped) or a JSON/YAML "
-                        "file {class: [prompt, ...]}")
-    g.add_argument("--descriptions", metavar="FILE|voc20|coco80", default=None,
-                   help="per-class descriptions for text enrichment: shipped 'voc20' / 'coco80' or a JSON/YAML file "
-                        "{class: [sentence, ...]}")
-    g.add_argument("--enrichment", choices=("tse", "mean"), default=None,
-                   help="with --descriptions: ExCEL's TSE attribute bank (default) or plain averaging")
-    g.add_argument("--disambiguate", metavar="FILE|default", default=None,
-                   help="rename ambiguous class names before encoding ('mouse' -> 'computer mouse'): 'default' or a "
-                        "JSON/YAML map")
-    g.add_argument("--calibration", choices=("none", "excel", "knn"), default="none",
-                   help="visual calibration of the dense features: ExCEL's SVC (not with resclip methods) or kNN "
-                        "replacement of low-confidence patches (default: none)")
+    g.add_argument(
+        "--context-prompts",
+        metavar="FILE|default",
+        default=None,
+        help="per-class context prompts, averaged with the templates: 'default' (shipped) or a JSON/YAML "
+        "file {class: [prompt, ...]}",
+    )
+    g.add_argument(
+        "--descriptions",
+        metavar="FILE|voc20|coco80",
+        default=None,
+        help="per-class descriptions for text enrichment: shipped 'voc20' / 'coco80' or a JSON/YAML file "
+        "{class: [sentence, ...]}",
+    )
+    g.add_argument(
+        "--enrichment",
+        choices=("tse", "mean"),
+        default=None,
+        help="with --descriptions: ExCEL's TSE attribute bank (default) or plain averaging",
+    )
+    g.add_argument(
+        "--disambiguate",
+        metavar="FILE|default",
+        default=None,
+        help="rename ambiguous class names before encoding ('mouse' -> 'computer mouse'): 'default' or a JSON/YAML map",
+    )
+    g.add_argument(
+        "--calibration",
+        choices=("none", "excel", "knn"),
+        default="none",
+        help="visual calibration of the dense features: ExCEL's SVC (not with resclip methods) or kNN "
+        "replacement of low-confidence patches (default: none)",
+    )
 
 
 def add_quick_gelu_option(g) -> None:
     """``--quick-gelu`` / ``--no-quick-gelu``: the activation the CLIP weights were trained with (default: detected)."""
-    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
-                   help="the weights were trained with QuickGELU (OpenAI's) or not (--no-quick-gelu: GELU); default: "
-                        "the tag's own setting, or detected from the checkpoint file (a warning when it does not tell)")
+    g.add_argument(
+        "--quick-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the weights were trained with QuickGELU (OpenAI's) or not (--no-quick-gelu: GELU); default: "
+        "the tag's own setting, or detected from the checkpoint file (a warning when it does not tell)",
+    )
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("exported engines (ONNX Runtime, no torch)")
-    g.add_argument("--engines", metavar="DIR", default=None,
-                   help="run the engine folder written by 'clipsam export' instead of PyTorch (--refine uses its SAM2 "
-                        "graphs)")
-    g.add_argument("--providers", default=None,
-                   help="ONNX Runtime providers in priority order: cpu, cuda, tensorrt (comma-separated; default: cpu, "
-                        "or cuda,cpu with --device cuda)")
-    g.add_argument("--allow-provider-fallback", action="store_true",
-                   help="run on the remaining providers (with a warning) when a requested one cannot load")
+    g.add_argument(
+        "--engines",
+        metavar="DIR",
+        default=None,
+        help="run the engine folder written by 'clipsam export' instead of PyTorch (--refine uses its SAM2 graphs)",
+    )
+    g.add_argument(
+        "--providers",
+        default=None,
+        help="ONNX Runtime providers in priority order: cpu, cuda, tensorrt (comma-separated; default: cpu, "
+        "or cuda,cpu with --device cuda)",
+    )
+    g.add_argument(
+        "--allow-provider-fallback",
+        action="store_true",
+        help="run on the remaining providers (with a warning) when a requested one cannot load",
+    )
     g.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: DIR/trt_cache)")
 
 
@@ -95,17 +154,25 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     add_engine_options(p)
     g = p.add_argument_group("SAM2 refinement")
-    g.add_argument("--refine", metavar="SAM2", choices=SAM2_MODELS,
-                   help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
-                        "writes <name>_instances.json (COCO RLE)")
+    g.add_argument(
+        "--refine",
+        metavar="SAM2",
+        choices=SAM2_MODELS,
+        help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
+        "writes <name>_instances.json (COCO RLE)",
+    )
     g.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
     g = p.add_argument_group("scheduling")
-    g.add_argument("--scales", default=None,
-                   help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)")
+    g.add_argument(
+        "--scales",
+        default=None,
+        help="multi-scale ensemble: comma-separated factors, or 'ms5' for 0.5,0.75,1,1.25,1.5 (default: 1)",
+    )
     g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     g.add_argument("--batch-size", type=int, default=8, help="images per scheduling chunk (default: 8)")
-    g.add_argument("--max-batch", type=int, default=None,
-                   help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)")
+    g.add_argument(
+        "--max-batch", type=int, default=None, help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)"
+    )
     g.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -117,7 +184,7 @@ def resolve_classes(args: argparse.Namespace):
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
     if not (args.classes or args.class_file or args.preset or getattr(args, "engines", None)):
-        raise ClipSamError("name the classes: --classes \"cat, sofa\", --class-file FILE, or --preset voc21")
+        raise ClipSamError('name the classes: --classes "cat, sofa", --class-file FILE, or --preset voc21')
     if args.class_file:
         return parse_class_file(args.class_file)
     return Vocabulary.from_names(args.classes) if args.classes else None
@@ -164,11 +231,14 @@ def check_engine_options(args: argparse.Namespace) -> None:
     if getattr(args, "sam2_weights", None):
         raise ClipSamError("--sam2-weights does not apply with --engines: the SAM2 weights are in the engine folder")
     if getattr(args, "weights", None) or getattr(args, "random_weights", False):
-        raise ClipSamError("--weights / --random-weights do not apply with --engines: the CLIP weights are in the "
-                           "engine folder")
+        raise ClipSamError(
+            "--weights / --random-weights do not apply with --engines: the CLIP weights are in the engine folder"
+        )
     if getattr(args, "quick_gelu", None) is not None:
-        raise ClipSamError("--quick-gelu / --no-quick-gelu do not apply with --engines: the activation is baked into "
-                           "the exported graphs (give it to clipsam export)")
+        raise ClipSamError(
+            "--quick-gelu / --no-quick-gelu do not apply with --engines: the activation is baked into "
+            "the exported graphs (give it to clipsam export)"
+        )
 
 
 def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING):
@@ -190,24 +260,45 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
         check_engine_options(args)
         providers = getattr(args, "providers", None)
         return Segmenter.from_engines(
-            args.engines, providers=providers.split(",") if providers else None, device=args.device,
-            allow_fallback=getattr(args, "allow_provider_fallback", False), method=args.method,
-            precision=args.precision, clip=args.clip, preset=preset if preset else dataclasses.MISSING,
-            sam2=opt["refine"], trt_cache_dir=getattr(args, "trt_cache", None), max_batch=opt["max_batch"],
-            max_memory_mb=opt["max_memory_mb"], **kwargs)
+            args.engines,
+            providers=providers.split(",") if providers else None,
+            device=args.device,
+            allow_fallback=getattr(args, "allow_provider_fallback", False),
+            method=args.method,
+            precision=args.precision,
+            clip=args.clip,
+            preset=preset if preset else dataclasses.MISSING,
+            sam2=opt["refine"],
+            trt_cache_dir=getattr(args, "trt_cache", None),
+            max_batch=opt["max_batch"],
+            max_memory_mb=opt["max_memory_mb"],
+            **kwargs,
+        )
     if opt["sam2_weights"] and not opt["refine"]:
         raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")
     if opt["refine"]:
-        kwargs.update(sam2=opt["refine"], sam2_weights=opt["sam2_weights"],
-                      sam2_random_weights=bool(args.random_weights and not opt["sam2_weights"]))
+        kwargs.update(
+            sam2=opt["refine"],
+            sam2_weights=opt["sam2_weights"],
+            sam2_random_weights=bool(args.random_weights and not opt["sam2_weights"]),
+        )
     from ..segmenter import Segmenter
 
     with warnings.catch_warnings():
         if args.random_weights:  # the user asked for it; say so once on stderr instead
             warnings.simplefilter("ignore")
-            print("clipsam: using RANDOM CLIP weights (--random-weights); predictions are meaningless.", file=sys.stderr)
+            print(
+                "clipsam: using RANDOM CLIP weights (--random-weights); predictions are meaningless.", file=sys.stderr
+            )
         return Segmenter.from_pretrained(
-            clip=args.clip or DEFAULTS["clip"], clip_weights=None if args.random_weights else args.weights or "openai",
-            method=args.method or DEFAULTS["method"], preset=preset, device=args.device,
-            precision=args.precision or DEFAULTS["precision"], max_batch=opt["max_batch"],
-            max_memory_mb=opt["max_memory_mb"], quick_gelu=getattr(args, "quick_gelu", None), **kwargs)
+            clip=args.clip or DEFAULTS["clip"],
+            clip_weights=None if args.random_weights else args.weights or "openai",
+            method=args.method or DEFAULTS["method"],
+            preset=preset,
+            device=args.device,
+            precision=args.precision or DEFAULTS["precision"],
+            max_batch=opt["max_batch"],
+            max_memory_mb=opt["max_memory_mb"],
+            quick_gelu=getattr(args, "quick_gelu", None),
+            **kwargs,
+        )

@@ -18,14 +18,18 @@ __all__ = ["register", "cmd_segment", "segment_and_save"]
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "segment", help="segment images into named classes",
+        "segment",
+        help="segment images into named classes",
         description="Segment images. Writes, per image, <name>_labels.png (palette PNG of class indices), "
-                    "<name>_overlay.png (image, colours and legend) and <name>.json (classes, pixel fractions, "
-                    "config, timing); outputs of images in sub-folders go to the same sub-folders of --out.",
+        "<name>_overlay.png (image, colours and legend) and <name>.json (classes, pixel fractions, "
+        "config, timing); outputs of images in sub-folders go to the same sub-folders of --out.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files, folders (their images, recursively, sorted) or glob patterns such as "
-                        "'photos/*.jpg'")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (their images, recursively, sorted) or glob patterns such as 'photos/*.jpg'",
+    )
     p.add_argument("--out", required=True, help="output folder")
     add_segment_options(p)
     p.set_defaults(func=cmd_segment)
@@ -43,8 +47,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.engines:
         used = sorted({p for ps in seg.providers.values() for p in ps})
         backend = f" with ONNX Runtime ({', '.join(used)})"
-    print(f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s){backend} -> "
-          f"{args.out}")
+    print(
+        f"segmented {len(images)} image(s) in {dt:.1f} s ({len(images) / max(dt, 1e-9):.2f} img/s){backend} -> "
+        f"{args.out}"
+    )
     return 0
 
 
@@ -73,7 +79,8 @@ def segment_and_save(seg, images: list[InputImage], classes, out: Path, batch_si
         raise Interrupted(
             f"{done} of {len(images)} image(s) were finished and saved in {out} (each <name>.json is written last); "
             f"{len(images) - done} were not. To do only the rest, run clipsam batch with the same images, options and "
-            "--out: it skips images whose <name>.json exists.") from None
+            "--out: it skips images whose <name>.json exists."
+        ) from None
     finally:
         if bar is not None:
             bar.close()

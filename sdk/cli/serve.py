@@ -25,11 +25,13 @@ from .options import DEFAULTS, add_segment_options, build_segmenter, parse_scale
 __all__ = ["register", "run", "build_app"]
 
 HELP = "serve segmentation over HTTP (Ray Serve): dynamic batching, limits, API key, web page"
-DESCRIPTION = ("Serve one model over HTTP on Ray Serve: POST /v1/segment (multipart image or JSON with base64), "
-               "GET /v1/health, /v1/ready, /v1/describe, /v1/stats, and a web page at /. Every model option of "
-               "'clipsam segment' applies; here --max-batch is the most requests segmented together (segment's "
-               "windows per encoder call are --max-windows). Binds 127.0.0.1 unless --host says otherwise. Ctrl-C or "
-               "SIGTERM stops the service and the Ray instance it started.")
+DESCRIPTION = (
+    "Serve one model over HTTP on Ray Serve: POST /v1/segment (multipart image or JSON with base64), "
+    "GET /v1/health, /v1/ready, /v1/describe, /v1/stats, and a web page at /. Every model option of "
+    "'clipsam segment' applies; here --max-batch is the most requests segmented together (segment's "
+    "windows per encoder call are --max-windows). Binds 127.0.0.1 unless --host says otherwise. Ctrl-C or "
+    "SIGTERM stops the service and the Ray instance it started."
+)
 _HIDDEN = ("batch_size", "no_progress")  # segment options that mean nothing to a service
 
 
@@ -52,35 +54,79 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it)")
     g.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     g.add_argument("--replicas", type=int, default=1, help="replicas, each with its own warmed segmenter (default: 1)")
-    g.add_argument("--gpus-per-replica", type=float, default=None,
-                   help="GPUs per replica, fractions allowed (default: 1 with --device cuda, else 0)")
-    g.add_argument("--cpus-per-replica", type=float, default=None,
-                   help="CPUs per replica (default: the machine's CPUs / replicas on a local CPU run, else 1)")
-    g.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run on the Ray cluster at ADDRESS ('auto', 'ray://head:10001'); default: a local Ray instance")
+    g.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=None,
+        help="GPUs per replica, fractions allowed (default: 1 with --device cuda, else 0)",
+    )
+    g.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=None,
+        help="CPUs per replica (default: the machine's CPUs / replicas on a local CPU run, else 1)",
+    )
+    g.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run on the Ray cluster at ADDRESS ('auto', 'ray://head:10001'); default: a local Ray instance",
+    )
     b = p.add_argument_group("dynamic batching")
-    b.add_argument("--max-batch", dest="serve_max_batch", type=int, default=None, metavar="N",
-                   help="most requests segmented together in one segment_batch call (default: 8 on a GPU, 1 on the "
-                        "CPU, where batching costs throughput)")
-    b.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="longest a request waits for others to fill its batch, in ms (default: 10)")
-    b.add_argument("--max-ongoing", type=int, default=None,
-                   help="requests a replica holds at once (default: max(32, 4 x --max-batch)); more wait in Ray's "
-                        "queue")
-    b.add_argument("--max-windows", dest="max_batch", type=int, default=None, metavar="N",
-                   help="most windows per encoder call (segment's --max-batch; default: 4 on CPU, 32 on CUDA)")
+    b.add_argument(
+        "--max-batch",
+        dest="serve_max_batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most requests segmented together in one segment_batch call (default: 8 on a GPU, 1 on the "
+        "CPU, where batching costs throughput)",
+    )
+    b.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="longest a request waits for others to fill its batch, in ms (default: 10)",
+    )
+    b.add_argument(
+        "--max-ongoing",
+        type=int,
+        default=None,
+        help="requests a replica holds at once (default: max(32, 4 x --max-batch)); more wait in Ray's queue",
+    )
+    b.add_argument(
+        "--max-windows",
+        dest="max_batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most windows per encoder call (segment's --max-batch; default: 4 on CPU, 32 on CUDA)",
+    )
     r = p.add_argument_group("requests")
-    r.add_argument("--methods", default=None, metavar="LIST|all",
-                   help="methods a request may choose besides --method (PyTorch backend; comma-separated or 'all')")
-    r.add_argument("--presets", default=None, metavar="LIST|all",
-                   help="presets a request may choose besides --preset (PyTorch backend; comma-separated or 'all')")
-    r.add_argument("--warmup-sizes", default=None, metavar="HxW[,HxW]",
-                   help="image sizes warmed up before the replica takes requests (default: the preset's)")
+    r.add_argument(
+        "--methods",
+        default=None,
+        metavar="LIST|all",
+        help="methods a request may choose besides --method (PyTorch backend; comma-separated or 'all')",
+    )
+    r.add_argument(
+        "--presets",
+        default=None,
+        metavar="LIST|all",
+        help="presets a request may choose besides --preset (PyTorch backend; comma-separated or 'all')",
+    )
+    r.add_argument(
+        "--warmup-sizes",
+        default=None,
+        metavar="HxW[,HxW]",
+        help="image sizes warmed up before the replica takes requests (default: the preset's)",
+    )
     lim = p.add_argument_group("limits (a request beyond one gets a 4xx JSON error naming it)")
     lim.add_argument("--max-upload-mb", type=float, default=20.0, help="request body size in MiB (default: 20)")
     lim.add_argument("--max-pixels", type=int, default=16_000_000, help="image width x height (default: 16000000)")
-    lim.add_argument("--max-classes", type=int, default=100,
-                     help="class names per request, synonyms included, <= 256 (default: 100)")
+    lim.add_argument(
+        "--max-classes", type=int, default=100, help="class names per request, synonyms included, <= 256 (default: 100)"
+    )
     lim.add_argument("--max-class-chars", type=int, default=100, help="characters per class name (default: 100)")
     lim.add_argument("--request-timeout-s", type=float, default=60.0, help="answer within this or 504 (default: 60)")
     sec = p.add_argument_group("API key (every route but health and readiness needs 'Authorization: Bearer KEY')")
@@ -123,16 +169,30 @@ def serve_config(args):
 
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
-    vocab = parse_class_file(args.class_file) if args.class_file else (
-        Vocabulary.from_names(args.classes) if args.classes else None)
+    vocab = (
+        parse_class_file(args.class_file)
+        if args.class_file
+        else (Vocabulary.from_names(args.classes) if args.classes else None)
+    )
     key = load_api_key(args.api_key_env, args.api_key_file)
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_pixels=args.max_pixels,
-                    max_classes=args.max_classes, max_class_chars=args.max_class_chars,
-                    request_timeout_s=args.request_timeout_s)
-    return ServeConfig(limits=limits, max_batch=args.serve_max_batch, batch_wait_ms=args.batch_wait_ms,
-                       max_ongoing_requests=args.max_ongoing, classes=tuple(vocab.to_lines()) if vocab else None,
-                       methods=_names(args.methods, tuple(METHODS), "methods"), presets=_names(args.presets, DATASETS, "presets"),
-                       warmup_sizes=_sizes(args.warmup_sizes), api_key_sha256=key_digest(key) if key else None)
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        max_pixels=args.max_pixels,
+        max_classes=args.max_classes,
+        max_class_chars=args.max_class_chars,
+        request_timeout_s=args.request_timeout_s,
+    )
+    return ServeConfig(
+        limits=limits,
+        max_batch=args.serve_max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_ongoing_requests=args.max_ongoing,
+        classes=tuple(vocab.to_lines()) if vocab else None,
+        methods=_names(args.methods, tuple(METHODS), "methods"),
+        presets=_names(args.presets, DATASETS, "presets"),
+        warmup_sizes=_sizes(args.warmup_sizes),
+        api_key_sha256=key_digest(key) if key else None,
+    )
 
 
 def build_from_options(options: dict):
@@ -170,8 +230,13 @@ def application_from_namespace(args, local: bool = True):
     if cpus is None:
         cpus = float(max(1, (os.cpu_count() or 1) // args.replicas)) if local and not cuda else 1.0
     options = {k: v for k, v in vars(args).items() if k != "func"}
-    return build_application(segmenter=functools.partial(build_from_options, options), config=config,
-                             replicas=args.replicas, num_cpus=cpus, num_gpus=gpus)
+    return build_application(
+        segmenter=functools.partial(build_from_options, options),
+        config=config,
+        replicas=args.replicas,
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
 
 
 def build_app(args: dict):
@@ -208,7 +273,9 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ClipSamError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host") from None
+            raise ClipSamError(
+                f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host"
+            ) from None
 
 
 def _startup_error(serve) -> str | None:
@@ -244,13 +311,22 @@ def run(args) -> int:
     started_ray = not ray.is_initialized()
     try:
         if started_ray:
-            ray.init(address="local" if local else args.ray, include_dashboard=False if local else None,
-                     configure_logging=False)
+            ray.init(
+                address="local" if local else args.ray,
+                include_dashboard=False if local else None,
+                configure_logging=False,
+            )
             for sig in signals:  # again: Ray's core worker installs its own handlers
                 signal.signal(sig, stop)
         # the proxy times out requests left in its queue; ours (504 JSON, from arrival at a replica) fires first
-        serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s + 30})
-        print(f"clipsam serve: starting {args.replicas} replica(s) (model load and warm-up)...", file=sys.stderr, flush=True)
+        serve.start(
+            http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s + 30}
+        )
+        print(
+            f"clipsam serve: starting {args.replicas} replica(s) (model load and warm-up)...",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             serve.run(app, name="clipsam", route_prefix="/")
         except RuntimeError as e:
@@ -259,8 +335,11 @@ def run(args) -> int:
         where = f"http://{host}:{args.port}/" if local else f"port {args.port} of the Ray cluster {args.ray}'s nodes"
         print(f"clipsam serve: ready at {where} (API: /v1/segment, /v1/describe; Ctrl-C to stop)", flush=True)
         if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key_env or args.api_key_file):
-            print(f"clipsam serve: warning: listening on {args.host} without an API key (--api-key-env/--api-key-file)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"clipsam serve: warning: listening on {args.host} without an API key (--api-key-env/--api-key-file)",
+                file=sys.stderr,
+                flush=True,
+            )
         while True:
             signal.pause() if hasattr(signal, "pause") else __import__("time").sleep(3600)
     except KeyboardInterrupt:

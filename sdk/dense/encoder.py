@@ -36,7 +36,9 @@ class DenseEncoder:
 
     def __init__(self, visual, cfg: DenseConfig):
         if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
-            raise TypeError("DenseEncoder needs an open_clip VisionTransformer (ViT); ResNet CLIP models are not supported")
+            raise TypeError(
+                "DenseEncoder needs an open_clip VisionTransformer (ViT); ResNet CLIP models are not supported"
+            )
         self.visual = visual
         self.cfg = cfg
         self.patch = int(visual.conv1.kernel_size[0])
@@ -67,8 +69,11 @@ class DenseEncoder:
             n = self.native_grid
             grid = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
             grid = F.interpolate(
-                grid, mode="bicubic", scale_factor=((gh + 0.1) / n, (gw + 0.1) / n),
-                align_corners=False, recompute_scale_factor=False,
+                grid,
+                mode="bicubic",
+                scale_factor=((gh + 0.1) / n, (gw + 0.1) / n),
+                align_corners=False,
+                recompute_scale_factor=False,
             )
             grid = grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)
             cached = torch.cat([pos[:1], grid], dim=0).to(like.dtype).detach()
@@ -128,10 +133,17 @@ class DenseEncoder:
         block = self.blocks[-1]
         q, k, v = self.qkv(block, x)
         a = rcs_attention(
-            q, k, v, base=att.base, scale=q.shape[-1] ** -0.5,
+            q,
+            k,
+            v,
+            base=att.base,
+            scale=q.shape[-1] ** -0.5,
             window=(grid[0], grid[1], float(self.cfg.feedback.gaussian_std)) if att.base == "naclip" else None,
-            sfr_term=sfr_term, sfr_weights=att.sfr_weights if sfr_term is not None else None,
-            rcs_q=rcs[0], rcs_k=rcs[1], rcs_weights=att.rcs_weights if rcs[0] is not None else None,
+            sfr_term=sfr_term,
+            sfr_weights=att.sfr_weights if sfr_term is not None else None,
+            rcs_q=rcs[0],
+            rcs_k=rcs[1],
+            rcs_weights=att.rcs_weights if rcs[0] is not None else None,
         )
         out = self.out_proj(block, a)
         if not att.residual:

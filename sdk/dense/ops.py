@@ -90,8 +90,12 @@ class TorchPost:
         if len(query_to_class) == num_classes:
             return probs
         q2c = np.asarray(query_to_class)
-        return torch.stack([probs[torch.as_tensor(np.flatnonzero(q2c == c), device=probs.device)].amax(dim=0)
-                            for c in range(num_classes)])
+        return torch.stack(
+            [
+                probs[torch.as_tensor(np.flatnonzero(q2c == c), device=probs.device)].amax(dim=0)
+                for c in range(num_classes)
+            ]
+        )
 
     @staticmethod
     def argmax_counts(probs: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -143,12 +147,19 @@ class TorchOps:
     def pad(self, x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
         return F.pad(x, pads)
 
-    def resize(self, x: torch.Tensor, size: tuple[int, int], *, align_corners: bool = False,
-               rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def resize(
+        self,
+        x: torch.Tensor,
+        size: tuple[int, int],
+        *,
+        align_corners: bool = False,
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         if rows is not None and not align_corners and x.dim() == 3:
             return upsample_rows(x, size, rows[0], rows[1])
-        y = F.interpolate(x if x.dim() == 4 else x[None], size=tuple(size), mode="bilinear",
-                          align_corners=align_corners)
+        y = F.interpolate(
+            x if x.dim() == 4 else x[None], size=tuple(size), mode="bilinear", align_corners=align_corners
+        )
         y = y if x.dim() == 4 else y[0]
         return y if rows is None else y[..., rows[0] : rows[1], :]
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from ..config import DenseConfig
+from ..errors import EngineLimitError
 from ..ops.base import EncoderSpec, sfr_feedback
 from ..ops.numpy_ops import NumpyOps
 from ..ops.resize import interpolate_pos_embed, neighbourhood_window
 from ..ops.sfr import LinspaceTable
-from ..errors import EngineLimitError
 
 __all__ = ["OrtBackend"]
 
@@ -36,8 +36,15 @@ class OrtBackend:
         table: torch.linspace tables for SFR's path check.
     """
 
-    def __init__(self, sessions: dict, cfg: DenseConfig, pos_embed: np.ndarray, spec: EncoderSpec, max_grid: int,
-                 table: LinspaceTable | None = None):
+    def __init__(
+        self,
+        sessions: dict,
+        cfg: DenseConfig,
+        pos_embed: np.ndarray,
+        spec: EncoderSpec,
+        max_grid: int,
+        table: LinspaceTable | None = None,
+    ):
         self.sessions = sessions
         self.cfg = cfg
         self.pos = np.asarray(pos_embed, dtype=np.float32)
@@ -60,7 +67,8 @@ class OrtBackend:
             raise EngineLimitError(
                 f"a {h}x{w}-pixel window is a {gh}x{gw} patch grid, larger than the {self.max_grid} patches a side "
                 f"these engines serve (max_side {self.max_grid * p}). Re-export with a larger --max-side, "
-                "use a smaller short_side, or slide windows (slide_crop).")
+                "use a smaller short_side, or slide windows (slide_crop)."
+            )
         if (gh, gw) not in self._grid_cache:
             feeds = {"pos_embed": interpolate_pos_embed(self.pos, gh, gw)}
             if self.cfg.attention.base == "naclip":

@@ -70,7 +70,7 @@ class GraphIO:
     def file(self) -> str:
         return f"{self.name}.onnx"
 
-    def without(self, *names: str) -> "GraphIO":
+    def without(self, *names: str) -> GraphIO:
         """The same graph without the inputs ``names`` (optional inputs a configuration does not use)."""
         return GraphIO(
             self.name,
@@ -92,43 +92,87 @@ _DENSE_COMMON = {
 }
 
 CLIP_TEXT = GraphIO(
-    "clip_text", ("token_ids",), ("text_embeddings",),
+    "clip_text",
+    ("token_ids",),
+    ("text_embeddings",),
     {"token_ids": {0: "prompts", 1: "length"}, "text_embeddings": {0: "prompts"}},
 )
 CLIP_DENSE = GraphIO(
-    "clip_dense", ("crops", "pos_embed", "window_bias", "text_embeddings"), ("patch_logits",),
+    "clip_dense",
+    ("crops", "pos_embed", "window_bias", "text_embeddings"),
+    ("patch_logits",),
     {"crops": _CROPS, **_DENSE_COMMON},
 )
 CLIP_DENSE_TRUNK = GraphIO(
-    "clip_dense_trunk", ("crops", "pos_embed"), ("tokens", "rcs_q", "rcs_k"),
+    "clip_dense_trunk",
+    ("crops", "pos_embed"),
+    ("tokens", "rcs_q", "rcs_k"),
     {"crops": _CROPS, "pos_embed": {0: "tokens"}, "tokens": _TOKENS, "rcs_q": _RCS, "rcs_k": _RCS},
 )
 CLIP_DENSE_PASS1 = GraphIO(
-    "clip_dense_pass1", ("tokens", "rcs_q", "rcs_k", "window_bias", "text_embeddings"), ("patch_logits",),
+    "clip_dense_pass1",
+    ("tokens", "rcs_q", "rcs_k", "window_bias", "text_embeddings"),
+    ("patch_logits",),
     {"tokens": _TOKENS, "rcs_q": _RCS, "rcs_k": _RCS, **_DENSE_COMMON},
 )
 CLIP_DENSE_PASS2 = GraphIO(
-    "clip_dense_pass2", ("tokens", "rcs_q", "rcs_k", "window_bias", "text_embeddings", "sfr_bias"), ("patch_logits",),
-    {"tokens": _TOKENS, "rcs_q": _RCS, "rcs_k": _RCS, "sfr_bias": {0: "batch", 1: "tokens", 2: "tokens"},
-     **_DENSE_COMMON},
+    "clip_dense_pass2",
+    ("tokens", "rcs_q", "rcs_k", "window_bias", "text_embeddings", "sfr_bias"),
+    ("patch_logits",),
+    {
+        "tokens": _TOKENS,
+        "rcs_q": _RCS,
+        "rcs_k": _RCS,
+        "sfr_bias": {0: "batch", 1: "tokens", 2: "tokens"},
+        **_DENSE_COMMON,
+    },
 )
 SAM2_IMAGE_ENCODER = GraphIO(
-    "sam2_image_encoder", ("image",), ("image_embed", "high_res_feats_0", "high_res_feats_1"),
-    {"image": {0: "batch"}, "image_embed": {0: "batch"}, "high_res_feats_0": {0: "batch"},
-     "high_res_feats_1": {0: "batch"}},
+    "sam2_image_encoder",
+    ("image",),
+    ("image_embed", "high_res_feats_0", "high_res_feats_1"),
+    {
+        "image": {0: "batch"},
+        "image_embed": {0: "batch"},
+        "high_res_feats_0": {0: "batch"},
+        "high_res_feats_1": {0: "batch"},
+    },
 )
 SAM2_PROMPT_DECODER = GraphIO(
     "sam2_prompt_decoder",
-    ("image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels", "mask_input",
-     "has_mask_input"),
+    (
+        "image_embed",
+        "high_res_feats_0",
+        "high_res_feats_1",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+    ),
     ("masks", "iou_predictions", "object_score_logits"),
-    {"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
-     "mask_input": {0: "prompts"}, "has_mask_input": {0: "prompts"}, "masks": {0: "prompts"},
-     "iou_predictions": {0: "prompts"}, "object_score_logits": {0: "prompts"}},
+    {
+        "point_coords": {0: "prompts", 1: "points"},
+        "point_labels": {0: "prompts", 1: "points"},
+        "mask_input": {0: "prompts"},
+        "has_mask_input": {0: "prompts"},
+        "masks": {0: "prompts"},
+        "iou_predictions": {0: "prompts"},
+        "object_score_logits": {0: "prompts"},
+    },
 )
 
-GRAPHS = {g.name: g for g in (CLIP_TEXT, CLIP_DENSE, CLIP_DENSE_TRUNK, CLIP_DENSE_PASS1, CLIP_DENSE_PASS2,
-                              SAM2_IMAGE_ENCODER, SAM2_PROMPT_DECODER)}
+GRAPHS = {
+    g.name: g
+    for g in (
+        CLIP_TEXT,
+        CLIP_DENSE,
+        CLIP_DENSE_TRUNK,
+        CLIP_DENSE_PASS1,
+        CLIP_DENSE_PASS2,
+        SAM2_IMAGE_ENCODER,
+        SAM2_PROMPT_DECODER,
+    )
+}
 
 
 def dense_graphs(base: str, rcs: bool, sfr: bool) -> tuple[GraphIO, ...]:
@@ -141,9 +185,15 @@ def dense_graphs(base: str, rcs: bool, sfr: bool) -> tuple[GraphIO, ...]:
     unused = () if base == "naclip" else ("window_bias",)
     if not sfr:
         return (CLIP_DENSE.without(*unused),)
-    trunk = CLIP_DENSE_TRUNK if rcs else GraphIO(
-        CLIP_DENSE_TRUNK.name, CLIP_DENSE_TRUNK.inputs, ("tokens",),
-        {k: v for k, v in CLIP_DENSE_TRUNK.dynamic_axes.items() if k not in ("rcs_q", "rcs_k")},
+    trunk = (
+        CLIP_DENSE_TRUNK
+        if rcs
+        else GraphIO(
+            CLIP_DENSE_TRUNK.name,
+            CLIP_DENSE_TRUNK.inputs,
+            ("tokens",),
+            {k: v for k, v in CLIP_DENSE_TRUNK.dynamic_axes.items() if k not in ("rcs_q", "rcs_k")},
+        )
     )
     no_rcs = () if rcs else ("rcs_q", "rcs_k")
     return trunk, CLIP_DENSE_PASS1.without(*unused, *no_rcs), CLIP_DENSE_PASS2.without(*unused, *no_rcs)

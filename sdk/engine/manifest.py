@@ -25,13 +25,34 @@ from ..hashing import file_sha256
 from ..paths import is_url
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
-__all__ = ["EngineManifest", "load_manifest", "verify_files", "check_request", "GRAPH_FIELDS", "graph_settings",
-           "load_host_constants", "load_tokenizer"]
+__all__ = [
+    "EngineManifest",
+    "load_manifest",
+    "verify_files",
+    "check_request",
+    "GRAPH_FIELDS",
+    "graph_settings",
+    "load_host_constants",
+    "load_tokenizer",
+]
 
 # DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
 GRAPH_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
-_REQUIRED = ("format", "clipsam_version", "precision", "opset", "method", "preset", "dense_config", "clip", "sam2",
-             "limits", "graphs", "files", "graph_settings")
+_REQUIRED = (
+    "format",
+    "clipsam_version",
+    "precision",
+    "opset",
+    "method",
+    "preset",
+    "dense_config",
+    "clip",
+    "sam2",
+    "limits",
+    "graphs",
+    "files",
+    "graph_settings",
+)
 _CLIP_INTS = ("patch", "width", "heads", "layers", "embed_dim", "native_grid")
 _LIMITS = ("max_batch", "max_side", "max_grid", "max_images", "max_prompts", "max_queries")
 _FILES = ("tokenizer", "bpe", "host_constants")
@@ -94,21 +115,28 @@ def load_manifest(folder) -> EngineManifest:
         EngineError: no folder, no manifest, invalid JSON, unknown format version or missing keys.
     """
     if not isinstance(folder, (str, Path)) and not hasattr(folder, "__fspath__"):
-        raise EngineError(f"the engine folder must be a path (str or os.PathLike), got {type(folder).__name__} "
-                          f"{folder!r:.80}")
+        raise EngineError(
+            f"the engine folder must be a path (str or os.PathLike), got {type(folder).__name__} {folder!r:.80}"
+        )
     if is_url(folder):
-        raise EngineError(f"engine folder {str(folder)!r} is a URL; clipsam reads local folders only (no network "
-                          "access). Copy the folder here and pass its path.")
+        raise EngineError(
+            f"engine folder {str(folder)!r} is a URL; clipsam reads local folders only (no network "
+            "access). Copy the folder here and pass its path."
+        )
     folder = Path(folder)
     if folder.is_file():
-        raise EngineError(f"engine folder {folder} is a file; pass the folder written by 'clipsam export' (the one "
-                          "holding manifest.json).")
+        raise EngineError(
+            f"engine folder {folder} is a file; pass the folder written by 'clipsam export' (the one "
+            "holding manifest.json)."
+        )
     if not folder.is_dir():
         raise EngineError(f"engine folder not found: {folder}. Create one with: clipsam export --out {folder}")
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise EngineError(f"{folder} has no {MANIFEST_FILE}: it is not an engine folder written by 'clipsam export' "
-                          "(or the export did not finish). Export again.")
+        raise EngineError(
+            f"{folder} has no {MANIFEST_FILE}: it is not an engine folder written by 'clipsam export' "
+            "(or the export did not finish). Export again."
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -116,8 +144,10 @@ def load_manifest(folder) -> EngineManifest:
     if not isinstance(data, dict):
         raise EngineError(f"{path} does not hold a JSON object; export the engines again.")
     if data.get("format") != FORMAT_VERSION:
-        raise EngineError(f"{path} has engine format {data.get('format')!r}; this clipsam reads format "
-                          f"{FORMAT_VERSION}. Export the engines again with this clipsam version.")
+        raise EngineError(
+            f"{path} has engine format {data.get('format')!r}; this clipsam reads format "
+            f"{FORMAT_VERSION}. Export the engines again with this clipsam version."
+        )
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise EngineError(f"{path} lacks {', '.join(missing)}; export the engines again.")
@@ -134,6 +164,7 @@ def load_manifest(folder) -> EngineManifest:
 # -- the manifest's own fields, validated before anything is loaded --------------------------------------------------
 def _check_schema(data: dict, path: Path) -> None:
     """Types and keys of everything the runtime reads (a named EngineError instead of a KeyError later)."""
+
     def fail(where: str, problem: str):
         raise EngineError(f"{path}: {where} {problem}. {_EDITED}")
 
@@ -213,18 +244,26 @@ def graph_settings(data: dict) -> dict:
     graphs' SHA-256 (``_seal``) so that an edited field is found and named."""
     dense = data.get("dense_config") or {}
     return {
-        "method": data.get("method"), "precision": data.get("precision"), "opset": data.get("opset"),
-        "dense_config": {k: dense.get(k) for k in GRAPH_FIELDS}, "clip": data.get("clip"), "sam2": data.get("sam2"),
+        "method": data.get("method"),
+        "precision": data.get("precision"),
+        "opset": data.get("opset"),
+        "dense_config": {k: dense.get(k) for k in GRAPH_FIELDS},
+        "clip": data.get("clip"),
+        "sam2": data.get("sam2"),
         "limits": data.get("limits"),
-        "graphs": {n: {"inputs": g.get("inputs"), "outputs": g.get("outputs")}
-                   for n, g in (data.get("graphs") or {}).items()},
+        "graphs": {
+            n: {"inputs": g.get("inputs"), "outputs": g.get("outputs")} for n, g in (data.get("graphs") or {}).items()
+        },
     }
 
 
 def _seal(fields: dict, data: dict) -> str:
     """SHA-256 of ``fields`` together with the SHA-256 of every graph and file the manifest lists."""
-    hashes = sorted(f"{kind}:{name}:{entry.get('sha256')}" for kind in ("graphs", "files")
-                    for name, entry in (data.get(kind) or {}).items())
+    hashes = sorted(
+        f"{kind}:{name}:{entry.get('sha256')}"
+        for kind in ("graphs", "files")
+        for name, entry in (data.get(kind) or {}).items()
+    )
     return hashlib.sha256(json.dumps([fields, hashes], sort_keys=True).encode()).hexdigest()
 
 
@@ -241,14 +280,17 @@ def _check_graph_settings(data: dict, path: Path) -> None:
     if _seal(live, data) == record["sha256"]:
         return
     if _seal(record["fields"], data) != record["sha256"]:
-        raise EngineError(f"{path}: its graph_settings record does not match the graphs' SHA-256 it lists, so the "
-                          f"manifest's fields cannot be trusted. {_EDITED}")
+        raise EngineError(
+            f"{path}: its graph_settings record does not match the graphs' SHA-256 it lists, so the "
+            f"manifest's fields cannot be trusted. {_EDITED}"
+        )
     diffs = _differences(record["fields"], live)
     where, exported, says = diffs[0] if diffs else ("graph_settings", None, None)
     more = f" (and {len(diffs) - 1} more field(s))" if len(diffs) > 1 else ""
     raise ManifestMismatchError(
         f"{path} says {where} {says!r}, but its graphs were exported for {where} {exported!r}{more}: the fields baked "
-        f"into the graphs cannot change after export. {_EDITED}")
+        f"into the graphs cannot change after export. {_EDITED}"
+    )
 
 
 def _differences(a, b, where: str = "") -> list[tuple[str, object, object]]:
@@ -267,26 +309,32 @@ def _check_method(data: dict, path: Path) -> None:
 
     method, dense = data["method"], data["dense_config"]
     if method not in METHODS:
-        raise ManifestMismatchError(f"{path}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). "
-                                    f"{_EDITED}")
+        raise ManifestMismatchError(
+            f"{path}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). {_EDITED}"
+        )
     base, residual, res, _ = METHODS[method]
     want = {"base": base, "residual": residual, "rcs": res, "sfr": res, "method": method}
     for k, v in want.items():
         if dense.get(k) != v:
-            raise ManifestMismatchError(f"{path}: method {method!r} has dense_config.{k} {v!r}, the manifest says "
-                                        f"{dense.get(k)!r}. {_EDITED}")
+            raise ManifestMismatchError(
+                f"{path}: method {method!r} has dense_config.{k} {v!r}, the manifest says {dense.get(k)!r}. {_EDITED}"
+            )
     expected = {g.name: g for g in (CLIP_TEXT, *dense_graphs(base, res, res))}
     if data["sam2"] is not None:
         expected.update({g.name: g for g in (SAM2_IMAGE_ENCODER, SAM2_PROMPT_DECODER)})
     if set(data["graphs"]) != set(expected):
-        raise ManifestMismatchError(f"{path}: method {method!r} needs the graphs {sorted(expected)}, the manifest lists "
-                                    f"{sorted(data['graphs'])}. {_EDITED}")
+        raise ManifestMismatchError(
+            f"{path}: method {method!r} needs the graphs {sorted(expected)}, the manifest lists "
+            f"{sorted(data['graphs'])}. {_EDITED}"
+        )
     for name, io in expected.items():
         entry = data["graphs"][name]
         if tuple(entry["inputs"]) != io.inputs or tuple(entry["outputs"]) != io.outputs:
-            raise ManifestMismatchError(f"{path}: graph {name} of method {method!r} has inputs {io.inputs} and outputs "
-                                        f"{io.outputs}, the manifest says {tuple(entry['inputs'])} -> "
-                                        f"{tuple(entry['outputs'])}. {_EDITED}")
+            raise ManifestMismatchError(
+                f"{path}: graph {name} of method {method!r} has inputs {io.inputs} and outputs "
+                f"{io.outputs}, the manifest says {tuple(entry['inputs'])} -> "
+                f"{tuple(entry['outputs'])}. {_EDITED}"
+            )
 
 
 def load_host_constants(manifest: EngineManifest) -> dict:
@@ -302,9 +350,11 @@ def load_host_constants(manifest: EngineManifest) -> dict:
     missing = [k for k in ("clip_pos_embed", "sfr_linspace", "sfr_linspace_offsets") if k not in out]
     if missing or tuple(out["clip_pos_embed"].shape) != want:
         found = getattr(out.get("clip_pos_embed"), "shape", None)
-        raise EngineFileError(f"{path} does not hold the host constants of this manifest's CLIP model (missing "
-                              f"{missing or 'nothing'}; positional embedding {found}, expected {want}). Export the "
-                              "engines again.")
+        raise EngineFileError(
+            f"{path} does not hold the host constants of this manifest's CLIP model (missing "
+            f"{missing or 'nothing'}; positional embedding {found}, expected {want}). Export the "
+            "engines again."
+        )
     return out
 
 
@@ -317,8 +367,10 @@ def load_tokenizer(manifest: EngineManifest):
         return ClipTokenizer.from_folder(manifest.folder, files["tokenizer"]["file"], files["bpe"]["file"])
     except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
         names = f"{files['tokenizer']['file']} / {files['bpe']['file']}"
-        raise EngineFileError(f"cannot read the tokenizer files {names} in {manifest.folder} ({first_line(e)}): they "
-                              "are corrupt. Export the engines again.") from e
+        raise EngineFileError(
+            f"cannot read the tokenizer files {names} in {manifest.folder} ({first_line(e)}): they "
+            "are corrupt. Export the engines again."
+        ) from e
 
 
 def verify_files(manifest: EngineManifest, check_hash: bool = True) -> None:
@@ -331,19 +383,32 @@ def verify_files(manifest: EngineManifest, check_hash: bool = True) -> None:
     for name, entry in entries:
         path = manifest.folder / entry["file"]
         if not path.is_file():
-            raise EngineFileError(f"engine file missing: {path} ({name}). The folder is incomplete: export the "
-                                  "engines again.")
+            raise EngineFileError(
+                f"engine file missing: {path} ({name}). The folder is incomplete: export the engines again."
+            )
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise EngineFileError(f"engine file {path} is {size} bytes, the manifest says {entry['bytes']}: it is "
-                                  "truncated or was replaced. Export the engines again.")
+            raise EngineFileError(
+                f"engine file {path} is {size} bytes, the manifest says {entry['bytes']}: it is "
+                "truncated or was replaced. Export the engines again."
+            )
         if check_hash and file_sha256(path) != entry["sha256"]:
-            raise EngineFileError(f"engine file {path} does not match its SHA-256 in the manifest: it is corrupt or "
-                                  "was replaced. Export the engines again.")
+            raise EngineFileError(
+                f"engine file {path} does not match its SHA-256 in the manifest: it is corrupt or "
+                "was replaced. Export the engines again."
+            )
 
 
-def check_request(manifest: EngineManifest, *, method=None, preset=dataclasses.MISSING, precision=None, clip=None,
-                  sam2=None, overrides: dict | None = None) -> DenseConfig:
+def check_request(
+    manifest: EngineManifest,
+    *,
+    method=None,
+    preset=dataclasses.MISSING,
+    precision=None,
+    clip=None,
+    sam2=None,
+    overrides: dict | None = None,
+) -> DenseConfig:
     """The DenseConfig to run, after checking the request against the manifest.
 
     Arguments:
@@ -355,19 +420,27 @@ def check_request(manifest: EngineManifest, *, method=None, preset=dataclasses.M
         ManifestMismatchError: what was asked, what the folder holds, and how to get a matching folder.
     """
     fix = f"Export a matching folder: clipsam export --out DIR --method {method or manifest.method}" + (
-        f" --preset {preset}" if preset not in (None, dataclasses.MISSING) else "")
-    checks = [("method", method, manifest.method), ("precision", precision, manifest.precision),
-              ("CLIP model", clip, manifest.clip.get("arch"))]
+        f" --preset {preset}" if preset not in (None, dataclasses.MISSING) else ""
+    )
+    checks = [
+        ("method", method, manifest.method),
+        ("precision", precision, manifest.precision),
+        ("CLIP model", clip, manifest.clip.get("arch")),
+    ]
     if preset is not dataclasses.MISSING:
         checks.append(("preset", preset, manifest.preset))
     for what, asked, have in checks:
         if asked is not None and asked != have:
-            raise ManifestMismatchError(f"the engine folder {manifest.folder} was exported for {what} {have!r}, but "
-                                        f"{what} {asked!r} was asked for. {fix}")
+            raise ManifestMismatchError(
+                f"the engine folder {manifest.folder} was exported for {what} {have!r}, but "
+                f"{what} {asked!r} was asked for. {fix}"
+            )
     if sam2 is not None and (manifest.sam2 or {}).get("model") != sam2:
         have = (manifest.sam2 or {}).get("model")
-        raise ManifestMismatchError(f"the engine folder {manifest.folder} holds SAM2 model {have!r}, but {sam2!r} was "
-                                    f"asked for. Export it with --sam2 {sam2}.")
+        raise ManifestMismatchError(
+            f"the engine folder {manifest.folder} holds SAM2 model {have!r}, but {sam2!r} was "
+            f"asked for. Export it with --sam2 {sam2}."
+        )
     overrides = dict(overrides or {})
     att = manifest.dense.attention
     baked = {k: v for k, v in overrides.items() if k in GRAPH_FIELDS and _norm(v) != _norm(getattr(att, k))}
@@ -375,12 +448,16 @@ def check_request(manifest: EngineManifest, *, method=None, preset=dataclasses.M
         baked["attention"] = overrides["attention"]
     if baked:
         have = {k: getattr(att, k, att) for k in baked}
-        raise ManifestMismatchError(f"{', '.join(sorted(baked))} are baked into the exported graphs ({have}); asked "
-                                    f"for {baked}. {fix} and the same options.")
+        raise ManifestMismatchError(
+            f"{', '.join(sorted(baked))} are baked into the exported graphs ({have}); asked "
+            f"for {baked}. {fix} and the same options."
+        )
     cfg = manifest.dense.replace(**overrides) if overrides else manifest.dense
     if cfg.calibration.mode != "none":
-        raise ConfigError(f"calibration={cfg.calibration.mode!r} is not available with exported engines: their dense graphs "
-                          "end in logits and do not include the calibration. Use the PyTorch Segmenter for it.")
+        raise ConfigError(
+            f"calibration={cfg.calibration.mode!r} is not available with exported engines: their dense graphs "
+            "end in logits and do not include the calibration. Use the PyTorch Segmenter for it."
+        )
     return cfg
 
 

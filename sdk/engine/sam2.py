@@ -16,15 +16,15 @@ Mirrored from ``Sam2Refiner``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidInputError
+from ..ops.resize import resize_bilinear, resize_bilinear_aa
 from ..refine.prompts import PromptSet
 from ..refine.refiner import Refiner
-from ..ops.resize import resize_bilinear, resize_bilinear_aa
 
 __all__ = ["OrtSam2Refiner", "OrtSam2Embedding"]
 
@@ -82,16 +82,21 @@ class OrtSam2Refiner(Refiner):
             if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
                 raise InvalidImageError(
                     f"image {i} must be an RGB uint8 [H, W, 3] numpy array, got "
-                    f"{getattr(im, 'dtype', type(im).__name__)} {getattr(im, 'shape', '')}")
+                    f"{getattr(im, 'dtype', type(im).__name__)} {getattr(im, 'shape', '')}"
+                )
         step = min(batch_size or self.max_batch, self.max_batch)
         out = []
         for s in range(0, len(images), step):
             chunk = images[s : s + step]
             feats = self.encoder.run({"image": self.preprocess(chunk)})
             for i, im in enumerate(chunk):
-                out.append(OrtSam2Embedding(feats["image_embed"][i : i + 1],
-                                            (feats["high_res_feats_0"][i : i + 1], feats["high_res_feats_1"][i : i + 1]),
-                                            im.shape[:2]))
+                out.append(
+                    OrtSam2Embedding(
+                        feats["image_embed"][i : i + 1],
+                        (feats["high_res_feats_0"][i : i + 1], feats["high_res_feats_1"][i : i + 1]),
+                        im.shape[:2],
+                    )
+                )
         return out
 
     def _select(self, masks: np.ndarray, iou: np.ndarray, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +113,11 @@ class OrtSam2Refiner(Refiner):
         area_i = (single > np.float32(dyn["delta"])).sum(axis=-1).astype(np.float32)
         area_u = (single > -np.float32(dyn["delta"])).sum(axis=-1).astype(np.float32)
         stable = np.where(area_u > 0, area_i / np.maximum(area_u, 1), np.float32(1.0)) >= np.float32(dyn["thresh"])
-        return (np.where(stable[..., None, None], masks[:, :1], best_logits),
-                np.where(stable, iou[:, :1], best_iou))
+        return (np.where(stable[..., None, None], masks[:, :1], best_logits), np.where(stable, iou[:, :1], best_iou))
 
-    def decode(self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool,
-               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``Refiner.predict``: bool masks (P, H, W), IoU scores (P,) from one decoder call."""
         h, w = embedding.image_size
         p = len(prompts)
@@ -125,11 +130,17 @@ class OrtSam2Refiner(Refiner):
             coords = np.concatenate([box, coords], axis=1)
             labels = np.concatenate([np.tile(np.array([[2.0, 3.0]], np.float32), (p, 1)), labels], axis=1)
         e4 = 4 * int(self.info.get("embed_size", self.image_size // 16))
-        out = self.decoder.run({
-            "image_embed": embedding.image_embed, "high_res_feats_0": embedding.high_res_feats[0],
-            "high_res_feats_1": embedding.high_res_feats[1], "point_coords": coords, "point_labels": labels,
-            "mask_input": np.zeros((p, 1, e4, e4), np.float32), "has_mask_input": np.zeros(p, np.float32),
-        })
+        out = self.decoder.run(
+            {
+                "image_embed": embedding.image_embed,
+                "high_res_feats_0": embedding.high_res_feats[0],
+                "high_res_feats_1": embedding.high_res_feats[1],
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": np.zeros((p, 1, e4, e4), np.float32),
+                "has_mask_input": np.zeros(p, np.float32),
+            }
+        )
         self.decoder_calls += 1
         low_res, iou = self._select(out["masks"], out["iou_predictions"], multimask)
         best = iou.argmax(axis=1)

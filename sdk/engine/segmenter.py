@@ -21,8 +21,8 @@ from ..config import positive_int, positive_number
 from ..device import parse_device
 from ..errors import ConfigError, InvalidTypeError, ManifestMismatchError
 from ..frontend import SegmenterFront
-from ..ops.sfr import LinspaceTable
 from ..ops.base import EncoderSpec
+from ..ops.sfr import LinspaceTable
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..text import TextEmbeddingCache
@@ -64,20 +64,42 @@ class EngineSegmenter(SegmenterFront):
         overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
 
-    _no_vocabulary = "this engine folder has no preset vocabulary. Pass classes=['cat', 'sofa', ...] or class_file=PATH."
+    _no_vocabulary = (
+        "this engine folder has no preset vocabulary. Pass classes=['cat', 'sofa', ...] or class_file=PATH."
+    )
 
-    def __init__(self, folder, providers=None, *, allow_fallback: bool = False, method: str | None = None,
-                 preset=dataclasses.MISSING, precision: str | None = None, clip: str | None = None,
-                 sam2: str | None = None, refine=None, trt_cache_dir: str | None = None, io_binding: bool | None = None,
-                 verify: bool = True, max_batch: int | None = None, max_memory_mb: float | None = None,
-                 intra_op_threads: int = 0, device_id: int = 0, provider_options: dict | None = None, templates=None,
-                 text_cache_size: int = 64, prompts: PromptConfig | None = None, **overrides):
+    def __init__(
+        self,
+        folder,
+        providers=None,
+        *,
+        allow_fallback: bool = False,
+        method: str | None = None,
+        preset=dataclasses.MISSING,
+        precision: str | None = None,
+        clip: str | None = None,
+        sam2: str | None = None,
+        refine=None,
+        trt_cache_dir: str | None = None,
+        io_binding: bool | None = None,
+        verify: bool = True,
+        max_batch: int | None = None,
+        max_memory_mb: float | None = None,
+        intra_op_threads: int = 0,
+        device_id: int = 0,
+        provider_options: dict | None = None,
+        templates=None,
+        text_cache_size: int = 64,
+        prompts: PromptConfig | None = None,
+        **overrides,
+    ):
         self.manifest = m = load_manifest(folder)
         verify_files(m, check_hash=verify)
         if templates is not None:
             overrides["templates"] = templates
-        self.config = check_request(m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2,
-                                    overrides=overrides)
+        self.config = check_request(
+            m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2, overrides=overrides
+        )
         limits = m.limits
         if max_batch is not None:
             positive_int(max_batch, "max_batch")
@@ -91,9 +113,15 @@ class EngineSegmenter(SegmenterFront):
             raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__}")
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))
         self.max_memory_mb = max_memory_mb
-        self.provider_config = ProviderConfig(resolve_providers(providers), allow_fallback, trt_cache_dir, io_binding,
-                                              device_id=device_id, intra_op_threads=intra_op_threads,
-                                              provider_options=dict(provider_options or {}))
+        self.provider_config = ProviderConfig(
+            resolve_providers(providers),
+            allow_fallback,
+            trt_cache_dir,
+            io_binding,
+            device_id=device_id,
+            intra_op_threads=intra_op_threads,
+            provider_options=dict(provider_options or {}),
+        )
         self.precision = m.precision
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
         self._sessions: dict[str, GraphSession] = {}
@@ -109,8 +137,9 @@ class EngineSegmenter(SegmenterFront):
         self.refiner = self._make_refiner() if self.refine_config is not None else None
 
     @classmethod
-    def from_engines(cls, folder, providers=None, *, device: str | None = None, templates=None,
-                     **kwargs) -> "EngineSegmenter":
+    def from_engines(
+        cls, folder, providers=None, *, device: str | None = None, templates=None, **kwargs
+    ) -> EngineSegmenter:
         """``Segmenter.from_engines``: build from an engine folder.
 
         Arguments:
@@ -136,8 +165,9 @@ class EngineSegmenter(SegmenterFront):
     def _session_locked(self, name: str) -> GraphSession:
         if name not in self._sessions:
             entry = {**self.manifest.graphs[name], "name": name, "folder": str(self.manifest.folder)}
-            self._sessions[name] = GraphSession(self.manifest.path(name), entry, self.provider_config,
-                                                fp16=self.precision == "fp16")
+            self._sessions[name] = GraphSession(
+                self.manifest.path(name), entry, self.provider_config, fp16=self.precision == "fp16"
+            )
         return self._sessions[name]
 
     def _backend(self, cfg) -> OrtBackend:
@@ -152,9 +182,14 @@ class EngineSegmenter(SegmenterFront):
         if info is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS):
             raise ManifestMismatchError(
                 f"SAM2 refinement was asked for, but the engine folder {self.manifest.folder} has no SAM2 graphs. "
-                "Export them with: clipsam export --sam2 sam2.1_hiera_t ...")
-        return OrtSam2Refiner(self._session(_SAM2_GRAPHS[0]), self._session(_SAM2_GRAPHS[1]), info,
-                              max_batch=self.manifest.limits.get("max_images", 1))
+                "Export them with: clipsam export --sam2 sam2.1_hiera_t ..."
+            )
+        return OrtSam2Refiner(
+            self._session(_SAM2_GRAPHS[0]),
+            self._session(_SAM2_GRAPHS[1]),
+            info,
+            max_batch=self.manifest.limits.get("max_images", 1),
+        )
 
     @staticmethod
     def _refine_config(refine, sam2) -> RefineConfig | None:
@@ -171,7 +206,7 @@ class EngineSegmenter(SegmenterFront):
         """Graph name -> the providers its session really uses."""
         return {n: s.providers for n, s in self._sessions.items()}
 
-    def with_options(self, **overrides) -> "EngineSegmenter":
+    def with_options(self, **overrides) -> EngineSegmenter:
         """A segmenter sharing this one's sessions and text cache, with host-side ``DenseConfig`` fields replaced."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
@@ -192,17 +227,26 @@ class EngineSegmenter(SegmenterFront):
             if self._prompts.is_default:
                 emb = self.text_encoder.encode(vocab.queries, self.templates)
             else:
-                emb = build_text_embeddings(self.text_encoder.embed_prompts, vocab, self.templates, self._prompts,
-                                            self.text_cache, key[:1])
+                emb = build_text_embeddings(
+                    self.text_encoder.embed_prompts, vocab, self.templates, self._prompts, self.text_cache, key[:1]
+                )
             self.text_cache.put(key, emb)
         return emb
 
     def _info(self, max_batch):
         cfg = self.config
-        return {"method": cfg.method, "preset": cfg.preset, "clip": self.arch, "weights": self.weights_id,
-                "quick_gelu": self.manifest.clip.get("quick_gelu"), "backend": "onnxruntime",
-                "providers": sorted({p for ps in self.providers.values() for p in ps}),
-                "engines": str(self.manifest.folder), "precision": self.precision, "max_batch": max_batch}
+        return {
+            "method": cfg.method,
+            "preset": cfg.preset,
+            "clip": self.arch,
+            "weights": self.weights_id,
+            "quick_gelu": self.manifest.clip.get("quick_gelu"),
+            "backend": "onnxruntime",
+            "providers": sorted({p for ps in self.providers.values() for p in ps}),
+            "engines": str(self.manifest.folder),
+            "precision": self.precision,
+            "max_batch": max_batch,
+        }
 
 
 def _diff(base, cfg) -> dict:

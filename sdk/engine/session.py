@@ -38,8 +38,12 @@ PROVIDER_ALIASES = {
 }
 _GPU = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _warned: set[str] = set()
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def _ort():
@@ -59,14 +63,18 @@ def resolve_providers(names) -> tuple[str, ...]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, (list, tuple)):
-        raise ProviderError(f"providers must be a list of provider names or a comma-separated string, got "
-                            f"{type(names).__name__} {names!r:.80}")
+        raise ProviderError(
+            f"providers must be a list of provider names or a comma-separated string, got "
+            f"{type(names).__name__} {names!r:.80}"
+        )
     out = []
     for n in names:
         full = PROVIDER_ALIASES.get(n.lower(), n) if isinstance(n, str) else None
         if not full or not full.endswith("ExecutionProvider"):
-            raise ProviderError(f"unknown execution provider {n!r}; use one of {sorted(PROVIDER_ALIASES)} or a full "
-                                "ONNX Runtime provider name such as 'CUDAExecutionProvider'")
+            raise ProviderError(
+                f"unknown execution provider {n!r}; use one of {sorted(PROVIDER_ALIASES)} or a full "
+                "ONNX Runtime provider name such as 'CUDAExecutionProvider'"
+            )
         if full not in out:
             out.append(full)
     if "CPUExecutionProvider" not in out:
@@ -122,8 +130,12 @@ class GraphSession:
             if p in available:
                 usable.append(p)
                 continue
-            self._missing(p, config, f"{p} is not available in this ONNX Runtime build (onnxruntime "
-                                     f"{ort.__version__}, device {ort.get_device()}; available: {available})")
+            self._missing(
+                p,
+                config,
+                f"{p} is not available in this ONNX Runtime build (onnxruntime "
+                f"{ort.__version__}, device {ort.get_device()}; available: {available})",
+            )
         options = [self._options(p, entry, config, fp16) for p in usable]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -132,19 +144,27 @@ class GraphSession:
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=list(zip(usable, options)))
         except Exception as e:
-            raise EngineFileError(f"ONNX Runtime cannot load {self.path} ({first_line(e, 300)}). The file is corrupt "
-                                  "or was not written by 'clipsam export': export the engines again.") from e
+            raise EngineFileError(
+                f"ONNX Runtime cannot load {self.path} ({first_line(e, 300)}). The file is corrupt "
+                "or was not written by 'clipsam export': export the engines again."
+            ) from e
         self.providers = tuple(self.session.get_providers())
         for p in usable:
             if p not in self.providers:
-                self._missing(p, config, f"requested {p} but the session for {self.path.name} uses only "
-                                         f"{', '.join(self.providers)}: ONNX Runtime could not load it (no GPU, or "
-                                         "missing CUDA/cuDNN/TensorRT libraries; see the ONNX Runtime log)")
+                self._missing(
+                    p,
+                    config,
+                    f"requested {p} but the session for {self.path.name} uses only "
+                    f"{', '.join(self.providers)}: ONNX Runtime could not load it (no GPU, or "
+                    "missing CUDA/cuDNN/TensorRT libraries; see the ONNX Runtime log)",
+                )
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
         if got_in != tuple(entry["inputs"]) or got_out != tuple(entry["outputs"]):
-            raise EngineFileError(f"{self.path.name} has inputs {got_in} and outputs {got_out}; the manifest says "
-                                  f"{tuple(entry['inputs'])} -> {tuple(entry['outputs'])}. Export the engines again.")
+            raise EngineFileError(
+                f"{self.path.name} has inputs {got_in} and outputs {got_out}; the manifest says "
+                f"{tuple(entry['inputs'])} -> {tuple(entry['outputs'])}. Export the engines again."
+            )
         self._types = {i.name: _NP_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         on_gpu = any(p in _GPU for p in self.providers)
         self.io_binding = on_gpu if config.io_binding is None else bool(config.io_binding)
@@ -153,8 +173,10 @@ class GraphSession:
     @staticmethod
     def _missing(provider: str, config: ProviderConfig, message: str) -> None:
         if not config.allow_fallback:
-            raise ProviderError(message + ". Pass allow_fallback=True (--allow-provider-fallback) to run on the "
-                                "remaining providers instead.")
+            raise ProviderError(
+                message + ". Pass allow_fallback=True (--allow-provider-fallback) to run on the "
+                "remaining providers instead."
+            )
         if message not in _warned:
             _warned.add(message)
             warnings.warn("clipsam: " + message + "; falling back (allow_fallback=True).", RuntimeWarning, stacklevel=4)
@@ -167,13 +189,21 @@ class GraphSession:
         elif provider == "TensorrtExecutionProvider":
             cache = config.trt_cache_dir or str(Path(entry.get("folder", ".")) / "trt_cache")
             Path(cache).mkdir(parents=True, exist_ok=True)
-            opts = {"device_id": config.device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                    "trt_timing_cache_enable": True, "trt_timing_cache_path": cache, "trt_fp16_enable": bool(fp16)}
+            opts = {
+                "device_id": config.device_id,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": cache,
+                "trt_fp16_enable": bool(fp16),
+            }
             profile = entry.get("profile")
             if profile:
-                opts.update(trt_profile_min_shapes=_trt_shapes(profile, "min"),
-                            trt_profile_opt_shapes=_trt_shapes(profile, "opt"),
-                            trt_profile_max_shapes=_trt_shapes(profile, "max"))
+                opts.update(
+                    trt_profile_min_shapes=_trt_shapes(profile, "min"),
+                    trt_profile_opt_shapes=_trt_shapes(profile, "opt"),
+                    trt_profile_max_shapes=_trt_shapes(profile, "max"),
+                )
         opts.update(config.provider_options.get(provider, {}))
         return opts
 
@@ -188,8 +218,10 @@ class GraphSession:
             output name -> numpy array (or OrtValue for names in ``keep``).
         """
         ort = _ort()
-        arrays = {k: (v if isinstance(v, ort.OrtValue) else np.ascontiguousarray(v, dtype=self._types[k]))
-                  for k, v in feeds.items()}
+        arrays = {
+            k: (v if isinstance(v, ort.OrtValue) else np.ascontiguousarray(v, dtype=self._types[k]))
+            for k, v in feeds.items()
+        }
         if not self.io_binding:
             arrays = {k: (v.numpy() if isinstance(v, ort.OrtValue) else v) for k, v in arrays.items()}
             names = [o.name for o in self.session.get_outputs()]
@@ -197,7 +229,9 @@ class GraphSession:
         kind, dev = self.device
         binding = self.session.io_binding()
         for k, v in arrays.items():
-            binding.bind_ortvalue_input(k, v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v, kind, dev))
+            binding.bind_ortvalue_input(
+                k, v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v, kind, dev)
+            )
         names = [o.name for o in self.session.get_outputs()]
         for n in names:
             binding.bind_output(n, kind, dev)

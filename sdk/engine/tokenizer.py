@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """open_clip's reversible byte -> printable-character map."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -71,8 +71,12 @@ def _clean(text: str) -> str:
     if _ftfy is not None:
         text = _ftfy.fix_text(text)
     elif not (text.isascii() and text.isprintable()):
-        warnings.warn("clipsam: ftfy is not installed; non-ASCII text is only NFC-normalised (pip install ftfy "
-                      "for open_clip's exact cleaning).", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "clipsam: ftfy is not installed; non-ASCII text is only NFC-normalised (pip install ftfy "
+            "for open_clip's exact cleaning).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         text = unicodedata.normalize("NFC", text)
     text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).strip().lower()
@@ -88,8 +92,13 @@ class ClipTokenizer:
         special_tokens: ("<start_of_text>", "<end_of_text>", ...).
     """
 
-    def __init__(self, bpe_path, context_length: int = 77, num_merges: int = 49152 - 256 - 2,
-                 special_tokens=("<start_of_text>", "<end_of_text>")):
+    def __init__(
+        self,
+        bpe_path,
+        context_length: int = 77,
+        num_merges: int = 49152 - 256 - 2,
+        special_tokens=("<start_of_text>", "<end_of_text>"),
+    ):
         lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : num_merges + 1]]
         vocab = list(bytes_to_unicode().values())
@@ -104,7 +113,7 @@ class ClipTokenizer:
         self._byte_encoder = bytes_to_unicode()
 
     @classmethod
-    def from_folder(cls, folder, config_file: str, bpe_file: str) -> "ClipTokenizer":
+    def from_folder(cls, folder, config_file: str, bpe_file: str) -> ClipTokenizer:
         """Build from an engine folder's ``clip_tokenizer.json`` and BPE file."""
         cfg = json.loads((Path(folder) / config_file).read_text())
         return cls(Path(folder) / bpe_file, cfg["context_length"], cfg["num_merges"], tuple(cfg["special_tokens"]))

@@ -21,9 +21,9 @@ Datasets without a split file list every image under the image folder, recursive
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -60,7 +60,7 @@ class DatasetSpec:
     img_suffix: str  # image file = <img_dir>/<id><img_suffix>
     label_suffix: str  # label file = <label_dir>/<id><label_suffix>
     splits: tuple[tuple[str, str], ...]  # (split argument, folder/file name it stands for)
-    split_file: Optional[str] = None  # ids listed one per line, e.g. ImageSets/Segmentation/{split}.txt
+    split_file: str | None = None  # ids listed one per line, e.g. ImageSets/Segmentation/{split}.txt
     root_subdirs: tuple[str, ...] = ("",)  # where the dataset root may sit below the given root
     ignore_index: int = 255  # ground-truth value left out of the metric
 
@@ -90,19 +90,39 @@ class DatasetSpec:
 
 
 _VOC21 = DatasetSpec(
-    "voc21", 21, False, img_dir="JPEGImages", label_dir="SegmentationClass", img_suffix=".jpg", label_suffix=".png",
+    "voc21",
+    21,
+    False,
+    img_dir="JPEGImages",
+    label_dir="SegmentationClass",
+    img_suffix=".jpg",
+    label_suffix=".png",
     splits=(("val", "val"), ("train", "train"), ("trainval", "trainval")),
-    split_file="ImageSets/Segmentation/{split}.txt", root_subdirs=("", "VOC2012", "VOCdevkit/VOC2012"),
+    split_file="ImageSets/Segmentation/{split}.txt",
+    root_subdirs=("", "VOC2012", "VOCdevkit/VOC2012"),
 )
 _CONTEXT60 = DatasetSpec(
-    "context60", 60, False, img_dir="JPEGImages", label_dir="SegmentationClassContext", img_suffix=".jpg",
-    label_suffix=".png", splits=(("val", "val"), ("train", "train")),
-    split_file="ImageSets/SegmentationContext/{split}.txt", root_subdirs=("", "VOC2010", "VOCdevkit/VOC2010"),
+    "context60",
+    60,
+    False,
+    img_dir="JPEGImages",
+    label_dir="SegmentationClassContext",
+    img_suffix=".jpg",
+    label_suffix=".png",
+    splits=(("val", "val"), ("train", "train")),
+    split_file="ImageSets/SegmentationContext/{split}.txt",
+    root_subdirs=("", "VOC2010", "VOCdevkit/VOC2010"),
 )
 # COCO-Object (GroupViT's cvt_coco_object.py: background + 80 things) sits beside COCO-Stuff-164k's labels.
 _COCO_OBJECT = DatasetSpec(
-    "coco_object", 81, False, img_dir="images/{split}", label_dir="annotations/{split}", img_suffix=".jpg",
-    label_suffix="_instanceTrainIds.png", splits=(("val", "val2017"), ("train", "train2017")),
+    "coco_object",
+    81,
+    False,
+    img_dir="images/{split}",
+    label_dir="annotations/{split}",
+    img_suffix=".jpg",
+    label_suffix="_instanceTrainIds.png",
+    splits=(("val", "val2017"), ("train", "train2017")),
     root_subdirs=("", "coco_stuff164k"),
 )
 
@@ -116,13 +136,25 @@ DATASETS: dict[str, DatasetSpec] = {
         _COCO_OBJECT,
         replace(_COCO_OBJECT, name="coco_stuff164k", num_classes=171, label_suffix="_labelTrainIds.png"),
         DatasetSpec(
-            "cityscapes", 19, False, img_dir="leftImg8bit/{split}", label_dir="gtFine/{split}",
-            img_suffix="_leftImg8bit.png", label_suffix="_gtFine_labelTrainIds.png",
-            splits=(("val", "val"), ("train", "train")), root_subdirs=("", "cityscapes"),
+            "cityscapes",
+            19,
+            False,
+            img_dir="leftImg8bit/{split}",
+            label_dir="gtFine/{split}",
+            img_suffix="_leftImg8bit.png",
+            label_suffix="_gtFine_labelTrainIds.png",
+            splits=(("val", "val"), ("train", "train")),
+            root_subdirs=("", "cityscapes"),
         ),
         DatasetSpec(
-            "ade20k", 150, True, img_dir="images/{split}", label_dir="annotations/{split}", img_suffix=".jpg",
-            label_suffix=".png", splits=(("val", "validation"), ("train", "training")),
+            "ade20k",
+            150,
+            True,
+            img_dir="images/{split}",
+            label_dir="annotations/{split}",
+            img_suffix=".jpg",
+            label_suffix=".png",
+            splits=(("val", "validation"), ("train", "training")),
             root_subdirs=("", "ADEChallengeData2016", "ade/ADEChallengeData2016"),
         ),
     )
@@ -144,7 +176,7 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return np.where((label == 0) | (label == 255), 255, label - 1).astype(label.dtype, copy=False)
 
 
-def read_label(path: Union[str, os.PathLike]) -> np.ndarray:
+def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG as class indices: HxW uint8 (PIL mode 'P' or 'L') or int64 (16/32-bit 'I' modes).
 
     Palette PNGs give their palette indices, never colours. Raises InvalidImageError for an unreadable
@@ -236,7 +268,10 @@ def _list_ids(spec: DatasetSpec, base: Path, img_dir: Path, tok: str, split: str
 
 
 def open_dataset(
-    name: str, root: Union[str, os.PathLike], split: str = "val", limit: Optional[int] = None,
+    name: str,
+    root: str | os.PathLike,
+    split: str = "val",
+    limit: int | None = None,
     check_files: bool = True,
 ) -> Dataset:
     """List the samples of ``split`` of dataset ``name`` stored under ``root``.

@@ -31,8 +31,19 @@ from ..pipeline.windows import pad_to_patch, window_grid
 from ..preprocess import resize_shape
 
 __all__ = [
-    "VitSpec", "TextSpec", "VIT_B16", "VIT_L14", "FlopCount", "block_flops", "window_flops", "pamr_flops",
-    "image_flops", "text_flops", "sam2_flops", "SAM2_PARAMS", "measure_matmul_peak",
+    "VitSpec",
+    "TextSpec",
+    "VIT_B16",
+    "VIT_L14",
+    "FlopCount",
+    "block_flops",
+    "window_flops",
+    "pamr_flops",
+    "image_flops",
+    "text_flops",
+    "sam2_flops",
+    "SAM2_PARAMS",
+    "measure_matmul_peak",
 ]
 
 
@@ -48,11 +59,17 @@ class VitSpec:
     embed_dim: int  # E, output of visual.proj
 
     @classmethod
-    def from_visual(cls, visual) -> "VitSpec":
+    def from_visual(cls, visual) -> VitSpec:
         """Read the shape of an open_clip ``VisionTransformer``."""
         blocks = visual.transformer.resblocks
-        return cls(int(visual.conv1.out_channels), len(blocks), int(blocks[0].attn.num_heads),
-                   int(visual.conv1.kernel_size[0]), int(blocks[0].mlp.c_fc.out_features), int(visual.proj.shape[1]))
+        return cls(
+            int(visual.conv1.out_channels),
+            len(blocks),
+            int(blocks[0].attn.num_heads),
+            int(visual.conv1.kernel_size[0]),
+            int(blocks[0].mlp.c_fc.out_features),
+            int(visual.proj.shape[1]),
+        )
 
 
 @dataclass(frozen=True)
@@ -66,10 +83,15 @@ class TextSpec:
     embed_dim: int
 
     @classmethod
-    def from_model(cls, model) -> "TextSpec":
+    def from_model(cls, model) -> TextSpec:
         blocks = model.transformer.resblocks
-        return cls(int(model.transformer.width), len(blocks), int(blocks[0].mlp.c_fc.out_features),
-                   int(model.context_length), int(model.text_projection.shape[1]))
+        return cls(
+            int(model.transformer.width),
+            len(blocks),
+            int(blocks[0].mlp.c_fc.out_features),
+            int(model.context_length),
+            int(model.text_projection.shape[1]),
+        )
 
 
 VIT_B16 = VitSpec(width=768, layers=12, heads=12, patch=16, mlp=3072, embed_dim=512)
@@ -113,7 +135,9 @@ def pamr_flops(h: int, w: int, channels: int, iters: int, dilations, image_chann
     return float(2 * iters * k * channels * h * w + affinity)
 
 
-def window_flops(spec: VitSpec, grid: tuple[int, int], cfg, num_queries: int, crop_hw: tuple[int, int]) -> dict[str, float]:
+def window_flops(
+    spec: VitSpec, grid: tuple[int, int], cfg, num_queries: int, crop_hw: tuple[int, int]
+) -> dict[str, float]:
     """FLOPs of one window with patch grid ``grid`` = (h, w) (pixels ``crop_hw``), split by part."""
     n = grid[0] * grid[1]
     n1, d = n + 1, spec.width
@@ -129,8 +153,14 @@ def window_flops(spec: VitSpec, grid: tuple[int, int], cfg, num_queries: int, cr
     if cfg.attention.sfr:
         k = min(n, int(6 * cfg.feedback.gaussian_std + 1))
         k += 1 - k % 2
-        out["sfr"] = last + head + 2.0 * n * n * k + pamr_flops(
-            crop_hw[0], crop_hw[1], num_queries, cfg.feedback.sfr_pamr_iters, cfg.feedback.sfr_pamr_dilations)
+        out["sfr"] = (
+            last
+            + head
+            + 2.0 * n * n * k
+            + pamr_flops(
+                crop_hw[0], crop_hw[1], num_queries, cfg.feedback.sfr_pamr_iters, cfg.feedback.sfr_pamr_dilations
+            )
+        )
     return out
 
 
@@ -174,7 +204,10 @@ def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int,
                 for part, f in window_flops(spec, grid, cfg, num_queries, (ch, cw)).items():
                     fc.add(part, f)
             if cfg.post.pamr_iters > 0:
-                fc.add("pamr", pamr_flops(image_hw[0], image_hw[1], num_queries, cfg.post.pamr_iters, cfg.post.pamr_dilations))
+                fc.add(
+                    "pamr",
+                    pamr_flops(image_hw[0], image_hw[1], num_queries, cfg.post.pamr_iters, cfg.post.pamr_dilations),
+                )
     if sam2:
         fc.add("sam2", sam2)
     return fc
@@ -182,7 +215,9 @@ def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int,
 
 def text_flops(spec: TextSpec, prompts: int) -> float:
     """FLOPs of encoding ``prompts`` prompts (queries x templates), final projection of the EOT token included."""
-    return float(prompts * (spec.layers * block_flops(spec.context, spec.width, spec.mlp) + 2 * spec.width * spec.embed_dim))
+    return float(
+        prompts * (spec.layers * block_flops(spec.context, spec.width, spec.mlp) + 2 * spec.width * spec.embed_dim)
+    )
 
 
 # SAM 2.1 (image encoder, prompt encoder + mask decoder) parameter counts, counted from the models
@@ -195,8 +230,13 @@ SAM2_PARAMS: dict[str, tuple[int, int]] = {
 }
 
 
-def sam2_flops(num_prompts: int, model: str = "sam2.1_hiera_t", encoder_params: float | None = None,
-               decoder_params: float | None = None, image_tokens: int = 64 * 64) -> float:
+def sam2_flops(
+    num_prompts: int,
+    model: str = "sam2.1_hiera_t",
+    encoder_params: float | None = None,
+    decoder_params: float | None = None,
+    image_tokens: int = 64 * 64,
+) -> float:
     """Estimated SAM2 FLOPs for one image: 2 * encoder_params * tokens + prompts * 2 * decoder_params * tokens.
 
     Arguments:

@@ -19,8 +19,9 @@ are int64, so a whole dataset at any resolution accumulates exactly. numpy only 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -202,7 +203,7 @@ class SegmentationMetric:
         for arr in (self._intersect, self._pred, self._label):
             arr[:] = 0
 
-    def merge(self, other: "SegmentationMetric") -> "SegmentationMetric":
+    def merge(self, other: SegmentationMetric) -> SegmentationMetric:
         """Add ``other``'s counts into this metric in place (e.g. shards of a dataset); returns self."""
         if not isinstance(other, SegmentationMetric):
             raise InvalidTypeError(
@@ -235,7 +236,7 @@ class SegmentationMetric:
         return state
 
     @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> "SegmentationMetric":
+    def from_dict(cls, state: Mapping[str, Any]) -> SegmentationMetric:
         """Rebuild a metric from :meth:`to_dict` output, so accumulation can resume where it stopped."""
 
         def bad(msg: str) -> InvalidInputError:

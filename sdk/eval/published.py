@@ -52,10 +52,27 @@ _RESCLIP = {
     ("L/14", "naclip"): (52.2, 28.7, 29.9, 78.7, 32.1, 21.4, 31.4, 17.3),
     ("L/14", "resclip"): (54.1, 30.9, 32.5, 85.5, 34.5, 23.4, 33.7, 18.2),
 }
-_SCLIP_README = dict(ade20k=16.45, cityscapes=32.34, coco_object=33.52, coco_stuff10k=25.91, coco_stuff164k=22.77,
-                     context59=34.46, context60=31.74, voc20=81.54, voc21=59.63)
-_NACLIP_README = dict(voc21=64.07, context60=34.99, coco_object=36.19, voc20=83.03, cityscapes=38.27, context59=38.35,
-                      ade20k=19.05, coco_stuff164k=25.69)
+_SCLIP_README = dict(
+    ade20k=16.45,
+    cityscapes=32.34,
+    coco_object=33.52,
+    coco_stuff10k=25.91,
+    coco_stuff164k=22.77,
+    context59=34.46,
+    context60=31.74,
+    voc20=81.54,
+    voc21=59.63,
+)
+_NACLIP_README = dict(
+    voc21=64.07,
+    context60=34.99,
+    coco_object=36.19,
+    voc20=83.03,
+    cityscapes=38.27,
+    context59=38.35,
+    ade20k=19.05,
+    coco_stuff164k=25.69,
+)
 # ClearCLIP README: VOC20 / PC59 / Stuff / City / ADE.
 _CLEARCLIP_README = {
     "B/16": dict(voc20=80.9, context59=35.9, coco_stuff164k=23.9, cityscapes=30.0, ade20k=16.7),
@@ -79,7 +96,7 @@ PUBLISHED: tuple[PublishedResult, ...] = _build()
 
 
 def backbone_of(arch: str | None) -> str | None:
-    """"B/16" for "ViT-B-16" (and the like), "L/14" for "ViT-L-14"; None for any other architecture."""
+    """ "B/16" for "ViT-B-16" (and the like), "L/14" for "ViT-L-14"; None for any other architecture."""
     name = (arch or "").upper().replace("_", "-").replace("/", "-")
     for bb in ("B-16", "L-14"):
         if f"VIT-{bb}" in name:
@@ -89,5 +106,8 @@ def backbone_of(arch: str | None) -> str | None:
 
 def published(method: str, dataset: str, backbone: str | None = None) -> list[PublishedResult]:
     """The published rows for ``method`` on ``dataset``, optionally only one backbone ("B/16", "L/14")."""
-    return [r for r in PUBLISHED if r.method == method and r.dataset == dataset
-            and (backbone is None or r.backbone == backbone)]
+    return [
+        r
+        for r in PUBLISHED
+        if r.method == method and r.dataset == dataset and (backbone is None or r.backbone == backbone)
+    ]

@@ -18,10 +18,11 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,10 +45,10 @@ def partial_path(out_path) -> Path:
     return Path(out_path).with_suffix(".partial.json")
 
 
-def versions() -> dict[str, Optional[str]]:
+def versions() -> dict[str, str | None]:
     """Installed versions of clipsam and the libraries its results depend on (None when not installed)."""
 
-    def ver(*dists: str) -> Optional[str]:
+    def ver(*dists: str) -> str | None:
         for d in dists:
             try:
                 return metadata.version(d)
@@ -56,8 +57,11 @@ def versions() -> dict[str, Optional[str]]:
         return None
 
     return {
-        "clipsam": ver("clipsam"), "torch": ver("torch"), "open_clip": ver("open_clip_torch"),
-        "onnxruntime": ver("onnxruntime", "onnxruntime-gpu"), "numpy": np.__version__,
+        "clipsam": ver("clipsam"),
+        "torch": ver("torch"),
+        "open_clip": ver("open_clip_torch"),
+        "onnxruntime": ver("onnxruntime", "onnxruntime-gpu"),
+        "numpy": np.__version__,
         "python": platform.python_version(),
     }
 
@@ -100,13 +104,20 @@ def _run_config(segmenter, dataset: Dataset, classes) -> dict[str, Any]:
     """What the results depend on; a partial state is resumed only when this matches exactly."""
     cfg = segmenter.config
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return _jsonable({
-        "dataset": dataset.spec.name, "split": dataset.split, "root": str(Path(dataset.root).resolve()),
-        "backend": f"{type(segmenter).__module__}.{type(segmenter).__qualname__}",
-        "clip": getattr(segmenter, "arch", None), "weights": getattr(segmenter, "weights_id", None),
-        "precision": getattr(segmenter, "precision", None), "classes": classes, "config": cfg_dict,
-        **({"prompts": segmenter.prompt_info} if getattr(segmenter, "prompt_info", None) is not None else {}),
-    })
+    return _jsonable(
+        {
+            "dataset": dataset.spec.name,
+            "split": dataset.split,
+            "root": str(Path(dataset.root).resolve()),
+            "backend": f"{type(segmenter).__module__}.{type(segmenter).__qualname__}",
+            "clip": getattr(segmenter, "arch", None),
+            "weights": getattr(segmenter, "weights_id", None),
+            "precision": getattr(segmenter, "precision", None),
+            "classes": classes,
+            "config": cfg_dict,
+            **({"prompts": segmenter.prompt_info} if getattr(segmenter, "prompt_info", None) is not None else {}),
+        }
+    )
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -129,7 +140,7 @@ def _class_groups(classes) -> list[list[str]]:
     return groups
 
 
-def check_classes(dataset: Dataset, classes) -> Optional[list[list[str]]]:
+def check_classes(dataset: Dataset, classes) -> list[list[str]] | None:
     """Explicit classes as synonym groups, one per label index of ``dataset`` (``ConfigError`` otherwise); None stays
     None. Cheap: the CLI calls it before building a segmenter."""
     if classes is None:
@@ -144,7 +155,7 @@ def check_classes(dataset: Dataset, classes) -> Optional[list[list[str]]]:
     return groups
 
 
-def _check_vocabulary(segmenter, dataset: Dataset, classes: Optional[list[list[str]]]) -> tuple[str, ...]:
+def _check_vocabulary(segmenter, dataset: Dataset, classes: list[list[str]] | None) -> tuple[str, ...]:
     """The class names of the report; raises unless the segmenter's vocabulary is the dataset's."""
     spec = dataset.spec
     if classes is not None:
@@ -177,8 +188,8 @@ class EvalReport:
     timing: dict[str, Any]  # wall_s, segment_s, images_per_s, ms_per_image, resumed_images
     images: int  # images scored
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "path", "error"}
-    json_path: Optional[Path] = None
-    md_path: Optional[Path] = None
+    json_path: Path | None = None
+    md_path: Path | None = None
 
     @property
     def summary(self) -> dict[str, float]:
@@ -187,20 +198,43 @@ class EvalReport:
     def published(self) -> list[dict[str, Any]]:
         cfg = self.config["config"]
         ours = backbone_of(self.config.get("clip"))
-        return [dict(source=r.citation, backbone=r.backbone, setting=r.setting, mIoU=r.miou,
-                     same_backbone=r.backbone == ours, same_preset=cfg.get("preset") == self.dataset)
-                for r in published(cfg.get("method", ""), self.dataset)]
+        return [
+            dict(
+                source=r.citation,
+                backbone=r.backbone,
+                setting=r.setting,
+                mIoU=r.miou,
+                same_backbone=r.backbone == ours,
+                same_preset=cfg.get("preset") == self.dataset,
+            )
+            for r in published(cfg.get("method", ""), self.dataset)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metric
-        per_class = [dict(name=n, IoU=float(i) * 100, Acc=float(a) * 100, area_label=int(al), area_pred=int(ap))
-                     for n, i, a, al, ap in zip(self.class_names, m.iou, m.acc, m.area_label, m.area_pred_label)]
-        return _jsonable({
-            "format": _REPORT_FORMAT, "version": 1, "dataset": self.dataset, "split": self.split,
-            "mIoU": m.mIoU, "aAcc": m.aAcc, "mAcc": m.mAcc, "per_class": per_class,
-            "published": self.published(), "config": self.config, "versions": self.versions,
-            "machine": self.machine, "timing": self.timing, "images": self.images, "skipped": self.skipped,
-        })
+        per_class = [
+            dict(name=n, IoU=float(i) * 100, Acc=float(a) * 100, area_label=int(al), area_pred=int(ap))
+            for n, i, a, al, ap in zip(self.class_names, m.iou, m.acc, m.area_label, m.area_pred_label)
+        ]
+        return _jsonable(
+            {
+                "format": _REPORT_FORMAT,
+                "version": 1,
+                "dataset": self.dataset,
+                "split": self.split,
+                "mIoU": m.mIoU,
+                "aAcc": m.aAcc,
+                "mAcc": m.mAcc,
+                "per_class": per_class,
+                "published": self.published(),
+                "config": self.config,
+                "versions": self.versions,
+                "machine": self.machine,
+                "timing": self.timing,
+                "images": self.images,
+                "skipped": self.skipped,
+            }
+        )
 
     def to_markdown(self) -> str:
         cfg, m = self.config, self.metric
@@ -210,13 +244,19 @@ class EvalReport:
             return "nan" if v is None or math.isnan(v) else f"{v:.2f}"
 
         lines = [
-            f"# clipsam evaluation: {self.dataset} ({self.split})", "",
+            f"# clipsam evaluation: {self.dataset} ({self.split})",
+            "",
             f"Method **{dense.get('method')}**, preset {dense.get('preset')}, CLIP {cfg.get('clip')} "
             f"(weights {cfg.get('weights')}), {cfg.get('precision')}, backend `{cfg.get('backend')}`. "
             f"{self.images} images scored, {len(self.skipped)} skipped; "
-            f"{self.timing['images_per_s']:.2f} img/s ({self.timing['ms_per_image']:.0f} ms per image).", "",
-            "| mIoU | mAcc | aAcc |", "|---:|---:|---:|", f"| {pct(m.mIoU)} | {pct(m.mAcc)} | {pct(m.aAcc)} |", "",
-            "## Published mIoU (the methods' READMEs)", "",
+            f"{self.timing['images_per_s']:.2f} img/s ({self.timing['ms_per_image']:.0f} ms per image).",
+            "",
+            "| mIoU | mAcc | aAcc |",
+            "|---:|---:|---:|",
+            f"| {pct(m.mIoU)} | {pct(m.mAcc)} | {pct(m.aAcc)} |",
+            "",
+            "## Published mIoU (the methods' READMEs)",
+            "",
         ]
         rows = self.published()
         if rows:
@@ -232,10 +272,20 @@ class EvalReport:
         lines += ["", "## Per class", "", m.per_class_table(self.class_names), ""]
         if self.skipped:
             lines += ["## Skipped samples", ""] + [f"- `{s['path']}`: {s['error']}" for s in self.skipped] + [""]
-        lines += ["## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", "",
-                  "## Versions and machine", "", "```json",
-                  json.dumps({"versions": self.versions, "machine": self.machine, "timing": self.timing}, indent=1),
-                  "```", ""]
+        lines += [
+            "## Configuration",
+            "",
+            "```json",
+            json.dumps(cfg, indent=1),
+            "```",
+            "",
+            "## Versions and machine",
+            "",
+            "```json",
+            json.dumps({"versions": self.versions, "machine": self.machine, "timing": self.timing}, indent=1),
+            "```",
+            "",
+        ]
         return "\n".join(lines)
 
 
@@ -273,8 +323,15 @@ def _load_partial(path: Path, run_config: dict, names: set[str]) -> dict:
 
 
 def evaluate(
-    segmenter, dataset: Dataset, out_path, limit: Optional[int] = None, skip_bad: bool = False,
-    progress: bool = True, resume: bool = True, classes: Optional[Sequence] = None, save_every: int = 10,
+    segmenter,
+    dataset: Dataset,
+    out_path,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    resume: bool = True,
+    classes: Sequence | None = None,
+    save_every: int = 10,
 ) -> EvalReport:
     """Segment every sample of ``dataset`` and score the predictions at dataset level.
 
@@ -310,16 +367,31 @@ def evaluate(
     t_start = time.perf_counter()
 
     def save() -> None:
-        _write_json(part, {"format": _PARTIAL_FORMAT, "version": 1, "run_config": run_config,
-                           "metric": metric.to_dict(), "done": done,
-                           "elapsed": {"wall_s": wall0 + time.perf_counter() - t_start, "segment_s": seg_s}})
+        _write_json(
+            part,
+            {
+                "format": _PARTIAL_FORMAT,
+                "version": 1,
+                "run_config": run_config,
+                "metric": metric.to_dict(),
+                "done": done,
+                "elapsed": {"wall_s": wall0 + time.perf_counter() - t_start, "segment_s": seg_s},
+            },
+        )
 
     from tqdm.auto import tqdm
 
     done_set = set(done)
     todo = [s for s in samples if s.name not in done_set]
-    bar = tqdm(total=len(samples), initial=len(done), disable=not progress, unit="img", desc=dataset.spec.name,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=len(samples),
+        initial=len(done),
+        disable=not progress,
+        unit="img",
+        desc=dataset.spec.name,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     try:
         for i, sample in enumerate(todo):
             try:
@@ -346,7 +418,9 @@ def evaluate(
             if progress:
                 rate = (len(done) - resumed) / max(time.perf_counter() - t_start, 1e-9)
                 miou = metric.compute().mIoU
-                bar.set_postfix_str(f"mIoU {miou:.2f}  {rate:.2f} img/s" if not math.isnan(miou) else f"{rate:.2f} img/s")
+                bar.set_postfix_str(
+                    f"mIoU {miou:.2f}  {rate:.2f} img/s" if not math.isnan(miou) else f"{rate:.2f} img/s"
+                )
             if (i + 1) % save_every == 0:
                 save()
     except BaseException:
@@ -357,12 +431,24 @@ def evaluate(
     wall = wall0 + time.perf_counter() - t_start
     n = len(done)
     report = EvalReport(
-        dataset=dataset.spec.name, split=dataset.split, metric=metric.compute(), class_names=tuple(class_names),
+        dataset=dataset.spec.name,
+        split=dataset.split,
+        metric=metric.compute(),
+        class_names=tuple(class_names),
         config={**run_config, "device": str(getattr(segmenter, "device", "")), "limit": limit},
-        versions=versions(), machine=machine_info(),
-        timing={"wall_s": wall, "segment_s": seg_s, "images_per_s": n / wall if wall > 0 else 0.0,
-                "ms_per_image": 1000 * seg_s / n if n else 0.0, "resumed_images": resumed},
-        images=n, skipped=skipped, json_path=out_path, md_path=out_path.with_suffix(".md"),
+        versions=versions(),
+        machine=machine_info(),
+        timing={
+            "wall_s": wall,
+            "segment_s": seg_s,
+            "images_per_s": n / wall if wall > 0 else 0.0,
+            "ms_per_image": 1000 * seg_s / n if n else 0.0,
+            "resumed_images": resumed,
+        },
+        images=n,
+        skipped=skipped,
+        json_path=out_path,
+        md_path=out_path.with_suffix(".md"),
     )
     _write_json(out_path, report.to_dict())
     report.md_path.write_text(report.to_markdown())

@@ -44,7 +44,9 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise missing_dependency("ray", "ray", "Running clipsam on Ray (clipsam.integrations.ray, clipsam batch --ray)") from None
+        raise missing_dependency(
+            "ray", "ray", "Running clipsam on Ray (clipsam.integrations.ray, clipsam batch --ray)"
+        ) from None
     return ray
 
 
@@ -59,12 +61,23 @@ class SegmentImages:
         out_dir: write label PNGs, overlays and JSON there instead of returning arrays.
     """
 
-    def __init__(self, *, model: dict | None = None, engines: str | None = None, engine_options: dict | None = None,
-                 segmenter=None, classes=None, class_file: str | None = None, out_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        model: dict | None = None,
+        engines: str | None = None,
+        engine_options: dict | None = None,
+        segmenter=None,
+        classes=None,
+        class_file: str | None = None,
+        out_dir: str | None = None,
+    ):
         given = [x is not None for x in (model, engines, segmenter)]
         if sum(given) != 1:
-            raise ConfigError("SegmentImages needs exactly one of model={...from_pretrained kwargs}, engines=FOLDER "
-                              "or segmenter=<callable returning a segmenter>")
+            raise ConfigError(
+                "SegmentImages needs exactly one of model={...from_pretrained kwargs}, engines=FOLDER "
+                "or segmenter=<callable returning a segmenter>"
+            )
         if out_dir is not None:
             from ..paths import output_dir
 
@@ -93,8 +106,11 @@ class SegmentImages:
         else:
             raise ConfigError(f"a batch needs a 'path' or an 'image' column; got columns {sorted(batch)}")
         keys = [str(p) for p in batch["path"]] if "path" in batch else list(range(len(sources)))
-        names = [str(n) for n in batch["name"]] if "name" in batch else [
-            Path(k).stem if isinstance(k, str) else f"image_{k}" for k in keys]
+        names = (
+            [str(n) for n in batch["name"]]
+            if "name" in batch
+            else [Path(k).stem if isinstance(k, str) else f"image_{k}" for k in keys]
+        )
         n = len(keys)
         errors = [""] * n
         rgbs: dict[int, np.ndarray] = {}
@@ -125,10 +141,12 @@ class SegmentImages:
         empty_l, empty_s = np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
         out["labels"] = _objects([results[i].labels if i in results else empty_l for i in range(n)])
         out["scores"] = _objects([results[i].scores if i in results else empty_s for i in range(n)])
-        out["classes"] = np.array([json.dumps(list(results[i].classes)) if i in results else "[]" for i in range(n)],
-                                  dtype=object)
-        out["instances"] = np.array([json.dumps(results[i].instances_json()) if i in results else "[]"
-                                     for i in range(n)], dtype=object)
+        out["classes"] = np.array(
+            [json.dumps(list(results[i].classes)) if i in results else "[]" for i in range(n)], dtype=object
+        )
+        out["instances"] = np.array(
+            [json.dumps(results[i].instances_json()) if i in results else "[]" for i in range(n)], dtype=object
+        )
         return out
 
     def _segment(self, rgbs: dict, errors: list) -> dict:
@@ -157,13 +175,20 @@ def _objects(arrays: list) -> np.ndarray:
     return out
 
 
-def segment_dataset(ds, *, concurrency: int = 1, num_gpus: float = 0, batch_size: int = 8, num_cpus: float = 1,
-                    **kwargs):
+def segment_dataset(
+    ds, *, concurrency: int = 1, num_gpus: float = 0, batch_size: int = 8, num_cpus: float = 1, **kwargs
+):
     """``ds.map_batches(SegmentImages, ...)`` with ``concurrency`` actors, each with ``num_gpus`` GPUs and
     ``num_cpus`` CPUs, ``batch_size`` rows per call; ``kwargs`` are ``SegmentImages``'s (model=..., out_dir=...)."""
     ray = require_ray()
     if concurrency < 1 or batch_size < 1:
         raise ConfigError(f"concurrency and batch_size must be >= 1, got {concurrency} and {batch_size}")
-    return ds.map_batches(SegmentImages, fn_constructor_kwargs=kwargs, num_gpus=num_gpus, num_cpus=num_cpus,
-                          compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size,
-                          batch_format="numpy")
+    return ds.map_batches(
+        SegmentImages,
+        fn_constructor_kwargs=kwargs,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        batch_size=batch_size,
+        batch_format="numpy",
+    )

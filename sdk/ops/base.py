@@ -43,8 +43,9 @@ class PostOps(Protocol):
     def argmax_counts(self, probs: Array, num_classes: int) -> np.ndarray:
         """(C,) int64 pixels per class of the argmax over axis 0."""
 
-    def decide(self, probs: Array, prob_thd: float, keep: np.ndarray | None,
-               with_probs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def decide(
+        self, probs: Array, prob_thd: float, keep: np.ndarray | None, with_probs: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Labels (int32), scores (float32) and, ``with_probs``, renormalised class probabilities, as numpy."""
 
 
@@ -74,8 +75,9 @@ class HostOps(Protocol):
     def pad(self, x: Array, pads: tuple[int, int, int, int]) -> Array:
         """Zero-pad the last two axes by (left, right, top, bottom)."""
 
-    def resize(self, x: Array, size: tuple[int, int], *, align_corners: bool = False,
-               rows: tuple[int, int] | None = None) -> Array:
+    def resize(
+        self, x: Array, size: tuple[int, int], *, align_corners: bool = False, rows: tuple[int, int] | None = None
+    ) -> Array:
         """Bilinear resize of the last two axes of (C, h, w) or (B, C, h, w); ``rows`` = output rows [r0, r1) only."""
 
     def pamr(self, image: Array, logits: Array, iters: int, dilations: Sequence[int]) -> Array:
@@ -122,7 +124,7 @@ class DenseBackend(Protocol):
         ResCLIP's SFR included (``sfr_feedback`` between the passes)."""
 
 
-def sfr_feedback(ops: HostOps, first: Array, crops: Array, patch: int, cfg: "DenseConfig") -> Array:
+def sfr_feedback(ops: HostOps, first: Array, crops: Array, patch: int, cfg: DenseConfig) -> Array:
     """ResCLIP's SFR step between the two passes of the last block.
 
     Arguments:

@@ -71,8 +71,9 @@ class NumpyOps:
         left, right, top, bottom = pads
         return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)])
 
-    def resize(self, x: np.ndarray, size: tuple[int, int], *, align_corners: bool = False,
-               rows: tuple[int, int] | None = None) -> np.ndarray:
+    def resize(
+        self, x: np.ndarray, size: tuple[int, int], *, align_corners: bool = False, rows: tuple[int, int] | None = None
+    ) -> np.ndarray:
         return resize_bilinear(x, size, align_corners=align_corners, rows=rows)
 
     def pamr(self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int]) -> np.ndarray:

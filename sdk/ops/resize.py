@@ -17,8 +17,14 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["resize_bilinear", "resize_bilinear_aa", "interpolate_pos_embed", "neighbourhood_window", "softmax",
-           "linspace_f32"]
+__all__ = [
+    "resize_bilinear",
+    "resize_bilinear_aa",
+    "interpolate_pos_embed",
+    "neighbourhood_window",
+    "softmax",
+    "linspace_f32",
+]
 
 _F = np.float32
 

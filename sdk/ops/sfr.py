@@ -134,14 +134,20 @@ def _one(labels: np.ndarray, std: float, path_check: str, blur: str, table: Lins
     return (full / full.max()).astype(np.float16)
 
 
-def sfr_affinity(labels: np.ndarray, gaussian_std: float = 5.0, path_check: str = "prefix", blur: str = "raster",
-                 table: LinspaceTable | None = None) -> np.ndarray:
+def sfr_affinity(
+    labels: np.ndarray,
+    gaussian_std: float = 5.0,
+    path_check: str = "prefix",
+    blur: str = "raster",
+    table: LinspaceTable | None = None,
+) -> np.ndarray:
     """S_hat for (B, h, w) patch labels: (B, 1 + h*w, 1 + h*w) float16, CLS row/col 0, global max 1 per window."""
     if labels.ndim != 3:
         raise ValueError(f"labels must be (B, h, w), got shape {labels.shape}")
     table = table or LinspaceTable()
-    return np.stack([_one(labels[b].astype(np.int64), gaussian_std, path_check, blur, table)
-                     for b in range(labels.shape[0])])
+    return np.stack(
+        [_one(labels[b].astype(np.int64), gaussian_std, path_check, blur, table) for b in range(labels.shape[0])]
+    )
 
 
 def sfr_term(s_hat: np.ndarray, lam: float) -> np.ndarray:

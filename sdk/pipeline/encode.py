@@ -44,8 +44,9 @@ def _pads(cfg: DenseConfig, hw: tuple[int, int], patch: int) -> tuple[int, int, 
     return pad_to_patch(hw[0], hw[1], patch) if sc.pad_crops and sc.slide_crop > 0 else (0, 0, 0, 0)
 
 
-def run_members(backend, members: list[Member], text: Any, cfg: DenseConfig, max_batch: int,
-                progress=None) -> list[Member]:
+def run_members(
+    backend, members: list[Member], text: Any, cfg: DenseConfig, max_batch: int, progress=None
+) -> list[Member]:
     """Run every window of every member in shape-bucketed batches and stitch the logits.
 
     Arguments:

@@ -34,8 +34,17 @@ def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vo
     return post.merge_synonyms(probs, vocab.query_to_class, vocab.num_classes)
 
 
-def finalize_members(ops, logits: list[Any], weights: list[float], guides: list[Any], out_hw: tuple[int, int],
-                     cfg: DenseConfig, vocab, max_strip_mb: float = 256.0, return_probs: bool = False):
+def finalize_members(
+    ops,
+    logits: list[Any],
+    weights: list[float],
+    guides: list[Any],
+    out_hw: tuple[int, int],
+    cfg: DenseConfig,
+    vocab,
+    max_strip_mb: float = 256.0,
+    return_probs: bool = False,
+):
     """Labels and scores of one image from its ensemble members.
 
     Arguments:
@@ -54,8 +63,12 @@ def finalize_members(ops, logits: list[Any], weights: list[float], guides: list[
     h0 = out_hw[0]
     pamr = cfg.post.pamr_iters > 0
     if pamr:  # PAMR needs the whole map: refine each member at full size, then treat it as final
-        logits = [ops.pamr(ops.resize(g[None], out_hw), ops.resize(m[None], out_hw), cfg.post.pamr_iters,
-                           cfg.post.pamr_dilations)[0] for m, g in zip(logits, guides)]
+        logits = [
+            ops.pamr(
+                ops.resize(g[None], out_hw), ops.resize(m[None], out_hw), cfg.post.pamr_iters, cfg.post.pamr_dilations
+            )[0]
+            for m, g in zip(logits, guides)
+        ]
     rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, max_strip_mb, pamr)
     whole = rows >= h0  # fits: one resize of the whole map, as the reference path
 
@@ -68,5 +81,13 @@ def finalize_members(ops, logits: list[Any], weights: list[float], guides: list[
                 ups = [ops.resize(m, out_hw, rows=None if whole else (r0, r1)) for m in logits]
             yield r0, r1, class_probs(ops.post, [ops.to_post(u) for u in ups], weights, cfg, vocab)
 
-    return finish_strips(strips, out_hw, vocab.num_classes, cfg.post.prob_thd, cfg.post.area_thd, return_probs,
-                         ops.post.argmax_counts, ops.post.decide)
+    return finish_strips(
+        strips,
+        out_hw,
+        vocab.num_classes,
+        cfg.post.prob_thd,
+        cfg.post.area_thd,
+        return_probs,
+        ops.post.argmax_counts,
+        ops.post.decide,
+    )

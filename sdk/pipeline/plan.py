@@ -81,7 +81,8 @@ def estimate_window_mb(cfg: DenseConfig, spec: EncoderSpec, num_queries: int, wi
     return 4.0 * (attn + acts + pix) / 2**20
 
 
-def max_batch_for_budget(max_memory_mb: float, cfg: DenseConfig, spec: EncoderSpec, num_queries: int,
-                         window_hw: tuple[int, int]) -> int:
+def max_batch_for_budget(
+    max_memory_mb: float, cfg: DenseConfig, spec: EncoderSpec, num_queries: int, window_hw: tuple[int, int]
+) -> int:
     """Largest batch whose estimated working memory fits the budget (at least 1)."""
     return max(1, int(max_memory_mb // max(estimate_window_mb(cfg, spec, num_queries, window_hw), 1e-6)))

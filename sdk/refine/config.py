@@ -8,8 +8,8 @@ config always give the same prompts, and the same masks give the same merge.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -63,8 +63,14 @@ class RefineConfig:
     dedup_iou: float = 0.8  # same-class masks with IoU above this are merged (union, max score)
 
     def __post_init__(self) -> None:
-        for name in ("min_confidence", "min_region_frac", "area_per_point_frac", "interior_frac",
-                     "min_mask_score", "dedup_iou"):
+        for name in (
+            "min_confidence",
+            "min_region_frac",
+            "area_per_point_frac",
+            "interior_frac",
+            "min_mask_score",
+            "dedup_iou",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
                 raise ConfigError(f"RefineConfig.{name} must be a number, got {value!r}")
@@ -86,25 +92,17 @@ class RefineConfig:
         if not 0.0 <= self.min_region_frac < 1.0:
             raise ConfigError(f"RefineConfig.min_region_frac must be in [0, 1), got {self.min_region_frac}")
         if not 0.0 < self.area_per_point_frac <= 1.0:
-            raise ConfigError(
-                f"RefineConfig.area_per_point_frac must be in (0, 1], got {self.area_per_point_frac}"
-            )
+            raise ConfigError(f"RefineConfig.area_per_point_frac must be in (0, 1], got {self.area_per_point_frac}")
         if not 0.0 <= self.interior_frac <= 1.0:
             raise ConfigError(f"RefineConfig.interior_frac must be in [0, 1], got {self.interior_frac}")
         if self.points_per_region < 1:
             raise ConfigError(f"RefineConfig.points_per_region must be >= 1, got {self.points_per_region}")
         if self.negatives_per_region < 0:
-            raise ConfigError(
-                f"RefineConfig.negatives_per_region must be >= 0, got {self.negatives_per_region}"
-            )
+            raise ConfigError(f"RefineConfig.negatives_per_region must be >= 0, got {self.negatives_per_region}")
         if self.max_prompts_per_image < 1:
-            raise ConfigError(
-                f"RefineConfig.max_prompts_per_image must be >= 1, got {self.max_prompts_per_image}"
-            )
+            raise ConfigError(f"RefineConfig.max_prompts_per_image must be >= 1, got {self.max_prompts_per_image}")
         if not 0.0 < self.dedup_iou <= 1.0:
-            raise ConfigError(
-                f"RefineConfig.dedup_iou must be in (0, 1] (1 disables merging), got {self.dedup_iou}"
-            )
+            raise ConfigError(f"RefineConfig.dedup_iou must be in (0, 1] (1 disables merging), got {self.dedup_iou}")
 
         things = _class_tuple("thing_classes", self.thing_classes)
         stuff = _class_tuple("stuff_classes", self.stuff_classes)

@@ -196,8 +196,9 @@ def merge_masks(
         iou = inter / (areas[idx][:, None] + areas[idx][None, :] - inter)
         for g in _groups(iou > config.dedup_iou):
             members = idx[g]
-            merged.append((float(scores[members].max()), int(c), tuple(int(m) for m in members),
-                           flat[members].any(axis=0)))
+            merged.append(
+                (float(scores[members].max()), int(c), tuple(int(m) for m in members), flat[members].any(axis=0))
+            )
     merged.sort(key=lambda m: (-m[0], m[1], m[2]))
 
     owner = np.full(h * w, -1, np.int64)  # highest-scoring instance covering each pixel

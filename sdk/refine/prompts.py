@@ -75,8 +75,10 @@ class PromptSet:
 
     def __repr__(self) -> str:
         k = self.point_coords.shape[1]
-        return (f"PromptSet(P={len(self)}, K={k}, image_size={self.image_size}, "
-                f"boxes={self.boxes is not None}, class_ids={self.class_ids.tolist()})")
+        return (
+            f"PromptSet(P={len(self)}, K={k}, image_size={self.image_size}, "
+            f"boxes={self.boxes is not None}, class_ids={self.class_ids.tolist()})"
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -113,9 +115,7 @@ def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> None:
     if not np.issubdtype(probs.dtype, np.floating):
         raise InvalidTypeError(f"probs must be a float array, got dtype {probs.dtype}")
     if probs.shape[-2:] != labels.shape or probs.ndim not in (2, 3):
-        raise InvalidInputError(
-            f"probs must be [C, H, W] or [H, W] with (H, W) = {labels.shape}, got {probs.shape}"
-        )
+        raise InvalidInputError(f"probs must be [C, H, W] or [H, W] with (H, W) = {labels.shape}, got {probs.shape}")
     if not np.isfinite(probs).all():
         raise InvalidInputError("probs contains NaN or inf")
     if probs.ndim == 3 and labels.max() >= probs.shape[0]:

@@ -35,8 +35,9 @@ class Refiner:
         """``predict`` for P >= 1 prompts made for this embedding's image."""
         raise NotImplementedError
 
-    def predict(self, embedding: Any, prompts: PromptSet, multimask: bool = True,
-                chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, embedding: Any, prompts: PromptSet, multimask: bool = True, chunk: int = 16
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Decode all P prompts of one image in one decoder call.
 
         Arguments:
@@ -55,8 +56,14 @@ class Refiner:
             return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
         return self.decode(embedding, prompts, multimask, chunk)
 
-    def refine(self, images: Sequence[np.ndarray], dense_labels: Sequence[np.ndarray], probs: Sequence[np.ndarray],
-               config: RefineConfig | None = None, batch_size: int | None = None) -> list[MergeResult]:
+    def refine(
+        self,
+        images: Sequence[np.ndarray],
+        dense_labels: Sequence[np.ndarray],
+        probs: Sequence[np.ndarray],
+        config: RefineConfig | None = None,
+        batch_size: int | None = None,
+    ) -> list[MergeResult]:
         """Refine dense CLIP segmentations of a batch of images with SAM2.
 
         Arguments:
@@ -72,7 +79,8 @@ class Refiner:
         config = RefineConfig() if config is None else config
         if not len(images) == len(dense_labels) == len(probs):
             raise InvalidInputError(
-                f"got {len(images)} images, {len(dense_labels)} label maps and {len(probs)} probability maps")
+                f"got {len(images)} images, {len(dense_labels)} label maps and {len(probs)} probability maps"
+            )
         for i, (im, lab) in enumerate(zip(images, dense_labels)):
             if np.shape(im)[:2] != np.shape(lab):
                 raise InvalidInputError(f"image {i} is {np.shape(im)[:2]} but its labels are {np.shape(lab)}")

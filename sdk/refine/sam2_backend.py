@@ -12,14 +12,21 @@ bare ``RuntimeError``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CheckpointError, ConfigError, InvalidImageError
-from ..errors import InvalidInputError, missing_dependency
+from ..errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    InvalidImageError,
+    InvalidInputError,
+    missing_dependency,
+)
 from .config import SAM2_MEAN, SAM2_STD
 from .prompts import PromptSet
 from .refiner import Refiner
@@ -90,11 +97,9 @@ def _check_state_dict(model: Any, sd: Mapping[str, Any], name: str, path: str) -
             parts.append(f"{len(items)} {what} (e.g. {'; '.join(items[:3])})")
     guess = _guess_model(sd)
     if guess in MODELS:
-        parts.append(f"It looks like a {guess} checkpoint: use Sam2Refiner.from_pretrained('{guess}', "
-                     "weights=...)")
+        parts.append(f"It looks like a {guess} checkpoint: use Sam2Refiner.from_pretrained('{guess}', weights=...)")
     elif guess:
-        parts.append(f"It looks like a {guess} checkpoint; clipsam builds SAM 2.1 models: use a sam2.1 "
-                     "checkpoint")
+        parts.append(f"It looks like a {guess} checkpoint; clipsam builds SAM 2.1 models: use a sam2.1 checkpoint")
     else:
         parts.append(f"Use the model name the checkpoint was trained with, one of {sorted(MODELS)}")
     raise CheckpointError(" ".join(parts))
@@ -138,14 +143,18 @@ class Sam2Refiner(Refiner):
         for im in images:
             im = np.ascontiguousarray(im) if im.flags.writeable else np.array(im)  # results' images are read-only
             x = torch.from_numpy(im).to(self.device).permute(2, 0, 1)[None]
-            x = torch.nn.functional.interpolate(x.float() / 255.0, (s, s), mode="bilinear",
-                                                align_corners=False, antialias=True)
+            x = torch.nn.functional.interpolate(
+                x.float() / 255.0, (s, s), mode="bilinear", align_corners=False, antialias=True
+            )
             out.append((x[0] - mean) / std)
         return torch.stack(out)
 
     @classmethod
     def from_pretrained(
-        cls, name: str = "sam2.1_hiera_t", weights: str | Path | None = None, device: Any = "cpu",
+        cls,
+        name: str = "sam2.1_hiera_t",
+        weights: str | Path | None = None,
+        device: Any = "cpu",
         random_weights: bool = False,
     ) -> Sam2Refiner:
         """Build a SAM2.1 model once and load its weights.
@@ -190,7 +199,8 @@ class Sam2Refiner(Refiner):
             warnings.warn(
                 f"Sam2Refiner {name!r} has RANDOM weights: its masks are meaningless. Use this only for "
                 "tests and benchmarks; pass weights=... (or nothing, to download) for real refinement.",
-                UserWarning, stacklevel=2,
+                UserWarning,
+                stacklevel=2,
             )
         else:
             _check_state_dict(model, sd, name, source)
@@ -200,9 +210,7 @@ class Sam2Refiner(Refiner):
                 raise CheckpointError(f"cannot load SAM2 checkpoint '{source}' into {name}: {e}") from e
         return cls(model, name)
 
-    def embed_images(
-        self, images: Sequence[np.ndarray], batch_size: int | None = None
-    ) -> list[Sam2Embedding]:
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[Sam2Embedding]:
         """Run the image encoder over RGB uint8 [H, W, 3] images (sizes may differ) in batched forwards.
 
         Arguments:
@@ -238,8 +246,9 @@ class Sam2Refiner(Refiner):
             for i, im in enumerate(images)
         ]
 
-    def decode(self, embedding: Sam2Embedding, prompts: PromptSet, multimask: bool,
-               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, embedding: Sam2Embedding, prompts: PromptSet, multimask: bool, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``Refiner.predict``: ONE prompt-encoder + mask-decoder call over all P prompts of the image."""
         torch = self._torch
         h, w = embedding.image_size
@@ -268,9 +277,13 @@ class Sam2Refiner(Refiner):
             best = iou.argmax(dim=1)  # first on ties
             rows = torch.arange(p, device=dev)
             low_res, scores = low_res[rows, best][:, None], iou[rows, best]
-            masks = torch.cat([
-                torch.nn.functional.interpolate(low_res[s : s + chunk].float(), (h, w), mode="bilinear",
-                                                align_corners=False) > 0.0
-                for s in range(0, p, chunk)
-            ])[:, 0]
+            masks = torch.cat(
+                [
+                    torch.nn.functional.interpolate(
+                        low_res[s : s + chunk].float(), (h, w), mode="bilinear", align_corners=False
+                    )
+                    > 0.0
+                    for s in range(0, p, chunk)
+                ]
+            )[:, 0]
         return masks.cpu().numpy(), scores.float().cpu().numpy()

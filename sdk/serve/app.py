@@ -52,9 +52,12 @@ ROUTES = {
     "/v1/stats": ("GET", "_stats", True),
     "/v1/segment": ("POST", "_segment", True),
 }
-_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                                            "script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def _json(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -98,7 +101,7 @@ class ClipsamServer:
         path = request.scope.get("path", "/")
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):] or "/"
+            path = path[len(root) :] or "/"
         try:
             route = ROUTES.get(path.rstrip("/") or "/")
             if route is None:
@@ -142,8 +145,12 @@ class ClipsamServer:
         limits = svc.config.limits
         svc.require_ready()
         if request.query_params:
-            raise ServeError(400, "unknown_option", f"query parameters are not read ({', '.join(request.query_params)}); "
-                                                    "send options as form fields or JSON")
+            raise ServeError(
+                400,
+                "unknown_option",
+                f"query parameters are not read ({', '.join(request.query_params)}); "
+                "send options as form fields or JSON",
+            )
         body = await _read_body(request, limits.max_upload_bytes)
         req = parse_options(await parse_body(request.headers.get("content-type"), body), svc.policy())
         vocab = parse_classes(req.classes, limits)
@@ -155,8 +162,12 @@ class ClipsamServer:
         try:
             outcome = await asyncio.wait_for(self.segment_batched(job), timeout=max(remaining, 0.001))
         except asyncio.TimeoutError:
-            raise ServeError(504, "timeout", f"the request was not answered within {limits.request_timeout_s} s "
-                                             "(request_timeout_s); the server is overloaded or the image is too large") from None
+            raise ServeError(
+                504,
+                "timeout",
+                f"the request was not answered within {limits.request_timeout_s} s "
+                "(request_timeout_s); the server is overloaded or the image is too large",
+            ) from None
         batch = {**outcome.batch, "replica": svc.replica}
         header = {"X-Clipsam-Batch": ";".join(f"{k}={v}" for k, v in batch.items())}  # also on a failed request
         if outcome.error is not None:
@@ -165,9 +176,13 @@ class ClipsamServer:
         t2 = time.perf_counter()
         payload = await asyncio.to_thread(encode_result, outcome.result, req.returns)
         t3 = time.perf_counter()
-        payload["timing"] = {"decode_ms": round(1000 * (t1 - t0), 3), "queue_ms": round(outcome.queue_ms, 3),
-                             "segment_ms": round(outcome.segment_ms, 3), "encode_ms": round(1000 * (t3 - t2), 3),
-                             "total_ms": round(1000 * (t3 - t0), 3)}
+        payload["timing"] = {
+            "decode_ms": round(1000 * (t1 - t0), 3),
+            "queue_ms": round(outcome.queue_ms, 3),
+            "segment_ms": round(outcome.segment_ms, 3),
+            "encode_ms": round(1000 * (t3 - t2), 3),
+            "total_ms": round(1000 * (t3 - t0), 3),
+        }
         payload["batch"] = batch
         svc.count("ok")
         return _json(payload, headers=header)
@@ -176,8 +191,9 @@ class ClipsamServer:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
-    too_large = ServeError(413, "too_large", f"the request body exceeds {limit} bytes (max_upload_bytes); send a smaller "
-                                             "image")
+    too_large = ServeError(
+        413, "too_large", f"the request body exceeds {limit} bytes (max_upload_bytes); send a smaller image"
+    )
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
@@ -202,22 +218,34 @@ def _from_engines(folder: str, options: dict):
     return Segmenter.from_engines(folder, **options)
 
 
-def build_application(*, model: dict | None = None, engines: str | None = None, engine_options: dict | None = None,
-                      segmenter=None, config: ServeConfig = ServeConfig(), replicas: int = 1, num_cpus: float = 1,
-                      num_gpus: float = 0):
+def build_application(
+    *,
+    model: dict | None = None,
+    engines: str | None = None,
+    engine_options: dict | None = None,
+    segmenter=None,
+    config: ServeConfig | None = None,
+    replicas: int = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+):
     """A Ray Serve application serving one segmenter per replica; run it with ``serve.run(app, route_prefix=...)``.
 
     Arguments:
         model: keyword arguments of ``clipsam.Segmenter.from_pretrained``; or
         engines (+ engine_options): an engine folder for ``Segmenter.from_engines``; or
         segmenter: a picklable zero-argument callable returning a segmenter.
-        config: ``ServeConfig`` (limits, batching, default vocabulary, per-request choices, API key digest).
+        config: ``ServeConfig`` (limits, batching, default vocabulary, per-request choices, API key digest); None: its
+            defaults.
         replicas: replicas of the deployment, each with ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions allowed).
     """
+    config = ServeConfig() if config is None else config
     given = [x is not None for x in (model, engines, segmenter)]
     if sum(given) != 1:
-        raise ConfigError("build_application needs exactly one of model={...from_pretrained kwargs}, engines=FOLDER "
-                          "or segmenter=<callable returning a segmenter>")
+        raise ConfigError(
+            "build_application needs exactly one of model={...from_pretrained kwargs}, engines=FOLDER "
+            "or segmenter=<callable returning a segmenter>"
+        )
     if replicas < 1 or num_cpus < 0 or num_gpus < 0:
         raise ConfigError(f"replicas must be >= 1 and num_cpus, num_gpus >= 0, got {replicas}, {num_cpus}, {num_gpus}")
     if model is not None:
@@ -227,6 +255,7 @@ def build_application(*, model: dict | None = None, engines: str | None = None, 
     else:
         factory = segmenter
     return ClipsamServer.options(
-        num_replicas=replicas, max_ongoing_requests=config.ongoing,
+        num_replicas=replicas,
+        max_ongoing_requests=config.ongoing,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
     ).bind(factory, config)

@@ -52,6 +52,8 @@ def check_bearer(authorization: str | None, digest: str | None) -> None:
         return
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ServeError(401, "unauthorized", "this server needs an API key: send the header 'Authorization: Bearer <key>'")
+        raise ServeError(
+            401, "unauthorized", "this server needs an API key: send the header 'Authorization: Bearer <key>'"
+        )
     if not hmac.compare_digest(key_digest(token.strip()), digest):
         raise ServeError(401, "unauthorized", "the API key is wrong")

@@ -173,7 +173,9 @@ def _multipart(fields: dict, image: bytes) -> tuple[bytes, str]:
     for name, value in fields.items():
         buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
         buf.write(value.encode("utf-8") + b"\r\n")
-    buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image"\r\n'
-              "Content-Type: application/octet-stream\r\n\r\n".encode())
+    buf.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
     buf.write(image + f"\r\n--{boundary}--\r\n".encode())
     return buf.getvalue(), f"multipart/form-data; boundary={boundary}"

@@ -23,8 +23,15 @@ import numpy as np
 
 from .errors import ServeError
 
-__all__ = ["RETURNS", "encode_result", "decode_result", "decode_labels_png", "decode_scores", "labels_from_rle",
-           "b64decode"]
+__all__ = [
+    "RETURNS",
+    "encode_result",
+    "decode_result",
+    "decode_labels_png",
+    "decode_scores",
+    "labels_from_rle",
+    "b64decode",
+]
 
 RETURNS = ("labels", "rle", "scores", "overlay", "instances")
 
@@ -64,17 +71,26 @@ def encode_result(result, returns) -> dict:
     from ..refine.merge import mask_to_rle
 
     labels = result.labels
-    out = {"classes": list(result.classes), "height": int(labels.shape[0]), "width": int(labels.shape[1]),
-           "pixel_fractions": {k: float(v) for k, v in result.pixel_fractions().items()},
-           "mean_score": float(result.scores.mean()) if result.scores.size else 0.0, "info": result.info}
+    out = {
+        "classes": list(result.classes),
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "pixel_fractions": {k: float(v) for k, v in result.pixel_fractions().items()},
+        "mean_score": float(result.scores.mean()) if result.scores.size else 0.0,
+        "info": result.info,
+    }
     if "labels" in returns:
         out["labels_png"] = _label_png(labels)
     if "rle" in returns:
-        out["labels_rle"] = [{"class": result.classes[i], "class_id": int(i), **mask_to_rle(labels == i)}
-                             for i in np.unique(labels)]
+        out["labels_rle"] = [
+            {"class": result.classes[i], "class_id": int(i), **mask_to_rle(labels == i)} for i in np.unique(labels)
+        ]
     if "scores" in returns:
-        out["scores"] = {"dtype": "float32", "shape": list(result.scores.shape),
-                         "data": base64.b64encode(np.ascontiguousarray(result.scores, dtype="<f4").tobytes()).decode("ascii")}
+        out["scores"] = {
+            "dtype": "float32",
+            "shape": list(result.scores.shape),
+            "data": base64.b64encode(np.ascontiguousarray(result.scores, dtype="<f4").tobytes()).decode("ascii"),
+        }
     if "overlay" in returns:
         out["overlay_png"] = _png(result.overlay())
     if "instances" in returns:
@@ -126,14 +142,25 @@ def decode_result(payload: dict, image: np.ndarray | None = None):
     elif "labels_rle" in payload:
         labels = labels_from_rle(payload["labels_rle"], shape)
     else:
-        raise ServeError(502, "bad_response", "the answer holds neither labels_png nor labels_rle; ask for return=labels")
+        raise ServeError(
+            502, "bad_response", "the answer holds neither labels_png nor labels_rle; ask for return=labels"
+        )
     scores = decode_scores(payload["scores"]) if "scores" in payload else np.zeros((0, 0), np.float32)
     info = dict(payload.get("info") or {})
     info["server"] = {k: payload[k] for k in ("timing", "batch") if k in payload}
     dense, instances = None, []
     if "instances" in payload:
         dense = decode_labels_png(payload["dense_labels_png"])
-        instances = [Instance(rle_to_mask(d["segmentation"]), int(d["class_id"]), float(d["score"]),
-                              tuple(float(v) for v in d["box"]), int(d["area"])) for d in payload["instances"]]
-    return SegmentationResult(labels, scores, tuple(payload["classes"]), image, info, dense_labels=dense,
-                              instances=instances)
+        instances = [
+            Instance(
+                rle_to_mask(d["segmentation"]),
+                int(d["class_id"]),
+                float(d["score"]),
+                tuple(float(v) for v in d["box"]),
+                int(d["area"]),
+            )
+            for d in payload["instances"]
+        ]
+    return SegmentationResult(
+        labels, scores, tuple(payload["classes"]), image, info, dense_labels=dense, instances=instances
+    )

@@ -43,8 +43,13 @@ def error_status(exc: BaseException) -> ServeError:
 
     if isinstance(exc, ServeError):
         return exc
-    for kind, code in ((InvalidImageError, "malformed_image"), (VocabularyError, "bad_vocabulary"),
-                       (ConfigError, "bad_option"), (InvalidInputError, "bad_input"), (InvalidTypeError, "bad_input")):
+    for kind, code in (
+        (InvalidImageError, "malformed_image"),
+        (VocabularyError, "bad_vocabulary"),
+        (ConfigError, "bad_option"),
+        (InvalidInputError, "bad_input"),
+        (InvalidTypeError, "bad_input"),
+    ):
         if isinstance(exc, kind):
             return ServeError(400, code, str(exc))
     return ServeError(500, "segmentation_failed", f"segmentation failed: {type(exc).__name__}: {exc}")

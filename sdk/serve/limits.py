@@ -61,8 +61,11 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     if not data:
         raise ServeError(400, "malformed_image", "the image is empty (0 bytes); upload the image file's bytes")
     if len(data) > limits.max_upload_bytes:
-        raise ServeError(413, "too_large", f"the image has {len(data)} bytes; this server accepts at most "
-                                           f"{limits.max_upload_bytes} bytes per request")
+        raise ServeError(
+            413,
+            "too_large",
+            f"the image has {len(data)} bytes; this server accepts at most {limits.max_upload_bytes} bytes per request",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -71,14 +74,22 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ServeError(413, "too_many_pixels", f"the image has too many pixels: {e}") from None
     except Exception as e:  # PIL raises several types for garbage (UnidentifiedImageError, SyntaxError, ...)
-        raise ServeError(400, "malformed_image", f"the upload is not a readable image ({', '.join(IMAGE_FORMATS)}): "
-                                                 f"{type(e).__name__}: {e}") from None
+        raise ServeError(
+            400,
+            "malformed_image",
+            f"the upload is not a readable image ({', '.join(IMAGE_FORMATS)}): {type(e).__name__}: {e}",
+        ) from None
     if fmt not in IMAGE_FORMATS:
-        raise ServeError(400, "unsupported_image", f"{fmt} images are not accepted; send one of "
-                                                   f"{', '.join(IMAGE_FORMATS)}")
+        raise ServeError(
+            400, "unsupported_image", f"{fmt} images are not accepted; send one of {', '.join(IMAGE_FORMATS)}"
+        )
     if w * h > limits.max_pixels:
-        raise ServeError(413, "too_many_pixels", f"the image is {w}x{h} = {w * h} pixels; this server accepts at most "
-                                                 f"{limits.max_pixels} pixels. Downscale it before sending.")
+        raise ServeError(
+            413,
+            "too_many_pixels",
+            f"the image is {w}x{h} = {w * h} pixels; this server accepts at most "
+            f"{limits.max_pixels} pixels. Downscale it before sending.",
+        )
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ServeError(400, "malformed_image", f"cannot decode the {fmt} image: the data is corrupt or truncated")
@@ -101,12 +112,16 @@ def parse_classes(value, limits: Limits):
     if isinstance(value, str):
         text = value.strip()
         if not text:
-            raise ServeError(400, "empty_vocabulary", "classes is empty; name at least one class, e.g. classes=\"cat, sofa\"")
+            raise ServeError(
+                400, "empty_vocabulary", 'classes is empty; name at least one class, e.g. classes="cat, sofa"'
+            )
         if text.startswith("["):
             try:
                 value = json.loads(text)
             except ValueError as e:
-                raise ServeError(400, "bad_vocabulary", f"classes starts with '[' but is not a JSON list: {e}") from None
+                raise ServeError(
+                    400, "bad_vocabulary", f"classes starts with '[' but is not a JSON list: {e}"
+                ) from None
     if isinstance(value, list):
         if not value:
             raise ServeError(400, "empty_vocabulary", "classes is an empty list; name at least one class")
@@ -114,16 +129,27 @@ def parse_classes(value, limits: Limits):
         if not all(isinstance(n, str) for n in names):
             raise ServeError(400, "bad_vocabulary", "classes must be a list of names or of lists of synonyms (strings)")
     elif isinstance(value, str):
-        names = [n.strip() for line in text.splitlines() for n in (line.split(", ") if "\n" in text else line.split(","))]
+        names = [
+            n.strip() for line in text.splitlines() for n in (line.split(", ") if "\n" in text else line.split(","))
+        ]
     else:
-        raise ServeError(400, "bad_vocabulary", f"classes must be a string or a list of names, got {type(value).__name__}")
+        raise ServeError(
+            400, "bad_vocabulary", f"classes must be a string or a list of names, got {type(value).__name__}"
+        )
     if len(names) > limits.max_classes:
-        raise ServeError(400, "too_many_classes", f"the vocabulary has {len(names)} names (synonyms included); this "
-                                                  f"server accepts at most {limits.max_classes}")
+        raise ServeError(
+            400,
+            "too_many_classes",
+            f"the vocabulary has {len(names)} names (synonyms included); this "
+            f"server accepts at most {limits.max_classes}",
+        )
     for n in names:
         if len(n) > limits.max_class_chars:
-            raise ServeError(400, "class_name_too_long", f"class name {n[:40]!r}... has {len(n)} characters; at most "
-                                                         f"{limits.max_class_chars} are accepted")
+            raise ServeError(
+                400,
+                "class_name_too_long",
+                f"class name {n[:40]!r}... has {len(n)} characters; at most {limits.max_class_chars} are accepted",
+            )
         if any(ord(c) < 32 or ord(c) == 127 for c in n):
             raise ServeError(400, "bad_vocabulary", f"class name {n[:40]!r} contains control characters")
     try:

@@ -34,14 +34,20 @@ class SegmentRequest:
 def _check_fields(names) -> None:
     unknown = sorted(set(names) - set(FIELDS))
     if unknown:
-        raise ServeError(400, "unknown_option", f"unknown field(s) {', '.join(map(repr, unknown))}; a segment request "
-                                                f"takes {', '.join(FIELDS)}")
+        raise ServeError(
+            400,
+            "unknown_option",
+            f"unknown field(s) {', '.join(map(repr, unknown))}; a segment request takes {', '.join(FIELDS)}",
+        )
 
 
 def _image_from_text(text) -> bytes:
     if isinstance(text, str) and ("://" in text[:16] or text.startswith("file:")):
-        raise ServeError(400, "bad_request", "image must be the uploaded file or base64 data; the server never fetches "
-                                             "URLs or reads paths")
+        raise ServeError(
+            400,
+            "bad_request",
+            "image must be the uploaded file or base64 data; the server never fetches URLs or reads paths",
+        )
     return b64decode(text, "image (base64 image data; the server never reads paths or fetches URLs)")
 
 
@@ -54,15 +60,19 @@ async def parse_body(content_type: str | None, body: bytes, max_fields: int = 16
         except (ValueError, UnicodeDecodeError) as e:
             raise ServeError(400, "bad_request", f"the body is not valid JSON: {e}") from None
         if not isinstance(data, dict):
-            raise ServeError(400, "bad_request", "the JSON body must be an object {\"image\": ..., \"classes\": ...}")
+            raise ServeError(400, "bad_request", 'the JSON body must be an object {"image": ..., "classes": ...}')
         _check_fields(data)
         if "image" in data:
             data["image"] = _image_from_text(data["image"])
         return data
     if kind == "multipart/form-data":
         return await _parse_multipart(content_type, body, max_fields)
-    raise ServeError(415, "unsupported_media_type", f"send multipart/form-data (curl -F image=@photo.jpg) or "
-                                                    f"application/json, not {kind or 'a body without Content-Type'}")
+    raise ServeError(
+        415,
+        "unsupported_media_type",
+        f"send multipart/form-data (curl -F image=@photo.jpg) or "
+        f"application/json, not {kind or 'a body without Content-Type'}",
+    )
 
 
 async def _parse_multipart(content_type: str, body: bytes, max_fields: int) -> dict:
@@ -73,8 +83,13 @@ async def _parse_multipart(content_type: str, body: bytes, max_fields: int) -> d
         yield body
         yield b""
 
-    parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=1, max_fields=max_fields,
-                             max_part_size=len(body) + 1)
+    parser = MultiPartParser(
+        Headers({"content-type": content_type}),
+        stream(),
+        max_files=1,
+        max_fields=max_fields,
+        max_part_size=len(body) + 1,
+    )
     try:
         form = await parser.parse()
     except (MultiPartException, ValueError, KeyError) as e:
@@ -83,14 +98,17 @@ async def _parse_multipart(content_type: str, body: bytes, max_fields: int) -> d
     try:
         keys = [k for k, _ in form.multi_items()]
         if len(keys) != len(set(keys)):
-            raise ServeError(400, "bad_request", "a field is given twice: "
-                                                 f"{sorted({k for k in keys if keys.count(k) > 1})}")
+            raise ServeError(
+                400, "bad_request", f"a field is given twice: {sorted({k for k in keys if keys.count(k) > 1})}"
+            )
         _check_fields(keys)
         out = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "image":
-                    raise ServeError(400, "bad_request", f"field {key!r} must be text, not a file; only image is a file")
+                    raise ServeError(
+                        400, "bad_request", f"field {key!r} must be text, not a file; only image is a file"
+                    )
                 out[key] = await value.read()
             else:
                 out[key] = _image_from_text(value) if key == "image" else value
@@ -107,15 +125,21 @@ def _number(name: str, value, lo: float, hi: float, allow_none: bool = False):
     except (TypeError, ValueError):
         x = math.nan
     if not (lo <= x <= hi):  # NaN fails too
-        raise ServeError(400, "bad_option", f"{name} must be a number in [{lo}, {hi}]" +
-                         (" or none" if allow_none else "") + f", got {value!r}")
+        raise ServeError(
+            400,
+            "bad_option",
+            f"{name} must be a number in [{lo}, {hi}]" + (" or none" if allow_none else "") + f", got {value!r}",
+        )
     return x
 
 
 def _choice(name: str, value, allowed: tuple[str, ...]):
     if not isinstance(value, str) or value not in allowed:
-        raise ServeError(400, "bad_option", f"{name} {value!r} is not available on this server; choose one of "
-                                            f"{', '.join(allowed) or '(none)'}")
+        raise ServeError(
+            400,
+            "bad_option",
+            f"{name} {value!r} is not available on this server; choose one of {', '.join(allowed) or '(none)'}",
+        )
     return value
 
 
@@ -124,8 +148,12 @@ def parse_options(fields: dict, policy: dict) -> SegmentRequest:
     sets a request may choose, and whether SAM2 instances can be returned)."""
     _check_fields(fields)
     if "image" not in fields:
-        raise ServeError(400, "bad_request", "no image: upload it as the form field 'image' (curl -F image=@photo.jpg) "
-                                             "or send JSON {\"image\": \"<base64>\"}")
+        raise ServeError(
+            400,
+            "bad_request",
+            "no image: upload it as the form field 'image' (curl -F image=@photo.jpg) "
+            'or send JSON {"image": "<base64>"}',
+        )
     opts = {}
     if "method" in fields:
         opts["method"] = _choice("method", fields["method"], policy["methods"])
@@ -141,12 +169,19 @@ def parse_options(fields: dict, policy: dict) -> SegmentRequest:
     if isinstance(returns, str):
         returns = [r.strip() for r in returns.split(",") if r.strip()]
     if not isinstance(returns, list) or not returns or not all(isinstance(r, str) for r in returns):
-        raise ServeError(400, "bad_option", f"return must list what to send back ({', '.join(RETURNS)}), got {returns!r}")
+        raise ServeError(
+            400, "bad_option", f"return must list what to send back ({', '.join(RETURNS)}), got {returns!r}"
+        )
     unknown = [r for r in returns if r not in RETURNS]
     if unknown:
-        raise ServeError(400, "bad_option", f"return {', '.join(map(repr, unknown))} is unknown; choose from "
-                                            f"{', '.join(RETURNS)}")
+        raise ServeError(
+            400, "bad_option", f"return {', '.join(map(repr, unknown))} is unknown; choose from {', '.join(RETURNS)}"
+        )
     if "instances" in returns and not policy["instances"]:
-        raise ServeError(400, "bad_option", "return=instances needs SAM2 refinement, which this server does not run "
-                                            "(start it with --refine sam2.1_hiera_t)")
+        raise ServeError(
+            400,
+            "bad_option",
+            "return=instances needs SAM2 refinement, which this server does not run "
+            "(start it with --refine sam2.1_hiera_t)",
+        )
     return SegmentRequest(fields["image"], fields.get("classes"), opts, tuple(dict.fromkeys(returns)))

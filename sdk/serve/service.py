@@ -42,11 +42,14 @@ class ServeConfig:
 
     def __post_init__(self):
         if (self.max_batch is not None and self.max_batch < 1) or self.batch_wait_ms < 0:
-            raise ConfigError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got {self.max_batch} and "
-                              f"{self.batch_wait_ms}")
+            raise ConfigError(
+                f"max_batch must be >= 1 and batch_wait_ms >= 0, got {self.max_batch} and {self.batch_wait_ms}"
+            )
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < (self.max_batch or 8):
-            raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch "
-                              f"({self.max_batch or 8}), or batches can never fill")
+            raise ConfigError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch "
+                f"({self.max_batch or 8}), or batches can never fill"
+            )
 
     @property
     def ongoing(self) -> int:
@@ -92,15 +95,20 @@ class Service:
         cfg = segmenter.config
         self.engines = hasattr(segmenter, "manifest")
         self.method, self.preset = cfg.method, cfg.preset
-        for what, extra, known in (("method", config.methods, tuple(METHODS)), ("preset", config.presets, PRESETS[cfg.method])):
+        for what, extra, known in (
+            ("method", config.methods, tuple(METHODS)),
+            ("preset", config.presets, PRESETS[cfg.method]),
+        ):
             bad = [x for x in extra if x not in known]
             if bad:
                 raise ConfigError(f"unknown {what}(s) {bad}; choose from {', '.join(known)}")
         self.methods = tuple(dict.fromkeys((self.method,) + tuple(config.methods)))
         self.presets = tuple(dict.fromkeys(((self.preset,) if self.preset else ()) + tuple(config.presets)))
         if self.engines and (len(self.methods) > 1 or len(self.presets) > 1):
-            raise ConfigError("an engine folder serves the method and preset it was exported for; per-request methods "
-                              "and presets need the PyTorch backend")
+            raise ConfigError(
+                "an engine folder serves the method and preset it was exported for; per-request methods "
+                "and presets need the PyTorch backend"
+            )
         self.templates = tuple(TEMPLATE_SETS)
         self.max_batch = config.max_batch or (8 if _on_gpu(segmenter) else 1)
         self.default_vocab = _parse_lines("\n".join(config.classes), "--classes") if config.classes else None
@@ -119,7 +127,9 @@ class Service:
         from ..config import dense_config
 
         ref, mine = dense_config(cfg.method, cfg.preset).options(), cfg.options()
-        return {k: v for k, v in mine.items() if k not in ("templates", "method", "preset", "vocabulary") and v != ref[k]}
+        return {
+            k: v for k, v in mine.items() if k not in ("templates", "method", "preset", "vocabulary") and v != ref[k]
+        }
 
     # -- readiness ---------------------------------------------------------------------------------------
     def warmup(self) -> dict:
@@ -147,8 +157,12 @@ class Service:
     # -- requests ----------------------------------------------------------------------------------------
     def policy(self) -> dict:
         """What a request may choose (``clipsam.serve.request.parse_options``)."""
-        return {"methods": self.methods, "presets": self.presets, "templates": self.templates,
-                "instances": self.segmenter.refiner is not None}
+        return {
+            "methods": self.methods,
+            "presets": self.presets,
+            "templates": self.templates,
+            "instances": self.segmenter.refiner is not None,
+        }
 
     def variant(self, options: tuple):
         """The segmenter for a request's options (sorted (name, value) pairs): this one, or a cached copy sharing its
@@ -187,8 +201,12 @@ class Service:
         except Exception as e:  # noqa: BLE001 - an option the backend refuses
             raise error_status(e) from None
         if seg.config.vocabulary is None:
-            raise ServeError(400, "empty_vocabulary", "no classes given and this server has no default vocabulary; "
-                                                      "name the classes, e.g. classes=\"cat, sofa, floor\"")
+            raise ServeError(
+                400,
+                "empty_vocabulary",
+                "no classes given and this server has no default vocabulary; "
+                'name the classes, e.g. classes="cat, sofa, floor"',
+            )
         return seg.vocabulary()
 
     def run_batch(self, jobs: list[Job]) -> list[Outcome]:
@@ -245,16 +263,26 @@ class Service:
             "clipsam": __version__,
             "backend": "onnxruntime" if self.engines else "pytorch",
             "model": {"clip": seg.arch, "weights": seg.weights_id},
-            "method": self.method, "preset": self.preset, "precision": seg.precision,
+            "method": self.method,
+            "preset": self.preset,
+            "precision": seg.precision,
             "device": str(getattr(seg, "device", "")) or None,
             "providers": sorted({p for ps in seg.providers.values() for p in ps}) if self.engines else None,
             "refine": getattr(seg.refiner, "name", None) if seg.refiner is not None else None,
             "vocabulary": list(vocab.classes) if vocab is not None else None,
-            "choices": {"methods": list(self.methods), "presets": list(self.presets), "templates": list(self.templates),
-                        "return": ["labels", "rle", "scores", "overlay"] + (["instances"] if seg.refiner else [])},
+            "choices": {
+                "methods": list(self.methods),
+                "presets": list(self.presets),
+                "templates": list(self.templates),
+                "return": ["labels", "rle", "scores", "overlay"] + (["instances"] if seg.refiner else []),
+            },
             "limits": self.config.limits.to_json(),
-            "batching": {"max_batch": self.max_batch, "batch_wait_ms": self.config.batch_wait_ms,
-                         "max_ongoing_requests": self.config.ongoing, "encoder_max_batch": seg.max_batch},
+            "batching": {
+                "max_batch": self.max_batch,
+                "batch_wait_ms": self.config.batch_wait_ms,
+                "max_ongoing_requests": self.config.ongoing,
+                "encoder_max_batch": seg.max_batch,
+            },
             "auth": self.config.api_key_sha256 is not None,
             "replica": self.replica,
             "ready": self.ready,
@@ -263,11 +291,16 @@ class Service:
     def stats(self) -> dict:
         with self._lock:
             s = self._stats
-            return {"replica": self.replica, "uptime_s": round(time.time() - self.started, 1),
-                    "requests": dict(s["requests"]), "batches": s["batches"],
-                    "batch_sizes": {str(k): v for k, v in sorted(s["batch_sizes"].items())},
-                    "group_sizes": {str(k): v for k, v in sorted(s["group_sizes"].items())},
-                    "max_batch": self.max_batch, "batch_wait_ms": self.config.batch_wait_ms}
+            return {
+                "replica": self.replica,
+                "uptime_s": round(time.time() - self.started, 1),
+                "requests": dict(s["requests"]),
+                "batches": s["batches"],
+                "batch_sizes": {str(k): v for k, v in sorted(s["batch_sizes"].items())},
+                "group_sizes": {str(k): v for k, v in sorted(s["group_sizes"].items())},
+                "max_batch": self.max_batch,
+                "batch_wait_ms": self.config.batch_wait_ms,
+            }
 
 
 def _on_gpu(segmenter) -> bool:

@@ -9,8 +9,9 @@ from clipsam.cli.bench import bench_table
 
 
 def run(*args, check=True, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
@@ -33,10 +34,16 @@ def test_bench_runs_a_suite_and_prints_the_table(tmp_path):
 
 
 def test_bench_table():
-    data = {"benchmarks": [
-        {"name": "a", "stats": {"median": 0.5}, "extra_info": {"config": "cfg-a", "gflop": 10.0, "peak_gflops": 100.0}},
-        {"name": "b", "stats": {"median": 0.002}, "extra_info": {}},
-    ]}
+    data = {
+        "benchmarks": [
+            {
+                "name": "a",
+                "stats": {"median": 0.5},
+                "extra_info": {"config": "cfg-a", "gflop": 10.0, "peak_gflops": 100.0},
+            },
+            {"name": "b", "stats": {"median": 0.002}, "extra_info": {}},
+        ]
+    }
     lines = bench_table(data).splitlines()
     assert lines[2] == "| cfg-a | 500.0 | 2.000 | 10.00 | 20.0 | 20.0 |"
     assert lines[3] == "| b | 2.0 | 500.000 | - | - | - |"

@@ -53,8 +53,9 @@ def no_model_loading(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["file", "under-a-file", "read-only", "unwritable"])
 @pytest.mark.parametrize("command", ["segment", "batch", "eval", "export"])
-def test_bad_output_location_is_one_message_before_any_work(tmp_path, monkeypatch, capsys, no_model_loading, command,
-                                                            kind):
+def test_bad_output_location_is_one_message_before_any_work(
+    tmp_path, monkeypatch, capsys, no_model_loading, command, kind
+):
     import numpy as np
     from PIL import Image
 
@@ -68,7 +69,16 @@ def test_bad_output_location_is_one_message_before_any_work(tmp_path, monkeypatc
     argv = {
         "segment": ["segment", str(tmp_path / "a.png"), "--classes", "cat", "--out", str(out), *model, "--no-progress"],
         "batch": ["batch", str(tmp_path / "a.png"), "--classes", "cat", "--out", str(out), *model, "--no-progress"],
-        "eval": ["eval", "--dataset", "voc21", "--root", str(tmp_path / "no-data"), "--out", str(out / "r.json"), *model],
+        "eval": [
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            str(tmp_path / "no-data"),
+            "--out",
+            str(out / "r.json"),
+            *model,
+        ],
         "export": ["export", "--out", str(out), *model, "--quiet"],
     }[command]
     assert main(argv) == 2
@@ -114,8 +124,10 @@ def _interrupt_after_first_result(argv, out, env_extra=None):
     import time
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "clipsam.cli", *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipsam.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
     def finished() -> bool:
         try:
             return any(p.name != "batch_report.json" for p in out.rglob("*.json"))
@@ -151,8 +163,24 @@ def test_ctrl_c_says_what_was_finished_and_how_to_resume(tmp_path, many_images, 
     from ..conftest import TINY_VIT
 
     out = tmp_path / "out"
-    argv = [command, str(many_images), "--classes", "cat, grass", "--out", str(out), "--clip", TINY_VIT,
-            "--random-weights", "--method", "clip", "--templates", "single", "--batch-size", "1", "--no-progress"]
+    argv = [
+        command,
+        str(many_images),
+        "--classes",
+        "cat, grass",
+        "--out",
+        str(out),
+        "--clip",
+        TINY_VIT,
+        "--random-weights",
+        "--method",
+        "clip",
+        "--templates",
+        "single",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     rc, _, err = _interrupt_after_first_result(argv, out)
     finished = len([p for p in out.rglob("*.json") if p.name != "batch_report.json"])
     assert rc == 130, err

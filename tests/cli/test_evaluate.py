@@ -20,8 +20,9 @@ IDS = ["2008_000001", "2008_000002", "2008_000003"]
 
 
 def run(*args, check=True, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
@@ -41,9 +42,30 @@ def voc(tmp_path) -> Path:
 
 def test_help_lists_the_options():
     ev = run("eval", "--help").stdout
-    for opt in ("--dataset", "--root", "--split", "--method", "--preset", "--clip", "--weights", "--random-weights",
-                "--device", "--precision", "--limit", "--skip-bad", "--no-resume", "--out", "--engines", "voc21", "ade20k",
-                "--context-prompts", "--descriptions", "--enrichment", "--disambiguate", "--calibration"):
+    for opt in (
+        "--dataset",
+        "--root",
+        "--split",
+        "--method",
+        "--preset",
+        "--clip",
+        "--weights",
+        "--random-weights",
+        "--device",
+        "--precision",
+        "--limit",
+        "--skip-bad",
+        "--no-resume",
+        "--out",
+        "--engines",
+        "voc21",
+        "ade20k",
+        "--context-prompts",
+        "--descriptions",
+        "--enrichment",
+        "--disambiguate",
+        "--calibration",
+    ):
         assert opt in ev, opt
     be = run("bench", "--help").stdout
     for opt in ("--suite", "--smoke", "--device"):
@@ -58,8 +80,22 @@ def test_register_on_the_main_parser():
 def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
     (voc / "VOC2012" / "SegmentationClass" / f"{IDS[1]}.png").unlink()
     out = tmp_path / "res" / "voc.json"
-    common = ["eval", "--dataset", "voc21", "--root", str(voc), "--out", str(out), "--random-weights",
-              "--clip", TINY_VIT, "--method", "naclip", "--templates", "single"]
+    common = [
+        "eval",
+        "--dataset",
+        "voc21",
+        "--root",
+        str(voc),
+        "--out",
+        str(out),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        "--method",
+        "naclip",
+        "--templates",
+        "single",
+    ]
     p = run(*common, check=False)
     assert p.returncode == 2 and f"{IDS[1]}.png" in p.stderr and "Traceback" not in p.stderr
     p = run(*common, "--skip-bad", "--descriptions", "voc20", "--calibration", "knn")  # an ablation row
@@ -74,6 +110,16 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
 
 
 def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
-    p = run("eval", "--dataset", "voc21", "--root", str(voc), "--engines", str(tmp_path), "--out", str(tmp_path / "r.json"),
-            check=False)
+    p = run(
+        "eval",
+        "--dataset",
+        "voc21",
+        "--root",
+        str(voc),
+        "--engines",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "r.json"),
+        check=False,
+    )
     assert p.returncode == 2 and "has no manifest.json" in p.stderr and "Traceback" not in p.stderr

@@ -13,8 +13,24 @@ from ..conftest import TINY_VIT
 
 def test_export_command(tmp_path, capsys):
     out = tmp_path / "engines"
-    args = build_parser().parse_args(["export", "--out", str(out), "--clip", TINY_VIT, "--random-weights", "--method",
-                                 "clip", "--preset", "none", "--templates", "single", "--max-side", "512"])
+    args = build_parser().parse_args(
+        [
+            "export",
+            "--out",
+            str(out),
+            "--clip",
+            TINY_VIT,
+            "--random-weights",
+            "--method",
+            "clip",
+            "--preset",
+            "none",
+            "--templates",
+            "single",
+            "--max-side",
+            "512",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr()
     assert "RANDOM weights" in printed.err and "max|ort-torch|" in printed.out and "clip_dense" in printed.out

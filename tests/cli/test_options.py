@@ -20,11 +20,14 @@ def test_options_the_engines_fix_default_to_none():
     assert (args.method, args.precision, args.clip, args.weights, args.providers) == (None, None, None, None, None)
 
 
-@pytest.mark.parametrize("given,match", [
-    (["--method", "resclip"], "method 'resclip'"),  # the PyTorch default, given explicitly: still checked
-    (["--precision", "fp16"], "precision 'fp16'"),
-    (["--clip", "ViT-B-16"], "CLIP model 'ViT-B-16'"),
-])
+@pytest.mark.parametrize(
+    "given,match",
+    [
+        (["--method", "resclip"], "method 'resclip'"),  # the PyTorch default, given explicitly: still checked
+        (["--precision", "fp16"], "precision 'fp16'"),
+        (["--clip", "ViT-B-16"], "CLIP model 'ViT-B-16'"),
+    ],
+)
 def test_explicit_options_are_checked_against_the_manifest(engine_dir, given, match):
     args = _args("--engines", str(engine_dir("naclip")), *given)
     with pytest.raises(ManifestMismatchError, match=match):
@@ -36,11 +39,14 @@ def test_the_folders_own_values_are_accepted(engine_dir):
     assert seg.config.method == "naclip" and seg.precision == "fp32"
 
 
-@pytest.mark.parametrize("given,match", [
-    (["--weights", "w.pt"], "--weights / --random-weights do not apply with --engines"),
-    (["--random-weights"], "--weights / --random-weights do not apply with --engines"),
-    (["--sam2-weights", "s.pt"], "--sam2-weights does not apply with --engines"),
-])
+@pytest.mark.parametrize(
+    "given,match",
+    [
+        (["--weights", "w.pt"], "--weights / --random-weights do not apply with --engines"),
+        (["--random-weights"], "--weights / --random-weights do not apply with --engines"),
+        (["--sam2-weights", "s.pt"], "--sam2-weights does not apply with --engines"),
+    ],
+)
 def test_options_that_cannot_apply_to_engines_are_refused(tmp_path, given, match):
     with pytest.raises(ClipSamError, match=match):
         build_segmenter(_args("--engines", str(tmp_path), *given))

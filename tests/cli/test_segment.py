@@ -39,16 +39,42 @@ def test_help_is_complete():
     top = run("--help").stdout
     assert "segment" in top
     seg = run("segment", "--help").stdout
-    for opt in ("--classes", "--class-file", "--preset", "--out", "--method", "--weights", "--device", "--random-weights",
-                "--clip", "--templates", "--precision", "--context-prompts", "--descriptions", "--enrichment",
-                "--disambiguate", "--calibration"):
+    for opt in (
+        "--classes",
+        "--class-file",
+        "--preset",
+        "--out",
+        "--method",
+        "--weights",
+        "--device",
+        "--random-weights",
+        "--clip",
+        "--templates",
+        "--precision",
+        "--context-prompts",
+        "--descriptions",
+        "--enrichment",
+        "--disambiguate",
+        "--calibration",
+    ):
         assert opt in seg, opt
 
 
 def test_segment_writes_labels_overlay_and_summary(photo, tmp_path):
     out = tmp_path / "out"
-    proc = run("segment", str(photo), "--classes", "person, dog, sofa, floor", "--out", str(out), "--random-weights",
-               "--clip", TINY_VIT, "--templates", "single")
+    proc = run(
+        "segment",
+        str(photo),
+        "--classes",
+        "person, dog, sofa, floor",
+        "--out",
+        str(out),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        "--templates",
+        "single",
+    )
     assert "RANDOM" in proc.stderr
     labels = np.asarray(Image.open(out / "voc_sample_labels.png"))
     assert labels.shape == (375, 500) and labels.max() < 4
@@ -68,9 +94,28 @@ def test_folders_globs_scales_and_flip(photo, tmp_path):
         Image.open(photo).resize((125, 94)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    proc = run("segment", str(folder), str(tmp_path / "imgs" / "*.png"), "--classes", "person, dog", "--out", str(out),
-               "--random-weights", "--clip", TINY_VIT, "--templates", "single", "--method", "sclip", "--scales", "0.5,0.75",
-               "--flip", "--batch-size", "1", "--no-progress")
+    proc = run(
+        "segment",
+        str(folder),
+        str(tmp_path / "imgs" / "*.png"),
+        "--classes",
+        "person, dog",
+        "--out",
+        str(out),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        "--templates",
+        "single",
+        "--method",
+        "sclip",
+        "--scales",
+        "0.5,0.75",
+        "--flip",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    )
     assert "segmented 2 image(s)" in proc.stdout  # b.png listed twice (folder and glob) is segmented once
     assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
     summary = json.loads((out / "a.json").read_text())
@@ -83,8 +128,21 @@ def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
 
     sample = Path(clipsam.__file__).parent / "data" / "chelsea.jpg"
     out = tmp_path / "o"
-    run("segment", str(sample), "--preset", "voc20", "--method", "sclip", "--out", str(out), "--random-weights",
-        "--clip", TINY_VIT, "--templates", "single")
+    run(
+        "segment",
+        str(sample),
+        "--preset",
+        "voc20",
+        "--method",
+        "sclip",
+        "--out",
+        str(out),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        "--templates",
+        "single",
+    )
     summary = json.loads((out / "chelsea.json").read_text())
     assert len(summary["classes"]) == 20 and summary["preset"] == "voc20"
 
@@ -93,14 +151,43 @@ def test_prompt_and_calibration_flags(photo, tmp_path):
     tpl = tmp_path / "templates.txt"
     tpl.write_text("a photo of a {}.\nart of the {}.\n")
     out = tmp_path / "out"
-    run("segment", str(photo), "--classes", "person, dog, mouse", "--out", str(out), "--random-weights", "--clip",
-        TINY_VIT, "--method", "naclip", "--templates", str(tpl), "--context-prompts", "default", "--disambiguate",
-        "default", "--descriptions", "voc20", "--enrichment", "mean", "--calibration", "knn", "--no-progress")
+    run(
+        "segment",
+        str(photo),
+        "--classes",
+        "person, dog, mouse",
+        "--out",
+        str(out),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        "--method",
+        "naclip",
+        "--templates",
+        str(tpl),
+        "--context-prompts",
+        "default",
+        "--disambiguate",
+        "default",
+        "--descriptions",
+        "voc20",
+        "--enrichment",
+        "mean",
+        "--calibration",
+        "knn",
+        "--no-progress",
+    )
     summary = json.loads((out / "voc_sample.json").read_text())
     assert summary["classes"] == ["person", "dog", "mouse"]  # disambiguation does not rename the classes
-    assert summary["prompts"] == {"context_prompts": "default", "disambiguate": "default", "descriptions": "voc20",
-                                  "enrichment": "mean", "tse_clusters": None, "tse_drop": 0.1,
-                                  "descriptions_sha256": summary["prompts"]["descriptions_sha256"]}
+    assert summary["prompts"] == {
+        "context_prompts": "default",
+        "disambiguate": "default",
+        "descriptions": "voc20",
+        "enrichment": "mean",
+        "tse_clusters": None,
+        "tse_drop": 0.1,
+        "descriptions_sha256": summary["prompts"]["descriptions_sha256"],
+    }
     assert summary["config"]["calibration"] == "knn"
 
 
@@ -121,22 +208,65 @@ def test_prompt_file_errors_name_the_file(photo, tmp_path, capsys):
 def test_cli_errors_are_clear(photo, tmp_path):
     p = run("segment", str(photo), "--out", str(tmp_path), "--random-weights", check=False)
     assert p.returncode == 2 and "name the classes" in p.stderr
-    p = run("segment", str(tmp_path / "missing.jpg"), "--classes", "cat", "--out", str(tmp_path), "--random-weights", check=False)
+    p = run(
+        "segment",
+        str(tmp_path / "missing.jpg"),
+        "--classes",
+        "cat",
+        "--out",
+        str(tmp_path),
+        "--random-weights",
+        check=False,
+    )
     assert p.returncode == 2 and "missing.jpg" in p.stderr
-    p = run("segment", str(photo), "--classes", "cat, cat", "--out", str(tmp_path), "--random-weights", "--clip", TINY_VIT,
-            check=False)
+    p = run(
+        "segment",
+        str(photo),
+        "--classes",
+        "cat, cat",
+        "--out",
+        str(tmp_path),
+        "--random-weights",
+        "--clip",
+        TINY_VIT,
+        check=False,
+    )
     assert p.returncode == 2 and "duplicate" in p.stderr and "Traceback" not in p.stderr
-    p = run("segment", str(photo), "--classes", "cat", "--out", str(tmp_path), "--weights", str(tmp_path / "w.pt"),
-            "--clip", TINY_VIT, check=False)
+    p = run(
+        "segment",
+        str(photo),
+        "--classes",
+        "cat",
+        "--out",
+        str(tmp_path),
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--clip",
+        TINY_VIT,
+        check=False,
+    )
     assert p.returncode == 2 and "w.pt" in p.stderr
 
 
 def test_segment_with_engines(engine_dir, chelsea_small, tmp_path, capsys):
     photo = tmp_path / "cat.png"
     Image.fromarray(chelsea_small).save(photo)
-    args = build_parser().parse_args(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out",
-                                 str(tmp_path / "out"), "--classes", "cat, grass, sky", "--refine", "sam2.1_hiera_t",
-                                 "--no-progress", "--flip"])
+    args = build_parser().parse_args(
+        [
+            "segment",
+            str(photo),
+            "--engines",
+            str(engine_dir("resclip")),
+            "--out",
+            str(tmp_path / "out"),
+            "--classes",
+            "cat, grass, sky",
+            "--refine",
+            "sam2.1_hiera_t",
+            "--no-progress",
+            "--flip",
+        ]
+    )
     assert args.func(args) == 0
     assert "with ONNX Runtime (CPUExecutionProvider)" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "cat.json").read_text())
@@ -174,8 +304,22 @@ def test_main_entry_point(engine_dir, chelsea_small, tmp_path):
     photo = tmp_path / "cat.png"
     Image.fromarray(chelsea_small).save(photo)
     out = tmp_path / "out"
-    assert main(["segment", str(photo), "--engines", str(engine_dir("resclip")), "--out", str(out), "--classes",
-                 "cat, grass", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(photo),
+                "--engines",
+                str(engine_dir("resclip")),
+                "--out",
+                str(out),
+                "--classes",
+                "cat, grass",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "cat.json").read_text())["backend"] == "onnxruntime"
     with pytest.raises(SystemExit):
         main(["export", "--help"])

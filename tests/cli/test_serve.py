@@ -30,47 +30,124 @@ def parse(*argv):
 def test_options_and_defaults():
     a = parse("--preset", "voc21")
     assert (a.host, a.port, a.replicas, a.serve_max_batch, a.batch_wait_ms, a.max_batch, a.ray) == (
-        "127.0.0.1", 8000, 1, None, 10.0, None, None)  # --max-batch: 8 on a GPU, 1 on the CPU (per replica)
-    a = parse("--max-batch", "16", "--max-windows", "2", "--batch-wait-ms", "5", "--engines", "e/", "--refine",
-              "sam2.1_hiera_t", "--method", "sclip", "--scales", "ms5")
-    assert (a.serve_max_batch, a.max_batch, a.batch_wait_ms, a.engines, a.refine, a.scales) == (16, 2, 5.0, "e/",
-                                                                                                "sam2.1_hiera_t", "ms5")
+        "127.0.0.1",
+        8000,
+        1,
+        None,
+        10.0,
+        None,
+        None,
+    )  # --max-batch: 8 on a GPU, 1 on the CPU (per replica)
+    a = parse(
+        "--max-batch",
+        "16",
+        "--max-windows",
+        "2",
+        "--batch-wait-ms",
+        "5",
+        "--engines",
+        "e/",
+        "--refine",
+        "sam2.1_hiera_t",
+        "--method",
+        "sclip",
+        "--scales",
+        "ms5",
+    )
+    assert (a.serve_max_batch, a.max_batch, a.batch_wait_ms, a.engines, a.refine, a.scales) == (
+        16,
+        2,
+        5.0,
+        "e/",
+        "sam2.1_hiera_t",
+        "ms5",
+    )
     text = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, timeout=120).stdout
-    for opt in ("--preset", "--method", "--engines", "--device", "--replicas", "--port", "--host", "--max-batch",
-                "--batch-wait-ms", "--ray", "--max-upload-mb", "--max-pixels", "--max-classes", "--max-class-chars",
-                "--request-timeout-s", "--api-key-env", "--api-key-file", "--methods", "--presets", "--max-windows"):
+    for opt in (
+        "--preset",
+        "--method",
+        "--engines",
+        "--device",
+        "--replicas",
+        "--port",
+        "--host",
+        "--max-batch",
+        "--batch-wait-ms",
+        "--ray",
+        "--max-upload-mb",
+        "--max-pixels",
+        "--max-classes",
+        "--max-class-chars",
+        "--request-timeout-s",
+        "--api-key-env",
+        "--api-key-file",
+        "--methods",
+        "--presets",
+        "--max-windows",
+    ):
         assert opt in text, opt
     assert "--batch-size" not in text and "--no-progress" not in text  # segment options that mean nothing here
     assert "serve" in subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=120).stdout
 
 
 def test_serve_config_from_options(monkeypatch, tmp_path):
-    from clipsam.serve.auth import key_digest
     from clipsam.cli.serve import serve_config
+    from clipsam.serve.auth import key_digest
 
     monkeypatch.setenv("MY_KEY", "k" * 20)
-    cfg = serve_config(parse("--classes", "cat, dog", "--max-upload-mb", "1.5", "--max-pixels", "1000", "--max-classes",
-                             "7", "--max-class-chars", "9", "--request-timeout-s", "3", "--api-key-env", "MY_KEY",
-                             "--methods", "all", "--presets", "context60", "--warmup-sizes", "336x448,64X80"))
-    assert cfg.limits.to_json() == {"max_upload_bytes": 1572864, "max_pixels": 1000, "max_classes": 7,
-                                    "max_class_chars": 9, "request_timeout_s": 3.0}
+    cfg = serve_config(
+        parse(
+            "--classes",
+            "cat, dog",
+            "--max-upload-mb",
+            "1.5",
+            "--max-pixels",
+            "1000",
+            "--max-classes",
+            "7",
+            "--max-class-chars",
+            "9",
+            "--request-timeout-s",
+            "3",
+            "--api-key-env",
+            "MY_KEY",
+            "--methods",
+            "all",
+            "--presets",
+            "context60",
+            "--warmup-sizes",
+            "336x448,64X80",
+        )
+    )
+    assert cfg.limits.to_json() == {
+        "max_upload_bytes": 1572864,
+        "max_pixels": 1000,
+        "max_classes": 7,
+        "max_class_chars": 9,
+        "request_timeout_s": 3.0,
+    }
     assert cfg.classes == ("cat", "dog") and cfg.api_key_sha256 == key_digest("k" * 20) and len(cfg.methods) == 7
     assert cfg.presets == ("context60",) and cfg.warmup_sizes == ((336, 448), (64, 80))
     (tmp_path / "classes.txt").write_text("person, man\ndog\n")
     assert serve_config(parse("--class-file", str(tmp_path / "classes.txt"))).classes == ("person, man", "dog")
-    for argv, text in ((("--methods", "resclip,segformer"), "unknown segformer"),
-                       (("--warmup-sizes", "336"), "HxW pairs"), (("--max-classes", "0"), "must be positive"),
-                       (("--api-key-env", "NOT_SET_ANYWHERE"), "NOT_SET_ANYWHERE is not set"),
-                       (("--classes", "a", "--class-file", "f"), "not both")):
+    for argv, text in (
+        (("--methods", "resclip,segformer"), "unknown segformer"),
+        (("--warmup-sizes", "336"), "HxW pairs"),
+        (("--max-classes", "0"), "must be positive"),
+        (("--api-key-env", "NOT_SET_ANYWHERE"), "NOT_SET_ANYWHERE is not set"),
+        (("--classes", "a", "--class-file", "f"), "not both"),
+    ):
         with pytest.raises(ClipSamError, match=text):
             serve_config(parse(*argv))
 
 
 def test_bad_options_fail_before_ray_starts(capsys):
-    for argv, text in ((("--preset", "voc21", "--calibration", "excel"), "calibration='excel'"),
-                       (("--engines", "/nonexistent/engines"), "engine folder not found"),
-                       (("--preset", "voc21", "--sam2-weights", "x.pt"), "--sam2-weights needs --refine"),
-                       (("--preset", "voc21", "--replicas", "0"), "--replicas must be >= 1")):
+    for argv, text in (
+        (("--preset", "voc21", "--calibration", "excel"), "calibration='excel'"),
+        (("--engines", "/nonexistent/engines"), "engine folder not found"),
+        (("--preset", "voc21", "--sam2-weights", "x.pt"), "--sam2-weights needs --refine"),
+        (("--preset", "voc21", "--replicas", "0"), "--replicas must be >= 1"),
+    ):
         assert main(["serve", *argv, "--port", str(free_port())]) == 2
         assert text in capsys.readouterr().err
     with socket.socket() as s:  # a port in use is named
@@ -84,8 +161,10 @@ def test_without_ray_serve_the_extra_is_named(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(["serve", "--preset", "voc21"]) == 2
     assert "pip install 'clipsam[serve]'" in capsys.readouterr().err
-    code = ("import sys; sys.modules['ray'] = None\nimport clipsam.serve\ntry:\n    import clipsam.serve.app\n"
-            "except ImportError as e:\n    print(type(e).__name__, e)")
+    code = (
+        "import sys; sys.modules['ray'] = None\nimport clipsam.serve\ntry:\n    import clipsam.serve.app\n"
+        "except ImportError as e:\n    print(type(e).__name__, e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("MissingDependencyError") and "pip install 'clipsam[serve]'" in out
     assert issubclass(MissingDependencyError, ClipSamError)
@@ -98,8 +177,9 @@ def test_application_builder():
     from clipsam.cli.serve import build_app
     from clipsam.serve.app import build_application
 
-    app = build_app({"preset": "voc21", "random-weights": True, "clip": TINY_VIT, "max_batch": 4, "replicas": 2,
-                     "flip": "false"})
+    app = build_app(
+        {"preset": "voc21", "random-weights": True, "clip": TINY_VIT, "max_batch": 4, "replicas": 2, "flip": "false"}
+    )
     assert type(app).__name__ == "Application"
     with pytest.raises(ConfigError, match="bad clipsam serve options"):
         build_app({"bogus-option": 1})
@@ -112,16 +192,38 @@ def test_the_command_serves_and_stops_on_a_signal(chelsea_small, stop):
     from clipsam.serve import Client
 
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve", "--random-weights", "--clip", TINY_VIT, "--templates", "single", "--preset",
-                             "voc21", "--port", str(port), "--warmup-sizes", "64x96", "--cpus-per-replica", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            CLI,
+            "serve",
+            "--random-weights",
+            "--clip",
+            TINY_VIT,
+            "--templates",
+            "single",
+            "--preset",
+            "voc21",
+            "--port",
+            str(port),
+            "--warmup-sizes",
+            "64x96",
+            "--cpus-per-replica",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     try:
         deadline = time.monotonic() + 300
         while not any("ready at" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, (lines, proc.stderr.read() if proc.poll() else "")
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                lines,
+                proc.stderr.read() if proc.poll() else "",
+            )
             time.sleep(0.5)
         assert f"http://127.0.0.1:{port}/" in "".join(lines)
         res = Client(f"http://127.0.0.1:{port}").segment(chelsea_small, "cat, grass, wall")
@@ -142,8 +244,25 @@ def test_the_command_serves_and_stops_on_a_signal(chelsea_small, stop):
 
 def test_a_replica_that_cannot_start_is_reported(tmp_path):
     missing = tmp_path / "no-such-checkpoint.pt"
-    proc = subprocess.run([CLI, "serve", "--clip", TINY_VIT, "--weights", str(missing), "--preset", "voc21", "--port",
-                           str(free_port()), "--cpus-per-replica", "1"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            CLI,
+            "serve",
+            "--clip",
+            TINY_VIT,
+            "--weights",
+            str(missing),
+            "--preset",
+            "voc21",
+            "--port",
+            str(free_port()),
+            "--cpus-per-replica",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("clipsam serve: error:")]
     assert line and "did not start" in line[0] and "no-such-checkpoint.pt" in line[0], proc.stderr[-2000:]

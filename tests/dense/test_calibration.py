@@ -144,6 +144,7 @@ def test_batched_scheduler_equals_the_reference_path(make_segmenter, chelsea_sma
     from clipsam.postprocess import postprocess
 
     vocab = seg.vocabulary()
-    labels = postprocess(ref, vocab.query_to_class, vocab.num_classes, seg.config.logit_scale, seg.config.prob_thd,
-                         seg.config.area_thd)[0]
+    labels = postprocess(
+        ref, vocab.query_to_class, vocab.num_classes, seg.config.logit_scale, seg.config.prob_thd, seg.config.area_thd
+    )[0]
     assert (labels == res[0].labels).all()

@@ -44,7 +44,8 @@ def _custom_attn(attn_layer, x, base=None, omega=None, attn_rcs=None, attn_sfr=N
         w = torch.softmax(w + omega, dim=-1)
     elif base == "sclip":
         w = torch.softmax(blend(torch.bmm(q, q.transpose(1, 2)) * scale), -1) + torch.softmax(
-            blend(torch.bmm(k, k.transpose(1, 2)) * scale), -1)
+            blend(torch.bmm(k, k.transpose(1, 2)) * scale), -1
+        )
     elif base == "clearclip":
         w = torch.softmax(blend(torch.bmm(q, q.transpose(1, 2)) * scale), dim=-1)
     else:
@@ -111,8 +112,14 @@ def _sfr_loops(labels, std):
             same = float(labels[coords[i]] == labels[coords[j]]) if i != j else 1.0
             valid = True
             for kk in range(steps[i][j] + 1):
-                p = [int(torch.round(torch.tensor(float(coords[i][a])) * (1 - t[kk]) + torch.tensor(float(coords[j][a])) * t[kk]))
-                     for a in range(2)]
+                p = [
+                    int(
+                        torch.round(
+                            torch.tensor(float(coords[i][a])) * (1 - t[kk]) + torch.tensor(float(coords[j][a])) * t[kk]
+                        )
+                    )
+                    for a in range(2)
+                ]
                 if labels[p[0], p[1]] != labels[coords[i]]:
                     valid = False
             s[i, j] = same if valid else same * torch.exp(torch.tensor(-steps[i][j] / big_d)).item()
@@ -138,8 +145,13 @@ def upstream_logits(visual, img, text, cfg):
     pos = visual.positional_embedding
     if x.shape[1] != pos.shape[0]:
         n = int(math.sqrt(pos.shape[0] - 1))
-        pp = F.interpolate(pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2), mode="bicubic",
-                           scale_factor=((gh + 0.1) / n, (gw + 0.1) / n), align_corners=False, recompute_scale_factor=False)
+        pp = F.interpolate(
+            pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2),
+            mode="bicubic",
+            scale_factor=((gh + 0.1) / n, (gw + 0.1) / n),
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
         pos = torch.cat([pos[:1][None], pp.permute(0, 2, 3, 1).reshape(1, -1, pp.shape[1])], dim=1)[0]
     x = visual.ln_pre(x + pos).permute(1, 0, 2)
     maps = []

@@ -31,7 +31,10 @@ def pamr_loops(img, mask, iters, dilations):
                 sig.append(math.sqrt(sum((s - mean) ** 2 for s in samples) / (len(samples) - 1)))
             for d in dilations:
                 for dy, dx in NEIGHBOUR_OFFSETS:
-                    vals = [-abs(at(img, ch, y, x) - at(img, ch, y + dy * d, x + dx * d)) / (1e-8 + 0.1 * sig[ch]) for ch in range(k)]
+                    vals = [
+                        -abs(at(img, ch, y, x) - at(img, ch, y + dy * d, x + dx * d)) / (1e-8 + 0.1 * sig[ch])
+                        for ch in range(k)
+                    ]
                     per_nb.append(sum(vals) / k)
             m = max(per_nb)
             e = [math.exp(v - m) for v in per_nb]

@@ -9,8 +9,7 @@ import warnings
 import pytest
 
 from clipsam.engine import EngineSegmenter
-from clipsam.errors import EngineError, EngineFileError, ManifestMismatchError, ProviderError
-from clipsam.errors import ClipSamError
+from clipsam.errors import ClipSamError, EngineError, EngineFileError, ManifestMismatchError, ProviderError
 
 
 @pytest.fixture
@@ -64,22 +63,33 @@ def test_manifest_missing_invalid_or_unknown_format(folder, tmp_path):
         EngineSegmenter(folder)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(method="resclip"), "exported for method 'sclip', but method 'resclip' was asked for"),
-    (dict(preset="ade20k"), "exported for preset 'voc21', but preset 'ade20k'"),
-    (dict(precision="fp16"), "exported for precision 'fp32'"),
-    (dict(clip="ViT-B-16"), "exported for CLIP model 'clipsam-test-vit'"),
-    (dict(base="naclip"), "base are baked into the exported graphs"),
-    (dict(rcs=True), "rcs are baked into the exported graphs"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="resclip"), "exported for method 'sclip', but method 'resclip' was asked for"),
+        (dict(preset="ade20k"), "exported for preset 'voc21', but preset 'ade20k'"),
+        (dict(precision="fp16"), "exported for precision 'fp32'"),
+        (dict(clip="ViT-B-16"), "exported for CLIP model 'clipsam-test-vit'"),
+        (dict(base="naclip"), "base are baked into the exported graphs"),
+        (dict(rcs=True), "rcs are baked into the exported graphs"),
+    ],
+)
 def test_manifest_mismatch(engine_dir, kwargs, match):
     with pytest.raises(ManifestMismatchError, match=match):
         EngineSegmenter(engine_dir("sclip"), **kwargs)
 
 
 def test_host_side_overrides_are_allowed(engine_dir):
-    eng = EngineSegmenter(engine_dir("sclip"), method="sclip", preset="voc21", precision="fp32", short_side=128,
-                          slide_crop=0, prob_thd=0.3, pamr_iters=2)
+    eng = EngineSegmenter(
+        engine_dir("sclip"),
+        method="sclip",
+        preset="voc21",
+        precision="fp32",
+        short_side=128,
+        slide_crop=0,
+        prob_thd=0.3,
+        pamr_iters=2,
+    )
     assert (eng.config.short_side, eng.config.slide_crop, eng.config.prob_thd) == (128, 0, 0.3)
 
 
@@ -123,8 +133,9 @@ def test_tensorrt_options_come_from_the_manifest_profiles(engine_dir, tmp_path):
     from clipsam.engine.session import GraphSession, ProviderConfig
 
     entry = {**_manifest(engine_dir("sclip"))["graphs"]["clip_dense"], "folder": str(tmp_path)}
-    opts = GraphSession._options("TensorrtExecutionProvider", entry, ProviderConfig(trt_cache_dir=str(tmp_path / "c")),
-                                 fp16=False)
+    opts = GraphSession._options(
+        "TensorrtExecutionProvider", entry, ProviderConfig(trt_cache_dir=str(tmp_path / "c")), fp16=False
+    )
     assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(tmp_path / "c")
     assert opts["trt_profile_min_shapes"].startswith("crops:1x3x16x16,pos_embed:2x128")
     assert "crops:8x3x224x224" in opts["trt_profile_max_shapes"] and opts["trt_fp16_enable"] is False  # sliding
@@ -137,29 +148,40 @@ def _edit(folder, change):
     (folder / "manifest.json").write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda d: d.update(method="foo"), r"says method 'foo', but its graphs were exported for method 'sclip'"),
-    (lambda d: d.update(method="naclip"), r"says method 'naclip', but its graphs were exported for method 'sclip'"),
-    (lambda d: d["dense_config"].update(base="naclip"), r"dense_config.base 'naclip'.*exported for .*'sclip'"),
-    (lambda d: d["dense_config"].update(base="clearclip"), r"dense_config.base 'clearclip'"),
-    (lambda d: d["clip"].update(patch=14), r"clip.patch 14, but its graphs were exported for clip.patch 16"),
-    (lambda d: d.update(precision="fp16"), r"precision 'fp16'"),
-], ids=["method-foo", "method-naclip", "base-naclip", "base-clearclip", "patch", "precision"])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda d: d.update(method="foo"), r"says method 'foo', but its graphs were exported for method 'sclip'"),
+        (lambda d: d.update(method="naclip"), r"says method 'naclip', but its graphs were exported for method 'sclip'"),
+        (lambda d: d["dense_config"].update(base="naclip"), r"dense_config.base 'naclip'.*exported for .*'sclip'"),
+        (lambda d: d["dense_config"].update(base="clearclip"), r"dense_config.base 'clearclip'"),
+        (lambda d: d["clip"].update(patch=14), r"clip.patch 14, but its graphs were exported for clip.patch 16"),
+        (lambda d: d.update(precision="fp16"), r"precision 'fp16'"),
+    ],
+    ids=["method-foo", "method-naclip", "base-naclip", "base-clearclip", "patch", "precision"],
+)
 def test_edited_manifest_fields_are_refused(folder, change, match):
     _edit(folder, change)
     with pytest.raises(ManifestMismatchError, match=match + r".*edited.*export the engines again"):
         EngineSegmenter(folder)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda d: d["clip"].update(patch="16"), r"clip.patch must be a positive integer, got '16'"),
-    (lambda d: d["limits"].pop("max_batch"), r"limits.max_batch is missing"),
-    (lambda d: d["graphs"]["clip_dense"].update(file="../clip_dense.onnx"), r"graphs.clip_dense.file .*plain file name"),
-    (lambda d: d["files"].pop("tokenizer"), r"files.tokenizer is missing"),
-    (lambda d: d.update(graphs=[]), r"graphs must be a JSON object"),
-    (lambda d: d["graph_settings"].update(sha256="0" * 64), r"graph_settings record does not match"),
-    (lambda d: d.pop("graph_settings"), r"lacks graph_settings"),
-], ids=["patch-type", "limits", "path", "files", "graphs-type", "seal", "no-seal"])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda d: d["clip"].update(patch="16"), r"clip.patch must be a positive integer, got '16'"),
+        (lambda d: d["limits"].pop("max_batch"), r"limits.max_batch is missing"),
+        (
+            lambda d: d["graphs"]["clip_dense"].update(file="../clip_dense.onnx"),
+            r"graphs.clip_dense.file .*plain file name",
+        ),
+        (lambda d: d["files"].pop("tokenizer"), r"files.tokenizer is missing"),
+        (lambda d: d.update(graphs=[]), r"graphs must be a JSON object"),
+        (lambda d: d["graph_settings"].update(sha256="0" * 64), r"graph_settings record does not match"),
+        (lambda d: d.pop("graph_settings"), r"lacks graph_settings"),
+    ],
+    ids=["patch-type", "limits", "path", "files", "graphs-type", "seal", "no-seal"],
+)
 def test_malformed_manifest_fields_are_named(folder, change, match):
     _edit(folder, change)
     with pytest.raises(EngineError, match=match):

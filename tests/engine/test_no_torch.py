@@ -51,8 +51,13 @@ def test_full_pipeline_without_torch(engine_dir, chelsea_small, tmp_path):
     script, image, out = tmp_path / "run.py", tmp_path / "image.npy", tmp_path / "labels.npy"
     script.write_text(SCRIPT)
     np.save(image, chelsea_small)
-    proc = subprocess.run([sys.executable, str(script), str(folder), str(image), str(out)], capture_output=True,
-                          text=True, timeout=300, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), str(image), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
     assert "providers ['CPUExecutionProvider']" in proc.stdout
     cfg = RefineConfig(stuff_classes=(0,), min_confidence=0.0, min_mask_score=0.0, max_prompts_per_image=4)

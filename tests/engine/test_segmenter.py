@@ -24,15 +24,21 @@ CASES = [
     ("clearclip", "clearclip", "context59", dict(short_side=96, slide_crop=56, slide_stride=28)),  # padded crops
     ("sclip", "sclip", "voc21", dict(short_side=80, slide_crop=48, slide_stride=24)),
 ]
-REFINE = RefineConfig(stuff_classes=(0,), min_confidence=0.0, min_mask_score=0.0, negative_points=True,
-                      max_prompts_per_image=6)
+REFINE = RefineConfig(
+    stuff_classes=(0,), min_confidence=0.0, min_mask_score=0.0, negative_points=True, max_prompts_per_image=6
+)
 
 
 def _torch_segmenter(tiny_clip, method, preset, max_batch=8, refiner=None, refine_config=None, **overrides):
     from clipsam.segmenter import Segmenter
 
-    return Segmenter(tiny_clip, dense_config(method, preset, templates=TEMPLATES, **overrides), max_batch=max_batch,
-                     refiner=refiner, refine_config=refine_config)
+    return Segmenter(
+        tiny_clip,
+        dense_config(method, preset, templates=TEMPLATES, **overrides),
+        max_batch=max_batch,
+        refiner=refiner,
+        refine_config=refine_config,
+    )
 
 
 def _labels(seg, logits, vocab):
@@ -55,17 +61,22 @@ def test_logits_and_labels_match_pytorch(engine_dir, tiny_clip, chelsea_small, n
     assert np.array_equal(res.labels, _labels(ref_seg, got, vocab)[0])
 
 
-@pytest.mark.parametrize("name,method,overrides", [
-    ("resclip", "resclip", dict(short_side=64, scales=(1.0, 0.75), flip=True)),  # members, prob_mean
-    ("sclip", "sclip", dict(short_side=64, slide_crop=0, scales=(1.0, 1.25), combine="logit_mean")),  # one-step
-    ("clearclip", "clearclip", dict(short_side=80, slide_crop=56, slide_stride=40, flip=True)),
-])
+@pytest.mark.parametrize(
+    "name,method,overrides",
+    [
+        ("resclip", "resclip", dict(short_side=64, scales=(1.0, 0.75), flip=True)),  # members, prob_mean
+        ("sclip", "sclip", dict(short_side=64, slide_crop=0, scales=(1.0, 1.25), combine="logit_mean")),  # one-step
+        ("clearclip", "clearclip", dict(short_side=80, slide_crop=56, slide_stride=40, flip=True)),
+    ],
+)
 def test_batched_members_match_pytorch_segment_batch(engine_dir, tiny_clip, chelsea_small, name, method, overrides):
     images = [chelsea_small, np.ascontiguousarray(chelsea_small[::-1]), chelsea_small[:64, :100]]
-    ref = _torch_segmenter(tiny_clip, method, "voc21" if method != "clearclip" else "context59", max_batch=2,
-                           **overrides).segment_batch(images, classes=["cat", "grass", "wall", "sky"])
+    ref = _torch_segmenter(
+        tiny_clip, method, "voc21" if method != "clearclip" else "context59", max_batch=2, **overrides
+    ).segment_batch(images, classes=["cat", "grass", "wall", "sky"])
     got = EngineSegmenter(engine_dir(name), max_batch=2, **overrides).segment_batch(
-        images, classes=["cat", "grass", "wall", "sky"])
+        images, classes=["cat", "grass", "wall", "sky"]
+    )
     for r, g in zip(ref, got):
         assert (r.labels == g.labels).mean() >= 0.999
         np.testing.assert_allclose(g.scores, r.scores, atol=1e-4)
@@ -109,8 +120,9 @@ def test_sam2_refinement_matches_pytorch(engine_dir, tiny_clip, tiny_sam2, chels
 
     photo = cv2.resize(voc["rgb"], (120, 90), interpolation=cv2.INTER_AREA)
     images = [chelsea_small, photo]
-    ref = _torch_segmenter(tiny_clip, "resclip", "voc21", short_side=64, refiner=tiny_sam2,
-                           refine_config=REFINE).segment_batch(images)
+    ref = _torch_segmenter(
+        tiny_clip, "resclip", "voc21", short_side=64, refiner=tiny_sam2, refine_config=REFINE
+    ).segment_batch(images)
     got = EngineSegmenter(engine_dir("resclip"), short_side=64, refine=REFINE).segment_batch(images)
     for g, r in zip(got, ref):
         assert (g.dense_labels == r.dense_labels).mean() >= 0.999

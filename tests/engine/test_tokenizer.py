@@ -38,10 +38,29 @@ def test_templates_times_every_dataset_class(tokenizers):
 
 
 ODD = [
-    "Café  déjà-vu!!", "naïve “quotes” ‘x’", "ＦＵＬＬ width", "ﬁne ligature", "x²³ ½ Ⅻ ⅷ", "日本語のテキスト",
-    "emoji 🐱‍👤 cat", "It's Ok'LL 'Re", "&amp;lt;tag&gt;", "a\u0345b \u0301e", "tab\tnew\nline",
-    "<start_of_text>x<END_OF_TEXT>", "don't stop", "123abc456", "a" * 300, "ÀÉÎÕÜ ß ẞ ǅ", "ÃƒÂ© mojibake",
-    "٣ ٤ ١٢", "e\u0301 vs é", "  leading and trailing  ", "", "!!!???", "a photo of a {}.",
+    "Café  déjà-vu!!",
+    "naïve “quotes” ‘x’",
+    "ＦＵＬＬ width",
+    "ﬁne ligature",
+    "x²³ ½ Ⅻ ⅷ",
+    "日本語のテキスト",
+    "emoji 🐱‍👤 cat",
+    "It's Ok'LL 'Re",
+    "&amp;lt;tag&gt;",
+    "a\u0345b \u0301e",
+    "tab\tnew\nline",
+    "<start_of_text>x<END_OF_TEXT>",
+    "don't stop",
+    "123abc456",
+    "a" * 300,
+    "ÀÉÎÕÜ ß ẞ ǅ",
+    "ÃƒÂ© mojibake",
+    "٣ ٤ ١٢",
+    "e\u0301 vs é",
+    "  leading and trailing  ",
+    "",
+    "!!!???",
+    "a photo of a {}.",
 ]
 
 
@@ -50,8 +69,19 @@ def test_odd_and_random_text(tokenizers):
     rng = random.Random(0)
     texts = list(ODD)
     while len(texts) < 1500:
-        s = "".join(chr(rng.choice([rng.randint(32, 126), rng.randint(160, 0x2FFF), rng.randint(0x3000, 0xD7FF),
-                                    rng.randint(0x1F300, 0x1FAFF)])) for _ in range(rng.randint(1, 20)))
+        s = "".join(
+            chr(
+                rng.choice(
+                    [
+                        rng.randint(32, 126),
+                        rng.randint(160, 0x2FFF),
+                        rng.randint(0x3000, 0xD7FF),
+                        rng.randint(0x1F300, 0x1FAFF),
+                    ]
+                )
+            )
+            for _ in range(rng.randint(1, 20))
+        )
         # code points unassigned in Python's Unicode tables are classified differently by the regex module,
         # which ships newer tables: the one known difference, documented in the tokenizer module
         if not any(unicodedata.category(c) in ("Cn", "Cs", "Co") for c in s):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,21 @@ def _reduced(label: np.ndarray) -> np.ndarray:
 
 def test_registry():
     expect = {
-        "voc21": (21, False), "voc20": (20, True), "context60": (60, False), "context59": (59, True),
-        "coco_object": (81, False), "coco_stuff164k": (171, False), "cityscapes": (19, False), "ade20k": (150, True),
+        "voc21": (21, False),
+        "voc20": (20, True),
+        "context60": (60, False),
+        "context59": (59, True),
+        "coco_object": (81, False),
+        "coco_stuff164k": (171, False),
+        "cityscapes": (19, False),
+        "ade20k": (150, True),
     }
     assert {k: (s.num_classes, s.reduce_zero_label) for k, s in DATASETS.items()} == expect
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.ignore_index == 255
         assert spec.class_file.name == f"{name}.txt" and spec.class_file.parent.name == "classes"
         assert spec.class_file.parent.parent.name == "data"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         DATASETS["voc21"].num_classes = 3  # type: ignore[misc]
 
 

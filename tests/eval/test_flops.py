@@ -6,7 +6,15 @@ import pytest
 
 from clipsam.config import dense_config
 from clipsam.eval.flops import (
-    VIT_B16, TextSpec, VitSpec, block_flops, image_flops, measure_matmul_peak, pamr_flops, sam2_flops, text_flops,
+    VIT_B16,
+    TextSpec,
+    VitSpec,
+    block_flops,
+    image_flops,
+    measure_matmul_peak,
+    pamr_flops,
+    sam2_flops,
+    text_flops,
 )
 
 # D = 8, L = 3 blocks, patch 4, MLP 32, E = 6. An 8 x 12 image at short side 8 stays 8 x 12: a 2 x 3 grid,
@@ -46,7 +54,9 @@ def test_variants_by_hand():
     last = 5152 + 4 * 784
     assert res.parts["last"] == last
     k = 7  # min(N = 6, int(6 * 5 + 1)) = 6, made odd
-    pamr = 2 * 10 * 16 * Q * 8 * 12 + 8 * 12 * 3 * (3 * 16 + 3 * 18) + 8 * 12 * 4 * 16  # 10 iterations, dilations (8, 16)
+    pamr = (
+        2 * 10 * 16 * Q * 8 * 12 + 8 * 12 * 3 * (3 * 16 + 3 * 18) + 8 * 12 * 4 * 16
+    )  # 10 iterations, dilations (8, 16)
     assert pamr_flops(8, 12, Q, 10, (8, 16)) == pamr
     assert res.parts["sfr"] == last + res.parts["head"] + 2 * 6 * 6 * k + pamr
     # NACLIP's own final PAMR at the original size

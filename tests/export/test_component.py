@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipsam.export.component import ExportValidationError, ParityCase, export_component, format_table
 from clipsam.engine.io_names import GraphIO
+from clipsam.export.component import ExportValidationError, ParityCase, export_component, format_table
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -34,7 +34,9 @@ def test_export_validates_and_reports(tmp_path):
 
 def test_out_of_tolerance_fails_loudly(tmp_path):
     model = _toy()
-    with pytest.raises(ExportValidationError, match=r"toy: ONNX Runtime disagrees with PyTorch beyond tolerance[\s\S]*NO"):
+    with pytest.raises(
+        ExportValidationError, match=r"toy: ONNX Runtime disagrees with PyTorch beyond tolerance[\s\S]*NO"
+    ):
         export_component(model, (torch.randn(2, 8),), tmp_path / "toy.onnx", IO, [_case(model, 3, shift=1e-3)])
 
 
@@ -42,7 +44,9 @@ def test_fp16_uses_its_own_tolerance_and_keeps_io_types(tmp_path):
     import onnx
 
     model = _toy()
-    rows = export_component(model, (torch.randn(2, 8),), tmp_path / "toy16.onnx", IO, [_case(model, 3)], precision="fp16")
+    rows = export_component(
+        model, (torch.randn(2, 8),), tmp_path / "toy16.onnx", IO, [_case(model, 3)], precision="fp16"
+    )
     assert rows[0].tolerance >= 1e-2 and rows[0].ok
     g = onnx.load(str(tmp_path / "toy16.onnx")).graph
     assert g.input[0].type.tensor_type.elem_type == g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -69,11 +73,13 @@ def test_graph_inputs_give_the_reference_attention(base, sfr):
     q, k, v = (torch.randn(b, h, n, d, generator=g) for _ in range(3))
     rq, rk = torch.randn(4, b, h, n, d, generator=g), torch.randn(4, b, h, n, d, generator=g)
     s_hat = sfr_affinity_ref(torch.randint(0, 3, (b, *grid), generator=g)) if sfr else None
-    kw = dict(base=base, scale=d**-0.5, rcs_q=rq, rcs_k=rk, rcs_weights=(2.0, 0.3),
-              sfr_weights=(2.2, 0.7) if sfr else None)
+    kw = dict(
+        base=base, scale=d**-0.5, rcs_q=rq, rcs_k=rk, rcs_weights=(2.0, 0.3), sfr_weights=(2.2, 0.7) if sfr else None
+    )
     ref = rcs_attention_ref(q, k, v, window=(*grid, 5.0), sfr_term=0.7 * s_hat if sfr else None, **kw)
-    got = rcs_attention_ref(q, k, v, window=neighbourhood_window(*grid, 5.0),
-                            sfr_term=(0.7 * s_hat).float() if sfr else None, **kw)
+    got = rcs_attention_ref(
+        q, k, v, window=neighbourhood_window(*grid, 5.0), sfr_term=(0.7 * s_hat).float() if sfr else None, **kw
+    )
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
 
 
@@ -81,7 +87,9 @@ def test_trtexec_line():
     from clipsam.export.profiles import trtexec_line
 
     prof = {"min": {"x": [1, 8]}, "opt": {"x": [4, 8]}, "max": {"x": [16, 8]}}
-    assert trtexec_line("toy.onnx", prof, True) == ("trtexec --onnx=toy.onnx --saveEngine=toy.fp16.engine "
-                                                    "--minShapes=x:1x8 --optShapes=x:4x8 --maxShapes=x:16x8 --fp16")
+    assert trtexec_line("toy.onnx", prof, True) == (
+        "trtexec --onnx=toy.onnx --saveEngine=toy.fp16.engine "
+        "--minShapes=x:1x8 --optShapes=x:4x8 --maxShapes=x:16x8 --fp16"
+    )
     assert trtexec_line("toy.onnx", None, False) == "trtexec --onnx=toy.onnx --saveEngine=toy.engine"
     assert np.isfinite(1.0)

@@ -12,8 +12,14 @@ from clipsam.engine.io_names import GRAPHS, dense_graphs
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-SFR_GRAPHS = {"clip_text", "clip_dense_trunk", "clip_dense_pass1", "clip_dense_pass2", "sam2_image_encoder",
-              "sam2_prompt_decoder"}
+SFR_GRAPHS = {
+    "clip_text",
+    "clip_dense_trunk",
+    "clip_dense_pass1",
+    "clip_dense_pass2",
+    "sam2_image_encoder",
+    "sam2_prompt_decoder",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,13 @@ def manifest(folder):
 def test_folder_contents(folder, manifest):
     names = {p.name for p in folder.iterdir()}
     assert {f"{g}.onnx" for g in SFR_GRAPHS} <= names
-    assert {"manifest.json", "clip_tokenizer.json", "clip_bpe_vocab.txt.gz", "host_constants.npz", "trtexec.sh"} <= names
+    assert {
+        "manifest.json",
+        "clip_tokenizer.json",
+        "clip_bpe_vocab.txt.gz",
+        "host_constants.npz",
+        "trtexec.sh",
+    } <= names
     assert set(manifest["graphs"]) == SFR_GRAPHS
 
 
@@ -47,7 +59,9 @@ def test_manifest_describes_the_export(manifest, tiny_clip):
     assert manifest["sam2"]["image_size"] == 256 and manifest["sam2"]["embed_size"] == 16
     assert manifest["sam2"]["dynamic_multimask"] == {"delta": 0.05, "thresh": 0.98}
     assert manifest["dense_config"]["sfr"] is True and manifest["dense_config"]["templates"] == [
-        "a photo of a {}.", "a sketch of the {}."]
+        "a photo of a {}.",
+        "a sketch of the {}.",
+    ]
     for name, g in manifest["graphs"].items():
         assert g["file"] == f"{name}.onnx" and len(g["sha256"]) == 64 and g["bytes"] > 0
         assert g["inputs"] == [n for n in GRAPHS[name].inputs if n in g["inputs"]]
@@ -79,7 +93,9 @@ def test_graphs_have_dynamic_axes_and_the_manifest_io(folder, manifest):
 
 def test_host_constants(folder, tiny_clip):
     consts = np.load(folder / "host_constants.npz")
-    np.testing.assert_array_equal(consts["clip_pos_embed"], tiny_clip.model.visual.positional_embedding.detach().numpy())
+    np.testing.assert_array_equal(
+        consts["clip_pos_embed"], tiny_clip.model.visual.positional_embedding.detach().numpy()
+    )
     off = consts["sfr_linspace_offsets"]
     assert len(off) - 1 == 1024 // 16 - 1  # D = 1 .. max_grid - 1
     for d in (1, 7, 40, 63):
@@ -128,11 +144,16 @@ def test_fp16_folder_keeps_io_and_blocks_ops(engine_dir):
     for name in ("clip_dense_trunk", "sam2_image_encoder", "sam2_prompt_decoder"):
         model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / f"{name}.onnx")))
         g = model.graph
-        assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in list(g.input) + list(g.output)
-                   if t.name not in ("token_ids",))
+        assert all(
+            t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            for t in list(g.input) + list(g.output)
+            if t.name not in ("token_ids",)
+        )
         types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input)}
         types.update({t.name: t.data_type for t in g.initializer})
-        fp16_matmuls = [n for n in g.node if n.op_type in ("MatMul", "Conv") and types.get(n.input[0]) == onnx.TensorProto.FLOAT16]
+        fp16_matmuls = [
+            n for n in g.node if n.op_type in ("MatMul", "Conv") and types.get(n.input[0]) == onnx.TensorProto.FLOAT16
+        ]
         assert fp16_matmuls, f"{name}: no MatMul/Conv runs in fp16"
         for n in g.node:
             if n.op_type in FP16_OP_BLOCK_LIST and n.input and n.input[0] in types:
@@ -140,8 +161,10 @@ def test_fp16_folder_keeps_io_and_blocks_ops(engine_dir):
 
 
 def test_dense_graph_sets_per_method():
-    names = [[g.name for g in dense_graphs(*args)] for args in
-             (("naclip", True, True), ("sclip", False, False), ("naclip", False, False))]
+    names = [
+        [g.name for g in dense_graphs(*args)]
+        for args in (("naclip", True, True), ("sclip", False, False), ("naclip", False, False))
+    ]
     assert names == [["clip_dense_trunk", "clip_dense_pass1", "clip_dense_pass2"], ["clip_dense"], ["clip_dense"]]
     assert "window_bias" not in dense_graphs("sclip", False, False)[0].inputs
     assert "window_bias" in dense_graphs("naclip", False, False)[0].inputs

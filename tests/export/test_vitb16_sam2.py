@@ -40,8 +40,9 @@ def exported(models, tmp_path_factory):
     clip, sam2 = models
     out = tmp_path_factory.mktemp("vitb16_sam2")
     t0 = time.perf_counter()
-    export_engines(out, clip=clip, sam2=sam2, method="resclip", preset="voc21", templates=TEMPLATES, max_images=2,
-                   log=None)
+    export_engines(
+        out, clip=clip, sam2=sam2, method="resclip", preset="voc21", templates=TEMPLATES, max_images=2, log=None
+    )
     return out, time.perf_counter() - t0
 
 
@@ -51,8 +52,14 @@ def test_every_graph_validates(exported):
     assert manifest["clip"]["arch"] == "ViT-B-16" and manifest["clip"]["width"] == 768
     assert manifest["sam2"]["model"] == "sam2.1_hiera_t" and manifest["sam2"]["image_size"] == 1024
     graphs = {r["graph"] for r in manifest["validation"]}
-    assert graphs == {"clip_text", "clip_dense_trunk", "clip_dense_pass1", "clip_dense_pass2", "sam2_image_encoder",
-                      "sam2_prompt_decoder"}
+    assert graphs == {
+        "clip_text",
+        "clip_dense_trunk",
+        "clip_dense_pass1",
+        "clip_dense_pass2",
+        "sam2_image_encoder",
+        "sam2_prompt_decoder",
+    }
     assert all(r["ok"] for r in manifest["validation"])
     worst = {g: max(r["max_abs_err"] for r in manifest["validation"] if r["graph"] == g) for g in graphs}
     print(f"\nViT-B/16 + SAM2.1 hiera-t export: {seconds:.0f} s; worst |ORT - torch| per graph: {worst}")
@@ -66,8 +73,9 @@ def test_end_to_end_matches_pytorch(exported, models, chelsea_small):
 
     clip, sam2 = models
     refine = RefineConfig(**REFINE_KW)
-    ref_seg = Segmenter(clip, dense_config("resclip", "voc21", templates=TEMPLATES, short_side=64), refiner=sam2,
-                        refine_config=refine)
+    ref_seg = Segmenter(
+        clip, dense_config("resclip", "voc21", templates=TEMPLATES, short_side=64), refiner=sam2, refine_config=refine
+    )
     eng = EngineSegmenter(exported[0], short_side=64, refine=refine)
     np.testing.assert_allclose(eng.logits(chelsea_small), ref_seg.logits(chelsea_small), atol=1e-4, rtol=0)
     ref, got = ref_seg.segment(chelsea_small), eng.segment(chelsea_small)

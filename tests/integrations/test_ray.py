@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,13 +67,16 @@ def test_run_batch_on_ray_resumes_and_matches(cluster, images, tmp_path):
     for p in paths[:2]:  # two images lost their summary (one also its labels), as a kill mid-write leaves them
         (out / p.parent.name / f"{p.stem}.json").unlink()
     (out / paths[0].parent.name / f"{paths[0].stem}_labels.png").unlink()
-    report = run_batch([str(folder)], out, model=MODEL, classes=CLASSES, ray=cluster, actors=2, batch_size=1,
-                       progress=False)
+    report = run_batch(
+        [str(folder)], out, model=MODEL, classes=CLASSES, ray=cluster, actors=2, batch_size=1, progress=False
+    )
     assert (first["done"], first["failed"]) == (5, 1)
     assert (report["skipped"], report["done"], report["failed"]) == (3, 2, 1), report
     assert report["failures"][0]["path"].endswith("broken.jpg") and report["mode"] == "ray (2 actor(s))"
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(tmp_path / "ref").as_posix() for p in (tmp_path / "ref").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(tmp_path / "ref").as_posix() for p in (tmp_path / "ref").rglob("*") if p.is_file()
+    )
     for p in paths:
         name = f"{p.parent.name}/{p.stem}"
         assert np.array_equal(labels_of(out, name), labels_of(tmp_path / "ref", name))
@@ -84,8 +86,12 @@ def test_run_batch_on_ray_resumes_and_matches(cluster, images, tmp_path):
 @pytest.mark.slow
 def test_cli_batch_on_the_cluster_address(cluster, images, tmp_path):
     folder, paths = images
-    res = subprocess.run(_cli(str(folder), "--out", str(tmp_path / "out"), "--ray", cluster, "--actors", "2"),
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        _cli(str(folder), "--out", str(tmp_path / "out"), "--ray", cluster, "--actors", "2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1, res.stderr  # the broken image
     assert "broken.jpg" in res.stderr and "5 segmented" in res.stdout and "ray (2 actor(s))" in res.stdout
     assert len(list((tmp_path / "out").rglob("*_labels.png"))) == 5
@@ -108,8 +114,6 @@ def test_segment_images_needs_one_model_source():
         SegmentImages(model=MODEL, engines="x")
     with pytest.raises(ConfigError, match="exactly one"):
         SegmentImages()
-
-
 
 
 def test_image_column_rows_and_a_bad_array():

@@ -33,9 +33,14 @@ def inputs(n_grid=(2, 3), d=64, dtype=torch.float32):
     q, k, v = (torch.randn(2, 2, n, d, dtype=dtype) for _ in range(3))
     labels = torch.randint(0, 3, (2, gh, gw))
     kw = dict(
-        base="naclip", scale=d**-0.5, window=(gh, gw, 5.0), sfr_term=0.7 * K.sfr_affinity_ref(labels),
+        base="naclip",
+        scale=d**-0.5,
+        window=(gh, gw, 5.0),
+        sfr_term=0.7 * K.sfr_affinity_ref(labels),
         sfr_weights=(2.2, 0.7),
-        rcs_q=torch.randn(2, 2, 2, n, d, dtype=dtype), rcs_k=torch.randn(2, 2, 2, n, d, dtype=dtype), rcs_weights=(2.0, 0.3),
+        rcs_q=torch.randn(2, 2, 2, n, d, dtype=dtype),
+        rcs_k=torch.randn(2, 2, 2, n, d, dtype=dtype),
+        rcs_weights=(2.0, 0.3),
     )
     return q, k, v, kw, labels
 
@@ -85,7 +90,9 @@ def test_forcing_triton_under_the_interpreter_runs_the_kernels(monkeypatch):
 )
 def test_forcing_unsupported_inputs_names_the_reason(monkeypatch, change, message):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    q, k, v, kw, _ = inputs(d=32 if change == "head_dim" else 64, dtype=torch.float64 if change == "float64" else torch.float32)
+    q, k, v, kw, _ = inputs(
+        d=32 if change == "head_dim" else 64, dtype=torch.float64 if change == "float64" else torch.float32
+    )
     if change == "rcs_dtype":
         kw["rcs_q"], kw["rcs_k"] = kw["rcs_q"].half(), kw["rcs_k"].half()
     if change == "sfr_shape":

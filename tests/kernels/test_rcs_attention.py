@@ -35,7 +35,11 @@ DTYPES = [
 def make_inputs(b, h, gh, gw, dtype, *, layers=2, sfr=True, amp=1.0, device="cpu"):
     """Fresh random inputs; returns (q, k, v, kwargs) for a ResCLIP-style call on an gh x gw grid."""
     n = 1 + gh * gw
-    q, k, v = (amp * torch.randn(b, h, n, 64, device=device)).to(dtype), (amp * torch.randn(b, h, n, 64, device=device)).to(dtype), torch.randn(b, h, n, 64, device=device).to(dtype)
+    q, k, v = (
+        (amp * torch.randn(b, h, n, 64, device=device)).to(dtype),
+        (amp * torch.randn(b, h, n, 64, device=device)).to(dtype),
+        torch.randn(b, h, n, 64, device=device).to(dtype),
+    )
     kw = dict(scale=64**-0.5, window=(gh, gw, 5.0))
     if sfr:  # any fp16 (B, N1, N1) S_hat with a zero CLS row/column and max 1 will do; the term is lambda * S_hat
         s_hat = torch.rand(b, n, n, device=device)
@@ -96,7 +100,14 @@ def test_ref_rcs_mean_of_identical_layers_is_plain_attention():
     s = 0.125
     plain = rcs_attention_ref(q, k, v, base="clip", scale=s)
     only_rcs = rcs_attention_ref(
-        q, k, v, base="clearclip", scale=s, rcs_q=torch.stack([q, q, q]), rcs_k=torch.stack([k, k, k]), rcs_weights=(1.0, 1.0)
+        q,
+        k,
+        v,
+        base="clearclip",
+        scale=s,
+        rcs_q=torch.stack([q, q, q]),
+        rcs_k=torch.stack([k, k, k]),
+        rcs_weights=(1.0, 1.0),
     )
     torch.testing.assert_close(only_rcs, plain)
 
@@ -149,8 +160,14 @@ def test_kernel_matches_reference(base, dtype):
 @needs_triton
 @pytest.mark.parametrize(
     "base, dtype, grid",
-    [("naclip", torch.float32, (2, 2)), ("sclip", torch.float16, (2, 2)), ("naclip", torch.float16, (3, 5)),
-     ("clearclip", torch.float32, (3, 5)), ("naclip", torch.float32, (7, 7)), ("sclip", torch.float16, (7, 7))],
+    [
+        ("naclip", torch.float32, (2, 2)),
+        ("sclip", torch.float16, (2, 2)),
+        ("naclip", torch.float16, (3, 5)),
+        ("clearclip", torch.float32, (3, 5)),
+        ("naclip", torch.float32, (7, 7)),
+        ("sclip", torch.float16, (7, 7)),
+    ],
 )
 def test_kernel_token_counts(base, dtype, grid):
     # N1 = 5, 16, 50: fewer tokens than a tile, and several tiles with a ragged last one (16 x 16 tiles)
@@ -162,7 +179,15 @@ def test_kernel_token_counts(base, dtype, grid):
     "variant", ["no_sfr", "no_rcs", "plain", "one_layer", "sfr_batch_1", "sfr_fp32", "large_logits"]
 )
 def test_kernel_options(variant):
-    q, k, v, kw = make_inputs(2, 2, 4, 4, torch.float32, layers=1 if variant == "one_layer" else 2, amp=3.0 if variant == "large_logits" else 1.0)
+    q, k, v, kw = make_inputs(
+        2,
+        2,
+        4,
+        4,
+        torch.float32,
+        layers=1 if variant == "one_layer" else 2,
+        amp=3.0 if variant == "large_logits" else 1.0,
+    )
     if variant in ("no_sfr", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("sfr_term", "sfr_weights")}
     if variant in ("no_rcs", "plain"):
@@ -184,7 +209,9 @@ def test_kernel_strided_inputs_as_the_sdk_passes_them():
     _, _, _, kw = make_inputs(b, h, 4, 4, torch.float32)
     check_kernel(q, k, v, kw, "naclip")
     out = ra.rcs_attention_triton(q, k, v, base="naclip", **kw)
-    assert torch.equal(out, ra.rcs_attention_triton(q.contiguous(), k.contiguous(), v.contiguous(), base="naclip", **kw))
+    assert torch.equal(
+        out, ra.rcs_attention_triton(q.contiguous(), k.contiguous(), v.contiguous(), base="naclip", **kw)
+    )
 
 
 @needs_triton
@@ -193,7 +220,9 @@ def test_kernel_tile_shapes_agree(block_m, block_n):
     q, k, v, kw = make_inputs(1, 2, 7, 7, torch.float32)
     args = (q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"], "naclip", kw["scale"], 7, 5.0, 2.2, 0.7, 2.0, 0.3)
     base = ra._rcs_attention_fwd(*args)
-    torch.testing.assert_close(ra._rcs_attention_fwd(*args, block_m=block_m, block_n=block_n), base, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        ra._rcs_attention_fwd(*args, block_m=block_m, block_n=block_n), base, atol=2e-6, rtol=1e-5
+    )
 
 
 @needs_triton
@@ -220,7 +249,9 @@ def test_torch_compile_traces_the_custom_op():
     q, k, v, kw = make_inputs(1, 2, 2, 3, torch.float32)
 
     def block(q, k, v, sfr, rcs_q, rcs_k):
-        return torch.ops.clipsam.rcs_attention(q, k, v, sfr, rcs_q, rcs_k, "naclip", 0.125, 3, 5.0, 2.2, 0.7, 2.0, 0.3) * 2
+        return (
+            torch.ops.clipsam.rcs_attention(q, k, v, sfr, rcs_q, rcs_k, "naclip", 0.125, 3, 5.0, 2.2, 0.7, 2.0, 0.3) * 2
+        )
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     out = compiled(q, k, v, kw["sfr_term"], kw["rcs_q"], kw["rcs_k"])
@@ -245,8 +276,15 @@ def test_kernel_rejects_what_it_cannot_take():
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize(
     "b, h, grid",
-    [(3, 12, (7, 7)), (2, 12, (14, 14)), (2, 12, (28, 28)), (1, 16, (16, 16)), (2, 16, (32, 32)),
-     (1, 12, (13, 17)), (1, 16, (45, 45))],
+    [
+        (3, 12, (7, 7)),
+        (2, 12, (14, 14)),
+        (2, 12, (28, 28)),
+        (1, 16, (16, 16)),
+        (2, 16, (32, 32)),
+        (1, 12, (13, 17)),
+        (1, 16, (45, 45)),
+    ],
     ids=lambda p: "x".join(map(str, p)) if isinstance(p, tuple) else str(p),
 )
 @pytest.mark.gpu
@@ -272,7 +310,9 @@ def test_gpu_autotuned_kernel_matches_reference(grid, dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernel_options(monkeypatch, variant, dtype):
     monkeypatch.setenv("CLIPSAM_TRITON_AUTOTUNE", "0")
-    q, k, v, kw = make_inputs(4, 12, 28, 28, dtype, layers=4, amp=3.0 if variant == "large_logits" else 1.0, device="cuda")
+    q, k, v, kw = make_inputs(
+        4, 12, 28, 28, dtype, layers=4, amp=3.0 if variant == "large_logits" else 1.0, device="cuda"
+    )
     if variant in ("no_sfr", "plain"):
         kw = {key: val for key, val in kw.items() if key not in ("sfr_term", "sfr_weights")}
     if variant in ("no_rcs", "plain"):
@@ -311,7 +351,9 @@ def test_gpu_compile_and_sdk_logits(monkeypatch):
     from clipsam.kernels import rcs_attention
 
     compiled = torch.compile(lambda q, k, v: rcs_attention(q, k, v, base="naclip", **kw), fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), ra.rcs_attention_triton(q, k, v, base="naclip", **kw), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        compiled(q, k, v), ra.rcs_attention_triton(q, k, v, base="naclip", **kw), atol=2e-3, rtol=2e-3
+    )
 
     loaded = load_clip(str(Path(__file__).parents[1] / "configs" / "clipsam-test-vit.json"), None)
     image = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)

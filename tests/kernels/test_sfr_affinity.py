@@ -46,7 +46,10 @@ def finish_by_hand(s: list[list[float]], std: float) -> torch.Tensor:
     pad = size // 2
     g = [math.exp(-((x - pad) ** 2) / (2 * std**2)) for x in range(size)]
     g = [x / sum(g) for x in g]
-    blurred = [[max(0.0, sum(g[t] * s[i][j + t - pad] for t in range(size) if 0 <= j + t - pad < n)) for j in range(n)] for i in range(n)]
+    blurred = [
+        [max(0.0, sum(g[t] * s[i][j + t - pad] for t in range(size) if 0 <= j + t - pad < n)) for j in range(n)]
+        for i in range(n)
+    ]
     rows = [[x / (sum(r) + 1e-8) for x in r] for r in blurred]
     top = max(max(r) for r in rows)
     full = torch.zeros(n + 1, n + 1, dtype=torch.float64)
@@ -129,7 +132,14 @@ def test_kernel_2x3_grid_by_hand():
 @pytest.mark.parametrize("path_check", ["prefix", "none"])
 @pytest.mark.parametrize(
     "grid, std, blocky",
-    [((1, 1), 5.0, True), ((1, 5), 5.0, False), ((2, 3), 1.0, False), ((5, 7), 5.0, True), ((4, 9), 1.5, False), ((6, 9), 1.0, True)],
+    [
+        ((1, 1), 5.0, True),
+        ((1, 5), 5.0, False),
+        ((2, 3), 1.0, False),
+        ((5, 7), 5.0, True),
+        ((4, 9), 1.5, False),
+        ((6, 9), 1.0, True),
+    ],
 )
 def test_kernel_matches_reference(grid, std, blocky, path_check):
     check_kernel(random_labels(2, *grid, blocky=blocky), gaussian_std=std, path_check=path_check)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipsam.ops.resize import (interpolate_pos_embed, linspace_f32, neighbourhood_window, resize_bilinear,
-                                resize_bilinear_aa)
+from clipsam.ops.resize import (
+    interpolate_pos_embed,
+    linspace_f32,
+    neighbourhood_window,
+    resize_bilinear,
+    resize_bilinear_aa,
+)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -48,8 +48,9 @@ def test_first_pass_probs_and_patch_labels():
     for thd in (0.0, 0.3, 0.9):
         np.testing.assert_array_equal(nsfr.patch_labels(ref.numpy(), 16, thd), patch_labels(ref, 16, thd).numpy())
     probs = rng.random((3, 4, 50, 37)).astype(np.float32)  # remainder rows/columns dropped
-    np.testing.assert_array_equal(nsfr.patch_labels(probs, 16, 0.2),
-                                  patch_labels(torch.from_numpy(probs), 16, 0.2).numpy())
+    np.testing.assert_array_equal(
+        nsfr.patch_labels(probs, 16, 0.2), patch_labels(torch.from_numpy(probs), 16, 0.2).numpy()
+    )
 
 
 @pytest.mark.parametrize("grid", [(4, 3), (14, 14), (5, 17)])

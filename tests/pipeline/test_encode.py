@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +44,9 @@ def test_infer_logits_sliding_is_mean_of_window_logits():
     count = torch.zeros(1, 1, 300, 340)
     for y1, y2, x1, x2 in window_grid(300, 340, 224, 112):
         crop = img[None, :, y1:y2, x1:x2]
-        preds[:, :, y1:y2, x1:x2] += F.interpolate(FakeEncoder().patch_logits(crop, None), size=(224, 224), mode="bilinear", align_corners=False)
+        preds[:, :, y1:y2, x1:x2] += F.interpolate(
+            FakeEncoder().patch_logits(crop, None), size=(224, 224), mode="bilinear", align_corners=False
+        )
         count[:, :, y1:y2, x1:x2] += 1
     ref = F.interpolate(preds / count, size=(150, 170), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out, ref)
@@ -73,10 +74,18 @@ def test_clearclip_pads_windows_and_crops_logits_back():
     torch.testing.assert_close(out, ref[0])
 
 
-@pytest.mark.parametrize("method,expected", [
-    ("clip", "one_step"), ("sclip", "one_step"), ("clearclip", "one_step"),  # SCLIP's and ClearCLIP's forward_feature
-    ("naclip", "two_step"), ("resclip", "two_step"), ("resclip_sclip", "two_step"), ("resclip_clearclip", "two_step"),
-])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        ("clip", "one_step"),
+        ("sclip", "one_step"),
+        ("clearclip", "one_step"),  # SCLIP's and ClearCLIP's forward_feature
+        ("naclip", "two_step"),
+        ("resclip", "two_step"),
+        ("resclip_sclip", "two_step"),
+        ("resclip_clearclip", "two_step"),
+    ],
+)
 def test_whole_image_upsampling_order_per_method(method, expected):
     """Whole-image inference resizes grid -> original size in one step (SCLIP, ClearCLIP) or through the resized
     input (NACLIP, ResCLIP), as each method's upstream code does."""

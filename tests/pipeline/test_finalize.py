@@ -27,8 +27,11 @@ def _members(n: int, q: int, seed: int):
 @pytest.mark.parametrize("synonyms", [False, True])
 @pytest.mark.parametrize("area_thd", [None, 0.1])
 def test_device_postprocess_equals_numpy(combine, members, synonyms, area_thd):
-    vocab = (Vocabulary.from_synonyms([["background", "sky"], ["cat"], ["dog", "puppy", "hound"], ["grass"]])
-             if synonyms else Vocabulary.from_names(["background", "cat", "dog", "grass"]))
+    vocab = (
+        Vocabulary.from_synonyms([["background", "sky"], ["cat"], ["dog", "puppy", "hound"], ["grass"]])
+        if synonyms
+        else Vocabulary.from_names(["background", "cat", "dog", "grass"])
+    )
     cfg = dense_config("sclip", None, combine=combine, area_thd=area_thd, prob_thd=0.3)
     logits, weights, guides = _members(members, len(vocab.queries), seed=members + 10 * synonyms)
     ref = finalize_members(NUMPY_POST, logits, weights, guides, (30, 41), cfg, vocab, return_probs=True)
@@ -57,8 +60,16 @@ def test_cuda_postprocess_equals_numpy():
     cfg = dense_config("sclip", None, area_thd=0.1, prob_thd=0.3)
     logits, weights, guides = _members(3, len(vocab.queries), seed=7)
     ref = finalize_members(NUMPY_POST, logits, weights, guides, (30, 41), cfg, vocab, return_probs=True)
-    dev = finalize_members(TorchOps("cuda"), [m.cuda() for m in logits], weights, [g.cuda() for g in guides], (30, 41),
-                           cfg, vocab, return_probs=True)
+    dev = finalize_members(
+        TorchOps("cuda"),
+        [m.cuda() for m in logits],
+        weights,
+        [g.cuda() for g in guides],
+        (30, 41),
+        cfg,
+        vocab,
+        return_probs=True,
+    )
     assert np.array_equal(ref[0], dev[0])
     np.testing.assert_allclose(dev[1], ref[1], atol=1e-5)  # GPU float32 (no TF32 here: element-wise only)
     np.testing.assert_allclose(dev[2], ref[2], atol=1e-5)

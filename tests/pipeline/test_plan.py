@@ -72,8 +72,14 @@ def test_segment_batch_labels_equal_reference(make_segmenter, images):
     results = seg.segment_batch(images)
     for rgb, res in zip(images, results):
         logits = seg.logits(rgb).astype(np.float32)
-        labels, scores, _ = postprocess(logits, vocab.query_to_class, vocab.num_classes, seg.config.logit_scale,
-                                        seg.config.prob_thd, seg.config.area_thd)
+        labels, scores, _ = postprocess(
+            logits,
+            vocab.query_to_class,
+            vocab.num_classes,
+            seg.config.logit_scale,
+            seg.config.prob_thd,
+            seg.config.area_thd,
+        )
         assert np.array_equal(res.labels, labels)
         np.testing.assert_allclose(res.scores, scores, atol=1e-6)
 
@@ -84,8 +90,15 @@ def test_area_thd_and_strips_match_whole_map(make_segmenter, images):
     text = seg.text_embeddings(vocab)
     ops = seg.backend.ops
     members = run_members(seg.backend, plan_members(images[:1], seg.config, 16, ops), text, seg.config, 4)
-    args = (ops, [m.logits for m in members], [m.weight for m in members], [m.pixels for m in members],
-            images[0].shape[:2], seg.config, vocab)
+    args = (
+        ops,
+        [m.logits for m in members],
+        [m.weight for m in members],
+        [m.pixels for m in members],
+        images[0].shape[:2],
+        seg.config,
+        vocab,
+    )
     whole = finalize_members(*args)
     strips = finalize_members(*args, max_strip_mb=0.05)  # a few rows per strip
     assert np.mean(whole[0] == strips[0]) >= 0.999
@@ -96,9 +109,12 @@ def test_multiscale_combinations(make_segmenter, images):
     from clipsam.config import MULTI_SCALE_5
 
     a = make_segmenter("sclip", None, short_side=64, scales=MULTI_SCALE_5).segment(images[0], classes="cat, grass")
-    b = make_segmenter("sclip", None, short_side=64, scales=MULTI_SCALE_5, combine="logit_mean").segment(images[0], classes="cat, grass")
-    c = make_segmenter("sclip", None, short_side=64, scales=MULTI_SCALE_5, combine="weighted",
-                       scale_weights=(0, 0, 1, 0, 0)).segment(images[0], classes="cat, grass")
+    b = make_segmenter("sclip", None, short_side=64, scales=MULTI_SCALE_5, combine="logit_mean").segment(
+        images[0], classes="cat, grass"
+    )
+    c = make_segmenter(
+        "sclip", None, short_side=64, scales=MULTI_SCALE_5, combine="weighted", scale_weights=(0, 0, 1, 0, 0)
+    ).segment(images[0], classes="cat, grass")
     single = make_segmenter("sclip", None, short_side=64).segment(images[0], classes="cat, grass")
     assert a.labels.shape == b.labels.shape == images[0].shape[:2]
     assert np.array_equal(c.labels, single.labels)  # all weight on scale 1.0 is the single-scale result
@@ -144,8 +160,13 @@ print(json.dumps({"before": before, "peak": peak, "shape": list(res.labels.shape
 @pytest.mark.slow
 def test_huge_image_stays_within_memory_budget():
     budget = 600.0
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, TINY_VIT, str(budget)], capture_output=True, text=True,
-                         timeout=900, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, TINY_VIT, str(budget)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["shape"] == [4000, 6000]
     outputs_mb = 4000 * 6000 * (4 + 4) / 2**20  # labels int32 + scores float32, returned to the caller

@@ -17,9 +17,15 @@ CFG = RefineConfig(min_mask_score=0.0)
 def _prompts(class_ids, hw) -> PromptSet:
     """A PromptSet with the given classes (points are irrelevant to merging)."""
     p = len(class_ids)
-    return PromptSet(np.zeros((p, 1, 2), np.float32), np.ones((p, 1), np.int32), None,
-                     np.asarray(class_ids, np.int64), np.ones(p, np.float32), np.ones(p, np.int64),
-                     np.full(hw, -1, np.int32))
+    return PromptSet(
+        np.zeros((p, 1, 2), np.float32),
+        np.ones((p, 1), np.int32),
+        None,
+        np.asarray(class_ids, np.int64),
+        np.ones(p, np.float32),
+        np.ones(p, np.int64),
+        np.full(hw, -1, np.int32),
+    )
 
 
 def _rect(hw, x0, y0, x1, y1) -> np.ndarray:
@@ -64,8 +70,9 @@ def test_rle_round_trip_and_column_major(voc):
         assert rle["counts"] == ([0] + runs if m.size and flat[0] else runs)
 
 
-@pytest.mark.parametrize("rle", [{"size": [2, 2], "counts": [1, 2]}, {"size": [2, 2]}, {"counts": [4]},
-                                 {"size": [2, 2], "counts": [5, -1]}])
+@pytest.mark.parametrize(
+    "rle", [{"size": [2, 2], "counts": [1, 2]}, {"size": [2, 2]}, {"counts": [4]}, {"size": [2, 2], "counts": [5, -1]}]
+)
 def test_rle_decode_rejects_malformed(rle):
     with pytest.raises(InvalidInputError):
         rle_to_mask(rle)
@@ -78,8 +85,9 @@ def test_perfect_masks_on_coarse_clip_map_recover_ground_truth(voc):
     """A 16-px-patch dense map refined with ground-truth instance masks ("perfect SAM") gets closer to GT."""
     gt = voc["gt"]
     h, w = gt.shape
-    coarse = cv2.resize(cv2.resize(gt, (w // 16, h // 16), interpolation=cv2.INTER_NEAREST), (w, h),
-                        interpolation=cv2.INTER_NEAREST)
+    coarse = cv2.resize(
+        cv2.resize(gt, (w // 16, h // 16), interpolation=cv2.INTER_NEAREST), (w, h), interpolation=cv2.INTER_NEAREST
+    )
     probs = dense_from_gt(coarse)
     ps = extract_prompts(coarse, probs, RefineConfig(stuff_classes=(0,)))
     masks = np.zeros((len(ps), h, w), bool)
@@ -107,8 +115,9 @@ def test_score_is_sam_score_times_mean_clip_probability(voc):
     person = voc["masks"][np.flatnonzero(voc["labels"] == 15)[0]]
     res = merge_masks(gt, probs, _prompts([15], gt.shape), person[None], np.array([0.8]), CFG)
     assert np.isclose(res.instances[0].score, 0.8 * probs[15][person].mean())
-    dropped = merge_masks(gt, probs, _prompts([15], gt.shape), person[None], np.array([0.8]),
-                          RefineConfig(min_mask_score=0.8))
+    dropped = merge_masks(
+        gt, probs, _prompts([15], gt.shape), person[None], np.array([0.8]), RefineConfig(min_mask_score=0.8)
+    )
     assert dropped.instances == [] and not dropped.covered.any() and np.array_equal(dropped.labels, gt)
     scores = np.take_along_axis(probs, gt[None], 0)[0]  # [H, W] scores: P(c) = score where dense == c, else 0
     flat = merge_masks(gt, scores, _prompts([15], gt.shape), person[None], np.array([0.8]), CFG)
@@ -129,8 +138,14 @@ def test_same_class_duplicates_merge_transitively(voc):
     assert merged.prompt_indices == (0, 1, 2) and merged.score == pytest.approx(0.9)
     assert np.array_equal(merged.mask, masks[:3].any(0))
     assert other.prompt_indices == (3,) and np.array_equal(other.mask, masks[3])  # same class: may overlap
-    strict = merge_masks(gt, ones, _prompts([15] * 4, gt.shape), masks, np.array([0.5, 0.9, 0.6, 0.7]),
-                         RefineConfig(min_mask_score=0.0, dedup_iou=1.0))
+    strict = merge_masks(
+        gt,
+        ones,
+        _prompts([15] * 4, gt.shape),
+        masks,
+        np.array([0.5, 0.9, 0.6, 0.7]),
+        RefineConfig(min_mask_score=0.0, dedup_iou=1.0),
+    )
     assert len(strict.instances) == 4
 
 

@@ -141,9 +141,13 @@ def test_negatives_come_from_nearest_other_class_regions():
         assert ps.point_labels[p].tolist() == [1, 0, 0]  # small regions: one positive, two negatives
         (x1, y1), (x2, y2) = ps.point_coords[p, 1:].astype(int)
         assert (labels[y1, x1], labels[y2, x2]) == (2, 3)  # nearest first; never class 1 itself
-    one = extract_prompts(labels, probs, RefineConfig(thing_classes=(1,), negative_points=True,
-                                                      points_per_region=1, negatives_per_region=1,
-                                                      min_region_frac=0))
+    one = extract_prompts(
+        labels,
+        probs,
+        RefineConfig(
+            thing_classes=(1,), negative_points=True, points_per_region=1, negatives_per_region=1, min_region_frac=0
+        ),
+    )
     assert one.point_labels.shape == (2, 2) and np.array_equal(one.point_coords, ps.point_coords[:, :2])
 
 
@@ -172,10 +176,18 @@ def test_input_validation(labels, probs, err):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"min_confidence": 1.5}, {"min_region_frac": -0.1}, {"points_per_region": 0}, {"dedup_iou": 0.0},
-        {"max_prompts_per_image": 0}, {"interior_frac": 2.0}, {"min_mask_score": float("nan")},
-        {"thing_classes": (1, 2), "stuff_classes": (2,)}, {"thing_classes": (-1,)}, {"stuff_classes": "sky"},
-        {"use_boxes": 1}, {"points_per_region": 2.5},
+        {"min_confidence": 1.5},
+        {"min_region_frac": -0.1},
+        {"points_per_region": 0},
+        {"dedup_iou": 0.0},
+        {"max_prompts_per_image": 0},
+        {"interior_frac": 2.0},
+        {"min_mask_score": float("nan")},
+        {"thing_classes": (1, 2), "stuff_classes": (2,)},
+        {"thing_classes": (-1,)},
+        {"stuff_classes": "sky"},
+        {"use_boxes": 1},
+        {"points_per_region": 2.5},
     ],
 )
 def test_config_validation(kwargs):

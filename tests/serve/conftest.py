@@ -8,8 +8,6 @@ down after the last of them, with three applications of the tiny test CLIP model
 
 from __future__ import annotations
 
-
-import numpy as np
 import pytest
 
 from .helpers import KEY, MODEL, STRICT, free_port, reference_segmenter
@@ -37,13 +35,20 @@ def server():
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         small = ((64, 96),)
         apps = {
-            "main": ServeConfig(max_batch=8, batch_wait_ms=200, methods=("sclip",), presets=("context60",),
-                                warmup_sizes=small),
+            "main": ServeConfig(
+                max_batch=8, batch_wait_ms=200, methods=("sclip",), presets=("context60",), warmup_sizes=small
+            ),
             "keyed": ServeConfig(max_batch=1, api_key_sha256=key_digest(KEY), warmup_sizes=small),
             "strict": ServeConfig(limits=Limits(**STRICT), max_batch=4, batch_wait_ms=2000, warmup_sizes=small),
         }
-        targets = [serve.RunTarget(build_application(model=MODEL, config=cfg, num_cpus=0.5), name=name,
-                                   route_prefix="/" if name == "main" else f"/{name}") for name, cfg in apps.items()]
+        targets = [
+            serve.RunTarget(
+                build_application(model=MODEL, config=cfg, num_cpus=0.5),
+                name=name,
+                route_prefix="/" if name == "main" else f"/{name}",
+            )
+            for name, cfg in apps.items()
+        ]
         serve.run_many(targets)
         base = f"http://127.0.0.1:{port}"
         yield {name: base + ("" if name == "main" else f"/{name}") for name in apps}

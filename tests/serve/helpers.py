@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import warnings
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def assert_same(got, ref, what: str = "result") -> None:
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, rtol=0, err_msg=what)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reference(changes: tuple):
     from clipsam import Segmenter
 

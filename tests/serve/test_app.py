@@ -62,8 +62,13 @@ def test_health_ready_and_describe(server):
     warm = ready.json()["warmup"]  # ready only after warmup(): its report is what readiness returns
     assert warm["sizes"] == [[64, 96]] and len(warm["first_call_s"]) == 1 and warm["vocabulary"] == 21
     d = requests.get(main + "/v1/describe", timeout=30).json()
-    assert (d["backend"], d["method"], d["preset"], d["precision"], d["device"]) == ("pytorch", "resclip", "voc21",
-                                                                                      "fp32", "cpu")
+    assert (d["backend"], d["method"], d["preset"], d["precision"], d["device"]) == (
+        "pytorch",
+        "resclip",
+        "voc21",
+        "fp32",
+        "cpu",
+    )
     assert d["model"] == {"clip": "clipsam-test-vit", "weights": "random:0"} and d["auth"] is False
     assert d["choices"]["methods"] == ["resclip", "sclip"] and d["choices"]["presets"] == ["voc21", "context60"]
     assert "instances" not in d["choices"]["return"] and d["refine"] is None
@@ -77,7 +82,9 @@ def test_page_is_served_with_its_route_prefix(server):
     for name, prefix in (("main", '""'), ("keyed", '"/keyed"')):
         resp = requests.get(server[name] + "/", timeout=30)
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
-        assert f"const ROOT = {prefix};" in resp.text and "default-src 'self'" in resp.headers["content-security-policy"]
+        assert (
+            f"const ROOT = {prefix};" in resp.text and "default-src 'self'" in resp.headers["content-security-policy"]
+        )
 
 
 # -- results equal the in-process Segmenter -------------------------------------------------------------------
@@ -110,11 +117,14 @@ def test_json_base64_with_the_preset_vocabulary_and_overlay(server, photos, refe
         assert np.array_equal(np.asarray(overlay), np.asarray(ref.overlay()))
 
 
-@pytest.mark.parametrize("options, changes", [
-    ({"prob_thd": "0.3", "templates": "openai7"}, {"prob_thd": 0.3, "templates": "openai7"}),
-    ({"method": "sclip"}, {"method": "sclip"}),
-    ({"preset": "context60", "area_thd": "0.2"}, {"preset": "context60", "area_thd": 0.2}),
-])
+@pytest.mark.parametrize(
+    "options, changes",
+    [
+        ({"prob_thd": "0.3", "templates": "openai7"}, {"prob_thd": 0.3, "templates": "openai7"}),
+        ({"method": "sclip"}, {"method": "sclip"}),
+        ({"preset": "context60", "area_thd": "0.2"}, {"preset": "context60", "area_thd": 0.2}),
+    ],
+)
 def test_per_request_options_equal_in_process(server, photos, reference, options, changes):
     png, rgb = photos["square"]
     classes = None if "preset" in options else CLASSES  # a chosen preset brings its own vocabulary
@@ -146,8 +156,9 @@ def test_vocabulary_errors(server, photos):
     assert "duplicate" in error_of(segment(main, png, classes="cat, cat"), 400, "bad_vocabulary")
     assert "JSON" in error_of(segment(main, png, classes="[cat"), 400, "bad_vocabulary")
     assert "control" in error_of(segment(main, png, classes="cat\tdog"), 400, "bad_vocabulary")
-    assert "101 names" in error_of(segment(main, png, classes=", ".join(f"c{i}" for i in range(101))), 400,
-                                   "too_many_classes")
+    assert "101 names" in error_of(
+        segment(main, png, classes=", ".join(f"c{i}" for i in range(101))), 400, "too_many_classes"
+    )
 
 
 def test_unknown_and_bad_options(server, photos):
@@ -155,8 +166,9 @@ def test_unknown_and_bad_options(server, photos):
     assert "'colour'" in error_of(segment(main, png, colour="red"), 400, "unknown_option")
     resp = requests.post(main + "/v1/segment?classes=cat", files={"image": ("a.png", png)}, timeout=60)
     assert "query parameters" in error_of(resp, 400, "unknown_option")
-    assert "'scales'" in error_of(post(main, json_body={"image": base64.b64encode(png).decode(), "scales": [2]}), 400,
-                                  "unknown_option")
+    assert "'scales'" in error_of(
+        post(main, json_body={"image": base64.b64encode(png).decode(), "scales": [2]}), 400, "unknown_option"
+    )
     assert "prob_thd" in error_of(segment(main, png, prob_thd="2"), 400, "bad_option")
     assert "prob_thd" in error_of(segment(main, png, prob_thd="nan"), 400, "bad_option")
     assert "resclip, sclip" in error_of(segment(main, png, method="naclip"), 400, "bad_option")
@@ -172,19 +184,32 @@ def test_bodies_routes_and_methods(server, photos):
     assert "no image" in error_of(post(main, files={"classes": (None, "cat")}), 400, "bad_request")
     assert "no image" in error_of(post(main, json_body={"classes": "cat"}), 400, "bad_request")
     assert "object" in error_of(post(main, json_body=["cat"]), 400, "bad_request")
-    assert "twice" in error_of(post(main, files=[("image", ("a.png", png)), ("classes", (None, "cat")),
-                                                 ("classes", (None, "dog"))]), 400, "bad_request")
+    assert "twice" in error_of(
+        post(main, files=[("image", ("a.png", png)), ("classes", (None, "cat")), ("classes", (None, "dog"))]),
+        400,
+        "bad_request",
+    )
     assert "/v1/segment" in error_of(requests.get(main + "/v1/nothing", timeout=30), 404, "not_found")
     assert "POST" in error_of(requests.get(main + "/v1/segment", timeout=30), 405, "method_not_allowed")
     assert "GET" in error_of(requests.post(main + "/v1/describe", timeout=30), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("image", ["/etc/hostname", "file:///etc/hostname", "http://127.0.0.1:9/x.jpg",
-                                   "https://example.com/photo.jpg", "../../sdk/data/chelsea.jpg"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "/etc/hostname",
+        "file:///etc/hostname",
+        "http://127.0.0.1:9/x.jpg",
+        "https://example.com/photo.jpg",
+        "../../sdk/data/chelsea.jpg",
+    ],
+)
 def test_no_path_or_url_is_ever_opened(server, image):
     main = server["main"]
-    for resp in (post(main, json_body={"image": image, "classes": "cat"}),
-                 post(main, files={"image": (None, image), "classes": (None, "cat")})):  # a text field, not a file
+    for resp in (
+        post(main, json_body={"image": image, "classes": "cat"}),
+        post(main, files={"image": (None, image), "classes": (None, "cat")}),
+    ):  # a text field, not a file
         message = error_of(resp, 400, resp.json()["error"]["code"])
         assert resp.json()["error"]["code"] in ("bad_base64", "bad_request") and "never" in message
 
@@ -193,9 +218,12 @@ def test_strict_limits(server):
     strict = server["strict"]
     big = np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)  # ~68 KB PNG of noise
     assert "60000 bytes" in error_of(segment(strict, png_of(big)), 413, "too_large")
-    assert "60000 bytes" in error_of(post(strict, json_body={"image": base64.b64encode(png_of(big)).decode()}), 413,
-                                     "too_large")
-    assert "300x200 = 60000 pixels" in error_of(segment(strict, png_of(np.zeros((200, 300, 3)))), 413, "too_many_pixels")
+    assert "60000 bytes" in error_of(
+        post(strict, json_body={"image": base64.b64encode(png_of(big)).decode()}), 413, "too_large"
+    )
+    assert "300x200 = 60000 pixels" in error_of(
+        segment(strict, png_of(np.zeros((200, 300, 3)))), 413, "too_many_pixels"
+    )
     small = png_of(np.full((60, 80, 3), 90))
     assert "at most 3" in error_of(segment(strict, small, classes="a, b, c, d"), 400, "too_many_classes")
     assert "at most 3" in error_of(segment(strict, small, classes='[["a", "b"], ["c", "d"]]'), 400, "too_many_classes")
@@ -215,14 +243,21 @@ def test_api_key_protects_every_route_but_health(server, photos, reference):
         resp = requests.get(keyed + path, timeout=30)
         assert "Authorization: Bearer" in error_of(resp, 401, "unauthorized")
         assert resp.headers["www-authenticate"] == "Bearer"
-        assert "wrong" in error_of(requests.get(keyed + path, headers={"Authorization": "Bearer nope"}, timeout=30),
-                                   401, "unauthorized")
+        assert "wrong" in error_of(
+            requests.get(keyed + path, headers={"Authorization": "Bearer nope"}, timeout=30), 401, "unauthorized"
+        )
         assert requests.get(keyed + path, headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
     error_of(segment(keyed, png), 401, "unauthorized")
     error_of(segment(keyed, b"garbage"), 401, "unauthorized")  # refused before the body is read
-    error_of(post(keyed, files={"image": ("a.png", png)}, headers={"Authorization": "Basic " + KEY}), 401, "unauthorized")
-    resp = post(keyed, files={"image": ("a.png", png)}, data={"classes": CLASSES, "return": "labels,scores"},
-                headers={"Authorization": f"Bearer {KEY}"})
+    error_of(
+        post(keyed, files={"image": ("a.png", png)}, headers={"Authorization": "Basic " + KEY}), 401, "unauthorized"
+    )
+    resp = post(
+        keyed,
+        files={"image": ("a.png", png)},
+        data={"classes": CLASSES, "return": "labels,scores"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert resp.status_code == 200, resp.text
     assert_same(decode_result(resp.json(), rgb), reference().segment(rgb, classes=CLASSES))
     assert resp.json()["batch"]["size"] == 1  # max_batch 1: no batching on this app
@@ -234,8 +269,11 @@ def test_api_key_protects_every_route_but_health(server, photos, reference):
 def test_32_concurrent_clients_mixed_vocabularies_and_sizes(server, photos, reference):
     vocabularies = ["cat, grass, wall", "dog, sky", '[["cat", "kitten"], "floor", "tree"]']
     names = list(photos)
-    refs = {(n, v): reference().segment(photos[n][1], classes=json.loads(v) if v.startswith("[") else v)
-            for n in names for v in vocabularies}
+    refs = {
+        (n, v): reference().segment(photos[n][1], classes=json.loads(v) if v.startswith("[") else v)
+        for n in names
+        for v in vocabularies
+    }
     clients, per_client = 32, 3
     barrier = threading.Barrier(clients)
     session = threading.local()
@@ -246,8 +284,12 @@ def test_32_concurrent_clients_mixed_vocabularies_and_sizes(server, photos, refe
         out = []
         for r in range(per_client):
             name, vocab = names[(c + r) % 3], vocabularies[(c // 3 + r) % 3]
-            resp = session.s.post(server["main"] + "/v1/segment", files={"image": ("i.png", photos[name][0])},
-                                  data={"classes": vocab, "return": "labels,scores"}, timeout=300)
+            resp = session.s.post(
+                server["main"] + "/v1/segment",
+                files={"image": ("i.png", photos[name][0])},
+                data={"classes": vocab, "return": "labels,scores"},
+                timeout=300,
+            )
             out.append((name, vocab, resp.status_code, resp.json()))
         return out
 
@@ -261,8 +303,10 @@ def test_32_concurrent_clients_mixed_vocabularies_and_sizes(server, photos, refe
     sizes = [b["batch"]["size"] for *_, b in answers]
     groups = [b["batch"]["group"] for *_, b in answers]
     batches = {b["batch"]["id"]: b["batch"]["size"] for *_, b in answers}
-    print(f"\nbatches formed for {len(answers)} requests: {sorted(batches.values(), reverse=True)}; "
-          f"largest (vocabulary, options) group: {max(groups)}")
+    print(
+        f"\nbatches formed for {len(answers)} requests: {sorted(batches.values(), reverse=True)}; "
+        f"largest (vocabulary, options) group: {max(groups)}"
+    )
     assert max(sizes) > 1, "no batch of more than one request formed under 32 concurrent clients"
     assert max(sizes) <= 8 and all(g <= s for g, s in zip(groups, sizes))
     stats = requests.get(server["main"] + "/v1/stats", timeout=30).json()
@@ -278,13 +322,13 @@ def test_a_failing_request_does_not_fail_its_batch(server, photos, reference):
         barrier.wait(timeout=60)
         return segment(server["main"], png, classes="cat, dog")
 
-    for attempt in range(3):  # sent together; should the 200 ms batch window split them, send them again
+    for _attempt in range(3):  # sent together; should the 200 ms batch window split them, send them again
         barrier = threading.Barrier(len(good) + 1)
         with ThreadPoolExecutor(len(good) + 1) as pool:
             resps = list(pool.map(lambda png: send(barrier, png), [png for png, _ in good] + [thin]))
         bad = resps[-1]
         assert "smaller than one 16x16 patch" in error_of(bad, 400, "malformed_image")
-        for (png, rgb), resp in zip(good, resps):
+        for (_png, rgb), resp in zip(good, resps):
             assert resp.status_code == 200, resp.text
             assert_same(decode_result(resp.json(), rgb), reference().segment(rgb, classes="cat, dog"))
         bad_batch = dict(kv.split("=") for kv in bad.headers["x-clipsam-batch"].split(";"))

@@ -35,8 +35,13 @@ def test_bearer_check():
     check_bearer("bearer  s3cret ", digest)
     check_bearer(None, None)  # no key set: anything goes
     check_bearer("Bearer whatever", None)
-    for header, text in ((None, "needs an API key"), ("Basic s3cret", "needs an API key"), ("Bearer ", "needs an API key"),
-                         ("Bearer s3cret2", "wrong"), ("Bearer S3CRET", "wrong")):
+    for header, text in (
+        (None, "needs an API key"),
+        ("Basic s3cret", "needs an API key"),
+        ("Bearer ", "needs an API key"),
+        ("Bearer s3cret2", "wrong"),
+        ("Bearer S3CRET", "wrong"),
+    ):
         with pytest.raises(ServeError, match=text) as e:
             check_bearer(header, digest)
         assert (e.value.status, e.value.code) == (401, "unauthorized")

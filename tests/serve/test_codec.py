@@ -44,8 +44,11 @@ def test_round_trip_is_exact(result):
 
 def test_labels_only_and_rle_only(result):
     only = decode_result(encode_result(result, ("labels",)))
-    assert np.array_equal(only.labels, result.labels) and only.scores.size == 0 and "scores" not in encode_result(
-        result, ("labels",))
+    assert (
+        np.array_equal(only.labels, result.labels)
+        and only.scores.size == 0
+        and "scores" not in encode_result(result, ("labels",))
+    )
     rle = decode_result(encode_result(result, ("rle",)))
     assert np.array_equal(rle.labels, result.labels)
     with pytest.raises(ServeError, match="neither labels_png nor labels_rle") as e:
@@ -58,8 +61,15 @@ def test_instances_round_trip(result):
     mask = np.zeros((h, w), bool)
     mask[10:30, 5:50] = True
     inst = Instance(mask, 2, 0.75, (5.0, 10.0, 49.0, 29.0), int(mask.sum()))
-    refined = SegmentationResult(np.where(mask, 2, result.labels).astype(np.int32), result.scores, result.classes,
-                                 result.image, {}, dense_labels=result.labels, instances=[inst])
+    refined = SegmentationResult(
+        np.where(mask, 2, result.labels).astype(np.int32),
+        result.scores,
+        result.classes,
+        result.image,
+        {},
+        dense_labels=result.labels,
+        instances=[inst],
+    )
     payload = encode_result(refined, ("labels", "instances"))
     assert payload["instances"] == refined.instances_json()
     got = decode_result(payload)

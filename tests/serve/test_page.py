@@ -20,16 +20,26 @@ from PIL import Image
 
 from .helpers import KEY
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 CLASSES = "cat, grass, wall"
 
 
 def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not os.access(path, os.X_OK):
-        pytest.skip("no chromium browser installed here: run .ci/setup.sh as root (apt-get install chromium) to run "
-                    "the web page test")
+        pytest.skip(
+            "no chromium browser installed here: run .ci/setup.sh as root (apt-get install chromium) to run "
+            "the web page test"
+        )
     return path
 
 
@@ -39,9 +49,14 @@ def browser(tmp_path):
 
     exe = chromium_path()
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=exe, headless=True,
-                                                       args=FLAGS, viewport={"width": 1100, "height": 900},
-                                                       accept_downloads=True)
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=exe,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1100, "height": 900},
+            accept_downloads=True,
+        )
         try:
             yield context
         finally:

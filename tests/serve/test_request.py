@@ -13,8 +13,12 @@ from clipsam.serve.client import _multipart
 from clipsam.serve.errors import ServeError
 from clipsam.serve.request import parse_body, parse_options
 
-POLICY = {"methods": ("resclip", "sclip"), "presets": ("voc21",), "templates": ("openai80", "single"),
-          "instances": False}
+POLICY = {
+    "methods": ("resclip", "sclip"),
+    "presets": ("voc21",),
+    "templates": ("openai80", "single"),
+    "instances": False,
+}
 
 
 def body(ctype, data, **kw):
@@ -36,8 +40,11 @@ def test_multipart_and_json_give_the_same_fields():
     fields = body("application/json; charset=utf-8", json.dumps(js).encode())
     assert fields["image"] == b"\x89PNG-bytes" and fields["classes"] == ["cat", ["dog", "puppy"]]
     # a base64 text field instead of a file part
-    text = (b'--B\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + base64.b64encode(b"xyz") +
-            b'\r\n--B\r\nContent-Disposition: form-data; name="classes"\r\n\r\ncat\r\n--B--\r\n')
+    text = (
+        b'--B\r\nContent-Disposition: form-data; name="image"\r\n\r\n'
+        + base64.b64encode(b"xyz")
+        + b'\r\n--B\r\nContent-Disposition: form-data; name="classes"\r\n\r\ncat\r\n--B--\r\n'
+    )
     assert body("multipart/form-data; boundary=B", text) == {"image": b"xyz", "classes": "cat"}
 
 
@@ -50,43 +57,72 @@ def test_bodies_that_are_refused():
     data, ctype = _multipart({"classes": "cat", "foo": "1"}, b"img")
     assert "'foo'" in refused(lambda: body(ctype, data), 400, "unknown_option")
     field = b'--B\r\nContent-Disposition: form-data; name="classes"\r\n\r\ncat\r\n'
-    assert "twice" in refused(lambda: body("multipart/form-data; boundary=B", field * 2 + b"--B--\r\n"), 400,
-                              "bad_request")
+    assert "twice" in refused(
+        lambda: body("multipart/form-data; boundary=B", field * 2 + b"--B--\r\n"), 400, "bad_request"
+    )
     data, ctype = _multipart({}, b"img")
     two_files = data.replace(b"--\r\n", b"\r\n") + data.split(b"\r\n", 1)[1]
     assert "Too many files" in refused(lambda: body(ctype, two_files), 400, "bad_request")
     data, ctype = _multipart({}, b"img")
-    assert "must be text" in refused(lambda: body(ctype, data.replace(b'name="image"', b'name="classes"')), 400,
-                                     "bad_request")
+    assert "must be text" in refused(
+        lambda: body(ctype, data.replace(b'name="image"', b'name="classes"')), 400, "bad_request"
+    )
     assert "malformed multipart" in refused(lambda: body("multipart/form-data", b"--x\r\n"), 400, "bad_request")
 
 
-@pytest.mark.parametrize("image", ["http://10.0.0.1/a.jpg", "https://example.com/a.png", "file:///etc/passwd",
-                                   "s3://bucket/key.jpg", "/etc/passwd", "C:\\photos\\a.jpg", "../a.jpg"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "http://10.0.0.1/a.jpg",
+        "https://example.com/a.png",
+        "file:///etc/passwd",
+        "s3://bucket/key.jpg",
+        "/etc/passwd",
+        "C:\\photos\\a.jpg",
+        "../a.jpg",
+    ],
+)
 def test_a_path_or_url_is_refused(image):
-    msg = refused(lambda: body("application/json", json.dumps({"image": image}).encode()), 400,
-                  "bad_request" if "://" in image[:16] or image.startswith("file:") else "bad_base64")
+    msg = refused(
+        lambda: body("application/json", json.dumps({"image": image}).encode()),
+        400,
+        "bad_request" if "://" in image[:16] or image.startswith("file:") else "bad_base64",
+    )
     assert "never" in msg
 
 
 def test_options_are_validated():
-    ok = parse_options({"image": b"x", "classes": "cat", "method": "sclip", "templates": "single", "prob_thd": "0.25",
-                        "area_thd": "none", "return": "labels, scores,labels"}, POLICY)
+    ok = parse_options(
+        {
+            "image": b"x",
+            "classes": "cat",
+            "method": "sclip",
+            "templates": "single",
+            "prob_thd": "0.25",
+            "area_thd": "none",
+            "return": "labels, scores,labels",
+        },
+        POLICY,
+    )
     assert ok.options == {"method": "sclip", "templates": "single", "prob_thd": 0.25, "area_thd": None}
     assert ok.returns == ("labels", "scores") and ok.classes == "cat"
     assert parse_options({"image": b"x", "return": ["rle"], "area_thd": 0.5}, POLICY).options == {"area_thd": 0.5}
     assert parse_options({"image": b"x"}, POLICY).returns == ("labels",)
-    cases = [({"classes": "cat"}, "bad_request", "no image"),
-             ({"image": b"x", "method": "naclip"}, "bad_option", "resclip, sclip"),
-             ({"image": b"x", "preset": "ade20k"}, "bad_option", "voc21"),
-             ({"image": b"x", "templates": "openai7"}, "bad_option", "openai80, single"),
-             ({"image": b"x", "prob_thd": "-0.1"}, "bad_option", "prob_thd"),
-             ({"image": b"x", "prob_thd": True}, "bad_option", "prob_thd"),
-             ({"image": b"x", "area_thd": "lots"}, "bad_option", "area_thd"),
-             ({"image": b"x", "return": ""}, "bad_option", "return"),
-             ({"image": b"x", "return": "labels,npy"}, "bad_option", "'npy'"),
-             ({"image": b"x", "return": "instances"}, "bad_option", "SAM2"),
-             ({"image": b"x", "scales": "2"}, "unknown_option", "'scales'")]
+    cases = [
+        ({"classes": "cat"}, "bad_request", "no image"),
+        ({"image": b"x", "method": "naclip"}, "bad_option", "resclip, sclip"),
+        ({"image": b"x", "preset": "ade20k"}, "bad_option", "voc21"),
+        ({"image": b"x", "templates": "openai7"}, "bad_option", "openai80, single"),
+        ({"image": b"x", "prob_thd": "-0.1"}, "bad_option", "prob_thd"),
+        ({"image": b"x", "prob_thd": True}, "bad_option", "prob_thd"),
+        ({"image": b"x", "area_thd": "lots"}, "bad_option", "area_thd"),
+        ({"image": b"x", "return": ""}, "bad_option", "return"),
+        ({"image": b"x", "return": "labels,npy"}, "bad_option", "'npy'"),
+        ({"image": b"x", "return": "instances"}, "bad_option", "SAM2"),
+        ({"image": b"x", "scales": "2"}, "unknown_option", "'scales'"),
+    ]
     for fields, code, text in cases:
         assert text in refused(lambda: parse_options(fields, POLICY), 400, code)
-    assert parse_options({"image": b"x", "return": "instances"}, {**POLICY, "instances": True}).returns == ("instances",)
+    assert parse_options({"image": b"x", "return": "instances"}, {**POLICY, "instances": True}).returns == (
+        "instances",
+    )

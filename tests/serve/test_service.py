@@ -43,8 +43,13 @@ def test_batches_group_by_vocabulary_and_options_and_equal_single_calls(seg, ima
     svc = Service(seg, ServeConfig())
     cats, dogs = Vocabulary.from_names("cat, grass"), Vocabulary.from_names(["dog", ["sky", "clouds"]])
     thd = (("prob_thd", 0.4),)
-    jobs = [Job(images[0], cats, ()), Job(images[1], dogs, ()), Job(images[2], cats, ()), Job(images[1], cats, thd),
-            Job(images[0], dogs, ())]
+    jobs = [
+        Job(images[0], cats, ()),
+        Job(images[1], dogs, ()),
+        Job(images[2], cats, ()),
+        Job(images[1], cats, thd),
+        Job(images[0], dogs, ()),
+    ]
     out = svc.run_batch(jobs)
     assert all(o.error is None for o in out)
     assert [o.batch["group"] for o in out] == [2, 2, 2, 1, 2] and {o.batch["size"] for o in out} == {5}
@@ -79,8 +84,12 @@ def test_a_failure_stays_with_its_request(seg, images):
 
 def test_variants_keep_the_server_overrides_and_are_cached(seg):
     svc = Service(seg, ServeConfig(methods=("sclip",), presets=("context60",)))
-    assert svc.policy() == {"methods": ("resclip", "sclip"), "presets": ("voc21", "context60"),
-                            "templates": ("openai80", "openai7", "single"), "instances": False}
+    assert svc.policy() == {
+        "methods": ("resclip", "sclip"),
+        "presets": ("voc21", "context60"),
+        "templates": ("openai80", "openai7", "single"),
+        "instances": False,
+    }
     assert svc.variant(()) is seg
     v = svc.variant((("method", "sclip"),))
     assert v is svc.variant((("method", "sclip"),)) and v.model is seg.model
@@ -122,17 +131,28 @@ def test_default_batch_size_follows_the_device(seg):
     assert Service(seg, ServeConfig()).max_batch == 1  # the CPU: batching costs throughput (bench_serve)
     assert Service(seg, ServeConfig(max_batch=6)).max_batch == 6
     assert _on_gpu(types.SimpleNamespace(device=types.SimpleNamespace(type="cuda")))
-    engine_like = types.SimpleNamespace(provider_config=types.SimpleNamespace(providers=("CUDAExecutionProvider",
-                                                                                         "CPUExecutionProvider")))
+    engine_like = types.SimpleNamespace(
+        provider_config=types.SimpleNamespace(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    )
     assert _on_gpu(engine_like) and not _on_gpu(types.SimpleNamespace(device=seg.device))
 
 
 def test_describe(seg):
     d = Service(seg, ServeConfig(max_batch=4, batch_wait_ms=5), replica="r1").describe()
     assert (d["backend"], d["method"], d["preset"], d["precision"], d["device"], d["replica"]) == (
-        "pytorch", "resclip", "voc21", "fp32", "cpu", "r1")
-    assert d["batching"] == {"max_batch": 4, "batch_wait_ms": 5, "max_ongoing_requests": 32,
-                             "encoder_max_batch": seg.max_batch}
+        "pytorch",
+        "resclip",
+        "voc21",
+        "fp32",
+        "cpu",
+        "r1",
+    )
+    assert d["batching"] == {
+        "max_batch": 4,
+        "batch_wait_ms": 5,
+        "max_ongoing_requests": 32,
+        "encoder_max_batch": seg.max_batch,
+    }
     assert d["choices"]["return"] == ["labels", "rle", "scores", "overlay"] and d["auth"] is False
 
 
@@ -164,8 +184,11 @@ def test_sam2_instances_through_the_wire(tiny_clip, images):
 
     from .. import engines
 
-    seg = Segmenter(tiny_clip, dense_config("resclip", "voc21", short_side=64, templates=("a photo of a {}.",)),
-                    refiner=engines.tiny_sam2())
+    seg = Segmenter(
+        tiny_clip,
+        dense_config("resclip", "voc21", short_side=64, templates=("a photo of a {}.",)),
+        refiner=engines.tiny_sam2(),
+    )
     svc = Service(seg, ServeConfig())
     assert svc.policy()["instances"] is True and "instances" in svc.describe()["choices"]["return"]
     vocab = Vocabulary.from_names("cat, grass, sky")

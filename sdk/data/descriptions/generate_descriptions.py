@@ -44,7 +44,9 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--classes", help='comma-separated class names, e.g. "cat, sofa, floor"')
     src.add_argument("--class-file", help="clipsam class file: one class per line (first synonym = class name)")
-    p.add_argument("--llm", help="command that reads a prompt on stdin and prints the answer (e.g. 'ollama run llama3')")
+    p.add_argument(
+        "--llm", help="command that reads a prompt on stdin and prints the answer (e.g. 'ollama run llama3')"
+    )
     p.add_argument("--n", type=int, default=12, help="descriptions per class (default: 12; clipsam ships 10-12)")
     p.add_argument("--out", help="output JSON file")
     p.add_argument("--print-prompts", action="store_true", help="print the prompts and exit (no LLM call)")
@@ -62,8 +64,9 @@ def main(argv=None) -> int:
         p.error("--llm and --out are needed unless --print-prompts")
     out = {}
     for name in names:
-        answer = subprocess.run(shlex.split(args.llm), input=PROMPT.format(n=args.n, name=name), text=True,
-                                capture_output=True, check=True).stdout
+        answer = subprocess.run(
+            shlex.split(args.llm), input=PROMPT.format(n=args.n, name=name), text=True, capture_output=True, check=True
+        ).stdout
         out[name] = parse_answer(answer)[: args.n]
         print(f"{name}: {len(out[name])} descriptions", file=sys.stderr)
         if not out[name]:
