@@ -26,22 +26,6 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = [
-    "DenseConfig",
-    "AttentionConfig",
-    "FeedbackConfig",
-    "ScheduleConfig",
-    "PostConfig",
-    "CalibrationConfig",
-    "METHODS",
-    "PRESETS",
-    "DATASETS",
-    "MULTI_SCALE_5",
-    "dense_config",
-    "positive_int",
-    "positive_number",
-]
-
 
 def positive_int(value: Any, name: str) -> int:
     """``value`` as an int >= 1, else ``ConfigError`` naming the option and the value (a run-time option such as

@@ -14,8 +14,6 @@ from ..ops.base import EncoderSpec
 from .encoder import DenseEncoder
 from .ops import TorchOps
 
-__all__ = ["TorchBackend"]
-
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -19,8 +19,6 @@ from ..config import DenseConfig
 from .plan import Member, window_tasks
 from .windows import pad_to_patch, window_grid
 
-__all__ = ["window_logits", "run_members", "infer_logits"]
-
 
 def window_logits(backend, crops: Any, text: Any, pads: tuple[int, int, int, int]) -> Any:
     """Logits of equally sized crops (B, 3, h, w), upsampled to the crop size: (B, Q, h, w) float32.
