@@ -7,8 +7,10 @@
 A configuration is (method, preset, backend, refinement, scales) x image size x (device, precision):
     methods   resclip, naclip, sclip, clearclip
     presets   voc21 (NACLIP/ResCLIP whole image; SCLIP slides 224/112, ClearCLIP 448/224) and ade20k (sliding)
-    backend   torch; onnxruntime is a hook (skips until clipsam.engine.segmenter exists and
-              CLIPSAM_BENCH_ENGINES names a folder of exported engines)
+    backend   torch, and onnxruntime on resclip/voc21: the same model exported once per session into a
+              temporary folder (or CLIPSAM_BENCH_ENGINES, a folder exported with ``clipsam export``), run on
+              the CPU provider (and CUDA when the device is cuda); skips with the reason when onnx or
+              onnxruntime is missing
     refine    off; sam2 (SAM2.1 hiera-t, random weights) on resclip/voc21 (skipped in smoke mode on the CPU:
               SAM2 encodes at 1024 px). Random CLIP weights give low-confidence maps, so the refinement runs
               with min_confidence 0 (at most 16 prompts); the prompt count is recorded as ``prompts``:
@@ -50,24 +52,24 @@ METHODS = ("resclip", "naclip", "sclip", "clearclip")
 PRESETS = ("voc21", "ade20k")
 SCALES = {"s1": (1.0,), "ms5": MULTI_SCALE_5}
 CASES = [(m, p, "torch", "off", "s1") for m in METHODS for p in PRESETS] + [("naclip", "voc21", "torch", "off", "ms5")]
-# ---- hook: other backends and SAM2 refinement. Each case runs once its integration exists, and skips with the
-# ---- reason until then (see _require). Add ("<method>", "<preset>", "onnxruntime" | "torch", "off" | "sam2", scales).
+# ---- other backends and SAM2 refinement; each skips with its reason where it cannot run here (see _require).
+# ---- Add ("<method>", "<preset>", "onnxruntime" | "torch", "off" | "sam2", scales).
 CASES += [("resclip", "voc21", "onnxruntime", "off", "s1"), ("resclip", "voc21", "torch", "sam2", "s1")]
 
 _LOADED: dict = {}
 _SEGMENTERS: dict = {}
 _REFINERS: dict = {}
+_ENGINES: dict = {}
 
 
 def _require(backend: str, refine: str, device: str) -> None:
     """Skip, with the reason, a case whose backend or refinement integration is not available here."""
     if backend == "onnxruntime":
         try:
-            import clipsam.engine.segmenter  # noqa: F401
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
         except ImportError as e:
-            pytest.skip(f"ONNX Runtime backend: clipsam.engine.segmenter is not available ({e})")
-        if not os.environ.get("CLIPSAM_BENCH_ENGINES"):
-            pytest.skip("ONNX Runtime backend: set CLIPSAM_BENCH_ENGINES to a folder of exported engines")
+            pytest.skip(f"ONNX Runtime backend: onnx and onnxruntime are needed ({e})")
     if refine == "sam2":
         try:
             import sam2  # noqa: F401
@@ -89,25 +91,57 @@ def _overrides(method: str, preset: str, scales: str) -> dict:
     return kw
 
 
-def _segmenter(method: str, preset: str, backend: str, scales: str, device: str, precision: str):
+def _clip(device: str):
+    """The benchmark's CLIP (random weights), one per device: ``Segmenter`` moves it there."""
+    if device not in _LOADED:
+        from clipsam.models import load_clip
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _LOADED[device] = load_clip(CLIP, None)
+    return _LOADED[device]
+
+
+def _engines(method: str, preset: str, precision: str, tmp_root) -> str:
+    """An engine folder of the benchmark's model: CLIPSAM_BENCH_ENGINES, or exported once per session."""
+    given = os.environ.get("CLIPSAM_BENCH_ENGINES")
+    if given:
+        return given
+    key = (method, preset, precision)
+    if key not in _ENGINES:
+        from clipsam.export import export_engines
+
+        folder = tmp_root / f"engines-{method}-{preset}-{precision}"
+        export_engines(
+            folder,
+            clip=_clip("cpu"),
+            method=method,
+            preset=preset,
+            precision=precision,
+            templates="single",
+            validate=False,
+            log=None,
+            max_side=max(max(hw) for hw in SIZES) * 2,
+        )
+        _ENGINES[key] = str(folder)
+    return _ENGINES[key]
+
+
+def _segmenter(method: str, preset: str, backend: str, scales: str, device: str, precision: str, tmp_root):
     key = (method, preset, backend, scales, device, precision)
     if key not in _SEGMENTERS:
+        kw = _overrides(method, preset, scales)
         if backend == "onnxruntime":
             from clipsam.segmenter import Segmenter
 
-            _SEGMENTERS[key] = Segmenter.from_engines(
-                os.environ["CLIPSAM_BENCH_ENGINES"], method=method, preset=preset, device=device, templates="single"
-            )
+            providers = ["cuda"] if device == "cuda" else ["cpu"]
+            folder = _engines(method, preset, precision, tmp_root)
+            _SEGMENTERS[key] = Segmenter.from_engines(folder, providers, method=method, preset=preset, **kw)
         else:
-            from clipsam.models import load_clip
             from clipsam.segmenter import Segmenter
 
-            if device not in _LOADED:  # one model per device: Segmenter moves it there
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    _LOADED[device] = load_clip(CLIP, None)
-            cfg = dense_config(method, preset, **_overrides(method, preset, scales))
-            _SEGMENTERS[key] = Segmenter(_LOADED[device], cfg, device=device, precision=precision)
+            cfg = dense_config(method, preset, **kw)
+            _SEGMENTERS[key] = Segmenter(_clip(device), cfg, device=device, precision=precision)
     return _SEGMENTERS[key]
 
 
@@ -161,11 +195,11 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[0]}-{t[1]}")
 @pytest.mark.parametrize("hw", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
+def test_pipeline(benchmark, device_info, matmul_peak, tmp_path_factory, case, hw, target):
     method, preset, backend, refine, scales = case
     device, precision = target
     _require(backend, refine, device)
-    seg = _segmenter(method, preset, backend, scales, device, precision)
+    seg = _segmenter(method, preset, backend, scales, device, precision, tmp_path_factory.getbasetemp())
     refiner = _refiner(device) if refine == "sam2" else None
     refine_cfg = _refine_config() if refiner is not None else None
     rgb = _photo(hw)
@@ -195,6 +229,8 @@ def test_pipeline(benchmark, device_info, matmul_peak, case, hw, target):
         prompts = len(extract_prompts(res.labels, res.scores, refine_cfg))
     sam2 = sam2_flops(prompts)
     model = getattr(seg, "model", None)
+    if backend == "onnxruntime" and not os.environ.get("CLIPSAM_BENCH_ENGINES"):
+        model = _clip("cpu").model  # the engines were exported from it: the same FLOPs
     spec = VitSpec.from_visual(model.visual) if model is not None else None
     flops = image_flops(spec, seg.config, hw, vocab.num_queries, sam2=sam2) if spec else None
     peak = matmul_peak(device, precision)

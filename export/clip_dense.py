@@ -26,8 +26,6 @@ from clipsam.kernels import rcs_attention_ref
 
 from .component import ParityCase
 
-__all__ = ["ClipDenseGraph", "dense_cases"]
-
 
 class ClipDenseGraph(nn.Module):
     """One dense graph: ``part`` is "full", "trunk", "pass1" or "pass2" (inputs in ``io_names`` order)."""

@@ -28,8 +28,6 @@ from clipsam.errors import ConfigError
 
 from .component import ParityCase
 
-__all__ = ["ClipTextGraph", "text_cases", "write_tokenizer_files", "check_text_model"]
-
 _CASE_PROMPTS = (
     "a photo of a cat.",
     "itap of the large sofa.",

@@ -31,8 +31,6 @@ import numpy as np
 from clipsam.engine.io_names import GraphIO
 from clipsam.errors import ClipSamError
 
-__all__ = ["ParityCase", "ValidationRow", "ExportValidationError", "export_component", "format_table", "TOLERANCES"]
-
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}  # precision -> (atol, rtol)
 
 

@@ -43,8 +43,6 @@ from clipsam.errors import ConfigError
 
 from .component import export_component, format_table
 
-__all__ = ["export_engines", "state_dict_sha256"]
-
 _PARTS_SFR = ("trunk", "pass1", "pass2")
 
 

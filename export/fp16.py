@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FP16_OP_BLOCK_LIST", "to_fp16"]
-
 FP16_OP_BLOCK_LIST = (
     "LayerNormalization",
     "ReduceMean",
@@ -77,7 +75,7 @@ def _outer_reads(graph) -> set[str]:
     import onnx
 
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    reads = set()
+    reads: set[str] = set()
     for node in graph.node:
         reads.update(n for n in node.input if n and n not in local)
         for a in node.attribute:

@@ -14,16 +14,6 @@ from clipsam.config import DenseConfig
 from clipsam.pipeline.windows import pad_to_patch, window_grid
 from clipsam.preprocess import resize_shape
 
-__all__ = [
-    "dense_profile",
-    "text_profile",
-    "sam2_encoder_profile",
-    "sam2_decoder_profile",
-    "trtexec_line",
-    "batch_sizes",
-    "crop_sizes",
-]
-
 _LEVELS = ("min", "opt", "max")
 TYPICAL_ASPECT = 4 / 3  # the "opt" profile shape: a landscape 4:3 photo
 

@@ -25,8 +25,6 @@ from clipsam.refine.config import SAM2_MEAN, SAM2_STD
 
 from .component import ParityCase
 
-__all__ = ["Sam2EncoderGraph", "Sam2DecoderGraph", "encoder_cases", "decoder_cases", "sam2_info"]
-
 
 class Sam2EncoderGraph(nn.Module):
     """image (B, 3, S, S) -> (image_embed, high_res_feats_0, high_res_feats_1)."""

@@ -38,25 +38,6 @@ import torch
 
 from clipsam.errors import BackendUnavailableError
 
-__all__ = [
-    "ENV_DISABLE",
-    "ENV_FORCE",
-    "HAS_TRITON",
-    "triton",
-    "tl",
-    "exportable",
-    "is_exporting",
-    "triton_available",
-    "triton_disabled",
-    "interpreter_enabled",
-    "runs_interpreted",
-    "jit_launcher",
-    "custom_op",
-    "use_triton",
-    "dispatch",
-    "interpreted",
-]
-
 ENV_DISABLE = "CLIPSAM_DISABLE_TRITON"
 ENV_FORCE = "CLIPSAM_TRITON"
 _TRUE = ("1", "true", "yes", "on")

@@ -19,17 +19,9 @@ from __future__ import annotations
 import math
 import os
 from functools import cache, lru_cache
+from typing import Any
 
 import torch
-
-__all__ = [
-    "BASES",
-    "rcs_attention",
-    "rcs_attention_ref",
-    "rcs_attention_triton",
-    "neighbourhood_window",
-    "unsupported_reason",
-]
 
 BASES = ("clip", "sclip", "clearclip", "naclip")
 
@@ -133,6 +125,7 @@ def rcs_attention_ref(
             z = z + omega.to(z.dtype)
         attn = torch.softmax(z, dim=-1)
     if rcs_q is not None:
+        assert rcs_k is not None and rcs_weights is not None  # checked above
         tau, lam = rcs_weights
         attn = tau * ((1 - lam) * attn + lam * _rcs_mean(rcs_q, rcs_k, scale))
     return torch.matmul(attn, v)
@@ -177,7 +170,7 @@ if HAS_TRITON:
         S,
         RQ,
         RK,
-        O,
+        O,  # noqa: E741 (the kernel's output, named as in Triton's tutorials)
         stride_a1b,
         stride_a1h,
         stride_a1n,
@@ -405,13 +398,14 @@ def _rcs_attention_fwd(
     pairs = [(src[p[0]], src[p[1]]) for p in _BASE_OPERANDS[base]]
     (a1, b1), (a2, b2) = pairs[0], pairs[-1]
     has_sfr = sfr_term is not None
-    if has_sfr:
+    if sfr_term is not None:
         sfr_term = _rows(sfr_term)
         s_strides = (sfr_term.stride(0) if sfr_term.shape[0] > 1 else 0, sfr_term.stride(1))
     else:
         sfr_term, s_strides = q, (0, 0)
     num_rcs = 0 if rcs_q is None else rcs_q.shape[0]
     if num_rcs:
+        assert rcs_q is not None and rcs_k is not None
         rcs_q, rcs_k = _rows(rcs_q), _rows(rcs_k)
         rq, rk = rcs_q.stride()[:4], rcs_k.stride()[:4]
         w_base, w_rcs = rcs_tau * (1.0 - rcs_lam), rcs_tau * rcs_lam / num_rcs
@@ -469,8 +463,8 @@ def _rcs_attention_fwd(
             *args, **flags, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False, num_warps=8 if bm >= 128 else 4, num_stages=first[3]
         )
     else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), bsz * heads)  # noqa: E731
-        _compiled_kernel(True, q.dtype == torch.float32)[grid](*args, **flags, DOT_F32=False)
+        tuned = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), bsz * heads)  # noqa: E731
+        _compiled_kernel(True, q.dtype == torch.float32)[tuned](*args, **flags, DOT_F32=False)
     return out
 
 
@@ -547,11 +541,15 @@ def rcs_attention_triton(
     reason = unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
     if reason is not None:
         raise ValueError(f"rcs_attention_triton cannot take these inputs: {reason}")
-    grid_w, std = (int(window[1]), float(window[2])) if base == "naclip" else (1, 1.0)
-    sfr_tau, sfr_lam = (float(sfr_weights[0]), float(sfr_weights[1])) if sfr_term is not None else (1.0, 0.0)
+    assert _rcs_attention_op is not None
+    naclip = base == "naclip" and window is not None and not isinstance(window, torch.Tensor)
+    grid_w, std = (int(window[1]), float(window[2])) if naclip else (1, 1.0)  # type: ignore[index]
+    with_sfr = sfr_term is not None and sfr_weights is not None
+    sfr_tau, sfr_lam = (float(sfr_weights[0]), float(sfr_weights[1])) if with_sfr else (1.0, 0.0)  # type: ignore[index]
     if rcs_q is None:
         rcs_k = None
-    rcs_tau, rcs_lam = (float(rcs_weights[0]), float(rcs_weights[1])) if rcs_q is not None else (1.0, 0.0)
+    with_rcs = rcs_q is not None and rcs_weights is not None
+    rcs_tau, rcs_lam = (float(rcs_weights[0]), float(rcs_weights[1])) if with_rcs else (1.0, 0.0)  # type: ignore[index]
     return _rcs_attention_op(
         q, k, v, sfr_term, rcs_q, rcs_k, base, float(scale), grid_w, std, sfr_tau, sfr_lam, rcs_tau, rcs_lam
     )
@@ -580,7 +578,7 @@ def rcs_attention(
     Returns:
         (B, H, N1, d) tensor A v in the dtype of ``v``.
     """
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         base=base,
         scale=scale,
         window=window,

@@ -21,11 +21,10 @@ The reference is vectorised over patch pairs; the path check is chunked over sta
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-__all__ = ["sfr_affinity", "sfr_affinity_ref", "sfr_affinity_triton", "unsupported_reason", "PATH_CHECKS", "BLURS"]
 
 PATH_CHECKS = ("prefix", "full", "none")
 BLURS = ("raster", "2d")
@@ -423,6 +422,7 @@ def sfr_affinity_triton(
     reason = unsupported_reason(labels, path_check=path_check, blur=blur)
     if reason is not None:
         raise ValueError(f"sfr_affinity_triton cannot take these inputs: {reason}")
+    assert _sfr_affinity_op is not None
     return _sfr_affinity_op(labels, float(gaussian_std), path_check)
 
 
@@ -447,7 +447,7 @@ def sfr_affinity(
         _check_args(labels, path_check, blur)
         return unsupported_reason(labels, path_check=path_check, blur=blur)
 
-    kwargs = dict(gaussian_std=gaussian_std, path_check=path_check, blur=blur)
+    kwargs: dict[str, Any] = dict(gaussian_std=gaussian_std, path_check=path_check, blur=blur)
     return dispatch(
         "sfr_affinity",
         labels.device,

@@ -24,8 +24,6 @@ from .errors import Interrupted, OutputError, first_line
 from .inputs import expand_inputs
 from .paths import output_dir
 
-__all__ = ["pending_rows", "run_batch"]
-
 
 def pending_rows(rows: list[dict], out: Path) -> list[dict]:
     """The rows whose summary JSON does not exist yet under ``out``."""

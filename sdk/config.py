@@ -24,29 +24,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
+from .config_kinds import check_fields
 from .errors import ConfigError
 from .method_config import FIELD_KINDS as _METHOD_FIELD_KINDS
 from .method_config import CorrClipConfig, RFClipConfig
-
-__all__ = [
-    "DenseConfig",
-    "AttentionConfig",
-    "FeedbackConfig",
-    "ScheduleConfig",
-    "PostConfig",
-    "CalibrationConfig",
-    "RFClipConfig",
-    "CorrClipConfig",
-    "METHODS",
-    "PRESETS",
-    "DATASETS",
-    "MULTI_SCALE_5",
-    "dense_config",
-    "positive_int",
-    "positive_number",
-]
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -112,48 +93,15 @@ _FIELD_KINDS = {
     **dict.fromkeys(("base", "sfr_path_check", "sfr_blur", "upsample", "combine", "calibration", "method"), "str"),
     **_METHOD_FIELD_KINDS,
 }
-_KIND_TEXT = {
-    "bool": "True or False",
-    "int": "an integer",
-    "ints": "a tuple of integers",
-    "real": "a number",
-    "reals": "a tuple of numbers",
-    "str": "a string",
-    "templates": "a template-set name or a list of strings",
-}
 _GROUP_NAMES = {"mode": "calibration", "blocks": "calibration_blocks"}  # CalibrationConfig field -> option name
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    def integer(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-    def real(v):
-        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-    if kind.endswith("?"):
-        return value is None or _is_kind(value, kind[:-1])
-    if kind == "bool":
-        return isinstance(value, (bool, np.bool_))
-    if kind in ("int", "real", "str"):
-        return {"int": integer, "real": real, "str": lambda v: isinstance(v, str)}[kind](value)
-    if kind == "templates":
-        return isinstance(value, str) or (isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value))
-    check = integer if kind == "ints" else real
-    return isinstance(value, (tuple, list)) and all(check(v) for v in value)
 
 
 def _check_types(obj: Any) -> None:
     """ConfigError naming the option when a field of ``obj`` (a group or DenseConfig) has the wrong type."""
-    for f in dataclasses.fields(obj):
-        if isinstance(obj, DenseConfig) and f.name in _GROUPS:
-            continue  # the groups check themselves
-        name = _GROUP_NAMES.get(f.name, f.name) if isinstance(obj, CalibrationConfig) else f.name
-        kind = _FIELD_KINDS.get(name)
-        value = getattr(obj, f.name)
-        if kind is not None and not _is_kind(value, kind):
-            text = _KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
-            raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
+    if isinstance(obj, DenseConfig):
+        check_fields(obj, _FIELD_KINDS, skip=_GROUPS)
+    else:
+        check_fields(obj, _FIELD_KINDS, rename=_GROUP_NAMES if isinstance(obj, CalibrationConfig) else None)
 
 
 @dataclass(frozen=True)

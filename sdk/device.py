@@ -7,8 +7,6 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["parse_device"]
-
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
@@ -20,7 +18,7 @@ def parse_device(device, what: str = "device") -> tuple[str, int | None]:
     """
     if device is None:
         return "cpu", None
-    if isinstance(device, numbers.Integral) and not isinstance(device, bool) and device >= 0:
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool) and int(device) >= 0:
         return "cuda", int(device)
     is_text = isinstance(device, str) or type(device).__module__.startswith("torch")  # a str or a torch.device
     text = str(device).strip().lower() if is_text else None

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["l2_normalize", "ensemble", "mean_enrich", "kmeans", "tse_enrich", "default_clusters", "TSE_CLUSTERS"]
-
 TSE_CLUSTERS = {"voc20": 112, "coco80": 224}  # ExCEL's K for its VOC (20 classes) and COCO (80 classes) banks
 _PER_CLASS = 5.6  # K per class for other description sets: 112 / 20
 

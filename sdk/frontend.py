@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import positive_int
+from .config import DenseConfig, positive_int
 from .errors import InvalidTypeError, VocabularyError
 from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
 from .preprocess import load_image, preprocess
@@ -24,11 +25,26 @@ from .result import SegmentationResult
 from .text import resolve_templates
 from .vocabulary import Vocabulary, builtin_vocabulary, check_tokens, parse_class_file
 
-__all__ = ["SegmenterFront"]
+if TYPE_CHECKING:
+    from .ops.base import DenseBackend
+    from .refine.config import RefineConfig
+    from .refine.merge import MergeResult
 
 
 class SegmenterFront:
     """Backend-independent public methods; see ``clipsam.Segmenter`` for their documentation."""
+
+    # set by each front end's constructor
+    config: DenseConfig
+    backend: DenseBackend
+    max_batch: int
+    max_memory_mb: float | None
+    refiner: Any  # a clipsam.refine.refiner.Refiner, or None
+    refine_config: RefineConfig | None
+    arch: str | None
+    weights_id: str | None
+    quick_gelu: bool | None
+    precision: str
 
     _no_vocabulary = (
         "this configuration has no preset vocabulary. Pass classes=['cat', 'sofa', ...], "
@@ -184,6 +200,20 @@ class SegmenterFront:
 
     def _info(self, max_batch: int) -> dict:
         """The front end's fields of ``SegmentationResult.info``."""
+        cfg = self.config
+        return {
+            "method": cfg.method,
+            "preset": cfg.preset,
+            "clip": self.arch,
+            "weights": self.weights_id,
+            "quick_gelu": self.quick_gelu,
+            **self._backend_info(),
+            "precision": self.precision,
+            "max_batch": max_batch,
+        }
+
+    def _backend_info(self) -> dict:
+        """Where this front end runs (device, or runtime and providers), for ``SegmentationResult.info``."""
         raise NotImplementedError
 
     def _results(
@@ -195,7 +225,7 @@ class SegmenterFront:
         and the refinement summary are added here.
         """
         u8 = [_read_only(rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)) for rgb in rgbs]
-        refined = [None] * len(rgbs)
+        refined: list[MergeResult | None] = [None] * len(rgbs)
         if self.refiner is not None:
             refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
         elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
@@ -206,17 +236,18 @@ class SegmenterFront:
             meta = {**info, "time_ms": round(elapsed, 2), "config": config}
             if self.prompt_info is not None:
                 meta["prompts"] = self.prompt_info
-            if refined[i] is not None:
-                meta["refine"] = {"sam2": self.refiner.name, "instances": len(refined[i].instances)}
+            merged = refined[i]
+            if merged is not None:
+                meta["refine"] = {"sam2": self.refiner.name, "instances": len(merged.instances)}
                 results.append(
                     SegmentationResult(
-                        refined[i].labels.astype(np.int32),
+                        merged.labels.astype(np.int32),
                         scores,
                         vocab.classes,
                         u8[i],
                         meta,
                         dense_labels=labels,
-                        instances=list(refined[i].instances),
+                        instances=list(merged.instances),
                         max_memory_mb=self.max_memory_mb,
                     )
                 )

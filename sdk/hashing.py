@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["file_sha256"]
-
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""

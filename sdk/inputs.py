@@ -15,8 +15,6 @@ from .errors import ClipSamError
 from .paths import input_error
 from .preprocess import IMAGE_SUFFIXES
 
-__all__ = ["InputImage", "expand_inputs"]
-
 
 @dataclass(frozen=True)
 class InputImage:

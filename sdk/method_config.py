@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .config_kinds import check_fields
 from .errors import ConfigError
-
-__all__ = ["RFClipConfig", "CorrClipConfig", "FIELD_KINDS", "RF_SINK_CHANNELS_B16"]
 
 # RF-CLIP's feature-denoising channels, hard-coded upstream for ViT-B/16 (width 768)
 RF_SINK_CHANNELS_B16 = (4, 162, 189, 326, 429, 474, 633, 713)
@@ -88,9 +87,7 @@ class RFClipConfig:
     rf_global_source: GlobalSource = "image"  # sliding windows: whole image's CLS ("image") or the window's own
 
     def __post_init__(self) -> None:
-        from .config import _check_types
-
-        _check_types(self)
+        check_fields(self, FIELD_KINDS)
         _choice("rf_global_source", self.rf_global_source, ("image", "window"))
         if not self.rf_sink_channels or min(self.rf_sink_channels) < 0:
             raise ConfigError(f"rf_sink_channels must be non-negative channel indices, got {self.rf_sink_channels}")
@@ -127,9 +124,7 @@ class CorrClipConfig:
     corr_mask_vote: bool = True  # each mask's pixels take their most frequent label
 
     def __post_init__(self) -> None:
-        from .config import _check_types
-
-        _check_types(self)
+        check_fields(self, FIELD_KINDS)
         _choice("corr_mask_source", self.corr_mask_source, ("sam2", "given", "none"))
         _choice("corr_merge_distance", self.corr_merge_distance, ("max_minus", "one_minus"))
         _choice("corr_unsegmented", self.corr_unsegmented, ("smallest", "zero"))

@@ -31,16 +31,6 @@ from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, 
 from .hashing import file_sha256
 from .paths import input_error, is_url
 
-__all__ = [
-    "LoadedClip",
-    "load_clip",
-    "read_state_dict",
-    "normalise_state_dict",
-    "detect_format",
-    "checkpoint_file",
-    "torch_load",
-]
-
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _OPEN_CLIP_ONLY = ("ls_1.gamma", "ls_2.gamma", "logit_bias", "attn_pool", "visual.trunk.", "text.transformer.")
@@ -333,7 +323,7 @@ def _cached_pretrained(open_clip, cfg: dict) -> str | None:
 
         model_id, filename = os.path.split(cfg["hf_hub"])
         filename = filename or "open_clip_pytorch_model.bin"
-        safe = getattr(open_clip.pretrained, "_get_safe_alternatives", lambda f: [])(filename)
+        safe: list[str] = getattr(open_clip.pretrained, "_get_safe_alternatives", lambda f: [])(filename)
         for f in list(safe) + [filename]:
             found = try_to_load_from_cache(model_id, f)
             if isinstance(found, str):

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from .errors import ClipSamError, InvalidInputError, InvalidTypeError, OutputError
 
-__all__ = ["is_url", "input_error", "input_file", "output_dir", "output_file"]
-
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # "https://", "s3://"; also "https:/" as pathlib collapses it
 
 

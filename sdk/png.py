@@ -13,8 +13,6 @@ import zlib
 
 import numpy as np
 
-__all__ = ["PngWriter"]
-
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IDAT_BYTES = 1 << 20  # compressed bytes per IDAT chunk
 

@@ -14,17 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "query_probs",
-    "merge_synonyms",
-    "area_keep",
-    "decide",
-    "postprocess",
-    "strip_rows",
-    "argmax_counts",
-    "finish_strips",
-]
-
 
 def query_probs(logits: np.ndarray, logit_scale: float) -> np.ndarray:
     """softmax(logit_scale * logits) over axis 0: (Q, ...) float32."""

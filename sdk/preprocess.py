@@ -24,8 +24,6 @@ import numpy as np
 from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
 from .paths import input_file
 
-__all__ = ["MEAN", "STD", "IMAGE_SUFFIXES", "load_image", "resize_shape", "preprocess"]
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folder inputs pick up
 
 MEAN = np.array([122.771, 116.746, 104.094], dtype=np.float32)  # RGB
@@ -144,7 +142,7 @@ def load_image(image, what: str = "image") -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
-        Image = None
+        Image = None  # type: ignore[assignment]
     if Image is not None and isinstance(image, Image.Image):
         return _from_pil(image, f"PIL {what}")
     if type(image).__module__.startswith("torch"):

@@ -19,8 +19,6 @@ from pathlib import Path
 
 from .errors import ConfigError, first_line
 
-__all__ = ["load_sentences", "load_map", "load_templates", "read_structured", "shipped_path"]
-
 _DATA = Path(__file__).parent / "data"
 SHIPPED = {
     ("context_prompts", "default"): _DATA / "prompts" / "context.json",

@@ -29,6 +29,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,6 @@ from .enrich import default_clusters, ensemble, kmeans, l2_normalize, mean_enric
 from .errors import ConfigError, InvalidTypeError
 from .prompt_files import SHIPPED, load_map, load_sentences, load_templates, shipped_path
 from .text import resolve_templates
-
-__all__ = ["PromptConfig", "ResolvedPrompts", "build_text_embeddings", "PROMPT_FIELDS", "DESCRIPTION_PREFIX"]
 
 DESCRIPTION_PREFIX = "a photo of a {}."
 ENRICHMENTS = ("tse", "mean")
@@ -86,8 +85,9 @@ class PromptConfig:
         """Load every file now (errors surface at construction, not at the first image)."""
         templates = None
         if self.templates is not None:
-            is_file = isinstance(self.templates, (str, os.PathLike)) and os.path.isfile(self.templates)
-            templates = load_templates(self.templates) if is_file else resolve_templates(self.templates)
+            given = self.templates
+            is_file = isinstance(given, (str, os.PathLike)) and os.path.isfile(given)
+            templates = load_templates(given) if is_file else resolve_templates(given)  # type: ignore[arg-type]
         ctx = _source("context_prompts", self.context_prompts, "context-prompt file")
         dis = _source("disambiguate", self.disambiguate, "disambiguation file")
         desc = _source("descriptions", self.descriptions, "description file")
@@ -121,7 +121,8 @@ def _source(kind: str, value, what: str) -> _Source | None:
         raise ConfigError(f"{kind}={value!r} is neither a shipped name ({', '.join(names)}) nor an existing file")
     path = shipped_path(kind, value) if shipped else value
     mapping, name = load_map(path, what) if kind == "disambiguate" else load_sentences(path, what)
-    entries, keys = {}, {}
+    entries: dict[str, Any] = {}  # str (disambiguation) or tuple of sentences
+    keys: dict[str, str] = {}
     for key, entry in mapping.items():
         n = _norm(key)
         if n in keys and entries[n] != entry:
@@ -164,7 +165,7 @@ class ResolvedPrompts:
         """JSON-able summary for result metadata and evaluation reports (None when nothing beyond templates)."""
         if self.is_default:
             return None
-        out = {
+        out: dict[str, Any] = {
             k: (s.name if s is not None else None)
             for k, s in (
                 ("context_prompts", self.context),
@@ -211,13 +212,16 @@ class ResolvedPrompts:
             nq = _norm(q)
             text = self.disambiguation.entries.get(nq, q) if self.disambiguation else q
             ck = entry_key(self.context, nq, ci)
-            out.append((text, tuple(self.context.entries[ck]) if ck else (), entry_key(self.descriptions, nq, ci)))
+            ctx = tuple(self.context.entries[ck]) if ck and self.context is not None else ()
+            out.append((text, ctx, entry_key(self.descriptions, nq, ci)))
         return out
 
 
 def _description_texts(p: ResolvedPrompts) -> tuple[list[str], list[str]]:
     """Every description as encoded (class-name prefix + sentence), and its normalised class key."""
-    texts, owners = [], []
+    texts: list[str] = []
+    owners: list[str] = []
+    assert p.descriptions is not None
     for n, sentences in p.descriptions.entries.items():
         name = p.descriptions.keys[n]
         if p.disambiguation is not None:
@@ -262,11 +266,11 @@ def build_text_embeddings(
         hit = (l2_normalize(np.asarray(embed(dtexts), dtype=np.float32)), np.array(owners))
         if cache is not None:
             cache.put(dkey, hit)
-    demb, owners = hit
+    demb, owner_of = hit
     if prompts.enrichment == "mean":
         for i, (_, _, key) in enumerate(plan):
             if key is not None:
-                t[i] = mean_enrich(t[i], demb[owners == key])
+                t[i] = mean_enrich(t[i], demb[owner_of == key])
         return t
     k = prompts.tse_clusters or default_clusters(
         prompts.descriptions.name if prompts.descriptions.shipped else None,

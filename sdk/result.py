@@ -19,8 +19,6 @@ import numpy as np
 from .config import positive_number
 from .errors import InvalidInputError
 
-__all__ = ["SegmentationResult", "palette", "save_atomic"]
-
 
 def palette(n: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map: (n, 3) uint8, class 0 black."""

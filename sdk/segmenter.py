@@ -12,8 +12,6 @@ from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
 from .text import TextEmbeddingCache, resolve_templates
 from .vocabulary import Vocabulary
 
-__all__ = ["Segmenter"]
-
 _PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -212,9 +210,10 @@ class Segmenter(SegmenterFront):
         return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
     def _set_backend(self) -> None:
-        from .dense.backend import TorchBackend
+        from .dense.backend import Encoder, TorchBackend
         from .dense.encoder import DenseEncoder
 
+        self.encoder: Encoder
         if self.config.attention.base == "rfclip":
             from .dense.rfclip import RFClipEncoder
 
@@ -264,15 +263,5 @@ class Segmenter(SegmenterFront):
             self.text_cache.put(key, emb)
         return emb
 
-    def _info(self, max_batch):
-        cfg = self.config
-        return {
-            "method": cfg.method,
-            "preset": cfg.preset,
-            "clip": self.arch,
-            "weights": self.weights_id,
-            "quick_gelu": self.quick_gelu,
-            "device": str(self.device),
-            "precision": self.precision,
-            "max_batch": max_batch,
-        }
+    def _backend_info(self) -> dict:
+        return {"device": str(self.device)}

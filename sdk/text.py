@@ -15,8 +15,6 @@ from .errors import ConfigError, InvalidTypeError
 
 PROMPTS_PER_BATCH = 256  # prompts per text-encoder call (all queries x templates, in order)
 
-__all__ = ["TEMPLATE_SETS", "PROMPTS_PER_BATCH", "resolve_templates", "TextEmbeddingCache"]
-
 TEMPLATE_SETS = {
     "openai80": OPENAI_IMAGENET_TEMPLATES,
     "openai7": OPENAI_SUBSET_TEMPLATES,

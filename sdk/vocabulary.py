@@ -17,15 +17,6 @@ from importlib import resources
 from .errors import InvalidTypeError, VocabularyError
 from .paths import input_file
 
-__all__ = [
-    "Vocabulary",
-    "parse_class_file",
-    "normalise_name",
-    "check_tokens",
-    "builtin_vocabulary",
-    "BUILTIN_VOCABULARIES",
-]
-
 BUILTIN_VOCABULARIES = (
     "voc21",
     "voc20",
@@ -65,7 +56,10 @@ class Vocabulary:
             raise VocabularyError(
                 f"{source}: the vocabulary is empty. Give at least one class name, e.g. classes=['cat', 'sofa']."
             )
-        queries, q2c, seen, firsts = [], [], {}, []
+        queries: list[str] = []
+        q2c: list[int] = []
+        seen: dict[str, tuple[int, str]] = {}
+        firsts: list[str] = []
         for ci, names in enumerate(synonyms):
             if len(names) == 0:
                 raise VocabularyError(f"{source}: class {ci} has no name.")
@@ -127,7 +121,7 @@ class Vocabulary:
 
     def to_lines(self) -> list[str]:
         """The class-file lines of this vocabulary."""
-        lines = [[] for _ in self.classes]
+        lines: list[list[str]] = [[] for _ in self.classes]
         for q, c in zip(self.queries, self.query_to_class):
             lines[c].append(q)
         return [", ".join(names) for names in lines]
@@ -222,10 +216,11 @@ def parse_class_file(path: str | os.PathLike) -> Vocabulary:
         text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
         raise VocabularyError(f"cannot read class file {path}: {e}") from e
-    return _parse_lines(text, str(path))
+    return parse_class_lines(text, str(path))
 
 
-def _parse_lines(text: str, source: str, allow_duplicates: bool = False) -> Vocabulary:
+def parse_class_lines(text: str, source: str, allow_duplicates: bool = False) -> Vocabulary:
+    """The text of a class file (``source`` names it in errors); blank trailing lines are ignored."""
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -245,5 +240,5 @@ def builtin_vocabulary(name: str) -> Vocabulary:
         base = base[: -len(suffix)] if base.endswith(suffix) else base
     if base not in BUILTIN_VOCABULARIES:
         raise VocabularyError(f"unknown built-in vocabulary {name!r}; known: {', '.join(BUILTIN_VOCABULARIES)}.")
-    res = resources.files("clipsam.data").joinpath("classes", f"{name}.txt")
-    return _parse_lines(res.read_text(encoding="utf-8"), f"clipsam/data/classes/{name}.txt", allow_duplicates=True)
+    res = resources.files("clipsam.data").joinpath("classes").joinpath(f"{name}.txt")
+    return parse_class_lines(res.read_text(encoding="utf-8"), f"clipsam/data/classes/{name}.txt", allow_duplicates=True)

@@ -23,8 +23,6 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["warmup", "default_warmup_sizes"]
-
 
 def default_warmup_sizes(config) -> tuple[tuple[int, int], ...]:
     """One (H, W) per shape class a real image produces: the preset's resize target (whole-image methods see
@@ -48,7 +46,7 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
     try:
         sizes = default_warmup_sizes(segmenter.config) if sizes is None else tuple(tuple(s) for s in sizes)
         ok = bool(sizes) and all(
-            len(s) == 2 and all(isinstance(v, numbers.Integral) and v >= 1 for v in s) for s in sizes
+            len(s) == 2 and all(isinstance(v, numbers.Integral) and int(v) >= 1 for v in s) for s in sizes
         )
     except TypeError:  # not an iterable of pairs
         ok = False

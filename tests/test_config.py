@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from clipsam.config import METHODS, PRESETS, DenseConfig, dense_config
@@ -87,5 +89,7 @@ def test_overrides_and_errors():
         DenseConfig().replace(base="maskclip")
     with pytest.raises(ConfigError, match="sfr_path_check"):
         DenseConfig().replace(sfr_path_check="half")
-    with pytest.raises(Exception):
-        dense_config().short_side = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dense_config().schedule.short_side = 3  # frozen
+    with pytest.raises(AttributeError):
+        dense_config().short_side = 3  # frozen: no flat attribute to set either

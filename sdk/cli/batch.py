@@ -17,8 +17,6 @@ from ..device import parse_device
 from ..errors import ClipSamError
 from .options import add_segment_options, build_segmenter, resolve_classes
 
-__all__ = ["register", "cmd_batch", "build_from_options"]
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(

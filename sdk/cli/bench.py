@@ -16,8 +16,6 @@ from pathlib import Path
 from ..errors import ClipSamError
 from ..paths import output_file
 
-__all__ = ["register", "cmd_bench", "bench_table"]
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``clipsam bench``."""
@@ -76,7 +74,8 @@ def bench_table(data: dict) -> str:
             f"{100 * rate / peak:.1f}" if rate and peak else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    first = next(iter(data.get("benchmarks", [])), {}).get("extra_info", {})
+    benches: list[dict] = data.get("benchmarks", [])
+    first = benches[0].get("extra_info", {}) if benches else {}
     if first.get("machine"):
         m = first["machine"]
         lines += [

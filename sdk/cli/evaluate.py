@@ -14,8 +14,6 @@ from ..eval.datasets import DATASETS
 from ..paths import output_file
 from .options import add_engine_options, add_model_options, build_segmenter, check_engine_options
 
-__all__ = ["register", "cmd_eval"]
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``clipsam eval``."""

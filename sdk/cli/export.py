@@ -13,8 +13,6 @@ from ..errors import Interrupted
 from ..refine.config import SAM2_MODELS
 from .options import add_quick_gelu_option
 
-__all__ = ["register", "cmd_export"]
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(

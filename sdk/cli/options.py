@@ -18,19 +18,6 @@ from ..config import DATASETS, METHODS, MULTI_SCALE_5
 from ..errors import ClipSamError
 from ..refine.config import SAM2_MODELS
 
-__all__ = [
-    "add_vocabulary_options",
-    "add_model_options",
-    "add_quick_gelu_option",
-    "add_engine_options",
-    "add_segment_options",
-    "resolve_classes",
-    "prompt_options",
-    "parse_scales",
-    "check_engine_options",
-    "build_segmenter",
-]
-
 DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip", "precision": "fp32"}
 
 
@@ -215,7 +202,7 @@ def prompt_options(args: argparse.Namespace) -> dict[str, Any]:
     if enrichment is not None and kw["descriptions"] is None:
         raise ClipSamError("--enrichment needs --descriptions (voc20, coco80 or a file)")
     if any(v is not None for v in kw.values()):
-        out["prompts"] = PromptConfig(enrichment=enrichment or "tse", **kw)
+        out["prompts"] = PromptConfig(enrichment=enrichment or "tse", **kw)  # type: ignore[arg-type]
     if getattr(args, "calibration", "none") != "none":
         out["calibration"] = args.calibration
     scales = parse_scales(getattr(args, "scales", None))

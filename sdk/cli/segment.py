@@ -13,8 +13,6 @@ from ..paths import output_dir
 from ..result import save_atomic
 from .options import add_segment_options, build_segmenter, resolve_classes
 
-__all__ = ["register", "cmd_segment", "segment_and_save"]
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(

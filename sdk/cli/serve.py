@@ -22,8 +22,6 @@ from ..config import DATASETS, METHODS
 from ..errors import ClipSamError, ConfigError, missing_dependency
 from .options import DEFAULTS, add_segment_options, build_segmenter, parse_scales, prompt_options
 
-__all__ = ["register", "run", "build_app"]
-
 HELP = "serve segmentation over HTTP (Ray Serve): dynamic batching, limits, API key, web page"
 DESCRIPTION = (
     "Serve one model over HTTP on Ray Serve: POST /v1/segment (multipart image or JSON with base64), "

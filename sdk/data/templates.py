@@ -19,12 +19,6 @@ ClearCLIP never uses that list anyway. The notebook's wording is kept here.
 
 from __future__ import annotations
 
-__all__ = [
-    "OPENAI_IMAGENET_TEMPLATES",
-    "OPENAI_SUBSET_TEMPLATES",
-    "SINGLE_TEMPLATE",
-]
-
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
     "a photo of many {}.",

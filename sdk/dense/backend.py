@@ -1,26 +1,39 @@
 """``TorchBackend``: the PyTorch dense backend of the pipeline core (``clipsam.pipeline``).
 
-It encodes batches of crops with ``DenseEncoder`` under inference mode and the requested autocast, and gives the
+It encodes batches of crops with the method's encoder under inference mode and the requested autocast, and gives the
 core ``TorchOps`` on the model's device.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Protocol
 
 import torch
 
 from ..ops.base import EncoderSpec
-from .encoder import DenseEncoder
 from .ops import TorchOps
-
-__all__ = ["TorchBackend"]
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class Encoder(Protocol):
+    """What ``TorchBackend`` needs of an encoder (``DenseEncoder``, ``RFClipEncoder``, ``CorrClipEncoder``)."""
+
+    @property
+    def visual(self) -> Any: ...  # open_clip's VisionTransformer
+
+    @property
+    def patch(self) -> int: ...
+
+    @property
+    def heads(self) -> int: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...  # (crops, text, ops, **extras) -> logits
+
+
 class TorchBackend:
-    """``DenseBackend`` over a ``DenseEncoder``.
+    """``DenseBackend`` over a dense encoder (``Encoder``).
 
     Arguments:
         encoder: the dense encoder (its config fixes the method).
@@ -28,7 +41,7 @@ class TorchBackend:
         precision: "fp32", or "fp16"/"bf16" CUDA autocast around the encoder.
     """
 
-    def __init__(self, encoder: DenseEncoder, device: torch.device, precision: str = "fp32"):
+    def __init__(self, encoder: Encoder, device: torch.device, precision: str = "fp32"):
         self.encoder = encoder
         self.ops = TorchOps(device)
         self.precision = precision

@@ -34,8 +34,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["svc_attention", "svc_tokens", "knn_calibrate"]
-
 KNN_EPS = 1e-6
 
 
@@ -49,7 +47,9 @@ def svc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     Returns:
         (B, H, N1, d) ``A v`` with A (B, 1, N1, N1) = head-summed (softmax(s qq^T) + softmax(s kk^T) + softmax(s vv^T)) / 3.
     """
-    a = sum(torch.softmax(scale * (t @ t.transpose(-1, -2)), dim=-1) for t in (q, k, v))
+    a = torch.softmax(scale * (q @ q.transpose(-1, -2)), dim=-1)
+    a = a + torch.softmax(scale * (k @ k.transpose(-1, -2)), dim=-1)
+    a = a + torch.softmax(scale * (v @ v.transpose(-1, -2)), dim=-1)
     return (a.sum(dim=1, keepdim=True) / 3) @ v
 
 
@@ -66,7 +66,7 @@ def svc_tokens(encoder, x: torch.Tensor, blocks: int) -> torch.Tensor:
     """
     depth = len(encoder.blocks)
     start = depth - blocks
-    x_new = None
+    x_new: torch.Tensor | None = None
     for i, block in enumerate(encoder.blocks):
         q, k, v = encoder.qkv(block, x)
         if i >= start:
@@ -76,6 +76,7 @@ def svc_tokens(encoder, x: torch.Tensor, blocks: int) -> torch.Tensor:
             break  # the original path's last block output is not used
         x = x + block.ls_1(encoder.out_proj(block, F.scaled_dot_product_attention(q, k, v)))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    assert x_new is not None  # blocks >= 1
     return x_new
 
 

@@ -23,8 +23,6 @@ from ..ops.base import sfr_feedback
 from .calibration import knn_calibrate, svc_tokens
 from .ops import TorchOps
 
-__all__ = ["DenseEncoder"]
-
 
 class DenseEncoder:
     """Wraps an open_clip ``VisionTransformer`` (not modified) for dense prediction.

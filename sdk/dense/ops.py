@@ -17,8 +17,6 @@ import torch.nn.functional as F
 from ..ops.numpy_ops import NumpyPost
 from .pamr import pamr
 
-__all__ = ["TorchOps", "TorchPost", "upsample_rows", "patch_labels"]
-
 
 def _source_index(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     scale = torch.tensor(in_size / out_size, dtype=torch.float32)

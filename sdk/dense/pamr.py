@@ -16,8 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pamr", "NEIGHBOUR_OFFSETS"]
-
 # (dy, dx) of the 8 neighbours in upstream's kernel order (row-major 3x3 without the centre).
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -32,7 +30,8 @@ def _shifted(x: torch.Tensor, d: int):
 
 def _affinity(image: torch.Tensor, dilations) -> torch.Tensor:
     """Neighbour weights a: (B, 8*len(dilations), H, W), summing to 1 over dim 1."""
-    samples, diffs = [], []
+    samples: list[torch.Tensor] = []
+    diffs: list[torch.Tensor] = []
     for d in dilations:
         nbs = list(_shifted(image, d))
         samples.extend(nbs[:4] + [image] + nbs[4:])  # the 3x3 grid in raster order, centre included

@@ -24,8 +24,6 @@ from ..errors import ConfigError
 from ..ops.rfclip import cluster_queries, cluster_table
 from .encoder import DenseEncoder
 
-__all__ = ["RFClipEncoder", "denoise", "enhance", "adapt_text"]
-
 
 def denoise(
     x: torch.Tensor,
@@ -147,6 +145,7 @@ class RFClipEncoder:
         cls = v.ln_post(x_last[:, 0]) @ v.proj
         if cls_only:
             return None, cls, grid
+        assert kk_sum is not None and guide_sum is not None  # the trunk has at least one block before the last
         guide = (guide_sum + x_last) / len(self.blocks)
         outs = []
         for z in (enhance(x, guide, rf.rf_enhance_beta), enhance(guide, guide, rf.rf_enhance_beta)):

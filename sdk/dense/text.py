@@ -12,8 +12,6 @@ import torch
 from ..text import PROMPTS_PER_BATCH
 from ..vocabulary import Vocabulary
 
-__all__ = ["encode_tokens", "embed_prompts", "encode_queries"]
-
 
 def encode_tokens(model, tokens):
     """open_clip ``encode_text`` on sequences cut after their last end-of-text token.

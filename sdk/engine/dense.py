@@ -21,8 +21,6 @@ from ..ops.numpy_ops import NumpyOps
 from ..ops.resize import interpolate_pos_embed, neighbourhood_window
 from ..ops.sfr import LinspaceTable
 
-__all__ = ["OrtBackend"]
-
 
 class OrtBackend:
     """``DenseBackend`` over the exported dense graphs.

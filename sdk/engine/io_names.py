@@ -23,25 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = [
-    "GraphIO",
-    "CLIP_TEXT",
-    "CLIP_DENSE",
-    "CLIP_DENSE_TRUNK",
-    "CLIP_DENSE_PASS1",
-    "CLIP_DENSE_PASS2",
-    "SAM2_IMAGE_ENCODER",
-    "SAM2_PROMPT_DECODER",
-    "GRAPHS",
-    "dense_graphs",
-    "MANIFEST_FILE",
-    "HOST_CONSTANTS_FILE",
-    "TOKENIZER_FILE",
-    "BPE_FILE",
-    "TRTEXEC_FILE",
-    "FORMAT_VERSION",
-]
-
 FORMAT_VERSION = 2  # engine-folder layout version (2: graph_settings sealed); the runtime refuses other versions
 MANIFEST_FILE = "manifest.json"
 HOST_CONSTANTS_FILE = "host_constants.npz"  # native CLIP positional embedding, torch.linspace tables for SFR

@@ -25,17 +25,6 @@ from ..hashing import file_sha256
 from ..paths import is_url
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
-__all__ = [
-    "EngineManifest",
-    "load_manifest",
-    "verify_files",
-    "check_request",
-    "GRAPH_FIELDS",
-    "graph_settings",
-    "load_host_constants",
-    "load_tokenizer",
-]
-
 # DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
 GRAPH_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
 _REQUIRED = (

@@ -26,8 +26,6 @@ from ..ops.resize import resize_bilinear, resize_bilinear_aa
 from ..refine.prompts import PromptSet
 from ..refine.refiner import Refiner
 
-__all__ = ["OrtSam2Refiner", "OrtSam2Embedding"]
-
 
 @dataclass(frozen=True, eq=False)
 class OrtSam2Embedding:

@@ -33,8 +33,6 @@ from .sam2 import OrtSam2Refiner
 from .session import GraphSession, ProviderConfig, resolve_providers
 from .text import OrtTextEncoder
 
-__all__ = ["EngineSegmenter"]
-
 _SAM2_GRAPHS = ("sam2_image_encoder", "sam2_prompt_decoder")
 
 
@@ -124,6 +122,7 @@ class EngineSegmenter(SegmenterFront):
         )
         self.precision = m.precision
         self.arch, self.weights_id = m.clip.get("arch"), m.clip.get("weights")
+        self.quick_gelu = m.clip.get("quick_gelu")
         self._sessions: dict[str, GraphSession] = {}
         self._sessions_lock = threading.Lock()  # one session per graph, also when threads race to create it
         self._consts = load_host_constants(m)
@@ -233,19 +232,11 @@ class EngineSegmenter(SegmenterFront):
             self.text_cache.put(key, emb)
         return emb
 
-    def _info(self, max_batch):
-        cfg = self.config
+    def _backend_info(self) -> dict:
         return {
-            "method": cfg.method,
-            "preset": cfg.preset,
-            "clip": self.arch,
-            "weights": self.weights_id,
-            "quick_gelu": self.manifest.clip.get("quick_gelu"),
             "backend": "onnxruntime",
             "providers": sorted({p for ps in self.providers.values() for p in ps}),
             "engines": str(self.manifest.folder),
-            "precision": self.precision,
-            "max_batch": max_batch,
         }
 
 

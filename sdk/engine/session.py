@@ -25,8 +25,6 @@ import numpy as np
 
 from ..errors import EngineFileError, ProviderError, first_line
 
-__all__ = ["ProviderConfig", "GraphSession", "resolve_providers", "PROVIDER_ALIASES"]
-
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",

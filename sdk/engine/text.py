@@ -11,8 +11,6 @@ import numpy as np
 
 from ..text import PROMPTS_PER_BATCH
 
-__all__ = ["OrtTextEncoder"]
-
 
 class OrtTextEncoder:
     """``encode(queries, templates)`` -> (Q, C) float32 unit embeddings.

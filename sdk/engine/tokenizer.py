@@ -24,11 +24,11 @@ import unicodedata
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ClipTokenizer", "bytes_to_unicode"]
-
+_ftfy: Any
 try:  # optional: open_clip's cleaning step
     import ftfy as _ftfy
 except ImportError:  # pragma: no cover - depends on the environment
@@ -174,7 +174,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens."""
-        ids = []
+        ids: list[int] = []
         for piece in self._split(_clean(text)):
             piece = "".join(self._byte_encoder[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[t] for t in self.bpe(piece).split(" "))

@@ -30,17 +30,6 @@ from PIL import Image
 
 from ..errors import ConfigError, InvalidImageError, InvalidInputError
 
-__all__ = [
-    "DATASETS",
-    "Dataset",
-    "DatasetNotFoundError",
-    "DatasetSpec",
-    "Sample",
-    "open_dataset",
-    "read_label",
-    "reduce_zero_label",
-]
-
 _CLASSES_DIR = Path(__file__).resolve().parent.parent / "data" / "classes"
 
 

@@ -30,22 +30,6 @@ from dataclasses import dataclass, field
 from ..pipeline.windows import pad_to_patch, window_grid
 from ..preprocess import resize_shape
 
-__all__ = [
-    "VitSpec",
-    "TextSpec",
-    "VIT_B16",
-    "VIT_L14",
-    "FlopCount",
-    "block_flops",
-    "window_flops",
-    "pamr_flops",
-    "image_flops",
-    "text_flops",
-    "sam2_flops",
-    "SAM2_PARAMS",
-    "measure_matmul_peak",
-]
-
 
 @dataclass(frozen=True)
 class VitSpec:

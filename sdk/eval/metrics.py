@@ -27,8 +27,6 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["MetricResult", "SegmentationMetric"]
-
 _STATE_FORMAT = "clipsam.eval.SegmentationMetric"
 _STATE_VERSION = 1
 _AREAS = ("area_intersect", "area_union", "area_pred_label", "area_label")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PublishedResult", "PUBLISHED", "SOURCES", "published", "backbone_of"]
-
 SOURCES = {
     "resclip": "ResCLIP README (yvhangyang/ResCLIP 0e085f7, figs/main_results_w.png and main_results_wo.png)",
     "sclip": "SCLIP README (wangf3014/SCLIP b56bd30)",

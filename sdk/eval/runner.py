@@ -33,8 +33,6 @@ from .datasets import Dataset, DatasetNotFoundError, Sample
 from .metrics import MetricResult, SegmentationMetric
 from .published import backbone_of, published
 
-__all__ = ["EvalReport", "evaluate", "partial_path", "versions", "machine_info", "check_classes"]
-
 _PARTIAL_FORMAT = "clipsam.eval.partial"
 _REPORT_FORMAT = "clipsam.eval.report"
 _BAD_SAMPLE = (InvalidImageError, DatasetNotFoundError, FileNotFoundError)  # per-file problems --skip-bad may skip
@@ -158,8 +156,9 @@ def check_classes(dataset: Dataset, classes) -> list[list[str]] | None:
 def _check_vocabulary(segmenter, dataset: Dataset, classes: list[list[str]] | None) -> tuple[str, ...]:
     """The class names of the report; raises unless the segmenter's vocabulary is the dataset's."""
     spec = dataset.spec
-    if classes is not None:
-        return tuple(g[0] for g in check_classes(dataset, classes))
+    groups = check_classes(dataset, classes)
+    if groups is not None:
+        return tuple(g[0] for g in groups)
     vocab = getattr(segmenter.config, "vocabulary", None)
     if vocab not in (spec.name, f"{spec.name}_plain"):
         raise ConfigError(
@@ -451,6 +450,6 @@ def evaluate(
         md_path=out_path.with_suffix(".md"),
     )
     _write_json(out_path, report.to_dict())
-    report.md_path.write_text(report.to_markdown())
+    out_path.with_suffix(".md").write_text(report.to_markdown())
     part.unlink(missing_ok=True)
     return report

@@ -91,7 +91,7 @@ class SegmentImages:
         else:
             from ..segmenter import Segmenter
 
-            self.segmenter = Segmenter.from_pretrained(**model)
+            self.segmenter = Segmenter.from_pretrained(**(model or {}))
         self.vocab = self.segmenter.vocabulary(classes, class_file)  # validated once, before the first batch
         self.classes = self.vocab  # every batch uses exactly this vocabulary (synonyms included)
         self.out_dir = Path(out_dir) if out_dir is not None else None

@@ -23,8 +23,6 @@ import numpy as np
 if TYPE_CHECKING:
     from ..config import DenseConfig
 
-__all__ = ["DenseBackend", "EncoderSpec", "HostOps", "PostOps", "sfr_feedback"]
-
 Array = Any  # numpy.ndarray or torch.Tensor, one kind per HostOps
 
 
@@ -52,7 +50,9 @@ class PostOps(Protocol):
 class HostOps(Protocol):
     """Array operations of one backend (numpy or torch; one device)."""
 
-    post: PostOps
+    @property
+    def post(self) -> PostOps:
+        """The per-pixel post-processing operations this backend's arrays go to."""
 
     def from_numpy(self, x: np.ndarray) -> Array:
         """A float32 numpy array as this backend's array (on its device)."""
@@ -113,8 +113,13 @@ class DenseBackend(Protocol):
         ops: the host operations on this backend's arrays.
     """
 
-    spec: EncoderSpec
-    ops: HostOps
+    @property
+    def spec(self) -> EncoderSpec:
+        """Patch size, heads and width of the ViT."""
+
+    @property
+    def ops(self) -> HostOps:
+        """The host operations on this backend's arrays."""
 
     def inference(self) -> AbstractContextManager:
         """Context around a whole call (torch: inference mode)."""

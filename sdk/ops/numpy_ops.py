@@ -16,8 +16,6 @@ from .pamr import pamr
 from .resize import resize_bilinear, softmax
 from .sfr import LinspaceTable, patch_labels, sfr_affinity, sfr_term
 
-__all__ = ["NumpyOps", "NumpyPost"]
-
 _F = np.float32
 
 
@@ -30,7 +28,7 @@ class NumpyPost:
 
     @staticmethod
     def weighted_sum(xs: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-        return sum(_F(w) * x for x, w in zip(xs, weights))  # type: ignore[return-value]
+        return sum(_F(w) * x for x, w in zip(xs, weights))
 
     @staticmethod
     def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None, with_probs: bool):

@@ -18,8 +18,6 @@ import numpy as np
 
 from .resize import resize_bilinear, softmax
 
-__all__ = ["pamr", "NEIGHBOUR_OFFSETS"]
-
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -47,7 +45,8 @@ def _shifted(padded: np.ndarray, d: int, h: int, w: int):
 def _affinity(image: np.ndarray, dilations) -> np.ndarray:
     """(K, H, W) image -> (8*len(dilations), H, W) neighbour weights summing to 1 over axis 0."""
     h, w = image.shape[-2:]
-    samples, diffs = [], []
+    samples: list[np.ndarray] = []
+    diffs: list[np.ndarray] = []
     for d in dilations:
         nbs = list(_shifted(_pad_edge(image, d), d, h, w))
         samples.extend(nbs[:4] + [image] + nbs[4:])

@@ -17,15 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = [
-    "resize_bilinear",
-    "resize_bilinear_aa",
-    "interpolate_pos_embed",
-    "neighbourhood_window",
-    "softmax",
-    "linspace_f32",
-]
-
 _F = np.float32
 
 
@@ -176,14 +167,14 @@ def interpolate_pos_embed(pos: np.ndarray, gh: int, gw: int) -> np.ndarray:
     grid = pos[1:].reshape(n, n, -1).astype(_F)  # (y, x, D)
     ty, cy = _cubic_taps(n, gh, (gh + 0.1) / n)
     tx, cx = _cubic_taps(n, gw, (gw + 0.1) / n)
-    out = None
+    out = np.zeros((gh, gw, grid.shape[-1]), _F)
     for k in range(4):
         rows = grid[ty[k]]  # (gh, n, D)
         r = rows[:, tx[0]] * cx[0][None, :, None]
         for j in range(1, 4):
             r = r + rows[:, tx[j]] * cx[j][None, :, None]
         term = r * cy[k][:, None, None]
-        out = term if out is None else out + term
+        out = term if k == 0 else out + term
     return np.concatenate([pos[:1].astype(_F), out.reshape(gh * gw, -1)], axis=0)
 
 

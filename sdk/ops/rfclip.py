@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cosine_distances", "cluster_queries", "cluster_table", "adapt_text", "rf_window_logits"]
-
 
 def cosine_distances(text: np.ndarray) -> np.ndarray:
     """(Q, E) -> (Q, Q) cosine distances as upstream gets them from scikit-learn: rows divided by their norms (in

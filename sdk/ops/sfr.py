@@ -18,8 +18,6 @@ import numpy as np
 from ..errors import EngineLimitError
 from .resize import linspace_f32
 
-__all__ = ["LinspaceTable", "patch_labels", "sfr_affinity", "sfr_term"]
-
 _F = np.float32
 _CHUNK_ELEMENTS = 1 << 22  # pairs x steps per path-check chunk
 
@@ -41,7 +39,7 @@ class LinspaceTable:
         return 0 if self.offsets is None else len(self.offsets) - 1
 
     def __call__(self, d: int) -> np.ndarray:
-        if self.flat is None:  # no table: torch's scalar formula (exact for short tables only)
+        if self.flat is None or self.offsets is None:  # no table: torch's scalar formula (exact for short tables only)
             return linspace_f32(0.0, 1.0, d + 1)
         if not 1 <= d <= self.max_d:
             raise EngineLimitError(

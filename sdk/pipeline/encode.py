@@ -22,8 +22,6 @@ from ..config import DenseConfig
 from .plan import Member, window_tasks
 from .windows import pad_to_patch, window_grid
 
-__all__ = ["window_logits", "run_members", "infer_logits"]
-
 
 def window_logits(
     backend,

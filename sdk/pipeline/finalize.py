@@ -19,8 +19,6 @@ from typing import Any
 from ..config import DenseConfig
 from ..postprocess import finish_strips, strip_rows
 
-__all__ = ["class_probs", "finalize_members"]
-
 
 def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vocab) -> Any:
     """Members' logits for the same pixels, (Q, r, W0) each (``post``'s arrays) -> class probabilities (C, r, W0)."""

@@ -19,8 +19,6 @@ from ..ops.base import EncoderSpec, HostOps
 from ..preprocess import preprocess
 from .windows import window_grid
 
-__all__ = ["Member", "plan_members", "window_tasks", "estimate_window_mb", "max_batch_for_budget"]
-
 
 @dataclass
 class Member:

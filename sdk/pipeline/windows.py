@@ -7,8 +7,6 @@ one window of its own size). ClearCLIP pads each window to a patch multiple inst
 
 from __future__ import annotations
 
-__all__ = ["window_grid", "pad_to_patch"]
-
 
 def window_grid(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Sliding windows (y1, y2, x1, x2) over an h x w image, in upstream order (rows, then columns)."""

@@ -15,8 +15,6 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["RefineConfig", "SAM2_MODELS", "SAM2_MEAN", "SAM2_STD"]
-
 SAM2_MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")  # what refinement builds
 SAM2_MEAN, SAM2_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as sam2's SAM2Transforms
 

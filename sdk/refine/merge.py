@@ -28,8 +28,6 @@ from ..errors import InvalidInputError, InvalidTypeError
 from .config import RefineConfig
 from .prompts import PromptSet
 
-__all__ = ["Instance", "MergeResult", "merge_masks", "mask_to_rle", "rle_to_mask"]
-
 
 def mask_to_rle(mask: np.ndarray) -> dict:
     """Uncompressed COCO RLE of a bool [H, W] mask: ``{"size": [H, W], "counts": [...]}``.
@@ -189,7 +187,7 @@ def merge_masks(
     scores = np.asarray(mask_scores, dtype=np.float64) * mean_prob
     accepted = np.flatnonzero((areas > 0) & (scores >= config.min_mask_score))
 
-    merged = []  # (score, class, prompt indices, bool [H*W])
+    merged: list[tuple[float, int, tuple[int, ...], np.ndarray]] = []  # (score, class, prompt indices, bool [H*W])
     for c in np.unique(prompts.class_ids[accepted]):
         idx = accepted[prompts.class_ids[accepted] == c]
         inter = _pairwise_intersections(flat[idx])
@@ -202,8 +200,8 @@ def merge_masks(
     merged.sort(key=lambda m: (-m[0], m[1], m[2]))
 
     owner = np.full(h * w, -1, np.int64)  # highest-scoring instance covering each pixel
-    for i, (_, _, _, m) in enumerate(merged):
-        owner[m & (owner < 0)] = i
+    for rank, (_, _, _, m) in enumerate(merged):
+        owner[m & (owner < 0)] = rank
     covered = owner >= 0
     inst_class = np.array([m[1] for m in merged], dtype=np.int64)
     owner_class = np.where(covered, inst_class[np.maximum(owner, 0)] if merged else -1, -1)

@@ -31,8 +31,6 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from .config import RefineConfig
 
-__all__ = ["PromptSet", "extract_prompts"]
-
 
 @dataclass(frozen=True, eq=False)
 class PromptSet:

@@ -19,8 +19,6 @@ from .config import RefineConfig
 from .merge import MergeResult, merge_masks
 from .prompts import PromptSet, extract_prompts
 
-__all__ = ["Refiner"]
-
 
 class Refiner:
     """Base of the SAM2 refiners; see the module docstring."""

@@ -31,8 +31,6 @@ from .config import SAM2_MEAN, SAM2_STD
 from .prompts import PromptSet
 from .refiner import Refiner
 
-__all__ = ["Sam2Refiner", "Sam2Embedding", "MODELS"]
-
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 # name -> (sam2 config, official checkpoint file, (trunk blocks, trunk width) to recognise a checkpoint)
 MODELS: dict[str, tuple[str, str, tuple[int, int]]] = {  # keys: SAM2_MODELS
@@ -181,7 +179,7 @@ class Sam2Refiner(Refiner):
         if parse_device(device)[0] == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device={device!r} was asked for but CUDA is not available here")
         if weights is not None:
-            source, sd = str(weights), _read_checkpoint(torch, weights)  # fail fast, before building
+            source, sd = str(weights), _read_checkpoint(torch, Path(weights))  # fail fast, before building
         elif not random_weights:
             source = _URL + filename
             try:

@@ -39,8 +39,6 @@ from .limits import decode_image, parse_classes
 from .request import parse_body, parse_options
 from .service import Job, Outcome, ServeConfig, Service
 
-__all__ = ["ClipsamServer", "build_application", "ROUTES"]
-
 log = logging.getLogger("clipsam.serve")
 
 # path -> (HTTP method, handler name, needs the API key when one is set)
@@ -77,8 +75,8 @@ class ClipsamServer:
         except Exception:  # noqa: BLE001 - outside a Serve replica (tests of the class itself)
             replica = "local"
         self.service = Service(factory(), config, replica=replica)
-        self.segment_batched.set_max_batch_size(self.service.max_batch)
-        self.segment_batched.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
+        self.segment_batched.set_max_batch_size(self.service.max_batch)  # type: ignore[attr-defined]
+        self.segment_batched.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)  # type: ignore[attr-defined]
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="clipsam-segment")  # one batch at a time per replica
         self.page = resources.files("clipsam.serve").joinpath("page.html").read_text(encoding="utf-8")
         info = self.service.warmup()
@@ -224,7 +222,7 @@ def build_application(
     engines: str | None = None,
     engine_options: dict | None = None,
     segmenter=None,
-    config: ServeConfig = ServeConfig(),
+    config: ServeConfig | None = None,
     replicas: int = 1,
     num_cpus: float = 1,
     num_gpus: float = 0,
@@ -235,9 +233,11 @@ def build_application(
         model: keyword arguments of ``clipsam.Segmenter.from_pretrained``; or
         engines (+ engine_options): an engine folder for ``Segmenter.from_engines``; or
         segmenter: a picklable zero-argument callable returning a segmenter.
-        config: ``ServeConfig`` (limits, batching, default vocabulary, per-request choices, API key digest).
+        config: ``ServeConfig`` (limits, batching, default vocabulary, per-request choices, API key digest); None: its
+            defaults.
         replicas: replicas of the deployment, each with ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions allowed).
     """
+    config = ServeConfig() if config is None else config
     given = [x is not None for x in (model, engines, segmenter)]
     if sum(given) != 1:
         raise ConfigError(
@@ -252,7 +252,7 @@ def build_application(
         factory = functools.partial(_from_engines, str(engines), dict(engine_options or {}))
     else:
         factory = segmenter
-    return ClipsamServer.options(
+    return ClipsamServer.options(  # type: ignore[attr-defined]
         num_replicas=replicas,
         max_ongoing_requests=config.ongoing,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},

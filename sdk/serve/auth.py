@@ -15,8 +15,6 @@ from pathlib import Path
 from ..errors import ClipSamError
 from .errors import ServeError
 
-__all__ = ["load_api_key", "key_digest", "check_bearer"]
-
 
 def load_api_key(env: str | None = None, file: str | os.PathLike | None = None) -> str | None:
     """The key from the environment variable ``env`` or the first line of ``file`` (None when neither is given).
@@ -33,12 +31,12 @@ def load_api_key(env: str | None = None, file: str | os.PathLike | None = None) 
         return key
     if file:
         try:
-            key = Path(file).read_text(encoding="utf-8").strip().splitlines()
+            lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
         except OSError as e:
             raise ClipSamError(f"cannot read the API key file {file}: {e}") from None
-        if not key or not key[0].strip():
+        if not lines or not lines[0].strip():
             raise ClipSamError(f"the API key file {file} is empty; write the key on its first line")
-        return key[0].strip()
+        return lines[0].strip()
     return None
 
 

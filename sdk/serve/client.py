@@ -25,8 +25,6 @@ import numpy as np
 from .codec import decode_result
 from .errors import ServeError
 
-__all__ = ["Client"]
-
 
 class Client:
     """A ``clipsam serve`` service at ``url`` (``http://host:port[/prefix]``).
@@ -133,7 +131,7 @@ def _classes_field(classes) -> str:
     from ..vocabulary import Vocabulary
 
     if isinstance(classes, Vocabulary):
-        groups = [[] for _ in classes.classes]
+        groups: list[list[str]] = [[] for _ in classes.classes]
         for q, c in zip(classes.queries, classes.query_to_class):
             groups[c].append(q)
         return json.dumps(groups)

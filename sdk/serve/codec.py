@@ -23,16 +23,6 @@ import numpy as np
 
 from .errors import ServeError
 
-__all__ = [
-    "RETURNS",
-    "encode_result",
-    "decode_result",
-    "decode_labels_png",
-    "decode_scores",
-    "labels_from_rle",
-    "b64decode",
-]
-
 RETURNS = ("labels", "rle", "scores", "overlay", "instances")
 
 
@@ -127,6 +117,11 @@ def labels_from_rle(runs: list[dict], shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
+def _box(values) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return x0, y0, x1, y1
+
+
 def decode_result(payload: dict, image: np.ndarray | None = None):
     """A ``clipsam.SegmentationResult`` from a ``POST /v1/segment`` answer (which must hold labels or rle; scores
     are an empty array unless returned). ``image`` is the RGB image that was sent (for ``overlay()``).
@@ -156,7 +151,7 @@ def decode_result(payload: dict, image: np.ndarray | None = None):
                 rle_to_mask(d["segmentation"]),
                 int(d["class_id"]),
                 float(d["score"]),
-                tuple(float(v) for v in d["box"]),
+                _box(d["box"]),
                 int(d["area"]),
             )
             for d in payload["instances"]

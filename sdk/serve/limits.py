@@ -21,8 +21,6 @@ import numpy as np
 from ..errors import ClipSamError
 from .errors import ServeError
 
-__all__ = ["Limits", "decode_image", "parse_classes", "IMAGE_FORMATS"]
-
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")  # what the service decodes (PIL names), as clipsam segment
 
 
@@ -105,7 +103,7 @@ def parse_classes(value, limits: Limits):
     Raises:
         ServeError: 400 ``empty_vocabulary``, ``too_many_classes``, ``class_name_too_long`` or ``bad_vocabulary``.
     """
-    from ..vocabulary import Vocabulary, _parse_lines
+    from ..vocabulary import Vocabulary, parse_class_lines
 
     if value is None:
         return None
@@ -156,7 +154,7 @@ def parse_classes(value, limits: Limits):
         if isinstance(value, list):
             return Vocabulary.from_names(value)
         if "\n" in text:
-            return _parse_lines(text, "classes")
+            return parse_class_lines(text, "classes")
         return Vocabulary.from_names(text)
     except ClipSamError as e:
         raise ServeError(400, "bad_vocabulary", str(e)) from None

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from .codec import RETURNS, b64decode
 from .errors import ServeError
 
-__all__ = ["FIELDS", "OPTIONS", "SegmentRequest", "parse_body", "parse_options"]
-
 OPTIONS = ("method", "preset", "templates", "prob_thd", "area_thd")  # per-request options (see Service.policy)
 FIELDS = ("image", "classes", "return") + OPTIONS
 
@@ -66,7 +64,7 @@ async def parse_body(content_type: str | None, body: bytes, max_fields: int = 16
             data["image"] = _image_from_text(data["image"])
         return data
     if kind == "multipart/form-data":
-        return await _parse_multipart(content_type, body, max_fields)
+        return await _parse_multipart(content_type or "", body, max_fields)
     raise ServeError(
         415,
         "unsupported_media_type",
@@ -102,7 +100,7 @@ async def _parse_multipart(content_type: str, body: bytes, max_fields: int) -> d
                 400, "bad_request", f"a field is given twice: {sorted({k for k in keys if keys.count(k) > 1})}"
             )
         _check_fields(keys)
-        out = {}
+        out: dict[str, object] = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "image":

@@ -13,14 +13,13 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .errors import ServeError, error_status
 from .limits import Limits
-
-__all__ = ["ServeConfig", "Job", "Outcome", "Service"]
 
 _VARIANTS = 16  # per-request option combinations kept built (each shares the model; LRU)
 
@@ -89,7 +88,7 @@ class Service:
     def __init__(self, segmenter, config: ServeConfig = ServeConfig(), replica: str = "local"):
         from ..config import METHODS, PRESETS
         from ..text import TEMPLATE_SETS
-        from ..vocabulary import _parse_lines
+        from ..vocabulary import parse_class_lines
 
         self.segmenter, self.config, self.replica = segmenter, config, replica
         cfg = segmenter.config
@@ -111,11 +110,16 @@ class Service:
             )
         self.templates = tuple(TEMPLATE_SETS)
         self.max_batch = config.max_batch or (8 if _on_gpu(segmenter) else 1)
-        self.default_vocab = _parse_lines("\n".join(config.classes), "--classes") if config.classes else None
+        self.default_vocab = parse_class_lines("\n".join(config.classes), "--classes") if config.classes else None
         self._overrides = {} if self.engines else self._server_overrides(cfg)
         self._variants: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self._stats = {"batches": 0, "batch_sizes": Counter(), "group_sizes": Counter(), "requests": Counter()}
+        self._stats: dict[str, Any] = {
+            "batches": 0,
+            "batch_sizes": Counter(),
+            "group_sizes": Counter(),
+            "requests": Counter(),
+        }
         self._seq = 0
         self.started = time.time()
         self.warmup_info: dict | None = None
@@ -134,7 +138,7 @@ class Service:
     # -- readiness ---------------------------------------------------------------------------------------
     def warmup(self) -> dict:
         """``segmenter.warmup`` with the default vocabulary and the configured sizes; the service is ready after."""
-        vocab = self.default_vocab
+        vocab: Any = self.default_vocab
         if vocab is None and self.segmenter.config.vocabulary is None:
             vocab = ["object", "background"]  # a request's own vocabulary is encoded on its first use
         sizes = self.config.warmup_sizes

@@ -127,8 +127,15 @@ def _interrupt_after_first_result(argv, out, env_extra=None):
     proc = subprocess.Popen(
         [sys.executable, "-m", "clipsam.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+    def finished() -> bool:
+        try:
+            return any(p.name != "batch_report.json" for p in out.rglob("*.json"))
+        except FileNotFoundError:  # a .partial folder renamed away while it was listed
+            return False
+
     deadline = time.time() + 120
-    while time.time() < deadline and not [p for p in out.rglob("*.json") if p.name != "batch_report.json"]:
+    while time.time() < deadline and not finished():
         if proc.poll() is not None:
             break
         time.sleep(0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_registry():
         assert spec.name == name and spec.ignore_index == 255
         assert spec.class_file.name == f"{name}.txt" and spec.class_file.parent.name == "classes"
         assert spec.class_file.parent.parent.name == "data"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         DATASETS["voc21"].num_classes = 3  # type: ignore[misc]
 
 

@@ -26,7 +26,7 @@ def _random_pairs(n_images: int = 6, seed: int = 1) -> list[tuple[np.ndarray, np
     """Label maps of odd sizes; each image draws its gt from a random subset of classes 0..4, ~10% ignore."""
     rng = np.random.default_rng(seed)
     pairs = []
-    for i in range(n_images):
+    for _ in range(n_images):
         h, w = int(rng.integers(5, 40)), int(rng.integers(5, 40))
         present = rng.choice(5, size=int(rng.integers(1, 4)), replace=False)  # classes missing in some images
         gt = rng.choice(present, size=(h, w)).astype(np.uint8)

@@ -93,7 +93,7 @@ def test_report_equals_independent_metric(voc, tmp_path):
 
 def test_resume_after_interrupt_does_no_image_twice(voc, tmp_path):
     ds = open_dataset("voc21", voc)
-    full = evaluate(FakeSegmenter(), ds, tmp_path / "full.json", progress=False)
+    evaluate(FakeSegmenter(), ds, tmp_path / "full.json", progress=False)
     out = tmp_path / "run.json"
     first = FakeSegmenter(interrupt_at=4)
     with pytest.raises(KeyboardInterrupt):

@@ -322,13 +322,13 @@ def test_a_failing_request_does_not_fail_its_batch(server, photos, reference):
         barrier.wait(timeout=60)
         return segment(server["main"], png, classes="cat, dog")
 
-    for attempt in range(3):  # sent together; should the 200 ms batch window split them, send them again
+    for _attempt in range(3):  # sent together; should the 200 ms batch window split them, send them again
         barrier = threading.Barrier(len(good) + 1)
         with ThreadPoolExecutor(len(good) + 1) as pool:
             resps = list(pool.map(lambda png: send(barrier, png), [png for png, _ in good] + [thin]))
         bad = resps[-1]
         assert "smaller than one 16x16 patch" in error_of(bad, 400, "malformed_image")
-        for (png, rgb), resp in zip(good, resps):
+        for (_png, rgb), resp in zip(good, resps):
             assert resp.status_code == 200, resp.text
             assert_same(decode_result(resp.json(), rgb), reference().segment(rgb, classes="cat, dog"))
         bad_batch = dict(kv.split("=") for kv in bad.headers["x-clipsam-batch"].split(";"))
