@@ -118,7 +118,8 @@ class CorrClipConfig:
     corr_merge_distance: MergeDistance = "max_minus"  # "max_minus": max(G) - G as upstream; "one_minus": 1 - G
     corr_unsegmented: Unsegmented = "smallest"  # the smallest id present is "unsegmented" (upstream) or only id 0
     corr_scope_tau: float = 4.0  # temperature of the DINO similarity softmax
-    corr_spatial_blocks: tuple[int, ...] = (5, 6, 7, 8, 9)  # 0-based blocks averaged into the spatial branch
+    corr_spatial_blocks: tuple[int, ...] = ()  # 0-based blocks averaged into the spatial branch; () = upstream's rule
+    #                                             for the depth (12 blocks: 5..9; see spatial_blocks)
     corr_branch_weights: tuple[float, float] = (1.0, 0.5)  # weights of the spatial and the semantic branch
     # host: post-processing
     corr_mask_vote: bool = True  # each mask's pixels take their most frequent label
@@ -133,9 +134,18 @@ class CorrClipConfig:
             raise ConfigError("corr_amg_points_per_side and corr_amg_points_per_batch must be >= 1")
         for name in ("corr_amg_pred_iou_thresh", "corr_amg_stability_thresh", "corr_amg_box_nms_thresh"):
             _unit(name, getattr(self, name))
-        if not self.corr_spatial_blocks or min(self.corr_spatial_blocks) < 0:
+        if self.corr_spatial_blocks and min(self.corr_spatial_blocks) < 0:
             raise ConfigError(f"corr_spatial_blocks must be non-negative block indices, got {self.corr_spatial_blocks}")
         if len(self.corr_branch_weights) != 2:
             raise ConfigError(f"corr_branch_weights must be (spatial, semantic), got {self.corr_branch_weights}")
         if self.corr_scope_tau <= 0 or self.corr_merge_eps < 0:
             raise ConfigError("corr_scope_tau must be > 0 and corr_merge_eps >= 0")
+
+
+def spatial_blocks(cfg: CorrClipConfig, depth: int) -> tuple[int, ...]:
+    """The trunk blocks whose outputs CorrCLIP's spatial branch averages: ``cfg.corr_spatial_blocks``, or upstream's
+    rule: n = 5, 12, 28 for 12, 24, 32 blocks (else depth - 4), blocks depth-2-n .. depth-3."""
+    if cfg.corr_spatial_blocks:
+        return tuple(cfg.corr_spatial_blocks)
+    n = {12: 5, 24: 12, 32: 28}.get(depth, depth - 4)
+    return tuple(range(max(depth - 2 - n, 0), depth - 2))
