@@ -144,7 +144,11 @@ class SegmenterFront:
             None if m is None else instance_map(m, rgb.shape[:2], order, f"masks of image {i}")
             for i, (m, rgb) in enumerate(zip(given, rgbs))
         ]
-        if cfg.attention.base == "corrclip" and cfg.corrclip.corr_mask_source == "given" and any(m is None for m in out):
+        if (
+            cfg.attention.base == "corrclip"
+            and cfg.corrclip.corr_mask_source == "given"
+            and any(m is None for m in out)
+        ):
             raise InvalidInputError(
                 "corr_mask_source='given' needs masks= for every image (an instance map or boolean masks); pass "
                 "them, or use corr_mask_source='sam2' (automatic masks) or 'none'"

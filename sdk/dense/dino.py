@@ -35,8 +35,9 @@ def _build(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model("vit_base_patch8_224.dino", pretrained=False, num_classes=0)
-    for block in model.blocks:
-        block.attn.fused_attn = False  # softmax((q * scale) k^T) v, as DINO computes it
+    for name, module in model.named_modules():
+        if name.endswith(".attn") and hasattr(module, "fused_attn"):
+            module.fused_attn = False  # softmax((q * scale) k^T) v, as DINO computes it
     return model.eval()
 
 
@@ -58,9 +59,9 @@ def load_dino(weights: str | os.PathLike | None = DINO_NAME, device="cpu"):
         )
         return model.to(device)
     if str(weights) == DINO_NAME:
-        from ..models import _reachable
+        from ..models import reachable
 
-        if not _reachable("dl.fbaipublicfiles.com", 443):
+        if not reachable("dl.fbaipublicfiles.com", 443):
             raise CheckpointError(
                 f"cannot download the DINO ViT-B/8 weights ({DINO_URL}): the host cannot be reached "
                 "(no network, or a proxy is needed). Download the file elsewhere and pass "
