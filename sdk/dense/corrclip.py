@@ -18,6 +18,8 @@ The region-dependent steps run per window (their shapes depend on the regions); 
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -121,6 +123,17 @@ class CorrClipEncoder:
         if max(self.spatial) >= len(self.blocks) - 1:
             raise ValueError(f"corr_spatial_blocks {self.spatial} must be trunk blocks (< {len(self.blocks) - 1})")
         self.dino_patch = int(dino.patch_embed.proj.kernel_size[0])
+        self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds per part (benchmarks)
+
+    def _tick(self, part: str, t0: float, like: torch.Tensor) -> float:
+        """With ``timings`` on: add the seconds since ``t0`` to ``part`` (after a device sync); the new start."""
+        if self.timings is None:
+            return t0
+        if like.is_cuda:
+            torch.cuda.synchronize(like.device)
+        now = time.perf_counter()
+        self.timings[part] = self.timings.get(part, 0.0) + now - t0
+        return now
 
     def trunk(self, x: torch.Tensor):
         """Blocks 0 .. L-2 of the plain CLIP trunk: the output, the spatial mean, and each block's (k, v)."""
@@ -200,13 +213,18 @@ class CorrClipEncoder:
             regions = crops.new_zeros(b, *crops.shape[-2:])
         ids = regions.round().long()
         ids = torch.where(ids < 0, torch.full_like(ids, PAD_ID), ids)
+        t0 = self._tick("dino", time.perf_counter(), crops)
         feats, dgrid = dino_qk_features(self.dino, crops)
         sims = feats @ feats.transpose(1, 2)
+        t0 = self._tick("dino", t0, sims)
         x, grid = self.base.embed(crops)
         x_main, x_sp, states = self.trunk(x)
+        t0 = self._tick("clip_trunk", t0, x_main)
         out = []
         for i in range(b):
             per_block = [(k[i], v[i]) for k, v in states]
             f = self.window(feats[i], sims[i], ids[i], x[i, 0], x_main[i], x_sp[i], per_block, grid, dgrid)
             out.append(F.normalize(f, dim=-1) @ text.to(f.dtype).T)
-        return torch.stack(out).transpose(1, 2).reshape(b, -1, *dgrid)
+        logits = torch.stack(out).transpose(1, 2).reshape(b, -1, *dgrid)
+        self._tick("regions_last_block", t0, logits)
+        return logits
