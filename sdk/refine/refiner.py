@@ -89,7 +89,9 @@ class Refiner:
         todo = [i for i, ps in enumerate(prompt_sets) if len(ps)]
         known = {i: e for i, e in enumerate(embeddings or []) if e is not None and i in todo}
         missing = [i for i in todo if i not in known]
-        computed = {**known, **dict(zip(missing, self.embed_images([images[i] for i in missing], batch_size)))}
+        if missing:
+            known.update(zip(missing, self.embed_images([images[i] for i in missing], batch_size)))
+        computed = known
         results = []
         for i, ps in enumerate(prompt_sets):
             if i in computed:

@@ -423,3 +423,50 @@ def test_corrclip_config_errors(tiny_clip, small_dino, make_segmenter):
 def test_encoder_spatial_blocks_follow_the_depth(tiny_clip, small_dino):
     enc = CorrClipEncoder(tiny_clip.model.visual, small_dino, dense_config("corrclip", "voc21"))
     assert enc.spatial == (5, 6, 7, 8, 9)
+
+
+def test_automatic_masks_and_refinement_share_one_sam2(tiny_clip, small_dino):
+    """The default mask source on a random hiera-t (filters off, 2 x 2 points): one SAM2 model, each image encoded
+    once for both the automatic masks and the refinement; the vote follows the automatic masks."""
+    import warnings
+
+    from clipsam.refine import RefineConfig
+    from clipsam.refine.sam2_backend import Sam2Refiner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sam2 = Sam2Refiner.from_pretrained("sam2.1_hiera_t", random_weights=True)
+    cfg = dense_config(
+        "corrclip",
+        "voc21",
+        short_side=100,
+        slide_crop=112,
+        slide_stride=56,
+        prob_thd=0.0,
+        templates=("a photo of a {}.",),
+        corr_amg_points_per_side=2,
+        corr_amg_pred_iou_thresh=0.0,
+        corr_amg_stability_thresh=0.0,
+    )
+    seg = Segmenter(
+        copy.copy(tiny_clip),
+        cfg,
+        dino=small_dino,
+        refiner=sam2,
+        refine_config=RefineConfig(min_confidence=0.0, max_prompts_per_image=2),
+    )
+    assert seg.mask_sam2 is sam2 and seg.automask is not None
+    seg.text_embeddings = lambda v: _planted_text()
+    encoded = []
+    embed = sam2.embed_images
+    sam2.embed_images = lambda images, batch_size=None: encoded.append(len(images)) or embed(images, batch_size)
+    img = _image()
+    maps = seg.automask.generate([img])
+    encoded.clear()
+    res = seg.segment(img, classes=CLASSES)
+    assert encoded == [1]  # one encoder pass: the automatic masks' embedding is reused by the refinement
+    m0 = maps[0][0]
+    assert m0.max() >= 1  # at least one automatic mask
+    for v in np.unique(m0)[1:]:
+        assert len(np.unique(res.dense_labels[m0 == v])) == 1  # voted over each automatic mask
+    assert res.info["refine"]["sam2"] == "sam2.1_hiera_t"
