@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DenseConfig
+from ..errors import ConfigError
 from ..method_config import spatial_blocks
 from .dino import dino_qk_features
 from .encoder import DenseEncoder
@@ -72,7 +73,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
         ids: (Ld,) region ids at the DINO grid.
         feats: (Ld, D) unit DINO features.
         distance: "max_minus" (max(G) - G over the cosine matrix G, upstream) or "one_minus" (1 - G).
-        rule: the ``unsegmented`` rule; the unsegmented region takes no part (nor anything with 3 or fewer ids).
+        rule: the ``unsegmented`` rule; the unsegmented region takes no part. With two ids or fewer nothing merges.
 
     Returns:
         (Ld,) ids: the unsegmented region keeps its id, the others get MERGED_ID + component.
@@ -121,8 +122,12 @@ class CorrClipEncoder:
         self.blocks = self.base.blocks
         self.spatial = spatial_blocks(cfg.corrclip, len(self.blocks))
         if max(self.spatial) >= len(self.blocks) - 1:
-            raise ValueError(f"corr_spatial_blocks {self.spatial} must be trunk blocks (< {len(self.blocks) - 1})")
-        self.dino_patch = int(dino.patch_embed.proj.kernel_size[0])
+            raise ConfigError(
+                f"corr_spatial_blocks {self.spatial} must be trunk blocks of this {len(self.blocks)}-block model "
+                f"(< {len(self.blocks) - 1})"
+            )
+        if int(dino.patch_embed.proj.kernel_size[0]) != 8:
+            raise ConfigError("CorrCLIP's DINO must have 8-pixel patches (ViT-B/8): windows are padded to 56 for it")
         self.timings: dict[str, float] | None = None  # set to {} to accumulate seconds per part (benchmarks)
 
     def _tick(self, part: str, t0: float, like: torch.Tensor) -> float:

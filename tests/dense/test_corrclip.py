@@ -415,6 +415,10 @@ def test_corrclip_config_errors(tiny_clip, small_dino, make_segmenter):
         Segmenter(copy.copy(tiny_clip), dense_config("corrclip", "voc21"), dino=small_dino)
     with pytest.raises(ConfigError, match="sam2="):
         Segmenter.from_pretrained("ViT-B-16", None, method="corrclip")
+    with pytest.raises(ConfigError, match="corr_spatial_blocks"):
+        CorrClipEncoder(
+            tiny_clip.model.visual, small_dino, dense_config("corrclip", "voc21", corr_spatial_blocks=(11,))
+        )
     seg = make_segmenter("naclip", "voc21")
     with pytest.raises(ClipSamError, match="method='corrclip'"):
         seg.segment(_image(), classes=CLASSES, masks=np.zeros((100, 150), np.int32))
