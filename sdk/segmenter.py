@@ -12,6 +12,8 @@ from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
 from .text import TextEmbeddingCache, resolve_templates
 from .vocabulary import Vocabulary
 
+CPU_OPS = ("compiled", "torch")  # clipsam.dense.ops.TorchOps on the CPU
+
 _PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -33,8 +35,13 @@ def _resolve_device(device):
     return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
 
 
-def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size):
+def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops="compiled"):
     """The torch device, after checking the run options (before any weights load)."""
+    if cpu_ops not in CPU_OPS:
+        raise ConfigError(
+            f"cpu_ops must be one of {CPU_OPS}, got {cpu_ops!r}: 'compiled' (the shared compiled CPU kernels, default) "
+            "or 'torch' (PyTorch's own ops, the reference)"
+        )
     if precision not in _PRECISIONS:
         raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     dev = _resolve_device(device)
@@ -69,11 +76,13 @@ class Segmenter(SegmenterFront):
         refiner=None,
         refine_config=None,
         prompts: PromptConfig | None = None,
+        cpu_ops: str = "compiled",
     ):
         import open_clip
 
-        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)
+        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)
         self.precision = precision
+        self.cpu_ops = cpu_ops
         self.config = config
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
@@ -113,6 +122,7 @@ class Segmenter(SegmenterFront):
         text_cache_size: int = 64,
         prompts: PromptConfig | None = None,
         quick_gelu: bool | None = None,
+        cpu_ops: str = "compiled",
         **overrides,
     ) -> Segmenter:
         """Build a segmenter.
@@ -143,6 +153,9 @@ class Segmenter(SegmenterFront):
             quick_gelu: the activation the CLIP weights were trained with: True (QuickGELU, OpenAI's weights), False
                 (GELU), or None to detect it (``clipsam.models.load_clip``: a tag's own setting; for a file, OpenAI's
                 weights by their content, with a warning when the file does not tell).
+            cpu_ops: on the CPU, "compiled" runs resampling, PAMR and SFR's S_hat in the compiled host kernels that
+                the ONNX Runtime engines share (default), "torch" in PyTorch's own ops (the reference; results
+                differ by float32 rounding, and by fp16 rounding in a few S_hat entries). Unused on CUDA.
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2, calibration="knn").
         """
         from .models import load_clip
@@ -165,7 +178,7 @@ class Segmenter(SegmenterFront):
             raise ConfigError(
                 "sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)"
             )
-        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
+        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)  # before any load
         if sam2 is not None:
             from .refine.config import RefineConfig
             from .refine.sam2_backend import MODELS
@@ -195,6 +208,7 @@ class Segmenter(SegmenterFront):
             refine_config=refine,
             text_cache_size=text_cache_size,
             prompts=prompts,
+            cpu_ops=cpu_ops,
         )
 
     @classmethod
@@ -214,7 +228,7 @@ class Segmenter(SegmenterFront):
         from .dense.encoder import DenseEncoder
 
         self.encoder = DenseEncoder(self.model.visual, self.config)
-        self.backend = TorchBackend(self.encoder, self.device, self.precision)
+        self.backend = TorchBackend(self.encoder, self.device, self.precision, self.cpu_ops)
 
     def with_options(self, **overrides) -> Segmenter:
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or
