@@ -1,5 +1,10 @@
 """PAMR: pixel-adaptive mask refinement (``docs/algorithms.md`` section 7), as used by SCLIP, NACLIP and ResCLIP's SFR.
 
+``pamr_ref`` is the PyTorch reference; ``pamr_triton`` computes the affinity once (PyTorch, 3 image channels) and
+runs each iteration as one Triton launch that reads all 8 * len(dilations) neighbours of a block of pixels
+(instead of 8 * len(dilations) ``addcmul_`` launches); ``pamr`` dispatches between them
+(``clipsam.kernels._dispatch``: the kernel for float32 CUDA tensors).
+
 For each dilation d, the 8 neighbours of every pixel on the d-scaled 3x3 grid (replicate padding):
 
     sigma  = unbiased std over the 9 * len(dilations) samples of each channel (centre counted once per dilation)
@@ -41,7 +46,7 @@ def _affinity(image: torch.Tensor, dilations) -> torch.Tensor:
     return torch.softmax(aff.mean(dim=1), dim=1)
 
 
-def pamr(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations=(8, 16)) -> torch.Tensor:
+def pamr_ref(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations=(8, 16)) -> torch.Tensor:
     """Refine ``logits`` with affinities of ``image``.
 
     Arguments:
@@ -66,3 +71,103 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilation
                 p += 1
         mask = out
     return mask
+
+
+from ._dispatch import HAS_TRITON, dispatch, jit_launcher, runs_interpreted, tl, triton  # noqa: E402
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _pamr_step_kernel(
+        M,  # (B, C, H, W) float32, the current mask
+        A,  # (B, P, H, W) float32 neighbour weights
+        OFFS,  # (P, 2) int32 (row, column) offsets
+        OUT,  # (B, C, H, W) float32
+        C,
+        H,
+        W,
+        P: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        pid_px, pid_bc = tl.program_id(0), tl.program_id(1)
+        b = pid_bc // C
+        hw = H * W
+        offs = pid_px * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < hw
+        y, x = offs // W, offs % W
+        base = M + pid_bc.to(tl.int64) * hw
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for p in tl.static_range(P):  # the reference's neighbour order: one product added at a time
+            dy = tl.load(OFFS + 2 * p)
+            dx = tl.load(OFFS + 2 * p + 1)
+            yy = tl.minimum(tl.maximum(y + dy, 0), H - 1)  # replicate padding
+            xx = tl.minimum(tl.maximum(x + dx, 0), W - 1)
+            a = tl.load(A + (b.to(tl.int64) * P + p) * hw + offs, mask=inside, other=0.0)
+            v = tl.load(base + yy * W + xx, mask=inside, other=0.0)
+            acc += a * v
+        tl.store(OUT + pid_bc.to(tl.int64) * hw + offs, acc, mask=inside)
+
+
+def unsupported_reason(image: torch.Tensor, logits: torch.Tensor) -> str | None:
+    """Why the PAMR kernel cannot take these inputs (None when it can)."""
+    if image.dtype != torch.float32:
+        return f"image dtype {image.dtype} (the kernel iterates in float32, as the reference does for float32)"
+    if image.dim() != 4 or logits.dim() != 4 or image.shape[0] != logits.shape[0]:
+        return f"shapes {tuple(image.shape)} and {tuple(logits.shape)} (expected (B, K, H, W) and (B, C, h, w))"
+    if image.numel() == 0 or logits.numel() == 0 or logits.shape[0] * logits.shape[1] > 65535:
+        return f"logits shape {tuple(logits.shape)}"
+    return None
+
+
+def pamr_triton(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations=(8, 16)) -> torch.Tensor:
+    """``pamr_ref`` with each iteration in one Triton launch (CUDA, or Triton's interpreter for CPU tensors).
+
+    Same arguments and result as ``pamr_ref``; the sums are in the same order (on a GPU the multiply-adds may be
+    fused, as in ``addcmul_``), so results agree to float32 rounding.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("pamr_triton needs triton (pip install 'clipsam[triton]')")
+    reason = unsupported_reason(image, logits)
+    if reason is not None:
+        raise ValueError(f"pamr_triton cannot take these inputs: {reason}")
+    if num_iter <= 0:
+        return logits
+    if logits.shape[-2:] != image.shape[-2:]:
+        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    dilations = tuple(int(d) for d in dilations)
+    a = _affinity(image, dilations).contiguous()
+    offs = torch.tensor(
+        [(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], dtype=torch.int32, device=image.device
+    )
+    bsz, c, h, w = logits.shape
+    mask = logits.to(image.dtype, memory_format=torch.contiguous_format, copy=True)  # ping-pong buffers: never
+    out = torch.empty_like(mask)  # the caller's tensor
+    interpret = runs_interpreted(image.device)
+    step = jit_launcher(_pamr_step_kernel, interpret)
+    block = 128 if interpret else 512
+    grid = (triton.cdiv(h * w, block), bsz * c)
+    for _ in range(num_iter):
+        step[grid](mask, a, offs, out, c, h, w, P=len(offs), BLOCK=block, **({} if interpret else {"num_warps": 4}))
+        mask, out = out, mask
+    return mask
+
+
+def pamr(
+    image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations=(8, 16), force: bool | None = None
+) -> torch.Tensor:
+    """PAMR: the Triton kernel where it can run, else ``pamr_ref``.
+
+    Arguments are those of ``pamr_ref``; ``force`` True/False demands the kernel/the reference (None: automatic,
+    see ``clipsam.kernels._dispatch``).
+
+    Returns:
+        (B, C, H, W) refined logits.
+    """
+    return dispatch(
+        "pamr",
+        image.device,
+        lambda: unsupported_reason(image, logits),
+        force,
+        lambda: pamr_triton(image, logits, num_iter, dilations),
+        lambda: pamr_ref(image, logits, num_iter, dilations),
+    )
