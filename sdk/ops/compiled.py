@@ -14,24 +14,49 @@ cache folder). This module is imported only when a kernel runs, so ``import clip
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 import numpy as np
 
 
-@numba.njit(nogil=True, cache=True)
+def _cache_on_disk() -> bool:
+    """Whether numba can keep the compiled kernels on disk here (``NUMBA_CACHE_DIR``, beside this file, or the user's
+    cache folder); where none is writable they compile once per process, with one warning."""
+
+    def probe():  # pragma: no cover - compiled only if called
+        return 0
+
+    try:
+        numba.njit(cache=True)(probe)
+        return True
+    except RuntimeError as e:  # "cannot cache function ...: no locator available"
+        warnings.warn(
+            f"clipsam: numba cannot cache the CPU kernels on disk ({e}); they compile in every process (seconds). "
+            "Set NUMBA_CACHE_DIR to a writable folder.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+
+
+_CACHE = _cache_on_disk()
+
+
+@numba.njit(nogil=True, cache=_CACHE)
 def _madd4(o, a0, s0, a1, s1, a2, s2, a3, s3, n):  # pragma: no cover - compiled
     """o += a0*s0, then += a1*s1, += a2*s2, += a3*s3 (four sequential passes in one; contiguous rows vectorise)."""
     for i in range(n):
         o[i] = (((o[i] + a0[i] * s0[i]) + a1[i] * s1[i]) + a2[i] * s2[i]) + a3[i] * s3[i]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def _madd1(o, a0, s0, n):  # pragma: no cover - compiled
     for i in range(n):
         o[i] = o[i] + a0[i] * s0[i]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled; tested against the reference
     """All PAMR iterations for channels [c0, c1) of ``m``, in place.
 
@@ -98,7 +123,7 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
         m[c0 + c] = src[c, :, pad : pad + w]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # pragma: no cover - compiled
     """Output rows ``r0 .. r0 + out.shape[1]`` of channels [c0, c1) of a bilinear resize.
 
@@ -124,7 +149,7 @@ def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # 
                 o[x] = ra[x] * a + rb[x] * b
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def path_valid_rows(flat, w, t, full, out, a0, a1):  # pragma: no cover - compiled; tested against the reference
     """Rows [a0, a1) of SFR's path check on an h x w grid of N = h * w patches.
 

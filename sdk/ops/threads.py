@@ -33,6 +33,16 @@ def host_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool on first use."""
+    global _lock, _pool
+    _lock, _pool = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool
     with _lock:

@@ -86,3 +86,22 @@ def test_path_check_equals_numpy_reference(grid, mode):
     ref = path_valid_ref(labels.ravel(), h, w, t, mode)
     np.testing.assert_array_equal(got, ref)
     assert 0 < got.mean() < 1  # both outcomes occur
+
+
+def test_kernels_compile_without_a_writable_cache(tmp_path):
+    """Read-only install and no writable cache folder: one warning, and the kernels still run (no disk cache)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numba.core.caching as c, numpy as np\n"
+        "c.CacheImpl._locator_classes = []  # numba finds no writable place for its cache\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from clipsam.ops.resize import resize_bilinear, resize_bilinear_ref\n"
+        "    x = np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32)\n"
+        "    assert np.array_equal(resize_bilinear(x, (9, 4)), resize_bilinear_ref(x, (9, 4)))\n"
+        "assert sum('NUMBA_CACHE_DIR' in str(m.message) for m in w) == 1, [str(m.message) for m in w]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -46,3 +46,24 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
 
     with pytest.raises(RuntimeError, match="block failed"):
         parallel_blocks(fn, 10)
+
+
+def test_a_forked_child_gets_a_working_pool(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setenv("CLIPSAM_HOST_THREADS", "2")
+    parallel_blocks(lambda a, b: None, 8)  # the parent's pool exists before the fork
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_sum_in_blocks).get(timeout=60) == sum(range(100))
+
+
+def _sum_in_blocks() -> int:
+    parts, lock = [], threading.Lock()
+
+    def fn(a, b):
+        with lock:
+            parts.append(sum(range(a, b)))
+
+    parallel_blocks(fn, 100)
+    return sum(parts)
