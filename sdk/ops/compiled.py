@@ -124,29 +124,38 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
 
 
 @numba.njit(nogil=True, cache=_CACHE)
+def _blend_rows(o, ra, a, rb, b, n):  # pragma: no cover - compiled
+    for x in range(n):
+        o[x] = ra[x] * a + rb[x] * b
+
+
+@numba.njit(nogil=True, cache=_CACHE)
 def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # pragma: no cover - compiled
     """Output rows ``r0 .. r0 + out.shape[1]`` of channels [c0, c1) of a bilinear resize.
+
+    Each source row the strip reads is resampled along the width once (``a*wx0 + b*wx1``), then every output
+    row blends two of them (``ra*wy0 + rb*wy1``): the arithmetic and order of torch's CPU kernel.
 
     Arguments:
         src: (C, h, w) float32; y0, y1, wy0, wy1: source rows and weights of every output row; x0, x1, wx0, wx1:
             the same for columns (``resize`` taps).
-        out: (C, R, W) float32, written: ``(a*wx0 + b*wx1)*wy0 + (c*wx0 + d*wx1)*wy1`` as torch computes it.
+        out: (C, R, W) float32, written.
     """
     ow = x0.shape[0]
-    ra = np.empty(ow, np.float32)
-    rb = np.empty(ow, np.float32)
+    nr = out.shape[1]
+    lo, hi = y0[r0], y1[r0]
+    for r in range(r0, r0 + nr):
+        lo = min(lo, y0[r], y1[r])
+        hi = max(hi, y0[r], y1[r])
+    rows = np.empty((hi - lo + 1, ow), np.float32)
     for c in range(c0, c1):
-        for r in range(out.shape[1]):
-            sa = src[c, y0[r0 + r]]
-            sb = src[c, y1[r0 + r]]
+        for y in range(lo, hi + 1):
+            s = src[c, y]
+            rr = rows[y - lo]
             for x in range(ow):
-                ra[x] = sa[x0[x]] * wx0[x] + sa[x1[x]] * wx1[x]
-                rb[x] = sb[x0[x]] * wx0[x] + sb[x1[x]] * wx1[x]
-            o = out[c, r]
-            a = wy0[r0 + r]
-            b = wy1[r0 + r]
-            for x in range(ow):
-                o[x] = ra[x] * a + rb[x] * b
+                rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
+        for r in range(nr):
+            _blend_rows(out[c, r], rows[y0[r0 + r] - lo], wy0[r0 + r], rows[y1[r0 + r] - lo], wy1[r0 + r], ow)
 
 
 @numba.njit(nogil=True, cache=_CACHE)
