@@ -10,7 +10,7 @@ for want of triton.
 
 from ._dispatch import exportable, triton_available
 from .pamr import pamr, pamr_ref, pamr_triton
-from .rcs_attention import rcs_attention, rcs_attention_ref, rcs_attention_triton
+from .rcs_attention import rcs_attention, rcs_attention_ref, rcs_attention_triton, rcs_mean_maps
 from .sfr_affinity import sfr_affinity, sfr_affinity_ref, sfr_affinity_triton
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "rcs_attention",
     "rcs_attention_ref",
     "rcs_attention_triton",
+    "rcs_mean_maps",
     "sfr_affinity",
     "sfr_affinity_ref",
     "sfr_affinity_triton",
