@@ -1,4 +1,4 @@
-"""GPU benchmarks of clipsam.kernels: fused rcs_attention and sfr_affinity against their references.
+"""GPU benchmarks of clipsam.kernels: fused rcs_attention, sfr_affinity and pamr against their references.
 
     pytest benchmarks/bench_kernels.py --benchmark-enable --benchmark-json bench_kernels.json
     CLIPSAM_BENCH_MD=benchmarks/bench_kernels.md pytest benchmarks/bench_kernels.py --benchmark-enable
@@ -23,7 +23,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipsam.kernels import rcs_attention_ref, rcs_attention_triton, sfr_affinity_ref, sfr_affinity_triton
+from clipsam.kernels import (
+    pamr_ref,
+    pamr_triton,
+    rcs_attention_ref,
+    rcs_attention_triton,
+    sfr_affinity_ref,
+    sfr_affinity_triton,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks need CUDA")
 
@@ -135,6 +142,35 @@ def test_sfr_affinity(cuda_bench, benchmark, device_info, grid, provider):
         B=32,
         H=1,
         dtype="fp16",
+        base="-",
+        provider=provider,
+    )
+
+
+@pytest.mark.parametrize("provider", ["ref", "triton"])
+@pytest.mark.parametrize("case", ["sfr-voc21", "sfr-ade20k"])
+def test_pamr(cuda_bench, benchmark, device_info, case, provider):
+    """SFR's first-pass PAMR: 10 iterations, dilations (8, 16), on a batch of crops (one ResCLIP batch)."""
+    b, q, hw = (1, 56, (336, 448)) if case == "sfr-voc21" else (32, 150, (224, 224))
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    image = torch.randn(b, 3, *hw, device=DEVICE, generator=gen)
+    logits = torch.randn(b, q, *hw, device=DEVICE, generator=gen)
+    impl = pamr_ref if provider == "ref" else pamr_triton
+    fn = lambda: impl(image, logits, 10, (8, 16))  # noqa: E731
+    fn()
+    cuda_bench(fn, rounds=10, warmup_rounds=2)
+    px = b * q * hw[0] * hw[1]
+    _record(
+        benchmark,
+        device_info,
+        2.0 * 16 * 10 * px,  # one multiply-add per neighbour and iteration
+        4.0 * px * (2 * 10 + 1) + 4.0 * 16 * b * hw[0] * hw[1],  # mask read+write per iteration, weights once
+        op="pamr",
+        shape=f"{b}x{q}x{hw[0]}x{hw[1]}",
+        N=hw[0] * hw[1],
+        B=b,
+        H=q,
+        dtype="fp32",
         base="-",
         provider=provider,
     )

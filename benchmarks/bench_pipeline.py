@@ -7,7 +7,8 @@
 A configuration is (method, preset, backend, refinement, scales) x image size x (device, precision):
     methods   resclip, naclip, sclip, clearclip
     presets   voc21 (NACLIP/ResCLIP whole image; SCLIP slides 224/112, ClearCLIP 448/224) and ade20k (sliding)
-    backend   torch, and onnxruntime on resclip/voc21: the same model exported once per session into a
+    backend   torch (on the CPU: the compiled host kernels, cpu_ops="compiled"); torch-refops (cpu_ops="torch",
+              PyTorch's own host ops, the reference; CPU only) on resclip and naclip/ade20k; onnxruntime on resclip/voc21: the same model exported once per session into a
               temporary folder (or CLIPSAM_BENCH_ENGINES, a folder exported with ``clipsam export``), run on
               the CPU provider (and CUDA when the device is cuda); skips with the reason when onnx or
               onnxruntime is missing
@@ -55,6 +56,10 @@ CASES = [(m, p, "torch", "off", "s1") for m in METHODS for p in PRESETS] + [("na
 # ---- other backends and SAM2 refinement; each skips with its reason where it cannot run here (see _require).
 # ---- Add ("<method>", "<preset>", "onnxruntime" | "torch", "off" | "sam2", scales).
 CASES += [("resclip", "voc21", "onnxruntime", "off", "s1"), ("resclip", "voc21", "torch", "sam2", "s1")]
+# ---- the PyTorch backend with PyTorch's own host ops on the CPU (cpu_ops="torch": before the compiled kernels)
+CASES += [
+    (m, p, "torch-refops", "off", "s1") for m, p in (("resclip", "voc21"), ("resclip", "ade20k"), ("naclip", "ade20k"))
+]
 
 _LOADED: dict = {}
 _SEGMENTERS: dict = {}
@@ -64,6 +69,8 @@ _ENGINES: dict = {}
 
 def _require(backend: str, refine: str, device: str) -> None:
     """Skip, with the reason, a case whose backend or refinement integration is not available here."""
+    if backend == "torch-refops" and device != "cpu":
+        pytest.skip("cpu_ops='torch' is a CPU setting (a GPU always runs torch and Triton)")
     if backend == "onnxruntime":
         try:
             import onnx  # noqa: F401
@@ -141,7 +148,8 @@ def _segmenter(method: str, preset: str, backend: str, scales: str, device: str,
             from clipsam.segmenter import Segmenter
 
             cfg = dense_config(method, preset, **kw)
-            _SEGMENTERS[key] = Segmenter(_clip(device), cfg, device=device, precision=precision)
+            ops = "torch" if backend == "torch-refops" else "compiled"
+            _SEGMENTERS[key] = Segmenter(_clip(device), cfg, device=device, precision=precision, cpu_ops=ops)
     return _SEGMENTERS[key]
 
 

@@ -62,7 +62,11 @@ def _blend_sfr(logits: torch.Tensor, sfr_term: torch.Tensor | None, sfr_weights)
     return tau * ((1 - lam) * logits + sfr_term[:, None].to(logits.dtype))
 
 
-def _rcs_mean(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> torch.Tensor:
+def rcs_mean_maps(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> torch.Tensor:
+    """RCS's averaged attention maps: mean over layers of softmax(s q_l k_l^T), (B, H, N1, N1) from (L, B, H, N1, d).
+
+    The same for both passes of ResCLIP's last block: compute it once and pass it as ``rcs_mean=`` (reference path).
+    """
     maps = [
         torch.softmax(torch.matmul(rcs_q[i] * scale, rcs_k[i].transpose(-1, -2)), dim=-1) for i in range(rcs_q.shape[0])
     ]
@@ -82,6 +86,7 @@ def rcs_attention_ref(
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
     rcs_weights: tuple[float, float] | None = None,
+    rcs_mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Materialised last-block attention (reference path; also what ONNX export traces).
 
@@ -96,6 +101,8 @@ def rcs_attention_ref(
         sfr_weights: (tau_sfr, lambda_sfr), required with ``sfr_term``.
         rcs_q, rcs_k: (L, B, H, N1, d) q and k of the RCS layers (blocks 6-9), or None for no RCS.
         rcs_weights: (tau_rcs, lambda_rcs), required with ``rcs_q``.
+        rcs_mean: ``rcs_mean_maps(rcs_q, rcs_k, scale)`` computed beforehand (ResCLIP's two passes share it); with it,
+            ``rcs_q`` and ``rcs_k`` are not read again. The result is the same bit for bit.
 
     Returns:
         (B, H, N1, d) tensor A v in the dtype of ``v``.
@@ -127,7 +134,8 @@ def rcs_attention_ref(
     if rcs_q is not None:
         assert rcs_k is not None and rcs_weights is not None  # checked above
         tau, lam = rcs_weights
-        attn = tau * ((1 - lam) * attn + lam * _rcs_mean(rcs_q, rcs_k, scale))
+        maps = rcs_mean if rcs_mean is not None else rcs_mean_maps(rcs_q, rcs_k, scale)
+        attn = tau * ((1 - lam) * attn + lam * maps)
     return torch.matmul(attn, v)
 
 
@@ -533,10 +541,14 @@ def rcs_attention_triton(
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
     rcs_weights: tuple[float, float] | None = None,
+    rcs_mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The fused kernel with the reference's signature (no dispatch; inputs must be supported)."""
+    """The fused kernel with the reference's signature (no dispatch; inputs must be supported; it computes the RCS
+    maps on the fly, so a precomputed ``rcs_mean`` is refused)."""
     if not HAS_TRITON:
         raise RuntimeError("rcs_attention_triton needs triton (pip install 'clipsam[triton]')")
+    if rcs_mean is not None:
+        raise ValueError("rcs_attention_triton cannot take these inputs: a precomputed rcs_mean (reference path only)")
     _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights)
     reason = unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
     if reason is not None:
@@ -568,12 +580,14 @@ def rcs_attention(
     rcs_q: torch.Tensor | None = None,
     rcs_k: torch.Tensor | None = None,
     rcs_weights: tuple[float, float] | None = None,
+    rcs_mean: torch.Tensor | None = None,
     force: bool | None = None,
 ) -> torch.Tensor:
     """Last-block attention: the fused Triton kernel where it can run, else ``rcs_attention_ref``.
 
     Arguments are those of ``rcs_attention_ref``; ``force`` True/False demands the kernel/the reference
-    (None: automatic, see ``clipsam.kernels._dispatch``).
+    (None: automatic, see ``clipsam.kernels._dispatch``). A precomputed ``rcs_mean`` is for the reference path
+    (CPU): the kernel cannot take it.
 
     Returns:
         (B, H, N1, d) tensor A v in the dtype of ``v``.
@@ -591,6 +605,8 @@ def rcs_attention(
 
     def reason() -> str | None:
         _check_args(base, window, sfr_term, sfr_weights, rcs_q, rcs_k, rcs_weights)
+        if rcs_mean is not None:
+            return "a precomputed rcs_mean (the fused kernel computes the RCS maps itself)"
         return unsupported_reason(q, k, v, base=base, window=window, sfr_term=sfr_term, rcs_q=rcs_q, rcs_k=rcs_k)
 
     return dispatch(
@@ -599,5 +615,5 @@ def rcs_attention(
         reason,
         force,
         lambda: rcs_attention_triton(q, k, v, **kwargs),
-        lambda: rcs_attention_ref(q, k, v, **kwargs),
+        lambda: rcs_attention_ref(q, k, v, **kwargs, rcs_mean=rcs_mean),
     )

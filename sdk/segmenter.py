@@ -12,6 +12,8 @@ from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
 from .text import TextEmbeddingCache, resolve_templates
 from .vocabulary import Vocabulary
 
+CPU_OPS = ("compiled", "torch")  # clipsam.dense.ops.TorchOps on the CPU
+
 _PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -33,8 +35,13 @@ def _resolve_device(device):
     return torch.device(kind if index is None or kind == "cpu" else f"cuda:{index}")
 
 
-def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size):
+def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops="compiled"):
     """The torch device, after checking the run options (before any weights load)."""
+    if cpu_ops not in CPU_OPS:
+        raise ConfigError(
+            f"cpu_ops must be one of {CPU_OPS}, got {cpu_ops!r}: 'compiled' (the shared compiled CPU kernels, default) "
+            "or 'torch' (PyTorch's own ops, the reference)"
+        )
     if precision not in _PRECISIONS:
         raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     dev = _resolve_device(device)
@@ -71,11 +78,13 @@ class Segmenter(SegmenterFront):
         prompts: PromptConfig | None = None,
         dino=None,
         mask_sam2=None,
+        cpu_ops: str = "compiled",
     ):
         import open_clip
 
-        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)
+        self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)
         self.precision = precision
+        self.cpu_ops = cpu_ops
         self.config = config
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
@@ -118,6 +127,7 @@ class Segmenter(SegmenterFront):
         prompts: PromptConfig | None = None,
         quick_gelu: bool | None = None,
         dino_weights: str | os.PathLike | None = "dino_vitb8",
+        cpu_ops: str = "compiled",
         **overrides,
     ) -> Segmenter:
         """Build a segmenter.
@@ -154,6 +164,9 @@ class Segmenter(SegmenterFront):
             dino_weights: ``method="corrclip"`` only: DINO ViT-B/8 weights, a local checkpoint (DINO's
                 ``dino_vitbase8_pretrain.pth`` or a timm state dict, loaded with weights_only=True), "dino_vitb8"
                 (the official file, downloaded when online) or None (random weights: tests; warns).
+            cpu_ops: on the CPU, "compiled" runs resampling, PAMR and SFR's S_hat in the compiled host kernels that
+                the ONNX Runtime engines share (default), "torch" in PyTorch's own ops (the reference; results
+                differ by float32 rounding, and by fp16 rounding in a few S_hat entries). Unused on CUDA.
             overrides: ``DenseConfig`` fields to change (e.g. slide_crop=0, prob_thd=0.2, calibration="knn").
         """
         from .models import load_clip
@@ -183,7 +196,7 @@ class Segmenter(SegmenterFront):
             raise ConfigError(
                 "sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)"
             )
-        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size)  # before any weights load
+        _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)  # before any load
         if sam2 is not None:
             from .refine.config import RefineConfig
             from .refine.sam2_backend import MODELS
@@ -221,6 +234,7 @@ class Segmenter(SegmenterFront):
             prompts=prompts,
             dino=dino,
             mask_sam2=sam2_model if corr else None,
+            cpu_ops=cpu_ops,
         )
 
     @classmethod
@@ -267,7 +281,7 @@ class Segmenter(SegmenterFront):
             self.encoder = CorrClipEncoder(self.model.visual, self.dino, self.config)
         else:
             self.encoder = DenseEncoder(self.model.visual, self.config)
-        self.backend = TorchBackend(self.encoder, self.device, self.precision)
+        self.backend = TorchBackend(self.encoder, self.device, self.precision, self.cpu_ops)
 
     def with_options(self, **overrides) -> Segmenter:
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or

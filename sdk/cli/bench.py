@@ -23,7 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "bench",
         help="run the benchmark suites and print a table",
         description="Run the pytest-benchmark suites of benchmarks/ (a source checkout) and print, per configuration, "
-        "the median latency, images/s, GFLOP per image and the fraction of the measured matmul peak.",
+        "s/image, images/s, GFLOP per image and the fraction of the matmul peak measured in the same run "
+        "(suite 'vocabulary': also the scaling table over 21, 60, 150 and 500 queries).",
     )
     be.add_argument(
         "--suite",
@@ -58,23 +59,28 @@ def _benchmarks_dir(given) -> Path:
 
 
 def bench_table(data: dict) -> str:
-    """The Markdown table of a pytest-benchmark JSON: config, median ms, img/s, GFLOP, % of measured peak."""
-    lines = ["| config | median ms | img/s | GFLOP | GFLOP/s | % of peak |", "|---|---:|---:|---:|---:|---:|"]
-    for b in data.get("benchmarks", []):
+    """Markdown tables of a pytest-benchmark JSON: per configuration s/image, images/s, GFLOP and % of the
+    measured matmul peak; then, for suites that vary the vocabulary, s/image per query count."""
+    lines = [
+        "| config | s / image | images / s | GFLOP | GFLOP/s | % of peak |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    benches: list[dict] = data.get("benchmarks", [])
+    for b in benches:
         info, stats = b.get("extra_info", {}), b.get("stats") or {}
         med = stats.get("median")
         gflop, peak = info.get("gflop"), info.get("peak_gflops")
         rate = gflop / med if gflop and med else None
         cells = [
             info.get("config") or b.get("name", "?"),
-            f"{med * 1e3:.1f}" if med else "-",
-            f"{1.0 / med:.3f}" if med else "-",
+            f"{med:.3f}" if med else "-",
+            f"{1.0 / med:.2f}" if med else "-",
             f"{gflop:.2f}" if gflop else "-",
             f"{rate:.1f}" if rate else "-",
             f"{100 * rate / peak:.1f}" if rate and peak else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    benches: list[dict] = data.get("benchmarks", [])
+    lines += scaling_table(benches)
     first = benches[0].get("extra_info", {}) if benches else {}
     if first.get("machine"):
         m = first["machine"]
@@ -84,6 +90,31 @@ def bench_table(data: dict) -> str:
             f"measured matmul peak {first.get('peak_gflops') or float('nan'):.0f} GFLOP/s ({first.get('device')})",
         ]
     return "\n".join(lines)
+
+
+def scaling_table(benches: list[dict]) -> list[str]:
+    """Lines of the vocabulary-scaling table (s / image per query count, and the ratio to the fewest queries)
+    for the results that record ``queries`` and ``cpu_ops`` (benchmarks/bench_vocabulary.py); none otherwise."""
+    rows: dict[tuple, dict[int, float]] = {}
+    for b in benches:
+        info, med = b.get("extra_info", {}), (b.get("stats") or {}).get("median")
+        if med and "cpu_ops" in info and "queries" in info:
+            rows.setdefault((info.get("method"), info["cpu_ops"]), {})[int(info["queries"])] = med
+    if not rows:
+        return []
+    sizes = sorted({q for r in rows.values() for q in r})
+    out = [
+        "",
+        "vocabulary scaling: s / image (x the time with " + str(sizes[0]) + " queries)",
+        "",
+        "| method | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
+        "|---|---|" + "---:|" * len(sizes),
+    ]
+    for (method, ops), times in sorted(rows.items()):
+        base = times.get(sizes[0])
+        cells = [f"{times[q]:.3f} ({times[q] / base:.2f}x)" if q in times and base else "-" for q in sizes]
+        out.append(f"| {method} | {ops} | " + " | ".join(cells) + " |")
+    return out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -39,11 +39,12 @@ class TorchBackend:
         encoder: the dense encoder (its config fixes the method).
         device: the model's device.
         precision: "fp32", or "fp16"/"bf16" CUDA autocast around the encoder.
+        cpu_ops: "compiled" or "torch" host operations on the CPU (``clipsam.dense.ops.TorchOps``).
     """
 
-    def __init__(self, encoder: Encoder, device: torch.device, precision: str = "fp32"):
+    def __init__(self, encoder: Encoder, device: torch.device, precision: str = "fp32", cpu_ops: str = "compiled"):
         self.encoder = encoder
-        self.ops = TorchOps(device)
+        self.ops = TorchOps(device, cpu_ops=cpu_ops)
         self.precision = precision
         v = encoder.visual
         self.spec = EncoderSpec(encoder.patch, encoder.heads, int(v.conv1.out_channels))

@@ -120,16 +120,24 @@ class DenseEncoder:
         idx = {layer: j for j, layer in enumerate(order)}
         return x, (torch.stack([rq[idx[i]] for i in order]), torch.stack([rk[idx[i]] for i in order]))
 
-    def last_block(self, x: torch.Tensor, grid, rcs, sfr_term: torch.Tensor | None) -> torch.Tensor:
+    def last_block(self, x: torch.Tensor, grid, rcs, sfr_term: torch.Tensor | None, shared: dict | None = None):
         """The variant last block; returns tokens (B, N1, D) before ln_post.
 
-        ``sfr_term``: SFR's lambda * S_hat (B, N1, N1) fp16 for the second pass, else None.
+        ``sfr_term``: SFR's lambda * S_hat (B, N1, N1) fp16 for the second pass, else None. ``shared``: a dict that
+        keeps what does not depend on ``sfr_term`` (the block's q, k, v and, on the CPU's reference path, RCS's
+        averaged maps) from ResCLIP's first pass for its second: the same values, computed once.
         """
-        from clipsam.kernels import rcs_attention
+        from clipsam.kernels import rcs_attention, rcs_mean_maps
 
         att = self.cfg.attention
         block = self.blocks[-1]
-        q, k, v = self.qkv(block, x)
+        reuse = shared is not None
+        shared = {} if shared is None else shared
+        if "qkv" not in shared:
+            q, k, v = shared["qkv"] = self.qkv(block, x)
+            cpu_rcs = reuse and rcs[0] is not None and x.device.type == "cpu"  # CUDA: the fused kernel recomputes
+            shared["rcs_mean"] = rcs_mean_maps(rcs[0], rcs[1], q.shape[-1] ** -0.5) if cpu_rcs else None
+        q, k, v = shared["qkv"]
         a = rcs_attention(
             q,
             k,
@@ -142,6 +150,7 @@ class DenseEncoder:
             rcs_q=rcs[0],
             rcs_k=rcs[1],
             rcs_weights=att.rcs_weights if rcs[0] is not None else None,
+            rcs_mean=shared["rcs_mean"],
         )
         out = self.out_proj(block, a)
         if not att.residual:
@@ -179,10 +188,11 @@ class DenseEncoder:
         if cfg.calibration.mode == "excel":  # ExCEL SVC replaces the last-block variant (dense/calibration.py)
             return self.patch_logits(svc_tokens(self, x, cfg.calibration.blocks), grid, text)
         x, rcs = self.trunk(x)
-        term = None
         if cfg.attention.sfr:
             ops = ops or TorchOps(crops.device)
-            first = self.patch_logits(self.last_block(x, grid, rcs, None), grid, text)
+            shared: dict = {}  # the last block's q, k, v and RCS maps, the same in both passes
+            first = self.patch_logits(self.last_block(x, grid, rcs, None, shared), grid, text)
             s_hat = sfr_feedback(ops, first, crops, self.patch, cfg)
             term = ops.sfr_term(s_hat, cfg.attention.sfr_weights[1])
-        return self.patch_logits(self.last_block(x, grid, rcs, term), grid, text, calibrate=True)
+            return self.patch_logits(self.last_block(x, grid, rcs, term, shared), grid, text, calibrate=True)
+        return self.patch_logits(self.last_block(x, grid, rcs, None), grid, text, calibrate=True)

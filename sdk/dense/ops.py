@@ -1,7 +1,10 @@
 """``TorchOps``: the host operations on torch tensors, on the tensors' device.
 
-Resampling is ``F.interpolate`` (strips of output rows: ``upsample_rows``), PAMR is ``clipsam.dense.pamr``, S_hat is
-``clipsam.kernels.sfr_affinity`` (Triton on CUDA). Post-processing runs in numpy on the CPU (``TorchOps.post`` is
+On a GPU, resampling is ``F.interpolate`` (strips of output rows: ``upsample_rows``), PAMR is ``clipsam.kernels.pamr`` (Triton)
+and S_hat is ``clipsam.kernels.sfr_affinity`` (Triton). On the CPU, by default (``cpu_ops="compiled"``), resampling,
+PAMR and S_hat run the compiled host kernels that the ONNX Runtime backend also runs (``clipsam.ops``, on zero-copy
+numpy views of the tensors), so both backends share one implementation; ``cpu_ops="torch"`` keeps the PyTorch
+reference ops (they differ from the compiled ones by float32 rounding: torch fuses multiply-adds). Post-processing runs in numpy on the CPU (``TorchOps.post`` is
 ``NumpyPost``, so CPU results are those of ``clipsam.postprocess``) and in torch on a GPU (``TorchPost``: only
 labels, scores and, when asked, class probabilities cross to the host).
 """
@@ -14,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ops.numpy_ops import NumpyPost
-from .pamr import pamr
+from ..ops.numpy_ops import NumpyOps, NumpyPost
+from ..ops.sfr import sfr_affinity as host_sfr_affinity
+
+CPU_OPS = ("compiled", "torch")  # as clipsam.segmenter.CPU_OPS
 
 
 def _source_index(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,6 +77,11 @@ def patch_labels(probs: torch.Tensor, patch: int, temp_thd: float) -> torch.Tens
     return counts.argmax(dim=2).reshape(b, gh, gw)  # argmax returns the first max: smallest label on ties
 
 
+def _torch_linspace(d: int) -> np.ndarray:
+    """torch.linspace(0, 1, d + 1) as float32 numpy (its values depend on the CPU's vector code)."""
+    return torch.linspace(0, 1, d + 1).numpy()
+
+
 class TorchPost:
     """``PostOps`` in torch on the probabilities' device (the arithmetic of ``clipsam.postprocess``)."""
 
@@ -117,12 +127,18 @@ class TorchOps:
     Arguments:
         device: the tensors' device.
         post_on_device: post-process in torch on ``device`` (default: unless it is the CPU, where numpy runs).
+        cpu_ops: on the CPU, "compiled" (resize, PAMR and S_hat in the shared compiled host kernels) or "torch"
+            (the PyTorch reference ops); a GPU always runs torch and Triton.
     """
 
-    def __init__(self, device: torch.device | str, post_on_device: bool | None = None):
+    def __init__(self, device: torch.device | str, post_on_device: bool | None = None, cpu_ops: str = "compiled"):
+        if cpu_ops not in CPU_OPS:
+            raise ValueError(f"cpu_ops must be one of {CPU_OPS}, got {cpu_ops!r}")
         self.device = torch.device(device)
         self.post_on_device = self.device.type != "cpu" if post_on_device is None else bool(post_on_device)
         self.post = TorchPost() if self.post_on_device else NumpyPost()
+        self.cpu_ops = cpu_ops
+        self._host = NumpyOps() if self.device.type == "cpu" and cpu_ops == "compiled" else None
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
@@ -153,6 +169,8 @@ class TorchOps:
         align_corners: bool = False,
         rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        if self._host is not None:
+            return torch.from_numpy(self._host.resize(x.float().numpy(), size, align_corners=align_corners, rows=rows))
         if rows is not None and not align_corners and x.dim() == 3:
             return upsample_rows(x, size, rows[0], rows[1])
         y = F.interpolate(
@@ -162,6 +180,10 @@ class TorchOps:
         return y if rows is None else y[..., rows[0] : rows[1], :]
 
     def pamr(self, image: torch.Tensor, logits: torch.Tensor, iters: int, dilations: Sequence[int]) -> torch.Tensor:
+        if self._host is not None and iters > 0:
+            return torch.from_numpy(self._host.pamr(image.float().numpy(), logits.float().numpy(), iters, dilations))
+        from clipsam.kernels import pamr
+
         return pamr(image, logits, iters, tuple(dilations))
 
     def softmax(self, x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -171,6 +193,9 @@ class TorchOps:
         return patch_labels(probs, patch, temp_thd)
 
     def sfr_affinity(self, labels: torch.Tensor, gaussian_std: float, path_check: str, blur: str) -> torch.Tensor:
+        if self._host is not None:  # torch's own linspace values: the path check samples the same points
+            s_hat = host_sfr_affinity(labels.numpy(), gaussian_std, path_check, blur, _torch_linspace)
+            return torch.from_numpy(s_hat)
         from clipsam.kernels import sfr_affinity
 
         return sfr_affinity(labels, gaussian_std=gaussian_std, path_check=path_check, blur=blur)

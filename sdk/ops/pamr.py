@@ -1,4 +1,4 @@
-"""PAMR in numpy (``docs/algorithms.md``, PAMR), torch-free; the arithmetic of ``clipsam.dense.pamr``.
+"""PAMR in numpy (``docs/algorithms.md``, PAMR), torch-free; the arithmetic of ``clipsam.kernels.pamr_ref``.
 
 Same algorithm, same float32 arithmetic and neighbour order as the torch reference:
 
@@ -7,9 +7,16 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
     a      = softmax over the 8 * len(dilations) neighbours
     repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
 
-Neighbours are strided views of one edge-padded copy per dilation and iteration; the update accumulates in
-place into reused buffers, a few channels at a time so that they stay in cache (every channel's arithmetic is
-unchanged: the same products summed in the same order).
+``pamr`` runs the iterations in a compiled kernel (``compiled.pamr_channels``): blocks of channels go to the host
+threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers, finishing
+one output row of a few channels (four neighbours per memory pass) before the next, so the working set stays in
+cache and the cost grows with channels x pixels x neighbours only. Every
+product is accumulated in the reference's order without fused multiply-adds, so the result equals ``pamr_ref``
+bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy
+per dilation and iteration, accumulated in place a few channels at a time.
+
+The torch reference (``clipsam.kernels.pamr_ref``) accumulates with ``addcmul_``, which fuses the multiply-add on CPUs
+with FMA: the two differ by float32 rounding (~1e-6 relative).
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from .resize import resize_bilinear, softmax
+from .threads import parallel_blocks
 
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-_BLOCK_BYTES = 1 << 21  # mask bytes per channel block
+_BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
+_CHANNELS_PER_BLOCK = 8  # compiled kernel: channels whose current rows stay in cache together
 
 
 def _pad_edge(x: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -57,9 +66,9 @@ def _affinity(image: np.ndarray, dilations) -> np.ndarray:
     return softmax(aff.mean(axis=0, dtype=np.float32), axis=0)
 
 
-def _pamr_one(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
-    h, w = image.shape[-2:]
-    a = _affinity(image, dilations)
+def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
+    """(P, H, W) weights, (C, H, W) mask -> the mask after ``num_iter`` iterations (numpy reference)."""
+    h, w = mask.shape[-2:]
     out_all = np.empty_like(mask)
     step = max(1, _BLOCK_BYTES // (4 * h * w))
     for c0 in range(0, mask.shape[0], step):
@@ -79,20 +88,46 @@ def _pamr_one(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> 
     return out_all
 
 
-def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
-    """Refine ``logits`` with affinities of ``image``.
+def _iterate(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
+    """``_iterate_ref`` in the compiled kernel, blocks of channels on the host threads."""
+    from .compiled import pamr_channels
 
-    Arguments:
-        image: (B, K, H, W) float32 normalised image.
-        logits: (B, C, H', W') float32; resized to (H, W) bilinearly (align_corners=True) first, as upstream.
+    offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+    m = np.array(mask, dtype=np.float32, order="C", copy=True)
+    a = np.ascontiguousarray(a, dtype=np.float32)
 
-    Returns:
-        (B, C, H, W) float32 refined logits.
-    """
+    def run(c0: int, c1: int) -> None:
+        for b in range(c0, c1, _CHANNELS_PER_BLOCK):
+            pamr_channels(m, a, offs, b, min(c1, b + _CHANNELS_PER_BLOCK), num_iter)
+
+    parallel_blocks(run, m.shape[0])
+    return m
+
+
+def _pamr(image, logits, num_iter: int, dilations, iterate) -> np.ndarray:
     if num_iter <= 0:
         return logits
     image = np.asarray(image, dtype=np.float32)
     if logits.shape[-2:] != image.shape[-2:]:
         logits = resize_bilinear(logits, image.shape[-2:], align_corners=True)
     mask = np.asarray(logits, dtype=np.float32)
-    return np.stack([_pamr_one(image[b], mask[b], num_iter, tuple(dilations)) for b in range(mask.shape[0])])
+    dilations = tuple(dilations)
+    return np.stack([iterate(_affinity(image[b], dilations), mask[b], num_iter, dilations) for b in range(len(mask))])
+
+
+def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
+    """Refine ``logits`` with affinities of ``image`` (compiled kernel; equal to ``pamr_ref`` bit for bit).
+
+    Arguments:
+        image: (B, K, H, W) float32 normalised image.
+        logits: (B, C, H', W') float32; resized to (H, W) bilinearly (align_corners=True) first, as upstream.
+
+    Returns:
+        (B, C, H, W) float32 refined logits (``logits`` itself when ``num_iter`` <= 0).
+    """
+    return _pamr(image, logits, num_iter, dilations, _iterate)
+
+
+def pamr_ref(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
+    """``pamr`` in plain numpy: the reference the compiled kernel is tested against."""
+    return _pamr(image, logits, num_iter, dilations, _iterate_ref)

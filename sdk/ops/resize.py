@@ -2,7 +2,8 @@
 
 Each function follows the arithmetic of the PyTorch CPU kernel it replaces, in float32 and in the same order
 (source-index formulas, clamping, weight normalisation, sum order), so results agree with torch to float32
-rounding (tests/ops/test_resize.py):
+rounding (tests/ops/test_resize.py). ``resize_bilinear`` runs the compiled kernel ``compiled.bilinear_rows``;
+``resize_bilinear_ref`` is its numpy reference (equal bit for bit).
 
     resize_bilinear       F.interpolate(x, size, mode="bilinear", align_corners=False|True)
     resize_bilinear_aa    F.interpolate(x, size, mode="bilinear", antialias=True)   (SAM2's image squash)
@@ -16,6 +17,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
+
+from .threads import parallel_blocks
 
 _F = np.float32
 
@@ -46,7 +49,33 @@ _BLOCK_BYTES = 1 << 21  # output bytes per block of leading planes: temporaries 
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
-    """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d``.
+    """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d`` (compiled kernel
+    ``compiled.bilinear_rows``, planes on the host threads; equal to ``resize_bilinear_ref`` bit for bit).
+
+    Arguments:
+        x: (..., h, w) float32.
+        size: (H, W) output size.
+        rows: optional (r0, r1): compute output rows [r0, r1) only (equal to slicing the full result).
+
+    Returns:
+        (..., H, W) float32, or (..., r1 - r0, W) (``x`` itself when nothing changes).
+    """
+    from .compiled import bilinear_rows
+
+    h, w = x.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    if (h, w) == (out_h, out_w) and not align_corners and rows is None:
+        return x
+    r0, r1 = (0, out_h) if rows is None else (int(rows[0]), int(rows[1]))
+    flat = np.ascontiguousarray(x, dtype=_F).reshape(-1, h, w)
+    taps = _linear_taps(h, out_h, align_corners) + _linear_taps(w, out_w, align_corners)
+    out = np.empty((flat.shape[0], r1 - r0, out_w), dtype=_F)
+    parallel_blocks(lambda c0, c1: bilinear_rows(flat, *taps, out, c0, c1, r0), flat.shape[0])
+    return out.reshape(x.shape[:-2] + out.shape[-2:])
+
+
+def resize_bilinear_ref(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
+    """``resize_bilinear`` in vectorised numpy (the reference), blocks of planes at a time.
 
     Arguments:
         x: (..., h, w) float32.

@@ -13,10 +13,13 @@ so the exporter stores torch's own values for every D the engine serves (``Linsp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..errors import EngineLimitError
 from .resize import linspace_f32
+from .threads import parallel_blocks
 
 _F = np.float32
 _CHUNK_ELEMENTS = 1 << 22  # pairs x steps per path-check chunk
@@ -61,9 +64,30 @@ def patch_labels(probs: np.ndarray, patch: int, temp_thd: float) -> np.ndarray:
     return counts.argmax(axis=2).reshape(b, gh, gw)
 
 
-def _path_valid(flat: np.ndarray, h: int, w: int, t: np.ndarray, mode: str, steps: np.ndarray) -> np.ndarray:
+def path_valid(flat: np.ndarray, h: int, w: int, t: np.ndarray, mode: str) -> np.ndarray:
+    """(N, N) bool: whether the sampled straight path from patch i to patch j stays in label ``flat[i]``.
+
+    The compiled kernel (``compiled.path_valid_rows``, rows on the host threads), equal to ``path_valid_ref``.
+
+    Arguments:
+        flat: (N,) int64 labels of the h x w grid; t: (D + 1,) float32 torch.linspace(0, 1, D + 1);
+        mode: "prefix" (upstream's t_k) or "full" (t_k = k / d_ij).
+    """
+    from .compiled import path_valid_rows
+
+    flat = np.ascontiguousarray(flat, dtype=np.int64)
+    t = np.ascontiguousarray(t, dtype=_F)
+    out = np.empty((h * w, h * w), dtype=bool)
+    parallel_blocks(lambda a0, a1: path_valid_rows(flat, w, t, mode == "full", out, a0, a1), h * w)
+    return out
+
+
+def path_valid_ref(flat: np.ndarray, h: int, w: int, t: np.ndarray, mode: str) -> np.ndarray:
+    """``path_valid`` in vectorised numpy (the reference), in chunks of rows."""
     n, d = h * w, len(t) - 1
     idx = np.arange(n)
+    r, c = idx // w, idx % w
+    steps = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :]))
     coords = np.stack((idx // w, idx % w), axis=-1).astype(_F)  # (N, 2), exact in float32
     k = np.arange(d + 1)
     grid = flat.reshape(h, w)
@@ -105,7 +129,7 @@ def _blur_1d(s: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def _one(labels: np.ndarray, std: float, path_check: str, blur: str, table: LinspaceTable) -> np.ndarray:
+def _one(labels: np.ndarray, std: float, path_check: str, blur: str, table: Callable[[int], np.ndarray]) -> np.ndarray:
     h, w = labels.shape
     n = h * w
     flat = labels.reshape(-1)
@@ -117,7 +141,7 @@ def _one(labels: np.ndarray, std: float, path_check: str, blur: str, table: Lins
         steps = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :]))
         d = int(steps.max())
         if d > 0:
-            valid = _path_valid(flat, h, w, table(d), path_check, steps)
+            valid = path_valid(flat, h, w, table(d), path_check)
             s = np.where(valid, s, s * np.exp((-steps).astype(_F) / _F(d)))
     kernel = _gaussian_kernel(n, std)
     if blur == "raster":
@@ -137,7 +161,7 @@ def sfr_affinity(
     gaussian_std: float = 5.0,
     path_check: str = "prefix",
     blur: str = "raster",
-    table: LinspaceTable | None = None,
+    table: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """S_hat for (B, h, w) patch labels: (B, 1 + h*w, 1 + h*w) float16, CLS row/col 0, global max 1 per window."""
     if labels.ndim != 3:

@@ -45,5 +45,27 @@ def test_bench_table():
         ]
     }
     lines = bench_table(data).splitlines()
-    assert lines[2] == "| cfg-a | 500.0 | 2.000 | 10.00 | 20.0 | 20.0 |"
-    assert lines[3] == "| b | 2.0 | 500.000 | - | - | - |"
+    assert lines[0].startswith("| config | s / image | images / s |")
+    assert lines[2] == "| cfg-a | 0.500 | 2.00 | 10.00 | 20.0 | 20.0 |"
+    assert lines[3] == "| b | 0.002 | 500.00 | - | - | - |"
+    assert "vocabulary scaling" not in bench_table(data)
+
+
+def test_vocabulary_scaling_table():
+    def bench(method, ops, q, med):
+        return {"stats": {"median": med}, "extra_info": {"method": method, "cpu_ops": ops, "queries": q}}
+
+    data = {
+        "benchmarks": [
+            bench("resclip", "compiled", 21, 1.0),
+            bench("resclip", "compiled", 150, 1.4),
+            bench("resclip", "torch", 21, 2.0),
+            bench("resclip", "torch", 150, 8.0),
+            bench("sclip", "compiled", 150, 0.9),
+        ]
+    }
+    lines = bench_table(data).splitlines()
+    i = lines.index("| method | cpu_ops | 21 queries | 150 queries |")
+    assert lines[i + 2] == "| resclip | compiled | 1.000 (1.00x) | 1.400 (1.40x) |"
+    assert lines[i + 3] == "| resclip | torch | 2.000 (1.00x) | 8.000 (4.00x) |"
+    assert lines[i + 4] == "| sclip | compiled | - | - |"  # no 21-query time: no ratio

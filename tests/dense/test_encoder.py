@@ -229,3 +229,27 @@ def test_positional_embedding_is_cached_per_grid(tiny_clip):
 def test_rcs_layers_beyond_model_depth_is_an_error(tiny_clip):
     with pytest.raises(ValueError, match="RCS layers"):
         DenseEncoder(tiny_clip.model.visual, dense_config("resclip", "voc21", rcs_layers=(5, 11)))
+
+
+def test_resclip_passes_share_qkv_and_rcs_maps_bit_for_bit(tiny_clip, chelsea_small):
+    """The second pass reuses the first pass's q, k, v and RCS maps: equal to recomputing them, bit for bit."""
+    from clipsam.config import dense_config
+    from clipsam.dense.encoder import DenseEncoder
+    from clipsam.dense.ops import TorchOps
+    from clipsam.ops.base import sfr_feedback
+    from clipsam.preprocess import preprocess
+
+    cfg = dense_config("resclip", "voc21", temp_thd=0.0)
+    enc = DenseEncoder(tiny_clip.model.visual, cfg)
+    crops = torch.from_numpy(preprocess(chelsea_small, 64, 2048, min_side=16))[None]
+    text = torch.nn.functional.normalize(torch.randn(7, tiny_clip.model.visual.output_dim), dim=-1)
+    ops = TorchOps("cpu")
+    got = enc(crops, text, ops)
+    with torch.inference_mode():  # the two passes written out without sharing anything
+        x, grid = enc.embed(crops)
+        x, rcs = enc.trunk(x)
+        first = enc.patch_logits(enc.last_block(x, grid, rcs, None), grid, text)
+        term = ops.sfr_term(sfr_feedback(ops, first, crops, enc.patch, cfg), cfg.attention.sfr_weights[1])
+        ref = enc.patch_logits(enc.last_block(x, grid, rcs, term), grid, text, calibrate=True)
+    assert rcs[0] is not None and term.abs().sum() > 0
+    assert torch.equal(got, ref)

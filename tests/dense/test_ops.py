@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from clipsam.config import dense_config
@@ -49,3 +51,58 @@ def test_first_pass_probs_softmax_over_queries():
     torch.testing.assert_close(ops.probs, torch.softmax(40 * logits, dim=1))
     sfr_feedback(ops, logits, crops, 1, dense_config("resclip", "voc21", sfr_pamr_iters=2, sfr_pamr_dilations=(1,)))
     assert torch.allclose(ops.probs.sum(1), torch.ones(2, 8, 8))
+
+
+class _LabelRecorder:
+    """Forwards to a HostOps and keeps the patch labels of SFR's first pass."""
+
+    def __init__(self, ops):
+        self.ops, self.labels = ops, []
+
+    def __getattr__(self, name):
+        return getattr(self.ops, name)
+
+    def patch_labels(self, probs, patch, temp_thd):
+        out = self.ops.patch_labels(probs, patch, temp_thd)
+        self.labels.append(out.clone())
+        return out
+
+
+@pytest.mark.parametrize(
+    "method,preset,overrides",
+    [
+        ("resclip", "voc21", {"temp_thd": 0.0, "logit_scale": 100.0}),  # SFR with several patch labels per window
+        ("resclip", "context60", {"temp_thd": 0.0}),  # sliding windows, SFR per window
+        ("naclip", "ade20k", {}),  # output PAMR at full size
+        ("sclip", "voc21", {}),
+    ],
+)
+def test_compiled_cpu_ops_match_the_torch_ops(tiny_clip, chelsea_small, method, preset, overrides):
+    """cpu_ops="compiled" (shared host kernels) against cpu_ops="torch" (PyTorch ops): float32 rounding only."""
+    from clipsam.config import dense_config
+    from clipsam.segmenter import Segmenter
+
+    cfg = dense_config(method, preset, templates=("a photo of a {}.",), **overrides)
+    ref = Segmenter(tiny_clip, cfg, cpu_ops="torch")
+    got = Segmenter(tiny_clip, cfg, cpu_ops="compiled")
+    assert isinstance(ref.backend.ops._host, type(None)) and got.backend.ops._host is not None
+    rec = got.backend.ops = _LabelRecorder(got.backend.ops)
+    a, b = ref.logits(chelsea_small), got.logits(chelsea_small)
+    np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
+    if method == "resclip":
+        assert any(len(torch.unique(x)) > 1 for x in rec.labels)  # S_hat is not degenerate
+    ra, rb = ref.segment(chelsea_small), got.segment(chelsea_small)
+    assert (ra.labels == rb.labels).mean() >= 0.999
+    np.testing.assert_allclose(rb.scores, ra.scores, atol=1e-4, rtol=0)
+
+
+def test_cpu_ops_is_checked_before_weights_load(monkeypatch):
+    from clipsam import Segmenter
+    from clipsam.errors import ConfigError
+
+    def boom(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("clipsam.models.load_clip", boom)
+    with pytest.raises(ConfigError, match="cpu_ops must be one of"):
+        Segmenter.from_pretrained(clip_weights=None, cpu_ops="numba")

@@ -220,3 +220,15 @@ def test_gpu_dispatch(monkeypatch):
     dispatch._warned.clear()
     with pytest.warns(RuntimeWarning, match="head dim"):
         K.rcs_attention(q[..., :32], k[..., :32], v[..., :32], base="clip", scale=0.125)
+
+
+def test_precomputed_rcs_mean_is_the_reference_bit_for_bit_and_not_for_the_kernel(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # a forced kernel could run here, but not with rcs_mean
+    q, k, v, kw, _ = inputs()
+    maps = K.rcs_mean_maps(kw["rcs_q"], kw["rcs_k"], kw["scale"])
+    ref = K.rcs_attention_ref(q, k, v, **kw)
+    assert torch.equal(K.rcs_attention_ref(q, k, v, **kw, rcs_mean=maps), ref)
+    assert torch.equal(K.rcs_attention(q, k, v, **kw, rcs_mean=maps), ref)
+    assert not torch.equal(K.rcs_attention_ref(q, k, v, **kw, rcs_mean=maps * 0.5), ref)  # the maps are used
+    with pytest.raises(BackendUnavailableError, match="rcs_mean" if K.triton_available() else "triton"):
+        K.rcs_attention(q, k, v, **kw, rcs_mean=maps, force=True)

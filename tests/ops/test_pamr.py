@@ -1,4 +1,4 @@
-"""numpy PAMR against the torch reference (clipsam.dense.pamr)."""
+"""numpy PAMR against the torch reference (clipsam.kernels.pamr_ref)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("dilations,iters,resize", [((8, 16), 10, False), ((1, 2), 3, True)])
 def test_pamr(dilations, iters, resize):
-    from clipsam.dense.pamr import pamr
+    from clipsam.kernels import pamr_ref as pamr
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((2, 3, 40, 52)).astype(np.float32)

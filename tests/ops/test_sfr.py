@@ -40,7 +40,7 @@ def test_first_pass_probs_and_patch_labels():
     img = rng.standard_normal((2, 3, 48, 64)).astype(np.float32)
     logits = (0.05 * rng.standard_normal((2, 6, 48, 64))).astype(np.float32)
     cfg = dense_config("resclip", "voc21", logit_scale=40.0, sfr_pamr_iters=10, sfr_pamr_dilations=(8, 16))
-    ref_ops, got_ops = _Recorder(TorchOps("cpu")), _Recorder(NumpyOps())
+    ref_ops, got_ops = _Recorder(TorchOps("cpu", cpu_ops="torch")), _Recorder(NumpyOps())
     sfr_feedback(ref_ops, torch.from_numpy(logits), torch.from_numpy(img), 16, cfg)
     sfr_feedback(got_ops, logits, img, 16, cfg)
     ref = ref_ops.probs

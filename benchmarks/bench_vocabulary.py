@@ -1,0 +1,124 @@
+"""How the cost of one image grows with the vocabulary, and what the shared compiled CPU kernels change.
+
+    pytest benchmarks/bench_vocabulary.py --benchmark-enable --benchmark-json out.json
+    clipsam bench --suite vocabulary                     # the same, then the table and the scaling table
+
+The same photo (375x500), the same settings (the voc21 preset's whole-image layout: short side 336, one window)
+and vocabularies of 21, 60, 150 and 500 single-name classes, for SCLIP and ResCLIP, with the PyTorch backend's
+host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in PyTorch (``cpu_ops="torch"``,
+the reference, i.e. before the compiled kernels), side by side in one run. Text embeddings are computed before the
+timed calls (one template). FLOPs are ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR);
+the matmul peak is measured in the same run. CPU only (on CUDA the host kernels are not used).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from clipsam.config import dense_config
+from clipsam.eval.flops import VitSpec, image_flops, measure_matmul_peak
+from clipsam.eval.runner import machine_info, versions
+
+SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE", "") not in ("", "0")
+TINY_VIT = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "configs", "clipsam-test-vit.json")
+CLIP = TINY_VIT if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16")
+HW = (40, 56) if SMOKE else (375, 500)
+SIZES = (21, 60) if SMOKE else (21, 60, 150, 500)
+METHODS = ("sclip", "resclip")
+CPU_OPS = ("compiled", "torch")
+_STATE: dict = {}
+
+
+def _names(n: int) -> list[str]:
+    """n distinct class names: the shipped dataset vocabularies, then qualified variants of them."""
+    from clipsam.vocabulary import builtin_vocabulary
+
+    names: list[str] = []
+    for ds in ("ade20k", "coco_stuff164k", "context60", "coco_object", "voc21", "cityscapes"):
+        for c in builtin_vocabulary(ds).classes:
+            if c not in names:
+                names.append(c)
+    base = list(names)
+    for prefix in ("small ", "old ", "red ", "wooden "):
+        names += [prefix + c for c in base]
+    return names[:n]
+
+
+def _clip():
+    if "clip" not in _STATE:
+        from clipsam.models import load_clip
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _STATE["clip"] = load_clip(CLIP, None)
+    return _STATE["clip"]
+
+
+def _photo() -> np.ndarray:
+    import cv2
+
+    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(cv2.resize(bgr, (HW[1], HW[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+
+
+@pytest.fixture(scope="module")
+def cpu_peak() -> float:
+    n, sec = (256, 0.05) if SMOKE else (None, 1.0)
+    return measure_matmul_peak("cpu", "fp32", n, sec)
+
+
+@pytest.mark.parametrize("queries", SIZES, ids=lambda q: f"q{q}")
+@pytest.mark.parametrize("cpu_ops", CPU_OPS)
+@pytest.mark.parametrize("method", METHODS)
+def test_vocabulary(benchmark, device_info, cpu_peak, method, cpu_ops, queries):
+    from clipsam.segmenter import Segmenter
+
+    kw: dict = {"templates": "single"}
+    if SMOKE:
+        kw["short_side"] = 32
+    cfg = dense_config(method, "voc21", **kw)
+    if cfg.schedule.slide_crop:  # SCLIP's preset slides: use the whole-image layout of ResCLIP's for both
+        cfg = dense_config(method, "voc21", slide_crop=0, **kw)
+    seg = Segmenter(_clip(), cfg, cpu_ops=cpu_ops)
+    classes = _names(queries)
+    rgb = _photo()
+    start = time.perf_counter()
+    seg.segment(rgb, classes)  # text embeddings, kernel compilation or cache load
+    first_s = time.perf_counter() - start
+    rounds = int(os.environ.get("CLIPSAM_BENCH_ROUNDS", 0)) or (1 if SMOKE else 3)
+    res = benchmark.pedantic(lambda: seg.segment(rgb, classes), rounds=rounds, warmup_rounds=0, iterations=1)
+    assert res.labels.shape == HW and len(res.classes) == queries
+
+    flops = image_flops(VitSpec.from_visual(seg.model.visual), seg.config, HW, queries)
+    info = dict(
+        config=f"{method} q{queries} cpu_ops={cpu_ops} {HW[0]}x{HW[1]}",
+        method=method,
+        cpu_ops=cpu_ops,
+        queries=queries,
+        device="cpu",
+        precision="fp32",
+        image_hw=list(HW),
+        windows=flops.windows,
+        clip=seg.arch,
+        smoke=SMOKE,
+        first_call_s=first_s,
+        gflop=flops.gflop,
+        gflop_parts={k: v / 1e9 for k, v in flops.parts.items()},
+        peak_gflops=cpu_peak,
+        machine=machine_info(),
+        versions=versions(),
+        **device_info,
+    )
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None and stats.median > 0:
+        rate = flops.gflop / stats.median
+        info.update(median_ms=stats.median * 1e3, images_per_s=1.0 / stats.median, gflops_per_s=rate)
+        info.update(pct_peak=100.0 * rate / cpu_peak)
+    benchmark.extra_info.update(info)

@@ -1,0 +1,107 @@
+"""The compiled CPU kernels equal their numpy references bit for bit, on shapes that reach every branch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipsam.ops import compiled
+from clipsam.ops.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_ref
+from clipsam.ops.resize import linspace_f32, resize_bilinear, resize_bilinear_ref
+from clipsam.ops.sfr import path_valid, path_valid_ref
+
+
+def _naive_pamr_iterations(m: np.ndarray, a: np.ndarray, offs: np.ndarray, num_iter: int) -> np.ndarray:
+    """M <- sum_p a_p * M[clamp(y + dy_p), clamp(x + dx_p)], accumulated in p order in float32 (plain loops)."""
+    h, w = m.shape[-2:]
+    ys, xs = np.arange(h), np.arange(w)
+    for _ in range(num_iter):
+        out = np.zeros_like(m)
+        for p, (dy, dx) in enumerate(offs):
+            out = out + a[p] * m[:, np.clip(ys + dy, 0, h - 1)][:, :, np.clip(xs + dx, 0, w - 1)]
+        m = out
+    return m
+
+
+@pytest.mark.parametrize("num_iter", [1, 2, 5])
+@pytest.mark.parametrize("npt", [5, 8, 16])  # 5: the one-neighbour tail after the groups of four
+def test_pamr_kernel_against_plain_loops(num_iter, npt):
+    rng = np.random.default_rng(npt + num_iter)
+    c, h, w = 11, 9, 23
+    m = rng.standard_normal((c, h, w)).astype(np.float32)
+    a = rng.random((npt, h, w)).astype(np.float32)
+    offs = rng.integers(-12, 13, (npt, 2)).astype(np.int64)  # offsets beyond the size: clamped reads
+    got = m.copy()
+    compiled.pamr_channels(got, a, offs, 3, 10, num_iter)  # channels [3, 10) only
+    ref = _naive_pamr_iterations(m[3:10], a, offs, num_iter)
+    np.testing.assert_array_equal(got[3:10], ref)
+    np.testing.assert_array_equal(got[:3], m[:3])
+    np.testing.assert_array_equal(got[10:], m[10:])
+
+
+@pytest.mark.parametrize(
+    "channels,hw,dilations,iters",
+    [(56, (48, 64), (8, 16), 10), (1, (7, 5), (8, 16), 3), (13, (33, 40), (1, 2, 4), 1), (3, (20, 2), (2,), 4)],
+)
+def test_pamr_equals_numpy_reference(channels, hw, dilations, iters):
+    rng = np.random.default_rng(channels)
+    img = rng.standard_normal((2, 3, *hw)).astype(np.float32)
+    logits = rng.standard_normal((2, channels, hw[0] // 2 + 1, hw[1] // 2 + 1)).astype(np.float32)
+    before = logits.copy()
+    got = pamr(img, logits, iters, dilations)
+    np.testing.assert_array_equal(got, pamr_ref(img, logits, iters, dilations))
+    np.testing.assert_array_equal(logits, before)  # the input is not touched
+    assert len(NEIGHBOUR_OFFSETS) == 8
+
+
+@pytest.mark.parametrize(
+    "src,dst",
+    [((7, 9), (64, 80)), ((21, 28), (336, 448)), ((30, 40), (17, 23)), ((1, 5), (4, 3)), ((64, 48), (100, 33))],
+)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_equals_numpy_reference(src, dst, align_corners):
+    rng = np.random.default_rng(0)
+    for lead in ((), (3,), (2, 3)):
+        x = rng.standard_normal((*lead, *src)).astype(np.float32)
+        np.testing.assert_array_equal(
+            resize_bilinear(x, dst, align_corners), resize_bilinear_ref(x, dst, align_corners)
+        )
+    x = rng.standard_normal((5, *src)).astype(np.float32)
+    full = resize_bilinear_ref(x, dst, align_corners)
+    for r0, r1 in ((0, 1), (dst[0] // 3, dst[0] // 2 + 1), (dst[0] - 1, dst[0])):
+        np.testing.assert_array_equal(resize_bilinear(x, dst, align_corners, rows=(r0, r1)), full[:, r0:r1])
+    strided = np.asarray(x[:, ::-1])  # non-contiguous input
+    np.testing.assert_array_equal(resize_bilinear(strided, dst), resize_bilinear_ref(strided, dst))
+
+
+@pytest.mark.parametrize("grid", [(1, 9), (9, 1), (5, 7), (14, 14), (21, 28)])
+@pytest.mark.parametrize("mode", ["prefix", "full"])
+def test_path_check_equals_numpy_reference(grid, mode):
+    h, w = grid
+    rng = np.random.default_rng(h * w)
+    labels = rng.integers(0, 3, grid)
+    labels[: max(1, h // 2), : max(1, w // 2)] = 1  # regions large enough that some paths stay inside
+    t = linspace_f32(0.0, 1.0, max(h, w))
+    got = path_valid(labels.ravel(), h, w, t, mode)
+    ref = path_valid_ref(labels.ravel(), h, w, t, mode)
+    np.testing.assert_array_equal(got, ref)
+    assert 0 < got.mean() < 1  # both outcomes occur
+
+
+def test_kernels_compile_without_a_writable_cache(tmp_path):
+    """Read-only install and no writable cache folder: one warning, and the kernels still run (no disk cache)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numba.core.caching as c, numpy as np\n"
+        "c.CacheImpl._locator_classes = []  # numba finds no writable place for its cache\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from clipsam.ops.resize import resize_bilinear, resize_bilinear_ref\n"
+        "    x = np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32)\n"
+        "    assert np.array_equal(resize_bilinear(x, (9, 4)), resize_bilinear_ref(x, (9, 4)))\n"
+        "assert sum('NUMBA_CACHE_DIR' in str(m.message) for m in w) == 1, [str(m.message) for m in w]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
