@@ -24,6 +24,8 @@ def paint_masks(masks: np.ndarray, order: str = "ascending_area") -> np.ndarray:
     """
     masks = np.asarray(masks, dtype=bool)
     out = np.zeros(masks.shape[1:], np.int32)
+    if len(masks) == 0:  # e.g. no automatic mask passed the filters: every pixel unsegmented
+        return out
     areas = masks.reshape(len(masks), -1).sum(1)
     sort = np.argsort(areas if order == "ascending_area" else -areas, kind="stable")
     for new_id, i in enumerate(sort, start=1):

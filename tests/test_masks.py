@@ -19,6 +19,7 @@ def test_paint_masks_larger_over_smaller_and_stable_on_equal_areas():
     out = paint_masks(m)
     assert out[0, 0] == 3 and out[2, 2] == 4 and out[5, 5] == 1 and out[0, 5] == 2  # ids by ascending area
     assert out[1, 1] == 4  # the larger mask painted over the smaller one
+    assert (paint_masks(np.zeros((0, 6, 6), bool)) == 0).all()  # no mask (none passed the filters)
     desc = paint_masks(m, "descending_area")
     assert desc[1, 1] == 2 and desc[0, 0] == 2  # the smaller one wins
 

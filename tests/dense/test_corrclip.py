@@ -474,3 +474,9 @@ def test_automatic_masks_and_refinement_share_one_sam2(tiny_clip, small_dino):
     for v in np.unique(m0)[1:]:
         assert len(np.unique(res.dense_labels[m0 == v])) == 1  # voted over each automatic mask
     assert res.info["refine"]["sam2"] == "sam2.1_hiera_t"
+
+
+def test_warmup_with_given_masks(tiny_clip, small_dino):
+    seg = _segmenter(tiny_clip, small_dino)  # corr_mask_source="given": every call needs masks
+    done = seg.warmup(classes=CLASSES, sizes=[(60, 80)])
+    assert done["sizes"] == [[60, 80]]
