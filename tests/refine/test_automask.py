@@ -183,3 +183,10 @@ def test_decoding_matches_sam2_on_a_random_model(refiner):
     batched = np.concatenate([lg for lg, _ in refiner.point_logits(emb, pts, False)])
     single = np.concatenate([lg for p in pts for lg, _ in refiner.point_logits(emb, p[None], False)])
     np.testing.assert_allclose(batched, single, atol=1e-4)
+
+
+def test_no_mask_passes_the_filters():
+    logits, iou = _planted()
+    gen = AutoMaskGenerator(_PlantedRefiner(logits, iou * 0 + 0.3), AutoMaskSettings(points_per_side=SIDE))
+    ids, _ = gen.generate([np.zeros((H, W, 3), np.uint8)])[0]
+    assert ids.shape == (H, W) and (ids == 0).all()  # every pixel unsegmented, as upstream with no annotation
