@@ -49,6 +49,12 @@ CASES = [
 _CACHE: dict = {}
 
 
+def _median(benchmark) -> float | None:
+    """The timed median in seconds, or None when timing is off (``--benchmark-disable``, smoke runs)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None else None
+
+
 def _photo(hw):
     import cv2
 
@@ -140,7 +146,7 @@ def test_methods(benchmark, device_info, case, target):
         if seg.automask is not None:
             parts["sam2_automatic_masks"] = seg.automask.seconds
         shares = {k: round(v / wall, 4) for k, v in parts.items()}
-    med = benchmark.stats.stats.median
+    med = _median(benchmark)
     benchmark.extra_info.update(
         config=f"{method}-{preset}{'' if source == '-' else '-' + source} {device}-{precision} {HW[0]}x{HW[1]} x{BATCH}",
         method=method,
@@ -181,7 +187,7 @@ def test_automask_batching(benchmark, device_info, device):
     per_point_s = time.perf_counter() - start
     batched = benchmark.pedantic(lambda: gen.masks(emb, HW), rounds=3, warmup_rounds=1, iterations=1)
     assert len(batched[0]) == len(loop[0])
-    med = benchmark.stats.stats.median
+    med = _median(benchmark)
     benchmark.extra_info.update(
         config=f"automask-decode {AMG_SAM2} 8x8 {device} {HW[0]}x{HW[1]}",
         per_point_s=per_point_s,

@@ -208,9 +208,9 @@ class SegmenterFront:
         t0 = time.perf_counter()
         text = self.text_embeddings(vocab)
         corr = cfg.attention.base == "corrclip"
-        regions, embeddings = (
-            self._region_maps([_uint8(r) for r in rgbs], given or [None] * len(rgbs)) if corr else (None, None)
-        )
+        if given is None:  # segment_stream: the configured source for every image (checked like segment_batch's)
+            given = self._given_regions(rgbs, None)
+        regions, embeddings = self._region_maps([_uint8(r) for r in rgbs], given) if corr else (None, None)
         max_batch = self.max_batch
         bar = None
         if progress:

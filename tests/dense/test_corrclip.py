@@ -394,6 +394,8 @@ def test_corrclip_mask_errors_before_model_work(tiny_clip, small_dino):
             seg.segment(img, classes=CLASSES, masks=m)
     with pytest.raises(ClipSamError, match="corr_mask_source='given'"):
         seg.segment(img, classes=CLASSES)
+    with pytest.raises(ClipSamError, match="corr_mask_source='given'"):
+        list(seg.segment_stream([img], classes=CLASSES))  # no silent all-unsegmented maps
     with pytest.raises(ClipSamError, match="one entry per image"):
         seg.segment_batch([img, img], classes=CLASSES, masks=[None])
     assert calls == []
