@@ -122,7 +122,7 @@ class TextStore:
         path = self.path(key)
         try:
             arr = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except Exception as e:  # truncated, not an .npy, an object array, unreadable
             self._distrust(path, f"it cannot be read ({type(e).__name__}: {e})")
