@@ -262,7 +262,7 @@ class Segmenter(SegmenterFront):
 
         self._check_tokens(vocab, self.tokenizer)
         show = self.text_progress if progress is None else bool(progress)
-        disk = self._text_disk_key(vocab)
+        disk = self.text_disk_key(vocab)
         stored = self.text_store.load(disk, (vocab.num_queries, _text_width(self.model))) if disk else None
         if stored is not None:
             emb = torch.from_numpy(stored).to(self.device)
@@ -283,8 +283,9 @@ class Segmenter(SegmenterFront):
         self.text_cache.put(key, emb)
         return emb
 
-    def _text_disk_key(self, vocab: Vocabulary) -> str | None:
-        """The vocabulary's file name in the disk cache (``clipsam.text_store.text_cache_key``), or None when off."""
+    def text_disk_key(self, vocab: Vocabulary) -> str | None:
+        """The vocabulary's key in the disk cache (``clipsam.text_store.text_cache_key``; the file is
+        ``text_store.path(key)``), or None when the disk cache is off. The weights are hashed on the first call."""
         if self.text_store is None:
             return None
         if self._weights_sha256 is None:
