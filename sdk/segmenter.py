@@ -262,8 +262,8 @@ class Segmenter(SegmenterFront):
 
         self._check_tokens(vocab, self.tokenizer)
         show = self.text_progress if progress is None else bool(progress)
-        disk = self.text_disk_key(vocab)
-        stored = self.text_store.load(disk, (vocab.num_queries, _text_width(self.model))) if disk else None
+        store, disk = self.text_store, self.text_disk_key(vocab)
+        stored = store.load(disk, (vocab.num_queries, _text_width(self.model))) if store and disk else None
         if stored is not None:
             emb = torch.from_numpy(stored).to(self.device)
         elif self._prompts.is_default:
@@ -278,8 +278,8 @@ class Segmenter(SegmenterFront):
                 (self.arch, self.weights_id),
             )
             emb = torch.from_numpy(emb).to(self.device)
-        if disk and stored is None:
-            self.text_store.save(disk, emb.cpu().numpy())
+        if store and disk and stored is None:
+            store.save(disk, emb.cpu().numpy())
         self.text_cache.put(key, emb)
         return emb
 

@@ -234,14 +234,14 @@ class EngineSegmenter(SegmenterFront):
             return emb
         self._check_tokens(vocab, self.text_encoder.tokenizer)
         show = self.text_progress if progress is None else bool(progress)
-        disk = None
-        if self.text_store is not None:
+        store, disk = self.text_store, None
+        if store is not None:
             clip = self.manifest.clip
             model = {k: clip.get(k) for k in ("arch", "weights_sha256", "quick_gelu")}
             model["precision"] = self.precision  # the clip_text graph is exported in the engine's precision
             disk = text_cache_key(model, vocab.queries, self.templates, self._prompts.key)
         width = self.manifest.clip.get("embed_dim")
-        stored = self.text_store.load(disk, (vocab.num_queries, width)) if self.text_store and disk else None
+        stored = store.load(disk, (vocab.num_queries, width)) if store and disk else None
         if stored is not None:
             emb = stored
         elif self._prompts.is_default:
@@ -255,8 +255,8 @@ class EngineSegmenter(SegmenterFront):
                 self.text_cache,
                 key[:1],
             )
-        if self.text_store is not None and disk and stored is None:
-            self.text_store.save(disk, emb)
+        if store and disk and stored is None:
+            store.save(disk, emb)
         self.text_cache.put(key, emb)
         return emb
 
