@@ -43,8 +43,11 @@ def encode_buckets(model, tokenizer, prompts: list[str], device, progress=None, 
     Every prompt appears in exactly one bucket; buckets come in order of increasing token length. Run inside
     ``torch.inference_mode()``.
     """
-    tokens = tokenizer(list(prompts))  # (N, context) int64 on the CPU: N x 77 x 8 bytes, no activations
-    for idx, n in length_buckets(tokens.argmax(dim=-1).numpy(), chunk):
+    tokens = tokenizer(list(prompts))  # (N, context) int64 on the CPU
+    eot = tokens.argmax(dim=-1).numpy()
+    if len(eot):
+        tokens = tokens[:, : int(eot.max()) + 1].clone()  # keep N x (longest prompt), not N x 77
+    for idx, n in length_buckets(eot, chunk):
         x = tokens[torch.from_numpy(idx), :n].to(device)
         yield idx, encode_tokens(model, x).float()
         if progress is not None:

@@ -31,7 +31,10 @@ class OrtTextEncoder:
     def buckets(self, prompts, bar=None):
         """Yield (indices (n,) int64, (n, C) float32 raw embeddings) per length bucket (``length_buckets``)."""
         tokens = self.tokenizer(list(prompts))  # (N, context) int64
-        for idx, n in length_buckets(tokens.argmax(axis=-1), self.chunk):
+        eot = tokens.argmax(axis=-1)
+        if len(eot):
+            tokens = tokens[:, : int(eot.max()) + 1].copy()  # keep N x (longest prompt), not N x 77
+        for idx, n in length_buckets(eot, self.chunk):
             out = self.session.run({"token_ids": np.ascontiguousarray(tokens[idx, :n])})["text_embeddings"]
             yield idx, out.astype(np.float32, copy=False)
             if bar is not None:
