@@ -8,6 +8,8 @@ Cases, one run, side by side (``Q`` classes x the openai80 templates):
     upstream   chunks of 256 prompts in input order through open_clip's ``encode_text`` on the full 77-token
                context, all raw embeddings kept, then normalise / mean / renormalise (what clipsam did before it
                truncated, and what the upstream method code does)
+    chunked    the same input-order chunks, each cut at its own longest EOT token (``encode_tokens``; clipsam's
+               path before length bucketing)
     bucketed   ``Segmenter.text_embeddings`` on a fresh segmenter: prompts sorted by length, each chunk of 256 cut
                at its own longest EOT token, reduced per query as chunks finish; includes hashing the weights and
                writing the disk-cache file (to a temporary folder)
@@ -19,7 +21,8 @@ Recorded per case (``extra_info``): ``encode_s``, prompt and token counts (``tok
 transformer processed), and ``peak_rss_mb``, the growth of the resident set during the call (Linux: freed heap
 returned with ``malloc_trim`` and the peak reset through ``/proc/self/clear_refs`` before the call;
 ``resource.getrusage`` in the fresh process for warm_disk). ``bucketed`` also records ``speedup`` over
-``upstream`` and the largest difference of the two results (fp32 rounding only: asserted <= 1e-5).
+``upstream`` (and ``speedup_vs_chunked``) and the largest difference of the results (fp32 rounding only: asserted
+<= 1e-5).
 
 Model: CLIPSAM_BENCH_CLIP (default ViT-B-16; the text tower is what runs), random weights (speed does not depend on
 them); Q: CLIPSAM_BENCH_TEXT_CLASSES (default 500: the shipped dataset vocabularies' names, then "small <name>");
@@ -36,6 +39,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,13 +110,17 @@ def _loaded():
     return _RESULTS["clip"]
 
 
-def upstream_encode(model, tokenizer, queries, templates, device) -> torch.Tensor:
-    """The "before" path: input-order chunks of 256, open_clip ``encode_text`` at 77 tokens, raw embeddings kept."""
+def upstream_encode(model, tokenizer, queries, templates, device, truncate: bool = False) -> torch.Tensor:
+    """The "before" path: input-order chunks of 256, open_clip ``encode_text`` at 77 tokens (``truncate``: each
+    chunk cut at its longest EOT, ``encode_tokens``), raw embeddings kept."""
+    from clipsam.dense.text import encode_tokens
+
+    encode = encode_tokens if truncate else (lambda m, t: m.encode_text(t))
     prompts = [t.format(q) for q in queries for t in templates]
     chunks = []
     with torch.inference_mode():
         for i in range(0, len(prompts), PROMPTS_PER_BATCH):
-            chunks.append(model.encode_text(tokenizer(prompts[i : i + PROMPTS_PER_BATCH]).to(device)).float())
+            chunks.append(encode(model, tokenizer(prompts[i : i + PROMPTS_PER_BATCH]).to(device)).float())
         f = torch.cat(chunks).view(len(queries), len(templates), -1)
         f = f / f.norm(dim=-1, keepdim=True)
         f = f.mean(dim=1)
@@ -154,7 +162,7 @@ def _info(case: str, prompts: int, tokens: int, encode_s: float | None, peak_mb)
     )
 
 
-@pytest.mark.parametrize("case", ["upstream", "bucketed"])
+@pytest.mark.parametrize("case", ["upstream", "chunked", "bucketed"])
 def test_first_encoding(benchmark, device_info, tmp_path, case):
     import open_clip
 
@@ -175,8 +183,8 @@ def test_first_encoding(benchmark, device_info, tmp_path, case):
         return (), {}
 
     def run():
-        if case == "upstream":
-            out = upstream_encode(state["seg"].model, tok, vocab.queries, templates, DEVICE)
+        if case in ("upstream", "chunked"):
+            out = upstream_encode(state["seg"].model, tok, vocab.queries, templates, DEVICE, case == "chunked")
         else:
             out = state["seg"].text_embeddings(vocab)
         if DEVICE == "cuda":
@@ -188,6 +196,10 @@ def test_first_encoding(benchmark, device_info, tmp_path, case):
     peak_mb = (_status("VmHWM:") - state["rss"]) / 1024 if state["rss"] is not None else None
     if case == "upstream":
         tokens = len(prompts) * int(tok.context_length)
+    elif case == "chunked":
+        tokens = sum(
+            len(c) * (int(c.max()) + 1) for c in np.split(eot, range(PROMPTS_PER_BATCH, len(eot), PROMPTS_PER_BATCH))
+        )
     else:
         tokens = sum(len(i) * n for i, n in length_buckets(eot, PROMPTS_PER_BATCH))
     stats = benchmark.stats.stats if benchmark.stats is not None else None
@@ -195,11 +207,14 @@ def test_first_encoding(benchmark, device_info, tmp_path, case):
     info = _info(case, len(prompts), tokens, encode_s, peak_mb)
     out = state["out"].float().cpu()
     _RESULTS[case] = (encode_s, out)
-    if case == "bucketed" and "upstream" in _RESULTS:
+    if case != "upstream" and "upstream" in _RESULTS:
         before_s, before = _RESULTS["upstream"]
         diff = float((out - before).abs().max())
         assert diff <= 1e-5, diff  # fp32 rounding only
         info.update(max_abs_diff=diff, speedup=before_s / encode_s if encode_s and before_s else None)
+    if case == "bucketed" and "chunked" in _RESULTS:
+        chunked_s = _RESULTS["chunked"][0]
+        info.update(speedup_vs_chunked=chunked_s / encode_s if encode_s and chunked_s else None)
     benchmark.extra_info.update(info, **device_info)
 
 
