@@ -235,3 +235,22 @@ def test_engines_and_pytorch_share_files(text_cache_dir, tiny_clip, engine_dir, 
     from_disk = _segmenter(tiny_clip).text_embeddings(other)
     assert not calls and np.array_equal(from_disk.numpy().view(np.uint32), from_engine.view(np.uint32))
     np.testing.assert_allclose(from_engine, torch_seg.text_embeddings(other).numpy(), atol=1e-6, rtol=0)
+
+
+def test_prompt_options_and_templates_get_their_own_files(text_cache_dir, tiny_clip, monkeypatch):
+    from clipsam import PromptConfig
+
+    seg = _segmenter(tiny_clip)
+    plain = seg.text_embeddings(["cat", "mouse", "tv monitor"])
+    prompted = seg.with_options(prompts=PromptConfig(context_prompts="default", disambiguate="default"))
+    other = prompted.text_embeddings(["cat", "mouse", "tv monitor"])
+    single = seg.with_options(templates="single")
+    assert single.templates != seg.templates
+    third = single.text_embeddings(["cat", "mouse", "tv monitor"])
+    assert len(_npy(text_cache_dir)) == 3
+    assert not torch.allclose(plain, other) and not torch.allclose(plain, third)
+    calls = _count_encoder_calls(monkeypatch)
+    fresh = Segmenter(tiny_clip, dense_config("sclip", None, templates=TEMPLATES))
+    fresh = fresh.with_options(prompts=PromptConfig(context_prompts="default", disambiguate="default"))
+    torch.testing.assert_close(fresh.text_embeddings(["cat", "mouse", "tv monitor"]), other, atol=0, rtol=0)
+    assert not calls
