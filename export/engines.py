@@ -17,7 +17,6 @@ table is printed and stored in the manifest, which is written last: a folder wit
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -40,22 +39,11 @@ from clipsam.engine.io_names import (
     dense_graphs,
 )
 from clipsam.errors import ConfigError
+from clipsam.hashing import state_dict_sha256
 
 from .component import export_component, format_table
 
 _PARTS_SFR = ("trunk", "pass1", "pass2")
-
-
-def state_dict_sha256(module) -> str:
-    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes), in key order."""
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _file_entry(path: Path) -> dict:

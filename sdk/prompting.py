@@ -238,8 +238,9 @@ def build_text_embeddings(
     """Query embeddings under a prompt configuration (steps in the module docstring), from any text encoder.
 
     Arguments:
-        embed: callable list[str] -> (n, E) float32 raw text embeddings (torch ``clipsam.text.embed_prompts`` or the
-            engines' ``OrtTextEncoder.embed_prompts``).
+        embed: callable list[str] -> (n, E) float32 raw text embeddings in input order (torch
+            ``clipsam.dense.text.embed_prompts`` or the engines' ``OrtTextEncoder.embed_prompts``; both encode in
+            length buckets).
         vocab: ``Vocabulary``.
         templates: format strings with one "{}".
         prompts: ``PromptConfig.resolve()``.

@@ -10,6 +10,7 @@ from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
 from .text import TextEmbeddingCache, resolve_templates
+from .text_store import resolve_text_store, text_cache_key
 from .vocabulary import Vocabulary
 
 CPU_OPS = ("compiled", "torch")  # clipsam.dense.ops.TorchOps on the CPU
@@ -78,11 +79,16 @@ class Segmenter(SegmenterFront):
         prompts: PromptConfig | None = None,
         dino=None,
         mask_sam2=None,
+        text_disk_cache=None,
+        text_progress: bool = False,
         cpu_ops: str = "compiled",
     ):
         import open_clip
 
         self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)
+        self.text_store = resolve_text_store(text_disk_cache)
+        self.text_progress = bool(text_progress)
+        self._weights_sha256: str | None = None  # of the model's state dict, taken at the first disk-cache lookup
         self.precision = precision
         self.cpu_ops = cpu_ops
         self.config = config
@@ -127,6 +133,8 @@ class Segmenter(SegmenterFront):
         prompts: PromptConfig | None = None,
         quick_gelu: bool | None = None,
         dino_weights: str | os.PathLike | None = "dino_vitb8",
+        text_disk_cache=None,
+        text_progress: bool = False,
         cpu_ops: str = "compiled",
         **overrides,
     ) -> Segmenter:
@@ -164,6 +172,11 @@ class Segmenter(SegmenterFront):
             dino_weights: ``method="corrclip"`` only: DINO ViT-B/8 weights, a local checkpoint (DINO's
                 ``dino_vitbase8_pretrain.pth`` or a timm state dict, loaded with weights_only=True), "dino_vitb8"
                 (the official file, downloaded when online) or None (random weights: tests; warns).
+            text_disk_cache: the on-disk text-embedding cache (``clipsam.text_store``), shared with engine folders of
+                the same weights: None (default: on, at ``$CLIPSAM_CACHE_DIR/text``, ``$XDG_CACHE_HOME/clipsam/text``
+                or ``~/.cache/clipsam/text``, unless ``CLIPSAM_TEXT_CACHE=0``), False (off), True (on) or a folder.
+            text_progress: show a progress bar on stderr while a large vocabulary's text is encoded (512 prompts
+                or more; the CLI shows it unless --no-progress).
             cpu_ops: on the CPU, "compiled" runs resampling, PAMR and SFR's S_hat in the compiled host kernels that
                 the ONNX Runtime engines share (default), "torch" in PyTorch's own ops (the reference; results
                 differ by float32 rounding, and by fp16 rounding in a few S_hat entries). Unused on CUDA.
@@ -197,6 +210,7 @@ class Segmenter(SegmenterFront):
                 "sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)"
             )
         _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)  # before any load
+        resolve_text_store(text_disk_cache)  # a bad setting (argument or CLIPSAM_TEXT_CACHE) too
         if sam2 is not None:
             from .refine.config import RefineConfig
             from .refine.sam2_backend import MODELS
@@ -234,6 +248,8 @@ class Segmenter(SegmenterFront):
             prompts=prompts,
             dino=dino,
             mask_sam2=sam2_model if corr else None,
+            text_disk_cache=text_disk_cache,
+            text_progress=text_progress,
             cpu_ops=cpu_ops,
         )
 
@@ -298,31 +314,62 @@ class Segmenter(SegmenterFront):
         return new
 
     # -- vocabulary and text ----------------------------------------------------------------------------
-    def text_embeddings(self, vocab: Vocabulary):
-        """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached."""
+    def text_embeddings(self, vocab: Vocabulary, progress: bool | None = None):
+        """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached in
+        memory and on disk (``text_disk_cache``). ``progress``: a bar on stderr while encoding (default: the
+        segmenter's ``text_progress``)."""
         from .dense.text import embed_prompts, encode_queries
 
         vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
-        if emb is None:
-            self._check_tokens(vocab, self.tokenizer)
-            if self._prompts.is_default:
-                emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device)
-            else:
-                import torch
+        if emb is not None:
+            return emb
+        import torch
 
-                emb = build_text_embeddings(
-                    lambda p: embed_prompts(self.model, self.tokenizer, p, self.device),
-                    vocab,
-                    self.templates,
-                    self._prompts,
-                    self.text_cache,
-                    (self.arch, self.weights_id),
-                )
-                emb = torch.from_numpy(emb).to(self.device)
-            self.text_cache.put(key, emb)
+        self._check_tokens(vocab, self.tokenizer)
+        show = self.text_progress if progress is None else bool(progress)
+        store, disk = self.text_store, self.text_disk_key(vocab)
+        stored = store.load(disk, (vocab.num_queries, _text_width(self.model))) if store and disk else None
+        if stored is not None:
+            emb = torch.from_numpy(stored).to(self.device)
+        elif self._prompts.is_default:
+            emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device, show)
+        else:
+            emb = build_text_embeddings(
+                lambda p: embed_prompts(self.model, self.tokenizer, p, self.device, show),
+                vocab,
+                self.templates,
+                self._prompts,
+                self.text_cache,
+                (self.arch, self.weights_id),
+            )
+            emb = torch.from_numpy(emb).to(self.device)
+        if store and disk and stored is None:
+            store.save(disk, emb.cpu().numpy())
+        self.text_cache.put(key, emb)
         return emb
+
+    def text_disk_key(self, vocab: Vocabulary) -> str | None:
+        """The vocabulary's key in the disk cache (``clipsam.text_store.text_cache_key``; the file is
+        ``text_store.path(key)``), or None when the disk cache is off. The weights are hashed on the first call."""
+        if self.text_store is None:
+            return None
+        if self._weights_sha256 is None:
+            from .hashing import state_dict_sha256
+
+            self._weights_sha256 = state_dict_sha256(self.model)
+        model = {"arch": self.arch, "weights_sha256": self._weights_sha256, "quick_gelu": self.quick_gelu}
+        model["precision"] = "fp32"  # text is encoded in fp32 whatever the image precision
+        return text_cache_key(model, vocab.queries, self.templates, self._prompts.key)
 
     def _backend_info(self) -> dict:
         return {"device": str(self.device)}
+
+
+def _text_width(model) -> int | None:
+    """E, the width of the text embeddings (the text projection's output), or None when the model has none."""
+    proj = getattr(model, "text_projection", None)
+    if proj is None:
+        return None
+    return int(proj.out_features if hasattr(proj, "out_features") else proj.shape[-1])

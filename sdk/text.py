@@ -2,13 +2,22 @@
 
 Each query is formatted with every template, encoded, L2-normalised, averaged over templates and renormalised
 (``docs/algorithms.md`` section 1): with open_clip in ``clipsam.dense.text``, with the exported graph in
-``clipsam.engine.text``. Embeddings are cached per (model, weights, queries, templates).
+``clipsam.engine.text``. Embeddings are cached per (model, weights, queries, templates) in memory here, and on disk
+in ``clipsam.text_store``.
+
+Both encoders batch prompts the same way (``length_buckets``): prompts are sorted by the position of their
+end-of-text token, cut into chunks of ``PROMPTS_PER_BATCH``, and every chunk is encoded only up to its own longest
+prompt. CLIP's text transformer is causal and pools at the EOT token, so the tokens after it cannot change the
+embedding: the result equals the full 77-token encoding up to fp32 rounding, at the cost of the prompts' real
+lengths (typically 8-16 tokens) instead of 77.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+
+import numpy as np
 
 from .data.templates import OPENAI_IMAGENET_TEMPLATES, OPENAI_SUBSET_TEMPLATES, SINGLE_TEMPLATE
 from .errors import ConfigError, InvalidTypeError
@@ -38,6 +47,24 @@ def resolve_templates(templates) -> tuple[str, ...]:
         if not isinstance(t, str) or t.count("{}") != 1:
             raise ConfigError(f"template {t!r} must be a string containing exactly one '{{}}' placeholder.")
     return tuple(templates)
+
+
+def length_buckets(eot: np.ndarray, chunk: int = PROMPTS_PER_BATCH) -> list[tuple[np.ndarray, int]]:
+    """Chunks of prompt indices in order of increasing EOT position, each with the tokens it needs.
+
+    Arguments:
+        eot: (N,) int position of every prompt's end-of-text token (its token count minus one).
+        chunk: most prompts per chunk.
+
+    Returns:
+        [(indices (n,) int64, length)], n <= chunk, where ``length`` = the chunk's largest EOT position + 1; the
+        chunks together hold every index once. The sort is stable, so equal lengths keep their input order.
+    """
+    eot = np.asarray(eot).reshape(-1)
+    if eot.size == 0:
+        return []
+    order = np.argsort(eot, kind="stable")
+    return [(idx, int(eot[idx].max()) + 1) for idx in np.split(order, range(chunk, len(order), chunk))]
 
 
 class TextEmbeddingCache:

@@ -4,6 +4,8 @@ SAM2.1 hiera-t, and exported engine folders (``tests/engines.py``), each built o
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -11,6 +13,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU-only tests, like open_clip's own
+# The on-disk text-embedding cache (clipsam.text_store) never writes into the user's home from the tests: it points at
+# a folder of this session, and is off unless a test turns it on (``text_cache_dir``), so that no test reads
+# embeddings another test (or backend) wrote.
+_CACHE_ROOT = tempfile.mkdtemp(prefix="clipsam-test-cache-")
+os.environ["CLIPSAM_CACHE_DIR"] = _CACHE_ROOT
+os.environ["CLIPSAM_TEXT_CACHE"] = "0"
 TESTS = Path(__file__).parent
 TINY_VIT = str(TESTS / "configs" / "clipsam-test-vit.json")
 
@@ -21,6 +29,19 @@ def _seed():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+
+
+@pytest.fixture
+def text_cache_dir(tmp_path, monkeypatch):
+    """The disk text cache on, in a fresh folder of this test (also for subprocesses, through the environment)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CLIPSAM_CACHE_DIR", str(root))
+    monkeypatch.setenv("CLIPSAM_TEXT_CACHE", "1")
+    return root / "text"
 
 
 @pytest.fixture(scope="session")

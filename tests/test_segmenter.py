@@ -61,6 +61,21 @@ def test_text_embeddings_are_cached(make_segmenter, chelsea_small, monkeypatch):
     assert len(calls) == 2
 
 
+def test_text_progress_bar_is_opt_in(tiny_clip, chelsea_small, capsys):
+    """A large vocabulary (10 classes x 80 templates): no bar unless asked for (``text_progress=True`` or
+    ``text_embeddings(..., progress=True)``), then one on stderr; the embeddings are the same either way."""
+    classes = [f"thing {i}" for i in range(10)]
+    quiet = Segmenter(tiny_clip, dense_config("sclip", None, short_side=32), text_disk_cache=False)
+    quiet.segment(chelsea_small, classes=classes)
+    assert "encoding text" not in capsys.readouterr().err
+    shown = Segmenter(tiny_clip, dense_config("sclip", None, short_side=32), text_disk_cache=False, text_progress=True)
+    emb = shown.text_embeddings(classes)
+    assert "clipsam: encoding text prompts" in capsys.readouterr().err
+    again = quiet.with_options().text_embeddings([f"thing {i}" for i in range(10, 20)], progress=True)
+    assert "clipsam: encoding text prompts" in capsys.readouterr().err and again.shape == emb.shape
+    torch.testing.assert_close(emb, quiet.text_embeddings(classes), atol=0, rtol=0)
+
+
 def test_segment_batch_equals_single_calls(make_segmenter, chelsea_small):
     seg = make_segmenter("naclip", "voc21", **FAST)
     imgs = [chelsea_small, chelsea_small[:, ::-1].copy(), Image.fromarray(chelsea_small[:60])]

@@ -30,7 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--suite",
         action="append",
         default=None,
-        help="suite name: benchmarks/bench_<suite>.py (repeatable; 'all' for every suite; default: pipeline)",
+        help="suite name: benchmarks/bench_<suite>.py (repeatable; 'all' for every suite; default: pipeline and vocabulary)",
     )
     be.add_argument(
         "--smoke", action="store_true", help="tiny model and images: checks the suites run, times nothing real"
@@ -120,7 +120,7 @@ def scaling_table(benches: list[dict]) -> list[str]:
 def cmd_bench(args: argparse.Namespace) -> int:
     bdir = _benchmarks_dir(args.benchmarks_dir)
     files = []
-    suites = args.suite or ["pipeline"]
+    suites = args.suite or ["pipeline", "vocabulary"]
     if "all" in suites:
         suites = sorted(p.stem[len("bench_") :] for p in bdir.glob("bench_*.py"))
     for suite in suites:

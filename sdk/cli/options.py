@@ -54,6 +54,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     g.add_argument(
+        "--no-text-cache",
+        action="store_true",
+        help="do not read or write the on-disk text-embedding cache (default location: $CLIPSAM_CACHE_DIR/text, "
+        "$XDG_CACHE_HOME/clipsam/text or ~/.cache/clipsam/text; CLIPSAM_TEXT_CACHE=0 also turns it off)",
+    )
+    g.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
         default=None,
@@ -293,6 +299,9 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
     preset = getattr(args, "preset", None) if preset is dataclasses.MISSING else preset
     opt = {k: getattr(args, k, None) for k in ("refine", "sam2_weights", "max_batch", "max_memory_mb")}
     kwargs = prompt_options(args)
+    kwargs["text_progress"] = not getattr(args, "no_progress", False)  # a bar while a large vocabulary is encoded
+    if getattr(args, "no_text_cache", False):
+        kwargs["text_disk_cache"] = False
     if getattr(args, "engines", None):
         from ..segmenter import Segmenter
 

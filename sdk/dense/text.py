@@ -1,7 +1,10 @@
 """Text embeddings with open_clip (the PyTorch backend): prompts -> unit query embeddings.
 
-Each query is formatted with every template, encoded in chunks of ``PROMPTS_PER_BATCH`` prompts, L2-normalised,
-averaged over templates and renormalised (``docs/algorithms.md`` section 1).
+Each query is formatted with every template; all prompts are tokenized, sorted by length and encoded in chunks of
+``PROMPTS_PER_BATCH``, each chunk cut after its own longest end-of-text token (``clipsam.text.length_buckets``).
+Each embedding is L2-normalised and added to its query's sum as its chunk finishes, so working memory is one
+chunk's activations plus (Q, E) sums; the sums are averaged over templates and renormalised (``docs/algorithms.md``
+section 1).
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..text import PROMPTS_PER_BATCH
+from ..progress import text_bar
+from ..text import PROMPTS_PER_BATCH, length_buckets
 from ..vocabulary import Vocabulary
 
 
@@ -33,20 +37,52 @@ def encode_tokens(model, tokens):
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
-def embed_prompts(model, tokenizer, prompts: list[str], device) -> np.ndarray:
-    """(len(prompts), E) float32 raw (unnormalised) text embeddings as numpy, in chunks of 256 prompts.
+def encode_buckets(model, tokenizer, prompts: list[str], device, progress=None, chunk: int = PROMPTS_PER_BATCH):
+    """Yield (indices (n,) int64 numpy, (n, E) float32 raw embeddings on ``device``) per length bucket.
+
+    Every prompt appears in exactly one bucket; buckets come in order of increasing token length. Run inside
+    ``torch.inference_mode()``.
+    """
+    tokens = tokenizer(list(prompts))  # (N, context) int64 on the CPU
+    eot = tokens.argmax(dim=-1).numpy()
+    if len(eot):
+        tokens = tokens[:, : int(eot.max()) + 1].clone()  # keep N x (longest prompt), not N x 77
+    for idx, n in length_buckets(eot, chunk):
+        x = tokens[torch.from_numpy(idx), :n].to(device)
+        yield idx, encode_tokens(model, x).float()
+        if progress is not None:
+            progress.update(len(idx))
+
+
+def embed_prompts(
+    model, tokenizer, prompts: list[str], device, progress: bool = False, chunk: int = PROMPTS_PER_BATCH
+) -> np.ndarray:
+    """(len(prompts), E) float32 raw (unnormalised) text embeddings as numpy, in input order (length-bucketed).
 
     The encoder of ``clipsam.prompting.build_text_embeddings`` (context prompts, descriptions) on PyTorch.
     """
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(prompts), PROMPTS_PER_BATCH):
-            tokens = tokenizer(list(prompts[i : i + PROMPTS_PER_BATCH])).to(device)
-            chunks.append(encode_tokens(model, tokens).float().cpu())
-    return torch.cat(chunks).numpy()
+    out = None
+    bar = text_bar(len(prompts), progress)
+    try:
+        with torch.inference_mode():
+            for idx, f in encode_buckets(model, tokenizer, prompts, device, bar, chunk):
+                if out is None:
+                    out = np.empty((len(prompts), f.shape[-1]), np.float32)
+                out[idx] = f.cpu().numpy()
+    finally:
+        bar.close()
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
-def encode_queries(model, tokenizer, vocab: Vocabulary, templates: tuple[str, ...], device) -> torch.Tensor:
+def encode_queries(
+    model,
+    tokenizer,
+    vocab: Vocabulary,
+    templates: tuple[str, ...],
+    device,
+    progress: bool = False,
+    chunk: int = PROMPTS_PER_BATCH,
+) -> torch.Tensor:
     """Template-ensembled text embeddings.
 
     Arguments:
@@ -54,17 +90,25 @@ def encode_queries(model, tokenizer, vocab: Vocabulary, templates: tuple[str, ..
         tokenizer: callable list[str] -> (n, context) int64 token ids.
         vocab: the vocabulary; every query is encoded.
         templates: format strings with one "{}".
+        device: where the encoder runs.
+        progress: a progress bar on stderr (``clipsam.progress.text_bar``: large vocabularies only).
+        chunk: most prompts per encoder call.
 
     Returns:
         (Q, E) float32 tensor of unit-norm query embeddings on ``device``.
     """
     prompts = [t.format(q) for q in vocab.queries for t in templates]
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(prompts), PROMPTS_PER_BATCH):
-            tokens = tokenizer(prompts[i : i + PROMPTS_PER_BATCH]).to(device)
-            chunks.append(encode_tokens(model, tokens).float())
-        f = torch.cat(chunks).view(len(vocab.queries), len(templates), -1)
-        f = f / f.norm(dim=-1, keepdim=True)
-        f = f.mean(dim=1)
-        return f / f.norm(dim=-1, keepdim=True)
+    bar = text_bar(len(prompts), progress)
+    try:
+        with torch.inference_mode():
+            owner = torch.arange(len(vocab.queries), device=device).repeat_interleave(len(templates))
+            total = None  # (Q, E) sums of unit embeddings, filled as the chunks finish
+            for idx, f in encode_buckets(model, tokenizer, prompts, device, bar, chunk):
+                if total is None:
+                    total = torch.zeros(len(vocab.queries), f.shape[-1], device=device)
+                total.index_add_(0, owner[torch.from_numpy(idx).to(device)], f / f.norm(dim=-1, keepdim=True))
+            assert total is not None  # a Vocabulary has a query and resolve_templates a template
+            mean = total / len(templates)
+            return mean / mean.norm(dim=-1, keepdim=True)
+    finally:
+        bar.close()

@@ -26,6 +26,7 @@ from ..ops.sfr import LinspaceTable
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..text import TextEmbeddingCache
+from ..text_store import resolve_text_store, text_cache_key
 from ..vocabulary import Vocabulary
 from .dense import OrtBackend
 from .manifest import check_request, load_host_constants, load_manifest, load_tokenizer, verify_files
@@ -59,6 +60,9 @@ class EngineSegmenter(SegmenterFront):
         templates: template set or list, overriding the export's.
         prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions + TSE), run on the
             ``clip_text`` graph with the same numpy arithmetic as the PyTorch pipeline.
+        text_disk_cache: the on-disk text-embedding cache, shared with ``Segmenter`` on the same weights
+            (``clipsam.text_store``): None (on unless ``CLIPSAM_TEXT_CACHE=0``), False, True or a folder.
+        text_progress: a progress bar on stderr while a large vocabulary's text is encoded.
         overrides: host-side DenseConfig fields (short_side, slide_crop, scales, flip, prob_thd, pamr_iters, ...).
     """
 
@@ -89,8 +93,12 @@ class EngineSegmenter(SegmenterFront):
         templates=None,
         text_cache_size: int = 64,
         prompts: PromptConfig | None = None,
+        text_disk_cache=None,
+        text_progress: bool = False,
         **overrides,
     ):
+        self.text_store = resolve_text_store(text_disk_cache)
+        self.text_progress = bool(text_progress)
         self.manifest = m = load_manifest(folder)
         verify_files(m, check_hash=verify)
         if templates is not None:
@@ -216,20 +224,40 @@ class EngineSegmenter(SegmenterFront):
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
-    def text_embeddings(self, vocab: Vocabulary) -> np.ndarray:
-        """(Q, C) float32 unit query embeddings, computed once per vocabulary and cached."""
+    def text_embeddings(self, vocab: Vocabulary, progress: bool | None = None) -> np.ndarray:
+        """(Q, C) float32 unit query embeddings, computed once per vocabulary, cached in memory and on disk.
+        ``progress``: a bar on stderr while encoding (default: the segmenter's ``text_progress``)."""
         vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.manifest.clip.get("weights_sha256"), vocab.queries, self.templates, self._prompts.key)
         emb = self.text_cache.get(key)
-        if emb is None:
-            self._check_tokens(vocab, self.text_encoder.tokenizer)
-            if self._prompts.is_default:
-                emb = self.text_encoder.encode(vocab.queries, self.templates)
-            else:
-                emb = build_text_embeddings(
-                    self.text_encoder.embed_prompts, vocab, self.templates, self._prompts, self.text_cache, key[:1]
-                )
-            self.text_cache.put(key, emb)
+        if emb is not None:
+            return emb
+        self._check_tokens(vocab, self.text_encoder.tokenizer)
+        show = self.text_progress if progress is None else bool(progress)
+        store, disk = self.text_store, None
+        if store is not None:
+            clip = self.manifest.clip
+            model = {k: clip.get(k) for k in ("arch", "weights_sha256", "quick_gelu")}
+            model["precision"] = self.precision  # the clip_text graph is exported in the engine's precision
+            disk = text_cache_key(model, vocab.queries, self.templates, self._prompts.key)
+        width = self.manifest.clip.get("embed_dim")
+        stored = store.load(disk, (vocab.num_queries, width)) if store and disk else None
+        if stored is not None:
+            emb = stored
+        elif self._prompts.is_default:
+            emb = self.text_encoder.encode(vocab.queries, self.templates, show)
+        else:
+            emb = build_text_embeddings(
+                lambda p: self.text_encoder.embed_prompts(p, show),
+                vocab,
+                self.templates,
+                self._prompts,
+                self.text_cache,
+                key[:1],
+            )
+        if store and disk and stored is None:
+            store.save(disk, emb)
+        self.text_cache.put(key, emb)
         return emb
 
     def _backend_info(self) -> dict:

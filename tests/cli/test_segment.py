@@ -364,3 +364,21 @@ def test_segment_rfclip_and_corrclip(photo, tmp_path, capsys, monkeypatch):
         assert message in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "small.png"), "--out", str(out), *common, "--mask-source", "none"]) == 2
     assert "--method corrclip only" in capsys.readouterr().err
+
+
+def test_text_progress_bar_and_disk_cache_flag(photo, tmp_path, monkeypatch):
+    """A large vocabulary (12 classes x 80 templates) shows the text bar on stderr and fills the disk cache; with
+    --no-progress --no-text-cache neither happens. (The API shows none by default: tests/test_segmenter.py.)"""
+    small = tmp_path / "small.png"
+    Image.open(photo).resize((64, 48)).save(small)
+    classes = ", ".join(f"thing {i}" for i in range(12))
+    common = ["segment", str(small), "--classes", classes, "--random-weights", "--clip", TINY_VIT, "--method", "sclip"]
+    monkeypatch.setenv("CLIPSAM_TEXT_CACHE", "1")
+    monkeypatch.setenv("CLIPSAM_CACHE_DIR", str(tmp_path / "cache"))
+    proc = run(*common, "--out", str(tmp_path / "a"))
+    assert "clipsam: encoding text prompts" in proc.stderr and "960" in proc.stderr
+    assert len(list((tmp_path / "cache" / "text").glob("*.npy"))) == 1
+    monkeypatch.setenv("CLIPSAM_CACHE_DIR", str(tmp_path / "cache2"))
+    proc = run(*common, "--out", str(tmp_path / "b"), "--no-progress", "--no-text-cache")
+    assert "encoding text" not in proc.stderr
+    assert not (tmp_path / "cache2").exists()
