@@ -482,3 +482,33 @@ def test_warmup_with_given_masks(tiny_clip, small_dino):
     seg = _segmenter(tiny_clip, small_dino)  # corr_mask_source="given": every call needs masks
     done = seg.warmup(classes=CLASSES, sizes=[(60, 80)])
     assert done["sizes"] == [[60, 80]]
+
+
+def test_from_pretrained_wires_dino_and_one_sam2():
+    """``from_pretrained``: DINO ViT-B/8 (random), one SAM2 for the automatic masks, ``refine=False`` (no refinement),
+    end to end on a small image."""
+    import warnings
+
+    from ..conftest import TINY_VIT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter.from_pretrained(
+            TINY_VIT,
+            None,
+            method="corrclip",
+            preset=None,
+            dino_weights=None,
+            sam2="sam2.1_hiera_t",
+            sam2_random_weights=True,
+            refine=False,
+            corr_amg_points_per_side=2,
+            short_side=112,
+            slide_crop=112,
+            slide_stride=112,
+            templates=("a photo of a {}.",),
+        )
+    assert seg.refiner is None and seg.mask_sam2 is not None and seg.automask.refiner is seg.mask_sam2
+    assert len(seg.dino.blocks) == 12 and seg.dino.pos_embed.shape[1] == 785  # ViT-B/8
+    res = seg.segment(_image(60, 80), classes=CLASSES)
+    assert res.labels.shape == (60, 80) and "refine" not in res.info
