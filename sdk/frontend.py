@@ -255,7 +255,12 @@ class SegmenterFront:
         finally:
             if bar is not None:
                 bar.close()
-        return self._results(rgbs, vocab, dense, t0, self._info(max_batch), embeddings)
+        results = self._results(rgbs, vocab, dense, t0, self._info(max_batch), embeddings)
+        if regions is not None and given is not None:  # where each image's regions came from, and how many
+            source = self.config.corrclip.corr_mask_source
+            for res, g, ids in zip(results, given, regions):
+                res.info["corrclip"] = {"masks": "given" if g is not None else source, "regions": int(ids.max())}
+        return results
 
     # -- front-end hooks --------------------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary):

@@ -512,3 +512,6 @@ def test_from_pretrained_wires_dino_and_one_sam2():
     assert len(seg.dino.blocks) == 12 and seg.dino.pos_embed.shape[1] == 785  # ViT-B/8
     res = seg.segment(_image(60, 80), classes=CLASSES)
     assert res.labels.shape == (60, 80) and "refine" not in res.info
+    assert res.info["corrclip"]["masks"] == "sam2" and res.info["corrclip"]["regions"] >= 0
+    given = seg.segment(_image(60, 80), classes=CLASSES, masks=[np.ones((60, 80), bool)])
+    assert given.info["corrclip"] == {"masks": "given", "regions": 1}
