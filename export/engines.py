@@ -107,6 +107,26 @@ def _host_constants(path: Path, visual, max_grid: int) -> None:
     )
 
 
+# methods whose encoders have no exported graphs yet: what is missing, said before any model loads
+_NOT_EXPORTABLE = {
+    "rfclip": "RF-CLIP's encoder (a kk attention map kept from every block, the feature denoising after every "
+    "block, the enhanced value-only last block) and its runtime steps (query clustering, image-adaptive text, "
+    "global-semantics weighting) have no exported graph yet",
+    "corrclip": "CorrCLIP needs a DINO ViT-B/8 graph, the region-dependent last block (mask merging, scoped value "
+    "attention, mask class tokens) and the SAM2 automatic-mask step on the SAM2 graphs, none of which is exported "
+    "yet",
+}
+
+
+def _check_exportable(base: str) -> None:
+    """``ConfigError`` for a method ``export_engines`` cannot export (no engine that computes something else)."""
+    if base in _NOT_EXPORTABLE:
+        raise ConfigError(
+            f"clipsam export cannot export method {base!r}: {_NOT_EXPORTABLE[base]}. Run it with the PyTorch "
+            f"backend (Segmenter.from_pretrained(method={base!r}), or clipsam segment without --engines)."
+        )
+
+
 def export_engines(
     out,
     *,
@@ -179,6 +199,7 @@ def export_engines(
     ) + ((("max_batch", max_batch),) if max_batch is not None else ()):
         positive_int(value, name)
     cfg = dense_config(method, preset, **overrides)
+    _check_exportable(cfg.attention.base)
     resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
     _prepare(out, overwrite)

@@ -7,6 +7,8 @@
     schedule     resizing, sliding windows and the multi-scale / flip ensemble
     post         logits to labels: temperature, thresholds, optional output PAMR
     calibration  optional visual calibration (ExCEL SVC, kNN)
+    rfclip       RF-CLIP's settings (``clipsam.method_config``; used when attention.base == "rfclip")
+    corrclip     CorrCLIP's settings (``clipsam.method_config``; used when attention.base == "corrclip")
 
 ``dense_config(method, preset, **overrides)`` returns the reference configuration of a method on a dataset
 (``docs/algorithms.md``, "Presets"). Overrides and ``DenseConfig.replace`` take the flat field names of the groups
@@ -22,9 +24,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
+from .config_kinds import check_fields
 from .errors import ConfigError
+from .method_config import FIELD_KINDS as _METHOD_FIELD_KINDS
+from .method_config import CorrClipConfig, RFClipConfig
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -44,14 +47,16 @@ def positive_number(value: Any, name: str) -> float:
 
 MULTI_SCALE_5 = (0.5, 0.75, 1.0, 1.25, 1.5)  # the named multi-scale setting; paper presets stay single-scale
 
-Base = Literal["clip", "sclip", "clearclip", "naclip"]
+Base = Literal["clip", "sclip", "clearclip", "naclip", "rfclip", "corrclip"]
 PathCheck = Literal["prefix", "full", "none"]
 Blur = Literal["raster", "2d"]
 Upsample = Literal["two_step", "one_step"]
 Combine = Literal["prob_mean", "weighted", "logit_mean"]
 Calibration = Literal["none", "excel", "knn"]
 
-BASES: tuple[str, ...] = ("clip", "sclip", "clearclip", "naclip")
+# rfclip and corrclip are whole encoders of their own (clipsam.dense.rfclip, clipsam.dense.corrclip), not
+# last-block variants of DenseEncoder; their settings are the rfclip / corrclip groups
+BASES: tuple[str, ...] = ("clip", "sclip", "clearclip", "naclip", "rfclip", "corrclip")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -73,6 +78,7 @@ _FIELD_KINDS = {
             "pamr_iters",
             "calibration_blocks",
             "knn_k",
+            "pad_multiple",
         ),
         "int",
     ),
@@ -85,56 +91,24 @@ _FIELD_KINDS = {
     "preset": "str?",
     "templates": "templates",
     **dict.fromkeys(("base", "sfr_path_check", "sfr_blur", "upsample", "combine", "calibration", "method"), "str"),
-}
-_KIND_TEXT = {
-    "bool": "True or False",
-    "int": "an integer",
-    "ints": "a tuple of integers",
-    "real": "a number",
-    "reals": "a tuple of numbers",
-    "str": "a string",
-    "templates": "a template-set name or a list of strings",
+    **_METHOD_FIELD_KINDS,
 }
 _GROUP_NAMES = {"mode": "calibration", "blocks": "calibration_blocks"}  # CalibrationConfig field -> option name
 
 
-def _is_kind(value: Any, kind: str) -> bool:
-    def integer(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-    def real(v):
-        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-    if kind.endswith("?"):
-        return value is None or _is_kind(value, kind[:-1])
-    if kind == "bool":
-        return isinstance(value, (bool, np.bool_))
-    if kind in ("int", "real", "str"):
-        return {"int": integer, "real": real, "str": lambda v: isinstance(v, str)}[kind](value)
-    if kind == "templates":
-        return isinstance(value, str) or (isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value))
-    check = integer if kind == "ints" else real
-    return isinstance(value, (tuple, list)) and all(check(v) for v in value)
-
-
 def _check_types(obj: Any) -> None:
     """ConfigError naming the option when a field of ``obj`` (a group or DenseConfig) has the wrong type."""
-    for f in dataclasses.fields(obj):
-        if isinstance(obj, DenseConfig) and f.name in _GROUPS:
-            continue  # the groups check themselves
-        name = _GROUP_NAMES.get(f.name, f.name) if isinstance(obj, CalibrationConfig) else f.name
-        kind = _FIELD_KINDS.get(name)
-        value = getattr(obj, f.name)
-        if kind is not None and not _is_kind(value, kind):
-            text = _KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
-            raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
+    if isinstance(obj, DenseConfig):
+        check_fields(obj, _FIELD_KINDS, skip=_GROUPS)
+    else:
+        check_fields(obj, _FIELD_KINDS, rename=_GROUP_NAMES if isinstance(obj, CalibrationConfig) else None)
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
     """The last-block attention. Every field is baked into the exported dense graphs."""
 
-    base: Base = "naclip"  # clip | sclip | clearclip | naclip
+    base: Base = "naclip"  # clip | sclip | clearclip | naclip | rfclip | corrclip (own encoders)
     residual: bool = False  # last block keeps residual + FFN ('w_resi': clip, sclip) or not ('wo_resi')
     rcs: bool = True  # ResCLIP residual cross-correlation attention
     rcs_layers: tuple[int, ...] = (5, 6, 7, 8)  # 0-based trunk blocks averaged for A_c (blocks 6-9)
@@ -177,6 +151,7 @@ class ScheduleConfig:
     slide_crop: int = 0  # 0: one pass over the whole image; else square crop size in pixels
     slide_stride: int = 112
     pad_crops: bool = False  # pad windows to a patch multiple with zeros (ClearCLIP) instead of dropping the remainder
+    pad_multiple: int = 0  # with pad_crops: pad to a multiple of this many pixels instead (0: the patch; CorrCLIP 56)
     upsample: Upsample = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (grid -> original)
     scales: tuple[float, ...] = (1.0,)  # multi-scale ensemble: short/long sides times each scale (MULTI_SCALE_5)
     scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
@@ -191,6 +166,8 @@ class ScheduleConfig:
             raise ConfigError("slide_crop must be >= 0 and slide_stride > 0 when sliding")
         if self.short_side <= 0 or self.long_side <= 0:
             raise ConfigError("short_side and long_side must be positive")
+        if self.pad_multiple < 0:
+            raise ConfigError(f"pad_multiple must be >= 0 (0: the patch size), got {self.pad_multiple}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
         if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
@@ -247,6 +224,8 @@ _GROUPS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "post": PostConfig,
     "calibration": CalibrationConfig,
+    "rfclip": RFClipConfig,
+    "corrclip": CorrClipConfig,
 }
 # flat option name -> (group, field); the calibration group's fields keep their historical flat names
 _FLAT: dict[str, tuple[str, str]] = {f.name: (g, f.name) for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
@@ -264,6 +243,8 @@ class DenseConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     post: PostConfig = field(default_factory=PostConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    rfclip: RFClipConfig = field(default_factory=RFClipConfig)
+    corrclip: CorrClipConfig = field(default_factory=CorrClipConfig)
     templates: tuple[str, ...] | str = "openai80"  # template-set name or explicit templates
     vocabulary: str | None = "voc21"  # built-in vocabulary of the preset (None: classes must be given)
     preset: str | None = None  # name of the preset this config came from (informational)
@@ -281,6 +262,24 @@ class DenseConfig:
                 "calibration='excel' replaces the method's last block with ExCEL's second attention path, "
                 "so ResCLIP's RCS and SFR cannot apply: use method 'naclip', 'sclip', 'clearclip' or "
                 "'clip' with it, or calibration='knn', which works with every method"
+            )
+        att = self.attention
+        if att.base in ("rfclip", "corrclip"):
+            if att.rcs or att.sfr or att.residual:
+                raise ConfigError(
+                    f"base={att.base!r} is a whole method with its own last block: ResCLIP's RCS/SFR and "
+                    "the residual last block do not apply (set rcs=False, sfr=False, residual=False, or "
+                    f"use method={att.base!r})"
+                )
+            if self.calibration.mode != "none":
+                raise ConfigError(
+                    f"calibration={self.calibration.mode!r} changes DenseEncoder's last block, which "
+                    f"{att.base!r} does not use: use calibration='none' with it"
+                )
+        if att.base == "corrclip" and self.schedule.slide_crop == 0:
+            raise ConfigError(
+                "corrclip runs sliding windows, as upstream (its presets use slide_crop=336, Cityscapes "
+                "224); slide_crop=0 (one window over the whole image) is not supported: set slide_crop"
             )
 
     def __getattr__(self, name: str) -> Any:
@@ -348,6 +347,8 @@ METHODS: dict[str, tuple[str, bool, bool, str]] = {
     "resclip": ("naclip", False, True, "resclip"),
     "resclip_sclip": ("sclip", True, True, "resclip"),
     "resclip_clearclip": ("clearclip", False, True, "resclip"),
+    "rfclip": ("rfclip", False, False, "rfclip"),
+    "corrclip": ("corrclip", False, False, "corrclip"),
 }
 
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff164k", "cityscapes", "ade20k")
@@ -366,12 +367,54 @@ _RESCLIP = dict(
     ade20k=(0.25, (2.0, 0.3), (2.1, 0.7)),
 )
 _WHOLE_IMAGE = ("voc21", "voc20")  # NACLIP and ResCLIP run these without sliding
+# RF-CLIP (configs/cfg_*.py at c2b333e): prob_thd, global_semantics_weight, mean_vector_weight, h_threshold, whole image
+_RFCLIP = dict(
+    voc21=(0.1, 0.10, 0.03, 0.10, True),
+    context60=(0.1, 0.25, 0.04, 0.09, False),
+    coco_object=(0.1, 0.25, 0.01, 0.10, False),
+    voc20=(0.0, 0.40, 0.02, 0.10, False),
+    context59=(0.0, 0.25, 0.04, 0.09, False),
+    coco_stuff164k=(0.0, 0.20, 0.02, 0.02, True),
+    cityscapes=(0.0, 0.10, 0.03, 0.14, False),
+    ade20k=(0.0, 0.30, 0.05, 0.06, False),
+)
+# CorrCLIP v1 (CorrCLIPv1/configs/cfg_*.py): prob_thd; short side 448 and crop 224 where noted in _corrclip_schedule
+_CORRCLIP_PROB = dict(voc21=0.2, context60=0.15, coco_object=0.25)
+
+
+def _method_preset(family: str, ds: str) -> dict[str, Any]:
+    """RF-CLIP's and CorrCLIP's per-dataset settings (``docs/algorithms.md`` sections 15.6 and 16.8)."""
+    if family == "rfclip":
+        prob, gw, alpha, h, whole = _RFCLIP[ds]
+        return dict(
+            short_side=560 if ds == "cityscapes" else 336,
+            slide_crop=0 if whole else 224,
+            slide_stride=112,
+            logit_scale=40.0,
+            prob_thd=prob,
+            rf_global_weight=gw,
+            rf_text_alpha=alpha,
+            rf_cluster_threshold=h,
+            rf_global_source="window" if ds == "cityscapes" else "image",
+        )
+    return dict(
+        short_side=448 if ds in ("cityscapes", "ade20k") else 336,
+        slide_crop=224 if ds == "cityscapes" else 336,
+        slide_stride=112,
+        pad_crops=True,
+        pad_multiple=56,
+        logit_scale=40.0,
+        prob_thd=_CORRCLIP_PROB.get(ds, 0.0),
+        vocabulary=f"{ds}_corrclip",
+    )
 
 
 def _preset(method: str, ds: str) -> DenseConfig:
     base, residual, res, family = METHODS[method]
     kw: dict[str, Any] = dict(base=base, residual=residual, rcs=res, sfr=res, preset=ds, method=method, vocabulary=ds)
-    if family == "clearclip":
+    if family in ("rfclip", "corrclip"):
+        kw.update(_method_preset(family, ds))
+    elif family == "clearclip":
         # ClearCLIP's whole-image path (slide_crop=0, unused by its presets) resizes the grid to the original size
         # in one step, as SCLIP's does (upstream forward_feature(inputs, ori_shape))
         kw.update(

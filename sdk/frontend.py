@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import DenseConfig, positive_int
-from .errors import InvalidTypeError, VocabularyError
+from .errors import InvalidInputError, InvalidTypeError, VocabularyError
+from .masks import attach_regions, instance_map, mask_vote, per_image, resize_nearest
 from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
 from .preprocess import load_image, preprocess
 from .prompting import PromptConfig
@@ -40,6 +41,7 @@ class SegmenterFront:
     max_batch: int
     max_memory_mb: float | None
     refiner: Any  # a clipsam.refine.refiner.Refiner, or None
+    automask: Any = None  # CorrCLIP's SAM2 automatic masks (clipsam.refine.automask.AutoMaskGenerator), or None
     refine_config: RefineConfig | None
     arch: str | None
     weights_id: str | None
@@ -96,29 +98,74 @@ class SegmenterFront:
             raise VocabularyError("no classes given and " + self._no_vocabulary)
         return builtin_vocabulary(self.config.vocabulary)
 
-    def segment(self, image, classes=None, class_file=None) -> SegmentationResult:
+    def segment(self, image, classes=None, class_file=None, masks=None) -> SegmentationResult:
         """Segment one image.
 
         Arguments:
             image: file path, PIL image, numpy HxWx3/HxW/HxWx4 (uint8 or float in [0, 1]) or tensor CxHxW.
             classes: list of names (or of synonym lists), or "cat, sofa, floor"; default: the preset's.
             class_file: path of a class file (one class per line, synonyms separated by ", ").
+            masks: ``method="corrclip"`` only: the image's region masks at its original size, an (H, W) integer
+                instance map (0 = unsegmented) or boolean masks ((M, H, W) array or list of (H, W) arrays); None:
+                the configured source (``corr_mask_source``: SAM2 automatic masks by default).
 
         Returns:
             SegmentationResult with labels (H, W) int32 and scores (H, W) float32.
         """
-        return self.segment_batch([image], classes, class_file)[0]
+        return self.segment_batch([image], classes, class_file, masks=None if masks is None else [masks])[0]
 
-    def segment_batch(self, images, classes=None, class_file=None, progress: bool = False) -> list[SegmentationResult]:
+    def segment_batch(
+        self, images, classes=None, class_file=None, progress: bool = False, masks=None
+    ) -> list[SegmentationResult]:
         """Segment images with one vocabulary; windows of all images share encoder batches.
 
         ``images`` is a list or any iterable of images, or an (N, H, W, C) array / (N, C, H, W) tensor. Results are
-        in input order and equal to segmenting each image alone.
+        in input order and equal to segmenting each image alone. ``masks`` (``method="corrclip"``): None, or a list
+        with one entry per image (``segment``'s ``masks``, or None for the configured source).
         """
         images = list(_image_iter(images, "segment_batch"))
         vocab = self.vocabulary(classes, class_file)
         rgbs = [load_image(img, what=f"image {i}" if len(images) > 1 else "image") for i, img in enumerate(images)]
-        return self._run(rgbs, vocab, progress) if rgbs else []
+        given = self._given_regions(rgbs, masks)
+        return self._run(rgbs, vocab, progress, given) if rgbs else []
+
+    def _given_regions(self, rgbs: list[np.ndarray], masks) -> list[np.ndarray | None]:
+        """The user's masks as instance maps (None where the configured source applies), checked before any model
+        work: wrong types, shapes, dtypes and empty masks, and masks for a method that does not use them."""
+        cfg = self.config
+        if masks is not None and cfg.attention.base != "corrclip":
+            raise InvalidInputError(
+                f"masks= is used by method='corrclip' only; this segmenter runs {cfg.method!r}. Drop masks=, or "
+                "build with method='corrclip'"
+            )
+        given = per_image(masks, len(rgbs))
+        order = cfg.corrclip.corr_paint_order
+        out = [
+            None if m is None else instance_map(m, rgb.shape[:2], order, f"masks of image {i}")
+            for i, (m, rgb) in enumerate(zip(given, rgbs))
+        ]
+        if (
+            cfg.attention.base == "corrclip"
+            and cfg.corrclip.corr_mask_source == "given"
+            and any(m is None for m in out)
+        ):
+            raise InvalidInputError(
+                "corr_mask_source='given' needs masks= for every image (an instance map or boolean masks); pass "
+                "them, or use corr_mask_source='sam2' (automatic masks) or 'none'"
+            )
+        return out
+
+    def _region_maps(self, u8: list[np.ndarray], given: list[np.ndarray | None]) -> tuple[list[np.ndarray], list]:
+        """CorrCLIP's instance map (H0, W0) per image: the user's, else the configured source's (SAM2 automatic
+        masks, or none: all 0). Also returns the SAM2 embeddings computed (refinement reuses them)."""
+        todo = [i for i, g in enumerate(given) if g is None]
+        maps = list(given)
+        embeddings: list = [None] * len(u8)
+        if todo and self.config.corrclip.corr_mask_source == "sam2":
+            done = self.automask.generate([u8[i] for i in todo])
+            for i, (m, e) in zip(todo, done):
+                maps[i], embeddings[i] = m, e
+        return [np.zeros(u8[i].shape[:2], np.int32) if m is None else m for i, m in enumerate(maps)], embeddings
 
     def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
         """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
@@ -134,23 +181,36 @@ class SegmenterFront:
         if chunk:
             yield from self._run(chunk, vocab, progress)
 
-    def logits(self, image, classes=None, class_file=None) -> np.ndarray:
+    def logits(self, image, classes=None, class_file=None, masks=None) -> np.ndarray:
         """Query logits at the original image size: (Q, H, W) float32 (before the softmax), single scale, window by
-        window (the reference path that ``segment`` equals)."""
+        window (the reference path that ``segment`` equals). ``masks``: as ``segment``'s."""
         vocab = self.vocabulary(classes, class_file)
         rgb = load_image(image)
+        given = self._given_regions([rgb], None if masks is None else [masks])
         backend, sc = self.backend, self.config.schedule
         x = preprocess(rgb, sc.short_side, sc.long_side, min_side=backend.spec.patch)
         text = self.text_embeddings(vocab)
+        maps = None
+        if self.config.attention.base == "corrclip":
+            ids = self._region_maps([_uint8(rgb)], given)[0][0]
+            maps = {"regions": backend.ops.from_numpy(resize_nearest(ids, x.shape[-2:]).astype(np.float32))}
         with backend.inference():
-            out = infer_logits(backend, backend.ops.from_numpy(x), text, self.config, rgb.shape[:2])
+            out = infer_logits(backend, backend.ops.from_numpy(x), text, self.config, rgb.shape[:2], maps)
             return backend.ops.to_numpy(out)
 
-    def _run(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool) -> list[SegmentationResult]:
-        """Plan windows x scales x flips of all images, encode them in shape-bucketed batches, finish each image."""
+    def _run(
+        self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool, given: list | None = None
+    ) -> list[SegmentationResult]:
+        """Plan windows x scales x flips of all images, encode them in shape-bucketed batches, finish each image.
+
+        ``given``: per image the user's instance map or None (``_given_regions``; CorrCLIP only)."""
         cfg, backend = self.config, self.backend
         t0 = time.perf_counter()
         text = self.text_embeddings(vocab)
+        corr = cfg.attention.base == "corrclip"
+        if given is None:  # segment_stream: the configured source for every image (checked like segment_batch's)
+            given = self._given_regions(rgbs, None)
+        regions, embeddings = self._region_maps([_uint8(r) for r in rgbs], given) if corr else (None, None)
         max_batch = self.max_batch
         bar = None
         if progress:
@@ -161,6 +221,8 @@ class SegmenterFront:
         try:
             with backend.inference():
                 members = plan_members(rgbs, cfg, backend.spec.patch, backend.ops)
+                if regions is not None:
+                    attach_regions(members, regions, backend.ops)
                 sc = cfg.schedule
                 window = (sc.slide_crop, sc.slide_crop) if sc.slide_crop > 0 else tuple(members[0].pixels.shape[-2:])
                 if self.max_memory_mb is not None:
@@ -173,25 +235,32 @@ class SegmenterFront:
                 for i, rgb in enumerate(rgbs):
                     mine = [m for m in members if m.image == i]
                     guides = [backend.ops.flip_w(m.pixels) if m.flip else m.pixels for m in mine]
-                    dense.append(
-                        finalize_members(
-                            backend.ops,
-                            [m.logits for m in mine],
-                            [m.weight for m in mine],
-                            guides,
-                            rgb.shape[:2],
-                            cfg,
-                            vocab,
-                            strip_mb,
-                            return_probs=self.refiner is not None,
-                        )
+                    out = finalize_members(
+                        backend.ops,
+                        [m.logits for m in mine],
+                        [m.weight for m in mine],
+                        guides,
+                        rgb.shape[:2],
+                        cfg,
+                        vocab,
+                        strip_mb,
+                        return_probs=self.refiner is not None,
                     )
+                    if regions is not None and cfg.corrclip.corr_mask_vote:  # labels only; scores stay per pixel
+                        labels = mask_vote(out[0], regions[i], vocab.num_classes, cfg.corrclip.corr_unsegmented)
+                        out = (labels, *out[1:])
+                    dense.append(out)
                     for m in mine:
                         m.logits = m.pixels = None
         finally:
             if bar is not None:
                 bar.close()
-        return self._results(rgbs, vocab, dense, t0, self._info(max_batch))
+        results = self._results(rgbs, vocab, dense, t0, self._info(max_batch), embeddings)
+        if regions is not None and given is not None:  # where each image's regions came from, and how many
+            source = self.config.corrclip.corr_mask_source
+            for res, g, ids in zip(results, given, regions):
+                res.info["corrclip"] = {"masks": "given" if g is not None else source, "regions": int(ids.max())}
+        return results
 
     # -- front-end hooks --------------------------------------------------------------------------------------
     def text_embeddings(self, vocab: Vocabulary):
@@ -217,17 +286,19 @@ class SegmenterFront:
         raise NotImplementedError
 
     def _results(
-        self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float, info: dict
+        self, rgbs: list[np.ndarray], vocab: Vocabulary, dense: list[tuple], t0: float, info: dict, embeddings=None
     ) -> list[SegmentationResult]:
         """Refine (when a SAM2 refiner is set) and wrap each image's dense (labels, scores[, probs]).
 
         ``info`` holds the backend's fields; the time per image since ``t0``, the DenseConfig, the prompt options
         and the refinement summary are added here.
         """
-        u8 = [_read_only(rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)) for rgb in rgbs]
+        u8 = [_read_only(_uint8(rgb)) for rgb in rgbs]
         refined: list[MergeResult | None] = [None] * len(rgbs)
         if self.refiner is not None:
-            refined = self.refiner.refine(u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config)
+            refined = self.refiner.refine(
+                u8, [d[0] for d in dense], [d[2] for d in dense], self.refine_config, embeddings=embeddings
+            )
         elapsed = 1000 * (time.perf_counter() - t0) / len(rgbs)
         config = {k: v for k, v in self.config.to_dict().items() if k != "templates"}
         results = []
@@ -256,6 +327,11 @@ class SegmenterFront:
                     SegmentationResult(labels, scores, vocab.classes, u8[i], meta, max_memory_mb=self.max_memory_mb)
                 )
         return results
+
+
+def _uint8(rgb: np.ndarray) -> np.ndarray:
+    """The image as uint8 (float images in 0 .. 255 are rounded)."""
+    return rgb if rgb.dtype == np.uint8 else np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

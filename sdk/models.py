@@ -295,7 +295,7 @@ def _download(open_clip, cfg: dict, tag: str, name: str) -> str:
     if cached:
         return cached
     host, port = _download_host(cfg)
-    if host is not None and not _reachable(host, port):
+    if host is not None and not reachable(host, port):
         raise CheckpointError(
             f"cannot download the {tag!r} weights for {name!r}: {host} cannot be reached (no network, "
             f"or a proxy is needed) and they are not in the local cache. {_OFFLINE_FIX}"
@@ -354,7 +354,7 @@ def _download_host(cfg: dict) -> tuple[str | None, int]:
     return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
-def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (name lookup included)."""
     import socket
     import threading

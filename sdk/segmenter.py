@@ -77,6 +77,8 @@ class Segmenter(SegmenterFront):
         refiner=None,
         refine_config=None,
         prompts: PromptConfig | None = None,
+        dino=None,
+        mask_sam2=None,
         text_disk_cache=None,
         text_progress: bool = False,
         cpu_ops: str = "compiled",
@@ -94,6 +96,8 @@ class Segmenter(SegmenterFront):
         self.weights_id = loaded.weights_id
         self.quick_gelu = loaded.quick_gelu
         self.model = loaded.model.to(self.device).eval()
+        self.dino = None if dino is None else dino.to(self.device).eval()  # CorrCLIP's DINO (clipsam.dense.dino)
+        self.mask_sam2 = mask_sam2 if mask_sam2 is not None else refiner  # SAM2 of CorrCLIP's automatic masks
         self._set_backend()
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self._set_prompts(prompts or PromptConfig())
@@ -128,6 +132,7 @@ class Segmenter(SegmenterFront):
         text_cache_size: int = 64,
         prompts: PromptConfig | None = None,
         quick_gelu: bool | None = None,
+        dino_weights: str | os.PathLike | None = "dino_vitb8",
         text_disk_cache=None,
         text_progress: bool = False,
         cpu_ops: str = "compiled",
@@ -140,7 +145,8 @@ class Segmenter(SegmenterFront):
             clip_weights: open_clip pretrained tag ("openai", downloaded when online), a local checkpoint
                 (OpenAI or open_clip format), or None for random weights (tests; warns loudly).
             method: "resclip" (NACLIP + RCS + SFR, default), "resclip_sclip", "resclip_clearclip",
-                "naclip", "sclip", "clearclip" or "clip".
+                "naclip", "sclip", "clearclip", "clip", "rfclip" (RF-CLIP) or "corrclip" (CorrCLIP v1: needs DINO,
+                and SAM2 for its automatic masks).
             preset: dataset preset ("voc21", "context60", "coco_object", "voc20", "context59",
                 "coco_stuff164k", "cityscapes", "ade20k") or None for open-vocabulary defaults.
             device: "cpu" or "cuda[:N]".
@@ -150,17 +156,22 @@ class Segmenter(SegmenterFront):
                 CPU (larger batches fall out of cache there) and 32 on CUDA.
             max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
                 max_batch) and large outputs are finished in strips that fit it.
-            sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"),
-                or None for dense CLIP labels only. Built once per Segmenter.
+            sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
+                or the SAM 2.0 "sam2_hiera_*" models), or None for dense CLIP labels only. Built once per Segmenter;
+                ``corrclip``'s automatic masks use the same model.
             sam2_weights: SAM2 checkpoint file; None downloads the official checkpoint by name (online).
             sam2_random_weights: random SAM2 weights (tests and offline smoke runs; warns).
-            refine: ``clipsam.refine.RefineConfig`` (prompt extraction and merge rules); None: its defaults.
+            refine: ``clipsam.refine.RefineConfig`` (prompt extraction and merge rules); None: its defaults; False:
+                no refinement (the SAM2 model then serves only ``corrclip``'s automatic masks).
             text_cache_size: most vocabularies whose text embeddings stay cached (thread-safe LRU).
             prompts: ``clipsam.PromptConfig`` (context prompts, disambiguation, descriptions and TSE); its fields
                 may also be given one by one (context_prompts="default", descriptions="voc20", ...).
             quick_gelu: the activation the CLIP weights were trained with: True (QuickGELU, OpenAI's weights), False
                 (GELU), or None to detect it (``clipsam.models.load_clip``: a tag's own setting; for a file, OpenAI's
                 weights by their content, with a warning when the file does not tell).
+            dino_weights: ``method="corrclip"`` only: DINO ViT-B/8 weights, a local checkpoint (DINO's
+                ``dino_vitbase8_pretrain.pth`` or a timm state dict, loaded with weights_only=True), "dino_vitb8"
+                (the official file, downloaded when online) or None (random weights: tests; warns).
             text_disk_cache: the on-disk text-embedding cache (``clipsam.text_store``), shared with engine folders of
                 the same weights: None (default: on, at ``$CLIPSAM_CACHE_DIR/text``, ``$XDG_CACHE_HOME/clipsam/text``
                 or ``~/.cache/clipsam/text``, unless ``CLIPSAM_TEXT_CACHE=0``), False (off), True (on) or a folder.
@@ -187,6 +198,13 @@ class Segmenter(SegmenterFront):
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
         resolve_templates(cfg.templates)  # a bad template fails before any weights load
+        corr = cfg.attention.base == "corrclip"
+        if corr and cfg.corrclip.corr_mask_source == "sam2" and sam2 is None:
+            raise ConfigError(
+                "method 'corrclip' makes SAM2 automatic masks (corr_mask_source='sam2'): pass sam2='sam2_hiera_l' "
+                "(upstream's model; refine=False to skip refinement) or another SAM2 model, or set "
+                "corr_mask_source='given' (masks per call) or 'none'"
+            )
         if sam2 is None and (sam2_weights is not None or sam2_random_weights or refine is not None):
             raise ConfigError(
                 "sam2_weights / sam2_random_weights / refine need sam2='sam2.1_hiera_t' (or another SAM2 model)"
@@ -199,18 +217,24 @@ class Segmenter(SegmenterFront):
 
             if sam2 not in MODELS:
                 raise ConfigError(f"unknown SAM2 model {sam2!r}; choose one of {sorted(MODELS)}")
-            if refine is not None and not isinstance(refine, RefineConfig):
+            if refine is not None and refine is not False and not isinstance(refine, RefineConfig):
                 raise InvalidTypeError(
                     f"refine must be a clipsam.refine.RefineConfig or None, got {type(refine).__name__}"
                 )
         loaded = load_clip(clip, clip_weights, quick_gelu=quick_gelu)
-        refiner = None
+        dino = None
+        if corr:
+            from .dense.dino import load_dino
+
+            dino = load_dino(dino_weights)
+        refiner = sam2_model = None
         if sam2 is not None:
             from .refine import Sam2Refiner
 
-            refiner = Sam2Refiner.from_pretrained(
+            sam2_model = Sam2Refiner.from_pretrained(
                 sam2, weights=sam2_weights, device=device, random_weights=sam2_random_weights
             )
+            refiner = None if refine is False else sam2_model
         return cls(
             loaded,
             cfg,
@@ -219,9 +243,11 @@ class Segmenter(SegmenterFront):
             max_batch=max_batch,
             max_memory_mb=max_memory_mb,
             refiner=refiner,
-            refine_config=refine,
+            refine_config=None if refine is False else refine,
             text_cache_size=text_cache_size,
             prompts=prompts,
+            dino=dino,
+            mask_sam2=sam2_model if corr else None,
             text_disk_cache=text_disk_cache,
             text_progress=text_progress,
             cpu_ops=cpu_ops,
@@ -240,10 +266,37 @@ class Segmenter(SegmenterFront):
         return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
     def _set_backend(self) -> None:
-        from .dense.backend import TorchBackend
+        from .dense.backend import Encoder, TorchBackend
         from .dense.encoder import DenseEncoder
 
-        self.encoder = DenseEncoder(self.model.visual, self.config)
+        self.encoder: Encoder
+        self.automask = None
+        if self.config.attention.base == "rfclip":
+            from .dense.rfclip import RFClipEncoder
+
+            self.encoder = RFClipEncoder(self.model.visual, self.config)
+        elif self.config.attention.base == "corrclip":
+            from .dense.corrclip import CorrClipEncoder
+
+            corr = self.config.corrclip
+            if self.dino is None:
+                raise ConfigError(
+                    "method 'corrclip' needs its DINO ViT-B/8: build with Segmenter.from_pretrained(method='corrclip',"
+                    " dino_weights=...) or pass dino=clipsam.dense.dino.load_dino(...)"
+                )
+            if corr.corr_mask_source == "sam2":
+                if self.mask_sam2 is None:
+                    raise ConfigError(
+                        "corrclip's automatic masks (corr_mask_source='sam2') need a SAM2 model: pass sam2='sam2_hiera_l'"
+                        " (upstream's) or another SAM2 model, or set corr_mask_source='given' (masks per call) or "
+                        "'none'"
+                    )
+                from .refine.automask import AutoMaskGenerator, AutoMaskSettings
+
+                self.automask = AutoMaskGenerator(self.mask_sam2, AutoMaskSettings.from_config(corr))
+            self.encoder = CorrClipEncoder(self.model.visual, self.dino, self.config)
+        else:
+            self.encoder = DenseEncoder(self.model.visual, self.config)
         self.backend = TorchBackend(self.encoder, self.device, self.precision, self.cpu_ops)
 
     def with_options(self, **overrides) -> Segmenter:

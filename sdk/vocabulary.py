@@ -233,8 +233,11 @@ def parse_class_lines(text: str, source: str, allow_duplicates: bool = False) ->
 
 
 def builtin_vocabulary(name: str) -> Vocabulary:
-    """One of the shipped dataset vocabularies (``BUILTIN_VOCABULARIES``, or ``<name>_plain`` for ClearCLIP)."""
-    base = name[: -len("_plain")] if name.endswith("_plain") else name
+    """One of the shipped dataset vocabularies (``BUILTIN_VOCABULARIES``, or ``<name>_plain`` for ClearCLIP,
+    ``<name>_corrclip`` for CorrCLIP: its class files, with ``people`` for person and synonyms only for background)."""
+    base = name
+    for suffix in ("_plain", "_corrclip"):
+        base = base[: -len(suffix)] if base.endswith(suffix) else base
     if base not in BUILTIN_VOCABULARIES:
         raise VocabularyError(f"unknown built-in vocabulary {name!r}; known: {', '.join(BUILTIN_VOCABULARIES)}.")
     res = resources.files("clipsam.data").joinpath("classes").joinpath(f"{name}.txt")

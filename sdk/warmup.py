@@ -30,6 +30,16 @@ def default_warmup_sizes(config) -> tuple[tuple[int, int], ...]:
     return ((int(config.schedule.short_side), int(config.schedule.long_side)),)
 
 
+def _masks(segmenter, image: np.ndarray):
+    """CorrCLIP with ``corr_mask_source="given"`` needs masks in every call: two regions (left and right halves)."""
+    cfg = segmenter.config
+    if cfg.attention.base != "corrclip" or cfg.corrclip.corr_mask_source != "given":
+        return None
+    ids = np.zeros(image.shape[:2], np.int32)
+    ids[:, : image.shape[1] // 2] = 1
+    return ids
+
+
 def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
     """Segment one synthetic image per size with ``segmenter``'s own pipeline; returns what was done and timings.
 
@@ -58,11 +68,12 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
     for h, w in sizes:
         image = rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
         t0 = time.perf_counter()
-        segmenter.segment(image, classes=vocab)  # resolved once: a class file is read once
+        segmenter.segment(image, classes=vocab, masks=_masks(segmenter, image))  # a class file is read once
         first.append(round(time.perf_counter() - t0, 4))
     h, w = sizes[0]
     t0 = time.perf_counter()
-    segmenter.segment(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8), classes=vocab)
+    image = rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+    segmenter.segment(image, classes=vocab, masks=_masks(segmenter, image))
     return {
         "sizes": [list(map(int, s)) for s in sizes],
         "vocabulary": vocab.num_classes,

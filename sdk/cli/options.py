@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import DATASETS, METHODS, MULTI_SCALE_5
 from ..errors import ClipSamError
-from ..refine.config import SAM2_MODELS
+from ..refine.config import SAM2_AUTOMASK_MODELS, SAM2_MODELS
 
 DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip", "precision": "fp32"}
 
@@ -155,6 +155,26 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
         "writes <name>_instances.json (COCO RLE)",
     )
     g.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
+    g = p.add_argument_group("CorrCLIP (--method corrclip)")
+    g.add_argument(
+        "--dino-weights",
+        default=None,
+        help="DINO ViT-B/8 checkpoint (dino_vitbase8_pretrain.pth; default: the official file, downloaded by name; "
+        "random with --random-weights)",
+    )
+    g.add_argument(
+        "--mask-source",
+        choices=("sam2", "none"),
+        default=None,
+        help="region masks: SAM2 automatic masks (default) or none (one unsegmented region)",
+    )
+    g.add_argument(
+        "--automask",
+        metavar="SAM2",
+        choices=SAM2_AUTOMASK_MODELS,
+        default=None,
+        help="SAM2 model of the automatic masks (upstream: sam2_hiera_l); default: the --refine model, shared",
+    )
     g = p.add_argument_group("scheduling")
     g.add_argument(
         "--scales",
@@ -234,6 +254,38 @@ def check_engine_options(args: argparse.Namespace) -> None:
         )
 
 
+def corrclip_options(args: argparse.Namespace, refine: str | None, kwargs: dict[str, Any]) -> str | None:
+    """CorrCLIP's keywords (DINO weights, mask source, ``refine=False`` when SAM2 serves only the automatic masks)
+    added to ``kwargs``; returns the SAM2 model to build (one per segmenter), or ``refine``."""
+    dino, source, automask = (getattr(args, k, None) for k in ("dino_weights", "mask_source", "automask"))
+    if getattr(args, "method", None) != "corrclip":
+        if dino or source or automask:
+            raise ClipSamError("--dino-weights / --mask-source / --automask apply to --method corrclip only")
+        return refine
+    if getattr(args, "engines", None):
+        raise ClipSamError("--method corrclip runs on the PyTorch backend only (clipsam export cannot export it yet)")
+    kwargs["dino_weights"] = None if args.random_weights and not dino else dino or "dino_vitb8"
+    if source == "none":
+        if automask:
+            raise ClipSamError("--automask makes SAM2 masks: it does not apply with --mask-source none")
+        kwargs["corr_mask_source"] = "none"
+        return refine
+    if automask and refine and automask != refine:
+        raise ClipSamError(
+            f"one SAM2 model per segmenter: --automask {automask} and --refine {refine} differ; give one of them "
+            "(the automatic masks use the --refine model)"
+        )
+    model = automask or refine
+    if model is None:
+        raise ClipSamError(
+            "--method corrclip makes SAM2 automatic masks: give --automask sam2_hiera_l (upstream's model) or "
+            "--refine MODEL (shared), or --mask-source none"
+        )
+    if not refine:
+        kwargs["refine"] = False
+    return model
+
+
 def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING):
     """The segmenter the options describe: engines (--engines) or PyTorch (``Segmenter.from_pretrained``).
 
@@ -270,11 +322,12 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
             max_memory_mb=opt["max_memory_mb"],
             **kwargs,
         )
-    if opt["sam2_weights"] and not opt["refine"]:
+    sam2 = corrclip_options(args, opt["refine"], kwargs)
+    if opt["sam2_weights"] and not sam2:
         raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")
-    if opt["refine"]:
+    if sam2:
         kwargs.update(
-            sam2=opt["refine"],
+            sam2=sam2,
             sam2_weights=opt["sam2_weights"],
             sam2_random_weights=bool(args.random_weights and not opt["sam2_weights"]),
         )

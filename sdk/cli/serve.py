@@ -22,6 +22,8 @@ from ..config import DATASETS, METHODS
 from ..errors import ClipSamError, ConfigError, missing_dependency
 from .options import DEFAULTS, add_segment_options, build_segmenter, parse_scales, prompt_options
 
+# corrclip needs DINO and SAM2 models of its own, which the service does not load
+SERVED_METHODS = tuple(m for m in METHODS if m != "corrclip")
 HELP = "serve segmentation over HTTP (Ray Serve): dynamic batching, limits, API key, web page"
 DESCRIPTION = (
     "Serve one model over HTTP on Ray Serve: POST /v1/segment (multipart image or JSON with base64), "
@@ -186,7 +188,7 @@ def serve_config(args):
         batch_wait_ms=args.batch_wait_ms,
         max_ongoing_requests=args.max_ongoing,
         classes=tuple(vocab.to_lines()) if vocab else None,
-        methods=_names(args.methods, tuple(METHODS), "methods"),
+        methods=_names(args.methods, SERVED_METHODS, "methods"),
         presets=_names(args.presets, DATASETS, "presets"),
         warmup_sizes=_sizes(args.warmup_sizes),
         api_key_sha256=key_digest(key) if key else None,
@@ -206,6 +208,11 @@ def _check_model_options(args) -> None:
     scales = parse_scales(args.scales)
     if scales is not None:
         overrides["scales"] = scales
+    if args.method == "corrclip":
+        raise ClipSamError(
+            "clipsam serve does not serve --method corrclip yet (it needs DINO and SAM2 models the service does not "
+            "load); use clipsam segment or clipsam batch"
+        )
     if not args.engines:
         dense_config(args.method or DEFAULTS["method"], args.preset, flip=bool(args.flip), **overrides)
         if args.sam2_weights and not args.refine:

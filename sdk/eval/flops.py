@@ -15,6 +15,15 @@ For a window whose patch grid is h x w, N = h*w patches and N1 = 1 + N tokens, w
     PAMR (estimate)  iterations 2 K Q H W (K = 8 neighbours per dilation) + affinities ~ H W (13 K + 9 S)
                      (S = 9 samples per dilation, 3 image channels)
 
+RF-CLIP (``rfclip``): every block also computes its kk map (2 score matmuls); the last block runs once in full
+and twice more as value-only kk attention over the enhanced tokens (qkv, kk, A.V, proj each), plus the two guide
+similarity products of ``enhance`` (4 N^2 D each) and, with sliding windows and the whole image's global semantics,
+one more pass of all blocks over each whole member. CorrCLIP (``corrclip``): DINO ViT-B/8 over the window
+(``VIT_B8``: patch embed, 11 blocks and the last qkv over 1 + Ld tokens, Ld = (h/8)(w/8)), the similarity
+2 Ld^2 D_d, the CLIP trunk, two value branches (value projection 2 N1 D^2, A v 2 Ld^2 D, out_proj 2 Ld D^2) and the
+head on the DINO grid; the mask class tokens (a few queries per block) are left out. Its SAM2 automatic masks add
+``sam2_flops(points_per_side^2)`` per image.
+
 Windows come from the config exactly as the scheduler plans them (per scale and flip: ``resize_shape`` then
 ``window_grid``); output PAMR runs per member. The text encoder (computed once per vocabulary and cached)
 is reported apart. SAM2 is an *estimate* from parameter counts: 2 * params * tokens (Hiera's stride-16
@@ -80,6 +89,7 @@ class TextSpec:
 
 VIT_B16 = VitSpec(width=768, layers=12, heads=12, patch=16, mlp=3072, embed_dim=512)
 VIT_L14 = VitSpec(width=1024, layers=24, heads=16, patch=14, mlp=4096, embed_dim=768)
+VIT_B8 = VitSpec(width=768, layers=12, heads=12, patch=8, mlp=3072, embed_dim=0)  # CorrCLIP's DINO ViT-B/8
 
 
 @dataclass
@@ -125,6 +135,10 @@ def window_flops(
     """FLOPs of one window with patch grid ``grid`` = (h, w) (pixels ``crop_hw``), split by part."""
     n = grid[0] * grid[1]
     n1, d = n + 1, spec.width
+    if cfg.attention.base == "rfclip":
+        return _rfclip_window(spec, n, num_queries)
+    if cfg.attention.base == "corrclip":
+        return _corrclip_window(spec, grid, crop_hw, num_queries)
     scores = (2 if cfg.attention.base == "sclip" else 1) + (len(cfg.attention.rcs_layers) if cfg.attention.rcs else 0)
     last = block_flops(n1, d, spec.mlp, scores, with_mlp=cfg.attention.residual)
     head = 2 * n1 * d * spec.embed_dim + 2 * n * spec.embed_dim * num_queries
@@ -148,6 +162,37 @@ def window_flops(
     return out
 
 
+def _rfclip_window(spec: VitSpec, n: int, num_queries: int) -> dict[str, float]:
+    n1, d, e = n + 1, spec.width, spec.embed_dim
+    value_pass = 6 * n1 * d * d + 2 * n1 * n1 * d + 2 * n * n * d + 2 * n * d * d
+    return {
+        "embed": float(2 * n * 3 * spec.patch**2 * d),
+        "trunk": (spec.layers - 1) * block_flops(n1, d, spec.mlp, 2),
+        "last": block_flops(n1, d, spec.mlp, 2) + 2 * (4 * n * n * d) + 2 * value_pass,
+        "head": float(2 * n * d * e + 4 * n * e * num_queries),
+    }
+
+
+def _corrclip_window(
+    spec: VitSpec, grid: tuple[int, int], crop_hw: tuple[int, int], num_queries: int
+) -> dict[str, float]:
+    n = grid[0] * grid[1]
+    n1, d, e = n + 1, spec.width, spec.embed_dim
+    dn = VIT_B8
+    ld = (crop_hw[0] // dn.patch) * (crop_hw[1] // dn.patch)
+    dd = dn.width
+    return {
+        "dino": float(2 * ld * 3 * dn.patch**2 * dd)
+        + (dn.layers - 1) * block_flops(ld + 1, dd, dn.mlp)
+        + 6 * (ld + 1) * dd * dd
+        + 2 * ld * ld * dd,
+        "embed": float(2 * n * 3 * spec.patch**2 * d),
+        "trunk": (spec.layers - 1) * block_flops(n1, d, spec.mlp),
+        "last": float(2 * (2 * n1 * d * d + 2 * ld * ld * d + 2 * ld * d * d)),
+        "head": float(2 * ld * d * e + 2 * ld * e * num_queries),
+    }
+
+
 def _crops(h: int, w: int, cfg, patch: int) -> list[tuple[int, int]]:
     if cfg.schedule.slide_crop <= 0:
         return [(h, w)]
@@ -155,7 +200,7 @@ def _crops(h: int, w: int, cfg, patch: int) -> list[tuple[int, int]]:
     for y1, y2, x1, x2 in window_grid(h, w, cfg.schedule.slide_crop, cfg.schedule.slide_stride):
         ch, cw = y2 - y1, x2 - x1
         if cfg.schedule.pad_crops:
-            left, right, top, bottom = pad_to_patch(ch, cw, patch)
+            left, right, top, bottom = pad_to_patch(ch, cw, cfg.schedule.pad_multiple or patch)
             ch, cw = ch + top + bottom, cw + left + right
         shapes.append((ch, cw))
     return shapes
@@ -187,6 +232,17 @@ def image_flops(spec: VitSpec, cfg, image_hw: tuple[int, int], num_queries: int,
                 grid = (ch // spec.patch, cw // spec.patch)
                 for part, f in window_flops(spec, grid, cfg, num_queries, (ch, cw)).items():
                     fc.add(part, f)
+            if (
+                cfg.attention.base == "rfclip"
+                and cfg.schedule.slide_crop > 0
+                and cfg.rfclip.rf_global_source == "image"
+            ):
+                n = (h // spec.patch) * (w // spec.patch)  # the whole member's CLS embedding
+                fc.add(
+                    "global",
+                    float(2 * n * 3 * spec.patch**2 * spec.width)
+                    + spec.layers * block_flops(n + 1, spec.width, spec.mlp, 2),
+                )
             if cfg.post.pamr_iters > 0:
                 fc.add(
                     "pamr",
@@ -212,6 +268,8 @@ SAM2_PARAMS: dict[str, tuple[int, int]] = {
     "sam2.1_hiera_b+": (69_106_816, 4_221_329),
     "sam2.1_hiera_l": (212_703_280, 4_221_329),
 }
+# SAM 2.0 (CorrCLIP's automatic masks use sam2_hiera_l): the same encoder and decoder shapes as 2.1
+SAM2_PARAMS.update({name.replace("sam2.1_", "sam2_"): counts for name, counts in list(SAM2_PARAMS.items())})
 
 
 def sam2_flops(

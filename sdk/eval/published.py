@@ -1,7 +1,8 @@
 """Published mIoU of the reference methods (the methods' READMEs), as data, with their sources.
 
-Every number is copied from a method's public README (the commits named in ``docs/algorithms.md``); none was
-reproduced here. ``published(method, dataset)`` returns the rows an evaluation report puts beside its
+Every number is copied from a method's public README or paper (the commits named in ``docs/algorithms.md``); none
+was reproduced here. RF-CLIP's repository publishes no numbers: its rows are the RF-CLIP paper's table as quoted in
+clipsam's issue 17, not checked against the paper. ``published(method, dataset)`` returns the rows an evaluation report puts beside its
 own mIoU. The ResCLIP README's NACLIP rows are NACLIP *without* PAMR; the NACLIP README's own numbers
 use PAMR (clipsam's ``naclip`` presets run it, so those are the like-for-like rows).
 """
@@ -15,6 +16,9 @@ SOURCES = {
     "sclip": "SCLIP README (wangf3014/SCLIP b56bd30)",
     "naclip": "NACLIP README (sinahmr/NACLIP 0cac3a6), with PAMR",
     "clearclip": "ClearCLIP README (mc-lan/ClearCLIP ad68a40), Table 2 (appendix), CLIP + ClearCLIP",
+    "rfclip": "RF-CLIP paper (AAAI 2026) table as quoted in clipsam issue 17; UNVERIFIED (liblacklucy/RF-CLIP "
+    "c2b333e has no numbers)",
+    "corrclip": "CorrCLIP README (zdk258/CorrCLIP 103bc18, CorrCLIPv1 Results, ViT-B), MetaCLIP B/16",
 }
 
 
@@ -22,7 +26,7 @@ SOURCES = {
 class PublishedResult:
     """One published mIoU (percent) of a method on a dataset."""
 
-    method: str  # clipsam method name (resclip, resclip_sclip, resclip_clearclip, naclip, sclip, clearclip)
+    method: str  # clipsam method name (resclip, resclip_sclip, resclip_clearclip, naclip, sclip, clearclip, rfclip, corrclip)
     dataset: str  # clipsam dataset / preset name
     backbone: str  # "B/16" or "L/14"
     miou: float
@@ -78,6 +82,28 @@ _CLEARCLIP_README = {
 }
 
 
+# RF-CLIP paper (as quoted in issue 17), without and with PAMR; columns as _RESCLIP
+_RFCLIP = {
+    "": (64.8, 36.4, 37.9, 87.0, 39.8, 26.3, 41.3, 20.4),
+    "with PAMR (pamr_iters=10)": (67.2, 37.9, 39.1, 87.0, 41.4, 27.5, 43.0, 21.0),
+}
+# CorrCLIP v1 README, ViT-B rows: pre-generated SAM2 masks (32 points per side; clipsam's default is the code's
+# dynamic 8-point path) and the dynamic SAM2 8-point row; columns as _RESCLIP
+_CORRCLIP = {
+    "SAM2 masks, 32 points per side, pre-generated (pass them as masks=)": (
+        74.8,
+        44.2,
+        43.7,
+        88.8,
+        48.8,
+        31.6,
+        49.4,
+        26.9,
+    ),
+    "SAM2 automatic masks, 8 points per side (the preset)": (73.9, 43.7, 43.6, 87.6, 48.0, 31.8, 47.9, 26.5),
+}
+
+
 def _build() -> tuple[PublishedResult, ...]:
     rows = []
     for (bb, method), values in _RESCLIP.items():
@@ -87,6 +113,10 @@ def _build() -> tuple[PublishedResult, ...]:
     rows += [PublishedResult("naclip", ds, "B/16", v, "naclip", "with PAMR") for ds, v in _NACLIP_README.items()]
     for bb, table in _CLEARCLIP_README.items():
         rows += [PublishedResult("clearclip", ds, bb, v, "clearclip") for ds, v in table.items()]
+    for setting, values in _RFCLIP.items():
+        rows += [PublishedResult("rfclip", ds, "B/16", v, "rfclip", setting) for ds, v in zip(_DS, values)]
+    for setting, values in _CORRCLIP.items():
+        rows += [PublishedResult("corrclip", ds, "B/16", v, "corrclip", setting) for ds, v in zip(_DS, values)]
     return tuple(rows)
 
 

@@ -7,6 +7,9 @@ Per window of h x w pixels (ClearCLIP first zero-pads it to a patch multiple):
     member logits = sum of the window logits over the windows covering a pixel / their count
 
 One-step whole-image inference (SCLIP) keeps the patch grid; finalisation resizes it to the original size.
+A method with per-member inputs (``Member.maps`` cropped per window, ``Member.context`` whole; RF-CLIP, CorrCLIP)
+gets them as keyword arguments of ``patch_logits``, stacked like the crops; a backend with ``member_context(pixels)``
+computes each member's context first.
 ``run_members`` batches windows of equal shape across members and images; ``infer_logits`` is the reference path,
 one window at a time, which the batched path equals.
 """
@@ -20,26 +23,56 @@ from .plan import Member, window_tasks
 from .windows import pad_to_patch, window_grid
 
 
-def window_logits(backend, crops: Any, text: Any, pads: tuple[int, int, int, int]) -> Any:
+def window_logits(
+    backend,
+    crops: Any,
+    text: Any,
+    pads: tuple[int, int, int, int],
+    maps: dict | None = None,
+    context: dict | None = None,
+) -> Any:
     """Logits of equally sized crops (B, 3, h, w), upsampled to the crop size: (B, Q, h, w) float32.
 
     Arguments:
         backend: a ``clipsam.pipeline.DenseBackend``.
-        pads: (left, right, top, bottom) zero padding of each crop before encoding (ClearCLIP), or zeros.
+        pads: (left, right, top, bottom) zero padding of each crop before encoding (ClearCLIP, CorrCLIP), or zeros.
+        maps: per-window maps (B, h, w) of the method by name (padded with -1 like the crops), or None.
+        context: per-window inputs of the method by name (B, ...), or None.
     """
     ops = backend.ops
     h, w = crops.shape[-2:]
     left, right, top, bottom = pads
-    if left or right or top or bottom:
-        padded = ops.pad(crops, pads)
-        out = ops.resize(backend.patch_logits(padded, text), tuple(padded.shape[-2:]))
-        return out[:, :, top : top + h, left : left + w]
-    return ops.resize(backend.patch_logits(crops, text), (h, w))
+    padded = left or right or top or bottom
+    extras = dict(context or {})
+    for name, m in (maps or {}).items():
+        extras[name] = ops.pad(m[:, None] + 1.0, pads)[:, 0] - 1.0 if padded else m
+    if padded:
+        crops = ops.pad(crops, pads)
+    out = ops.resize(backend.patch_logits(crops, text, **extras), tuple(crops.shape[-2:]))
+    return out[:, :, top : top + h, left : left + w] if padded else out
 
 
 def _pads(cfg: DenseConfig, hw: tuple[int, int], patch: int) -> tuple[int, int, int, int]:
     sc = cfg.schedule
-    return pad_to_patch(hw[0], hw[1], patch) if sc.pad_crops and sc.slide_crop > 0 else (0, 0, 0, 0)
+    return pad_to_patch(hw[0], hw[1], sc.pad_multiple or patch) if sc.pad_crops and sc.slide_crop > 0 else (0, 0, 0, 0)
+
+
+def _side_inputs(ops, members: list[Member], chunk: list) -> tuple[dict, dict]:
+    """The maps (cropped to each window) and contexts of a chunk's members, stacked like the crops."""
+    first = members[chunk[0][0]]
+    maps = {
+        k: ops.stack([members[mi].maps[k][y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk]) for k in (first.maps or {})
+    }
+    context = {k: ops.stack([members[mi].context[k] for mi, _ in chunk]) for k in (first.context or {})}
+    return maps, context
+
+
+def _member_context(backend, members: list[Member]) -> None:
+    """``Member.context`` from the backend's ``member_context(pixels)`` (methods that look at the whole member)."""
+    make = getattr(backend, "member_context", None)
+    if make is not None:
+        for m in members:
+            m.context = make(m.pixels)
 
 
 def run_members(
@@ -65,12 +98,17 @@ def run_members(
         for mi, m in enumerate(members):
             h, w = m.pixels.shape[-2:]
             acc[mi] = (ops.zeros((q, h, w), m.pixels), ops.zeros((1, h, w), m.pixels))
+    _member_context(backend, members)
     for shape, tasks in window_tasks(members, cfg).items():
         pads = _pads(cfg, shape, backend.spec.patch)
         for b0 in range(0, len(tasks), max_batch):
             chunk = tasks[b0 : b0 + max_batch]
             crops = ops.stack([members[mi].pixels[:, y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk])
-            out = backend.patch_logits(crops, text) if one_step else window_logits(backend, crops, text, pads)
+            maps, context = _side_inputs(ops, members, chunk)
+            if one_step:
+                out = backend.patch_logits(crops, text, **maps, **context)
+            else:
+                out = window_logits(backend, crops, text, pads, maps, context)
             for k, (mi, (y1, y2, x1, x2)) in enumerate(chunk):
                 if sc.slide_crop > 0:
                     acc[mi][0][:, y1:y2, x1:x2] += out[k]
@@ -87,13 +125,16 @@ def run_members(
     return members
 
 
-def infer_logits(backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple[int, int]) -> Any:
+def infer_logits(
+    backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple[int, int], maps: dict | None = None
+) -> Any:
     """Logits of one preprocessed image at its original size, one window at a time (the reference path).
 
     Arguments:
         image: (3, h, w) normalised image at the resized size (the backend's array type).
         text: (Q, E) query embeddings.
         ori_hw: (H0, W0) original image size.
+        maps: the method's (h, w) maps aligned with ``image`` (``Member.maps``), or None.
 
     Returns:
         (Q, H0, W0) float32 logits (after the optional output PAMR).
@@ -101,18 +142,27 @@ def infer_logits(backend, image: Any, text: Any, cfg: DenseConfig, ori_hw: tuple
     ops, sc, post = backend.ops, cfg.schedule, cfg.post
     img = image[None]
     h, w = img.shape[-2:]
+    member = Member(0, 1.0, False, 1.0, image, maps=maps)
+    _member_context(backend, [member])
+    context = {k: v[None] for k, v in (member.context or {}).items()}
+
+    def crop(y1, y2, x1, x2):
+        return {k: v[None, y1:y2, x1:x2] for k, v in (maps or {}).items()}
+
     if sc.slide_crop > 0:
         preds = ops.zeros((1, text.shape[0], h, w), img)
         count = ops.zeros((1, 1, h, w), img)
         for y1, y2, x1, x2 in window_grid(h, w, sc.slide_crop, sc.slide_stride):
             pads = _pads(cfg, (y2 - y1, x2 - x1), backend.spec.patch)
-            preds[:, :, y1:y2, x1:x2] += window_logits(backend, img[:, :, y1:y2, x1:x2], text, pads)
+            preds[:, :, y1:y2, x1:x2] += window_logits(
+                backend, img[:, :, y1:y2, x1:x2], text, pads, crop(y1, y2, x1, x2), context
+            )
             count[:, :, y1:y2, x1:x2] += 1
         logits = preds / count
     elif sc.upsample == "one_step":
-        logits = backend.patch_logits(img, text)
+        logits = backend.patch_logits(img, text, **crop(0, h, 0, w), **context)
     else:
-        logits = window_logits(backend, img, text, (0, 0, 0, 0))
+        logits = window_logits(backend, img, text, (0, 0, 0, 0), crop(0, h, 0, w), context)
     logits = ops.resize(logits, ori_hw)
     if post.pamr_iters > 0:
         logits = ops.pamr(ops.resize(img, ori_hw), logits, post.pamr_iters, post.pamr_dilations)

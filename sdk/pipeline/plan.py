@@ -30,6 +30,11 @@ class Member:
     weight: float  # ensemble weight (scale weight, halved when flip averaging); weights sum to 1 per image
     pixels: Any  # (3, h, w) normalised, flipped when ``flip`` (the backend's array type)
     logits: Any = None  # (Q, h, w) stitched, flipped back; (Q, gh, gw) for one-step whole-image inference
+    # Per-member inputs of a method beyond the pixels (none for most methods), passed to ``patch_logits`` by name:
+    maps: dict | None = None  # name -> (h, w) float32 map aligned with ``pixels`` (flipped with it): cropped per
+    #                           window, and padded with -1 where the window is padded (CorrCLIP's region ids)
+    context: dict | None = None  # name -> array of the whole member, the same for each of its windows (RF-CLIP's
+    #                               whole-image CLS embedding); set by the backend's ``member_context``
 
 
 def plan_members(images: list[np.ndarray], cfg: DenseConfig, patch: int, ops: HostOps) -> list[Member]:
@@ -69,13 +74,18 @@ def estimate_window_mb(cfg: DenseConfig, spec: EncoderSpec, num_queries: int, wi
     """Rough peak working memory of one window in MiB (fp32): attention maps, activations, crop logits, SFR/PAMR.
 
     Attention: (heads x N1^2) per map; the last block holds up to ~8 of them (base softmaxes, RCS maps, Omega,
-    S_hat). Activations: ~24 x N1 x width. Crop logits and the first-pass PAMR: ~24 x Q x h x w.
+    S_hat). Activations: ~24 x N1 x width. Crop logits and the first-pass PAMR: ~24 x Q x h x w. CorrCLIP adds its
+    DINO ViT-B/8 (12 heads over 1 + Ld tokens, Ld = (h/8)(w/8): ~3 maps) and its Ld^2 similarity, scope and
+    value attention (~4 maps).
     """
     h, w = window_hw
     n1 = 1 + (h // spec.patch) * (w // spec.patch)
     attn = 8 * spec.heads * n1 * n1
     acts = 24 * n1 * spec.width
     pix = (24 if cfg.attention.sfr else 4) * num_queries * h * w
+    if cfg.attention.base == "corrclip":
+        ld = (h // 8) * (w // 8)
+        attn += 3 * 12 * (ld + 1) ** 2 + 4 * ld * ld
     return 4.0 * (attn + acts + pix) / 2**20
 
 

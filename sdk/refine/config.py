@@ -16,6 +16,8 @@ import numpy as np
 from ..errors import ConfigError
 
 SAM2_MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")  # what refinement builds
+# SAM 2.0 models, for CorrCLIP's automatic masks (its upstream uses sam2_hiera_l)
+SAM2_AUTOMASK_MODELS = SAM2_MODELS + ("sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l")
 SAM2_MEAN, SAM2_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as sam2's SAM2Transforms
 
 

@@ -61,6 +61,7 @@ class Refiner:
         probs: Sequence[np.ndarray],
         config: RefineConfig | None = None,
         batch_size: int | None = None,
+        embeddings: Sequence[Any] | None = None,
     ) -> list[MergeResult]:
         """Refine dense CLIP segmentations of a batch of images with SAM2.
 
@@ -70,6 +71,8 @@ class Refiner:
             probs: float (C, H_i, W_i) class probabilities (or (H_i, W_i) scores).
             config: None uses the defaults.
             batch_size: images per encoder forward; None: all images in one forward.
+            embeddings: per image the image encoder's output when already computed (CorrCLIP's automatic masks),
+                or None entries; only the others are encoded.
 
         Returns:
             one ``MergeResult`` per image. Images without prompts are not encoded; their labels are the dense labels.
@@ -84,11 +87,15 @@ class Refiner:
                 raise InvalidInputError(f"image {i} is {np.shape(im)[:2]} but its labels are {np.shape(lab)}")
         prompt_sets = [extract_prompts(lab, pr, config) for lab, pr in zip(dense_labels, probs)]
         todo = [i for i, ps in enumerate(prompt_sets) if len(ps)]
-        embeddings = dict(zip(todo, self.embed_images([images[i] for i in todo], batch_size)))
+        known = {i: e for i, e in enumerate(embeddings or []) if e is not None and i in todo}
+        missing = [i for i in todo if i not in known]
+        if missing:
+            known.update(zip(missing, self.embed_images([images[i] for i in missing], batch_size)))
+        computed = known
         results = []
         for i, ps in enumerate(prompt_sets):
-            if i in embeddings:
-                masks, scores = self.predict(embeddings[i], ps, config.multimask)
+            if i in computed:
+                masks, scores = self.predict(computed[i], ps, config.multimask)
             else:
                 masks, scores = np.zeros((0, *ps.image_size), bool), np.zeros(0, np.float32)
             results.append(merge_masks(dense_labels[i], probs[i], ps, masks, scores, config))

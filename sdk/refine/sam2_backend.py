@@ -32,12 +32,18 @@ from .prompts import PromptSet
 from .refiner import Refiner
 
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_URL_SAM20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"  # SAM 2.0 (CorrCLIP's automatic masks)
 # name -> (sam2 config, official checkpoint file, (trunk blocks, trunk width) to recognise a checkpoint)
 MODELS: dict[str, tuple[str, str, tuple[int, int]]] = {  # keys: SAM2_MODELS
     "sam2.1_hiera_t": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt", (12, 96)),
     "sam2.1_hiera_s": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt", (16, 96)),
     "sam2.1_hiera_b+": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt", (24, 112)),
     "sam2.1_hiera_l": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt", (48, 144)),
+    # SAM 2.0 (July 2024): CorrCLIP's automatic masks use sam2_hiera_l; refinement and export are tested on SAM 2.1
+    "sam2_hiera_t": ("configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt", (12, 96)),
+    "sam2_hiera_s": ("configs/sam2/sam2_hiera_s.yaml", "sam2_hiera_small.pt", (16, 96)),
+    "sam2_hiera_b+": ("configs/sam2/sam2_hiera_b+.yaml", "sam2_hiera_base_plus.pt", (24, 112)),
+    "sam2_hiera_l": ("configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt", (48, 144)),
 }
 
 
@@ -74,8 +80,8 @@ def _guess_model(sd: Mapping[str, Any]) -> str | None:
     blocks = {k.split(".")[3] for k in sd if k.startswith("image_encoder.trunk.blocks.")}
     width = getattr(sd.get("image_encoder.trunk.patch_embed.proj.weight"), "shape", (None,))[0]
     for name, (_, _, sig) in MODELS.items():
-        if sig == (len(blocks), width):
-            return name if "no_obj_embed_spatial" in sd else name.replace("sam2.1", "sam2 (SAM 2.0)")
+        if sig == (len(blocks), width) and name.startswith("sam2.1"):
+            return name if "no_obj_embed_spatial" in sd else name.replace("sam2.1", "sam2")
     return None
 
 
@@ -181,7 +187,7 @@ class Sam2Refiner(Refiner):
         if weights is not None:
             source, sd = str(weights), _read_checkpoint(torch, Path(weights))  # fail fast, before building
         elif not random_weights:
-            source = _URL + filename
+            source = (_URL_SAM20 if name.startswith("sam2_") else _URL) + filename
             try:
                 obj = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
             except Exception as e:
@@ -285,3 +291,45 @@ class Sam2Refiner(Refiner):
                 ]
             )[:, 0]
         return masks.cpu().numpy(), scores.float().cpu().numpy()
+
+    def point_logits(self, embedding: Sam2Embedding, points: np.ndarray, multimask: bool, chunk: int = 16):
+        """Automatic-mask decoding (``clipsam.refine.automask``): ONE prompt-encoder + mask-decoder call over P
+        single positive points, as ``sam2``'s ``SAM2AutomaticMaskGenerator`` (coordinates ``x / W * S`` in float32;
+        the decoder's mask token 0, or tokens 1-3 with ``multimask``, never its dynamic stability switch).
+
+        Arguments:
+            points: (P, 2) pixel xy.
+            multimask: three masks per point (point-major) instead of one.
+            chunk: masks upsampled to the image size at a time.
+
+        Yields:
+            (logits (c, H, W) float32 at the image size (bilinear from 256 x 256), predicted IoU (c,) float32) per chunk
+            of masks, in order.
+        """
+        torch = self._torch
+        h, w = embedding.image_size
+        dev, res = self.device, float(self.model.image_size)
+        coords = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=dev).clone()
+        coords[:, 0] = coords[:, 0] / w
+        coords[:, 1] = coords[:, 1] / h
+        coords = (coords * res)[:, None]
+        labels = torch.ones(len(points), 1, dtype=torch.int32, device=dev)
+        decoder = self.model.sam_mask_decoder
+        with torch.inference_mode():
+            sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            low_res, iou, _, _ = decoder.predict_masks(
+                image_embeddings=embedding.image_embed,
+                image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                repeat_image=len(points) > 1,
+                high_res_features=list(embedding.high_res_feats),
+            )
+            self.decoder_calls += 1
+            sel = slice(1, None) if multimask else slice(0, 1)
+            low_res, iou = low_res[:, sel].flatten(0, 1), iou[:, sel].flatten(0, 1).float()
+            for s in range(0, len(low_res), chunk):
+                up = torch.nn.functional.interpolate(
+                    low_res[s : s + chunk, None].float(), (h, w), mode="bilinear", align_corners=False
+                )[:, 0]
+                yield up.cpu().numpy(), iou[s : s + chunk].cpu().numpy()

@@ -41,3 +41,17 @@ def test_export_command(tmp_path, capsys):
     assert (out / "trtexec.sh").read_text().count("trtexec --onnx=") == 2
     with pytest.raises(Exception, match="not empty"):
         args.func(args)
+
+
+@pytest.mark.parametrize("method,missing", [("rfclip", "kk attention"), ("corrclip", "DINO ViT-B/8 graph")])
+def test_export_refuses_rfclip_and_corrclip_before_loading(tmp_path, capsys, monkeypatch, method, missing):
+    """No engine folder computing another method: a clear error naming the missing part, before any model loads."""
+    import clipsam.models
+    from clipsam.cli import main
+
+    monkeypatch.setattr(clipsam.models, "load_clip", lambda *a, **k: pytest.fail("a model was loaded"))
+    out = tmp_path / "engines"
+    assert main(["export", "--out", str(out), "--random-weights", "--method", method, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot export method '{method}'" in err and missing in err and "PyTorch backend" in err
+    assert not out.exists()

@@ -325,6 +325,47 @@ def test_main_entry_point(engine_dir, chelsea_small, tmp_path):
         main(["export", "--help"])
 
 
+def test_segment_rfclip_and_corrclip(photo, tmp_path, capsys, monkeypatch):
+    """``--method rfclip`` and ``--method corrclip`` end to end in-process (CorrCLIP without masks, on a narrow DINO
+    from timm standing in for ViT-B/8 to keep the test fast), and CorrCLIP's option errors, raised before loading."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    import clipsam.dense.dino
+    from clipsam.cli import main
+
+    small = Image.open(photo).resize((125, 94))
+    small.save(tmp_path / "small.png")
+    common = ["--classes", "person, dog", "--random-weights", "--clip", TINY_VIT, "--templates", "single"]
+    out = tmp_path / "rf"
+    rf = ["segment", str(tmp_path / "small.png"), "--out", str(out), "--method", "rfclip", *common]
+    assert main(rf) == 2  # RF-CLIP's sink channels are ViT-B/16's: the 128-wide test model is refused clearly
+    assert "rf_sink_channels" in capsys.readouterr().err
+
+    def small_dino(weights):
+        assert weights is None  # --random-weights: random DINO too
+        torch.manual_seed(0)
+        return VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+
+    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
+    out = tmp_path / "corr"
+    corr = ["segment", str(tmp_path / "small.png"), "--out", str(out), "--method", "corrclip", *common]
+    assert main(corr + ["--mask-source", "none"]) == 0
+    summary = json.loads((out / "small.json").read_text())
+    assert summary["config"]["method"] == "corrclip" and summary["config"]["corr_mask_source"] == "none"
+    assert np.asarray(Image.open(out / "small_labels.png")).shape == (94, 125)
+    capsys.readouterr()
+    for extra, message in (
+        ([], "--automask sam2_hiera_l"),
+        (["--automask", "sam2_hiera_l", "--refine", "sam2.1_hiera_t"], "one SAM2 model per segmenter"),
+        (["--mask-source", "none", "--automask", "sam2_hiera_t"], "does not apply with --mask-source none"),
+    ):
+        assert main(corr + extra) == 2
+        assert message in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "small.png"), "--out", str(out), *common, "--mask-source", "none"]) == 2
+    assert "--method corrclip only" in capsys.readouterr().err
+
+
 def test_text_progress_bar_and_disk_cache_flag(photo, tmp_path, monkeypatch):
     """A large vocabulary (12 classes x 80 templates) shows the text bar on stderr and fills the disk cache; with
     --no-progress --no-text-cache neither happens. (The API shows none by default: tests/test_segmenter.py.)"""

@@ -126,7 +126,9 @@ def test_serve_config_from_options(monkeypatch, tmp_path):
         "max_class_chars": 9,
         "request_timeout_s": 3.0,
     }
-    assert cfg.classes == ("cat", "dog") and cfg.api_key_sha256 == key_digest("k" * 20) and len(cfg.methods) == 7
+    assert (
+        cfg.classes == ("cat", "dog") and cfg.api_key_sha256 == key_digest("k" * 20) and len(cfg.methods) == 8
+    )  # every method but corrclip (its DINO and SAM2 are not served)
     assert cfg.presets == ("context60",) and cfg.warmup_sizes == ((336, 448), (64, 80))
     (tmp_path / "classes.txt").write_text("person, man\ndog\n")
     assert serve_config(parse("--class-file", str(tmp_path / "classes.txt"))).classes == ("person, man", "dog")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from clipsam.config import METHODS, dense_config
 from clipsam.dense.encoder import DenseEncoder
 
-METHOD_NAMES = list(METHODS)
+METHOD_NAMES = [m for m, row in METHODS.items() if row[0] not in ("rfclip", "corrclip")]  # own encoders, own tests
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -110,3 +110,49 @@ def test_scales_and_flip_multiply_the_members():
     assert ms.input_hw == one.input_hw == (336, 448)
     assert ms.windows == 2 * (one.windows + half.windows)
     assert ms.total == pytest.approx(2 * (one.total + half.total))
+
+
+def _measured(fn) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fn()
+    return float(counter.get_total_flops())
+
+
+def test_rfclip_and_corrclip_windows_match_a_flop_counter(tiny_clip):
+    """The analytic counts of one window against PyTorch's FLOP counter on the encoders themselves (the counter
+    also sees what the analytic count leaves out: CorrCLIP's mask class tokens, RF-CLIP's text adaptation)."""
+    import warnings
+
+    import torch
+
+    from clipsam.dense.corrclip import CorrClipEncoder
+    from clipsam.dense.dino import load_dino
+    from clipsam.dense.rfclip import RFClipEncoder
+
+    visual = tiny_clip.model.visual
+    spec = VitSpec.from_visual(visual)
+    text = torch.nn.functional.normalize(torch.randn(Q, spec.embed_dim), dim=-1)
+    crops = torch.randn(1, 3, 112, 112)
+    rf = dense_config("rfclip", "voc21", rf_sink_channels=(4,), short_side=112)
+    want = sum(image_flops(spec, rf, (112, 112), Q).parts.values())
+    got = _measured(lambda: RFClipEncoder(visual, rf)(crops, text))
+    assert abs(got - want) / want < 0.05, (got, want)
+    corr = dense_config("corrclip", "voc21", short_side=112, slide_crop=112, slide_stride=112)
+    fc = image_flops(spec, corr, (112, 112), Q)
+    assert fc.window_shapes == [(112, 112)] and fc.parts["dino"] > fc.parts["trunk"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = CorrClipEncoder(visual, load_dino(None), corr)
+    regions = torch.zeros(1, 112, 112)
+    regions[:, :56] = 1
+    got = _measured(lambda: enc(crops, text, regions=regions))
+    assert abs(got - fc.total) / fc.total < 0.05, (got, fc.total)
+
+
+def test_corrclip_windows_are_padded_to_56():
+    cfg = dense_config("corrclip", "voc21", short_side=100)
+    fc = image_flops(VIT_B16, cfg, (100, 150), Q)
+    assert fc.window_shapes == [(112, 168)]  # one 100 x 150 window, padded to multiples of 56

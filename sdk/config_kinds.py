@@ -1,0 +1,67 @@
+"""Type checks of configuration fields: each option has a kind ("int", "reals", "str?", ...), and a dataclass whose
+field holds a value of another type fails with a ``ConfigError`` naming the option. Shared by ``clipsam.config`` and
+``clipsam.method_config``."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+KIND_TEXT = {
+    "bool": "True or False",
+    "int": "an integer",
+    "ints": "a tuple of integers",
+    "real": "a number",
+    "reals": "a tuple of numbers",
+    "str": "a string",
+    "templates": "a template-set name or a list of strings",
+}
+
+
+def is_kind(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of ``kind`` (a key of ``KIND_TEXT``, optionally ending in "?" for "or None")."""
+
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+    def real(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    if kind.endswith("?"):
+        return value is None or is_kind(value, kind[:-1])
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind in ("int", "real", "str"):
+        return {"int": integer, "real": real, "str": lambda v: isinstance(v, str)}[kind](value)
+    if kind == "templates":
+        return isinstance(value, str) or (isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value))
+    check = integer if kind == "ints" else real
+    return isinstance(value, (tuple, list)) and all(check(v) for v in value)
+
+
+def check_fields(
+    obj: Any, kinds: Mapping[str, str], rename: Mapping[str, str] | None = None, skip: Iterable[str] = ()
+) -> None:
+    """``ConfigError`` naming the option when a field of the dataclass ``obj`` is not of its kind.
+
+    Arguments:
+        kinds: option name -> kind; fields without a kind are not checked.
+        rename: field name -> option name, where they differ.
+        skip: fields not checked (nested groups that check themselves).
+    """
+    skipped = set(skip)
+    for f in dataclasses.fields(obj):
+        if f.name in skipped:
+            continue
+        name = (rename or {}).get(f.name, f.name)
+        kind = kinds.get(name)
+        value = getattr(obj, f.name)
+        if kind is not None and not is_kind(value, kind):
+            text = KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
+            raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
