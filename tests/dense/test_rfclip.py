@@ -261,7 +261,7 @@ def _segmenter(tiny_clip, visual, preset, **overrides):
     if cfg.schedule.slide_crop:
         cfg = cfg.replace(slide_crop=48, slide_stride=32)
     loaded = copy.copy(tiny_clip)
-    model = copy.copy(tiny_clip.model)
+    model = copy.deepcopy(tiny_clip.model)  # a shallow copy would share (and overwrite) the session model's modules
     model.visual = visual
     object.__setattr__(loaded, "model", model)
     return Segmenter(loaded, cfg)
@@ -403,3 +403,12 @@ def test_rfclip_vitb16_matches_reference():
         ref = ref_image(visual, text, img[None], cfg.replace(slide_crop=0), (96, 128), flagged)
     assert all(0 < f < 1 for f in flagged), flagged  # measured: 21-63 % of the patches in each of the 12 calls
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=0)
+
+
+def test_planted_segmenters_leave_the_session_model_alone(tiny_clip):
+    before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    visual = tiny_clip.model.visual
+    _segmenter(tiny_clip, _plant_sink(visual), "voc21")
+    assert tiny_clip.model.visual is visual
+    after = tiny_clip.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
