@@ -24,10 +24,8 @@ import os
 import platform
 import time
 import warnings
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -117,14 +115,6 @@ def _segmenter(method: str, preset: str, backend: str, tmp_root: Path):
     return seg
 
 
-def _photo(hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(cv2.resize(bgr, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
-
-
 @pytest.fixture(scope="session")
 def bench_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench_engines")
@@ -133,10 +123,10 @@ def bench_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("hw", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-def test_end_to_end(benchmark, bench_root, case, hw, backend):
+def test_end_to_end(benchmark, bench_root, sample_photo, case, hw, backend):
     method, preset = case
     seg = _segmenter(method, preset, backend, bench_root)
-    rgb = _photo(hw)
+    rgb = sample_photo(hw)
     gpu = backend.endswith(("cuda", "tensorrt"))
 
     def run():

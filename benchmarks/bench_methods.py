@@ -20,9 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from importlib import resources
 
-import numpy as np
 import pytest
 import torch
 
@@ -53,14 +51,6 @@ def _median(benchmark) -> float | None:
     """The timed median in seconds, or None when timing is off (``--benchmark-disable``, smoke runs)."""
     stats = getattr(benchmark, "stats", None)
     return stats.stats.median if stats is not None else None
-
-
-def _photo(hw):
-    import cv2
-
-    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(cv2.resize(bgr, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
 def _sam2(device):
@@ -103,13 +93,13 @@ def _segmenter(method, preset, source, device, precision):
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[0]}-{t[1]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(x for x in c if x != "-"))
-def test_methods(benchmark, device_info, case, target):
+def test_methods(benchmark, device_info, sample_photo, case, target):
     method, preset, source = case
     device, precision = target
     if source == "sam2" and SMOKE and device == "cpu":
         pytest.skip("SAM2 encodes at 1024 px: not in the CPU smoke run")
     seg = _segmenter(method, preset, source, device, precision)
-    images = [_photo(HW)] * BATCH
+    images = [sample_photo(HW)] * BATCH
     cuda = device == "cuda"
 
     def run():
@@ -172,14 +162,14 @@ def test_methods(benchmark, device_info, case, target):
 
 
 @pytest.mark.parametrize("device", [t[0] for t in TARGETS if t[1] == "fp32"])
-def test_automask_batching(benchmark, device_info, device):
+def test_automask_batching(benchmark, device_info, sample_photo, device):
     """The automatic masks' decoder: one call per batch of 64 points vs one per point (8 x 8 grid)."""
     if SMOKE and device == "cpu":
         pytest.skip("SAM2 encodes at 1024 px: not in the CPU smoke run")
     from clipsam.refine.automask import AutoMaskGenerator, AutoMaskSettings
 
     sam2 = _sam2(device)
-    rgb = _photo(HW)
+    rgb = sample_photo(HW)
     emb = sam2.embed_images([rgb])[0]
     gen = AutoMaskGenerator(sam2, AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0))
     start = time.perf_counter()

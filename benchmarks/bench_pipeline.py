@@ -30,9 +30,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from importlib import resources
 
-import numpy as np
 import pytest
 import torch
 
@@ -169,14 +167,6 @@ def _refine_config():
     return RefineConfig(min_confidence=0.0, max_prompts_per_image=16)
 
 
-def _photo(hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(cv2.resize(bgr, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
-
-
 @pytest.fixture(scope="session")
 def matmul_peak():
     """peak(device, precision) -> measured matmul GFLOP/s, once per session."""
@@ -203,14 +193,14 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[0]}-{t[1]}")
 @pytest.mark.parametrize("hw", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_pipeline(benchmark, device_info, matmul_peak, tmp_path_factory, case, hw, target):
+def test_pipeline(benchmark, device_info, matmul_peak, tmp_path_factory, sample_photo, case, hw, target):
     method, preset, backend, refine, scales = case
     device, precision = target
     _require(backend, refine, device)
     seg = _segmenter(method, preset, backend, scales, device, precision, tmp_path_factory.getbasetemp())
     refiner = _refiner(device) if refine == "sam2" else None
     refine_cfg = _refine_config() if refiner is not None else None
-    rgb = _photo(hw)
+    rgb = sample_photo(hw)
     cuda = device == "cuda"
 
     def run():

@@ -16,9 +16,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from importlib import resources
 
-import numpy as np
 import pytest
 
 from clipsam.config import dense_config
@@ -60,14 +58,6 @@ def _clip():
     return _STATE["clip"]
 
 
-def _photo() -> np.ndarray:
-    import cv2
-
-    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(cv2.resize(bgr, (HW[1], HW[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
-
-
 @pytest.fixture(scope="module")
 def cpu_peak() -> float:
     n, sec = (256, 0.05) if SMOKE else (None, 1.0)
@@ -77,7 +67,7 @@ def cpu_peak() -> float:
 @pytest.mark.parametrize("queries", SIZES, ids=lambda q: f"q{q}")
 @pytest.mark.parametrize("cpu_ops", CPU_OPS)
 @pytest.mark.parametrize("method", METHODS)
-def test_vocabulary(benchmark, device_info, cpu_peak, method, cpu_ops, queries):
+def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_ops, queries):
     from clipsam.segmenter import Segmenter
 
     kw: dict = {"templates": "single"}
@@ -88,7 +78,7 @@ def test_vocabulary(benchmark, device_info, cpu_peak, method, cpu_ops, queries):
         cfg = dense_config(method, "voc21", slide_crop=0, **kw)
     seg = Segmenter(_clip(), cfg, cpu_ops=cpu_ops)
     classes = _names(queries)
-    rgb = _photo()
+    rgb = sample_photo(HW)
     start = time.perf_counter()
     seg.segment(rgb, classes)  # text embeddings, kernel compilation or cache load
     first_s = time.perf_counter() - start

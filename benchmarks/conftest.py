@@ -55,6 +55,27 @@ def device_info() -> dict:
     return info
 
 
+@pytest.fixture(scope="session")
+def sample_photo():
+    """``sample_photo((H, W))`` -> the bundled photograph resized to H x W (INTER_AREA), RGB uint8, cached."""
+    from functools import lru_cache
+    from importlib import resources
+
+    import cv2
+    import numpy as np
+
+    data = resources.files("clipsam.data").joinpath("chelsea.jpg").read_bytes()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    @lru_cache(maxsize=16)
+    def resized(hw: tuple[int, int]) -> np.ndarray:
+        rgb = np.ascontiguousarray(cv2.resize(bgr, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+        rgb.setflags(write=False)  # shared between benchmarks
+        return rgb
+
+    return lambda hw: resized(tuple(int(v) for v in hw))
+
+
 @pytest.fixture
 def cuda_bench(benchmark):
     """``cuda_bench(fn, rounds=..., warmup_rounds=...)``: pedantic timing with a device sync inside the target."""
