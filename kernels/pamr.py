@@ -46,6 +46,13 @@ def _affinity(image: torch.Tensor, dilations) -> torch.Tensor:
     return torch.softmax(aff.mean(dim=1), dim=1)
 
 
+def _at_image_size(image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` resized to the image's (H, W) bilinearly with align_corners=True (as upstream), if they differ."""
+    if logits.shape[-2:] == image.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+
+
 def pamr_ref(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations=(8, 16)) -> torch.Tensor:
     """Refine ``logits`` with affinities of ``image``.
 
@@ -58,9 +65,7 @@ def pamr_ref(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dila
     """
     if num_iter <= 0:
         return logits
-    if logits.shape[-2:] != image.shape[-2:]:
-        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    mask = logits.to(image.dtype)
+    mask = _at_image_size(image, logits).to(image.dtype)
     a = _affinity(image, tuple(dilations))
     for _ in range(num_iter):
         out = torch.zeros_like(mask)
@@ -132,8 +137,7 @@ def pamr_triton(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, d
         raise ValueError(f"pamr_triton cannot take these inputs: {reason}")
     if num_iter <= 0:
         return logits
-    if logits.shape[-2:] != image.shape[-2:]:
-        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    logits = _at_image_size(image, logits)
     dilations = tuple(int(d) for d in dilations)
     a = _affinity(image, dilations).contiguous()
     offs = torch.tensor(

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.numpy_ops import NumpyOps, NumpyPost
-from ..ops.sfr import sfr_affinity as host_sfr_affinity
 
 CPU_OPS = ("compiled", "torch")  # as clipsam.segmenter.CPU_OPS
 
@@ -138,7 +137,8 @@ class TorchOps:
         self.post_on_device = self.device.type != "cpu" if post_on_device is None else bool(post_on_device)
         self.post = TorchPost() if self.post_on_device else NumpyPost()
         self.cpu_ops = cpu_ops
-        self._host = NumpyOps() if self.device.type == "cpu" and cpu_ops == "compiled" else None
+        # torch's own linspace values for the path check, so it samples the same points as the torch reference
+        self._host = NumpyOps(_torch_linspace) if self.device.type == "cpu" and cpu_ops == "compiled" else None
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
@@ -194,7 +194,7 @@ class TorchOps:
 
     def sfr_affinity(self, labels: torch.Tensor, gaussian_std: float, path_check: str, blur: str) -> torch.Tensor:
         if self._host is not None:  # torch's own linspace values: the path check samples the same points
-            s_hat = host_sfr_affinity(labels.numpy(), gaussian_std, path_check, blur, _torch_linspace)
+            s_hat = self._host.sfr_affinity(labels.numpy(), gaussian_std, path_check, blur)
             return torch.from_numpy(s_hat)
         from clipsam.kernels import sfr_affinity
 

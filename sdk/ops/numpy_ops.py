@@ -7,7 +7,7 @@ arithmetic of the PyTorch CPU kernels they stand for (``clipsam.ops.resize``, ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -39,12 +39,13 @@ class NumpyOps:
     """``HostOps`` on float32 numpy arrays.
 
     Arguments:
-        table: torch.linspace values for SFR's path check (the engine folder stores the exporter's).
+        table: torch.linspace(0, 1, D + 1) values for SFR's path check, by D (the engine folder stores the
+            exporter's ``LinspaceTable``; the PyTorch backend passes torch's own).
     """
 
     post = NumpyPost()
 
-    def __init__(self, table: LinspaceTable | None = None):
+    def __init__(self, table: Callable[[int], np.ndarray] | None = None):
         self.table = table or LinspaceTable()
 
     def from_numpy(self, x: np.ndarray) -> np.ndarray:
