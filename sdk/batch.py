@@ -46,6 +46,7 @@ def run_batch(
     batch_size: int = 8,
     progress: bool = True,
     log=None,
+    mask_dir=None,
 ) -> dict:
     """Segment every input image that has no output yet; returns the report (also written to batch_report.json).
 
@@ -58,6 +59,8 @@ def run_batch(
             address ("auto", "ray://host:10001").
         actors, gpus_per_actor: Ray actors and GPUs per actor.
         batch_size: images per segmenter call.
+        mask_dir: ``method="corrclip"``: the folder of each image's region masks (``clipsam.mask_files``, same
+            names as the outputs); every pending image must have one, checked before any model loads.
 
     Returns:
         {"total", "skipped", "done", "failed", "failures": [{"path", "error"}], "seconds", "images_per_s", "mode",
@@ -72,6 +75,10 @@ def run_batch(
     rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs)]
     out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done
     todo = pending_rows(rows, out)
+    if mask_dir is not None:
+        from .mask_files import require_mask_files
+
+        mask_dir = str(require_mask_files(mask_dir, [r["name"] for r in todo], "mask_dir"))
     for stale in out.rglob(".partial-*"):  # left by an interrupted run (one run per output folder at a time)
         shutil.rmtree(stale, ignore_errors=True)
     kwargs = dict(
@@ -82,6 +89,7 @@ def run_batch(
         classes=classes,
         class_file=class_file,
         out_dir=str(out),
+        mask_dir=mask_dir,
     )
     failures, done = [], 0
     bar = None

@@ -167,19 +167,45 @@ class SegmenterFront:
                 maps[i], embeddings[i] = m, e
         return [np.zeros(u8[i].shape[:2], np.int32) if m is None else m for i, m in enumerate(maps)], embeddings
 
-    def segment_stream(self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False):
-        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once."""
+    def segment_stream(
+        self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False, masks=None
+    ):
+        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once.
+
+        ``masks`` (``method="corrclip"``): None, or an iterable with one entry per image, read in step with
+        ``images`` (``segment``'s ``masks``, or None for the configured source); a length that differs from the
+        images' is an error when one of the two runs out.
+        """
         batch_size = positive_int(batch_size, "batch_size")
         images = _image_iter(images, "segment_stream")
         vocab = self.vocabulary(classes, class_file)
-        chunk = []
+        if masks is not None:
+            if self.config.attention.base != "corrclip":
+                self._given_regions([], masks)  # the error for masks given to another method
+            if isinstance(masks, (np.ndarray, str, bytes)) or not hasattr(masks, "__iter__"):
+                raise InvalidTypeError(
+                    "masks of segment_stream must be an iterable with one entry per image (an instance map, boolean "
+                    f"masks or None each), got {type(masks).__name__}"
+                )
+        mask_iter = iter(masks) if masks is not None else None
+        chunk: list = []
+        chunk_masks: list = []
+        count = 0
         for img in images:
             chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
+            if mask_iter is not None:
+                chunk_masks.append(_next_mask(mask_iter, count))
+            count += 1
             if len(chunk) == batch_size:
-                yield from self._run(chunk, vocab, progress)
-                chunk = []
+                yield from self._run_chunk(chunk, vocab, progress, chunk_masks if mask_iter is not None else None)
+                chunk, chunk_masks = [], []
+        if mask_iter is not None:
+            _no_more_masks(mask_iter, count)
         if chunk:
-            yield from self._run(chunk, vocab, progress)
+            yield from self._run_chunk(chunk, vocab, progress, chunk_masks if mask_iter is not None else None)
+
+    def _run_chunk(self, rgbs: list[np.ndarray], vocab: Vocabulary, progress: bool, masks: list | None):
+        return self._run(rgbs, vocab, progress, None if masks is None else self._given_regions(rgbs, masks))
 
     def logits(self, image, classes=None, class_file=None, masks=None) -> np.ndarray:
         """Query logits at the original image size: (Q, H, W) float32 (before the softmax), single scale, window by
@@ -358,3 +384,23 @@ def _image_iter(images, method: str):
         raise InvalidTypeError(
             f"{method} takes a list (or any iterable) of images, got {type(images).__name__}."
         ) from None
+
+
+def _next_mask(masks, index: int):
+    try:
+        return next(masks)
+    except StopIteration:
+        raise InvalidInputError(
+            f"segment_stream: masks ran out at image {index}: give one entry per image (None for the configured "
+            "mask source)"
+        ) from None
+
+
+def _no_more_masks(masks, count: int) -> None:
+    try:
+        next(masks)
+    except StopIteration:
+        return
+    raise InvalidInputError(
+        f"segment_stream: there are more masks than images ({count} images); give one entry per image"
+    )

@@ -55,6 +55,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     classes = resolve_classes(args)
     if args.actors > 1 and args.ray is False:
         raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
+    if args.masks and args.method != "corrclip":
+        raise ClipSamError("--masks applies to --method corrclip only")
     options = {k: v for k, v in vars(args).items() if k != "func"}
     on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if on_gpu else 0)
@@ -68,6 +70,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         gpus_per_actor=gpus,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        mask_dir=args.masks,
     )
     rate = f" ({report['images_per_s']:.2f} img/s)" if report["images_per_s"] else ""
     print(

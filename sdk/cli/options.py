@@ -175,6 +175,14 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="SAM2 model of the automatic masks (upstream: sam2_hiera_l); default: the --refine model, shared",
     )
+    g.add_argument(
+        "--masks",
+        metavar="DIR",
+        default=None,
+        help="your region masks instead of SAM2's: one file per image, same sub-folders and names as the images "
+        "(<name>.npz with 'instance_mask', as CorrCLIP's pre-generated masks, <name>.npy: an (H, W) id map or "
+        "(M, H, W) booleans, or <name>.png: an id map; 0 = unsegmented)",
+    )
     g = p.add_argument_group("scheduling")
     g.add_argument(
         "--scales",
@@ -258,13 +266,21 @@ def corrclip_options(args: argparse.Namespace, refine: str | None, kwargs: dict[
     """CorrCLIP's keywords (DINO weights, mask source, ``refine=False`` when SAM2 serves only the automatic masks)
     added to ``kwargs``; returns the SAM2 model to build (one per segmenter), or ``refine``."""
     dino, source, automask = (getattr(args, k, None) for k in ("dino_weights", "mask_source", "automask"))
+    mask_dir = getattr(args, "masks", None)
     if getattr(args, "method", None) != "corrclip":
-        if dino or source or automask:
-            raise ClipSamError("--dino-weights / --mask-source / --automask apply to --method corrclip only")
+        if dino or source or automask or mask_dir:
+            raise ClipSamError("--dino-weights / --mask-source / --automask / --masks apply to --method corrclip only")
         return refine
     if getattr(args, "engines", None):
         raise ClipSamError("--method corrclip runs on the PyTorch backend only (clipsam export cannot export it yet)")
     kwargs["dino_weights"] = None if args.random_weights and not dino else dino or "dino_vitb8"
+    if mask_dir:
+        if source or automask:
+            raise ClipSamError(
+                "--masks gives every image's region masks: --mask-source and --automask do not apply with it"
+            )
+        kwargs["corr_mask_source"] = "given"
+        return refine
     if source == "none":
         if automask:
             raise ClipSamError("--automask makes SAM2 masks: it does not apply with --mask-source none")

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from ..config import positive_int
-from ..errors import Interrupted
+from ..errors import ClipSamError, Interrupted
 from ..inputs import InputImage, expand_inputs
+from ..mask_files import mask_file, read_mask_file, require_mask_files
 from ..paths import output_dir
 from ..result import save_atomic
 from .options import add_segment_options, build_segmenter, resolve_classes
@@ -39,8 +40,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     images = expand_inputs(args.images)
     positive_int(args.batch_size, "--batch-size")
     output_dir(args.out, "--out")  # before any model loads
+    mask_dir = checked_mask_dir(args, [im.name for im in images])
     seg = build_segmenter(args)
-    dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress)
+    dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress, mask_dir)
     backend = ""
     if args.engines:
         used = sorted({p for ps in seg.providers.values() for p in ps})
@@ -52,8 +54,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def segment_and_save(seg, images: list[InputImage], classes, out: Path, batch_size: int, progress: bool) -> float:
-    """Segment ``images`` with any segmenter (PyTorch or engines), save each result under ``out``; seconds taken."""
+def checked_mask_dir(args: argparse.Namespace, names: list[str]) -> Path | None:
+    """``--masks DIR`` when given, after checking (before any model loads) that every image has one mask file."""
+    if not getattr(args, "masks", None):
+        return None
+    if getattr(args, "method", None) != "corrclip":
+        raise ClipSamError("--masks applies to --method corrclip only")
+    return require_mask_files(args.masks, names)
+
+
+def segment_and_save(
+    seg, images: list[InputImage], classes, out: Path, batch_size: int, progress: bool, mask_dir: Path | None = None
+) -> float:
+    """Segment ``images`` with any segmenter (PyTorch or engines), save each result under ``out``; seconds taken.
+    ``mask_dir``: CorrCLIP's region-mask folder (``clipsam.mask_files``), read one image at a time."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -61,7 +75,8 @@ def segment_and_save(seg, images: list[InputImage], classes, out: Path, batch_si
         bar = tqdm(total=len(images), unit="img", desc="segment")
     t0 = time.perf_counter()
     try:
-        results = seg.segment_stream((im.path for im in images), classes=classes, batch_size=batch_size)
+        masks = None if mask_dir is None else (read_mask_file(mask_file(mask_dir, im.name)) for im in images)
+        results = seg.segment_stream((im.path for im in images), classes=classes, batch_size=batch_size, masks=masks)
         for im, res in zip(images, results):
             res.info["image"] = im.path
             save_atomic(res, out, im.name)

@@ -59,6 +59,8 @@ class SegmentImages:
         segmenter: zero-argument callable returning a segmenter (picklable for Ray).
         classes, class_file: the vocabulary (default: the preset's).
         out_dir: write label PNGs, overlays and JSON there instead of returning arrays.
+        mask_dir: ``method="corrclip"``: a folder with each row's region masks, found by the row's ``name``
+            (``clipsam.mask_files``); a row whose mask file is missing or unreadable fails alone.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class SegmentImages:
         classes=None,
         class_file: str | None = None,
         out_dir: str | None = None,
+        mask_dir: str | None = None,
     ):
         given = [x is not None for x in (model, engines, segmenter)]
         if sum(given) != 1:
@@ -95,6 +98,7 @@ class SegmentImages:
         self.vocab = self.segmenter.vocabulary(classes, class_file)  # validated once, before the first batch
         self.classes = self.vocab  # every batch uses exactly this vocabulary (synonyms included)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.mask_dir = mask_dir
 
     def __call__(self, batch: dict) -> dict:
         from ..preprocess import load_image
@@ -119,7 +123,8 @@ class SegmentImages:
                 rgbs[i] = load_image(src, what=f"image {keys[i]}")
             except (ClipSamError, OSError, ValueError, TypeError) as e:
                 errors[i] = f"{type(e).__name__}: {e}"
-        results = self._segment(rgbs, errors)
+        masks = self._masks(rgbs, names, errors)
+        results = self._segment(rgbs, errors, masks)
         out = {"ok": np.array([not e for e in errors]), "error": np.array(errors, dtype=object)}
         out["path" if isinstance(keys[0], str) else "index"] = np.array(keys, dtype=object)
         if self.out_dir is not None:
@@ -149,20 +154,37 @@ class SegmentImages:
         )
         return out
 
-    def _segment(self, rgbs: dict, errors: list) -> dict:
+    def _masks(self, rgbs: dict, names: list[str], errors: list) -> dict | None:
+        """Each readable row's region masks from ``mask_dir`` (rows whose file fails are dropped from ``rgbs``)."""
+        if self.mask_dir is None:
+            return None
+        from ..mask_files import mask_file, read_mask_file
+
+        out = {}
+        for i in sorted(rgbs):
+            try:
+                out[i] = read_mask_file(mask_file(self.mask_dir, names[i]))
+            except ClipSamError as e:
+                errors[i] = f"{type(e).__name__}: {e}"
+                del rgbs[i]
+        return out
+
+    def _segment(self, rgbs: dict, errors: list, masks: dict | None = None) -> dict:
         """Segment the readable images together; if that fails, one by one, so one bad image fails alone."""
         if not rgbs:
             return {}
         idx = sorted(rgbs)
+        extra = {} if masks is None else {"masks": [masks[i] for i in idx]}
         try:
-            res = self.segmenter.segment_batch([rgbs[i] for i in idx], classes=self.classes)
+            res = self.segmenter.segment_batch([rgbs[i] for i in idx], classes=self.classes, **extra)
             return dict(zip(idx, res))
         except (ClipSamError, RuntimeError, ValueError, MemoryError):
             pass
         out = {}
         for i in idx:
             try:
-                out[i] = self.segmenter.segment(rgbs[i], classes=self.classes)
+                one = {} if masks is None else {"masks": masks[i]}
+                out[i] = self.segmenter.segment(rgbs[i], classes=self.classes, **one)
             except (ClipSamError, RuntimeError, ValueError, MemoryError) as e:
                 errors[i] = f"{type(e).__name__}: segmentation failed: {e}"
         return out

@@ -382,3 +382,58 @@ def test_text_progress_bar_and_disk_cache_flag(photo, tmp_path, monkeypatch):
     proc = run(*common, "--out", str(tmp_path / "b"), "--no-progress", "--no-text-cache")
     assert "encoding text" not in proc.stderr
     assert not (tmp_path / "cache2").exists()
+
+
+def test_corrclip_masks_folder_in_segment_and_batch(photo, tmp_path, capsys, monkeypatch):
+    """``--masks DIR`` (CorrCLIP with the user's region masks, no SAM2): segment and batch write the same labels,
+    each region voted to one label; a missing mask file and conflicting options fail before any model loads."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    import clipsam.dense.dino
+    from clipsam.cli import main
+
+    loads = []
+
+    def small_dino(weights):
+        loads.append(weights)
+        torch.manual_seed(0)
+        return VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+
+    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "masks" / "sub").mkdir(parents=True)
+    small = Image.open(photo).resize((125, 94))
+    small.save(tmp_path / "in" / "a.png")
+    small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "in" / "sub" / "b.png")
+    ids = np.zeros((94, 125), np.uint16)
+    ids[10:60, 20:90], ids[50:90, 60:120] = 1, 2
+    Image.fromarray(ids).save(tmp_path / "masks" / "a.png")
+    np.save(tmp_path / "masks" / "sub" / "b.npy", ids.astype(np.int32)[:, ::-1])
+    common = ["--method", "corrclip", "--classes", "person, dog, grass", "--random-weights", "--clip", TINY_VIT]
+    common += ["--templates", "single", "--no-progress", "--masks", str(tmp_path / "masks")]
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "seg"), *common]) == 0
+    assert main(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "bat"), *common]) == 0
+    for name, m in (("a", ids), ("sub/b", ids[:, ::-1])):
+        labels = np.asarray(Image.open(tmp_path / "seg" / f"{name}_labels.png"))
+        np.testing.assert_array_equal(labels, np.asarray(Image.open(tmp_path / "bat" / f"{name}_labels.png")))
+        for v in (1, 2):
+            assert len(np.unique(labels[m == v])) == 1  # each given region voted to one label
+        summary = json.loads((tmp_path / "seg" / f"{name}.json").read_text())
+        assert summary["config"]["corr_mask_source"] == "given"
+    capsys.readouterr()
+    loads.clear()
+    (tmp_path / "masks" / "sub" / "b.npy").unlink()
+    for cmd in ("segment", "batch"):
+        assert main([cmd, str(tmp_path / "in"), "--out", str(tmp_path / f"x{cmd}"), *common]) == 2
+        assert "1 image(s) have no mask file" in capsys.readouterr().err
+    for extra, message in (
+        (["--automask", "sam2_hiera_l"], "do not apply with it"),
+        (["--mask-source", "none"], "do not apply with it"),
+    ):
+        assert main(["segment", str(tmp_path / "in" / "a.png"), "--out", str(tmp_path / "y"), *common, *extra]) == 2
+        assert message in capsys.readouterr().err
+    other = [a if a != "corrclip" else "sclip" for a in common]
+    assert main(["segment", str(tmp_path / "in" / "a.png"), "--out", str(tmp_path / "y"), *other]) == 2
+    assert "--method corrclip only" in capsys.readouterr().err
+    assert loads == []  # every refusal came before a model loaded

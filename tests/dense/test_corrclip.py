@@ -515,3 +515,69 @@ def test_from_pretrained_wires_dino_and_one_sam2():
     assert res.info["corrclip"]["masks"] == "sam2" and res.info["corrclip"]["regions"] >= 0
     given = seg.segment(_image(60, 80), classes=CLASSES, masks=[np.ones((60, 80), bool)])
     assert given.info["corrclip"] == {"masks": "given", "regions": 1}
+
+
+def test_segment_stream_takes_masks_in_step_with_the_images(tiny_clip, small_dino):
+    """``segment_stream(masks=...)``: an iterable read in step with the images, across chunks; equal to
+    ``segment_batch`` with the same masks; a length mismatch either way is an error."""
+    seg = _segmenter(tiny_clip, small_dino, corr_merge_eps=0.05)
+    seg.text_embeddings = lambda v: _planted_text()
+    imgs = [_image(), _image(seed=3)[:90, :140], _image(seed=5)]
+    masks = [_bool_masks(), paint_masks(_bool_masks()[:, :90, :140]), _bool_masks()[[0, 2]]]
+    expected = seg.segment_batch(imgs, classes=CLASSES, masks=masks)
+    got = list(seg.segment_stream(iter(imgs), classes=CLASSES, batch_size=2, masks=(m for m in masks)))
+    assert len(got) == 3
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    assert not np.array_equal(got[0].labels, got[2].labels)  # the masks differ, so does the vote
+    with pytest.raises(ClipSamError, match="masks ran out at image 2"):
+        list(seg.segment_stream(imgs, classes=CLASSES, batch_size=2, masks=iter(masks[:2])))
+    with pytest.raises(ClipSamError, match="more masks than images"):
+        list(seg.segment_stream(imgs[:2], classes=CLASSES, batch_size=2, masks=masks))
+    with pytest.raises(ClipSamError, match="iterable with one entry per image"):
+        list(seg.segment_stream(imgs[:1], classes=CLASSES, masks=masks[0]))
+
+
+def test_mask_folder_through_run_batch(tiny_clip, small_dino, tmp_path):
+    """``run_batch(mask_dir=...)``: each image's masks from its file (three formats, sub-folders), outputs equal to
+    ``segment`` with the same masks; a missing file stops the run before any model loads; an unreadable one fails
+    that image alone."""
+    from PIL import Image
+
+    from clipsam.batch import run_batch
+
+    seg = _segmenter(tiny_clip, small_dino, corr_merge_eps=0.05)
+    seg.text_embeddings = lambda v: _planted_text()
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "masks" / "sub").mkdir(parents=True)
+    imgs = {"a": _image(), "sub/b": _image(seed=3), "sub/c": _image(seed=5)}
+    for name, img in imgs.items():
+        Image.fromarray(img).save(tmp_path / "in" / f"{name}.png")
+    np.savez(tmp_path / "masks" / "a.npz", instance_mask=paint_masks(_bool_masks()))
+    np.save(tmp_path / "masks" / "sub" / "b.npy", _bool_masks()[[1, 3]])
+    Image.fromarray(paint_masks(_bool_masks()[[0, 2, 4]]).astype(np.uint8)).save(tmp_path / "masks/sub/c.png")
+    built = []
+
+    def make():
+        built.append(1)
+        return seg
+
+    with pytest.raises(ClipSamError, match="no mask file"):
+        run_batch([str(tmp_path / "in")], tmp_path / "x", segmenter=make, mask_dir=tmp_path / "masks" / "sub")
+    assert built == []  # refused before the segmenter was built
+    report = run_batch(
+        [str(tmp_path / "in")], tmp_path / "out", segmenter=make, classes=CLASSES, mask_dir=tmp_path / "masks"
+    )
+    assert (report["done"], report["failed"]) == (3, 0), report
+    given = {"a": _bool_masks(), "sub/b": _bool_masks()[[1, 3]], "sub/c": _bool_masks()[[0, 2, 4]]}
+    for name, img in imgs.items():
+        want = seg.segment(img, classes=CLASSES, masks=given[name]).labels
+        got = np.asarray(Image.open(tmp_path / "out" / f"{name}_labels.png"))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    (tmp_path / "out" / "a.json").unlink()
+    (tmp_path / "masks" / "a.npz").write_bytes(b"PK\x03\x04 broken")
+    report = run_batch(
+        [str(tmp_path / "in")], tmp_path / "out", segmenter=make, classes=CLASSES, mask_dir=tmp_path / "masks"
+    )
+    assert (report["skipped"], report["failed"]) == (2, 1) and "a.npz" in report["failures"][0]["error"]

@@ -132,3 +132,47 @@ def test_image_column_rows_and_a_bad_array():
     for i, img in ((0, good[0]), (2, good[1])):
         assert np.array_equal(out["labels"][i], mapper.segmenter.segment(img, classes=CLASSES).labels)
     assert json.loads(out["instances"][0]) == []
+
+
+def test_corrclip_with_a_mask_folder_on_ray(cluster, tmp_path):
+    """CorrCLIP with the user's region masks (``mask_dir``) on two Ray actors: the same label PNGs as in-process, and
+    an image whose mask file is unreadable fails alone. DINO is ViT-B/8 itself, with random weights."""
+    from PIL import Image
+
+    from clipsam.batch import run_batch
+
+    folder = tmp_path / "in"
+    paths = make_images(folder, 4, bad=False)
+    masks = tmp_path / "masks"
+    for i, p in enumerate(paths):
+        h, w = np.asarray(Image.open(p)).shape[:2]
+        ids = np.zeros((h, w), np.int32)
+        ids[: h // 2, : w // 2], ids[h // 3 :, w // 3 :] = 1, 2 + i
+        (masks / p.parent.name).mkdir(parents=True, exist_ok=True)
+        np.save(masks / p.parent.name / f"{p.stem}.npy", ids)
+    (masks / paths[3].parent.name / f"{paths[3].stem}.npy").write_bytes(b"\x93NUMPY broken")
+    model = dict(MODEL, method="corrclip", preset=None, dino_weights=None, corr_mask_source="given")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = run_batch(
+            [str(folder)], tmp_path / "local", model=model, classes=CLASSES, mask_dir=masks, progress=False
+        )
+    remote = run_batch(
+        [str(folder)],
+        tmp_path / "ray",
+        model=model,
+        classes=CLASSES,
+        mask_dir=masks,
+        ray=cluster,
+        actors=2,
+        batch_size=1,
+        progress=False,
+    )
+    for report in (local, remote):
+        assert (report["done"], report["failed"]) == (3, 1), report
+        assert f"{paths[3].stem}.npy" in report["failures"][0]["error"]
+    for p in paths[:3]:
+        name = f"{p.parent.name}/{p.stem}"
+        assert np.array_equal(labels_of(tmp_path / "ray", name), labels_of(tmp_path / "local", name))
+        summary = json.loads((tmp_path / "ray" / f"{name}.json").read_text())
+        assert summary["config"]["method"] == "corrclip" and summary["corrclip"]["masks"] == "given"
