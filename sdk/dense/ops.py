@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ops.numpy_ops import NumpyOps, NumpyPost
+from ..ops.numpy_ops import CPU_STRIP_MB, NumpyOps, NumpyPost
 
 CPU_OPS = ("compiled", "torch")  # as clipsam.segmenter.CPU_OPS
 
@@ -136,6 +136,7 @@ class TorchOps:
         self.device = torch.device(device)
         self.post_on_device = self.device.type != "cpu" if post_on_device is None else bool(post_on_device)
         self.post = TorchPost() if self.post_on_device else NumpyPost()
+        self.strip_mb = 256.0 if self.post_on_device else CPU_STRIP_MB
         self.cpu_ops = cpu_ops
         # torch's own linspace values for the path check, so it samples the same points as the torch reference
         self._host = NumpyOps(_torch_linspace) if self.device.type == "cpu" and cpu_ops == "compiled" else None
@@ -186,11 +187,24 @@ class TorchOps:
 
         return pamr(image, logits, iters, tuple(dilations))
 
-    def softmax(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        return torch.softmax(x, dim=axis)
-
-    def patch_labels(self, probs: torch.Tensor, patch: int, temp_thd: float) -> torch.Tensor:
-        return patch_labels(probs, patch, temp_thd)
+    def first_pass_labels(
+        self,
+        first: torch.Tensor,
+        crops: torch.Tensor,
+        patch: int,
+        logit_scale: float,
+        temp_thd: float,
+        iters: int,
+        dilations: Sequence[int],
+    ) -> torch.Tensor:
+        if self._host is not None:  # the shared host implementation, on zero-copy views
+            labels = self._host.first_pass_labels(
+                first.float().numpy(), crops.float().numpy(), patch, logit_scale, temp_thd, iters, dilations
+            )
+            return torch.from_numpy(labels)
+        up = self.resize(first, (int(crops.shape[-2]), int(crops.shape[-1])))
+        refined = self.pamr(crops, up, iters, dilations) if iters > 0 else up
+        return patch_labels(torch.softmax(refined * logit_scale, dim=1), patch, temp_thd)
 
     def sfr_affinity(self, labels: torch.Tensor, gaussian_std: float, path_check: str, blur: str) -> torch.Tensor:
         if self._host is not None:  # torch's own linspace values: the path check samples the same points

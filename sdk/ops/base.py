@@ -54,6 +54,12 @@ class HostOps(Protocol):
     def post(self) -> PostOps:
         """The per-pixel post-processing operations this backend's arrays go to."""
 
+    @property
+    def strip_mb(self) -> float:
+        """Working memory per post-processing strip that suits ``post``: a few MiB on the CPU, so that a strip's
+        upsampled logits and probabilities stay in cache and are never fresh pages; hundreds on a GPU (fewer
+        launches). Strips give the same numbers as the whole map (``clipsam.pipeline.finalize``)."""
+
     def from_numpy(self, x: np.ndarray) -> Array:
         """A float32 numpy array as this backend's array (on its device)."""
 
@@ -83,11 +89,19 @@ class HostOps(Protocol):
     def pamr(self, image: Array, logits: Array, iters: int, dilations: Sequence[int]) -> Array:
         """PAMR of (B, C, H', W') logits guided by the (B, 3, H, W) normalised image -> (B, C, H, W)."""
 
-    def softmax(self, x: Array, axis: int) -> Array:
-        """Softmax over ``axis`` in x's dtype."""
-
-    def patch_labels(self, probs: Array, patch: int, temp_thd: float) -> Array:
-        """(B, Q, H, W) first-pass probabilities -> (B, H // p, W // p) int64 per-patch mode query."""
+    def first_pass_labels(
+        self,
+        first: Array,
+        crops: Array,
+        patch: int,
+        logit_scale: float,
+        temp_thd: float,
+        iters: int,
+        dilations: Sequence[int],
+    ) -> Array:
+        """SFR's first-pass patch labels: (B, Q, h, w) patch logits, (B, 3, H, W) crops -> (B, H // p, W // p) int64
+        per-patch mode of the per-pixel argmax of softmax(logit_scale * PAMR(logits upsampled to H x W)), 0 where
+        that maximum is below ``temp_thd`` (``clipsam.ops.first_pass``)."""
 
     def sfr_affinity(self, labels: Array, gaussian_std: float, path_check: str, blur: str) -> Array:
         """(B, h, w) patch labels -> S_hat (B, 1 + h*w, 1 + h*w) float16."""
@@ -144,8 +158,7 @@ def sfr_feedback(ops: HostOps, first: Array, crops: Array, patch: int, cfg: Dens
         the thresholded argmax -> class-consistency matrix (``clipsam.kernels.sfr_affinity``).
     """
     fb = cfg.feedback
-    up = ops.resize(first, tuple(crops.shape[-2:]))
-    refined = ops.pamr(crops, up, fb.sfr_pamr_iters, fb.sfr_pamr_dilations) if fb.sfr_pamr_iters > 0 else up
-    probs = ops.softmax(refined * cfg.post.logit_scale, axis=1)
-    labels = ops.patch_labels(probs, patch, fb.temp_thd)
+    labels = ops.first_pass_labels(
+        first, crops, patch, cfg.post.logit_scale, fb.temp_thd, fb.sfr_pamr_iters, fb.sfr_pamr_dilations
+    )
     return ops.sfr_affinity(labels, fb.gaussian_std, fb.sfr_path_check, fb.sfr_blur)

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .. import postprocess
+from .first_pass import FirstPass
 from .pamr import pamr
-from .resize import resize_bilinear, softmax
-from .sfr import LinspaceTable, patch_labels, sfr_affinity, sfr_term
+from .resize import resize_bilinear
+from .sfr import LinspaceTable, sfr_affinity, sfr_term
 
 _F = np.float32
+CPU_STRIP_MB = 4.0  # post-processing strips on the CPU: within L2/L3, heap-reused (HostOps.strip_mb)
 
 
 class NumpyPost:
@@ -44,9 +46,11 @@ class NumpyOps:
     """
 
     post = NumpyPost()
+    strip_mb = CPU_STRIP_MB
 
     def __init__(self, table: Callable[[int], np.ndarray] | None = None):
         self.table = table or LinspaceTable()
+        self._first_pass = FirstPass()  # its reusable buffers belong to this object
 
     def from_numpy(self, x: np.ndarray) -> np.ndarray:
         return x
@@ -78,11 +82,17 @@ class NumpyOps:
     def pamr(self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int]) -> np.ndarray:
         return pamr(image, logits, iters, dilations)
 
-    def softmax(self, x: np.ndarray, axis: int) -> np.ndarray:
-        return softmax(x, axis)
-
-    def patch_labels(self, probs: np.ndarray, patch: int, temp_thd: float) -> np.ndarray:
-        return patch_labels(probs, patch, temp_thd)
+    def first_pass_labels(
+        self,
+        first: np.ndarray,
+        crops: np.ndarray,
+        patch: int,
+        logit_scale: float,
+        temp_thd: float,
+        iters: int,
+        dilations: Sequence[int],
+    ) -> np.ndarray:
+        return self._first_pass(first, crops, patch, logit_scale, temp_thd, iters, dilations)
 
     def sfr_affinity(self, labels: np.ndarray, gaussian_std: float, path_check: str, blur: str) -> np.ndarray:
         return sfr_affinity(labels, gaussian_std, path_check, blur, self.table)

@@ -88,12 +88,12 @@ def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> n
     return out_all
 
 
-def _iterate(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
-    """``_iterate_ref`` in the compiled kernel, blocks of channels on the host threads."""
+def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) -> np.ndarray:
+    """``_iterate_ref`` in the compiled kernel on ``m`` itself ((C, H, W) C-contiguous float32), blocks of channels
+    on the host threads."""
     from .compiled import pamr_channels
 
     offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
-    m = np.array(mask, dtype=np.float32, order="C", copy=True)
     a = np.ascontiguousarray(a, dtype=np.float32)
 
     def run(c0: int, c1: int) -> None:
@@ -102,6 +102,29 @@ def _iterate(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.nd
 
     parallel_blocks(run, m.shape[0])
     return m
+
+
+def _iterate(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> np.ndarray:
+    """``_iterate_ref`` in the compiled kernel, on a copy of ``mask``."""
+    return _iterate_in_place(a, np.array(mask, dtype=np.float32, order="C", copy=True), num_iter, dilations)
+
+
+def pamr_in_place(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations=(8, 16)) -> np.ndarray:
+    """``pamr`` of one image on ``mask`` itself (no copy; the caller owns it), already at the image's size.
+
+    Arguments:
+        image: (K, H, W) float32 normalised image.
+        mask: (C, H, W) C-contiguous float32 logits, replaced by the refined logits.
+
+    Returns:
+        ``mask``.
+    """
+    if mask.dtype != np.float32 or not mask.flags.c_contiguous or mask.shape[-2:] != image.shape[-2:]:
+        raise ValueError("pamr_in_place: mask must be C-contiguous float32 at the image's size")
+    if num_iter <= 0:
+        return mask
+    dilations = tuple(dilations)
+    return _iterate_in_place(_affinity(np.asarray(image, np.float32), dilations), mask, num_iter, dilations)
 
 
 def _pamr(image, logits, num_iter: int, dilations, iterate) -> np.ndarray:

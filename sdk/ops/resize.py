@@ -48,7 +48,9 @@ def _linear_taps(in_size: int, out_size: int, align_corners: bool):
 _BLOCK_BYTES = 1 << 21  # output bytes per block of leading planes: temporaries stay in cache
 
 
-def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
+def resize_bilinear(
+    x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d`` (compiled kernel
     ``compiled.bilinear_rows``, planes on the host threads; equal to ``resize_bilinear_ref`` bit for bit).
 
@@ -56,22 +58,27 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], align_corners: bool = 
         x: (..., h, w) float32.
         size: (H, W) output size.
         rows: optional (r0, r1): compute output rows [r0, r1) only (equal to slicing the full result).
+        out: optional C-contiguous float32 array of the result's size to write into (then always written, even
+            when nothing changes).
 
     Returns:
-        (..., H, W) float32, or (..., r1 - r0, W) (``x`` itself when nothing changes).
+        (..., H, W) float32, or (..., r1 - r0, W) (``x`` itself when nothing changes and no ``out`` is given).
     """
     from .compiled import bilinear_rows
 
     h, w = x.shape[-2:]
     out_h, out_w = int(size[0]), int(size[1])
-    if (h, w) == (out_h, out_w) and not align_corners and rows is None:
+    if (h, w) == (out_h, out_w) and not align_corners and rows is None and out is None:
         return x
     r0, r1 = (0, out_h) if rows is None else (int(rows[0]), int(rows[1]))
     flat = np.ascontiguousarray(x, dtype=_F).reshape(-1, h, w)
     taps = _linear_taps(h, out_h, align_corners) + _linear_taps(w, out_w, align_corners)
-    out = np.empty((flat.shape[0], r1 - r0, out_w), dtype=_F)
-    parallel_blocks(lambda c0, c1: bilinear_rows(flat, *taps, out, c0, c1, r0), flat.shape[0])
-    return out.reshape(x.shape[:-2] + out.shape[-2:])
+    shape = (flat.shape[0], r1 - r0, out_w)
+    if out is not None and (out.dtype != _F or not out.flags.c_contiguous or out.size != np.prod(shape)):
+        raise ValueError(f"resize_bilinear: out must be a C-contiguous float32 array of {shape} elements")
+    dst: np.ndarray = np.empty(shape, dtype=_F) if out is None else out.reshape(shape)
+    parallel_blocks(lambda c0, c1: bilinear_rows(flat, *taps, dst, c0, c1, r0), flat.shape[0])
+    return dst.reshape(x.shape[:-2] + shape[-2:])
 
 
 def resize_bilinear_ref(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:

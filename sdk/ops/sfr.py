@@ -54,10 +54,18 @@ class LinspaceTable:
 
 def patch_labels(probs: np.ndarray, patch: int, temp_thd: float) -> np.ndarray:
     """(B, Q, H, W) probabilities -> (B, H//p, W//p) int64 per-patch mode query (ties: smallest label)."""
-    b, q, h, w = probs.shape
-    gh, gw = h // patch, w // patch
     pred = probs.argmax(axis=1)
-    pred = np.where(probs.max(axis=1) < _F(temp_thd), 0, pred)[:, : gh * patch, : gw * patch]
+    pred = np.where(probs.max(axis=1) < _F(temp_thd), 0, pred)
+    return patch_mode(pred, patch, probs.shape[1])
+
+
+def patch_mode(pred: np.ndarray, patch: int, num_queries: int) -> np.ndarray:
+    """(B, H, W) per-pixel labels in [0, Q) -> (B, H//p, W//p) int64 most frequent label of each whole p x p patch
+    (ties: smallest label; rows/columns beyond the last whole patch are dropped)."""
+    b, h, w = pred.shape
+    q = num_queries
+    gh, gw = h // patch, w // patch
+    pred = pred[:, : gh * patch, : gw * patch]
     blocks = pred.reshape(b, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4).reshape(b, gh * gw, patch * patch)
     cell = np.arange(b * gh * gw).reshape(b, gh * gw, 1) * q
     counts = np.bincount((cell + blocks).ravel(), minlength=b * gh * gw * q).reshape(b, gh * gw, q)

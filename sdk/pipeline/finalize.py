@@ -51,7 +51,8 @@ def finalize_members(
         weights: per member ensemble weight (summing to 1).
         guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
         out_hw: original (H0, W0).
-        max_strip_mb: memory for the per-strip float buffers, which sets the strip height.
+        max_strip_mb: memory for the per-strip float buffers, which sets the strip height (at most the backend's
+            ``ops.strip_mb``).
         return_probs: also return the class probabilities (SAM2 refinement needs them; C x H0 x W0 floats).
 
     Returns:
@@ -67,7 +68,8 @@ def finalize_members(
             )[0]
             for m, g in zip(logits, guides)
         ]
-    rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, max_strip_mb, pamr)
+    strip_mb = min(max_strip_mb, ops.strip_mb)
+    rows = strip_rows(out_hw, len(logits), logits[0].shape[0], vocab.num_classes, strip_mb, pamr)
     whole = rows >= h0  # fits: one resize of the whole map, as the reference path
 
     def strips():

@@ -8,7 +8,6 @@ import torch
 
 from clipsam.config import dense_config
 from clipsam.dense.ops import TorchOps, patch_labels
-from clipsam.ops.base import sfr_feedback
 
 
 def _one_hot_probs(pred, q, conf=0.9):
@@ -35,22 +34,16 @@ def test_patch_labels_low_confidence_joins_query_zero_and_remainder_dropped():
     assert labels.tolist() == [[[0, 3], [3, 3]]]
 
 
-class _Recorder(TorchOps):
-    """TorchOps that keeps the probabilities SFR's first pass hands to ``patch_labels``."""
-
-    def patch_labels(self, probs, patch, temp_thd):
-        self.probs = probs
-        return super().patch_labels(probs, patch, temp_thd)
-
-
-def test_first_pass_probs_softmax_over_queries():
-    logits = torch.randn(2, 4, 8, 8)  # already at crop size: the resize keeps them
+def test_first_pass_labels_softmax_over_queries():
+    """Both CPU implementations of SFR's first pass give the patch mode of the thresholded argmax of
+    softmax(logit_scale * logits) over the queries (no PAMR: the logits are already at crop size)."""
+    logits = torch.randn(2, 4, 8, 8)
     crops = torch.randn(2, 3, 8, 8)
-    ops = _Recorder("cpu")
-    sfr_feedback(ops, logits, crops, 1, dense_config("resclip", "voc21", sfr_pamr_iters=0, logit_scale=40.0))
-    torch.testing.assert_close(ops.probs, torch.softmax(40 * logits, dim=1))
-    sfr_feedback(ops, logits, crops, 1, dense_config("resclip", "voc21", sfr_pamr_iters=2, sfr_pamr_dilations=(1,)))
-    assert torch.allclose(ops.probs.sum(1), torch.ones(2, 8, 8))
+    for thd in (0.0, 0.5, 0.9):
+        want = patch_labels(torch.softmax(40 * logits, dim=1), 2, thd)
+        for cpu_ops in ("torch", "compiled"):
+            got = TorchOps("cpu", cpu_ops=cpu_ops).first_pass_labels(logits, crops, 2, 40.0, thd, 0, (1,))
+            assert torch.equal(got, want), (cpu_ops, thd)
 
 
 class _LabelRecorder:
@@ -62,8 +55,8 @@ class _LabelRecorder:
     def __getattr__(self, name):
         return getattr(self.ops, name)
 
-    def patch_labels(self, probs, patch, temp_thd):
-        out = self.ops.patch_labels(probs, patch, temp_thd)
+    def first_pass_labels(self, *args):
+        out = self.ops.first_pass_labels(*args)
         self.labels.append(out.clone())
         return out
 
@@ -79,7 +72,6 @@ class _LabelRecorder:
 )
 def test_compiled_cpu_ops_match_the_torch_ops(tiny_clip, chelsea_small, method, preset, overrides):
     """cpu_ops="compiled" (shared host kernels) against cpu_ops="torch" (PyTorch ops): float32 rounding only."""
-    from clipsam.config import dense_config
     from clipsam.segmenter import Segmenter
 
     cfg = dense_config(method, preset, templates=("a photo of a {}.",), **overrides)

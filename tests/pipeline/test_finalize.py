@@ -73,3 +73,32 @@ def test_cuda_postprocess_equals_numpy():
     assert np.array_equal(ref[0], dev[0])
     np.testing.assert_allclose(dev[1], ref[1], atol=1e-5)  # GPU float32 (no TF32 here: element-wise only)
     np.testing.assert_allclose(dev[2], ref[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("members,synonyms,area_thd", [(1, False, None), (3, True, 0.1), (1, True, None)])
+def test_host_postprocess_in_strips_equals_whole_bit_for_bit(members, synonyms, area_thd):
+    """On the CPU the post-processing runs in cache-sized strips (``ops.strip_mb``): the same numbers as the whole
+    map, to the bit (the resize of a strip is a slice of the whole resize; softmax, merge and decision are per
+    pixel)."""
+    from clipsam.ops.numpy_ops import NumpyOps
+
+    vocab = (
+        Vocabulary.from_synonyms([["background", "sky"], ["cat"], ["dog", "puppy", "hound"], ["grass"]])
+        if synonyms
+        else Vocabulary.from_names(["background", "cat", "dog", "grass"])
+    )
+    cfg = dense_config("sclip", None, area_thd=area_thd, prob_thd=0.3)
+    logits, weights, guides = _members(members, len(vocab.queries), seed=5)
+    arrays = [m.numpy() for m in logits]
+    whole_ops = NumpyOps()
+    whole_ops.strip_mb = 1e9  # type: ignore[misc]
+    whole = finalize_members(whole_ops, arrays, weights, guides, (30, 41), cfg, vocab, return_probs=True)
+    for ops in (NumpyOps(), NUMPY_POST):
+        given = arrays if isinstance(ops, NumpyOps) else logits
+        strips = finalize_members(
+            ops, given, weights, guides, (30, 41), cfg, vocab, max_strip_mb=0.002, return_probs=True
+        )
+        for a, b in zip(whole, strips):
+            np.testing.assert_array_equal(a, b)
+    assert (whole[0] == 0).any() and len(np.unique(whole[0])) > 2
+    assert NumpyOps().strip_mb == NUMPY_POST.strip_mb < TORCH_POST.strip_mb

@@ -1,0 +1,122 @@
+"""ResCLIP's SFR first pass on the host, from patch logits to patch labels, without (Q, H, W) temporaries.
+
+The reference (``first_pass_labels_ref``) is the composition of the separate host operations, each allocating a
+(B, Q, H, W) float32 array (90 MiB per crop for 150 queries on a 336 x 448 crop):
+
+    up      = resize_bilinear(first, crop size)                  (B, Q, H, W)
+    refined = pamr(crops, up)                                    (a copy)
+    probs   = softmax(refined * logit_scale over Q)              (two more)
+    labels  = patch_mode(argmax_Q probs, 0 where max_Q probs < temp_thd)   (B, H/p, W/p)
+
+``FirstPass`` computes the same numbers with one (Q, H, W) buffer per thread, kept between calls: the resize
+writes into it, PAMR refines it in place (``pamr.pamr_in_place``), and the softmax, threshold and argmax run on
+blocks of a few rows at a time in small buffers (the same numpy operations, reductions over Q in the same order),
+which stay in cache. Nothing of size queries x pixels is allocated per call, so large vocabularies no longer pay
+for fresh pages on every crop, and the buffer is touched twice instead of about a dozen times. The labels equal the
+reference's bit for bit (tests/ops/test_first_pass.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from .pamr import pamr, pamr_in_place
+from .resize import resize_bilinear, softmax
+from .sfr import patch_mode
+from .threads import parallel_blocks
+
+_F = np.float32
+_BLOCK_BYTES = 1 << 20  # (Q, rows, W) float32 softmax block: stays in L2
+
+
+def first_pass_labels_ref(
+    first: np.ndarray,
+    crops: np.ndarray,
+    patch: int,
+    logit_scale: float,
+    temp_thd: float,
+    iters: int,
+    dilations: Sequence[int],
+) -> np.ndarray:
+    """The reference: (B, Q, h, w) first-pass patch logits and (B, 3, H, W) crops -> (B, H//p, W//p) int64 patch
+    labels (``patch_mode`` of the thresholded per-pixel argmax of softmax(logit_scale * PAMR(upsampled logits)))."""
+    up = resize_bilinear(first, tuple(crops.shape[-2:]))
+    refined = pamr(crops, up, iters, dilations) if iters > 0 else up
+    probs = softmax(refined * logit_scale, axis=1)
+    pred = probs.argmax(axis=1)
+    pred = np.where(probs.max(axis=1) < _F(temp_thd), 0, pred)
+    return patch_mode(pred, patch, first.shape[1])
+
+
+def pixel_labels(x: np.ndarray, logit_scale: float, temp_thd: float, rows: int | None = None) -> np.ndarray:
+    """Per-pixel argmax of softmax(logit_scale * x) over Q, 0 where its maximum is below ``temp_thd``.
+
+    Arguments:
+        x: (Q, H, W) float32 logits.
+        rows: compute rows [0, rows) only (default: all).
+
+    Returns:
+        (rows, W) int64, equal to the reference's for those rows.
+    """
+    q, _, w = x.shape
+    n = x.shape[1] if rows is None else rows
+    out = np.empty((n, w), np.int64)
+    step = max(1, _BLOCK_BYTES // max(1, 4 * q * w))
+    thd = _F(temp_thd)
+
+    def run(b0: int, b1: int) -> None:
+        tmp = np.empty((q, step, w), _F)
+        for r0 in range(b0 * step, min(n, b1 * step), step):
+            r1 = min(n, r0 + step)
+            t = tmp[:, : r1 - r0]
+            np.multiply(x[:, r0:r1], logit_scale, out=t)
+            np.subtract(t, t.max(axis=0, keepdims=True), out=t)
+            np.exp(t, out=t)
+            np.divide(t, t.sum(axis=0, keepdims=True), out=t)
+            pred = t.argmax(axis=0)
+            pred[t.max(axis=0) < thd] = 0
+            out[r0:r1] = pred
+
+    parallel_blocks(run, -(-n // step))
+    return out
+
+
+class FirstPass:
+    """The fused first pass with one reusable (Q, H, W) buffer per calling thread (held until this object goes)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray:
+        size = shape[0] * shape[1] * shape[2]
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self._local.buf = np.empty(size, _F)
+        return buf[:size].reshape(shape)
+
+    def __call__(
+        self,
+        first: np.ndarray,
+        crops: np.ndarray,
+        patch: int,
+        logit_scale: float,
+        temp_thd: float,
+        iters: int,
+        dilations: Sequence[int],
+    ) -> np.ndarray:
+        """``first_pass_labels_ref``'s result, crop by crop in the reused buffer."""
+        b, q = first.shape[:2]
+        h, w = crops.shape[-2:]
+        gh, gw = h // patch, w // patch
+        out = np.empty((b, gh, gw), np.int64)
+        for i in range(b):
+            buf = self._buffer((q, h, w))
+            resize_bilinear(first[i], (h, w), out=buf)
+            if iters > 0:
+                pamr_in_place(crops[i], buf, iters, dilations)
+            pred = pixel_labels(buf, logit_scale, temp_thd, rows=gh * patch)
+            out[i] = patch_mode(pred[None], patch, q)[0]
+        return out
