@@ -166,3 +166,45 @@ def test_baked_fields_are_refused_and_host_fields_are_free(rfclip_planted, folde
     same = dict(rfclip_planted.overrides, rf_sink_channels=list(rfclip_planted.overrides["rf_sink_channels"]))
     eng = EngineSegmenter(folder, rf_text_alpha=0.5, rf_topk=3, rf_global_weight=0.2, rf_cluster_threshold=0.2, **same)
     assert eng.config.rfclip.rf_text_alpha == 0.5 and eng.with_options(rf_topk=1).config.rfclip.rf_topk == 1
+
+
+def test_edited_baked_field_is_refused(folder, tmp_path):
+    import json
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "edited")
+    path = copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["dense_config"]["rf_sink_sigma"] = 5.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestMismatchError, match=r"dense_config.rf_sink_sigma 5.0.*exported for .* 1.5"):
+        EngineSegmenter(copy)
+
+
+def test_runs_without_torch(rfclip_planted, folder, tmp_path):
+    """Sliding windows with the whole image's CLS and PAMR in a process where importing torch raises."""
+    import subprocess
+    import sys
+
+    from .test_no_torch import SCRIPT
+
+    blocked = SCRIPT.split("folder, image, out")[0]  # the import blocker and the imports of test_no_torch.py
+    script = blocked + (
+        "folder, image, out = sys.argv[1:4]\n"
+        "seg = EngineSegmenter(folder, short_side=64, slide_crop=48, slide_stride=32, pamr_iters=10)\n"
+        "np.save(out, seg.segment(np.load(image), classes=['cat', 'sofa', 'grass']).labels)\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in BLOCKED]\n"
+    )
+    (tmp_path / "run.py").write_text(script)
+    np.save(tmp_path / "image.npy", rfclip_planted.image())
+    proc = subprocess.run(
+        [sys.executable, "run.py", str(folder), "image.npy", "labels.npy"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eng = EngineSegmenter(folder, short_side=64, slide_crop=48, slide_stride=32, pamr_iters=10)
+    want = eng.segment(rfclip_planted.image(), classes=["cat", "sofa", "grass"]).labels
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), want)
