@@ -205,13 +205,14 @@ def export_engines(
     max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights, quick_gelu)
     from clipsam.dense.encoder import DenseEncoder
+    from clipsam.dense.rfclip import RFClipEncoder
 
     from .clip_dense import ClipDenseGraph, dense_cases
     from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
+    from .rfclip_dense import RFClipDenseGraph, rfclip_cases
 
+    encoder: DenseEncoder | RFClipEncoder
     if att.base == "rfclip":
-        from clipsam.dense.rfclip import RFClipEncoder
-
         encoder = RFClipEncoder(loaded.model.visual, cfg)  # a ConfigError for sink channels beyond the width
     else:
         encoder = DenseEncoder(loaded.model.visual, cfg)
@@ -270,15 +271,13 @@ def export_engines(
     queries = (1, min(vocab_q, max_queries), max_queries)
     parts = _PARTS_SFR if att.sfr else ("full",)
     for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
-        if att.base == "rfclip":
-            from .rfclip_dense import RFClipDenseGraph, rfclip_cases
-
+        profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
+        if isinstance(encoder, RFClipEncoder):
             example, cases = rfclip_cases(encoder, sizes)
-            module = RFClipDenseGraph(encoder)
+            add(io, RFClipDenseGraph(encoder), example, cases, profile)
         else:
             example, cases = dense_cases(encoder, part, sizes)
-            module = ClipDenseGraph(encoder, part)
-        add(io, module, example, cases, profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries))
+            add(io, ClipDenseGraph(encoder, part), example, cases, profile)
 
     sam2_info = None
     if sam2 is not None:
