@@ -9,6 +9,7 @@ Timed call: ``segment(image)`` (text embeddings are cached before timing) of ``c
 
     resclip / voc21    whole image, SFR (trunk + two last-block passes + numpy PAMR / S_hat between them)
     sclip / ade20k     224 / 112 sliding windows, batched
+    rfclip / context60 224 / 112 sliding windows + the whole image's CLS (one more graph run per image), numpy head
 
 Model: ViT-B/16 with random weights (latency does not depend on them; CLIPSAM_BENCH_CLIP picks another
 architecture), VOC-like images of 375x500 and 500x333. Backends: torch-cpu and ort-cpu always; torch-cuda,
@@ -36,7 +37,7 @@ SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE", "") not in ("", "0")
 TINY_VIT = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "configs", "clipsam-test-vit.json")
 CLIP = TINY_VIT if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16")
 SIZES = [(40, 56)] if SMOKE else [(375, 500), (500, 333)]
-CASES = [("resclip", "voc21")] + ([] if SMOKE else [("sclip", "ade20k")])
+CASES = [("resclip", "voc21")] + ([] if SMOKE else [("sclip", "ade20k"), ("rfclip", "context60")])
 BACKENDS = ["torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-tensorrt"]
 _PROVIDERS = {"ort-cpu": ["cpu"], "ort-cuda": ["cuda", "cpu"], "ort-tensorrt": ["tensorrt", "cuda", "cpu"]}
 

@@ -6,6 +6,7 @@ Folder contents (names in ``io_names``):
                              file/bytes/SHA-256/IO names/dynamic axes/TensorRT profile, validation rows, version
     clip_text.onnx           token ids -> text embeddings            clip_tokenizer.json + clip_bpe_vocab.txt.gz
     clip_dense.onnx          (no SFR)  or  clip_dense_trunk / clip_dense_pass1 / clip_dense_pass2.onnx (SFR)
+                             or  clip_dense_rfclip.onnx (RF-CLIP: patch features and CLS embedding)
     sam2_image_encoder.onnx  sam2_prompt_decoder.onnx                 (with sam2=...)
     host_constants.npz       native positional embedding; torch.linspace tables for SFR's path check
     trtexec.sh               one trtexec command per graph, with its min/opt/max shapes
@@ -109,9 +110,6 @@ def _host_constants(path: Path, visual, max_grid: int) -> None:
 
 # methods whose encoders have no exported graphs yet: what is missing, said before any model loads
 _NOT_EXPORTABLE = {
-    "rfclip": "RF-CLIP's encoder (a kk attention map kept from every block, the feature denoising after every "
-    "block, the enhanced value-only last block) and its runtime steps (query clustering, image-adaptive text, "
-    "global-semantics weighting) have no exported graph yet",
     "corrclip": "CorrCLIP needs a DINO ViT-B/8 graph, the region-dependent last block (mask merging, scoped value "
     "attention, mask class tokens) and the SAM2 automatic-mask step on the SAM2 graphs, none of which is exported "
     "yet",
@@ -203,15 +201,21 @@ def export_engines(
     resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
     _prepare(out, overwrite)
-    sc = cfg.schedule
+    sc, att = cfg.schedule, cfg.attention
     max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights, quick_gelu)
     from clipsam.dense.encoder import DenseEncoder
+    from clipsam.dense.rfclip import RFClipEncoder
 
     from .clip_dense import ClipDenseGraph, dense_cases
     from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
+    from .rfclip_dense import RFClipDenseGraph, rfclip_cases
 
-    encoder = DenseEncoder(loaded.model.visual, cfg)
+    encoder: DenseEncoder | RFClipEncoder
+    if att.base == "rfclip":
+        encoder = RFClipEncoder(loaded.model.visual, cfg)  # a ConfigError for sink channels beyond the width
+    else:
+        encoder = DenseEncoder(loaded.model.visual, cfg)
     info = _clip_info(loaded)
     p = info["patch"]
     if max_side < p:
@@ -265,17 +269,15 @@ def export_engines(
 
         vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
     queries = (1, min(vocab_q, max_queries), max_queries)
-    att = cfg.attention
     parts = _PARTS_SFR if att.sfr else ("full",)
     for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
-        example, cases = dense_cases(encoder, part, sizes)
-        add(
-            io,
-            ClipDenseGraph(encoder, part),
-            example,
-            cases,
-            profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries),
-        )
+        profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
+        if isinstance(encoder, RFClipEncoder):
+            example, cases = rfclip_cases(encoder, sizes)
+            add(io, RFClipDenseGraph(encoder), example, cases, profile)
+        else:
+            example, cases = dense_cases(encoder, part, sizes)
+            add(io, ClipDenseGraph(encoder, part), example, cases, profile)
 
     sam2_info = None
     if sam2 is not None:
@@ -355,7 +357,8 @@ def export_engines(
             "max_queries": max_queries,
         },
         "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
-        "patch labels, S_hat), stitching, post-processing, SAM2 pre/post-processing",
+        "patch labels, S_hat), RF-CLIP's window head (query clusters, image-adaptive text, global-semantics blend), "
+        "stitching, post-processing, SAM2 pre/post-processing",
         "graphs": graphs,
         "files": {
             "tokenizer": _file_entry(out / TOKENIZER_FILE),

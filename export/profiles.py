@@ -36,11 +36,17 @@ def batch_sizes(cfg: DenseConfig, max_batch: int) -> tuple[int, int, int]:
 
 
 def crop_sizes(cfg: DenseConfig, patch: int, max_side: int):
-    """(min, opt, max) encoder input (H, W): one patch .. a full (padded) crop, or .. ``max_side`` (whole image)."""
+    """(min, opt, max) encoder input (H, W): one patch .. a full (padded) crop, or .. ``max_side`` (whole image).
+
+    RF-CLIP's graph also encodes whole images when its sliding windows take the image's CLS embedding (and a run may
+    switch to that): its max is ``max_side`` for every preset.
+    """
     sc = cfg.schedule
     if sc.slide_crop > 0:
         c = sc.slide_crop
         full = c + sum(pad_to_patch(c, c, patch)[:2]) if sc.pad_crops else c
+        if cfg.attention.base == "rfclip":
+            full = max(full, max_side)
         return (patch, patch), (c, c), (full, full)
     return (patch, patch), _typical(cfg), (max_side, max_side)
 

@@ -18,6 +18,15 @@ from .errors import ConfigError
 
 # RF-CLIP's feature-denoising channels, hard-coded upstream for ViT-B/16 (width 768)
 RF_SINK_CHANNELS_B16 = (4, 162, 189, 326, 429, 474, 633, 713)
+# RFClipConfig fields baked into RF-CLIP's exported graph (``clip_dense_rfclip``); the others are host-side
+RFCLIP_GRAPH_FIELDS = (
+    "rf_sink_channels",
+    "rf_sink_sigma",
+    "rf_denoise_alpha",
+    "rf_denoise_exact_identity",
+    "rf_enhance_beta",
+    "rf_renormalise_attention",
+)
 
 GlobalSource = Literal["image", "window"]
 MaskSource = Literal["sam2", "given", "none"]

@@ -120,3 +120,33 @@ def tiny_sam2():
     from . import engines
 
     return engines.tiny_sam2()
+
+
+@pytest.fixture(scope="session")
+def rfclip_planted(tiny_clip):
+    """RF-CLIP's planted inputs, from ``tests/dense/test_rfclip.py`` (its module docstring says why and how):
+
+    * ``clip``: a deep copy of ``tiny_clip`` whose visual tower carries the red plane in residual channel 4
+      (``plant_sink``), so that the denoising fires on red patches; the session model is left alone;
+    * ``overrides``: the sink channels and threshold of the 128-wide test model (``rf_sink_channels``, ``rf_sink_sigma``);
+    * ``image(h=64, w=96, seed=0)``: an image whose left 60 % is red; ``text(dim=64, seed=0)``: planted query
+      embeddings (synonym groups within cosine distance ~0.015, two classes at ~0.09) and their Vocabulary;
+    * ``plant_sink``, ``reference`` (the module itself: ``ref_image``, ``ref_labels``).
+    """
+    import copy
+    import types
+
+    from .dense import test_rfclip as rf
+
+    loaded = copy.copy(tiny_clip)
+    model = copy.deepcopy(tiny_clip.model)
+    model.visual = rf._plant_sink(model.visual)
+    object.__setattr__(loaded, "model", model)
+    return types.SimpleNamespace(
+        clip=loaded,
+        overrides=dict(rf_sink_channels=rf.SINKS, rf_sink_sigma=1.5),
+        image=rf._image,
+        text=rf._planted_text,
+        plant_sink=rf._plant_sink,
+        reference=rf,
+    )

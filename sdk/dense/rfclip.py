@@ -48,6 +48,7 @@ def denoise(
         (B, 1 + N, D) denoised tokens.
     """
     b, _, d = x.shape
+    d = int(d)  # the width: a constant when traced for ONNX (the conv weight's shape, the threshold sigma / D)
     h, w = grid
     f = x[:, 1:]
     shifted = f - f.amin(-1, keepdim=True)

@@ -6,6 +6,8 @@ A batch of crops through the exported graphs:
     no SFR:  clip_dense -> patch logits
     SFR:     clip_dense_trunk -> clip_dense_pass1 -> [host: ``sfr_feedback`` (upsample, PAMR, softmax, patch labels,
              S_hat), bias = float32(fp16(lambda * S_hat))] -> clip_dense_pass2 -> patch logits
+    RF-CLIP: clip_dense_rfclip -> patch features, CLS embedding -> [host: ``RFClipHead`` (query clusters,
+             image-adaptive text, global-semantics blend; the whole member's CLS from ``member_context``)] -> logits
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from ..ops.base import EncoderSpec, sfr_feedback
 from ..ops.numpy_ops import NumpyOps
 from ..ops.resize import interpolate_pos_embed, neighbourhood_window
 from ..ops.sfr import LinspaceTable
+from .rfclip import GRAPH as RFCLIP_GRAPH
+from .rfclip import RFClipHead
 
 
 class OrtBackend:
     """``DenseBackend`` over the exported dense graphs.
 
     Arguments:
-        sessions: graph name -> ``GraphSession`` (``clip_dense``, or the three SFR graphs).
+        sessions: graph name -> ``GraphSession`` (``clip_dense``, the three SFR graphs, or ``clip_dense_rfclip``).
         cfg: the run's DenseConfig (graph-baked fields equal the export's).
         pos_embed: (1 + n*n, D) native positional embedding.
         spec: patch size, heads and width of the exported ViT.
@@ -50,6 +54,7 @@ class OrtBackend:
         self.max_grid = int(max_grid)
         self.ops = NumpyOps(table)
         self._grid_cache: dict = {}
+        self.rfclip = RFClipHead(sessions[RFCLIP_GRAPH], cfg) if cfg.attention.base == "rfclip" else None
 
     def inference(self):
         import contextlib
@@ -74,12 +79,29 @@ class OrtBackend:
             self._grid_cache[(gh, gw)] = feeds
         return self._grid_cache[(gh, gw)]
 
-    def patch_logits(self, crops: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) normalised crops, (Q, C) unit text -> (B, Q, H // p, W // p) float32 logits."""
+    def member_context(self, pixels: np.ndarray) -> dict | None:
+        """RF-CLIP's whole-member CLS embedding {"global_embedding": (E,)} when its sliding windows take the image's
+        global semantics, else None (the pipeline's ``Member.context``)."""
+        if self.rfclip is None or not self.rfclip.uses_member_embedding():
+            return None
+        whole = np.ascontiguousarray(pixels[None], dtype=np.float32)
+        grid = self._grid_inputs(*whole.shape[-2:])
+        return {"global_embedding": self.rfclip.encode(whole, grid["pos_embed"])[1][0]}
+
+    def patch_logits(
+        self, crops: np.ndarray, text: np.ndarray, global_embedding: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, 3, H, W) normalised crops, (Q, C) unit text -> (B, Q, H // p, W // p) float32 logits.
+
+        ``global_embedding``: RF-CLIP's (B, E) whole-member CLS embeddings (``member_context``), or None.
+        """
         att = self.cfg.attention
         b, _, h, w = crops.shape
         grid = self._grid_inputs(h, w)
         shape = (b, -1, h // self.spec.patch, w // self.spec.patch)
+        if self.rfclip is not None:
+            patches, cls = self.rfclip.encode(crops, grid["pos_embed"])
+            return self.rfclip.logits(patches, cls, text, shape[2:], global_embedding)
         window = {k: grid[k] for k in ("window_bias",) if k in grid}
         if not att.sfr:
             feeds = {"crops": crops, "pos_embed": grid["pos_embed"], "text_embeddings": text, **window}

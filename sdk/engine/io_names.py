@@ -11,6 +11,8 @@ ordered input and output names, and the dynamic axes of each tensor (axis -> sym
     clip_dense_trunk     crops, pos_embed                      -> tokens (B,N1,D), rcs_q, rcs_k (L,B,heads,N1,d)
     clip_dense_pass1     tokens, [rcs_q, rcs_k], [window_bias], text_embeddings -> patch_logits
     clip_dense_pass2     ... + sfr_bias (B,N1,N1) = float32(fp16(lambda_sfr * S_hat))  -> patch_logits
+    clip_dense_rfclip    crops, pos_embed                      -> patch_features (B, h*w, C), cls_embedding (B, C)
+                                                                  (RF-CLIP; its window head runs on the host)
     sam2_image_encoder   image (B,3,S,S)                       -> image_embed (B,256,E,E),
                                                                   high_res_feats_0 (B,32,4E,4E), high_res_feats_1 (B,64,2E,2E)
     sam2_prompt_decoder  image_embed (1,..), high_res_feats_0/1 (1,..), point_coords (P,K,2) (model-input pixels),
@@ -108,6 +110,17 @@ CLIP_DENSE_PASS2 = GraphIO(
         **_DENSE_COMMON,
     },
 )
+CLIP_DENSE_RFCLIP = GraphIO(
+    "clip_dense_rfclip",
+    ("crops", "pos_embed"),
+    ("patch_features", "cls_embedding"),
+    {
+        "crops": _CROPS,
+        "pos_embed": {0: "tokens"},
+        "patch_features": {0: "batch", 1: "patches"},
+        "cls_embedding": {0: "batch"},
+    },
+)
 SAM2_IMAGE_ENCODER = GraphIO(
     "sam2_image_encoder",
     ("image",),
@@ -150,6 +163,7 @@ GRAPHS = {
         CLIP_DENSE_TRUNK,
         CLIP_DENSE_PASS1,
         CLIP_DENSE_PASS2,
+        CLIP_DENSE_RFCLIP,
         SAM2_IMAGE_ENCODER,
         SAM2_PROMPT_DECODER,
     )
@@ -162,7 +176,10 @@ def dense_graphs(base: str, rcs: bool, sfr: bool) -> tuple[GraphIO, ...]:
     Without SFR: one graph, ``clip_dense``. With SFR (ResCLIP): ``clip_dense_trunk`` (blocks 0..L-2, run once),
     ``clip_dense_pass1`` and ``clip_dense_pass2`` (the last block, before and after the host SFR steps).
     ``window_bias`` (NACLIP's Omega) is an input only for the ``naclip`` base; ``rcs_q``/``rcs_k`` only with RCS.
+    RF-CLIP (base ``rfclip``): one graph, ``clip_dense_rfclip`` (the encoder; the window head runs on the host).
     """
+    if base == "rfclip":
+        return (CLIP_DENSE_RFCLIP,)
     unused = () if base == "naclip" else ("window_bias",)
     if not sfr:
         return (CLIP_DENSE.without(*unused),)

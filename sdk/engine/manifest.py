@@ -5,7 +5,7 @@ what differs and how to fix it, a folder whose manifest is missing or malformed,
 know, whose files are missing or do not match their recorded size and SHA-256, or whose method, preset, precision
 or models differ from what it is asked to run (``check_request``). Host-side settings (thresholds, image size,
 sliding windows, PAMR, templates) may be overridden freely; those baked into the graphs may not
-(``GRAPH_FIELDS``).
+(``GRAPH_FIELDS``, and for RF-CLIP also ``RFCLIP_GRAPH_FIELDS``: ``graph_fields``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,20 @@ import numpy as np
 from ..config import AttentionConfig, DenseConfig
 from ..errors import ConfigError, EngineError, EngineFileError, ManifestMismatchError, first_line
 from ..hashing import file_sha256
+from ..method_config import RFCLIP_GRAPH_FIELDS
 from ..paths import is_url
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
 # DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
 GRAPH_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
+
+
+def graph_fields(base: str | None) -> tuple[str, ...]:
+    """The DenseConfig fields (flat names) baked into the dense graphs of a method with attention base ``base``:
+    the attention group, and RF-CLIP's denoising and last-block settings for ``base == "rfclip"``."""
+    return GRAPH_FIELDS + (RFCLIP_GRAPH_FIELDS if base == "rfclip" else ())
+
+
 _REQUIRED = (
     "format",
     "clipsam_version",
@@ -236,7 +245,7 @@ def graph_settings(data: dict) -> dict:
         "method": data.get("method"),
         "precision": data.get("precision"),
         "opset": data.get("opset"),
-        "dense_config": {k: dense.get(k) for k in GRAPH_FIELDS},
+        "dense_config": {k: dense.get(k) for k in graph_fields(dense.get("base"))},
         "clip": data.get("clip"),
         "sam2": data.get("sam2"),
         "limits": data.get("limits"),
@@ -431,12 +440,15 @@ def check_request(
             f"asked for. Export it with --sam2 {sam2}."
         )
     overrides = dict(overrides or {})
-    att = manifest.dense.attention
-    baked = {k: v for k, v in overrides.items() if k in GRAPH_FIELDS and _norm(v) != _norm(getattr(att, k))}
-    if "attention" in overrides and overrides["attention"] != att:
-        baked["attention"] = overrides["attention"]
+    dense = manifest.dense
+    fields = graph_fields(dense.attention.base)
+    baked = {k: v for k, v in overrides.items() if k in fields and _norm(v) != _norm(getattr(dense, k))}
+    groups = {"attention": GRAPH_FIELDS, "rfclip": RFCLIP_GRAPH_FIELDS if dense.attention.base == "rfclip" else ()}
+    for group, names in groups.items():  # a whole group passed: its baked fields must equal the export's
+        if group in overrides and any(getattr(overrides[group], k) != getattr(dense, k) for k in names):
+            baked[group] = overrides[group]
     if baked:
-        have = {k: getattr(att, k, att) for k in baked}
+        have = {k: getattr(dense, k) for k in baked}
         raise ManifestMismatchError(
             f"{', '.join(sorted(baked))} are baked into the exported graphs ({have}); asked "
             f"for {baked}. {fix} and the same options."
