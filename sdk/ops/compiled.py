@@ -44,16 +44,33 @@ _CACHE = _cache_on_disk()
 
 
 @numba.njit(nogil=True, cache=_CACHE)
-def _madd4(o, a0, s0, a1, s1, a2, s2, a3, s3, n):  # pragma: no cover - compiled
-    """o += a0*s0, then += a1*s1, += a2*s2, += a3*s3 (four sequential passes in one; contiguous rows vectorise)."""
+def _madd8x2(
+    o, q, a0, a1, a2, a3, a4, a5, a6, a7, s0, s1, s2, s3, s4, s5, s6, s7, t0, t1, t2, t3, t4, t5, t6, t7, n
+):  # pragma: no cover - compiled
+    """o += a0*s0, ..., += a7*s7 and q += a0*t0, ..., += a7*t7, each sum in that order: two channels share one
+    load of the eight neighbour weights, and each output row is read and written once per eight neighbours."""
     for i in range(n):
-        o[i] = (((o[i] + a0[i] * s0[i]) + a1[i] * s1[i]) + a2[i] * s2[i]) + a3[i] * s3[i]
+        x0, x1, x2, x3, x4, x5, x6, x7 = a0[i], a1[i], a2[i], a3[i], a4[i], a5[i], a6[i], a7[i]
+        o[i] = (
+            ((((((o[i] + x0 * s0[i]) + x1 * s1[i]) + x2 * s2[i]) + x3 * s3[i]) + x4 * s4[i]) + x5 * s5[i]) + x6 * s6[i]
+        ) + x7 * s7[i]
+        q[i] = (
+            ((((((q[i] + x0 * t0[i]) + x1 * t1[i]) + x2 * t2[i]) + x3 * t3[i]) + x4 * t4[i]) + x5 * t5[i]) + x6 * t6[i]
+        ) + x7 * t7[i]
 
 
 @numba.njit(nogil=True, cache=_CACHE)
-def _madd1(o, a0, s0, n):  # pragma: no cover - compiled
+def _madd1x2(o, q, a0, s0, t0, n):  # pragma: no cover - compiled
     for i in range(n):
         o[i] = o[i] + a0[i] * s0[i]
+        q[i] = q[i] + a0[i] * t0[i]
+
+
+@numba.njit(nogil=True, cache=_CACHE)
+def _pad_row(r, acc, pad, w):  # pragma: no cover - compiled
+    r[pad : pad + w] = acc
+    r[:pad] = acc[0]
+    r[pad + w :] = acc[w - 1]
 
 
 @numba.njit(nogil=True, cache=_CACHE)
@@ -61,12 +78,13 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     """All PAMR iterations for channels [c0, c1) of ``m``, in place.
 
     Each channel lives in a row-padded copy (``pad`` = the largest column offset, edges replicated after every
-    row), so every neighbour row is one contiguous slice and a row of output is 4 neighbours per memory pass,
-    accumulated in the neighbours' order. Rows are clamped (replicate padding).
+    row), so every neighbour row is one contiguous slice. An output row is computed for two channels at once, eight
+    neighbours per memory pass (their weights loaded once for both channels), accumulated in the neighbours' order.
+    Rows are clamped (replicate padding).
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
-        a: (P, H, W) float32 neighbour weights; offs: (P, 2) int64 (row, column) offsets of the neighbours.
+        a: (P, H, W) float32 neighbour weights; offs: (P, 2) int64 (row, column) offsets.
         num_iter: iterations of M <- sum_p a_p * M shifted by offs_p.
     """
     h, w = m.shape[1], m.shape[2]
@@ -79,45 +97,62 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     dst = np.empty_like(src)
     for c in range(nc):
         for y in range(h):
-            r = src[c, y]
-            r[pad : pad + w] = m[c0 + c, y]
-            r[:pad] = m[c0 + c, y, 0]
-            r[pad + w :] = m[c0 + c, y, w - 1]
-    acc = np.empty(w, np.float32)
+            _pad_row(src[c, y], m[c0 + c, y], pad, w)
+    acc = np.empty((2, w), np.float32)
+    rows = np.empty(npt, np.int64)
+    cols = np.empty(npt, np.int64)
     for _ in range(num_iter):
         for y in range(h):
-            for c in range(nc):
+            for p in range(npt):
+                rows[p] = min(max(y + offs[p, 0], 0), h - 1)
+                cols[p] = pad + offs[p, 1]
+            for c in range(0, nc, 2):
+                d = min(c + 1, nc - 1)  # an odd last channel is computed twice (same numbers), written once
+                sc, sd = src[c], src[d]
                 acc[:] = 0.0
-                p = 0
-                while p + 4 <= npt:
-                    r0 = src[c, min(max(y + offs[p, 0], 0), h - 1)]
-                    r1 = src[c, min(max(y + offs[p + 1, 0], 0), h - 1)]
-                    r2 = src[c, min(max(y + offs[p + 2, 0], 0), h - 1)]
-                    r3 = src[c, min(max(y + offs[p + 3, 0], 0), h - 1)]
-                    d0, d1 = pad + offs[p, 1], pad + offs[p + 1, 1]
-                    d2, d3 = pad + offs[p + 2, 1], pad + offs[p + 3, 1]
-                    _madd4(
-                        acc,
-                        a[p, y],
-                        r0[d0 : d0 + w],
-                        a[p + 1, y],
-                        r1[d1 : d1 + w],
-                        a[p + 2, y],
-                        r2[d2 : d2 + w],
-                        a[p + 3, y],
-                        r3[d3 : d3 + w],
+                for g in range(0, npt - npt % 8, 8):
+                    r, k = rows[g : g + 8], cols[g : g + 8]
+                    _madd8x2(
+                        acc[0],
+                        acc[1],
+                        a[g, y],
+                        a[g + 1, y],
+                        a[g + 2, y],
+                        a[g + 3, y],
+                        a[g + 4, y],
+                        a[g + 5, y],
+                        a[g + 6, y],
+                        a[g + 7, y],
+                        sc[r[0], k[0] : k[0] + w],
+                        sc[r[1], k[1] : k[1] + w],
+                        sc[r[2], k[2] : k[2] + w],
+                        sc[r[3], k[3] : k[3] + w],
+                        sc[r[4], k[4] : k[4] + w],
+                        sc[r[5], k[5] : k[5] + w],
+                        sc[r[6], k[6] : k[6] + w],
+                        sc[r[7], k[7] : k[7] + w],
+                        sd[r[0], k[0] : k[0] + w],
+                        sd[r[1], k[1] : k[1] + w],
+                        sd[r[2], k[2] : k[2] + w],
+                        sd[r[3], k[3] : k[3] + w],
+                        sd[r[4], k[4] : k[4] + w],
+                        sd[r[5], k[5] : k[5] + w],
+                        sd[r[6], k[6] : k[6] + w],
+                        sd[r[7], k[7] : k[7] + w],
                         w,
                     )
-                    p += 4
-                while p < npt:
-                    r0 = src[c, min(max(y + offs[p, 0], 0), h - 1)]
-                    d0 = pad + offs[p, 1]
-                    _madd1(acc, a[p, y], r0[d0 : d0 + w], w)
-                    p += 1
-                r = dst[c, y]
-                r[pad : pad + w] = acc
-                r[:pad] = acc[0]
-                r[pad + w :] = acc[w - 1]
+                for p in range(npt - npt % 8, npt):  # a tail of fewer than eight neighbours, one at a time
+                    _madd1x2(
+                        acc[0],
+                        acc[1],
+                        a[p, y],
+                        sc[rows[p], cols[p] : cols[p] + w],
+                        sd[rows[p], cols[p] : cols[p] + w],
+                        w,
+                    )
+                _pad_row(dst[c, y], acc[0], pad, w)
+                if d != c:
+                    _pad_row(dst[d, y], acc[1], pad, w)
         src, dst = dst, src
     for c in range(nc):
         m[c0 + c] = src[c, :, pad : pad + w]

@@ -24,10 +24,10 @@ def _naive_pamr_iterations(m: np.ndarray, a: np.ndarray, offs: np.ndarray, num_i
 
 
 @pytest.mark.parametrize("num_iter", [1, 2, 5])
-@pytest.mark.parametrize("npt", [5, 8, 16])  # 5: the one-neighbour tail after the groups of four
+@pytest.mark.parametrize("npt", [5, 8, 16, 19])  # 5, 19: neighbours one at a time after the groups of eight
 def test_pamr_kernel_against_plain_loops(num_iter, npt):
     rng = np.random.default_rng(npt + num_iter)
-    c, h, w = 11, 9, 23
+    c, h, w = 11, 9, 23  # channels [3, 10): three pairs and an odd last channel
     m = rng.standard_normal((c, h, w)).astype(np.float32)
     a = rng.random((npt, h, w)).astype(np.float32)
     offs = rng.integers(-12, 13, (npt, 2)).astype(np.int64)  # offsets beyond the size: clamped reads
