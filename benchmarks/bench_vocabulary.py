@@ -8,7 +8,9 @@ and vocabularies of 21, 60, 150 and 500 single-name classes, for SCLIP and ResCL
 host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in PyTorch (``cpu_ops="torch"``,
 the reference, i.e. before the compiled kernels), side by side in one run. Text embeddings are computed before the
 timed calls (one template). FLOPs are ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR);
-the matmul peak is measured in the same run. CPU only (on CUDA the host kernels are not used).
+the matmul peak is measured in the same run; ``minor_faults_per_image`` counts the fresh pages each call touched
+(what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
+kernels are not used).
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def _names(n: int) -> list[str]:
     return names[:n]
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (pages it touched for the first time)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _clip():
     if "clip" not in _STATE:
         from clipsam.models import load_clip
@@ -83,7 +92,9 @@ def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_
     seg.segment(rgb, classes)  # text embeddings, kernel compilation or cache load
     first_s = time.perf_counter() - start
     rounds = int(os.environ.get("CLIPSAM_BENCH_ROUNDS", 0)) or (1 if SMOKE else 3)
+    faults = _minor_faults()
     res = benchmark.pedantic(lambda: seg.segment(rgb, classes), rounds=rounds, warmup_rounds=0, iterations=1)
+    faults = (_minor_faults() - faults) / rounds
     assert res.labels.shape == HW and len(res.classes) == queries
 
     flops = image_flops(VitSpec.from_visual(seg.model.visual), seg.config, HW, queries)
@@ -99,6 +110,7 @@ def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_
         clip=seg.arch,
         smoke=SMOKE,
         first_call_s=first_s,
+        minor_faults_per_image=faults,  # fresh pages the process touched per call (4 KiB each); load-independent
         gflop=flops.gflop,
         gflop_parts={k: v / 1e9 for k, v in flops.parts.items()},
         peak_gflops=cpu_peak,

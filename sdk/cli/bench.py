@@ -96,10 +96,14 @@ def scaling_table(benches: list[dict]) -> list[str]:
     """Lines of the vocabulary-scaling table (s / image per query count, and the ratio to the fewest queries)
     for the results that record ``queries`` and ``cpu_ops`` (benchmarks/bench_vocabulary.py); none otherwise."""
     rows: dict[tuple, dict[int, float]] = {}
+    pages: dict[tuple, dict[int, float]] = {}
     for b in benches:
         info, med = b.get("extra_info", {}), (b.get("stats") or {}).get("median")
         if med and "cpu_ops" in info and "queries" in info:
-            rows.setdefault((info.get("method"), info["cpu_ops"]), {})[int(info["queries"])] = med
+            key = (info.get("method"), info["cpu_ops"])
+            rows.setdefault(key, {})[int(info["queries"])] = med
+            if info.get("minor_faults_per_image") is not None:
+                pages.setdefault(key, {})[int(info["queries"])] = info["minor_faults_per_image"] * 4 / 1024
     if not rows:
         return []
     sizes = sorted({q for r in rows.values() for q in r})
@@ -114,6 +118,16 @@ def scaling_table(benches: list[dict]) -> list[str]:
         base = times.get(sizes[0])
         cells = [f"{times[q]:.3f} ({times[q] / base:.2f}x)" if q in times and base else "-" for q in sizes]
         out.append(f"| {method} | {ops} | " + " | ".join(cells) + " |")
+    if pages:
+        out += ["", "fresh pages touched per image (MiB; minor page faults x 4 KiB)", ""]
+        out += [
+            "| method | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
+            "|---|---|" + "---:|" * len(sizes),
+        ]
+        for (method, ops), mib in sorted(pages.items()):
+            out.append(
+                f"| {method} | {ops} | " + " | ".join(f"{mib[q]:.0f}" if q in mib else "-" for q in sizes) + " |"
+            )
     return out
 
 

@@ -69,3 +69,9 @@ def test_vocabulary_scaling_table():
     assert lines[i + 2] == "| resclip | compiled | 1.000 (1.00x) | 1.400 (1.40x) |"
     assert lines[i + 3] == "| resclip | torch | 2.000 (1.00x) | 8.000 (4.00x) |"
     assert lines[i + 4] == "| sclip | compiled | - | - |"  # no 21-query time: no ratio
+    assert "fresh pages" not in bench_table(data)
+    data["benchmarks"][0]["extra_info"]["minor_faults_per_image"] = 2560
+    data["benchmarks"][1]["extra_info"]["minor_faults_per_image"] = 25600
+    lines = bench_table(data).splitlines()
+    i = lines.index("fresh pages touched per image (MiB; minor page faults x 4 KiB)")
+    assert lines[i + 4] == "| resclip | compiled | 10 | 100 |"
