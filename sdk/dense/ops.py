@@ -180,9 +180,18 @@ class TorchOps:
         y = y if x.dim() == 4 else y[0]
         return y if rows is None else y[..., rows[0] : rows[1], :]
 
-    def pamr(self, image: torch.Tensor, logits: torch.Tensor, iters: int, dilations: Sequence[int]) -> torch.Tensor:
-        if self._host is not None and iters > 0:
-            return torch.from_numpy(self._host.pamr(image.float().numpy(), logits.float().numpy(), iters, dilations))
+    def pamr(
+        self,
+        image: torch.Tensor,
+        logits: torch.Tensor,
+        iters: int,
+        dilations: Sequence[int],
+        *,
+        in_place: bool = False,
+    ) -> torch.Tensor:
+        if self._host is not None and iters > 0:  # in place: on the numpy view of the caller's tensor
+            out = self._host.pamr(image.float().numpy(), logits.float().numpy(), iters, dilations, in_place=in_place)
+            return torch.from_numpy(out)
         from clipsam.kernels import pamr
 
         return pamr(image, logits, iters, tuple(dilations))

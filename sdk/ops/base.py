@@ -86,8 +86,12 @@ class HostOps(Protocol):
     ) -> Array:
         """Bilinear resize of the last two axes of (C, h, w) or (B, C, h, w); ``rows`` = output rows [r0, r1) only."""
 
-    def pamr(self, image: Array, logits: Array, iters: int, dilations: Sequence[int]) -> Array:
-        """PAMR of (B, C, H', W') logits guided by the (B, 3, H, W) normalised image -> (B, C, H, W)."""
+    def pamr(
+        self, image: Array, logits: Array, iters: int, dilations: Sequence[int], *, in_place: bool = False
+    ) -> Array:
+        """PAMR of (B, C, H', W') logits guided by the (B, 3, H, W) normalised image -> (B, C, H, W).
+        ``in_place``: the caller gives up ``logits`` (already at the image's size), which may be refined in place
+        instead of copied."""
 
     def first_pass_labels(
         self,

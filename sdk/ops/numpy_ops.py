@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import postprocess
 from .first_pass import FirstPass
-from .pamr import pamr
+from .pamr import pamr, pamr_in_place
 from .resize import resize_bilinear
 from .sfr import LinspaceTable, sfr_affinity, sfr_term
 
@@ -79,7 +79,13 @@ class NumpyOps:
     ) -> np.ndarray:
         return resize_bilinear(x, size, align_corners=align_corners, rows=rows)
 
-    def pamr(self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int]) -> np.ndarray:
+    def pamr(
+        self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int], *, in_place: bool = False
+    ) -> np.ndarray:
+        if in_place and logits.dtype == _F and logits.flags.c_contiguous and logits.shape[-2:] == image.shape[-2:]:
+            for b in range(len(logits)):
+                pamr_in_place(image[b], logits[b], iters, dilations)
+            return logits
         return pamr(image, logits, iters, dilations)
 
     def first_pass_labels(

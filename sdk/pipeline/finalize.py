@@ -64,7 +64,11 @@ def finalize_members(
     if pamr:  # PAMR needs the whole map: refine each member at full size, then treat it as final
         logits = [
             ops.pamr(
-                ops.resize(g[None], out_hw), ops.resize(m[None], out_hw), cfg.post.pamr_iters, cfg.post.pamr_dilations
+                ops.resize(g[None], out_hw),
+                ops.resize(m[None], out_hw),
+                cfg.post.pamr_iters,
+                cfg.post.pamr_dilations,
+                in_place=tuple(m.shape[-2:]) != tuple(out_hw),  # a resized copy is this step's own
             )[0]
             for m, g in zip(logits, guides)
         ]

@@ -102,3 +102,30 @@ def test_host_postprocess_in_strips_equals_whole_bit_for_bit(members, synonyms, 
             np.testing.assert_array_equal(a, b)
     assert (whole[0] == 0).any() and len(np.unique(whole[0])) > 2
     assert NumpyOps().strip_mb == NUMPY_POST.strip_mb < TORCH_POST.strip_mb
+
+
+def test_output_pamr_refines_its_own_copy_in_place_and_leaves_the_members_alone():
+    """Output PAMR (NACLIP) refines the upsampled copy in place; a member already at the output size is not
+    touched, and repeated calls give the same numbers (numpy and torch CPU ops)."""
+    from clipsam.ops.numpy_ops import NumpyOps
+
+    vocab = Vocabulary.from_names(["background", "cat", "dog", "grass"])
+    cfg = dense_config("naclip", None, prob_thd=0.0, pamr_iters=3, pamr_dilations=(1, 2))
+    logits, weights, guides = _members(2, 4, seed=9)
+    logits[1] = torch.nn.functional.interpolate(logits[1][None], size=(30, 41), mode="bilinear")[0]  # at output size
+    guides[1] = torch.nn.functional.interpolate(guides[1][None], size=(30, 41), mode="bilinear")[0]
+    for ops, conv in ((NumpyOps(), lambda t: t.numpy().copy()), (NUMPY_POST, lambda t: t.clone())):
+        given = [conv(m) for m in logits]
+        before = [m.numpy().copy() if isinstance(m, torch.Tensor) else m.copy() for m in given]
+        first = finalize_members(ops, given, weights, [conv(g) for g in guides], (30, 41), cfg, vocab)
+        for a, b in zip(given, before):
+            np.testing.assert_array_equal(a.numpy() if isinstance(a, torch.Tensor) else a, b)
+        again = finalize_members(ops, given, weights, [conv(g) for g in guides], (30, 41), cfg, vocab)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).standard_normal((1, 3, 20, 24)).astype(np.float32)
+    img = np.random.default_rng(1).standard_normal((1, 3, 20, 24)).astype(np.float32)
+    want = NumpyOps().pamr(img, x, 4, (1, 2))
+    got = NumpyOps().pamr(img, x, 4, (1, 2), in_place=True)
+    assert got is x
+    np.testing.assert_array_equal(got, want)
