@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .config import positive_int
-from .errors import Interrupted, OutputError, first_line
+from .errors import ConfigError, Interrupted, OutputError, first_line
 from .inputs import expand_inputs
 from .paths import output_dir
 
@@ -47,6 +47,7 @@ def run_batch(
     progress: bool = True,
     log=None,
     mask_dir=None,
+    decode_workers: int | None = None,
 ) -> dict:
     """Segment every input image that has no output yet; returns the report (also written to batch_report.json).
 
@@ -59,6 +60,9 @@ def run_batch(
             address ("auto", "ray://host:10001").
         actors, gpus_per_actor: Ray actors and GPUs per actor.
         batch_size: images per segmenter call.
+        decode_workers: in-process runs: threads that read and decode the next chunk's images while the current
+            one is segmented (``clipsam.prefetch.decode_workers``: default 2 with a GPU model, else 0). Ray Data
+            pipelines reading itself.
         mask_dir: ``method="corrclip"``: the folder of each image's region masks (``clipsam.mask_files``, same
             names as the outputs); every pending image must have one, checked before any model loads.
 
@@ -71,6 +75,12 @@ def run_batch(
 
     positive_int(batch_size, "batch_size")
     positive_int(actors, "actors")
+    if decode_workers is not None:
+        if ray is not False:
+            raise ConfigError("decode_workers applies to in-process runs; on Ray, Ray Data reads ahead itself")
+        from .prefetch import decode_workers as workers_for
+
+        workers_for(decode_workers, False)  # a bad value fails now, before the segmenter loads
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs)]
     out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done
@@ -100,7 +110,7 @@ def run_batch(
     t0 = time.perf_counter()
     interrupted = False
     try:
-        for row in _results(todo, kwargs, ray, actors, gpus_per_actor, batch_size, SegmentImages):
+        for row in _results(todo, kwargs, ray, actors, gpus_per_actor, batch_size, SegmentImages, decode_workers):
             if row["ok"]:
                 done += 1
             else:
@@ -145,15 +155,38 @@ def _write_report(out: Path, report: dict) -> None:
         ) from e
 
 
-def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls):
+def _decoded(chunk: list[dict]) -> dict:
+    """A batch of rows with each image decoded (or its path where decoding failed: the mapper then reads it again
+    and reports the same error for that row alone)."""
+    from .preprocess import load_image
+
+    images: list = []
+    for r in chunk:
+        try:
+            images.append(load_image(r["path"], what=f"image {r['path']}"))
+        except Exception:  # noqa: BLE001 - the mapper re-raises and reports it per row
+            images.append(r["path"])
+    return {"path": [r["path"] for r in chunk], "name": [r["name"] for r in chunk], "image": images}
+
+
+def _results(todo, kwargs, ray, actors, gpus, batch_size, mapper_cls, decode_workers=None):
     """Yield one {"path", "ok", "error"} per pending row, in this process or from Ray Data."""
     if not todo:
         return
     if ray is False:
+        from .prefetch import decode_workers as workers_for
+        from .prefetch import prefetched
+
         mapper = mapper_cls(**kwargs)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i : i + batch_size]
-            res = mapper({"path": [r["path"] for r in chunk], "name": [r["name"] for r in chunk]})
+        workers = workers_for(decode_workers, mapper.segmenter._runs_on_gpu())
+        chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        batches = (
+            prefetched(_decoded, chunks, 1, workers)
+            if workers
+            else ({"path": [r["path"] for r in c], "name": [r["name"] for r in c]} for c in chunks)
+        )
+        for chunk in batches:
+            res = mapper(chunk)
             yield from (
                 {"path": p, "ok": bool(ok), "error": e} for p, ok, e in zip(res["path"], res["ok"], res["error"])
             )

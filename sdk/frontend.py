@@ -20,6 +20,8 @@ from .config import DenseConfig, positive_int
 from .errors import InvalidInputError, InvalidTypeError, VocabularyError
 from .masks import attach_regions, instance_map, mask_vote, per_image, resize_nearest
 from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
+from .prefetch import decode_workers as decode_workers_for
+from .prefetch import prefetched
 from .preprocess import load_image, preprocess
 from .prompting import PromptConfig
 from .result import SegmentationResult
@@ -47,6 +49,10 @@ class SegmenterFront:
     weights_id: str | None
     quick_gelu: bool | None
     precision: str
+
+    def _runs_on_gpu(self) -> bool:
+        """Whether the model computes on a GPU (then the host decodes ahead by default)."""
+        raise NotImplementedError
 
     _no_vocabulary = (
         "this configuration has no preset vocabulary. Pass classes=['cat', 'sofa', ...], "
@@ -168,15 +174,27 @@ class SegmenterFront:
         return [np.zeros(u8[i].shape[:2], np.int32) if m is None else m for i, m in enumerate(maps)], embeddings
 
     def segment_stream(
-        self, images, classes=None, class_file=None, batch_size: int = 8, progress: bool = False, masks=None
+        self,
+        images,
+        classes=None,
+        class_file=None,
+        batch_size: int = 8,
+        progress: bool = False,
+        masks=None,
+        decode_workers: int | None = None,
     ):
-        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once.
+        """Yield results for an iterable of images, in input order, holding at most ``batch_size`` images at once
+        (plus, with decode threads, the next ``batch_size`` decoded ahead).
 
         ``masks`` (``method="corrclip"``): None, or an iterable with one entry per image, read in step with
         ``images`` (``segment``'s ``masks``, or None for the configured source); a length that differs from the
-        images' is an error when one of the two runs out.
+        images' is an error when one of the two runs out. ``decode_workers``: threads that read and decode the next
+        images while the current chunk is segmented (``clipsam.prefetch``; default 2 when the model runs on a GPU,
+        0 on the CPU, whose cores the model already uses; ``CLIPSAM_DECODE_WORKERS`` sets the default). Results
+        and errors are the same either way.
         """
         batch_size = positive_int(batch_size, "batch_size")
+        workers = decode_workers_for(decode_workers, self._runs_on_gpu())
         images = _image_iter(images, "segment_stream")
         vocab = self.vocabulary(classes, class_file)
         if masks is not None:
@@ -191,8 +209,9 @@ class SegmenterFront:
         chunk: list = []
         chunk_masks: list = []
         count = 0
-        for img in images:
-            chunk.append(load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image"))
+        decoded = prefetched(_decode, images, batch_size if workers else 0, workers)
+        for rgb in decoded:
+            chunk.append(rgb)
             if mask_iter is not None:
                 chunk_masks.append(_next_mask(mask_iter, count))
             count += 1
@@ -384,6 +403,10 @@ def _image_iter(images, method: str):
         raise InvalidTypeError(
             f"{method} takes a list (or any iterable) of images, got {type(images).__name__}."
         ) from None
+
+
+def _decode(img) -> np.ndarray:
+    return load_image(img, what=f"image {img}" if isinstance(img, (str, os.PathLike)) else "image")
 
 
 def _next_mask(masks, index: int):

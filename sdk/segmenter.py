@@ -366,6 +366,9 @@ class Segmenter(SegmenterFront):
     def _backend_info(self) -> dict:
         return {"device": str(self.device)}
 
+    def _runs_on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
 
 def _text_width(model) -> int | None:
     """E, the width of the text embeddings (the text projection's output), or None when the model has none."""

@@ -163,3 +163,24 @@ def test_batch_with_engines_and_refinement(engine_dir, chelsea_small, tmp_path, 
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "0 segmented" in again and "2 already done" in again
+
+
+def test_in_process_decode_ahead_gives_the_same_outputs(tmp_path):
+    """``decode_workers=2``: the next chunk is decoded while one is segmented; same labels, the broken image still
+    fails alone; the option is refused on Ray and for bad values before anything loads."""
+    from clipsam.batch import run_batch
+    from clipsam.errors import ConfigError
+
+    make_images(tmp_path / "in", 5)
+    kw = dict(model=MODEL, classes="cat, grass, sky", batch_size=2, progress=False)
+    ref = run_batch([str(tmp_path / "in")], tmp_path / "ref", **kw)
+    got = run_batch([str(tmp_path / "in")], tmp_path / "out", decode_workers=2, **kw)
+    assert (got["done"], got["failed"]) == (ref["done"], ref["failed"]) == (5, 1)
+    assert "broken.jpg" in got["failures"][0]["error"]
+    for p in (tmp_path / "ref").rglob("*_labels.png"):
+        name = p.relative_to(tmp_path / "ref").as_posix()[: -len("_labels.png")]
+        assert np.array_equal(labels_of(tmp_path / "out", name), labels_of(tmp_path / "ref", name))
+    with pytest.raises(ConfigError, match="in-process runs"):
+        run_batch([str(tmp_path / "in")], tmp_path / "x", decode_workers=1, ray=True, **kw)
+    with pytest.raises(ConfigError, match="decode_workers must be"):
+        run_batch([str(tmp_path / "in")], tmp_path / "x", decode_workers=-2, **kw)

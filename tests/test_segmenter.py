@@ -239,3 +239,30 @@ def test_segment_batch_takes_any_iterable_of_images(make_segmenter, chelsea_smal
         next(seg.segment_stream(5, classes=["cat"]))
     with pytest.raises(ClipSamError, match="batch_size must be a positive integer"):
         next(seg.segment_stream(imgs, classes=["cat"], batch_size="8"))
+
+
+def test_segment_stream_decodes_ahead_with_the_same_results(make_segmenter, chelsea_small, tmp_path):
+    """``decode_workers``: files read and decoded on other threads while a chunk is segmented; the same results in
+    the same order, and a broken file fails at its turn, after every earlier result."""
+    seg = make_segmenter("clip", "voc21", short_side=48)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(np.roll(chelsea_small, 7 * i, axis=1)).save(p)
+        paths.append(str(p))
+    plain = list(seg.segment_stream(paths, classes=["cat", "grass"], batch_size=2, decode_workers=0))
+    ahead = list(seg.segment_stream(iter(paths), classes=["cat", "grass"], batch_size=2, decode_workers=2))
+    assert [r.labels.tolist() for r in ahead] == [r.labels.tolist() for r in plain]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    got = []
+    with pytest.raises(ClipSamError, match="broken.png"):
+        for r in seg.segment_stream(
+            paths[:2] + [str(tmp_path / "broken.png")] + paths[2:],
+            batch_size=2,
+            classes=["cat", "grass"],
+            decode_workers=2,
+        ):
+            got.append(r)
+    assert len(got) == 2
+    with pytest.raises(ClipSamError, match="decode_workers must be an integer"):
+        next(seg.segment_stream(paths, classes=["cat"], decode_workers=-1))

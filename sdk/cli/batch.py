@@ -15,6 +15,7 @@ from functools import partial
 from ..batch import run_batch
 from ..device import parse_device
 from ..errors import ClipSamError
+from ..prefetch import decode_workers
 from .options import add_segment_options, build_segmenter, resolve_classes
 
 
@@ -53,12 +54,15 @@ def build_from_options(options: dict):
 
 def cmd_batch(args: argparse.Namespace) -> int:
     classes = resolve_classes(args)
+    if args.decode_workers is not None and args.ray is not False:
+        raise ClipSamError("--decode-workers applies to in-process runs; on --ray, Ray Data reads ahead itself")
     if args.actors > 1 and args.ray is False:
         raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
     if args.masks and args.method != "corrclip":
         raise ClipSamError("--masks applies to --method corrclip only")
     options = {k: v for k, v in vars(args).items() if k != "func"}
     on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
+    decode_workers(args.decode_workers, on_gpu, "--decode-workers")  # and a bad --decode-workers
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1 if on_gpu else 0)
     report = run_batch(
         args.inputs,
@@ -71,6 +75,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         mask_dir=args.masks,
+        decode_workers=args.decode_workers,
     )
     rate = f" ({report['images_per_s']:.2f} img/s)" if report["images_per_s"] else ""
     print(

@@ -195,6 +195,13 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
         "--max-batch", type=int, default=None, help="most windows per encoder call (default: 4 on CPU, 32 on CUDA)"
     )
     g.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget in MiB")
+    g.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="threads that read and decode the next images while the current ones are segmented (default: 2 when "
+        "the model runs on a GPU, 0 on the CPU)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

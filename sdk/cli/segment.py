@@ -11,6 +11,7 @@ from ..errors import ClipSamError, Interrupted
 from ..inputs import InputImage, expand_inputs
 from ..mask_files import mask_file, read_mask_file, require_mask_files
 from ..paths import output_dir
+from ..prefetch import decode_workers
 from ..result import save_atomic
 from .options import add_segment_options, build_segmenter, resolve_classes
 
@@ -39,10 +40,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     classes = resolve_classes(args)
     images = expand_inputs(args.images)
     positive_int(args.batch_size, "--batch-size")
+    decode_workers(
+        args.decode_workers, on_gpu=False, name="--decode-workers"
+    )  # a bad value fails here, before any model loads
     output_dir(args.out, "--out")  # before any model loads
     mask_dir = checked_mask_dir(args, [im.name for im in images])
     seg = build_segmenter(args)
-    dt = segment_and_save(seg, images, classes, Path(args.out), args.batch_size, not args.no_progress, mask_dir)
+    dt = segment_and_save(
+        seg, images, classes, Path(args.out), args.batch_size, not args.no_progress, mask_dir, args.decode_workers
+    )
     backend = ""
     if args.engines:
         used = sorted({p for ps in seg.providers.values() for p in ps})
@@ -64,7 +70,14 @@ def checked_mask_dir(args: argparse.Namespace, names: list[str]) -> Path | None:
 
 
 def segment_and_save(
-    seg, images: list[InputImage], classes, out: Path, batch_size: int, progress: bool, mask_dir: Path | None = None
+    seg,
+    images: list[InputImage],
+    classes,
+    out: Path,
+    batch_size: int,
+    progress: bool,
+    mask_dir: Path | None = None,
+    decode_workers: int | None = None,
 ) -> float:
     """Segment ``images`` with any segmenter (PyTorch or engines), save each result under ``out``; seconds taken.
     ``mask_dir``: CorrCLIP's region-mask folder (``clipsam.mask_files``), read one image at a time."""
@@ -76,7 +89,13 @@ def segment_and_save(
     t0 = time.perf_counter()
     try:
         masks = None if mask_dir is None else (read_mask_file(mask_file(mask_dir, im.name)) for im in images)
-        results = seg.segment_stream((im.path for im in images), classes=classes, batch_size=batch_size, masks=masks)
+        results = seg.segment_stream(
+            (im.path for im in images),
+            classes=classes,
+            batch_size=batch_size,
+            masks=masks,
+            decode_workers=decode_workers,
+        )
         for im, res in zip(images, results):
             res.info["image"] = im.path
             save_atomic(res, out, im.name)

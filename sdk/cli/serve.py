@@ -32,7 +32,7 @@ DESCRIPTION = (
     "windows per encoder call are --max-windows). Binds 127.0.0.1 unless --host says otherwise. Ctrl-C or "
     "SIGTERM stops the service and the Ray instance it started."
 )
-_HIDDEN = ("batch_size", "no_progress")  # segment options that mean nothing to a service
+_HIDDEN = ("batch_size", "no_progress", "decode_workers", "masks")  # segment options that mean nothing to a service
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -208,6 +208,9 @@ def _check_model_options(args) -> None:
     scales = parse_scales(args.scales)
     if scales is not None:
         overrides["scales"] = scales
+    for flag, dest in (("--decode-workers", "decode_workers"), ("--masks", "masks")):
+        if getattr(args, dest, None) is not None:
+            raise ClipSamError(f"{flag} does not apply to clipsam serve (requests bring their images)")
     if args.method == "corrclip":
         raise ClipSamError(
             "clipsam serve does not serve --method corrclip yet (it needs DINO and SAM2 models the service does not "

@@ -260,6 +260,9 @@ class EngineSegmenter(SegmenterFront):
         self.text_cache.put(key, emb)
         return emb
 
+    def _runs_on_gpu(self) -> bool:
+        return self.provider_config.providers[0] != "CPUExecutionProvider"
+
     def _backend_info(self) -> dict:
         return {
             "backend": "onnxruntime",

@@ -437,3 +437,26 @@ def test_corrclip_masks_folder_in_segment_and_batch(photo, tmp_path, capsys, mon
     assert main(["segment", str(tmp_path / "in" / "a.png"), "--out", str(tmp_path / "y"), *other]) == 2
     assert "--method corrclip only" in capsys.readouterr().err
     assert loads == []  # every refusal came before a model loaded
+
+
+def test_decode_workers_flag(photo, tmp_path, capsys):
+    """``--decode-workers N`` reads ahead with the same outputs; bad values and --ray are refused before loading."""
+    from clipsam.cli import main
+
+    (tmp_path / "in").mkdir()
+    small = Image.open(photo).resize((80, 60))
+    for i in range(3):
+        small.rotate(90 * i, expand=True).save(tmp_path / "in" / f"{i}.png")
+    common = ["--classes", "cat, grass", "--random-weights", "--clip", TINY_VIT, "--templates", "single"]
+    common += ["--no-progress"]
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "b"), *common, "--decode-workers", "2"]) == 0
+    for i in range(3):
+        a = np.asarray(Image.open(tmp_path / "a" / f"{i}_labels.png"))
+        np.testing.assert_array_equal(a, np.asarray(Image.open(tmp_path / "b" / f"{i}_labels.png")))
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "c"), *common, "--decode-workers", "-1"]) == 2
+    assert "--decode-workers must be an integer >= 0" in capsys.readouterr().err
+    bad = ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "d"), *common, "--ray", "--decode-workers", "1"]
+    assert main(bad) == 2
+    assert "Ray Data reads ahead itself" in capsys.readouterr().err
