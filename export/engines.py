@@ -131,19 +131,6 @@ def _dino_info(dino) -> dict:
     }
 
 
-# methods whose encoders have no exported graphs yet: what is missing, said before any model loads
-_NOT_EXPORTABLE: dict[str, str] = {}
-
-
-def _check_exportable(base: str) -> None:
-    """``ConfigError`` for a method ``export_engines`` cannot export (no engine that computes something else)."""
-    if base in _NOT_EXPORTABLE:
-        raise ConfigError(
-            f"clipsam export cannot export method {base!r}: {_NOT_EXPORTABLE[base]}. Run it with the PyTorch "
-            f"backend (Segmenter.from_pretrained(method={base!r}), or clipsam segment without --engines)."
-        )
-
-
 def export_engines(
     out,
     *,
@@ -220,7 +207,6 @@ def export_engines(
     ) + ((("max_batch", max_batch),) if max_batch is not None else ()):
         positive_int(value, name)
     cfg = dense_config(method, preset, **overrides)
-    _check_exportable(cfg.attention.base)
     if cfg.attention.base == "corrclip" and cfg.corrclip.corr_mask_source == "sam2" and sam2 is None:
         raise ConfigError(
             "corrclip's automatic masks (corr_mask_source='sam2', the default) run on the SAM2 graphs: export them "
