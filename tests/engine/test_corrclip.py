@@ -249,3 +249,34 @@ def test_automatic_masks_on_the_sam2_graphs(tiny_clip, dino, tmp_path_factory):
     a, b = ref.segment(img, classes=CLASSES), eng.segment(img, classes=CLASSES)
     assert b.info["corrclip"]["masks"] == "sam2" and a.info["corrclip"] == b.info["corrclip"]
     assert (a.labels == b.labels).mean() > 0.999
+
+
+def test_fp16_engine_and_warmup(tiny_clip, dino, tmp_path_factory):
+    """An fp16 folder (IO stays fp32) validates at export, warms up with given masks, and stays close to the fp32
+    PyTorch backend on the planted inputs (fp16 features can move a DINO similarity across the scope's mean, so
+    labels are compared by agreement, not equality)."""
+    from clipsam.engine import EngineSegmenter
+    from clipsam.export import export_engines
+
+    out = tmp_path_factory.mktemp("engine_corrclip_fp16")
+    export_engines(
+        out,
+        clip=tiny_clip,
+        method="corrclip",
+        preset="voc21",
+        dino=dino,
+        corr_mask_source="given",
+        precision="fp16",
+        templates=TEMPLATES,
+        log=None,
+    )
+    eng = EngineSegmenter(out, precision="fp16", **WINDOWS, corr_merge_eps=0.05)
+    assert eng.warmup(classes=CLASSES, sizes=[(60, 80)])["sizes"] == [[60, 80]]
+    ref, _ = _pair(tiny_clip, dino, folder=out, corr_merge_eps=0.05)
+    eng.text_embeddings = lambda v, progress=None: _planted_text().numpy()
+    masks = list(_bool_masks())
+    want = ref.logits(_image(), classes=CLASSES, masks=masks)
+    got = eng.logits(_image(), classes=CLASSES, masks=masks)
+    assert np.abs(got - want).max() < 2e-2
+    a, b = ref.segment(_image(), classes=CLASSES, masks=masks), eng.segment(_image(), classes=CLASSES, masks=masks)
+    assert (a.labels == b.labels).mean() > 0.95
