@@ -106,6 +106,7 @@ class EngineSegmenter(SegmenterFront):
         self.config = check_request(
             m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2, overrides=overrides
         )
+        self._check_automask(self.config)  # before any session loads
         limits = m.limits
         if max_batch is not None:
             positive_int(max_batch, "max_batch")
@@ -207,20 +208,30 @@ class EngineSegmenter(SegmenterFront):
             max_batch=self.manifest.limits.get("max_images", 1),
         )
 
-    def _make_automask(self, cfg):
-        """CorrCLIP's SAM2 automatic masks on the folder's SAM2 graphs (the refiner's, when refinement is on), or
-        None when the configuration does not make them; a ``ConfigError`` when they are asked for without the graphs."""
-        if cfg.attention.base != "corrclip" or cfg.corrclip.corr_mask_source != "sam2":
-            return None
-        from ..refine.automask import AutoMaskGenerator, AutoMaskSettings
+    @staticmethod
+    def _wants_automask(cfg) -> bool:
+        return cfg.attention.base == "corrclip" and cfg.corrclip.corr_mask_source == "sam2"
 
-        if self.manifest.sam2 is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS):
+    def _check_automask(self, cfg) -> None:
+        """``ConfigError`` when CorrCLIP's automatic masks are asked for and the folder has no SAM2 graphs."""
+        if self._wants_automask(cfg) and (
+            self.manifest.sam2 is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS)
+        ):
             raise ConfigError(
                 f"corrclip's automatic masks (corr_mask_source='sam2') run on the SAM2 graphs, which the engine "
                 f"folder {self.manifest.folder} does not hold. Export them with clipsam export --method corrclip "
                 "--sam2 sam2.1_hiera_t ..., or give masks per call (masks=, corr_mask_source='given'; CLI: --masks "
                 "DIR) or set corr_mask_source='none'"
             )
+
+    def _make_automask(self, cfg):
+        """CorrCLIP's SAM2 automatic masks on the folder's SAM2 graphs (the refiner's, when refinement is on), or
+        None when the configuration does not make them."""
+        self._check_automask(cfg)
+        if not self._wants_automask(cfg):
+            return None
+        from ..refine.automask import AutoMaskGenerator, AutoMaskSettings
+
         sam2 = self.refiner if self.refiner is not None else self._make_refiner()
         return AutoMaskGenerator(sam2, AutoMaskSettings.from_config(cfg.corrclip))
 
@@ -246,8 +257,8 @@ class EngineSegmenter(SegmenterFront):
         prompts = overrides.pop("prompts", self.prompts)
         new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
         new._set_prompts(prompts)
-        new.backend = new._backend(new.config)
         new.automask = new._make_automask(new.config)
+        new.backend = new._backend(new.config)
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------

@@ -144,15 +144,18 @@ def test_engine_batches_scales_and_flips_like_pytorch(tiny_clip, dino, folder):
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
 
 
-def test_baked_fields_and_missing_sam2_graphs_are_refused(folder):
+def test_baked_fields_and_missing_sam2_graphs_are_refused(folder, monkeypatch):
+    import clipsam.engine.segmenter as es
     from clipsam.engine import EngineSegmenter
 
     with pytest.raises(ManifestMismatchError, match="corr_branch_weights"):
         EngineSegmenter(folder, corr_branch_weights=(1.0, 0.25))
     with pytest.raises(ManifestMismatchError, match="corr_spatial_blocks"):
         EngineSegmenter(folder, corr_spatial_blocks=(4, 5))
-    with pytest.raises(ConfigError, match="SAM2 graphs"):
-        EngineSegmenter(folder, corr_mask_source="sam2")
+    with monkeypatch.context() as m:
+        m.setattr(es, "GraphSession", lambda *a, **k: pytest.fail("a graph session was loaded"))
+        with pytest.raises(ConfigError, match="SAM2 graphs"):
+            EngineSegmenter(folder, corr_mask_source="sam2")  # refused before any graph loads
     eng = EngineSegmenter(folder, corr_merge_eps=0.3, corr_scope_tau=2.0, corr_mask_source="none")  # host fields
     assert eng.config.corrclip.corr_merge_eps == 0.3
     with pytest.raises(ConfigError, match="SAM2 graphs"):
