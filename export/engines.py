@@ -7,8 +7,10 @@ Folder contents (names in ``io_names``):
     clip_text.onnx           token ids -> text embeddings            clip_tokenizer.json + clip_bpe_vocab.txt.gz
     clip_dense.onnx          (no SFR)  or  clip_dense_trunk / clip_dense_pass1 / clip_dense_pass2.onnx (SFR)
                              or  clip_dense_rfclip.onnx (RF-CLIP: patch features and CLS embedding)
+                             or  dino_features.onnx + clip_dense_corrclip.onnx (CorrCLIP: DINO, then the CLIP part
+                             with the host's region inputs)
     sam2_image_encoder.onnx  sam2_prompt_decoder.onnx                 (with sam2=...)
-    host_constants.npz       native positional embedding; torch.linspace tables for SFR's path check
+    host_constants.npz       native positional embedding(s: CLIP's, DINO's); torch.linspace tables for SFR's path check
     trtexec.sh               one trtexec command per graph, with its min/opt/max shapes
 
 Every graph is exported and validated by ``export_component`` (checker, then ONNX Runtime vs PyTorch); the parity
@@ -95,34 +97,38 @@ def _clip_info(loaded) -> dict:
     }
 
 
-def _host_constants(path: Path, visual, max_grid: int) -> None:
+def _host_constants(path: Path, visual, max_grid: int, dino=None) -> None:
     import torch
 
     tables = [torch.linspace(0, 1, steps=d + 1).numpy() for d in range(1, max(2, max_grid))]
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
+    extra = {} if dino is None else {"dino_pos_embed": dino.pos_embed[0].detach().float().numpy()}
     np.savez(
         path,
         clip_pos_embed=visual.positional_embedding.detach().float().numpy(),
         sfr_linspace=np.concatenate(tables).astype(np.float32),
         sfr_linspace_offsets=offsets,
+        **extra,
     )
 
 
-# methods whose encoders have no exported graphs yet: what is missing, said before any model loads
-_NOT_EXPORTABLE = {
-    "corrclip": "CorrCLIP needs a DINO ViT-B/8 graph, the region-dependent last block (mask merging, scoped value "
-    "attention, mask class tokens) and the SAM2 automatic-mask step on the SAM2 graphs, none of which is exported "
-    "yet",
-}
+def _load_dino(dino, dino_weights):
+    """CorrCLIP's DINO: a timm ViT with 8-pixel patches (a module), or ``clipsam.dense.dino.load_dino(dino_weights)``."""
+    if dino is not None:
+        return dino.eval()
+    from clipsam.dense.dino import load_dino
+
+    return load_dino(dino_weights)
 
 
-def _check_exportable(base: str) -> None:
-    """``ConfigError`` for a method ``export_engines`` cannot export (no engine that computes something else)."""
-    if base in _NOT_EXPORTABLE:
-        raise ConfigError(
-            f"clipsam export cannot export method {base!r}: {_NOT_EXPORTABLE[base]}. Run it with the PyTorch "
-            f"backend (Segmenter.from_pretrained(method={base!r}), or clipsam segment without --engines)."
-        )
+def _dino_info(dino) -> dict:
+    return {
+        "weights_sha256": state_dict_sha256(dino),
+        "patch": int(dino.patch_embed.proj.kernel_size[0]),
+        "width": int(dino.patch_embed.proj.out_channels),
+        "layers": len(dino.blocks),
+        "native_grid": int(round((dino.pos_embed.shape[1] - 1) ** 0.5)),
+    }
 
 
 def export_engines(
@@ -147,6 +153,8 @@ def export_engines(
     overwrite: bool = False,
     log=print,
     quick_gelu: bool | None = None,
+    dino=None,
+    dino_weights="dino_vitb8",
     **overrides,
 ) -> dict:
     """Export, validate and describe the engines of one configuration.
@@ -156,6 +164,8 @@ def export_engines(
         clip: open_clip architecture name / config JSON, or a ``clipsam.models.LoadedClip``.
         clip_weights: pretrained tag, checkpoint path or None (random) when ``clip`` is a name.
         quick_gelu: the weights' activation when ``clip`` is a name (``clipsam.models.load_clip``; None: detected).
+        dino, dino_weights: ``method="corrclip"`` only: its DINO, a timm ViT module with 8-pixel patches, or None to
+            load ``dino_weights`` (``clipsam.dense.dino.load_dino``: a checkpoint, "dino_vitb8", None for random).
         method, preset, overrides: the DenseConfig (``clipsam.config.dense_config``).
         sam2: None, a SAM2 model name ("sam2.1_hiera_t", ...) or a ``Sam2Refiner``.
         sam2_weights, sam2_random_weights: checkpoint (None: download) or random weights (tests).
@@ -197,23 +207,34 @@ def export_engines(
     ) + ((("max_batch", max_batch),) if max_batch is not None else ()):
         positive_int(value, name)
     cfg = dense_config(method, preset, **overrides)
-    _check_exportable(cfg.attention.base)
+    if cfg.attention.base == "corrclip" and cfg.corrclip.corr_mask_source == "sam2" and sam2 is None:
+        raise ConfigError(
+            "corrclip's automatic masks (corr_mask_source='sam2', the default) run on the SAM2 graphs: export them "
+            "too (sam2='sam2.1_hiera_t'; CLI: --sam2 MODEL), or export for masks given per call "
+            "(corr_mask_source='given'; CLI: --mask-source given) or without masks (corr_mask_source='none')"
+        )
     resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
     _prepare(out, overwrite)
     sc, att = cfg.schedule, cfg.attention
     max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
     loaded = _load_clip(clip, clip_weights, quick_gelu)
+    from clipsam.dense.corrclip import CorrClipEncoder
     from clipsam.dense.encoder import DenseEncoder
     from clipsam.dense.rfclip import RFClipEncoder
 
     from .clip_dense import ClipDenseGraph, dense_cases
     from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
+    from .corrclip_graphs import CorrClipDenseGraph, DinoFeaturesGraph, corrclip_cases
     from .rfclip_dense import RFClipDenseGraph, rfclip_cases
 
-    encoder: DenseEncoder | RFClipEncoder
+    encoder: DenseEncoder | RFClipEncoder | CorrClipEncoder
+    dino_model = None
     if att.base == "rfclip":
         encoder = RFClipEncoder(loaded.model.visual, cfg)  # a ConfigError for sink channels beyond the width
+    elif att.base == "corrclip":
+        dino_model = _load_dino(dino, dino_weights)
+        encoder = CorrClipEncoder(loaded.model.visual, dino_model, cfg)  # ConfigError: DINO patch, spatial blocks
     else:
         encoder = DenseEncoder(loaded.model.visual, cfg)
     info = _clip_info(loaded)
@@ -269,15 +290,27 @@ def export_engines(
 
         vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
     queries = (1, min(vocab_q, max_queries), max_queries)
-    parts = _PARTS_SFR if att.sfr else ("full",)
-    for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
-        profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
-        if isinstance(encoder, RFClipEncoder):
-            example, cases = rfclip_cases(encoder, sizes)
-            add(io, RFClipDenseGraph(encoder), example, cases, profile)
-        else:
-            example, cases = dense_cases(encoder, part, sizes)
-            add(io, ClipDenseGraph(encoder, part), example, cases, profile)
+    if isinstance(encoder, CorrClipEncoder) and dino_model is not None:
+        # windows padded to multiples of 56 (the DINO grid a multiple of 7): a batch of 2, a wide one, a native one
+        (dex, dcases), (cex, ccases) = corrclip_cases(encoder, [(2, 112, 112), (1, 112, 168), (1, 224, 224)])
+        dino_width = int(dino_model.patch_embed.proj.out_channels)
+        dino_io, clip_io = dense_graphs("corrclip", False, False)
+        for io, graph, example, cases in (
+            (dino_io, DinoFeaturesGraph(dino_model), dex, dcases),
+            (clip_io, CorrClipDenseGraph(encoder), cex, ccases),
+        ):
+            profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries, dino_width)
+            add(io, graph, example, cases, profile)
+    else:
+        parts = _PARTS_SFR if att.sfr else ("full",)
+        for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
+            profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
+            if isinstance(encoder, RFClipEncoder):
+                example, cases = rfclip_cases(encoder, sizes)
+                add(io, RFClipDenseGraph(encoder), example, cases, profile)
+            else:
+                example, cases = dense_cases(encoder, part, sizes)
+                add(io, ClipDenseGraph(encoder, part), example, cases, profile)
 
     sam2_info = None
     if sam2 is not None:
@@ -304,7 +337,7 @@ def export_engines(
             profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)),
         )
 
-    _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid)
+    _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid, dino_model)
     lines = [
         "#!/bin/sh",
         "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
@@ -337,6 +370,7 @@ def export_engines(
         "clip": info,
         "tokenizer": tok,
         "sam2": sam2_info,
+        **({"dino": _dino_info(dino_model)} if dino_model is not None else {}),
         "input_sizes": {
             "clip_native": info["native_grid"] * p,
             "patch": p,
@@ -358,7 +392,8 @@ def export_engines(
         },
         "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
         "patch labels, S_hat), RF-CLIP's window head (query clusters, image-adaptive text, global-semantics blend), "
-        "stitching, post-processing, SAM2 pre/post-processing",
+        "CorrCLIP's region steps (DINO positional embedding, regions at the DINO grid, merging, scope softmax, mask "
+        "class token masks, mask vote), stitching, post-processing, SAM2 pre/post-processing",
         "graphs": graphs,
         "files": {
             "tokenizer": _file_entry(out / TOKENIZER_FILE),

@@ -44,10 +44,12 @@ def crop_sizes(cfg: DenseConfig, patch: int, max_side: int):
     sc = cfg.schedule
     if sc.slide_crop > 0:
         c = sc.slide_crop
-        full = c + sum(pad_to_patch(c, c, patch)[:2]) if sc.pad_crops else c
+        multiple = sc.pad_multiple or patch
+        full = c + sum(pad_to_patch(c, c, multiple)[:2]) if sc.pad_crops else c
         if cfg.attention.base == "rfclip":
             full = max(full, max_side)
-        return (patch, patch), (c, c), (full, full)
+        low = multiple if cfg.attention.base == "corrclip" else patch  # CorrCLIP pads every window to 56
+        return (low, low), (c, c), (full, full)
     return (patch, patch), _typical(cfg), (max_side, max_side)
 
 
@@ -55,14 +57,25 @@ def _tokens(hw, patch: int) -> int:
     return 1 + (hw[0] // patch) * (hw[1] // patch)
 
 
-def dense_profile(inputs, cfg: DenseConfig, clip: dict, max_batch: int, max_side: int, queries: tuple[int, int, int]):
-    """min/opt/max shapes of a dense graph's inputs (``inputs``: the graph's input names)."""
+def dense_profile(
+    inputs,
+    cfg: DenseConfig,
+    clip: dict,
+    max_batch: int,
+    max_side: int,
+    queries: tuple[int, int, int],
+    dino_width: int = 0,
+):
+    """min/opt/max shapes of a dense graph's inputs (``inputs``: the graph's input names). CorrCLIP's inputs use
+    its DINO grid (stride 8, ``dino_width`` channels): cells = (H/8)(W/8); mask class tokens from 1 (min) to one per
+    CLIP patch (max)."""
     p, width, heads = clip["patch"], clip["width"], clip["heads"]
     layers = len(cfg.attention.rcs_layers)
     batches, crops = batch_sizes(cfg, max_batch), crop_sizes(cfg, p, max_side)
     out = {}
     for level, b, hw, q in zip(_LEVELS, batches, crops, queries):
         n1 = _tokens(hw, p)
+        cells = (hw[0] // 8) * (hw[1] // 8)
         shapes = {
             "crops": (b, 3, *hw),
             "pos_embed": (n1, width),
@@ -72,6 +85,10 @@ def dense_profile(inputs, cfg: DenseConfig, clip: dict, max_batch: int, max_side
             "rcs_q": (layers, b, heads, n1, width // heads),
             "rcs_k": (layers, b, heads, n1, width // heads),
             "sfr_bias": (b, n1, n1),
+            "dino_pos_embed": (1 + cells, dino_width),
+            "scope_attention": (b, cells, cells),
+            "mct_allow": (b, {"min": 1, "opt": min(16, n1 - 1), "max": n1 - 1}[level], n1),
+            "mct_index": (b, cells),
         }
         out[level] = {name: list(shapes[name]) for name in inputs}
     return out

@@ -27,6 +27,9 @@ RFCLIP_GRAPH_FIELDS = (
     "rf_enhance_beta",
     "rf_renormalise_attention",
 )
+# CorrClipConfig fields baked into CorrCLIP's exported graph (``clip_dense_corrclip``); merging, the scope rule and
+# tau, the masks and the vote are host-side
+CORRCLIP_GRAPH_FIELDS = ("corr_spatial_blocks", "corr_branch_weights")
 
 GlobalSource = Literal["image", "window"]
 MaskSource = Literal["sam2", "given", "none"]

@@ -9,7 +9,7 @@ import time
 import warnings
 
 from ..config import DATASETS, METHODS
-from ..errors import Interrupted
+from ..errors import ClipSamError, Interrupted
 from ..refine.config import SAM2_MODELS
 from .options import add_quick_gelu_option
 
@@ -39,10 +39,28 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="dataset preset (settings and vocabulary); 'none' for open vocabulary (default: voc21)",
     )
     g.add_argument("--templates", default=None, help="prompt templates: openai80 (default), openai7 or single")
-    g.add_argument("--sam2", choices=SAM2_MODELS, default=None, help="also export this SAM2 model (refinement)")
+    g.add_argument(
+        "--sam2",
+        choices=SAM2_MODELS,
+        default=None,
+        help="also export this SAM2 model (refinement; CorrCLIP's automatic masks)",
+    )
     s = g.add_mutually_exclusive_group()
     s.add_argument("--sam2-weights", default=None, help="SAM2 checkpoint file (default: download the official one)")
     s.add_argument("--sam2-random-weights", action="store_true", help="random SAM2 weights (tests only)")
+    c = p.add_argument_group("corrclip (--method corrclip)")
+    c.add_argument(
+        "--dino-weights",
+        default=None,
+        help="DINO ViT-B/8 checkpoint (default: the official file, downloaded; random with --random-weights)",
+    )
+    c.add_argument(
+        "--mask-source",
+        choices=("sam2", "given", "none"),
+        default=None,
+        help="the folder's default mask source: sam2 (automatic masks; needs --sam2), given (masks per call, "
+        "clipsam segment --masks DIR) or none (default: sam2)",
+    )
     o = p.add_argument_group("graphs")
     o.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision; IO stays fp32")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
@@ -79,7 +97,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "clipsam: exporting RANDOM weights (--random-weights); the engines' predictions are meaningless.",
                 file=sys.stderr,
             )
-        overrides = {"templates": args.templates} if args.templates else {}
+        overrides: dict = {"templates": args.templates} if args.templates else {}
+        if args.method == "corrclip":
+            overrides["dino_weights"] = args.dino_weights or (None if args.random_weights else "dino_vitb8")
+            if args.mask_source:
+                overrides["corr_mask_source"] = args.mask_source
+        elif args.dino_weights or args.mask_source:
+            raise ClipSamError("--dino-weights / --mask-source apply to --method corrclip only")
         t0 = time.perf_counter()
         with _interrupted_export(args.out):
             export_engines(

@@ -278,8 +278,6 @@ def corrclip_options(args: argparse.Namespace, refine: str | None, kwargs: dict[
         if dino or source or automask or mask_dir:
             raise ClipSamError("--dino-weights / --mask-source / --automask / --masks apply to --method corrclip only")
         return refine
-    if getattr(args, "engines", None):
-        raise ClipSamError("--method corrclip runs on the PyTorch backend only (clipsam export cannot export it yet)")
     kwargs["dino_weights"] = None if args.random_weights and not dino else dino or "dino_vitb8"
     if mask_dir:
         if source or automask:
@@ -309,6 +307,34 @@ def corrclip_options(args: argparse.Namespace, refine: str | None, kwargs: dict[
     return model
 
 
+def engine_method(args: argparse.Namespace) -> str | None:
+    """The method a command runs: --method, else with --engines the engine folder's (its manifest, read now)."""
+    if getattr(args, "method", None) or not getattr(args, "engines", None):
+        return getattr(args, "method", None)
+    from ..engine.manifest import load_manifest
+
+    return load_manifest(args.engines).method
+
+
+def engine_corrclip_options(args: argparse.Namespace, kwargs: dict[str, Any]) -> None:
+    """CorrCLIP's options with --engines: the mask source (``--masks DIR``: given; ``--mask-source``) added to
+    ``kwargs``; the DINO and SAM2 models are the folder's, so --dino-weights and --automask are refused."""
+    source, mask_dir = getattr(args, "mask_source", None), getattr(args, "masks", None)
+    given = [o for o, k in (("--dino-weights", "dino_weights"), ("--automask", "automask")) if getattr(args, k, None)]
+    if given:
+        raise ClipSamError(
+            f"{' / '.join(given)} do not apply with --engines: the DINO and SAM2 models are in the engine folder "
+            "(automatic masks: --mask-source sam2 on a folder exported with --sam2)"
+        )
+    if not (source or mask_dir):
+        return
+    if engine_method(args) != "corrclip":
+        raise ClipSamError("--mask-source / --masks apply to --method corrclip only")
+    if mask_dir and source:
+        raise ClipSamError("--masks gives every image's region masks: --mask-source does not apply with it")
+    kwargs["corr_mask_source"] = "given" if mask_dir else source
+
+
 def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING):
     """The segmenter the options describe: engines (--engines) or PyTorch (``Segmenter.from_pretrained``).
 
@@ -329,6 +355,7 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
         from ..segmenter import Segmenter
 
         check_engine_options(args)
+        engine_corrclip_options(args, kwargs)
         providers = getattr(args, "providers", None)
         return Segmenter.from_engines(
             args.engines,

@@ -13,7 +13,7 @@ from ..mask_files import mask_file, read_mask_file, require_mask_files
 from ..paths import output_dir
 from ..prefetch import decode_workers
 from ..result import save_atomic
-from .options import add_segment_options, build_segmenter, resolve_classes
+from .options import add_segment_options, build_segmenter, engine_method, resolve_classes
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def checked_mask_dir(args: argparse.Namespace, names: list[str]) -> Path | None:
     """``--masks DIR`` when given, after checking (before any model loads) that every image has one mask file."""
     if not getattr(args, "masks", None):
         return None
-    if getattr(args, "method", None) != "corrclip":
+    if engine_method(args) != "corrclip":
         raise ClipSamError("--masks applies to --method corrclip only")
     return require_mask_files(args.masks, names)
 

@@ -26,11 +26,9 @@ import torch.nn.functional as F
 from ..config import DenseConfig
 from ..errors import ConfigError
 from ..method_config import spatial_blocks
+from ..ops.corrclip import MERGED_ID, PAD_ID
 from .dino import dino_qk_features
 from .encoder import DenseEncoder
-
-PAD_ID = 1 << 20  # region id of padded pixels (the pipeline pads region maps with -1); above every real id
-MERGED_ID = 1 << 21  # merged regions get MERGED_ID + component (upstream: 10000 + DBSCAN label)
 
 
 def nearest(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -127,12 +127,16 @@ def _pos_embed(model, fh: int, fw: int, dtype) -> torch.Tensor:
     return torch.cat([pos[:, :1], grid], dim=1).to(dtype)
 
 
-def dino_qk_features(model, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def dino_qk_features(
+    model, crops: torch.Tensor, pos: torch.Tensor | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """CorrCLIP's DINO features of CLIP-normalised crops.
 
     Arguments:
         model: ``load_dino``'s model.
         crops: (B, 3, H, W) CLIP-normalised crops.
+        pos: (1 + fh*fw, D) positional embedding to add instead of DINO's own resize (the exported graph's host input,
+            ``clipsam.ops.resize.interpolate_pos_embed(..., native="grid")``), or None.
 
     Returns:
         (B, fh * fw, D) L2-normalised ``q + k`` (all heads together) of the last block's qkv projection of its
@@ -142,7 +146,7 @@ def dino_qk_features(model, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[in
     fh, fw = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-    x = x + _pos_embed(model, fh, fw, x.dtype)
+    x = x + (_pos_embed(model, fh, fw, x.dtype) if pos is None else pos[None].to(x.dtype))
     for block in model.blocks[:-1]:
         x = block(x)
     last = model.blocks[-1]

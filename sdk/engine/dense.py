@@ -8,6 +8,8 @@ A batch of crops through the exported graphs:
              S_hat), bias = float32(fp16(lambda * S_hat))] -> clip_dense_pass2 -> patch logits
     RF-CLIP: clip_dense_rfclip -> patch features, CLS embedding -> [host: ``RFClipHead`` (query clusters,
              image-adaptive text, global-semantics blend; the whole member's CLS from ``member_context``)] -> logits
+    CorrCLIP: dino_features -> [host: regions at the DINO grid, merging, scope softmax, mask class token masks
+              (``CorrClipHead``)] -> clip_dense_corrclip -> logits on the DINO grid (stride 8)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..ops.base import EncoderSpec, sfr_feedback
 from ..ops.numpy_ops import NumpyOps
 from ..ops.resize import interpolate_pos_embed, neighbourhood_window
 from ..ops.sfr import LinspaceTable
+from .corrclip import CorrClipHead
 from .rfclip import GRAPH as RFCLIP_GRAPH
 from .rfclip import RFClipHead
 
@@ -30,12 +33,14 @@ class OrtBackend:
     """``DenseBackend`` over the exported dense graphs.
 
     Arguments:
-        sessions: graph name -> ``GraphSession`` (``clip_dense``, the three SFR graphs, or ``clip_dense_rfclip``).
+        sessions: graph name -> ``GraphSession`` (``clip_dense``, the three SFR graphs, ``clip_dense_rfclip``, or
+            CorrCLIP's ``dino_features`` and ``clip_dense_corrclip``).
         cfg: the run's DenseConfig (graph-baked fields equal the export's).
         pos_embed: (1 + n*n, D) native positional embedding.
         spec: patch size, heads and width of the exported ViT.
         max_grid: largest patch-grid side served (``EngineLimitError`` beyond).
         table: torch.linspace tables for SFR's path check.
+        dino_pos: CorrCLIP's (1 + n*n, Dd) native DINO positional embedding (None for the other methods).
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class OrtBackend:
         spec: EncoderSpec,
         max_grid: int,
         table: LinspaceTable | None = None,
+        dino_pos: np.ndarray | None = None,
     ):
         self.sessions = sessions
         self.cfg = cfg
@@ -55,6 +61,11 @@ class OrtBackend:
         self.ops = NumpyOps(table)
         self._grid_cache: dict = {}
         self.rfclip = RFClipHead(sessions[RFCLIP_GRAPH], cfg) if cfg.attention.base == "rfclip" else None
+        self.corrclip = None
+        if cfg.attention.base == "corrclip":
+            if dino_pos is None:
+                raise ValueError("OrtBackend: CorrCLIP needs dino_pos (host_constants.npz's dino_pos_embed)")
+            self.corrclip = CorrClipHead(sessions, cfg, dino_pos)
 
     def inference(self):
         import contextlib
@@ -89,16 +100,24 @@ class OrtBackend:
         return {"global_embedding": self.rfclip.encode(whole, grid["pos_embed"])[1][0]}
 
     def patch_logits(
-        self, crops: np.ndarray, text: np.ndarray, global_embedding: np.ndarray | None = None
+        self,
+        crops: np.ndarray,
+        text: np.ndarray,
+        global_embedding: np.ndarray | None = None,
+        regions: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(B, 3, H, W) normalised crops, (Q, C) unit text -> (B, Q, H // p, W // p) float32 logits.
+        """(B, 3, H, W) normalised crops, (Q, C) unit text -> (B, Q, H // p, W // p) float32 logits
+        (CorrCLIP: (B, Q, H // 8, W // 8)).
 
         ``global_embedding``: RF-CLIP's (B, E) whole-member CLS embeddings (``member_context``), or None.
+        ``regions``: CorrCLIP's (B, H, W) region ids per pixel (-1 = padding; ``Member.maps``), or None.
         """
         att = self.cfg.attention
         b, _, h, w = crops.shape
         grid = self._grid_inputs(h, w)
         shape = (b, -1, h // self.spec.patch, w // self.spec.patch)
+        if self.corrclip is not None:
+            return self.corrclip.logits(crops, text, grid["pos_embed"], regions, self.spec.patch)
         if self.rfclip is not None:
             patches, cls = self.rfclip.encode(crops, grid["pos_embed"])
             return self.rfclip.logits(patches, cls, text, shape[2:], global_embedding)

@@ -13,6 +13,11 @@ ordered input and output names, and the dynamic axes of each tensor (axis -> sym
     clip_dense_pass2     ... + sfr_bias (B,N1,N1) = float32(fp16(lambda_sfr * S_hat))  -> patch_logits
     clip_dense_rfclip    crops, pos_embed                      -> patch_features (B, h*w, C), cls_embedding (B, C)
                                                                   (RF-CLIP; its window head runs on the host)
+    dino_features        crops (B,3,H,W), dino_pos_embed (1+Ld,Dd) -> dino_features (B, Ld, Dd) unit q+k of DINO's last
+                                                                  block (CorrCLIP; Ld = (H/8)(W/8))
+    clip_dense_corrclip  crops, pos_embed, scope_attention (B,Ld,Ld), mct_allow (B,NR,N1) bool, mct_index (B,Ld) int64,
+                         text_embeddings (Q,C)                  -> patch_logits (B, Q, Ld) on the DINO grid
+                                                                  (CorrCLIP; regions, scope and MCT masks from the host)
     sam2_image_encoder   image (B,3,S,S)                       -> image_embed (B,256,E,E),
                                                                   high_res_feats_0 (B,32,4E,4E), high_res_feats_1 (B,64,2E,2E)
     sam2_prompt_decoder  image_embed (1,..), high_res_feats_0/1 (1,..), point_coords (P,K,2) (model-input pixels),
@@ -121,6 +126,26 @@ CLIP_DENSE_RFCLIP = GraphIO(
         "cls_embedding": {0: "batch"},
     },
 )
+DINO_FEATURES = GraphIO(
+    "dino_features",
+    ("crops", "dino_pos_embed"),
+    ("dino_features",),
+    {"crops": _CROPS, "dino_pos_embed": {0: "dino_tokens"}, "dino_features": {0: "batch", 1: "cells"}},
+)
+CLIP_DENSE_CORRCLIP = GraphIO(
+    "clip_dense_corrclip",
+    ("crops", "pos_embed", "scope_attention", "mct_allow", "mct_index", "text_embeddings"),
+    ("patch_logits",),
+    {
+        "crops": _CROPS,
+        "pos_embed": {0: "tokens"},
+        "scope_attention": {0: "batch", 1: "cells", 2: "cells"},
+        "mct_allow": {0: "batch", 1: "regions", 2: "tokens"},
+        "mct_index": {0: "batch", 1: "cells"},
+        "text_embeddings": {0: "queries"},
+        "patch_logits": {0: "batch", 1: "queries", 2: "cells"},
+    },
+)
 SAM2_IMAGE_ENCODER = GraphIO(
     "sam2_image_encoder",
     ("image",),
@@ -164,6 +189,8 @@ GRAPHS = {
         CLIP_DENSE_PASS1,
         CLIP_DENSE_PASS2,
         CLIP_DENSE_RFCLIP,
+        DINO_FEATURES,
+        CLIP_DENSE_CORRCLIP,
         SAM2_IMAGE_ENCODER,
         SAM2_PROMPT_DECODER,
     )
@@ -177,9 +204,13 @@ def dense_graphs(base: str, rcs: bool, sfr: bool) -> tuple[GraphIO, ...]:
     ``clip_dense_pass1`` and ``clip_dense_pass2`` (the last block, before and after the host SFR steps).
     ``window_bias`` (NACLIP's Omega) is an input only for the ``naclip`` base; ``rcs_q``/``rcs_k`` only with RCS.
     RF-CLIP (base ``rfclip``): one graph, ``clip_dense_rfclip`` (the encoder; the window head runs on the host).
+    CorrCLIP (base ``corrclip``): ``dino_features`` then ``clip_dense_corrclip`` (the region steps run on the host
+    between them, ``clipsam.ops.corrclip``).
     """
     if base == "rfclip":
         return (CLIP_DENSE_RFCLIP,)
+    if base == "corrclip":
+        return (DINO_FEATURES, CLIP_DENSE_CORRCLIP)
     unused = () if base == "naclip" else ("window_bias",)
     if not sfr:
         return (CLIP_DENSE.without(*unused),)

@@ -5,7 +5,7 @@ what differs and how to fix it, a folder whose manifest is missing or malformed,
 know, whose files are missing or do not match their recorded size and SHA-256, or whose method, preset, precision
 or models differ from what it is asked to run (``check_request``). Host-side settings (thresholds, image size,
 sliding windows, PAMR, templates) may be overridden freely; those baked into the graphs may not
-(``GRAPH_FIELDS``, and for RF-CLIP also ``RFCLIP_GRAPH_FIELDS``: ``graph_fields``).
+(``GRAPH_FIELDS``, and for RF-CLIP and CorrCLIP also their method's graph fields: ``graph_fields``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from ..config import AttentionConfig, DenseConfig
 from ..errors import ConfigError, EngineError, EngineFileError, ManifestMismatchError, first_line
 from ..hashing import file_sha256
-from ..method_config import RFCLIP_GRAPH_FIELDS
+from ..method_config import CORRCLIP_GRAPH_FIELDS, RFCLIP_GRAPH_FIELDS
 from ..paths import is_url
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
@@ -32,8 +32,12 @@ GRAPH_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
 
 def graph_fields(base: str | None) -> tuple[str, ...]:
     """The DenseConfig fields (flat names) baked into the dense graphs of a method with attention base ``base``:
-    the attention group, and RF-CLIP's denoising and last-block settings for ``base == "rfclip"``."""
-    return GRAPH_FIELDS + (RFCLIP_GRAPH_FIELDS if base == "rfclip" else ())
+    the attention group, RF-CLIP's denoising and last-block settings for ``base == "rfclip"``, CorrCLIP's spatial
+    blocks and branch weights for ``base == "corrclip"``."""
+    return GRAPH_FIELDS + _METHOD_FIELDS.get(base or "", ())
+
+
+_METHOD_FIELDS = {"rfclip": RFCLIP_GRAPH_FIELDS, "corrclip": CORRCLIP_GRAPH_FIELDS}
 
 
 _REQUIRED = (
@@ -241,7 +245,9 @@ def graph_settings(data: dict) -> dict:
     fields, the CLIP and SAM2 models, limits, every graph's inputs and outputs), sealed by the exporter with the
     graphs' SHA-256 (``_seal``) so that an edited field is found and named."""
     dense = data.get("dense_config") or {}
+    dino = {"dino": data["dino"]} if "dino" in data else {}  # CorrCLIP's DINO (absent from other folders)
     return {
+        **dino,
         "method": data.get("method"),
         "precision": data.get("precision"),
         "opset": data.get("opset"),
@@ -345,7 +351,9 @@ def load_host_constants(manifest: EngineManifest) -> dict:
         raise EngineFileError(f"cannot read {path} ({first_line(e)}): it is corrupt. Export the engines again.") from e
     clip = manifest.clip
     want = (1 + clip["native_grid"] ** 2, clip["width"])
-    missing = [k for k in ("clip_pos_embed", "sfr_linspace", "sfr_linspace_offsets") if k not in out]
+    need: tuple[str, ...] = ("clip_pos_embed", "sfr_linspace", "sfr_linspace_offsets")
+    need += ("dino_pos_embed",) if manifest.method == "corrclip" else ()
+    missing = [k for k in need if k not in out]
     if missing or tuple(out["clip_pos_embed"].shape) != want:
         found = getattr(out.get("clip_pos_embed"), "shape", None)
         raise EngineFileError(
@@ -443,7 +451,9 @@ def check_request(
     dense = manifest.dense
     fields = graph_fields(dense.attention.base)
     baked = {k: v for k, v in overrides.items() if k in fields and _norm(v) != _norm(getattr(dense, k))}
-    groups = {"attention": GRAPH_FIELDS, "rfclip": RFCLIP_GRAPH_FIELDS if dense.attention.base == "rfclip" else ()}
+    base = dense.attention.base
+    groups: dict[str, tuple[str, ...]] = {"attention": GRAPH_FIELDS}
+    groups.update({g: f for g, f in _METHOD_FIELDS.items() if g == base})
     for group, names in groups.items():  # a whole group passed: its baked fields must equal the export's
         if group in overrides and any(getattr(overrides[group], k) != getattr(dense, k) for k in names):
             baked[group] = overrides[group]

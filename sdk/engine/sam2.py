@@ -44,7 +44,7 @@ class OrtSam2Embedding:
 
 class OrtSam2Refiner(Refiner):
     """SAM2 image encoder + prompt decoder graphs with ``Sam2Refiner``'s API (``refine``, ``embed_images``,
-    ``predict``, ``decoder_calls``).
+    ``predict``, ``point_logits``, ``decoder_calls``).
 
     Arguments:
         encoder, decoder: ``GraphSession``s of ``sam2_image_encoder`` and ``sam2_prompt_decoder``.
@@ -112,6 +112,44 @@ class OrtSam2Refiner(Refiner):
         area_u = (single > -np.float32(dyn["delta"])).sum(axis=-1).astype(np.float32)
         stable = np.where(area_u > 0, area_i / np.maximum(area_u, 1), np.float32(1.0)) >= np.float32(dyn["thresh"])
         return (np.where(stable[..., None, None], masks[:, :1], best_logits), np.where(stable, iou[:, :1], best_iou))
+
+    def point_logits(self, embedding: OrtSam2Embedding, points: np.ndarray, multimask: bool, chunk: int = 16):
+        """``Sam2Refiner.point_logits`` on the decoder graph (CorrCLIP's automatic masks, ``clipsam.refine.automask``):
+        ONE decoder call over P single positive points (coordinates ``x / W * S`` in float32), the raw mask token 0
+        (tokens 1-3 with ``multimask``; the graph returns all four, never SAM2's dynamic stability switch).
+
+        Arguments:
+            points: (P, 2) pixel xy.
+            multimask: three masks per point (point-major) instead of one.
+            chunk: masks upsampled to the image size at a time.
+
+        Yields:
+            (logits (c, H, W) float32 at the image size (bilinear from 4E x 4E), predicted IoU (c,) float32) per chunk.
+        """
+        h, w = embedding.image_size
+        p = len(points)
+        coords = np.array(points, dtype=np.float32)
+        coords[:, 0] = coords[:, 0] / np.float32(w)
+        coords[:, 1] = coords[:, 1] / np.float32(h)
+        coords = (coords * np.float32(self.image_size))[:, None]
+        e4 = 4 * int(self.info.get("embed_size", self.image_size // 16))
+        out = self.decoder.run(
+            {
+                "image_embed": embedding.image_embed,
+                "high_res_feats_0": embedding.high_res_feats[0],
+                "high_res_feats_1": embedding.high_res_feats[1],
+                "point_coords": coords,
+                "point_labels": np.ones((p, 1), np.float32),
+                "mask_input": np.zeros((p, 1, e4, e4), np.float32),
+                "has_mask_input": np.zeros(p, np.float32),
+            }
+        )
+        self.decoder_calls += 1
+        sel = slice(1, None) if multimask else slice(0, 1)
+        low = out["masks"][:, sel].reshape(-1, e4, e4)
+        iou = out["iou_predictions"][:, sel].reshape(-1).astype(np.float32)
+        for s in range(0, len(low), chunk):
+            yield resize_bilinear(low[s : s + chunk][:, None], (h, w))[:, 0], iou[s : s + chunk]
 
     def decode(
         self, embedding: OrtSam2Embedding, prompts: PromptSet, multimask: bool, chunk: int

@@ -106,6 +106,7 @@ class EngineSegmenter(SegmenterFront):
         self.config = check_request(
             m, method=method, preset=preset, precision=precision, clip=clip, sam2=sam2, overrides=overrides
         )
+        self._check_automask(self.config)  # before any session loads
         limits = m.limits
         if max_batch is not None:
             positive_int(max_batch, "max_batch")
@@ -142,6 +143,7 @@ class EngineSegmenter(SegmenterFront):
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.refine_config = self._refine_config(refine, sam2)
         self.refiner = self._make_refiner() if self.refine_config is not None else None
+        self.automask = self._make_automask(self.config)
 
     @classmethod
     def from_engines(
@@ -178,11 +180,19 @@ class EngineSegmenter(SegmenterFront):
         return self._sessions[name]
 
     def _backend(self, cfg) -> OrtBackend:
-        sessions = {n: self._session(n) for n in self.manifest.graphs if n.startswith("clip_dense")}
+        sessions = {n: self._session(n) for n in self.manifest.graphs if n.startswith(("clip_dense", "dino_"))}
         table = LinspaceTable(self._consts["sfr_linspace"], self._consts["sfr_linspace_offsets"])
         clip = self.manifest.clip
         spec = EncoderSpec(int(clip["patch"]), int(clip["heads"]), int(clip["width"]))
-        return OrtBackend(sessions, cfg, self._consts["clip_pos_embed"], spec, self.manifest.limits["max_grid"], table)
+        return OrtBackend(
+            sessions,
+            cfg,
+            self._consts["clip_pos_embed"],
+            spec,
+            self.manifest.limits["max_grid"],
+            table,
+            self._consts.get("dino_pos_embed"),
+        )
 
     def _make_refiner(self) -> OrtSam2Refiner:
         info = self.manifest.sam2
@@ -197,6 +207,33 @@ class EngineSegmenter(SegmenterFront):
             info,
             max_batch=self.manifest.limits.get("max_images", 1),
         )
+
+    @staticmethod
+    def _wants_automask(cfg) -> bool:
+        return cfg.attention.base == "corrclip" and cfg.corrclip.corr_mask_source == "sam2"
+
+    def _check_automask(self, cfg) -> None:
+        """``ConfigError`` when CorrCLIP's automatic masks are asked for and the folder has no SAM2 graphs."""
+        if self._wants_automask(cfg) and (
+            self.manifest.sam2 is None or any(g not in self.manifest.graphs for g in _SAM2_GRAPHS)
+        ):
+            raise ConfigError(
+                f"corrclip's automatic masks (corr_mask_source='sam2') run on the SAM2 graphs, which the engine "
+                f"folder {self.manifest.folder} does not hold. Export them with clipsam export --method corrclip "
+                "--sam2 sam2.1_hiera_t ..., or give masks per call (masks=, corr_mask_source='given'; CLI: --masks "
+                "DIR) or set corr_mask_source='none'"
+            )
+
+    def _make_automask(self, cfg):
+        """CorrCLIP's SAM2 automatic masks on the folder's SAM2 graphs (the refiner's, when refinement is on), or
+        None when the configuration does not make them."""
+        self._check_automask(cfg)
+        if not self._wants_automask(cfg):
+            return None
+        from ..refine.automask import AutoMaskGenerator, AutoMaskSettings
+
+        sam2 = self.refiner if self.refiner is not None else self._make_refiner()
+        return AutoMaskGenerator(sam2, AutoMaskSettings.from_config(cfg.corrclip))
 
     @staticmethod
     def _refine_config(refine, sam2) -> RefineConfig | None:
@@ -220,6 +257,7 @@ class EngineSegmenter(SegmenterFront):
         prompts = overrides.pop("prompts", self.prompts)
         new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
         new._set_prompts(prompts)
+        new.automask = new._make_automask(new.config)
         new.backend = new._backend(new.config)
         return new
 

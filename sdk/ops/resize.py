@@ -186,19 +186,21 @@ def _cubic_taps(in_size: int, out_size: int, scale_factor: float):
     return taps, _cubic_coeffs(t)
 
 
-def interpolate_pos_embed(pos: np.ndarray, gh: int, gw: int) -> np.ndarray:
+def interpolate_pos_embed(pos: np.ndarray, gh: int, gw: int, native: str = "tokens") -> np.ndarray:
     """CLIP positional embedding for an ``gh x gw`` patch grid, as ``DenseEncoder._pos_embed``.
 
     Arguments:
         pos: (1 + n*n, D) float32 native embedding (CLS first).
         gh, gw: patch grid.
+        native: when ``pos`` is returned unchanged: "tokens" (CLIP: when gh*gw == n*n) or "grid" (DINO's rule,
+            ``clipsam.dense.dino``: only when gh == gw == n).
 
     Returns:
         (1 + gh*gw, D) float32: ``pos`` itself when gh*gw == n*n (upstream interpolates only when the token count
         differs), else the bicubic resize with scale factors ((gh+0.1)/n, (gw+0.1)/n), align_corners=False.
     """
     n = int(round(math.sqrt(pos.shape[0] - 1)))
-    if gh * gw == pos.shape[0] - 1:
+    if (gh * gw == pos.shape[0] - 1) if native == "tokens" else (gh == gw == n):
         return pos
     grid = pos[1:].reshape(n, n, -1).astype(_F)  # (y, x, D)
     ty, cy = _cubic_taps(n, gh, (gh + 0.1) / n)

@@ -43,18 +43,70 @@ def test_export_command(tmp_path, capsys):
         args.func(args)
 
 
-@pytest.mark.parametrize("method,missing", [("corrclip", "DINO ViT-B/8 graph")])
-def test_export_refuses_corrclip_before_loading(tmp_path, capsys, monkeypatch, method, missing):
-    """No engine folder computing another method: a clear error naming the missing part, before any model loads."""
+def test_export_corrclip_without_a_mask_source_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """CorrCLIP's default automatic masks need the SAM2 graphs: without --sam2 (and without --mask-source given or
+    none) a clear error names the choices, before any model loads."""
     import clipsam.models
     from clipsam.cli import main
 
     monkeypatch.setattr(clipsam.models, "load_clip", lambda *a, **k: pytest.fail("a model was loaded"))
     out = tmp_path / "engines"
-    assert main(["export", "--out", str(out), "--random-weights", "--method", method, "--quiet"]) == 2
+    assert main(["export", "--out", str(out), "--random-weights", "--method", "corrclip", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot export method '{method}'" in err and missing in err and "PyTorch backend" in err
+    assert "--sam2 MODEL" in err and "--mask-source given" in err and "corr_mask_source='none'" in err
     assert not out.exists()
+    assert main(["export", "--out", str(out), "--random-weights", "--mask-source", "none", "--quiet"]) == 2
+    assert "--method corrclip only" in capsys.readouterr().err
+
+
+def test_export_and_segment_corrclip_with_a_masks_folder(tmp_path, chelsea_small, capsys, monkeypatch):
+    """``clipsam export --method corrclip --mask-source given`` (the tiny CLIP, a narrow timm DINO with patch 8
+    standing in for ViT-B/8), then ``clipsam segment --engines DIR --masks DIR``: the same labels as the PyTorch
+    backend's ``clipsam segment --method corrclip --masks DIR``; each given region voted to one label."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from timm.models.vision_transformer import VisionTransformer
+
+    import clipsam.dense.dino
+    from clipsam.cli import main
+
+    def small_dino(weights):
+        assert weights is None  # --random-weights: random DINO too
+        torch.manual_seed(0)
+        model = VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+        for block in model.blocks:
+            block.attn.fused_attn = False
+        return model.eval()
+
+    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
+    photo, engines, masks = tmp_path / "cat.png", tmp_path / "engines", tmp_path / "masks"
+    Image.fromarray(chelsea_small).resize((125, 94)).save(photo)
+    masks.mkdir()
+    ids = np.zeros((94, 125), np.int32)
+    ids[10:60, 20:90], ids[50:90, 60:120] = 1, 2
+    np.save(masks / "cat.npy", ids)
+    model = ["--clip", TINY_VIT, "--random-weights", "--templates", "single"]
+    export = ["export", "--out", str(engines), "--method", "corrclip", "--mask-source", "given"]
+    assert main(export + model) == 0
+    printed = capsys.readouterr().out
+    assert "dino_features" in printed and "clip_dense_corrclip" in printed and "max|ort-torch|" in printed
+    manifest = json.loads((engines / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"clip_text", "dino_features", "clip_dense_corrclip"}
+    assert manifest["dino"]["patch"] == 8 and all(r["ok"] for r in manifest["validation"])
+    common = ["segment", str(photo), "--classes", "cat, grass, sky", "--no-progress", "--masks", str(masks), "--out"]
+    assert main([*common, str(tmp_path / "ort"), "--engines", str(engines)]) == 0
+    assert main([*common, str(tmp_path / "pt"), "--method", "corrclip", "--preset", "voc21", *model]) == 0
+    ort, pt = (json.loads((tmp_path / d / "cat.json").read_text()) for d in ("ort", "pt"))
+    assert ort["backend"] == "onnxruntime" and ort["config"]["corr_mask_source"] == "given"
+    a, b = (np.array(Image.open(tmp_path / d / "cat_labels.png")) for d in ("ort", "pt"))
+    assert a.shape == (94, 125)
+    np.testing.assert_array_equal(a, b)
+    for v in (1, 2):
+        assert len(np.unique(a[ids == v])) == 1
+    capsys.readouterr()
+    assert main([*common, str(tmp_path / "x"), "--engines", str(engines), "--dino-weights", "d.pth"]) == 2
+    assert "in the engine folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -45,11 +45,30 @@ def test_the_folders_own_values_are_accepted(engine_dir):
         (["--weights", "w.pt"], "--weights / --random-weights do not apply with --engines"),
         (["--random-weights"], "--weights / --random-weights do not apply with --engines"),
         (["--sam2-weights", "s.pt"], "--sam2-weights does not apply with --engines"),
+        (["--dino-weights", "d.pth"], "--dino-weights do not apply with --engines"),
+        (["--automask", "sam2_hiera_l"], "--automask do not apply with --engines"),
     ],
 )
 def test_options_that_cannot_apply_to_engines_are_refused(tmp_path, given, match):
     with pytest.raises(ClipSamError, match=match):
         build_segmenter(_args("--engines", str(tmp_path), *given))
+
+
+def test_corrclip_mask_options_need_a_corrclip_folder(engine_dir, tmp_path):
+    """With --engines and no --method, CorrCLIP's mask options are checked against the folder's method (its
+    manifest), before any graph loads; the masks folder is checked the same way by ``checked_mask_dir``."""
+    import argparse
+
+    from clipsam.cli.options import engine_method
+    from clipsam.cli.segment import checked_mask_dir
+
+    folder = str(engine_dir("naclip"))
+    assert engine_method(_args("--engines", folder)) == "naclip"
+    assert engine_method(_args("--engines", folder, "--method", "corrclip")) == "corrclip"  # checked at load
+    with pytest.raises(ClipSamError, match="corrclip only"):
+        build_segmenter(_args("--engines", folder, "--mask-source", "none"))
+    with pytest.raises(ClipSamError, match="corrclip only"):
+        checked_mask_dir(argparse.Namespace(masks=str(tmp_path), engines=folder, method=None), ["a.png"])
 
 
 def test_parse_scales():

@@ -103,11 +103,3 @@ def test_tiny_model_without_matching_sink_channels_is_refused(tiny_clip, tmp_pat
     with pytest.raises(ConfigError, match="rf_sink_channels"):
         export_engines(tmp_path / "e", clip=tiny_clip, method="rfclip", preset="voc21", templates=TEMPLATES, log=None)
     assert not (tmp_path / "e" / "manifest.json").exists()
-
-
-def test_corrclip_is_still_refused(tmp_path):
-    from clipsam.errors import ConfigError
-    from clipsam.export import export_engines
-
-    with pytest.raises(ConfigError, match="cannot export method 'corrclip'"):
-        export_engines(tmp_path / "e", clip="not loaded", method="corrclip", preset="voc21", log=None)
