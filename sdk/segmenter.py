@@ -120,7 +120,9 @@ class Segmenter(SegmenterFront):
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
-        if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
+        if max_batch is None and precision == UPSTREAM_FP16:
+            max_batch = 1  # upstream encodes one window at a time, and fp16 products round differently per batch size
+        elif max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
             max_batch = 32 if self.device.type == "cuda" else 4
         self.max_batch = int(max_batch)
         self.max_memory_mb = max_memory_mb
@@ -173,7 +175,8 @@ class Segmenter(SegmenterFront):
                 in fp32) and DINO (all fp16), with fp16 text embeddings (``clipsam.dense.upstream_fp16``).
             templates: template set name ("openai80", "openai7", "single") or list of templates.
             max_batch: most windows per encoder call (batched across windows, scales and images); default 4 on the
-                CPU (larger batches fall out of cache there) and 32 on CUDA.
+                CPU (larger batches fall out of cache there) and 32 on CUDA; 1 with ``precision="fp16-upstream"``
+                (upstream's batch size: fp16 results depend on it at the rounding level).
             max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
                 max_batch) and large outputs are finished in strips that fit it.
             sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
