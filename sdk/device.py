@@ -1,4 +1,5 @@
-"""Device names, checked before anything is loaded: ``parse_device`` (torch-free)."""
+"""Device names, checked before anything is loaded: ``parse_device`` (torch-free); the precision names that are not
+plain dtypes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import numbers
 import re
 
 from .errors import ConfigError
+
+UPSTREAM_FP16 = "fp16-upstream"  # CorrCLIP's and RF-CLIP's upstream fp16 arithmetic (clipsam.dense.upstream_fp16)
+UPSTREAM_FP16_METHODS = ("corrclip", "rfclip")  # the methods whose upstream it reproduces
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 

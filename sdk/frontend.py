@@ -290,6 +290,8 @@ class SegmenterFront:
                         vocab,
                         strip_mb,
                         return_probs=self.refiner is not None,
+                        fp16_tail=bool(getattr(backend, "fp16_tail", False)),
+                        resize=getattr(backend, "resize_final_logits", None),
                     )
                     if regions is not None and cfg.corrclip.corr_mask_vote:  # labels only; scores stay per pixel
                         labels = mask_vote(out[0], regions[i], vocab.num_classes, cfg.corrclip.corr_unsegmented)

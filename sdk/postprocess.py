@@ -22,6 +22,15 @@ def query_probs(logits: np.ndarray, logit_scale: float) -> np.ndarray:
     return x / x.sum(axis=0, keepdims=True)
 
 
+def query_probs_fp16(logits: np.ndarray, logit_scale: float) -> np.ndarray:
+    """``query_probs`` as upstream RF-CLIP's fp16 run computes it (``precision="fp16-upstream"``): the logits rounded
+    to fp16, times the scale in fp16, the softmax computed in float32 and its result rounded to fp16 (what torch's
+    fp16 softmax does). (Q, ...) float32 holding fp16 values."""
+    x = (logits.astype(np.float16) * np.float16(logit_scale)).astype(np.float32)
+    x = np.exp(x - x.max(axis=0, keepdims=True))
+    return (x / x.sum(axis=0, keepdims=True)).astype(np.float16).astype(np.float32)
+
+
 def merge_synonyms(probs: np.ndarray, query_to_class, num_classes: int) -> np.ndarray:
     """(Q, H, W) query probabilities -> (C, H, W) class probabilities (max over synonyms)."""
     q2c = np.asarray(query_to_class)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .config import DenseConfig, dense_config, positive_int, positive_number
-from .device import parse_device
+from .device import UPSTREAM_FP16, UPSTREAM_FP16_METHODS, parse_device
 from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
@@ -15,7 +15,7 @@ from .vocabulary import Vocabulary
 
 CPU_OPS = ("compiled", "torch")  # clipsam.dense.ops.TorchOps on the CPU
 
-_PRECISIONS = ("fp32", "fp16", "bf16")
+_PRECISIONS = ("fp32", "fp16", "bf16", UPSTREAM_FP16)
 
 
 def _resolve_device(device):
@@ -46,9 +46,10 @@ def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_s
     if precision not in _PRECISIONS:
         raise ConfigError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     dev = _resolve_device(device)
-    if precision != "fp32" and dev.type != "cuda":
+    if precision not in ("fp32", UPSTREAM_FP16) and dev.type != "cuda":
         raise BackendUnavailableError(
-            f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32'."
+            f"precision={precision!r} uses CUDA autocast and needs device='cuda'; on the CPU use precision='fp32' "
+            f"(or {UPSTREAM_FP16!r} for corrclip / rfclip)."
         )
     if max_batch is not None:
         positive_int(max_batch, "max_batch")
@@ -56,6 +57,16 @@ def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_s
         positive_number(max_memory_mb, "max_memory_mb")
     positive_int(text_cache_size, "text_cache_size")
     return dev
+
+
+def _check_precision_method(precision: str, config: DenseConfig) -> None:
+    """``precision="fp16-upstream"`` only for the methods whose upstream fp16 arithmetic it reproduces."""
+    if precision == UPSTREAM_FP16 and config.attention.base not in UPSTREAM_FP16_METHODS:
+        raise ConfigError(
+            f"precision={UPSTREAM_FP16!r} reproduces the fp16 casts of CorrCLIP's and RF-CLIP's upstream code and "
+            f"exists only for method='corrclip' or 'rfclip' (this configuration is method {config.method!r}, "
+            f"base {config.attention.base!r}). Use precision='fp32', or 'fp16' / 'bf16' autocast on CUDA."
+        )
 
 
 class Segmenter(SegmenterFront):
@@ -86,6 +97,7 @@ class Segmenter(SegmenterFront):
         import open_clip
 
         self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)
+        _check_precision_method(precision, config)
         self.text_store = resolve_text_store(text_disk_cache)
         self.text_progress = bool(text_progress)
         self._weights_sha256: str | None = None  # of the model's state dict, taken at the first disk-cache lookup
@@ -95,14 +107,22 @@ class Segmenter(SegmenterFront):
         self.arch = loaded.arch
         self.weights_id = loaded.weights_id
         self.quick_gelu = loaded.quick_gelu
-        self.model = loaded.model.to(self.device).eval()
-        self.dino = None if dino is None else dino.to(self.device).eval()  # CorrCLIP's DINO (clipsam.dense.dino)
+        if precision == UPSTREAM_FP16:  # fp16 copies cast as upstream casts them; the given models stay as they are
+            from .dense.upstream_fp16 import half_clip, half_dino
+
+            self.model = half_clip(loaded.model).to(self.device)
+            self.dino = None if dino is None else half_dino(dino).to(self.device)
+        else:
+            self.model = loaded.model.to(self.device).eval()
+            self.dino = None if dino is None else dino.to(self.device).eval()  # CorrCLIP's DINO (clipsam.dense.dino)
         self.mask_sam2 = mask_sam2 if mask_sam2 is not None else refiner  # SAM2 of CorrCLIP's automatic masks
         self._set_backend()
         self.tokenizer = open_clip.get_tokenizer(loaded.arch)
         self._set_prompts(prompts or PromptConfig())
         self.text_cache = TextEmbeddingCache(text_cache_size)
-        if max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
+        if max_batch is None and precision == UPSTREAM_FP16:
+            max_batch = 1  # upstream encodes one window at a time, and fp16 products round differently per batch size
+        elif max_batch is None:  # measured: on the CPU small batches stay in cache (4 windows: ~2x over 1 or 16)
             max_batch = 32 if self.device.type == "cuda" else 4
         self.max_batch = int(max_batch)
         self.max_memory_mb = max_memory_mb
@@ -150,10 +170,13 @@ class Segmenter(SegmenterFront):
             preset: dataset preset ("voc21", "context60", "coco_object", "voc20", "context59",
                 "coco_stuff164k", "cityscapes", "ade20k") or None for open-vocabulary defaults.
             device: "cpu" or "cuda[:N]".
-            precision: "fp32" (default), or "fp16"/"bf16" autocast on CUDA.
+            precision: "fp32" (default), or "fp16"/"bf16" autocast on CUDA, or "fp16-upstream" (``corrclip`` and
+                ``rfclip`` only, CPU or CUDA): the upstream code's fp16 arithmetic, on fp16 copies of CLIP (LayerNorm
+                in fp32) and DINO (all fp16), with fp16 text embeddings (``clipsam.dense.upstream_fp16``).
             templates: template set name ("openai80", "openai7", "single") or list of templates.
             max_batch: most windows per encoder call (batched across windows, scales and images); default 4 on the
-                CPU (larger batches fall out of cache there) and 32 on CUDA.
+                CPU (larger batches fall out of cache there) and 32 on CUDA; 1 with ``precision="fp16-upstream"``
+                (upstream's batch size: fp16 results depend on it at the rounding level).
             max_memory_mb: working-memory budget; when given, the batch size is derived from it (capped by
                 max_batch) and large outputs are finished in strips that fit it.
             sam2: SAM2 refinement model ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
@@ -198,6 +221,7 @@ class Segmenter(SegmenterFront):
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
         resolve_templates(cfg.templates)  # a bad template fails before any weights load
+        _check_precision_method(precision, cfg)
         corr = cfg.attention.base == "corrclip"
         if corr and cfg.corrclip.corr_mask_source == "sam2" and sam2 is None:
             raise ConfigError(
@@ -263,6 +287,12 @@ class Segmenter(SegmenterFront):
         """
         from .engine.segmenter import EngineSegmenter
 
+        if kwargs.get("precision") == UPSTREAM_FP16:
+            raise ConfigError(
+                f"precision={UPSTREAM_FP16!r} reproduces upstream's PyTorch fp16 arithmetic and runs only on the PyTorch "
+                "backend (Segmenter.from_pretrained, or the CLI without --engines); engine folders are exported in "
+                "precision 'fp32' or 'fp16' (clipsam export --precision)"
+            )
         return EngineSegmenter.from_engines(folder, providers, **kwargs)
 
     def _set_backend(self) -> None:
@@ -274,7 +304,7 @@ class Segmenter(SegmenterFront):
         if self.config.attention.base == "rfclip":
             from .dense.rfclip import RFClipEncoder
 
-            self.encoder = RFClipEncoder(self.model.visual, self.config)
+            self.encoder = RFClipEncoder(self.model.visual, self.config, upstream_fp16=self.precision == UPSTREAM_FP16)
         elif self.config.attention.base == "corrclip":
             from .dense.corrclip import CorrClipEncoder
 
@@ -294,7 +324,8 @@ class Segmenter(SegmenterFront):
                 from .refine.automask import AutoMaskGenerator, AutoMaskSettings
 
                 self.automask = AutoMaskGenerator(self.mask_sam2, AutoMaskSettings.from_config(corr))
-            self.encoder = CorrClipEncoder(self.model.visual, self.dino, self.config)
+            upstream = self.precision == UPSTREAM_FP16
+            self.encoder = CorrClipEncoder(self.model.visual, self.dino, self.config, upstream_fp16=upstream)
         else:
             self.encoder = DenseEncoder(self.model.visual, self.config)
         self.backend = TorchBackend(self.encoder, self.device, self.precision, self.cpu_ops)
@@ -309,6 +340,7 @@ class Segmenter(SegmenterFront):
             raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__}")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
         new.config = self.config.replace(**overrides)
+        _check_precision_method(new.precision, new.config)
         new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
         new._set_backend()
         return new
@@ -318,7 +350,7 @@ class Segmenter(SegmenterFront):
         """(Q, E) query embeddings on the device, computed once per vocabulary and prompt configuration, cached in
         memory and on disk (``text_disk_cache``). ``progress``: a bar on stderr while encoding (default: the
         segmenter's ``text_progress``)."""
-        from .dense.text import embed_prompts, encode_queries
+        from .dense.text import embed_prompts, encode_queries, encode_queries_fp16
 
         vocab = Vocabulary.from_names(vocab)  # a Vocabulary, or anything classes= takes
         key = (self.arch, self.weights_id, vocab.queries, self.templates, self._prompts.key)
@@ -331,10 +363,12 @@ class Segmenter(SegmenterFront):
         show = self.text_progress if progress is None else bool(progress)
         store, disk = self.text_store, self.text_disk_key(vocab)
         stored = store.load(disk, (vocab.num_queries, _text_width(self.model))) if store and disk else None
+        half = self.precision == UPSTREAM_FP16  # upstream keeps its text embeddings in fp16
         if stored is not None:
             emb = torch.from_numpy(stored).to(self.device)
         elif self._prompts.is_default:
-            emb = encode_queries(self.model, self.tokenizer, vocab, self.templates, self.device, show)
+            encode = encode_queries_fp16 if half else encode_queries
+            emb = encode(self.model, self.tokenizer, vocab, self.templates, self.device, show)
         else:
             emb = build_text_embeddings(
                 lambda p: embed_prompts(self.model, self.tokenizer, p, self.device, show),
@@ -346,7 +380,9 @@ class Segmenter(SegmenterFront):
             )
             emb = torch.from_numpy(emb).to(self.device)
         if store and disk and stored is None:
-            store.save(disk, emb.cpu().numpy())
+            store.save(disk, emb.float().cpu().numpy())  # fp16 values are exact in float32
+        if half:
+            emb = emb.half()
         self.text_cache.put(key, emb)
         return emb
 
@@ -360,7 +396,8 @@ class Segmenter(SegmenterFront):
 
             self._weights_sha256 = state_dict_sha256(self.model)
         model = {"arch": self.arch, "weights_sha256": self._weights_sha256, "quick_gelu": self.quick_gelu}
-        model["precision"] = "fp32"  # text is encoded in fp32 whatever the image precision
+        # text is encoded in fp32 whatever the image precision, except with upstream's fp16 casts
+        model["precision"] = UPSTREAM_FP16 if self.precision == UPSTREAM_FP16 else "fp32"
         return text_cache_key(model, vocab.queries, self.templates, self._prompts.key)
 
     def _backend_info(self) -> dict:

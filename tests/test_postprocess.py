@@ -51,3 +51,23 @@ def test_area_thd_drops_small_foreground_classes_to_next_best():
     logits2[1, 0, 8:] = 4.0
     labels, _, _ = postprocess(logits2, [0, 1, 2], 3, logit_scale=1.0, area_thd=0.1)
     assert labels.tolist() == [[0] * 8 + [1, 1]]
+
+
+def test_query_probs_fp16_is_torchs_fp16_softmax():
+    """RF-CLIP's fp16 tail (``precision="fp16-upstream"``): logits rounded to fp16, times the scale in fp16, softmax
+    rounded to fp16. numpy (the CPU's post ops) and torch (``TorchPost``) against ``torch.softmax`` on fp16."""
+    import torch
+
+    from clipsam.dense.ops import TorchPost
+    from clipsam.postprocess import query_probs, query_probs_fp16
+
+    rng = np.random.RandomState(0)
+    logits = (rng.randn(12, 40, 50) * 0.05).astype(np.float32)
+    ref = torch.softmax(torch.from_numpy(logits).half() * 40.0, dim=0).float().numpy()
+    ours = query_probs_fp16(logits, 40.0)
+    dev = TorchPost.query_probs_fp16(torch.from_numpy(logits), 40.0).numpy()
+    assert ours.dtype == np.float32 and np.array_equal(ours.astype(np.float16).astype(np.float32), ours)  # fp16 values
+    np.testing.assert_array_equal(dev, ref)
+    np.testing.assert_allclose(ours, ref, atol=2.5e-4, rtol=0)  # one fp16 ulp of a probability <= 0.5 at most
+    assert (ours == ref).mean() > 0.99
+    assert np.abs(ours - query_probs(logits, 40.0)).max() > 1e-5  # not the float32 softmax

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from ..config import DATASETS, METHODS, MULTI_SCALE_5
+from ..device import UPSTREAM_FP16
 from ..errors import ClipSamError
 from ..refine.config import SAM2_AUTOMASK_MODELS, SAM2_MODELS
 
@@ -61,9 +62,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
+        choices=("fp32", "fp16", "bf16", UPSTREAM_FP16),
         default=None,
-        help="fp16/bf16 autocast needs CUDA (default: fp32)",
+        help="fp16/bf16 autocast needs CUDA (default: fp32); fp16-upstream (corrclip, rfclip; CPU or CUDA) reproduces "
+        "the upstream code's fp16 casts",
     )
     g.add_argument(
         "--templates",

@@ -85,8 +85,9 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
     g = F.normalize(means, dim=-1)[first:]
     sim = g @ g.T
     dist = (sim.max() if distance == "max_minus" else 1.0) - sim
+    close = dist.double() <= eps if dist.dtype == torch.float16 else dist <= eps  # fp16: float64, as scikit-learn
     out = ids.clone()
-    for v, lab in zip(vals[first:], components(dist <= eps)):
+    for v, lab in zip(vals[first:], components(close)):
         out[ids == v] = MERGED_ID + lab
     return out
 
@@ -111,11 +112,16 @@ class CorrClipEncoder:
         visual: open_clip CLIP model's ``.visual``.
         dino: ``clipsam.dense.dino.load_dino``'s model (any timm ViT with patch 8 works the same way).
         cfg: dense settings (``cfg.corrclip``).
+        upstream_fp16: the order of upstream's fp16 arithmetic (``precision="fp16-upstream"``, with the models from
+            ``clipsam.dense.upstream_fp16``): each window's CLIP runs as upstream's one joint sequence
+            [mask class tokens; CLS; patches] with an additive mask (``joint_trunk``), not the batched trunk with the
+            class tokens on the side (equal up to summation order, which fp16 rounding shows).
     """
 
-    def __init__(self, visual, dino, cfg: DenseConfig):
+    def __init__(self, visual, dino, cfg: DenseConfig, upstream_fp16: bool = False):
         self.base = DenseEncoder(visual, cfg)
         self.visual, self.dino, self.cfg = visual, dino, cfg
+        self.upstream_fp16 = upstream_fp16
         self.patch, self.width, self.heads = self.base.patch, self.base.width, self.base.heads
         self.blocks = self.base.blocks
         self.spatial = spatial_blocks(cfg.corrclip, len(self.blocks))
@@ -161,10 +167,38 @@ class CorrClipEncoder:
         m = m + block.ls_1(block.attn.out_proj(a.transpose(0, 1).reshape(n, d)))
         return m + block.ls_2(block.mlp(block.ln_2(m)))
 
+    def masked_block(self, block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A standard block on tokens x (B, n, D) whose attention adds ``mask`` (1, 1, n, n) to its logits."""
+        q, k, v = self.base.qkv(block, x)
+        x = x + block.ls_1(self.base.out_proj(block, F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def joint_trunk(self, x0: torch.Tensor, allow: torch.Tensor):
+        """Upstream's form of the trunk and the class tokens: [MCTs; CLS; patches] (NR+1+T, D) through every block
+        with −inf where ``allow`` (NR, 1+T) forbids an MCT's key, and everywhere from the original tokens to the MCTs.
+
+        Returns:
+            the MCTs after the last block (NR, D), the trunk output and the spatial mean (1+T, D).
+        """
+        nr, n = allow.shape
+        seq = torch.cat([x0[:1].expand(nr, -1), x0])[None]
+        blocked = torch.ones(nr + n, nr + n, dtype=torch.bool, device=x0.device)
+        blocked[nr:, nr:] = False
+        blocked[:nr, nr:] = ~allow
+        mask = torch.zeros(blocked.shape, dtype=x0.dtype, device=x0.device).masked_fill(blocked, float("-inf"))
+        keep = []
+        for i, block in enumerate(self.blocks[:-1]):
+            seq = self.masked_block(block, seq, mask[None, None])
+            if i in self.spatial:
+                keep.append(seq[0, nr:])
+        mct = self.masked_block(self.blocks[-1], seq, mask[None, None])[0, :nr]
+        return mct, seq[0, nr:], torch.stack(keep).mean(0)
+
     def window(self, feats, sim, ids, cls, x_main, x_sp, states, grid, dgrid):
         """Features (Ld, E) of one window from its DINO features (Ld, D_d) and similarities, its region ids (h, w),
         and its CLIP tensors: the embedded CLS (D,) (every MCT starts from it), the trunk output and the spatial
-        mean (1+T, D), and per trunk block the (k, v) (heads, 1+T, d) of its input."""
+        mean (1+T, D), and per trunk block the (k, v) (heads, 1+T, d) of its input. ``upstream_fp16``: ``cls`` is
+        the whole embedded token sequence (1+T, D), and the rest is computed by ``joint_trunk``."""
         corr, v = self.cfg.corrclip, self.visual
         (th, tw), (fh, fw) = grid, dgrid
         r = merge_regions(
@@ -179,12 +213,15 @@ class CorrClipEncoder:
         rt = nearest(r.view(fh, fw), grid).flatten()
         tids = torch.unique(rt)
         allow = torch.cat([torch.ones(len(tids), 1, dtype=torch.bool, device=rt.device), rt[None] == tids[:, None]], 1)
-        m = cls.expand(len(tids), -1)
-        for block, (k, vv) in zip(self.blocks[:-1], states):
-            m = self.mct_step(block, m, k, vv, allow)
         last = self.blocks[-1]
-        k11, v11 = self.base.qkv(last, x_main[None])[1:]
-        m = self.mct_step(last, m, k11[0], v11[0], allow)
+        if self.upstream_fp16:
+            m, x_main, x_sp = self.joint_trunk(cls, allow)
+        else:
+            m = cls.expand(len(tids), -1)
+            for block, (k, vv) in zip(self.blocks[:-1], states):
+                m = self.mct_step(block, m, k, vv, allow)
+            k11, v11 = self.base.qkv(last, x_main[None])[1:]
+            m = self.mct_step(last, m, k11[0], v11[0], allow)
         cell = torch.searchsorted(tids, nearest(rt.view(th, tw), dgrid).flatten())
         # value-only last block on the DINO grid
         d = x_main.shape[-1]
@@ -221,12 +258,17 @@ class CorrClipEncoder:
         sims = feats @ feats.transpose(1, 2)
         t0 = self._tick("dino", t0, sims)
         x, grid = self.base.embed(crops)
-        x_main, x_sp, states = self.trunk(x)
+        if self.upstream_fp16:  # the trunk runs per window, with its class tokens (``joint_trunk``)
+            x_main = x_sp = x
+            states: list = []
+        else:
+            x_main, x_sp, states = self.trunk(x)
         t0 = self._tick("clip_trunk", t0, x_main)
         out = []
         for i in range(b):
             per_block = [(k[i], v[i]) for k, v in states]
-            f = self.window(feats[i], sims[i], ids[i], x[i, 0], x_main[i], x_sp[i], per_block, grid, dgrid)
+            cls = x[i] if self.upstream_fp16 else x[i, 0]
+            f = self.window(feats[i], sims[i], ids[i], cls, x_main[i], x_sp[i], per_block, grid, dgrid)
             out.append(F.normalize(f, dim=-1) @ text.to(f.dtype).T)
         logits = torch.stack(out).transpose(1, 2).reshape(b, -1, *dgrid)
         self._tick("regions_last_block", t0, logits)

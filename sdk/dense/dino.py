@@ -127,13 +127,27 @@ def _pos_embed(model, fh: int, fw: int, dtype) -> torch.Tensor:
     return torch.cat([pos[:, :1], grid], dim=1).to(dtype)
 
 
+def dino_block_fp16(block, x: torch.Tensor) -> torch.Tensor:
+    """A timm ViT block (B, 1 + L, D) -> (B, 1 + L, D) in the order of DINO's own code: attention logits
+    ``(q kᵀ) * scale``. timm scales q first, the same in float32 but not in fp16, where small ``q * scale`` values
+    lose bits as subnormals. For the fp16 DINO of ``precision="fp16-upstream"``."""
+    a = block.attn
+    b, n, c = x.shape
+    qkv = a.qkv(block.norm1(x)).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = ((q @ k.transpose(-2, -1)) * a.scale).softmax(dim=-1)
+    x = x + a.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+    return x + block.mlp(block.norm2(x))
+
+
 def dino_qk_features(
     model, crops: torch.Tensor, pos: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """CorrCLIP's DINO features of CLIP-normalised crops.
 
     Arguments:
-        model: ``load_dino``'s model.
+        model: ``load_dino``'s model, or its fp16 copy (``clipsam.dense.upstream_fp16.half_dino``: fp16 input, blocks
+            by ``dino_block_fp16``).
         crops: (B, 3, H, W) CLIP-normalised crops.
         pos: (1 + fh*fw, D) positional embedding to add instead of DINO's own resize (the exported graph's host input,
             ``clipsam.ops.resize.interpolate_pos_embed(..., native="grid")``), or None.
@@ -142,13 +156,15 @@ def dino_qk_features(
         (B, fh * fw, D) L2-normalised ``q + k`` (all heads together) of the last block's qkv projection of its
         normalised input, CLS dropped; and the grid (fh, fw) = (H // 8, W // 8).
     """
-    x = model.patch_embed.proj(dino_input(crops))  # (B, D, fh, fw)
+    proj = model.patch_embed.proj
+    x = proj(dino_input(crops).to(proj.weight.dtype))  # (B, D, fh, fw); an fp16 DINO takes fp16 input
     fh, fw = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
     x = x + (_pos_embed(model, fh, fw, x.dtype) if pos is None else pos[None].to(x.dtype))
+    fp16 = proj.weight.dtype == torch.float16  # upstream's .half() DINO: its own operation order
     for block in model.blocks[:-1]:
-        x = block(x)
+        x = dino_block_fp16(block, x) if fp16 else block(x)
     last = model.blocks[-1]
     qkv = last.attn.qkv(last.norm1(x))
     d = qkv.shape[-1] // 3

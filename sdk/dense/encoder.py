@@ -81,7 +81,7 @@ class DenseEncoder:
     def embed(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B,3,H,W) -> tokens (B, 1+h*w, D) after ln_pre, and the grid (h, w)."""
         v = self.visual
-        x = v.conv1(crops)  # (B, D, h, w); rows/cols beyond the last whole patch are dropped
+        x = v.conv1(crops.to(v.conv1.weight.dtype))  # (B, D, h, w); rows/cols beyond the last whole patch dropped
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

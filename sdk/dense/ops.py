@@ -89,6 +89,10 @@ class TorchPost:
         return torch.softmax(logits.float() * logit_scale, dim=0)
 
     @staticmethod
+    def query_probs_fp16(logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
+        return torch.softmax(logits.half() * logit_scale, dim=0).float()
+
+    @staticmethod
     def weighted_sum(xs: Iterable[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
         return sum(float(w) * x for x, w in zip(xs, weights))  # type: ignore[return-value]
 

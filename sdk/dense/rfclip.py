@@ -65,11 +65,24 @@ def denoise(
     return torch.cat([x[:, :1], patches], dim=1)
 
 
-def enhance(x: torch.Tensor, guide: torch.Tensor, beta: float) -> torch.Tensor:
+def pairwise_cosine(g: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """(B, N, D) -> (B, N, N) cosine similarities as ``F.cosine_similarity`` computes them on broadcast pairs (upstream's
+    form): each vector divided by max(‖·‖, 1e-8), elementwise products rounded to the dtype, then summed over D. In
+    blocks of ``rows`` rows, so that memory stays (B, rows, N, D)."""
+    gn = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    blocks = [(gn[:, i : i + rows, None, :] * gn[:, None, :, :]).sum(-1) for i in range(0, gn.shape[1], rows)]
+    return torch.cat(blocks, dim=1)
+
+
+def enhance(x: torch.Tensor, guide: torch.Tensor, beta: float, broadcast_cosine: bool = False) -> torch.Tensor:
     """Patches of x (B, 1+N, D) replaced by ``S x_patches`` with S the guide's patch cosine similarities, entries
-    below ``beta`` zeroed (rows not renormalised); CLS kept."""
-    g = F.normalize(guide[:, 1:], dim=-1, eps=1e-8)
-    s = g @ g.transpose(1, 2)
+    below ``beta`` zeroed (rows not renormalised); CLS kept. ``broadcast_cosine``: S by ``pairwise_cosine`` (upstream's
+    rounding in fp16) instead of normalise-and-multiply."""
+    if broadcast_cosine:
+        s = pairwise_cosine(guide[:, 1:])
+    else:
+        g = F.normalize(guide[:, 1:], dim=-1, eps=1e-8)
+        s = g @ g.transpose(1, 2)
     s = torch.where(s < beta, torch.zeros_like(s), s)
     return torch.cat([x[:, :1], s @ x[:, 1:]], dim=1)
 
@@ -100,11 +113,16 @@ class RFClipEncoder:
         visual: open_clip CLIP model's ``.visual``.
         cfg: dense settings (``cfg.rfclip``; ``cfg.schedule.slide_crop`` decides where the global embedding comes
             from).
+        upstream_fp16: the order of upstream's fp16 arithmetic (``precision="fp16-upstream"``, with the model from
+            ``clipsam.dense.upstream_fp16.half_clip``): attention as explicit ``softmax((q s) kᵀ) v``, the guides and
+            kk maps averaged with one ``stack().mean(0)`` each, the enhancement's cosines by ``pairwise_cosine``. Off:
+            the same values in float32 by SDPA, running sums and a matrix product.
     """
 
-    def __init__(self, visual, cfg: DenseConfig):
+    def __init__(self, visual, cfg: DenseConfig, upstream_fp16: bool = False):
         self.base = DenseEncoder(visual, cfg)  # embedding, q/k/v and output projections
         self.visual, self.cfg = visual, cfg
+        self.upstream_fp16 = upstream_fp16
         self.patch, self.width, self.heads = self.base.patch, self.base.width, self.base.heads
         self.blocks = self.base.blocks
         rf = cfg.rfclip
@@ -115,6 +133,18 @@ class RFClipEncoder:
                 "rf_sink_channels=(...)"
             )
         self._tables: dict = {}
+
+    @property
+    def fp16_final(self) -> bool:
+        """Whether upstream's fp16 run upsamples the image's logits to the original size in fp16 (whole-image presets:
+        the window logits are never summed into float32)."""
+        return self.upstream_fp16 and self.cfg.schedule.slide_crop == 0
+
+    @property
+    def fp16_tail(self) -> bool:
+        """Whether upstream keeps the logits in fp16 up to the softmax: in its fp16 run, for whole-image presets (the
+        window logits are never summed into float32) and after PAMR (cast back to the text's dtype)."""
+        return self.upstream_fp16 and (self.cfg.schedule.slide_crop == 0 or self.cfg.post.pamr_iters > 0)
 
     # -- encoder -------------------------------------------------------------------------------------
     def _denoise(self, x: torch.Tensor, grid) -> torch.Tensor:
@@ -128,7 +158,11 @@ class RFClipEncoder:
         q, k, v = self.base.qkv(block, x)
         s = q.shape[-1] ** -0.5
         kk = torch.softmax((k * s) @ k.transpose(-1, -2), dim=-1)
-        x = x + block.ls_1(self.base.out_proj(block, F.scaled_dot_product_attention(q, k, v)))
+        if self.upstream_fp16:
+            a = torch.softmax((q * s) @ k.transpose(-1, -2), dim=-1) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)
+        x = x + block.ls_1(self.base.out_proj(block, a))
         return x + block.ls_2(block.mlp(block.ln_2(x))), kk
 
     def encode(self, crops: torch.Tensor, cls_only: bool = False):
@@ -136,9 +170,14 @@ class RFClipEncoder:
         v, rf = self.visual, self.cfg.rfclip
         x, grid = self.base.embed(crops)
         kk_sum, guide_sum = None, None
+        kks, guides = [], []  # upstream_fp16: every map and guide, for one stack().mean(0) each
         for block in self.blocks[:-1]:
             x, kk = self._block(block, x)
             x = self._denoise(x, grid)
+            if self.upstream_fp16:
+                kks.append(kk[:, :, 1:, 1:])
+                guides.append(x)
+                continue
             kk_sum = kk if kk_sum is None else kk_sum + kk
             guide_sum = x if guide_sum is None else guide_sum + x
         last = self.blocks[-1]
@@ -146,14 +185,22 @@ class RFClipEncoder:
         cls = v.ln_post(x_last[:, 0]) @ v.proj
         if cls_only:
             return None, cls, grid
-        assert kk_sum is not None and guide_sum is not None  # the trunk has at least one block before the last
-        guide = (guide_sum + x_last) / len(self.blocks)
+        if self.upstream_fp16:
+            guide = torch.stack([*guides, x_last]).mean(0)
+        else:
+            assert kk_sum is not None and guide_sum is not None  # the trunk has at least one block before the last
+            guide = (guide_sum + x_last) / len(self.blocks)
         outs = []
-        for z in (enhance(x, guide, rf.rf_enhance_beta), enhance(guide, guide, rf.rf_enhance_beta)):
+        beta, cos = rf.rf_enhance_beta, self.upstream_fp16
+        for z in (enhance(x, guide, beta, cos), enhance(guide, guide, beta, cos)):
             q, k, val = self.base.qkv(last, z)
             s = q.shape[-1] ** -0.5
             kk_last = torch.softmax((k * s) @ k.transpose(-1, -2), dim=-1)
-            a = ((kk_sum + kk_last) / len(self.blocks))[:, :, 1:, 1:]
+            if self.upstream_fp16:
+                a = torch.stack([*kks, kk_last[:, :, 1:, 1:]]).mean(0)
+            else:
+                assert kk_sum is not None
+                a = ((kk_sum + kk_last) / len(self.blocks))[:, :, 1:, 1:]
             if rf.rf_renormalise_attention:
                 a = a / a.sum(-1, keepdim=True)
             outs.append(self.base.out_proj(last, a @ val[:, :, 1:]))
@@ -162,8 +209,9 @@ class RFClipEncoder:
 
     # -- text side -----------------------------------------------------------------------------------
     def cluster_table(self, text: torch.Tensor) -> torch.Tensor:
-        """(K, M) cluster table of the queries (``clipsam.ops.rfclip``), cached per text and threshold."""
-        arr = text.detach().float().cpu().numpy()
+        """(K, M) cluster table of the queries (``clipsam.ops.rfclip``), cached per text and threshold. fp16 text
+        is clustered on float64 distances (scikit-learn's rule for fp16 input, upstream's fp16 run)."""
+        arr = text.detach().cpu().numpy() if text.dtype == torch.float16 else text.detach().float().cpu().numpy()
         t = self.cfg.rfclip.rf_cluster_threshold
         key = (hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(), arr.shape, t, str(text.device))
         table = self._tables.get(key)

@@ -112,3 +112,39 @@ def encode_queries(
             return mean / mean.norm(dim=-1, keepdim=True)
     finally:
         bar.close()
+
+
+def encode_queries_fp16(
+    model,
+    tokenizer,
+    vocab: Vocabulary,
+    templates: tuple[str, ...],
+    device,
+    progress: bool = False,
+    chunk: int = PROMPTS_PER_BATCH,
+) -> torch.Tensor:
+    """``encode_queries`` as CorrCLIP's and RF-CLIP's upstream runs it in fp16 (``precision="fp16-upstream"``).
+
+    ``model`` is ``clipsam.dense.upstream_fp16.half_clip``'s copy, so each prompt's embedding is fp16. Per query, in
+    fp16 as upstream: every template's embedding divided by its norm, the mean over the templates, divided by its
+    norm.
+
+    Returns:
+        (Q, E) float16 tensor of unit-norm query embeddings on ``device``.
+    """
+    prompts = [t.format(q) for q in vocab.queries for t in templates]
+    bar = text_bar(len(prompts), progress)
+    try:
+        with torch.inference_mode():
+            raw = None  # (Q * templates, E) fp16 embeddings, in prompt order
+            for idx, f in encode_buckets(model, tokenizer, prompts, device, bar, chunk):
+                if raw is None:
+                    raw = torch.empty(len(prompts), f.shape[-1], dtype=torch.float16, device=device)
+                raw[torch.from_numpy(idx).to(device)] = f.half()  # exact: the float32 copy of an fp16 result
+            assert raw is not None  # a Vocabulary has a query and resolve_templates a template
+            f = raw.view(len(vocab.queries), len(templates), -1)
+            f = f / f.norm(dim=-1, keepdim=True)
+            mean = f.mean(dim=1)
+            return mean / mean.norm(dim=-1, keepdim=True)
+    finally:
+        bar.close()

@@ -32,6 +32,9 @@ class PostOps(Protocol):
     def query_probs(self, logits: Array, logit_scale: float) -> Array:
         """softmax(logit_scale * logits) over axis 0, float32."""
 
+    def query_probs_fp16(self, logits: Array, logit_scale: float) -> Array:
+        """``query_probs`` in upstream RF-CLIP's fp16 arithmetic (``clipsam.postprocess.query_probs_fp16``)."""
+
     def weighted_sum(self, xs: Iterable[Array], weights: Sequence[float]) -> Array:
         """sum_m w_m x_m, in order, in float32."""
 

@@ -25,6 +25,7 @@ class NumpyPost:
     """``PostOps`` in numpy (``clipsam.postprocess``)."""
 
     query_probs = staticmethod(postprocess.query_probs)
+    query_probs_fp16 = staticmethod(postprocess.query_probs_fp16)
     merge_synonyms = staticmethod(postprocess.merge_synonyms)
     argmax_counts = staticmethod(postprocess.argmax_counts)
 

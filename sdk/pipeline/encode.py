@@ -48,7 +48,8 @@ def window_logits(
         extras[name] = ops.pad(m[:, None] + 1.0, pads)[:, 0] - 1.0 if padded else m
     if padded:
         crops = ops.pad(crops, pads)
-    out = ops.resize(backend.patch_logits(crops, text, **extras), tuple(crops.shape[-2:]))
+    resize = getattr(backend, "resize_window_logits", ops.resize)  # fp16-upstream: in fp16, as upstream
+    out = resize(backend.patch_logits(crops, text, **extras), tuple(crops.shape[-2:]))
     return out[:, :, top : top + h, left : left + w] if padded else out
 
 
@@ -163,7 +164,8 @@ def infer_logits(
         logits = backend.patch_logits(img, text, **crop(0, h, 0, w), **context)
     else:
         logits = window_logits(backend, img, text, (0, 0, 0, 0), crop(0, h, 0, w), context)
-    logits = ops.resize(logits, ori_hw)
+    logits = getattr(backend, "resize_final_logits", ops.resize)(logits, ori_hw)
     if post.pamr_iters > 0:
         logits = ops.pamr(ops.resize(img, ori_hw), logits, post.pamr_iters, post.pamr_dilations)
-    return logits[0]
+    rounding = getattr(backend, "round_final_logits", None)  # fp16 where upstream keeps them so (fp16-upstream)
+    return (logits if rounding is None else rounding(logits))[0]

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..config import DenseConfig
 from ..postprocess import finish_strips, strip_rows
 
 
-def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vocab) -> Any:
-    """Members' logits for the same pixels, (Q, r, W0) each (``post``'s arrays) -> class probabilities (C, r, W0)."""
+def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vocab, fp16_tail: bool = False) -> Any:
+    """Members' logits for the same pixels, (Q, r, W0) each (``post``'s arrays) -> class probabilities (C, r, W0).
+    ``fp16_tail``: the softmax in upstream RF-CLIP's fp16 arithmetic (``PostOps.query_probs_fp16``)."""
     scale = cfg.post.logit_scale
+    softmax = post.query_probs_fp16 if fp16_tail else post.query_probs
     if len(ups) == 1:
-        probs = post.query_probs(ups[0], scale)
+        probs = softmax(ups[0], scale)
     elif cfg.schedule.combine == "logit_mean":
-        probs = post.query_probs(post.weighted_sum(ups, weights), scale)
+        probs = softmax(post.weighted_sum(ups, weights), scale)
     else:
-        probs = post.weighted_sum((post.query_probs(u, scale) for u in ups), weights)
+        probs = post.weighted_sum((softmax(u, scale) for u in ups), weights)
     return post.merge_synonyms(probs, vocab.query_to_class, vocab.num_classes)
 
 
@@ -42,6 +46,8 @@ def finalize_members(
     vocab,
     max_strip_mb: float = 256.0,
     return_probs: bool = False,
+    fp16_tail: bool = False,
+    resize=None,
 ):
     """Labels and scores of one image from its ensemble members.
 
@@ -54,18 +60,23 @@ def finalize_members(
         max_strip_mb: memory for the per-strip float buffers, which sets the strip height (at most the backend's
             ``ops.strip_mb``).
         return_probs: also return the class probabilities (SAM2 refinement needs them; C x H0 x W0 floats).
+        fp16_tail: upstream RF-CLIP's fp16 run (``precision="fp16-upstream"`` with a whole-image preset or PAMR),
+            whose logits stay fp16 to the softmax: the softmax in fp16 (``PostOps.query_probs_fp16``), ``prob_thd``
+            compared as the fp16 value it becomes there.
+        resize: the upsampling of the logits to ``out_hw`` (``ops.resize``'s signature; default ``ops.resize``).
 
     Returns:
         labels (H0, W0) int32, scores (H0, W0) float32, and with ``return_probs`` the renormalised class
         probabilities (C, H0, W0) float32 (numpy).
     """
     h0 = out_hw[0]
+    resize = resize or ops.resize
     pamr = cfg.post.pamr_iters > 0
     if pamr:  # PAMR needs the whole map: refine each member at full size, then treat it as final
         logits = [
             ops.pamr(
                 ops.resize(g[None], out_hw),
-                ops.resize(m[None], out_hw),
+                resize(m[None], out_hw),
                 cfg.post.pamr_iters,
                 cfg.post.pamr_dilations,
                 in_place=tuple(m.shape[-2:]) != tuple(out_hw),  # a resized copy is this step's own
@@ -82,14 +93,14 @@ def finalize_members(
             if pamr:
                 ups = [m[:, r0:r1] for m in logits]
             else:
-                ups = [ops.resize(m, out_hw, rows=None if whole else (r0, r1)) for m in logits]
-            yield r0, r1, class_probs(ops.post, [ops.to_post(u) for u in ups], weights, cfg, vocab)
+                ups = [resize(m, out_hw, rows=None if whole else (r0, r1)) for m in logits]
+            yield r0, r1, class_probs(ops.post, [ops.to_post(u) for u in ups], weights, cfg, vocab, fp16_tail)
 
     return finish_strips(
         strips,
         out_hw,
         vocab.num_classes,
-        cfg.post.prob_thd,
+        float(np.float16(cfg.post.prob_thd)) if fp16_tail else cfg.post.prob_thd,
         cfg.post.area_thd,
         return_probs,
         ops.post.argmax_counts,

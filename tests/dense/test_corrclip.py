@@ -71,7 +71,7 @@ def ref_dino(dino, crop):
         x[:, c].mul_(CLIP01[1][c]).add_(CLIP01[0][c])
     x = torch.stack([(x[:, c] - IMAGENET[0][c]) / IMAGENET[1][c] for c in range(3)], dim=1)
     _, _, w, h = x.shape  # DINO's names: w is the height
-    tok = dino.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tok = dino.patch_embed.proj(x.to(dino.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)  # fp16: .half()
     tok = torch.cat([dino.cls_token.expand(1, -1, -1), tok], dim=1)
     pos, n = dino.pos_embed, dino.pos_embed.shape[1] - 1
     if tok.shape[1] - 1 != n or w != h:
@@ -98,7 +98,8 @@ def ref_merge(r, feats, eps, log):
     g = F.normalize(means, dim=1)[1:]
     sim = g @ g.T
     dist = sim.max() - sim
-    _, lab = scipy.sparse.csgraph.connected_components(scipy.sparse.csr_matrix((dist <= eps).numpy()), directed=False)
+    close = (dist.double() if dist.dtype == torch.float16 else dist) <= eps  # scikit-learn compares fp16 in float64
+    _, lab = scipy.sparse.csgraph.connected_components(scipy.sparse.csr_matrix(close.numpy()), directed=False)
     first: dict = {}
     labels = [first.setdefault(int(v), len(first)) for v in lab]
     log.append((dist, labels))
@@ -111,7 +112,7 @@ def ref_merge(r, feats, eps, log):
 def _masked_block(blk, x, mask):
     q, k, v = _heads(blk.attn, blk.ln_1(x))
     s = q.shape[-1] ** -0.5
-    x = x + blk.attn.out_proj(_merge(torch.softmax((q * s) @ k.transpose(1, 2) + mask, dim=-1) @ v))
+    x = x + blk.attn.out_proj(_merge(torch.softmax((q * s) @ k.transpose(1, 2) + mask.to(q.dtype), dim=-1) @ v))
     return x + blk.mlp(blk.ln_2(x))
 
 
@@ -158,7 +159,7 @@ def ref_window(visual, dino, text, crop, mc, corr, log):
         v = F.linear(last.ln_1(z), last.attn.in_proj_weight[2 * d :], last.attn.in_proj_bias[2 * d :])[1:, 0]
         v = F.interpolate(v.T.reshape(1, d, th, tw), size=(fh, fw), mode="bilinear", align_corners=False)
         outs.append(last.attn.out_proj(a @ v[0].reshape(d, -1).T))
-    onehot = F.interpolate(rk[None].float(), size=(fh, fw), mode="nearest")[0].reshape(nr, -1)
+    onehot = F.interpolate(rk[None].to(mct.dtype), size=(fh, fw), mode="nearest")[0].reshape(nr, -1)
     sem = onehot.T @ mct
     feat = visual.ln_post(outs[0]) + 1.0 * visual.ln_post(outs[1]) + 0.5 * visual.ln_post(sem)
     f = F.normalize(feat @ visual.proj, dim=-1)

@@ -54,8 +54,8 @@ def _flush_denormals():
 def _tokens(visual, img):
     p = visual.conv1.kernel_size[0]
     gh, gw = img.shape[-2] // p, img.shape[-1] // p
-    x = visual.conv1(img).reshape(1, visual.conv1.out_channels, -1).permute(0, 2, 1)
-    x = torch.cat([visual.class_embedding + torch.zeros(1, 1, x.shape[-1]), x], dim=1)
+    x = visual.conv1(img.to(visual.conv1.weight.dtype)).reshape(1, visual.conv1.out_channels, -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.to(x.dtype) + torch.zeros(1, 1, x.shape[-1], dtype=x.dtype), x], dim=1)
     pos = visual.positional_embedding
     if x.shape[1] != pos.shape[0]:
         n = int(math.sqrt(pos.shape[0] - 1))
@@ -67,7 +67,7 @@ def _tokens(visual, img):
             recompute_scale_factor=False,
         )
         pos = torch.cat([pos[:1][None], pp.permute(0, 2, 3, 1).reshape(1, -1, pp.shape[1])], dim=1)[0]
-    return visual.ln_pre(x + pos).permute(1, 0, 2), (gh, gw)  # (1+N, 1, D)
+    return visual.ln_pre(x + pos.to(x.dtype)).permute(1, 0, 2), (gh, gw)  # (1+N, 1, D); fp16 as upstream's fp16 run
 
 
 def _heads(attn, h):
@@ -98,6 +98,7 @@ def _denoise(x, grid, channels, sigma, alpha, flagged_log):
     h, w = grid
     conv = torch.nn.Conv2d(f.shape[1], f.shape[1], 3, padding=1, groups=f.shape[1], bias=False)
     conv.weight.data.fill_(1 / 9)
+    conv = conv.to(f.dtype)  # as upstream: built in float32, then cast to the features' dtype
     planes = f.T.reshape(1, -1, h, w)
     fp = torch.where(mask.view(1, 1, h, w), conv(planes), planes).reshape(f.shape[1], -1).T
     out = x.clone()
@@ -195,7 +196,7 @@ def ref_image(visual, text, inp, cfg, ori_hw, flagged_log):
     lg = F.interpolate(lg, size=ori_hw, mode="bilinear", align_corners=False)
     if cfg.post.pamr_iters:
         guide = F.interpolate(inp, size=ori_hw, mode="bilinear", align_corners=False)
-        lg = _pamr_conv(guide, lg, cfg.post.pamr_iters, cfg.post.pamr_dilations)
+        lg = _pamr_conv(guide, lg.float(), cfg.post.pamr_iters, cfg.post.pamr_dilations).to(text.dtype)  # as upstream
     return lg[0]
 
 
