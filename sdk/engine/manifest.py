@@ -34,7 +34,7 @@ def graph_fields(base: str | None) -> tuple[str, ...]:
     """The DenseConfig fields (flat names) baked into the dense graphs of a method with attention base ``base``:
     the attention group, RF-CLIP's denoising and last-block settings for ``base == "rfclip"``, CorrCLIP's spatial
     blocks and branch weights for ``base == "corrclip"``."""
-    return GRAPH_FIELDS + _METHOD_FIELDS.get(base or "", ())
+    return GRAPH_FIELDS + (_METHOD_FIELDS.get(base, ()) if isinstance(base, str) else ())  # an edited base: no extras
 
 
 _METHOD_FIELDS = {"rfclip": RFCLIP_GRAPH_FIELDS, "corrclip": CORRCLIP_GRAPH_FIELDS}
