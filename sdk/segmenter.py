@@ -59,6 +59,16 @@ def _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_s
     return dev
 
 
+def resolve_precision(precision: str | None, base: str, device) -> str:
+    """``precision``, or the default when None: upstream's fp16 casts (``"fp16-upstream"``) for the methods whose
+    upstream code runs in fp16 on CUDA (``corrclip``, ``rfclip``) when the device is CUDA, so that they compute
+    what their upstream code computes there; fp32 otherwise (neither upstream runs on the CPU)."""
+    if precision is not None:
+        return precision
+    on_cuda = _resolve_device(device).type == "cuda"
+    return UPSTREAM_FP16 if base in UPSTREAM_FP16_METHODS and on_cuda else "fp32"
+
+
 def _check_precision_method(precision: str, config: DenseConfig) -> None:
     """``precision="fp16-upstream"`` only for the methods whose upstream fp16 arithmetic it reproduces."""
     if precision == UPSTREAM_FP16 and config.attention.base not in UPSTREAM_FP16_METHODS:
@@ -81,7 +91,7 @@ class Segmenter(SegmenterFront):
         loaded,
         config: DenseConfig,
         device="cpu",
-        precision: str = "fp32",
+        precision: str | None = None,
         text_cache_size: int = 64,
         max_batch: int | None = None,
         max_memory_mb: float | None = None,
@@ -96,6 +106,7 @@ class Segmenter(SegmenterFront):
     ):
         import open_clip
 
+        precision = resolve_precision(precision, config.attention.base, device)
         self.device = _check_run_options(device, precision, max_batch, max_memory_mb, text_cache_size, cpu_ops)
         _check_precision_method(precision, config)
         self.text_store = resolve_text_store(text_disk_cache)
@@ -141,7 +152,7 @@ class Segmenter(SegmenterFront):
         method: str = "resclip",
         preset: str | None = "voc21",
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str | None = None,
         templates=None,
         max_batch: int | None = None,
         max_memory_mb: float | None = None,
@@ -170,9 +181,11 @@ class Segmenter(SegmenterFront):
             preset: dataset preset ("voc21", "context60", "coco_object", "voc20", "context59",
                 "coco_stuff164k", "cityscapes", "ade20k") or None for open-vocabulary defaults.
             device: "cpu" or "cuda[:N]".
-            precision: "fp32" (default), or "fp16"/"bf16" autocast on CUDA, or "fp16-upstream" (``corrclip`` and
+            precision: "fp32", or "fp16"/"bf16" autocast on CUDA, or "fp16-upstream" (``corrclip`` and
                 ``rfclip`` only, CPU or CUDA): the upstream code's fp16 arithmetic, on fp16 copies of CLIP (LayerNorm
-                in fp32) and DINO (all fp16), with fp16 text embeddings (``clipsam.dense.upstream_fp16``).
+                in fp32) and DINO (all fp16), with fp16 text embeddings (``clipsam.dense.upstream_fp16``). Default
+                (None): "fp16-upstream" for ``corrclip`` and ``rfclip`` on CUDA, where their upstream code runs in
+                fp16, and "fp32" otherwise (``resolve_precision``).
             templates: template set name ("openai80", "openai7", "single") or list of templates.
             max_batch: most windows per encoder call (batched across windows, scales and images); default 4 on the
                 CPU (larger batches fall out of cache there) and 32 on CUDA; 1 with ``precision="fp16-upstream"``
@@ -221,6 +234,7 @@ class Segmenter(SegmenterFront):
             overrides["templates"] = templates
         cfg = dense_config(method, preset, **overrides)
         resolve_templates(cfg.templates)  # a bad template fails before any weights load
+        precision = resolve_precision(precision, cfg.attention.base, device)
         _check_precision_method(precision, cfg)
         corr = cfg.attention.base == "corrclip"
         if corr and cfg.corrclip.corr_mask_source == "sam2" and sam2 is None:

@@ -19,7 +19,7 @@ from ..device import UPSTREAM_FP16
 from ..errors import ClipSamError
 from ..refine.config import SAM2_AUTOMASK_MODELS, SAM2_MODELS
 
-DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip", "precision": "fp32"}
+DEFAULTS = {"clip": "ViT-B-16", "weights": "openai", "method": "resclip"}
 
 
 def add_vocabulary_options(p: argparse.ArgumentParser) -> None:
@@ -64,8 +64,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("fp32", "fp16", "bf16", UPSTREAM_FP16),
         default=None,
-        help="fp16/bf16 autocast needs CUDA (default: fp32); fp16-upstream (corrclip, rfclip; CPU or CUDA) reproduces "
-        "the upstream code's fp16 casts",
+        help="fp16/bf16 autocast needs CUDA; fp16-upstream (corrclip, rfclip; CPU or CUDA) reproduces the upstream "
+        "code's fp16 casts (default: fp16-upstream for corrclip and rfclip on CUDA, where their upstream code runs "
+        "in fp16; fp32 otherwise)",
     )
     g.add_argument(
         "--templates",
@@ -397,7 +398,7 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
             method=args.method or DEFAULTS["method"],
             preset=preset,
             device=args.device,
-            precision=args.precision or DEFAULTS["precision"],
+            precision=args.precision,  # None: the method's default on the device (Segmenter.from_pretrained)
             max_batch=opt["max_batch"],
             max_memory_mb=opt["max_memory_mb"],
             quick_gelu=getattr(args, "quick_gelu", None),

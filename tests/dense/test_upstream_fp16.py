@@ -286,3 +286,16 @@ def test_text_disk_cache_keeps_fp16_apart(tiny_clip, tmp_path):
     again = half.text_embeddings(vocab)
     assert first.dtype == again.dtype == torch.float16 and torch.equal(first, again)
     assert fp32.text_embeddings(vocab).dtype == torch.float32
+
+
+def test_default_precision_follows_upstream_on_cuda(monkeypatch):
+    """The default reproduces upstream where it runs: fp16-upstream for corrclip / rfclip on CUDA, fp32 on the CPU
+    (neither upstream runs there) and for every other method; an explicit precision is kept."""
+    import clipsam.segmenter as segmenter
+    from clipsam.segmenter import resolve_precision
+
+    assert resolve_precision(None, "corrclip", "cpu") == resolve_precision(None, "rfclip", "cpu") == "fp32"
+    monkeypatch.setattr(segmenter, "_resolve_device", lambda d: torch.device("cuda"))
+    assert resolve_precision(None, "corrclip", "cuda") == resolve_precision(None, "rfclip", "cuda") == "fp16-upstream"
+    assert resolve_precision(None, "naclip", "cuda") == "fp32"
+    assert resolve_precision("fp32", "corrclip", "cuda") == "fp32"
