@@ -25,7 +25,7 @@ import numpy as np
 
 from .pamr import pamr, pamr_in_place
 from .resize import resize_bilinear, softmax
-from .sfr import patch_mode
+from .sfr import patch_labels, patch_mode
 from .threads import parallel_blocks
 
 _F = np.float32
@@ -45,10 +45,7 @@ def first_pass_labels_ref(
     labels (``patch_mode`` of the thresholded per-pixel argmax of softmax(logit_scale * PAMR(upsampled logits)))."""
     up = resize_bilinear(first, tuple(crops.shape[-2:]))
     refined = pamr(crops, up, iters, dilations) if iters > 0 else up
-    probs = softmax(refined * logit_scale, axis=1)
-    pred = probs.argmax(axis=1)
-    pred = np.where(probs.max(axis=1) < _F(temp_thd), 0, pred)
-    return patch_mode(pred, patch, first.shape[1])
+    return patch_labels(softmax(refined * logit_scale, axis=1), patch, temp_thd)
 
 
 def pixel_labels(x: np.ndarray, logit_scale: float, temp_thd: float, rows: int | None = None) -> np.ndarray:
