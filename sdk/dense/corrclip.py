@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from ..config import DenseConfig
 from ..errors import ConfigError
+from ..masks import unsegmented_id
 from ..method_config import spatial_blocks
-from ..ops.corrclip import MERGED_ID, PAD_ID
+from ..ops.corrclip import MERGED_ID, PAD_ID, components
 from .dino import dino_qk_features
 from .encoder import DenseEncoder
 
@@ -36,34 +37,6 @@ def nearest(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(ids[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
-def unsegmented(ids: torch.Tensor, rule: str) -> int | None:
-    """The id treated as unsegmented: the smallest present ("smallest", upstream) or 0 when present ("zero")."""
-    if rule == "smallest":
-        return int(ids.min())
-    return 0 if bool((ids == 0).any()) else None
-
-
-def components(close: torch.Tensor) -> list[int]:
-    """Connected components of the graph whose edges are ``close`` (n, n) bool, labelled 0, 1, ... in order of
-    their first member (DBSCAN with min_samples=1 on a precomputed distance)."""
-    n = close.shape[0]
-    adj = close.cpu().tolist()
-    labels = [-1] * n
-    nxt = 0
-    for start in range(n):
-        if labels[start] >= 0:
-            continue
-        labels[start], stack = nxt, [start]
-        while stack:
-            a = stack.pop()
-            for b in range(n):
-                if adj[a][b] and labels[b] < 0:
-                    labels[b] = nxt
-                    stack.append(b)
-        nxt += 1
-    return labels
-
-
 def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: str, rule: str) -> torch.Tensor:
     """Regions whose mean DINO features chain within ``eps`` get one id (single linkage).
 
@@ -71,7 +44,8 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
         ids: (Ld,) region ids at the DINO grid.
         feats: (Ld, D) unit DINO features.
         distance: "max_minus" (max(G) - G over the cosine matrix G, upstream) or "one_minus" (1 - G).
-        rule: the ``unsegmented`` rule; the unsegmented region takes no part. With two ids or fewer nothing merges.
+        rule: the unsegmented rule (``clipsam.masks.unsegmented_id``); the unsegmented region takes no part. With
+            two ids or fewer nothing merges.
 
     Returns:
         (Ld,) ids: the unsegmented region keeps its id, the others get MERGED_ID + component.
@@ -79,7 +53,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
     vals = torch.unique(ids)
     if len(vals) <= 2:
         return ids
-    skip = unsegmented(ids, rule)
+    skip = unsegmented_id(ids.cpu().numpy(), rule)
     first = 1 if skip is not None and int(vals[0]) == skip else 0
     means = torch.stack([feats[ids == v].mean(0) for v in vals])
     g = F.normalize(means, dim=-1)[first:]
@@ -87,7 +61,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
     dist = (sim.max() if distance == "max_minus" else 1.0) - sim
     close = dist.double() <= eps if dist.dtype == torch.float16 else dist <= eps  # fp16: float64, as scikit-learn
     out = ids.clone()
-    for v, lab in zip(vals[first:], components(close)):
+    for v, lab in zip(vals[first:], components(close.cpu().numpy())):
         out[ids == v] = MERGED_ID + lab
     return out
 
@@ -95,7 +69,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float, distance: 
 def scope_attention(sim: torch.Tensor, ids: torch.Tensor, tau: float, rule: str) -> torch.Tensor:
     """(Ld, Ld) value attention: softmax over keys of tau * S where allowed: the same region (not the unsegmented
     one), or any pair touching the unsegmented region whose similarity exceeds the mean of S."""
-    zero = unsegmented(ids, rule)
+    zero = unsegmented_id(ids.cpu().numpy(), rule)
     same = ids[:, None] == ids[None, :]
     if zero is None:
         allowed = same
