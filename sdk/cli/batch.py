@@ -16,7 +16,7 @@ from ..batch import run_batch
 from ..device import parse_device
 from ..errors import ClipSamError
 from ..prefetch import decode_workers
-from .options import add_segment_options, build_segmenter, engine_method, resolve_classes
+from .options import add_segment_options, build_segmenter, check_masks_method, resolve_classes
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -58,8 +58,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise ClipSamError("--decode-workers applies to in-process runs; on --ray, Ray Data reads ahead itself")
     if args.actors > 1 and args.ray is False:
         raise ClipSamError("--actors needs --ray (in-process runs use one segmenter)")
-    if args.masks and engine_method(args) != "corrclip":
-        raise ClipSamError("--masks applies to --method corrclip only")
+    check_masks_method(args)
     options = {k: v for k, v in vars(args).items() if k != "func"}
     on_gpu = parse_device(args.device, "--device")[0] == "cuda"  # a bad --device fails here, before any work
     decode_workers(args.decode_workers, on_gpu, "--decode-workers")  # and a bad --decode-workers

@@ -319,6 +319,12 @@ def engine_method(args: argparse.Namespace) -> str | None:
     return load_manifest(args.engines).method
 
 
+def check_masks_method(args: argparse.Namespace) -> None:
+    """``--masks DIR`` only for CorrCLIP (--method, or the engine folder's method), checked before any model loads."""
+    if getattr(args, "masks", None) and engine_method(args) != "corrclip":
+        raise ClipSamError("--masks applies to --method corrclip only")
+
+
 def engine_corrclip_options(args: argparse.Namespace, kwargs: dict[str, Any]) -> None:
     """CorrCLIP's options with --engines: the mask source (``--masks DIR``: given; ``--mask-source``) added to
     ``kwargs``; the DINO and SAM2 models are the folder's, so --dino-weights and --automask are refused."""

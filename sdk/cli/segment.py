@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from ..config import positive_int
-from ..errors import ClipSamError, Interrupted
+from ..errors import Interrupted
 from ..inputs import InputImage, expand_inputs
 from ..mask_files import mask_file, read_mask_file, require_mask_files
 from ..paths import output_dir
 from ..prefetch import decode_workers
 from ..result import save_atomic
-from .options import add_segment_options, build_segmenter, engine_method, resolve_classes
+from .options import add_segment_options, build_segmenter, check_masks_method, resolve_classes
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -62,11 +62,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def checked_mask_dir(args: argparse.Namespace, names: list[str]) -> Path | None:
     """``--masks DIR`` when given, after checking (before any model loads) that every image has one mask file."""
-    if not getattr(args, "masks", None):
-        return None
-    if engine_method(args) != "corrclip":
-        raise ClipSamError("--masks applies to --method corrclip only")
-    return require_mask_files(args.masks, names)
+    check_masks_method(args)
+    return require_mask_files(args.masks, names) if getattr(args, "masks", None) else None
 
 
 def segment_and_save(
