@@ -66,11 +66,21 @@ def rcs_mean_maps(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> tor
     """RCS's averaged attention maps: mean over layers of softmax(s q_l k_l^T), (B, H, N1, N1) from (L, B, H, N1, d).
 
     The same for both passes of ResCLIP's last block: compute it once and pass it as ``rcs_mean=`` (reference path).
+    Eagerly, each softmax is written straight into its slice of the (L, B, H, N1, N1) stack, so the maps are not
+    copied once more by ``torch.stack``; the mean is the same reduction of the same values (bit for bit). Traced
+    for export, it is the plain ``stack`` form.
     """
-    maps = [
-        torch.softmax(torch.matmul(rcs_q[i] * scale, rcs_k[i].transpose(-1, -2)), dim=-1) for i in range(rcs_q.shape[0])
-    ]
-    return torch.stack(maps).mean(dim=0)
+    n = rcs_q.shape[0]
+    logits = (torch.matmul(rcs_q[i] * scale, rcs_k[i].transpose(-1, -2)) for i in range(n))
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.is_grad_enabled() and rcs_q.requires_grad:
+        return torch.stack([torch.softmax(z, dim=-1) for z in logits]).mean(dim=0)
+    stack = None
+    for i, z in enumerate(logits):
+        if stack is None:
+            stack = z.new_empty((n, *z.shape))
+        torch._softmax(z, -1, False, out=stack[i])
+    assert stack is not None, "rcs_mean_maps needs at least one RCS layer"
+    return stack.mean(dim=0)
 
 
 def rcs_attention_ref(

@@ -43,27 +43,48 @@ def _cache_on_disk() -> bool:
 _CACHE = _cache_on_disk()
 
 
-@numba.njit(nogil=True, cache=_CACHE)
-def _madd8x2(
-    o, q, a0, a1, a2, a3, a4, a5, a6, a7, s0, s1, s2, s3, s4, s5, s6, s7, t0, t1, t2, t3, t4, t5, t6, t7, n
-):  # pragma: no cover - compiled
-    """o += a0*s0, ..., += a7*s7 and q += a0*t0, ..., += a7*t7, each sum in that order: two channels share one
-    load of the eight neighbour weights, and each output row is read and written once per eight neighbours."""
-    for i in range(n):
-        x0, x1, x2, x3, x4, x5, x6, x7 = a0[i], a1[i], a2[i], a3[i], a4[i], a5[i], a6[i], a7[i]
-        o[i] = (
-            ((((((o[i] + x0 * s0[i]) + x1 * s1[i]) + x2 * s2[i]) + x3 * s3[i]) + x4 * s4[i]) + x5 * s5[i]) + x6 * s6[i]
-        ) + x7 * s7[i]
-        q[i] = (
-            ((((((q[i] + x0 * t0[i]) + x1 * t1[i]) + x2 * t2[i]) + x3 * t3[i]) + x4 * t4[i]) + x5 * t5[i]) + x6 * t6[i]
-        ) + x7 * t7[i]
+_U = np.uint64
 
 
-@numba.njit(nogil=True, cache=_CACHE)
-def _madd1x2(o, q, a0, s0, t0, n):  # pragma: no cover - compiled
-    for i in range(n):
-        o[i] = o[i] + a0[i] * s0[i]
-        q[i] = q[i] + a0[i] * t0[i]
+@numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+def _madd8x2(o, q, a, y, g, sc, sd, rows, cols, w):  # pragma: no cover - compiled
+    """o += a[g, y] * sc[rows[g], cols[g]:][:w], then the same for g + 1 .. g + 7, each sum in that order; q the same
+    with sd: two channels share one load of the eight neighbour weights, and each output row is read and written
+    once per eight neighbours. Every index is unsigned, so numba emits no negative-index wrap-around and LLVM
+    vectorises the loop over the row (a signed ``k + i`` index would compile to a scalar select per element)."""
+    y, g = _U(y), _U(g)
+    g1, g2, g3, g4, g5, g6, g7 = g + _U(1), g + _U(2), g + _U(3), g + _U(4), g + _U(5), g + _U(6), g + _U(7)
+    r0, r1, r2, r3 = _U(rows[g]), _U(rows[g1]), _U(rows[g2]), _U(rows[g3])
+    r4, r5, r6, r7 = _U(rows[g4]), _U(rows[g5]), _U(rows[g6]), _U(rows[g7])
+    k0, k1, k2, k3 = _U(cols[g]), _U(cols[g1]), _U(cols[g2]), _U(cols[g3])
+    k4, k5, k6, k7 = _U(cols[g4]), _U(cols[g5]), _U(cols[g6]), _U(cols[g7])
+    for i in range(_U(w)):
+        x, z = o[i], q[i]
+        b = a[g, y, i]
+        x, z = x + b * sc[r0, k0 + i], z + b * sd[r0, k0 + i]
+        b = a[g1, y, i]
+        x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
+        b = a[g2, y, i]
+        x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
+        b = a[g3, y, i]
+        x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
+        b = a[g4, y, i]
+        x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
+        b = a[g5, y, i]
+        x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
+        b = a[g6, y, i]
+        x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
+        b = a[g7, y, i]
+        o[i], q[i] = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+def _madd1x2(o, q, a, y, p, sc, sd, r, k, w):  # pragma: no cover - compiled
+    """o += a[p, y] * sc[r, k:][:w] and q += a[p, y] * sd[r, k:][:w] (unsigned indices, as ``_madd8x2``)."""
+    y, p, r, k = _U(y), _U(p), _U(r), _U(k)
+    for i in range(_U(w)):
+        b = a[p, y, i]
+        o[i], q[i] = o[i] + b * sc[r, k + i], q[i] + b * sd[r, k + i]
 
 
 @numba.njit(nogil=True, cache=_CACHE)
@@ -111,45 +132,9 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
                 sc, sd = src[c], src[d]
                 acc[:] = 0.0
                 for g in range(0, npt - npt % 8, 8):
-                    r, k = rows[g : g + 8], cols[g : g + 8]
-                    _madd8x2(
-                        acc[0],
-                        acc[1],
-                        a[g, y],
-                        a[g + 1, y],
-                        a[g + 2, y],
-                        a[g + 3, y],
-                        a[g + 4, y],
-                        a[g + 5, y],
-                        a[g + 6, y],
-                        a[g + 7, y],
-                        sc[r[0], k[0] : k[0] + w],
-                        sc[r[1], k[1] : k[1] + w],
-                        sc[r[2], k[2] : k[2] + w],
-                        sc[r[3], k[3] : k[3] + w],
-                        sc[r[4], k[4] : k[4] + w],
-                        sc[r[5], k[5] : k[5] + w],
-                        sc[r[6], k[6] : k[6] + w],
-                        sc[r[7], k[7] : k[7] + w],
-                        sd[r[0], k[0] : k[0] + w],
-                        sd[r[1], k[1] : k[1] + w],
-                        sd[r[2], k[2] : k[2] + w],
-                        sd[r[3], k[3] : k[3] + w],
-                        sd[r[4], k[4] : k[4] + w],
-                        sd[r[5], k[5] : k[5] + w],
-                        sd[r[6], k[6] : k[6] + w],
-                        sd[r[7], k[7] : k[7] + w],
-                        w,
-                    )
+                    _madd8x2(acc[0], acc[1], a, y, g, sc, sd, rows, cols, w)
                 for p in range(npt - npt % 8, npt):  # a tail of fewer than eight neighbours, one at a time
-                    _madd1x2(
-                        acc[0],
-                        acc[1],
-                        a[p, y],
-                        sc[rows[p], cols[p] : cols[p] + w],
-                        sd[rows[p], cols[p] : cols[p] + w],
-                        w,
-                    )
+                    _madd1x2(acc[0], acc[1], a, y, p, sc, sd, rows[p], cols[p], w)
                 _pad_row(dst[c, y], acc[0], pad, w)
                 if d != c:
                     _pad_row(dst[d, y], acc[1], pad, w)

@@ -112,6 +112,22 @@ def test_ref_rcs_mean_of_identical_layers_is_plain_attention():
     torch.testing.assert_close(only_rcs, plain)
 
 
+@pytest.mark.parametrize("layers,dtype", [(4, torch.float32), (3, torch.float32), (4, torch.float16)])
+def test_rcs_mean_maps_equals_the_stacked_mean(layers, dtype):
+    """The eager path (softmax written into the stack) equals torch.stack(softmaxes).mean(0) bit for bit, and the
+    traced form is that expression itself."""
+    from clipsam.kernels import rcs_mean_maps
+
+    g = torch.Generator().manual_seed(layers)
+    q, k = (torch.randn(layers, 2, 3, 17, 8, generator=g).to(dtype) * 3 for _ in range(2))
+    want = torch.stack([torch.softmax(torch.matmul(q[i] * 0.35, k[i].transpose(-1, -2)), -1) for i in range(layers)])
+    got = rcs_mean_maps(q, k, 0.35)
+    assert got.dtype == dtype and got.shape == (2, 3, 17, 17)
+    assert torch.equal(got, want.mean(dim=0))
+    traced = torch.jit.trace(lambda a, b: rcs_mean_maps(a, b, 0.35), (q, k))
+    assert torch.equal(traced(q, k), got)
+
+
 def test_ref_zero_sfr_scales_the_logits():
     q, k, v, _ = make_inputs(2, 2, 3, 3, torch.float64, layers=0, sfr=False)
     zeros = torch.zeros(2, 10, 10, dtype=torch.float16)
