@@ -87,14 +87,20 @@ def postprocess(
     return decide(probs, prob_thd, keep)
 
 
+# rows per strip at least: with hundreds of queries one row of a strip's buffers is MiBs, and one-row strips cost
+# more in per-strip calls than they save in cache (measured on the CPU: benchmarks/RESULTS.md)
+MIN_STRIP_ROWS = 4
+
+
 def strip_rows(
     out_hw, members: int, num_queries: int, num_classes: int, max_strip_mb: float, whole: bool = False
 ) -> int:
     """Rows per strip so that the per-strip float buffers (members' upsampled logits, probabilities, class
-    probabilities) fit ``max_strip_mb``; all rows when ``whole`` (output PAMR needs the whole map)."""
+    probabilities) fit ``max_strip_mb``, but at least ``MIN_STRIP_ROWS`` (or the whole image); all rows when
+    ``whole`` (output PAMR needs the whole map)."""
     h0, w0 = out_hw
     per_row = 4.0 * w0 * ((members + 2) * num_queries + 2 * num_classes)
-    return h0 if whole else int(max(1, min(h0, max_strip_mb * 2**20 // per_row)))
+    return h0 if whole else int(max(1, min(h0, max(MIN_STRIP_ROWS, max_strip_mb * 2**20 // per_row))))
 
 
 def argmax_counts(probs: np.ndarray, num_classes: int) -> np.ndarray:

@@ -144,6 +144,8 @@ class TorchOps:
         self.cpu_ops = cpu_ops
         # torch's own linspace values for the path check, so it samples the same points as the torch reference
         self._host = NumpyOps(_torch_linspace) if self.device.type == "cpu" and cpu_ops == "compiled" else None
+        # the middle image of a two-step upsampling row block by row block: host kernels only
+        self.resize_twice = self._resize_twice_host if self._host is not None else None
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
@@ -183,6 +185,18 @@ class TorchOps:
         )
         y = y if x.dim() == 4 else y[0]
         return y if rows is None else y[..., rows[0] : rows[1], :]
+
+    def _resize_twice_host(
+        self,
+        x: torch.Tensor,
+        mid: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        rows: tuple[int, int] | None = None,
+        flip: bool = False,
+    ) -> torch.Tensor:
+        assert self._host is not None
+        return torch.from_numpy(self._host.resize_twice(x.float().numpy(), mid, size, rows=rows, flip=flip))
 
     def pamr(
         self,

@@ -13,7 +13,7 @@ Post-processing (softmax, synonym merge, decision) runs on ``HostOps.post``: num
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -88,6 +88,12 @@ class HostOps(Protocol):
         self, x: Array, size: tuple[int, int], *, align_corners: bool = False, rows: tuple[int, int] | None = None
     ) -> Array:
         """Bilinear resize of the last two axes of (C, h, w) or (B, C, h, w); ``rows`` = output rows [r0, r1) only."""
+
+    @property
+    def resize_twice(self) -> Callable[..., Array] | None:
+        """``f(x, mid, size, *, rows=None, flip=False)`` = ``resize(flip?(resize(x, mid)), size, rows=rows)`` with only
+        the rows of the middle image that the output rows read, the same numbers; None where the backend has none
+        (then two-step upsampling materialises the middle image; ``clipsam.pipeline.deferred``)."""
 
     def pamr(
         self, image: Array, logits: Array, iters: int, dilations: Sequence[int], *, in_place: bool = False

@@ -14,7 +14,7 @@ import numpy as np
 from .. import postprocess
 from .first_pass import FirstPass
 from .pamr import pamr, pamr_in_place
-from .resize import resize_bilinear
+from .resize import resize_bilinear, resize_bilinear_twice
 from .sfr import LinspaceTable, sfr_affinity, sfr_term
 
 _F = np.float32
@@ -79,6 +79,17 @@ class NumpyOps:
         self, x: np.ndarray, size: tuple[int, int], *, align_corners: bool = False, rows: tuple[int, int] | None = None
     ) -> np.ndarray:
         return resize_bilinear(x, size, align_corners=align_corners, rows=rows)
+
+    def resize_twice(
+        self,
+        x: np.ndarray,
+        mid: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        rows: tuple[int, int] | None = None,
+        flip: bool = False,
+    ) -> np.ndarray:
+        return resize_bilinear_twice(x, mid, size, rows=rows, flip=flip)
 
     def pamr(
         self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int], *, in_place: bool = False

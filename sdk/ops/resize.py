@@ -49,7 +49,12 @@ _BLOCK_BYTES = 1 << 21  # output bytes per block of leading planes: temporaries 
 
 
 def resize_bilinear(
-    x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None, out: np.ndarray | None = None
+    x: np.ndarray,
+    size: tuple[int, int],
+    align_corners: bool = False,
+    rows=None,
+    out: np.ndarray | None = None,
+    src_rows: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Bilinear resize of the last two axes, as torch's CPU ``upsample_bilinear2d`` (compiled kernel
     ``compiled.bilinear_rows``, planes on the host threads; equal to ``resize_bilinear_ref`` bit for bit).
@@ -58,6 +63,8 @@ def resize_bilinear(
         x: (..., h, w) float32.
         size: (H, W) output size.
         rows: optional (r0, r1): compute output rows [r0, r1) only (equal to slicing the full result).
+        src_rows: optional (a, H_in): ``x`` holds only rows [a, a + h) of an input H_in rows high, whose taps are
+            used; every output row asked for must read only those rows (else ValueError).
         out: optional C-contiguous float32 array of the result's size to write into (then always written, even
             when nothing changes).
 
@@ -68,17 +75,56 @@ def resize_bilinear(
 
     h, w = x.shape[-2:]
     out_h, out_w = int(size[0]), int(size[1])
-    if (h, w) == (out_h, out_w) and not align_corners and rows is None and out is None:
+    if (h, w) == (out_h, out_w) and not align_corners and rows is None and out is None and src_rows is None:
         return x
     r0, r1 = (0, out_h) if rows is None else (int(rows[0]), int(rows[1]))
     flat = np.ascontiguousarray(x, dtype=_F).reshape(-1, h, w)
-    taps = _linear_taps(h, out_h, align_corners) + _linear_taps(w, out_w, align_corners)
+    first, in_h = (0, h) if src_rows is None else (int(src_rows[0]), int(src_rows[1]))
+    y0, y1, wy0, wy1 = _linear_taps(in_h, out_h, align_corners)
+    if src_rows is not None:
+        lo, hi = (min(int(y0[r0:r1].min()), int(y1[r0:r1].min())), max(int(y0[r0:r1].max()), int(y1[r0:r1].max())))
+        if r1 > r0 and (lo < first or hi >= first + h):
+            raise ValueError(
+                f"resize_bilinear: output rows {r0}..{r1} read input rows {lo}..{hi}, not in x's {src_rows}"
+            )
+        y0, y1 = y0 - first, y1 - first
+    taps = (y0, y1, wy0, wy1) + _linear_taps(w, out_w, align_corners)
     shape = (flat.shape[0], r1 - r0, out_w)
     if out is not None and (out.dtype != _F or not out.flags.c_contiguous or out.size != np.prod(shape)):
         raise ValueError(f"resize_bilinear: out must be a C-contiguous float32 array of {shape} elements")
     dst: np.ndarray = np.empty(shape, dtype=_F) if out is None else out.reshape(shape)
     parallel_blocks(lambda c0, c1: bilinear_rows(flat, *taps, dst, c0, c1, r0), flat.shape[0])
     return dst.reshape(x.shape[:-2] + shape[-2:])
+
+
+def resize_bilinear_twice(
+    x: np.ndarray, mid: tuple[int, int], size: tuple[int, int], rows=None, flip: bool = False
+) -> np.ndarray:
+    """``resize_bilinear(f(resize_bilinear(x, mid)), size, rows=rows)``, f a flip of the width when ``flip``, with
+    only the rows of the middle image that the output rows read (bit for bit the same numbers).
+
+    A two-step upsampling (patch grid -> the resized input -> the original size, as NACLIP and ResCLIP do) then never
+    holds the middle image whole: (Q, h, w) floats per call, 300 MB for 500 queries on a 336 x 448 input.
+
+    Arguments:
+        x: (..., gh, gw) float32.
+        mid: (h, w) the middle size; size: (H, W) the output size.
+        rows: optional (r0, r1) output rows (default all).
+
+    Returns:
+        (..., r1 - r0, W) float32.
+    """
+    r0, r1 = (0, int(size[0])) if rows is None else (int(rows[0]), int(rows[1]))
+    if tuple(mid) == tuple(size) or r1 <= r0:  # the second step is the identity
+        m = resize_bilinear(x, mid, rows=(r0, r1))
+        return np.ascontiguousarray(m[..., ::-1]) if flip else m
+    y0, y1, _, _ = _linear_taps(int(mid[0]), int(size[0]), False)
+    a = min(int(y0[r0:r1].min()), int(y1[r0:r1].min()))
+    b = max(int(y0[r0:r1].max()), int(y1[r0:r1].max())) + 1
+    m = resize_bilinear(x, mid, rows=(a, b))
+    if flip:
+        m = np.ascontiguousarray(m[..., ::-1])
+    return resize_bilinear(m, size, rows=(r0, r1), src_rows=(a, int(mid[0])))
 
 
 def resize_bilinear_ref(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:

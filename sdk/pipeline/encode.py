@@ -16,9 +16,11 @@ one window at a time, which the batched path equals.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..config import DenseConfig
+from .deferred import Upsampled
 from .plan import Member, window_tasks
 from .windows import pad_to_patch, window_grid
 
@@ -89,11 +91,16 @@ def run_members(
         progress: optional tqdm-like object; ``update(n)`` is called with the windows done.
 
     Returns:
-        the members, with ``logits`` (Q, h, w) float32, flips undone ((Q, gh, gw) for one-step whole image).
+        the members, with ``logits`` (Q, h, w) float32, flips undone ((Q, gh, gw) for one-step whole image; an
+        ``Upsampled`` grid for two-step whole image where the backend's ops have ``resize_twice``).
     """
     ops, sc = backend.ops, cfg.schedule
     q = text.shape[0]
     one_step = sc.slide_crop == 0 and sc.upsample == "one_step"
+    # whole image, two steps: keep the grid, upsampled where finalisation reads it (not with upstream's fp16 resize)
+    defer = None
+    if sc.slide_crop == 0 and not one_step and not getattr(backend, "fp16_windows", False):
+        defer = getattr(ops, "resize_twice", None)
     acc = {}
     if sc.slide_crop > 0:
         for mi, m in enumerate(members):
@@ -106,7 +113,7 @@ def run_members(
             chunk = tasks[b0 : b0 + max_batch]
             crops = ops.stack([members[mi].pixels[:, y1:y2, x1:x2] for mi, (y1, y2, x1, x2) in chunk])
             maps, context = _side_inputs(ops, members, chunk)
-            if one_step:
+            if one_step or defer is not None:
                 out = backend.patch_logits(crops, text, **maps, **context)
             else:
                 out = window_logits(backend, crops, text, pads, maps, context)
@@ -114,6 +121,8 @@ def run_members(
                 if sc.slide_crop > 0:
                     acc[mi][0][:, y1:y2, x1:x2] += out[k]
                     acc[mi][1][:, y1:y2, x1:x2] += 1
+                elif defer is not None:
+                    members[mi].logits = Upsampled(out[k], (y2 - y1, x2 - x1), False, defer)
                 else:
                     members[mi].logits = out[k]
             if progress is not None:
@@ -122,7 +131,7 @@ def run_members(
         if sc.slide_crop > 0:
             m.logits = acc[mi][0] / acc[mi][1]
         if m.flip:
-            m.logits = ops.flip_w(m.logits)
+            m.logits = replace(m.logits, flip=True) if isinstance(m.logits, Upsampled) else ops.flip_w(m.logits)
     return members
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import DenseConfig
 from ..postprocess import finish_strips, strip_rows
+from .deferred import Upsampled, resize_logits
 
 
 def class_probs(post, ups: list[Any], weights: list[float], cfg: DenseConfig, vocab, fp16_tail: bool = False) -> Any:
@@ -53,7 +54,8 @@ def finalize_members(
 
     Arguments:
         ops: the backend's ``HostOps``.
-        logits: per member (Q, h_m, w_m) float32 logits at the member's resized size (flips undone).
+        logits: per member (Q, h_m, w_m) float32 logits at the member's resized size (flips undone), or an
+            ``Upsampled`` grid standing for them (``clipsam.pipeline.deferred``).
         weights: per member ensemble weight (summing to 1).
         guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
         out_hw: original (H0, W0).
@@ -76,10 +78,11 @@ def finalize_members(
         logits = [
             ops.pamr(
                 ops.resize(g[None], out_hw),
-                resize(m[None], out_hw),
+                m.resize(out_hw)[None] if isinstance(m, Upsampled) else resize(m[None], out_hw),
                 cfg.post.pamr_iters,
                 cfg.post.pamr_dilations,
-                in_place=tuple(m.shape[-2:]) != tuple(out_hw),  # a resized copy is this step's own
+                # a resized copy is this step's own
+                in_place=isinstance(m, Upsampled) or tuple(m.shape[-2:]) != tuple(out_hw),
             )[0]
             for m, g in zip(logits, guides)
         ]
@@ -93,7 +96,7 @@ def finalize_members(
             if pamr:
                 ups = [m[:, r0:r1] for m in logits]
             else:
-                ups = [resize(m, out_hw, rows=None if whole else (r0, r1)) for m in logits]
+                ups = [resize_logits(m, out_hw, None if whole else (r0, r1), resize) for m in logits]
             yield r0, r1, class_probs(ops.post, [ops.to_post(u) for u in ups], weights, cfg, vocab, fp16_tail)
 
     return finish_strips(
