@@ -29,7 +29,8 @@ class Member:
     flip: bool
     weight: float  # ensemble weight (scale weight, halved when flip averaging); weights sum to 1 per image
     pixels: Any  # (3, h, w) normalised, flipped when ``flip`` (the backend's array type)
-    logits: Any = None  # (Q, h, w) stitched, flipped back; (Q, gh, gw) for one-step whole-image inference
+    logits: Any = None  # (Q, h, w) stitched, flipped back; (Q, gh, gw) for one-step whole-image inference; an
+    #                     ``deferred.Upsampled`` grid for two-step whole-image inference on the host kernels
     # Per-member inputs of a method beyond the pixels (none for most methods), passed to ``patch_logits`` by name:
     maps: dict | None = None  # name -> (h, w) float32 map aligned with ``pixels`` (flipped with it): cropped per
     #                           window, and padded with -1 where the window is padded (CorrCLIP's region ids)
