@@ -78,7 +78,7 @@ def rcs_mean_maps(rcs_q: torch.Tensor, rcs_k: torch.Tensor, scale: float) -> tor
     for i, z in enumerate(logits):
         if stack is None:
             stack = z.new_empty((n, *z.shape))
-        torch._softmax(z, -1, False, out=stack[i])
+        torch.softmax(z, -1, out=stack[i])
     assert stack is not None, "rcs_mean_maps needs at least one RCS layer"
     return stack.mean(dim=0)
 

@@ -112,6 +112,7 @@ def test_ref_rcs_mean_of_identical_layers_is_plain_attention():
     torch.testing.assert_close(only_rcs, plain)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:FutureWarning")  # what the legacy ONNX exporter runs
 @pytest.mark.parametrize("layers,dtype", [(4, torch.float32), (3, torch.float32), (4, torch.float16)])
 def test_rcs_mean_maps_equals_the_stacked_mean(layers, dtype):
     """The eager path (softmax written into the stack) equals torch.stack(softmaxes).mean(0) bit for bit, and the
