@@ -128,8 +128,10 @@ def run_members(
             if progress is not None:
                 progress.update(len(chunk))
     for mi, m in enumerate(members):
-        if sc.slide_crop > 0:
-            m.logits = acc[mi][0] / acc[mi][1]
+        if sc.slide_crop > 0:  # the mean over windows, in the sum's own buffer (no second queries x pixels array)
+            total, count = acc[mi]
+            total /= count
+            m.logits = total
         if m.flip:
             m.logits = replace(m.logits, flip=True) if isinstance(m.logits, Upsampled) else ops.flip_w(m.logits)
     return members
