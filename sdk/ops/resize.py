@@ -45,6 +45,14 @@ def _linear_taps(in_size: int, out_size: int, align_corners: bool):
     return i0, i1, (_F(1) - w1).astype(_F), w1.astype(_F)
 
 
+def _rows_read(in_size: int, out_size: int, align_corners: bool, r0: int, r1: int) -> tuple[int, int]:
+    """[lo, hi): the input rows that output rows [r0, r1) of a bilinear resize read ((r0, r0) when none)."""
+    if r1 <= r0:
+        return r0, r0
+    y0, y1, _, _ = _linear_taps(in_size, out_size, align_corners)
+    return min(int(y0[r0:r1].min()), int(y1[r0:r1].min())), max(int(y0[r0:r1].max()), int(y1[r0:r1].max())) + 1
+
+
 _BLOCK_BYTES = 1 << 21  # output bytes per block of leading planes: temporaries stay in cache
 
 
@@ -82,10 +90,10 @@ def resize_bilinear(
     first, in_h = (0, h) if src_rows is None else (int(src_rows[0]), int(src_rows[1]))
     y0, y1, wy0, wy1 = _linear_taps(in_h, out_h, align_corners)
     if src_rows is not None:
-        lo, hi = (min(int(y0[r0:r1].min()), int(y1[r0:r1].min())), max(int(y0[r0:r1].max()), int(y1[r0:r1].max())))
-        if r1 > r0 and (lo < first or hi >= first + h):
+        lo, hi = _rows_read(in_h, out_h, align_corners, r0, r1)
+        if hi > lo and (lo < first or hi > first + h):
             raise ValueError(
-                f"resize_bilinear: output rows {r0}..{r1} read input rows {lo}..{hi}, not in x's {src_rows}"
+                f"resize_bilinear: output rows {r0}..{r1} read input rows {lo}..{hi - 1}, not in x's {src_rows}"
             )
         y0, y1 = y0 - first, y1 - first
     taps = (y0, y1, wy0, wy1) + _linear_taps(w, out_w, align_corners)
@@ -118,9 +126,7 @@ def resize_bilinear_twice(
     if tuple(mid) == tuple(size) or r1 <= r0:  # the second step is the identity
         m = resize_bilinear(x, mid, rows=(r0, r1))
         return np.ascontiguousarray(m[..., ::-1]) if flip else m
-    y0, y1, _, _ = _linear_taps(int(mid[0]), int(size[0]), False)
-    a = min(int(y0[r0:r1].min()), int(y1[r0:r1].min()))
-    b = max(int(y0[r0:r1].max()), int(y1[r0:r1].max())) + 1
+    a, b = _rows_read(int(mid[0]), int(size[0]), False, r0, r1)
     m = resize_bilinear(x, mid, rows=(a, b))
     if flip:
         m = np.ascontiguousarray(m[..., ::-1])

@@ -96,3 +96,4 @@ def test_resize_with_source_rows_checks_what_it_holds():
     np.testing.assert_array_equal(resize(x[:, 10:25], (100, 30), rows=(30, 55), src_rows=(10, 40)), full[:, 30:55])
     with pytest.raises(ValueError, match="read input rows"):
         resize(x[:, 10:25], (100, 30), rows=(0, 55), src_rows=(10, 40))
+    assert resize(x[:, 10:25], (100, 30), rows=(40, 40), src_rows=(10, 40)).shape == (2, 0, 30)  # no rows read
