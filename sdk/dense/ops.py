@@ -146,6 +146,7 @@ class TorchOps:
         self._host = NumpyOps(_torch_linspace) if self.device.type == "cpu" and cpu_ops == "compiled" else None
         # the middle image of a two-step upsampling row block by row block: host kernels only
         self.resize_twice = self._resize_twice_host if self._host is not None else None
+        self.resize_add = self._resize_add_host if self._host is not None else None
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
@@ -197,6 +198,18 @@ class TorchOps:
     ) -> torch.Tensor:
         assert self._host is not None
         return torch.from_numpy(self._host.resize_twice(x.float().numpy(), mid, size, rows=rows, flip=flip))
+
+    def _resize_add_host(
+        self,
+        x: torch.Tensor,
+        size: tuple[int, int],
+        dst: torch.Tensor,
+        at: tuple[int, int],
+        crop: tuple[int, int, int, int] | None = None,
+    ) -> torch.Tensor:
+        assert self._host is not None
+        self._host.resize_add(x.float().numpy(), size, dst.numpy(), at, crop)  # dst: a CPU float32 tensor, in place
+        return dst
 
     def pamr(
         self,

@@ -95,6 +95,13 @@ class HostOps(Protocol):
         the rows of the middle image that the output rows read, the same numbers; None where the backend has none
         (then two-step upsampling materialises the middle image; ``clipsam.pipeline.deferred``)."""
 
+    @property
+    def resize_add(self) -> Callable[..., Array] | None:
+        """``f(x, size, dst, at, crop=None)``: ``dst[:, oy:oy + n, ox:ox + m] += resize(x, size)[:, top:top + n,
+        left:left + m]`` in place, without the resized array, the same numbers (``crop`` = (top, left, n, m), default
+        all; ``at`` = (oy, ox)); None where the backend has none (then sliding windows are resized whole and added;
+        ``clipsam.pipeline.encode``)."""
+
     def pamr(
         self, image: Array, logits: Array, iters: int, dilations: Sequence[int], *, in_place: bool = False
     ) -> Array:

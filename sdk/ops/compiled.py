@@ -2,6 +2,7 @@
 
     pamr_channels      all PAMR iterations for a block of channels      reference: ``pamr.pamr_ref``
     bilinear_rows      bilinear resize, torch's CPU arithmetic order    reference: ``resize.resize_bilinear_ref``
+    bilinear_add_rows  the same resize added into a block of an array   reference: ``dst += resize_bilinear_ref``
     path_valid_rows    SFR's straight-path check between patches        reference: ``sfr.path_valid_ref``
 
 Every kernel releases the GIL (``nogil``) and works on a block of rows or channels, so ``threads.parallel_blocks``
@@ -176,6 +177,43 @@ def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # 
                 rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
         for r in range(nr):
             _blend_rows(out[c, r], rows[y0[r0 + r] - lo], wy0[r0 + r], rows[y1[r0 + r] - lo], wy1[r0 + r], ow)
+
+
+@numba.njit(nogil=True, cache=_CACHE)
+def _blend_add_rows(o, ra, a, rb, b, n):  # pragma: no cover - compiled
+    for x in range(n):
+        v = ra[x] * a + rb[x] * b
+        o[x] = o[x] + v
+
+
+@numba.njit(nogil=True, cache=_CACHE)
+def bilinear_add_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dst, oy, ox, c0, c1):  # pragma: no cover - compiled
+    """``bilinear_rows``'s values added into a block of ``dst``: dst[c, oy + r, ox + x] += the resized value at
+    output row r and column x, for every r < len(y0), x < len(x0) and channel c in [c0, c1). The taps are those of
+    the output rows and columns wanted (a crop of a resize is its taps' slice); every value is rounded as
+    ``bilinear_rows`` rounds it before the one addition, as ``dst[...] += resize(...)`` does.
+
+    Arguments:
+        src: (C, h, w) float32; y0, y1, wy0, wy1: (R,) source rows and weights; x0, x1, wx0, wx1: (X,) columns.
+        dst: (C, H, W) float32, rows [oy, oy + R) and columns [ox, ox + X) of channels [c0, c1) updated.
+    """
+    ow = x0.shape[0]
+    nr = y0.shape[0]
+    if nr == 0 or ow == 0:
+        return
+    lo, hi = y0[0], y1[0]
+    for r in range(nr):
+        lo = min(lo, y0[r], y1[r])
+        hi = max(hi, y0[r], y1[r])
+    rows = np.empty((hi - lo + 1, ow), np.float32)
+    for c in range(c0, c1):
+        for y in range(lo, hi + 1):
+            s = src[c, y]
+            rr = rows[y - lo]
+            for x in range(ow):
+                rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
+        for r in range(nr):
+            _blend_add_rows(dst[c, oy + r, ox : ox + ow], rows[y0[r] - lo], wy0[r], rows[y1[r] - lo], wy1[r], ow)
 
 
 @numba.njit(nogil=True, cache=_CACHE)

@@ -14,7 +14,8 @@ import numpy as np
 from .. import postprocess
 from .first_pass import FirstPass
 from .pamr import pamr, pamr_in_place
-from .resize import resize_bilinear, resize_bilinear_twice
+from .resize import resize_bilinear
+from .resize_fused import resize_bilinear_add, resize_bilinear_twice
 from .sfr import LinspaceTable, sfr_affinity, sfr_term
 
 _F = np.float32
@@ -90,6 +91,16 @@ class NumpyOps:
         flip: bool = False,
     ) -> np.ndarray:
         return resize_bilinear_twice(x, mid, size, rows=rows, flip=flip)
+
+    def resize_add(
+        self,
+        x: np.ndarray,
+        size: tuple[int, int],
+        dst: np.ndarray,
+        at: tuple[int, int],
+        crop: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
+        return resize_bilinear_add(x, size, dst, at, crop)
 
     def pamr(
         self, image: np.ndarray, logits: np.ndarray, iters: int, dilations: Sequence[int], *, in_place: bool = False

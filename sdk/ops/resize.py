@@ -30,7 +30,7 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _linear_taps(in_size: int, out_size: int, align_corners: bool):
+def linear_taps(in_size: int, out_size: int, align_corners: bool):
     """(i0, i1, w0, w1) of torch's ``compute_indices_weights_linear``, float32 arithmetic."""
     dst = np.arange(out_size, dtype=_F)
     if align_corners:
@@ -45,11 +45,11 @@ def _linear_taps(in_size: int, out_size: int, align_corners: bool):
     return i0, i1, (_F(1) - w1).astype(_F), w1.astype(_F)
 
 
-def _rows_read(in_size: int, out_size: int, align_corners: bool, r0: int, r1: int) -> tuple[int, int]:
+def rows_read(in_size: int, out_size: int, align_corners: bool, r0: int, r1: int) -> tuple[int, int]:
     """[lo, hi): the input rows that output rows [r0, r1) of a bilinear resize read ((r0, r0) when none)."""
     if r1 <= r0:
         return r0, r0
-    y0, y1, _, _ = _linear_taps(in_size, out_size, align_corners)
+    y0, y1, _, _ = linear_taps(in_size, out_size, align_corners)
     return min(int(y0[r0:r1].min()), int(y1[r0:r1].min())), max(int(y0[r0:r1].max()), int(y1[r0:r1].max())) + 1
 
 
@@ -88,49 +88,21 @@ def resize_bilinear(
     r0, r1 = (0, out_h) if rows is None else (int(rows[0]), int(rows[1]))
     flat = np.ascontiguousarray(x, dtype=_F).reshape(-1, h, w)
     first, in_h = (0, h) if src_rows is None else (int(src_rows[0]), int(src_rows[1]))
-    y0, y1, wy0, wy1 = _linear_taps(in_h, out_h, align_corners)
+    y0, y1, wy0, wy1 = linear_taps(in_h, out_h, align_corners)
     if src_rows is not None:
-        lo, hi = _rows_read(in_h, out_h, align_corners, r0, r1)
+        lo, hi = rows_read(in_h, out_h, align_corners, r0, r1)
         if hi > lo and (lo < first or hi > first + h):
             raise ValueError(
                 f"resize_bilinear: output rows {r0}..{r1} read input rows {lo}..{hi - 1}, not in x's {src_rows}"
             )
         y0, y1 = y0 - first, y1 - first
-    taps = (y0, y1, wy0, wy1) + _linear_taps(w, out_w, align_corners)
+    taps = (y0, y1, wy0, wy1) + linear_taps(w, out_w, align_corners)
     shape = (flat.shape[0], r1 - r0, out_w)
     if out is not None and (out.dtype != _F or not out.flags.c_contiguous or out.size != np.prod(shape)):
         raise ValueError(f"resize_bilinear: out must be a C-contiguous float32 array of {shape} elements")
     dst: np.ndarray = np.empty(shape, dtype=_F) if out is None else out.reshape(shape)
     parallel_blocks(lambda c0, c1: bilinear_rows(flat, *taps, dst, c0, c1, r0), flat.shape[0])
     return dst.reshape(x.shape[:-2] + shape[-2:])
-
-
-def resize_bilinear_twice(
-    x: np.ndarray, mid: tuple[int, int], size: tuple[int, int], rows=None, flip: bool = False
-) -> np.ndarray:
-    """``resize_bilinear(f(resize_bilinear(x, mid)), size, rows=rows)``, f a flip of the width when ``flip``, with
-    only the rows of the middle image that the output rows read (bit for bit the same numbers).
-
-    A two-step upsampling (patch grid -> the resized input -> the original size, as NACLIP and ResCLIP do) then never
-    holds the middle image whole: (Q, h, w) floats per call, 300 MB for 500 queries on a 336 x 448 input.
-
-    Arguments:
-        x: (..., gh, gw) float32.
-        mid: (h, w) the middle size; size: (H, W) the output size.
-        rows: optional (r0, r1) output rows (default all).
-
-    Returns:
-        (..., r1 - r0, W) float32.
-    """
-    r0, r1 = (0, int(size[0])) if rows is None else (int(rows[0]), int(rows[1]))
-    if tuple(mid) == tuple(size) or r1 <= r0:  # the second step is the identity
-        m = resize_bilinear(x, mid, rows=(r0, r1))
-        return np.ascontiguousarray(m[..., ::-1]) if flip else m
-    a, b = _rows_read(int(mid[0]), int(size[0]), False, r0, r1)
-    m = resize_bilinear(x, mid, rows=(a, b))
-    if flip:
-        m = np.ascontiguousarray(m[..., ::-1])
-    return resize_bilinear(m, size, rows=(r0, r1), src_rows=(a, int(mid[0])))
 
 
 def resize_bilinear_ref(x: np.ndarray, size: tuple[int, int], align_corners: bool = False, rows=None) -> np.ndarray:
@@ -149,10 +121,10 @@ def resize_bilinear_ref(x: np.ndarray, size: tuple[int, int], align_corners: boo
     if (h, w) == (out_h, out_w) and not align_corners and rows is None:
         return x
     x = np.asarray(x, dtype=_F)
-    y0, y1, wy0, wy1 = _linear_taps(h, out_h, align_corners)
+    y0, y1, wy0, wy1 = linear_taps(h, out_h, align_corners)
     if rows is not None:
         y0, y1, wy0, wy1 = (a[rows[0] : rows[1]] for a in (y0, y1, wy0, wy1))
-    x0, x1, wx0, wx1 = _linear_taps(w, out_w, align_corners)
+    x0, x1, wx0, wx1 = linear_taps(w, out_w, align_corners)
     need = np.unique(np.concatenate([y0, y1]))  # source rows used (a strip needs only a few)
     y0, y1 = np.searchsorted(need, y0), np.searchsorted(need, y1)
     lead = x.shape[:-2]

@@ -41,8 +41,19 @@ def window_logits(
         maps: per-window maps (B, h, w) of the method by name (padded with -1 like the crops), or None.
         context: per-window inputs of the method by name (B, ...), or None.
     """
-    ops = backend.ops
     h, w = crops.shape[-2:]
+    left, _, top, _ = pads
+    grid, size = _padded_patch_logits(backend, crops, text, pads, maps, context)
+    resize = getattr(backend, "resize_window_logits", backend.ops.resize)  # fp16-upstream: in fp16, as upstream
+    out = resize(grid, size)
+    return out[:, :, top : top + h, left : left + w] if size != (h, w) else out
+
+
+def _padded_patch_logits(
+    backend, crops: Any, text: Any, pads: tuple[int, int, int, int], maps: dict | None, context: dict | None
+) -> tuple[Any, tuple[int, int]]:
+    """The patch logits (B, Q, h', w') of the crops zero-padded by ``pads``, and the padded size (H', W')."""
+    ops = backend.ops
     left, right, top, bottom = pads
     padded = left or right or top or bottom
     extras = dict(context or {})
@@ -50,9 +61,7 @@ def window_logits(
         extras[name] = ops.pad(m[:, None] + 1.0, pads)[:, 0] - 1.0 if padded else m
     if padded:
         crops = ops.pad(crops, pads)
-    resize = getattr(backend, "resize_window_logits", ops.resize)  # fp16-upstream: in fp16, as upstream
-    out = resize(backend.patch_logits(crops, text, **extras), tuple(crops.shape[-2:]))
-    return out[:, :, top : top + h, left : left + w] if padded else out
+    return backend.patch_logits(crops, text, **extras), (int(crops.shape[-2]), int(crops.shape[-1]))
 
 
 def _pads(cfg: DenseConfig, hw: tuple[int, int], patch: int) -> tuple[int, int, int, int]:
@@ -98,9 +107,12 @@ def run_members(
     q = text.shape[0]
     one_step = sc.slide_crop == 0 and sc.upsample == "one_step"
     # whole image, two steps: keep the grid, upsampled where finalisation reads it (not with upstream's fp16 resize)
-    defer = None
-    if sc.slide_crop == 0 and not one_step and not getattr(backend, "fp16_windows", False):
-        defer = getattr(ops, "resize_twice", None)
+    defer = add = None
+    if not getattr(backend, "fp16_windows", False):
+        if sc.slide_crop == 0 and not one_step:
+            defer = getattr(ops, "resize_twice", None)
+        # sliding: each window's logits resized straight into the sum, never a (B, Q, h, w) batch of them
+        add = getattr(ops, "resize_add", None) if sc.slide_crop > 0 else None
     acc = {}
     if sc.slide_crop > 0:
         for mi, m in enumerate(members):
@@ -115,10 +127,15 @@ def run_members(
             maps, context = _side_inputs(ops, members, chunk)
             if one_step or defer is not None:
                 out = backend.patch_logits(crops, text, **maps, **context)
+            elif add is not None:
+                out, size = _padded_patch_logits(backend, crops, text, pads, maps, context)
             else:
                 out = window_logits(backend, crops, text, pads, maps, context)
             for k, (mi, (y1, y2, x1, x2)) in enumerate(chunk):
-                if sc.slide_crop > 0:
+                if add is not None:
+                    add(out[k], size, acc[mi][0], (y1, x1), (pads[2], pads[0], y2 - y1, x2 - x1))
+                    acc[mi][1][:, y1:y2, x1:x2] += 1
+                elif sc.slide_crop > 0:
                     acc[mi][0][:, y1:y2, x1:x2] += out[k]
                     acc[mi][1][:, y1:y2, x1:x2] += 1
                 elif defer is not None:

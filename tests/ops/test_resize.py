@@ -59,34 +59,6 @@ def test_linspace_scalar_formula(steps):
     np.testing.assert_array_equal(linspace_f32(0.0, 1.0, steps), torch.linspace(0, 1, steps).numpy())
 
 
-@pytest.mark.parametrize(
-    "grid,mid,size",
-    [
-        ((21, 28), (336, 448), (375, 500)),
-        ((7, 9), (112, 144), (50, 61)),
-        ((5, 6), (80, 96), (80, 96)),
-        ((4, 4), (64, 64), (301, 17)),
-        ((3, 5), (48, 80), (1, 1)),
-    ],
-)
-@pytest.mark.parametrize("flip", [False, True])
-def test_resize_twice_equals_both_steps_bit_for_bit(grid, mid, size, flip):
-    """Only the middle rows the output rows read are computed: the numbers of resize(flip(resize(x, mid)), size),
-    whole and in strips of every height (upsampling, downsampling, the identity second step, a 1 x 1 output)."""
-    from clipsam.ops.resize import resize_bilinear as resize
-    from clipsam.ops.resize import resize_bilinear_twice
-
-    x = np.random.default_rng(sum(mid)).standard_normal((3, *grid)).astype(np.float32)
-    m = resize(x, mid)
-    full = resize(np.ascontiguousarray(m[..., ::-1]) if flip else m, size)
-    np.testing.assert_array_equal(resize_bilinear_twice(x, mid, size, flip=flip), full)
-    for step in (1, 3, 8):
-        for r0 in range(0, size[0], step):
-            r1 = min(size[0], r0 + step)
-            got = resize_bilinear_twice(x, mid, size, rows=(r0, r1), flip=flip)
-            np.testing.assert_array_equal(got, full[:, r0:r1])
-
-
 def test_resize_with_source_rows_checks_what_it_holds():
     """``src_rows``: x holds some rows of a taller input; asking for output rows that read others is an error."""
     from clipsam.ops.resize import resize_bilinear as resize

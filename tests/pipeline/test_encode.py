@@ -98,3 +98,33 @@ def test_whole_image_upsampling_order_per_method(method, expected):
     two = F.interpolate(F.interpolate(grid, size=(64, 96), mode="bilinear"), size=(40, 50), mode="bilinear")[0]
     assert (one - two).abs().max() > 1e-3  # the order matters on this input
     torch.testing.assert_close(out, one if expected == "one_step" else two)
+
+
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("sclip", dict(slide_crop=32, slide_stride=16, flip=True)),
+        ("resclip", dict(slide_crop=48, slide_stride=32, scales=(1.0, 0.75))),
+        ("clearclip", dict(slide_crop=40, slide_stride=24)),  # windows padded to 48 and cropped back
+    ],
+)
+def test_sliding_windows_resized_into_the_sum_equal_the_materialised_path(make_segmenter, chelsea_small, method, kw):
+    """Through ``segment``: each window's logits resized straight into the stitched sum (the CPU default) and
+    resized whole then added give identical labels and scores."""
+    import numpy as np
+
+    seg = make_segmenter(method, None, short_side=64, templates=("a photo of a {}.",), **kw)
+    classes = "cat, grass, wall, floor, sky, tree, dog, car"
+    ops = seg.backend.ops
+    calls = []
+    fused = ops.resize_add
+    assert fused is not None
+    ops.resize_add = lambda *a: calls.append((tuple(a[1]), a[4][2:])) or fused(*a)  # (resized size, block size)
+    got = seg.segment(chelsea_small, classes=classes)
+    assert len(calls) > 2  # every window went through it
+    assert any(size != block for size, block in calls) == (method == "clearclip")  # padding cropped off
+    ops.resize_add = None  # the materialised path
+    want = seg.segment(chelsea_small, classes=classes)
+    assert np.array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert len(np.unique(want.labels)) > 1 and np.ptp(want.scores) > 0
