@@ -3,10 +3,11 @@
     pytest benchmarks/bench_vocabulary.py --benchmark-enable --benchmark-json out.json
     clipsam bench --suite vocabulary                     # the same, then the table and the scaling table
 
-The same photo (375x500), the same settings (the voc21 preset's whole-image layout: short side 336, one window)
-and vocabularies of 21, 60, 150 and 500 single-name classes, for SCLIP and ResCLIP, with the PyTorch backend's
-host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in PyTorch (``cpu_ops="torch"``,
-the reference, i.e. before the compiled kernels), side by side in one run. Text embeddings are computed before the
+The same photo (375x500), the same settings (the voc21 preset's short side 336) and vocabularies of 21, 60, 150
+and 500 single-name classes, for SCLIP and ResCLIP, side by side in one run: in the whole-image layout (one window)
+with the PyTorch backend's host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in
+PyTorch (``cpu_ops="torch"``, the reference, i.e. before the compiled kernels), and in the sliding layout of the
+ade20k-style presets (224 x 224 windows, stride 112: six windows) with the compiled kernels. Text embeddings are computed before the
 timed calls (one template). FLOPs are ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR);
 the matmul peak is measured in the same run; ``minor_faults_per_image`` counts the fresh pages each call touched
 (what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
@@ -30,8 +31,10 @@ TINY_VIT = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "configs"
 CLIP = TINY_VIT if SMOKE else os.environ.get("CLIPSAM_BENCH_CLIP", "ViT-B-16")
 HW = (40, 56) if SMOKE else (375, 500)
 SIZES = (21, 60) if SMOKE else (21, 60, 150, 500)
-METHODS = ("sclip", "resclip")
-CPU_OPS = ("compiled", "torch")
+# (method, cpu_ops, layout): both methods in each layout; the sliding layout with the default host operations only
+CASES = [(m, ops, "whole") for m in ("sclip", "resclip") for ops in ("compiled", "torch")]
+CASES += [(m, "compiled", "sliding") for m in ("sclip", "resclip")]
+SLIDE = (24, 16) if SMOKE else (224, 112)  # window, stride
 _STATE: dict = {}
 
 
@@ -74,17 +77,18 @@ def cpu_peak() -> float:
 
 
 @pytest.mark.parametrize("queries", SIZES, ids=lambda q: f"q{q}")
-@pytest.mark.parametrize("cpu_ops", CPU_OPS)
-@pytest.mark.parametrize("method", METHODS)
-def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_ops, queries):
+@pytest.mark.parametrize("method,cpu_ops,layout", CASES, ids=lambda c: str(c))
+def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_ops, layout, queries):
     from clipsam.segmenter import Segmenter
 
     kw: dict = {"templates": "single"}
     if SMOKE:
         kw["short_side"] = 32
+    if layout == "whole":  # SCLIP's voc21 preset slides: the whole-image layout of ResCLIP's for both
+        kw.update(slide_crop=0)
+    else:
+        kw.update(slide_crop=SLIDE[0], slide_stride=SLIDE[1])
     cfg = dense_config(method, "voc21", **kw)
-    if cfg.schedule.slide_crop:  # SCLIP's preset slides: use the whole-image layout of ResCLIP's for both
-        cfg = dense_config(method, "voc21", slide_crop=0, **kw)
     seg = Segmenter(_clip(), cfg, cpu_ops=cpu_ops)
     classes = _names(queries)
     rgb = sample_photo(HW)
@@ -99,9 +103,10 @@ def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_
 
     flops = image_flops(VitSpec.from_visual(seg.model.visual), seg.config, HW, queries)
     info = dict(
-        config=f"{method} q{queries} cpu_ops={cpu_ops} {HW[0]}x{HW[1]}",
+        config=f"{method} q{queries} {layout} cpu_ops={cpu_ops} {HW[0]}x{HW[1]}",
         method=method,
         cpu_ops=cpu_ops,
+        layout=layout,
         queries=queries,
         device="cpu",
         precision="fp32",

@@ -100,7 +100,7 @@ def scaling_table(benches: list[dict]) -> list[str]:
     for b in benches:
         info, med = b.get("extra_info", {}), (b.get("stats") or {}).get("median")
         if med and "cpu_ops" in info and "queries" in info:
-            key = (info.get("method"), info["cpu_ops"])
+            key = (info.get("method"), info.get("layout", "whole"), info["cpu_ops"])
             rows.setdefault(key, {})[int(info["queries"])] = med
             if info.get("minor_faults_per_image") is not None:
                 pages.setdefault(key, {})[int(info["queries"])] = info["minor_faults_per_image"] * 4 / 1024
@@ -111,23 +111,22 @@ def scaling_table(benches: list[dict]) -> list[str]:
         "",
         "vocabulary scaling: s / image (x the time with " + str(sizes[0]) + " queries)",
         "",
-        "| method | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
-        "|---|---|" + "---:|" * len(sizes),
+        "| method | layout | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
+        "|---|---|---|" + "---:|" * len(sizes),
     ]
-    for (method, ops), times in sorted(rows.items()):
+    for (method, layout, ops), times in sorted(rows.items()):
         base = times.get(sizes[0])
         cells = [f"{times[q]:.3f} ({times[q] / base:.2f}x)" if q in times and base else "-" for q in sizes]
-        out.append(f"| {method} | {ops} | " + " | ".join(cells) + " |")
+        out.append(f"| {method} | {layout} | {ops} | " + " | ".join(cells) + " |")
     if pages:
         out += ["", "fresh pages touched per image (MiB; minor page faults x 4 KiB)", ""]
         out += [
-            "| method | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
-            "|---|---|" + "---:|" * len(sizes),
+            "| method | layout | cpu_ops | " + " | ".join(f"{q} queries" for q in sizes) + " |",
+            "|---|---|---|" + "---:|" * len(sizes),
         ]
-        for (method, ops), mib in sorted(pages.items()):
-            out.append(
-                f"| {method} | {ops} | " + " | ".join(f"{mib[q]:.0f}" if q in mib else "-" for q in sizes) + " |"
-            )
+        for (method, layout, ops), mib in sorted(pages.items()):
+            cells = [f"{mib[q]:.0f}" if q in mib else "-" for q in sizes]
+            out.append(f"| {method} | {layout} | {ops} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -52,8 +52,9 @@ def test_bench_table():
 
 
 def test_vocabulary_scaling_table():
-    def bench(method, ops, q, med):
-        return {"stats": {"median": med}, "extra_info": {"method": method, "cpu_ops": ops, "queries": q}}
+    def bench(method, ops, q, med, layout=None):
+        info = {"method": method, "cpu_ops": ops, "queries": q} | ({} if layout is None else {"layout": layout})
+        return {"stats": {"median": med}, "extra_info": info}
 
     data = {
         "benchmarks": [
@@ -61,17 +62,20 @@ def test_vocabulary_scaling_table():
             bench("resclip", "compiled", 150, 1.4),
             bench("resclip", "torch", 21, 2.0),
             bench("resclip", "torch", 150, 8.0),
+            bench("resclip", "compiled", 21, 3.0, "sliding"),
+            bench("resclip", "compiled", 150, 3.3, "sliding"),
             bench("sclip", "compiled", 150, 0.9),
         ]
     }
     lines = bench_table(data).splitlines()
-    i = lines.index("| method | cpu_ops | 21 queries | 150 queries |")
-    assert lines[i + 2] == "| resclip | compiled | 1.000 (1.00x) | 1.400 (1.40x) |"
-    assert lines[i + 3] == "| resclip | torch | 2.000 (1.00x) | 8.000 (4.00x) |"
-    assert lines[i + 4] == "| sclip | compiled | - | - |"  # no 21-query time: no ratio
+    i = lines.index("| method | layout | cpu_ops | 21 queries | 150 queries |")
+    assert lines[i + 2] == "| resclip | sliding | compiled | 3.000 (1.00x) | 3.300 (1.10x) |"
+    assert lines[i + 3] == "| resclip | whole | compiled | 1.000 (1.00x) | 1.400 (1.40x) |"  # no layout: whole
+    assert lines[i + 4] == "| resclip | whole | torch | 2.000 (1.00x) | 8.000 (4.00x) |"
+    assert lines[i + 5] == "| sclip | whole | compiled | - | - |"  # no 21-query time: no ratio
     assert "fresh pages" not in bench_table(data)
     data["benchmarks"][0]["extra_info"]["minor_faults_per_image"] = 2560
     data["benchmarks"][1]["extra_info"]["minor_faults_per_image"] = 25600
     lines = bench_table(data).splitlines()
     i = lines.index("fresh pages touched per image (MiB; minor page faults x 4 KiB)")
-    assert lines[i + 4] == "| resclip | compiled | 10 | 100 |"
+    assert lines[i + 4] == "| resclip | whole | compiled | 10 | 100 |"
