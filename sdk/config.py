@@ -121,6 +121,12 @@ class AttentionConfig:
         _choice("base", self.base, BASES)
 
 
+def _check_dilations(name: str, value: tuple[int, ...]) -> None:
+    """PAMR's neighbour distances in pixels: at least one, each >= 1 (0 would make a pixel its own neighbour)."""
+    if not value or min(value) < 1:
+        raise ConfigError(f"{name} must be a non-empty tuple of pixel distances >= 1 (default (8, 16)), got {value}")
+
+
 @dataclass(frozen=True)
 class FeedbackConfig:
     """Inputs of the last block computed on the host: NACLIP's window and ResCLIP's SFR first pass."""
@@ -140,6 +146,7 @@ class FeedbackConfig:
             raise ConfigError("gaussian_std must be > 0")
         if self.sfr_pamr_iters < 0:
             raise ConfigError("PAMR iteration counts must be >= 0")
+        _check_dilations("sfr_pamr_dilations", self.sfr_pamr_dilations)
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,7 @@ class PostConfig:
             raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
         if self.pamr_iters < 0:
             raise ConfigError("PAMR iteration counts must be >= 0")
+        _check_dilations("pamr_dilations", self.pamr_dilations)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ def test_overrides_and_errors():
         DenseConfig().replace(base="maskclip")
     with pytest.raises(ConfigError, match="sfr_path_check"):
         DenseConfig().replace(sfr_path_check="half")
+    for name in ("pamr_dilations", "sfr_pamr_dilations"):
+        for bad in ((), (0,), (8, -2)):
+            with pytest.raises(ConfigError, match=f"{name} must be a non-empty tuple of pixel distances >= 1"):
+                dense_config("resclip", "voc21", **{name: bad})
+    assert dense_config("naclip", "voc21", pamr_dilations=(1,)).post.pamr_dilations == (1,)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dense_config().schedule.short_side = 3  # frozen
     with pytest.raises(AttributeError):
