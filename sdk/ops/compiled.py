@@ -47,52 +47,73 @@ _CACHE = _cache_on_disk()
 _U = np.uint64
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
-def _madd8x2(o, q, a, y, g, sc, sd, rows, cols, w):  # pragma: no cover - compiled
-    """o += a[g, y] * sc[rows[g], cols[g]:][:w], then the same for g + 1 .. g + 7, each sum in that order; q the same
-    with sd: two channels share one load of the eight neighbour weights, and each output row is read and written
-    once per eight neighbours. Every index is unsigned, so numba emits no negative-index wrap-around and LLVM
-    vectorises the loop over the row (a signed ``k + i`` index would compile to a scalar select per element)."""
-    y, g = _U(y), _U(g)
-    g1, g2, g3, g4, g5, g6, g7 = g + _U(1), g + _U(2), g + _U(3), g + _U(4), g + _U(5), g + _U(6), g + _U(7)
-    r0, r1, r2, r3 = _U(rows[g]), _U(rows[g1]), _U(rows[g2]), _U(rows[g3])
-    r4, r5, r6, r7 = _U(rows[g4]), _U(rows[g5]), _U(rows[g6]), _U(rows[g7])
-    k0, k1, k2, k3 = _U(cols[g]), _U(cols[g1]), _U(cols[g2]), _U(cols[g3])
-    k4, k5, k6, k7 = _U(cols[g4]), _U(cols[g5]), _U(cols[g6]), _U(cols[g7])
-    for i in range(_U(w)):
-        x, z = o[i], q[i]
-        b = a[g, y, i]
-        x, z = x + b * sc[r0, k0 + i], z + b * sd[r0, k0 + i]
-        b = a[g1, y, i]
-        x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
-        b = a[g2, y, i]
-        x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
-        b = a[g3, y, i]
-        x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
-        b = a[g4, y, i]
-        x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
-        b = a[g5, y, i]
-        x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
-        b = a[g6, y, i]
-        x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
-        b = a[g7, y, i]
-        o[i], q[i] = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
+def _eight_neighbours(from_zero: bool):
+    """The kernel that adds eight neighbours' products to an output row pair (``from_zero``: to zero instead of to
+    what the row holds, for the first eight; a compile-time constant, so each variant has one branch-free loop)."""
+
+    @numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+    def madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, base):  # pragma: no cover - compiled
+        """o[base:][:w] = (0 or o) + a[g, y] * sc[rows[g], cols[g]:][:w], then + the same for g + 1 .. g + 7, each
+        sum in that order; q the same with sd: two channels share one load of the eight neighbour weights, and
+        each output row is read and written once per eight neighbours. Every index is unsigned, so numba emits no
+        negative-index wrap-around and LLVM vectorises the loop over the row (a signed ``k + i`` index would compile
+        to a scalar select per element). ``o`` is read and written through the same array, which LLVM's alias
+        checks let through (a separate input array that is the same memory would make them fall back to scalars)."""
+        y, g, base = _U(y), _U(g), _U(base)
+        g1, g2, g3, g4, g5, g6, g7 = g + _U(1), g + _U(2), g + _U(3), g + _U(4), g + _U(5), g + _U(6), g + _U(7)
+        r0, r1, r2, r3 = _U(rows[g]), _U(rows[g1]), _U(rows[g2]), _U(rows[g3])
+        r4, r5, r6, r7 = _U(rows[g4]), _U(rows[g5]), _U(rows[g6]), _U(rows[g7])
+        k0, k1, k2, k3 = _U(cols[g]), _U(cols[g1]), _U(cols[g2]), _U(cols[g3])
+        k4, k5, k6, k7 = _U(cols[g4]), _U(cols[g5]), _U(cols[g6]), _U(cols[g7])
+        zero = np.float32(0.0)
+        for i in range(_U(w)):
+            if from_zero:  # the reference's out = 0; out += a_p * shifted_p: 0 + the first product
+                x, z = zero, zero
+            else:
+                x, z = o[base + i], q[base + i]
+            b = a[g, y, i]
+            x, z = x + b * sc[r0, k0 + i], z + b * sd[r0, k0 + i]
+            b = a[g1, y, i]
+            x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
+            b = a[g2, y, i]
+            x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
+            b = a[g3, y, i]
+            x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
+            b = a[g4, y, i]
+            x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
+            b = a[g5, y, i]
+            x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
+            b = a[g6, y, i]
+            x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
+            b = a[g7, y, i]
+            o[base + i], q[base + i] = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
+
+    return madd8x2
+
+
+_mset8x2 = _eight_neighbours(True)
+_madd8x2 = _eight_neighbours(False)
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
-def _madd1x2(o, q, a, y, p, sc, sd, r, k, w):  # pragma: no cover - compiled
-    """o += a[p, y] * sc[r, k:][:w] and q += a[p, y] * sd[r, k:][:w] (unsigned indices, as ``_madd8x2``)."""
-    y, p, r, k = _U(y), _U(p), _U(r), _U(k)
+def _madd1x2(o, q, a, y, p, sc, sd, r, k, w, base):  # pragma: no cover - compiled
+    """o[base:][:w] += a[p, y] * sc[r, k:][:w] and the same for q with sd (``_madd8x2``'s conventions)."""
+    y, p, r, k, base = _U(y), _U(p), _U(r), _U(k), _U(base)
     for i in range(_U(w)):
         b = a[p, y, i]
-        o[i], q[i] = o[i] + b * sc[r, k + i], q[i] + b * sd[r, k + i]
+        o[base + i], q[base + i] = o[base + i] + b * sc[r, k + i], q[base + i] + b * sd[r, k + i]
 
 
 @numba.njit(nogil=True, cache=_CACHE)
 def _pad_row(r, acc, pad, w):  # pragma: no cover - compiled
     r[pad : pad + w] = acc
-    r[:pad] = acc[0]
-    r[pad + w :] = acc[w - 1]
+    _pad_edges(r, pad, w)
+
+
+@numba.njit(nogil=True, cache=_CACHE)
+def _pad_edges(r, pad, w):  # pragma: no cover - compiled
+    r[:pad] = r[pad]
+    r[pad + w :] = r[pad + w - 1]
 
 
 @numba.njit(nogil=True, cache=_CACHE)
@@ -101,8 +122,9 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
 
     Each channel lives in a row-padded copy (``pad`` = the largest column offset, edges replicated after every
     row), so every neighbour row is one contiguous slice. An output row is computed for two channels at once, eight
-    neighbours per memory pass (their weights loaded once for both channels), accumulated in the neighbours' order.
-    Rows are clamped (replicate padding).
+    neighbours per memory pass (their weights loaded once for both channels), accumulated in the neighbours' order
+    from zero, as the reference's ``out = 0; out += a_p * shifted_p``, straight into the padded output row. Rows are
+    clamped (replicate padding).
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
@@ -120,7 +142,7 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     for c in range(nc):
         for y in range(h):
             _pad_row(src[c, y], m[c0 + c, y], pad, w)
-    acc = np.empty((2, w), np.float32)
+    spare = np.empty(w + 2 * pad, np.float32)  # the second output row of an odd last channel
     rows = np.empty(npt, np.int64)
     cols = np.empty(npt, np.int64)
     for _ in range(num_iter):
@@ -131,14 +153,20 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
             for c in range(0, nc, 2):
                 d = min(c + 1, nc - 1)  # an odd last channel is computed twice (same numbers), written once
                 sc, sd = src[c], src[d]
-                acc[:] = 0.0
+                o = dst[c, y]
+                q = dst[d, y] if d != c else spare
+                if npt < 8:
+                    o[:] = 0.0
+                    q[:] = 0.0
                 for g in range(0, npt - npt % 8, 8):
-                    _madd8x2(acc[0], acc[1], a, y, g, sc, sd, rows, cols, w)
+                    if g == 0:
+                        _mset8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
+                    else:
+                        _madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
                 for p in range(npt - npt % 8, npt):  # a tail of fewer than eight neighbours, one at a time
-                    _madd1x2(acc[0], acc[1], a, y, p, sc, sd, rows[p], cols[p], w)
-                _pad_row(dst[c, y], acc[0], pad, w)
-                if d != c:
-                    _pad_row(dst[d, y], acc[1], pad, w)
+                    _madd1x2(o, q, a, y, p, sc, sd, rows[p], cols[p], w, pad)
+                _pad_edges(o, pad, w)
+                _pad_edges(q, pad, w)
         src, dst = dst, src
     for c in range(nc):
         m[c0 + c] = src[c, :, pad : pad + w]
