@@ -51,14 +51,19 @@ def area_keep(class_counts: np.ndarray, area_thd: float | None) -> np.ndarray | 
 
 
 def decide(
-    probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class probabilities (C, H, W) -> labels (H, W) int32, scores (H, W) float32, renormalised probs."""
+    probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None, with_probs: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Class probabilities (C, H, W) -> labels (H, W) int32, scores (H, W) float32, renormalised probs (None
+    without ``with_probs``: then only each pixel's label is divided by the sum, the same numbers)."""
     if keep is not None and not keep.all():
         probs = probs * keep.astype(probs.dtype)[:, None, None]
     labels = probs.argmax(axis=0)
     labels[probs.max(axis=0) < prob_thd] = 0
-    probs = probs / probs.sum(axis=0, keepdims=True)
+    total = probs.sum(axis=0, keepdims=True)
+    if not with_probs:
+        scores = np.take_along_axis(probs, labels[None], axis=0)[0] / total[0]
+        return labels.astype(np.int32), scores.astype(np.float32), None
+    probs = probs / total
     scores = np.take_along_axis(probs, labels[None], axis=0)[0]
     return labels.astype(np.int32), scores.astype(np.float32), probs.astype(np.float32, copy=False)
 
@@ -84,7 +89,9 @@ def postprocess(
     keep = None
     if area_thd is not None:
         keep = area_keep(np.bincount(probs.argmax(axis=0).ravel(), minlength=num_classes), area_thd)
-    return decide(probs, prob_thd, keep)
+    labels, scores, normed = decide(probs, prob_thd, keep)
+    assert normed is not None  # with_probs
+    return labels, scores, normed
 
 
 # rows per strip at least: with hundreds of queries one row of a strip's buffers is MiBs, and one-row strips cost

@@ -71,3 +71,21 @@ def test_query_probs_fp16_is_torchs_fp16_softmax():
     np.testing.assert_allclose(ours, ref, atol=2.5e-4, rtol=0)  # one fp16 ulp of a probability <= 0.5 at most
     assert (ours == ref).mean() > 0.99
     assert np.abs(ours - query_probs(logits, 40.0)).max() > 1e-5  # not the float32 softmax
+
+
+def test_decide_without_probs_gives_the_same_labels_and_scores():
+    """Only the labels' probabilities are renormalised when the full array is not asked for: the same numbers."""
+    from clipsam.postprocess import decide, query_probs
+
+    rng = np.random.default_rng(7)
+    probs = query_probs((0.2 + 0.05 * rng.standard_normal((12, 30, 41))).astype(np.float32), 40.0)
+    keep = np.ones(12, bool)
+    keep[[3, 5]] = False
+    for k in (None, keep):
+        for thd in (0.0, float(np.median(probs.max(0)))):
+            labels, scores, normed = decide(probs, thd, k)
+            got = decide(probs, thd, k, with_probs=False)
+            np.testing.assert_array_equal(got[0], labels)
+            np.testing.assert_array_equal(got[1], scores)
+            assert got[2] is None and normed.shape == probs.shape
+            assert got[1].dtype == np.float32 and len(np.unique(labels)) > 2

@@ -41,7 +41,7 @@ def _cache_on_disk() -> bool:
         return False
 
 
-_CACHE = _cache_on_disk()
+CACHE_ON_DISK = _cache_on_disk()
 
 
 _U = np.uint64
@@ -51,7 +51,7 @@ def _eight_neighbours(from_zero: bool):
     """The kernel that adds eight neighbours' products to an output row pair (``from_zero``: to zero instead of to
     what the row holds, for the first eight; a compile-time constant, so each variant has one branch-free loop)."""
 
-    @numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+    @numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
     def madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, base):  # pragma: no cover - compiled
         """o[base:][:w] = (0 or o) + a[g, y] * sc[rows[g], cols[g]:][:w], then + the same for g + 1 .. g + 7, each
         sum in that order; q the same with sd: two channels share one load of the eight neighbour weights, and
@@ -95,7 +95,7 @@ _mset8x2 = _eight_neighbours(True)
 _madd8x2 = _eight_neighbours(False)
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=_CACHE)
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
 def _madd1x2(o, q, a, y, p, sc, sd, r, k, w, base):  # pragma: no cover - compiled
     """o[base:][:w] += a[p, y] * sc[r, k:][:w] and the same for q with sd (``_madd8x2``'s conventions)."""
     y, p, r, k, base = _U(y), _U(p), _U(r), _U(k), _U(base)
@@ -104,19 +104,19 @@ def _madd1x2(o, q, a, y, p, sc, sd, r, k, w, base):  # pragma: no cover - compil
         o[base + i], q[base + i] = o[base + i] + b * sc[r, k + i], q[base + i] + b * sd[r, k + i]
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _pad_row(r, acc, pad, w):  # pragma: no cover - compiled
     r[pad : pad + w] = acc
     _pad_edges(r, pad, w)
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _pad_edges(r, pad, w):  # pragma: no cover - compiled
     r[:pad] = r[pad]
     r[pad + w :] = r[pad + w - 1]
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled; tested against the reference
     """All PAMR iterations for channels [c0, c1) of ``m``, in place.
 
@@ -172,13 +172,13 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
         m[c0 + c] = src[c, :, pad : pad + w]
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _blend_rows(o, ra, a, rb, b, n):  # pragma: no cover - compiled
     for x in range(n):
         o[x] = ra[x] * a + rb[x] * b
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # pragma: no cover - compiled
     """Output rows ``r0 .. r0 + out.shape[1]`` of channels [c0, c1) of a bilinear resize.
 
@@ -207,14 +207,14 @@ def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # 
             _blend_rows(out[c, r], rows[y0[r0 + r] - lo], wy0[r0 + r], rows[y1[r0 + r] - lo], wy1[r0 + r], ow)
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _blend_add_rows(o, ra, a, rb, b, n):  # pragma: no cover - compiled
     for x in range(n):
         v = ra[x] * a + rb[x] * b
         o[x] = o[x] + v
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def bilinear_add_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dst, oy, ox, c0, c1):  # pragma: no cover - compiled
     """``bilinear_rows``'s values added into a block of ``dst``: dst[c, oy + r, ox + x] += the resized value at
     output row r and column x, for every r < len(y0), x < len(x0) and channel c in [c0, c1). The taps are those of
@@ -244,7 +244,7 @@ def bilinear_add_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dst, oy, ox, c0, 
             _blend_add_rows(dst[c, oy + r, ox : ox + ow], rows[y0[r] - lo], wy0[r], rows[y1[r] - lo], wy1[r], ow)
 
 
-@numba.njit(nogil=True, cache=_CACHE)
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def path_valid_rows(flat, w, t, full, out, a0, a1):  # pragma: no cover - compiled; tested against the reference
     """Rows [a0, a1) of SFR's path check on an h x w grid of N = h * w patches.
 

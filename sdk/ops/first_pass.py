@@ -10,8 +10,8 @@ The reference (``first_pass_labels_ref``) is the composition of the separate hos
 
 ``FirstPass`` computes the same numbers with one (Q, H, W) buffer per thread, kept between calls: the resize
 writes into it, PAMR refines it in place (``pamr.pamr_in_place``), and the softmax, threshold and argmax run on
-blocks of a few rows at a time in small buffers (the same numpy operations, reductions over Q in the same order),
-which stay in cache. Nothing of size queries x pixels is allocated per call, so large vocabularies no longer pay
+blocks of a few rows at a time in small buffers (``softmax.softmax_labels``: the same float32 arithmetic,
+reductions over Q in the same order), which stay in cache. Nothing of size queries x pixels is allocated per call, so large vocabularies no longer pay
 for fresh pages on every crop, and the buffer is touched twice instead of about a dozen times. The labels equal the
 reference's bit for bit (tests/ops/test_first_pass.py).
 """
@@ -26,10 +26,9 @@ import numpy as np
 from .pamr import pamr, pamr_in_place
 from .resize import resize_bilinear, softmax
 from .sfr import patch_labels, patch_mode
-from .threads import parallel_blocks
+from .softmax import softmax_labels
 
 _F = np.float32
-_BLOCK_BYTES = 1 << 20  # (Q, rows, W) float32 softmax block: stays in L2
 
 
 def first_pass_labels_ref(
@@ -46,39 +45,6 @@ def first_pass_labels_ref(
     up = resize_bilinear(first, tuple(crops.shape[-2:]))
     refined = pamr(crops, up, iters, dilations) if iters > 0 else up
     return patch_labels(softmax(refined * logit_scale, axis=1), patch, temp_thd)
-
-
-def pixel_labels(x: np.ndarray, logit_scale: float, temp_thd: float, rows: int | None = None) -> np.ndarray:
-    """Per-pixel argmax of softmax(logit_scale * x) over Q, 0 where its maximum is below ``temp_thd``.
-
-    Arguments:
-        x: (Q, H, W) float32 logits.
-        rows: compute rows [0, rows) only (default: all).
-
-    Returns:
-        (rows, W) int64, equal to the reference's for those rows.
-    """
-    q, _, w = x.shape
-    n = x.shape[1] if rows is None else rows
-    out = np.empty((n, w), np.int64)
-    step = max(1, _BLOCK_BYTES // max(1, 4 * q * w))
-    thd = _F(temp_thd)
-
-    def run(b0: int, b1: int) -> None:
-        tmp = np.empty((q, step, w), _F)
-        for r0 in range(b0 * step, min(n, b1 * step), step):
-            r1 = min(n, r0 + step)
-            t = tmp[:, : r1 - r0]
-            np.multiply(x[:, r0:r1], logit_scale, out=t)
-            np.subtract(t, t.max(axis=0, keepdims=True), out=t)
-            np.exp(t, out=t)
-            np.divide(t, t.sum(axis=0, keepdims=True), out=t)
-            pred = t.argmax(axis=0)
-            pred[t.max(axis=0) < thd] = 0
-            out[r0:r1] = pred
-
-    parallel_blocks(run, -(-n // step))
-    return out
 
 
 class FirstPass:
@@ -114,6 +80,6 @@ class FirstPass:
             resize_bilinear(first[i], (h, w), out=buf)
             if iters > 0:
                 pamr_in_place(crops[i], buf, iters, dilations)
-            pred = pixel_labels(buf, logit_scale, temp_thd, rows=gh * patch)
+            pred = softmax_labels(buf, logit_scale, temp_thd, rows=gh * patch)
             out[i] = patch_mode(pred[None], patch, q)[0]
         return out

@@ -17,6 +17,7 @@ from .pamr import pamr, pamr_in_place
 from .resize import resize_bilinear
 from .resize_fused import resize_bilinear_add, resize_bilinear_twice
 from .sfr import LinspaceTable, sfr_affinity, sfr_term
+from .softmax import query_softmax
 
 _F = np.float32
 CPU_STRIP_MB = 4.0  # post-processing strips on the CPU: within L2/L3, heap-reused (HostOps.strip_mb)
@@ -25,7 +26,7 @@ CPU_STRIP_MB = 4.0  # post-processing strips on the CPU: within L2/L3, heap-reus
 class NumpyPost:
     """``PostOps`` in numpy (``clipsam.postprocess``)."""
 
-    query_probs = staticmethod(postprocess.query_probs)
+    query_probs = staticmethod(query_softmax)  # postprocess.query_probs's numbers, compiled, on the host threads
     query_probs_fp16 = staticmethod(postprocess.query_probs_fp16)
     merge_synonyms = staticmethod(postprocess.merge_synonyms)
     argmax_counts = staticmethod(postprocess.argmax_counts)
@@ -36,7 +37,7 @@ class NumpyPost:
 
     @staticmethod
     def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None, with_probs: bool):
-        return postprocess.decide(probs, prob_thd, keep)
+        return postprocess.decide(probs, prob_thd, keep, with_probs)
 
 
 class NumpyOps:

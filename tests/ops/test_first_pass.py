@@ -13,8 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from clipsam.ops.first_pass import FirstPass, first_pass_labels_ref, pixel_labels
-from clipsam.ops.resize import softmax
+from clipsam.ops.first_pass import FirstPass, first_pass_labels_ref
 
 
 def _inputs(seed: int, b: int, q: int, grid: tuple[int, int], hw: tuple[int, int], margin: float = 0.05):
@@ -46,18 +45,6 @@ def test_equals_the_reference(b, q, grid, hw, patch, iters):
         np.testing.assert_array_equal(got, want)
         kinds.add(len(np.unique(got)))
     assert max(kinds) > 1  # not degenerate
-
-
-def test_pixel_labels_threshold_and_rows():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((40, 37, 29)).astype(np.float32) * 0.1
-    probs = softmax(x * 40.0, axis=0)
-    for thd in (0.0, float(np.median(probs.max(0))), 1.1):
-        want = np.where(probs.max(0) < np.float32(thd), 0, probs.argmax(0))
-        got = pixel_labels(x, 40.0, thd)
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(pixel_labels(x, 40.0, thd, rows=20), want[:20])
-    assert 0 < (pixel_labels(x, 40.0, float(np.median(probs.max(0)))) == 0).mean() < 1
 
 
 def test_buffer_reused_across_sizes_and_threads():

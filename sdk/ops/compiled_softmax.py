@@ -1,0 +1,112 @@
+"""Compiled CPU kernels (numba) of the softmax over the queries and the per-pixel decision taken from it.
+
+    shift_rows     t = s * x - max_q(s * x)                          the reference's first two numpy steps
+    divide_rows    p = e / sum_q e                                    after numpy's exp of t (``e``)
+    decide_rows    argmax_q and max_q of e / sum_q e, thresholded      without the (Q, ...) quotient array
+
+The exponential itself stays numpy's (``np.exp``), whose float32 implementation depends on the CPU's vector
+extensions: a compiled exp could round some values differently. Every other step is the reference's float32
+arithmetic in its order (the sum over the queries is sequential, query 0 first, as numpy reduces a leading axis;
+no ``fastmath``), so the results equal ``postprocess.query_probs`` and ``first_pass.pixel_labels``'s reference bit
+for bit for finite inputs. Arrays are (Q, R, W) float32, C-contiguous (whole arrays and a row offset are passed, not row
+slices, which numba would compile for any strides and not vectorise); each call handles ``n`` rows, so
+``threads.parallel_blocks`` runs row blocks on the host threads. Imported only when a kernel runs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .compiled import CACHE_ON_DISK
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def shift_rows(x, xi, s, t, ti, n):  # pragma: no cover - compiled; tested against the reference
+    """t[:, ti + k] = x[:, xi + k] * s - max over the queries of x[:, xi + k] * s, for k < n.
+
+    Arguments:
+        x: (Q, R, W) float32 logits; s: float32 scale; t: (Q, R', W) float32 output (may be ``x``, with ti = xi).
+    """
+    q, w = x.shape[0], x.shape[2]
+    m = np.empty(w, np.float32)
+    for k in range(n):
+        i, o = xi + k, ti + k
+        xr, tr = x[0, i], t[0, o]
+        for j in range(w):
+            v = xr[j] * s
+            tr[j] = v
+            m[j] = v
+        for c in range(1, q):
+            xr, tr = x[c, i], t[c, o]
+            for j in range(w):
+                v = xr[j] * s
+                tr[j] = v
+                m[j] = v if v > m[j] else m[j]
+        for c in range(q):
+            tr = t[c, o]
+            for j in range(w):
+                tr[j] = tr[j] - m[j]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def _sum_rows(e, i, acc, top):  # pragma: no cover - compiled
+    """acc = e[0, i] + e[1, i] + ... in that order, and top = the maximum over the queries."""
+    q, w = e.shape[0], e.shape[2]
+    er = e[0, i]
+    for j in range(w):
+        acc[j] = er[j]
+        top[j] = er[j]
+    for c in range(1, q):
+        er = e[c, i]
+        for j in range(w):
+            acc[j] = acc[j] + er[j]
+            top[j] = er[j] if er[j] > top[j] else top[j]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def divide_rows(e, i0, n):  # pragma: no cover - compiled; tested against the reference
+    """e[:, i] /= sum over the queries of e[:, i] (in place), for rows i in [i0, i0 + n)."""
+    q, w = e.shape[0], e.shape[2]
+    acc = np.empty(w, np.float32)
+    top = np.empty(w, np.float32)
+    for i in range(i0, i0 + n):
+        _sum_rows(e, i, acc, top)
+        for c in range(q):
+            er = e[c, i]
+            for j in range(w):
+                er[j] = er[j] / acc[j]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def decide_rows(e, ei, thd, out, oi, n):  # pragma: no cover - compiled; tested against the reference
+    """out[oi + k] = argmax over the queries of p = e[:, ei + k] / sum_q e[:, ei + k] (the first of equal
+    quotients), and 0 where max_q p < thd, for k < n; only the quotients that can equal the maximum are computed.
+
+    Division by the (positive) sum does not change the order, so max_q p is max_q e divided by the sum; a query
+    whose e is below 0.99 of that maximum has a quotient strictly below max_q p after rounding, so only the others
+    are divided and compared.
+
+    Arguments:
+        e: (Q, R, W) float32 exponentials (>= 0); thd: float32; out: (R, W) int64.
+    """
+    q, w = e.shape[0], e.shape[2]
+    acc = np.empty(w, np.float32)
+    top = np.empty(w, np.float32)
+    best = np.empty(w, np.float32)
+    lim = np.empty(w, np.float32)
+    lab = np.empty(w, np.int64)
+    for k in range(n):
+        i = ei + k
+        _sum_rows(e, i, acc, top)
+        for j in range(w):
+            best[j] = top[j] / acc[j]
+            lim[j] = top[j] * np.float32(0.99)
+            lab[j] = -1
+        for c in range(q):
+            er = e[c, i]
+            for j in range(w):
+                if lab[j] < 0 and er[j] >= lim[j] and er[j] / acc[j] == best[j]:
+                    lab[j] = c
+        for j in range(w):
+            out[oi + k, j] = 0 if best[j] < thd else lab[j]

@@ -1,0 +1,93 @@
+"""The softmax over the queries on the host, in cache-sized row blocks on the host threads, torch-free.
+
+    query_softmax(x, scale)         softmax(scale * x) over axis 0        = postprocess.query_probs(x, scale)
+    softmax_labels(x, scale, thd)   its argmax, 0 where its max < thd     = first_pass.pixel_labels_ref(...)
+
+Both run ``compiled_softmax``'s kernels around numpy's exp on blocks of a few rows (each block's (Q, rows, W)
+floats stay in cache, and blocks run on ``threads.host_threads()`` threads), with the reference's float32
+arithmetic in its order: the same numbers bit for bit (tests/ops/test_softmax.py). NumPy's own path makes six
+passes over queries x pixels with four temporaries of that size and one thread; this makes four passes in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .threads import parallel_blocks
+
+_F = np.float32
+_BLOCK_BYTES = 1 << 20  # (Q, rows, W) float32 per block: stays in L2
+
+
+def _rows_per_block(q: int, w: int) -> int:
+    return max(1, _BLOCK_BYTES // max(1, 4 * q * w))
+
+
+def query_softmax(x: np.ndarray, scale: float, out: np.ndarray | None = None) -> np.ndarray:
+    """softmax(scale * x) over axis 0.
+
+    Arguments:
+        x: (Q, R, W) float32 logits (other shapes and dtypes: ``postprocess.query_probs`` itself).
+        out: optional (Q, R, W) C-contiguous float32 array for the result (may be ``x``).
+
+    Returns:
+        (Q, R, W) float32 probabilities, equal to ``postprocess.query_probs(x, scale)`` bit for bit.
+    """
+    from .compiled_softmax import divide_rows, shift_rows
+
+    if x.ndim != 3 or x.dtype != _F or out is not None and (out.shape != x.shape or out.dtype != _F):
+        if out is not None:
+            raise ValueError(f"query_softmax: x and out must be (Q, R, W) float32, got {x.shape}, {out.shape}")
+        from ..postprocess import query_probs
+
+        return query_probs(x, scale)
+    src = np.ascontiguousarray(x)
+    dst = np.empty_like(src) if out is None else out
+    if not dst.flags.c_contiguous:
+        raise ValueError("query_softmax: out must be C-contiguous")
+    s = _F(scale)
+    step = _rows_per_block(x.shape[0], x.shape[2])
+
+    def run(b0: int, b1: int) -> None:
+        for r0 in range(b0 * step, min(x.shape[1], b1 * step), step):
+            r1 = min(x.shape[1], r0 + step)
+            shift_rows(src, r0, s, dst, r0, r1 - r0)
+            block = dst[:, r0:r1]
+            np.exp(block, out=block)
+            divide_rows(dst, r0, r1 - r0)
+
+    parallel_blocks(run, -(-x.shape[1] // step))
+    return dst
+
+
+def softmax_labels(x: np.ndarray, scale: float, thd: float, rows: int | None = None) -> np.ndarray:
+    """Per-pixel argmax of softmax(scale * x) over axis 0 (the first of equal probabilities), 0 where its maximum is
+    below ``thd``, without the probabilities.
+
+    Arguments:
+        x: (Q, H, W) float32 logits (C-contiguous).
+        rows: compute rows [0, rows) only (default: all).
+
+    Returns:
+        (rows, W) int64.
+    """
+    from .compiled_softmax import decide_rows, shift_rows
+
+    q, h, w = x.shape
+    n = h if rows is None else rows
+    src = np.ascontiguousarray(x, dtype=_F)
+    out = np.empty((n, w), np.int64)
+    step = _rows_per_block(q, w)
+    s, t = _F(scale), _F(thd)
+
+    def run(b0: int, b1: int) -> None:
+        tmp = np.empty((q, step, w), _F)
+        for r0 in range(b0 * step, min(n, b1 * step), step):
+            r1 = min(n, r0 + step)
+            blk = tmp[:, : r1 - r0]
+            shift_rows(src, r0, s, tmp, 0, r1 - r0)
+            np.exp(blk, out=blk)
+            decide_rows(tmp, 0, t, out, r0, r1 - r0)
+
+    parallel_blocks(run, -(-n // step))
+    return out

@@ -1,0 +1,70 @@
+"""The compiled softmax over the queries: the reference's numbers bit for bit, ties and thresholds included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipsam.ops.softmax import query_softmax, softmax_labels
+from clipsam.postprocess import query_probs
+
+
+def _logits(q: int, h: int, w: int, seed: int) -> np.ndarray:
+    """CLIP-like cosine logits with exact ties (repeated queries), near-ties (one float32 step apart) and a
+    dominant query in a band of rows, so that argmax ties, both sides of a threshold and rows of every kind occur."""
+    rng = np.random.default_rng(seed)
+    x = (0.2 + 0.03 * rng.standard_normal((q, h, w))).astype(np.float32)
+    if q >= 4:
+        x[q - 1] = x[1]  # an exact tie: the first of the two wins
+        x[q - 2] = np.nextafter(x[2], np.float32(1))  # a float32 step above another query
+        x[q // 2, : h // 2] += np.float32(0.2)  # confident rows (of a query other than 0)
+    return x
+
+
+def _labels_ref(x: np.ndarray, scale: float, thd: float) -> np.ndarray:
+    p = query_probs(x, scale)
+    out = p.argmax(axis=0)
+    out[p.max(axis=0) < np.float32(thd)] = 0
+    return out
+
+
+@pytest.mark.parametrize("q,h,w", [(1, 3, 5), (4, 7, 9), (21, 37, 61), (150, 9, 448), (500, 5, 33)])
+@pytest.mark.parametrize("scale", [40.0, 65.0, 0.3])
+def test_query_softmax_equals_the_reference(q, h, w, scale):
+    x = _logits(q, h, w, q + h)
+    x_before = x.copy()
+    want = query_probs(x, scale)
+    np.testing.assert_array_equal(query_softmax(x, scale), want)
+    np.testing.assert_array_equal(x, x_before)
+    inplace = x.copy()
+    assert query_softmax(inplace, scale, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, want)
+
+
+def test_query_softmax_takes_other_shapes_and_dtypes_through_the_reference():
+    x = _logits(6, 4, 5, 1)
+    np.testing.assert_array_equal(query_softmax(x[:, 0], 40.0), query_probs(x[:, 0], 40.0))
+    np.testing.assert_array_equal(query_softmax(x.astype(np.float64), 40.0), query_probs(x.astype(np.float64), 40.0))
+    with pytest.raises(ValueError, match="float32"):
+        query_softmax(x, 40.0, out=np.empty((6, 4, 5), np.float64))
+
+
+@pytest.mark.parametrize("q,h,w", [(1, 3, 5), (4, 7, 9), (21, 37, 61), (150, 9, 448), (500, 5, 33)])
+@pytest.mark.parametrize("scale,thd", [(40.0, 0.5), (40.0, 0.0), (65.0, 0.1), (40.0, 1.0)])
+def test_softmax_labels_equal_the_reference(q, h, w, scale, thd):
+    x = _logits(q, h, w, 2 * q + w)
+    want = _labels_ref(x, scale, thd)
+    got = softmax_labels(x, scale, thd)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(softmax_labels(x, scale, thd, rows=h // 2), want[: h // 2])
+    if q >= 4 and 0.0 < thd < 1.0:
+        assert (want == 0).any() and (want != 0).any()  # both sides of the threshold
+
+
+def test_softmax_labels_pick_the_first_of_tied_queries():
+    x = np.zeros((5, 2, 3), np.float32)
+    x[2] = x[4] = np.float32(1.0)  # two equal maxima: query 2
+    x[:, 1] = np.float32(0.5)  # every query equal: query 0
+    got = softmax_labels(x, 40.0, 0.0)
+    np.testing.assert_array_equal(got, _labels_ref(x, 40.0, 0.0))
+    assert got[0].tolist() == [2, 2, 2] and got[1].tolist() == [0, 0, 0]
