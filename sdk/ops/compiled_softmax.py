@@ -3,6 +3,7 @@
     shift_rows     t = s * x - max_q(s * x)                          the reference's first two numpy steps
     divide_rows    p = e / sum_q e                                    after numpy's exp of t (``e``)
     decide_rows    argmax_q and max_q of e / sum_q e, thresholded      without the (Q, ...) quotient array
+    class_decision_rows  labels and scores from class probabilities     ``postprocess.decide``'s, no renormalised copy
 
 The exponential itself stays numpy's (``np.exp``), whose float32 implementation depends on the CPU's vector
 extensions: a compiled exp could round some values differently. Every other step is the reference's float32
@@ -110,3 +111,30 @@ def decide_rows(e, ei, thd, out, oi, n):  # pragma: no cover - compiled; tested 
                     lab[j] = c
         for j in range(w):
             out[oi + k, j] = 0 if best[j] < thd else lab[j]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def class_decision_rows(p, thd, labels, scores, i0, n):  # pragma: no cover - compiled; tested against the reference
+    """labels[i] = argmax over the classes of p[:, i] (the first of equal values), 0 where the maximum is below
+    ``thd``; scores[i] = p[labels[i], i] / sum over the classes of p[:, i]; for rows i in [i0, i0 + n).
+
+    Arguments:
+        p: (C, R, W) float32 class probabilities; thd: float32; labels: (R, W) int32; scores: (R, W) float32.
+    """
+    c_n, w = p.shape[0], p.shape[2]
+    acc = np.empty(w, np.float32)
+    top = np.empty(w, np.float32)
+    lab = np.empty(w, np.int64)
+    for i in range(i0, i0 + n):
+        _sum_rows(p, i, acc, top)
+        for j in range(w):
+            lab[j] = -1
+        for c in range(c_n):
+            pr = p[c, i]
+            for j in range(w):
+                if lab[j] < 0 and pr[j] == top[j]:
+                    lab[j] = c
+        for j in range(w):
+            k = 0 if top[j] < thd else lab[j]
+            labels[i, j] = k
+            scores[i, j] = p[k, i, j] / acc[j]

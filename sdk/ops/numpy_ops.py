@@ -17,7 +17,7 @@ from .pamr import pamr, pamr_in_place
 from .resize import resize_bilinear
 from .resize_fused import resize_bilinear_add, resize_bilinear_twice
 from .sfr import LinspaceTable, sfr_affinity, sfr_term
-from .softmax import query_softmax
+from .softmax import class_decision, query_softmax
 
 _F = np.float32
 CPU_STRIP_MB = 4.0  # post-processing strips on the CPU: within L2/L3, heap-reused (HostOps.strip_mb)
@@ -37,7 +37,9 @@ class NumpyPost:
 
     @staticmethod
     def decide(probs: np.ndarray, prob_thd: float, keep: np.ndarray | None, with_probs: bool):
-        return postprocess.decide(probs, prob_thd, keep, with_probs)
+        if with_probs or (keep is not None and not keep.all()) or probs.ndim != 3 or probs.dtype != _F:
+            return postprocess.decide(probs, prob_thd, keep, with_probs)
+        return (*class_decision(probs, prob_thd), None)  # the same labels and scores, compiled, on the host threads
 
 
 class NumpyOps:

@@ -1,7 +1,8 @@
 """The softmax over the queries on the host, in cache-sized row blocks on the host threads, torch-free.
 
     query_softmax(x, scale)         softmax(scale * x) over axis 0        = postprocess.query_probs(x, scale)
-    softmax_labels(x, scale, thd)   its argmax, 0 where its max < thd     = first_pass.pixel_labels_ref(...)
+    softmax_labels(x, scale, thd)   its argmax, 0 where its max < thd     (SFR's first pass)
+    class_decision(p, thd)          labels and scores of class probs      = postprocess.decide(p, thd)[:2]
 
 Both run ``compiled_softmax``'s kernels around numpy's exp on blocks of a few rows (each block's (Q, rows, W)
 floats stay in cache, and blocks run on ``threads.host_threads()`` threads), with the reference's float32
@@ -91,3 +92,29 @@ def softmax_labels(x: np.ndarray, scale: float, thd: float, rows: int | None = N
 
     parallel_blocks(run, -(-n // step))
     return out
+
+
+def class_decision(probs: np.ndarray, thd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores from class probabilities, without the renormalised (C, R, W) array.
+
+    Arguments:
+        probs: (C, R, W) float32 class probabilities.
+        thd: pixels whose largest probability is below it get label 0 (compared in float32, as numpy compares a
+            float32 array with a Python float).
+
+    Returns:
+        labels (R, W) int32 and scores (R, W) float32, equal to ``postprocess.decide(probs, thd)[:2]`` bit for bit.
+    """
+    from .compiled_softmax import class_decision_rows
+
+    src = np.ascontiguousarray(probs, dtype=_F)
+    _, r, w = src.shape
+    labels = np.empty((r, w), np.int32)
+    scores = np.empty((r, w), _F)
+    step = _rows_per_block(src.shape[0], w)
+    t = _F(thd)
+    parallel_blocks(
+        lambda b0, b1: class_decision_rows(src, t, labels, scores, b0 * step, min(r, b1 * step) - b0 * step),
+        -(-r // step),
+    )
+    return labels, scores

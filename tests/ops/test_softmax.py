@@ -68,3 +68,23 @@ def test_softmax_labels_pick_the_first_of_tied_queries():
     got = softmax_labels(x, 40.0, 0.0)
     np.testing.assert_array_equal(got, _labels_ref(x, 40.0, 0.0))
     assert got[0].tolist() == [2, 2, 2] and got[1].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("c,h,w", [(1, 3, 5), (5, 7, 9), (21, 37, 61), (150, 9, 448)])
+def test_class_decision_equals_decide(c, h, w):
+    from clipsam.ops.softmax import class_decision
+    from clipsam.postprocess import decide
+
+    probs = query_probs(_logits(c, h, w, c * w), 40.0)
+    if c >= 5:
+        probs[4] = probs[1]  # an exact tie between classes
+    pmax = probs.max(axis=0)
+    # 0, the median maximum, and a float64 just above a float32 maximum (numpy compares in float32: not below)
+    for thd in (0.0, float(np.median(pmax)), float(pmax[0, 0]) + 1e-12, 1.0):
+        want = decide(probs, thd)
+        labels, scores = class_decision(probs, thd)
+        np.testing.assert_array_equal(labels, want[0])
+        np.testing.assert_array_equal(scores, want[1])
+        assert labels.dtype == np.int32 and scores.dtype == np.float32
+    if c >= 5:
+        assert len(np.unique(decide(probs, float(np.median(pmax)))[0])) > 2
