@@ -173,6 +173,23 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def _source_rows(y0, y1, r0, nr):  # pragma: no cover - compiled
+    """(lo, hi): the first and last source row that output rows [r0, r0 + nr) read (nr >= 1)."""
+    lo, hi = y0[r0], y1[r0]
+    for r in range(r0, r0 + nr):
+        lo = min(lo, y0[r], y1[r])
+        hi = max(hi, y0[r], y1[r])
+    return lo, hi
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def _resample_width(s, x0, x1, wx0, wx1, rr):  # pragma: no cover - compiled
+    """rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]: one source row resampled along the width."""
+    for x in range(x0.shape[0]):
+        rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _blend_rows(o, ra, a, rb, b, n):  # pragma: no cover - compiled
     for x in range(n):
         o[x] = ra[x] * a + rb[x] * b
@@ -192,17 +209,13 @@ def bilinear_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, c0, c1, r0):  # 
     """
     ow = x0.shape[0]
     nr = out.shape[1]
-    lo, hi = y0[r0], y1[r0]
-    for r in range(r0, r0 + nr):
-        lo = min(lo, y0[r], y1[r])
-        hi = max(hi, y0[r], y1[r])
+    if nr == 0:
+        return
+    lo, hi = _source_rows(y0, y1, r0, nr)
     rows = np.empty((hi - lo + 1, ow), np.float32)
     for c in range(c0, c1):
         for y in range(lo, hi + 1):
-            s = src[c, y]
-            rr = rows[y - lo]
-            for x in range(ow):
-                rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
+            _resample_width(src[c, y], x0, x1, wx0, wx1, rows[y - lo])
         for r in range(nr):
             _blend_rows(out[c, r], rows[y0[r0 + r] - lo], wy0[r0 + r], rows[y1[r0 + r] - lo], wy1[r0 + r], ow)
 
@@ -229,17 +242,11 @@ def bilinear_add_rows(src, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dst, oy, ox, c0, 
     nr = y0.shape[0]
     if nr == 0 or ow == 0:
         return
-    lo, hi = y0[0], y1[0]
-    for r in range(nr):
-        lo = min(lo, y0[r], y1[r])
-        hi = max(hi, y0[r], y1[r])
+    lo, hi = _source_rows(y0, y1, 0, nr)
     rows = np.empty((hi - lo + 1, ow), np.float32)
     for c in range(c0, c1):
         for y in range(lo, hi + 1):
-            s = src[c, y]
-            rr = rows[y - lo]
-            for x in range(ow):
-                rr[x] = s[x0[x]] * wx0[x] + s[x1[x]] * wx1[x]
+            _resample_width(src[c, y], x0, x1, wx0, wx1, rows[y - lo])
         for r in range(nr):
             _blend_add_rows(dst[c, oy + r, ox : ox + ow], rows[y0[r] - lo], wy0[r], rows[y1[r] - lo], wy1[r], ow)
 
