@@ -119,6 +119,26 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _choice("base", self.base, BASES)
+        if not self.rcs_layers or min(self.rcs_layers) < 0 or len(set(self.rcs_layers)) != len(self.rcs_layers):
+            raise ConfigError(
+                f"rcs_layers must be distinct 0-based trunk block indices (default (5, 6, 7, 8)), got {self.rcs_layers}"
+            )
+        for name, (tau, lam) in (
+            ("rcs_weights", _pair(self, "rcs_weights")),
+            ("sfr_weights", _pair(self, "sfr_weights")),
+        ):
+            if tau <= 0 or not 0.0 <= lam <= 1.0:
+                raise ConfigError(
+                    f"{name} must be (tau, lambda) with tau > 0 (a temperature) and lambda in [0, 1] (a blend weight), "
+                    f"got {getattr(self, name)}"
+                )
+
+
+def _pair(obj: Any, name: str) -> tuple[float, float]:
+    value = getattr(obj, name)
+    if len(value) != 2:
+        raise ConfigError(f"{name} must be a pair (tau, lambda), got {value}")
+    return float(value[0]), float(value[1])
 
 
 def _check_dilations(name: str, value: tuple[int, ...]) -> None:
@@ -144,6 +164,8 @@ class FeedbackConfig:
         _choice("sfr_blur", self.sfr_blur, ("raster", "2d"))
         if self.gaussian_std <= 0:
             raise ConfigError("gaussian_std must be > 0")
+        if not 0.0 <= self.temp_thd <= 1.0:
+            raise ConfigError(f"temp_thd is a probability threshold and must be in [0, 1], got {self.temp_thd}")
         if self.sfr_pamr_iters < 0:
             raise ConfigError("PAMR iteration counts must be >= 0")
         _check_dilations("sfr_pamr_dilations", self.sfr_pamr_dilations)
@@ -199,6 +221,10 @@ class PostConfig:
         _check_types(self)
         if not 0.0 <= self.prob_thd <= 1.0:
             raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+        if self.logit_scale <= 0:
+            raise ConfigError(
+                f"logit_scale is the softmax's inverse temperature and must be > 0, got {self.logit_scale}"
+            )
         if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
             raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
         if self.pamr_iters < 0:

@@ -5,6 +5,7 @@ field holds a value of another type fails with a ``ConfigError`` naming the opti
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,8 +18,8 @@ KIND_TEXT = {
     "bool": "True or False",
     "int": "an integer",
     "ints": "a tuple of integers",
-    "real": "a number",
-    "reals": "a tuple of numbers",
+    "real": "a finite number",
+    "reals": "a tuple of finite numbers",
     "str": "a string",
     "templates": "a template-set name or a list of strings",
 }
@@ -31,7 +32,7 @@ def is_kind(value: Any, kind: str) -> bool:
         return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
     def real(v):
-        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
 
     if kind.endswith("?"):
         return value is None or is_kind(value, kind[:-1])

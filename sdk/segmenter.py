@@ -8,6 +8,7 @@ from .config import DenseConfig, dense_config, positive_int, positive_number
 from .device import UPSTREAM_FP16, UPSTREAM_FP16_METHODS, parse_device
 from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
+from .pipeline.windows import check_window_size
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
 from .text import TextEmbeddingCache, resolve_templates
 from .text_store import resolve_text_store, text_cache_key
@@ -343,6 +344,7 @@ class Segmenter(SegmenterFront):
         else:
             self.encoder = DenseEncoder(self.model.visual, self.config)
         self.backend = TorchBackend(self.encoder, self.device, self.precision, self.cpu_ops)
+        check_window_size(self.config.schedule.slide_crop, self.backend.spec.patch)
 
     def with_options(self, **overrides) -> Segmenter:
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or

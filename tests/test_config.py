@@ -94,6 +94,22 @@ def test_overrides_and_errors():
             with pytest.raises(ConfigError, match=f"{name} must be a non-empty tuple of pixel distances >= 1"):
                 dense_config("resclip", "voc21", **{name: bad})
     assert dense_config("naclip", "voc21", pamr_dilations=(1,)).post.pamr_dilations == (1,)
+    bad_values = [
+        (dict(rcs_layers=()), "rcs_layers must be distinct 0-based"),
+        (dict(rcs_layers=(-1, 5)), "rcs_layers must be distinct 0-based"),
+        (dict(rcs_layers=(5, 5)), "rcs_layers must be distinct 0-based"),
+        (dict(rcs_weights=(2.0,)), r"rcs_weights must be a pair \(tau, lambda\)"),
+        (dict(rcs_weights=(0.0, 0.3)), "rcs_weights must be .* tau > 0"),
+        (dict(sfr_weights=(2.2, 1.5)), "sfr_weights must be .* lambda in \\[0, 1\\]"),
+        (dict(temp_thd=1.5), "temp_thd is a probability threshold"),
+        (dict(logit_scale=0.0), "logit_scale is the softmax's inverse temperature"),
+        (dict(logit_scale=float("nan")), "logit_scale must be a finite number"),
+        (dict(gaussian_std=float("inf")), "gaussian_std must be a finite number"),
+        (dict(scales=(1.0, float("inf"))), "scales must be a tuple of finite numbers"),
+    ]
+    for kw, match in bad_values:
+        with pytest.raises(ConfigError, match=match):
+            dense_config("resclip", "voc21", **kw)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dense_config().schedule.short_side = 3  # frozen
     with pytest.raises(AttributeError):

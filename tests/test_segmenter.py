@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipsam import SegmentationResult, Segmenter
 from clipsam.config import dense_config
-from clipsam.errors import BackendUnavailableError, ClipSamError, InvalidInputError, VocabularyError
+from clipsam.errors import BackendUnavailableError, ClipSamError, ConfigError, InvalidInputError, VocabularyError
 
 FAST = dict(short_side=64)
 
@@ -154,6 +154,19 @@ def test_with_options_shares_model_and_cache(make_segmenter, chelsea_small):
     assert other.model is seg.model and other.text_cache is seg.text_cache and other.config.flip
     assert not seg.config.flip
     assert other.segment(chelsea_small, classes=["cat", "dog"]).labels.shape == chelsea_small.shape[:2]
+
+
+def test_settings_the_model_cannot_run_are_errors_before_any_image(make_segmenter):
+    """Windows smaller than one patch and RCS layers beyond the trunk: a ConfigError at construction (and from
+    with_options), not a framework error at the first image."""
+    with pytest.raises(ConfigError, match="slide_crop=8 is smaller than this model's 16x16 patch"):
+        make_segmenter("sclip", None, slide_crop=8, slide_stride=4)
+    with pytest.raises(ConfigError, match=r"rcs_layers \(10, 11\) need at least 13 blocks; this model has 12"):
+        make_segmenter("resclip", None, rcs_layers=(10, 11))
+    seg = make_segmenter("sclip", None, short_side=64)
+    with pytest.raises(ConfigError, match="slide_crop=15"):
+        seg.with_options(slide_crop=15)
+    assert seg.with_options(slide_crop=16, slide_stride=8).config.slide_crop == 16
 
 
 def test_refine_arguments_need_a_sam2_model():

@@ -45,8 +45,9 @@ class DenseEncoder:
         self.heads = self.blocks[0].attn.num_heads
         att, cal = cfg.attention, cfg.calibration
         if att.rcs and max(att.rcs_layers) >= len(self.blocks) - 1:
-            raise ValueError(
-                f"RCS layers {att.rcs_layers} need at least {max(att.rcs_layers) + 2} blocks; this model has {len(self.blocks)}"
+            raise ConfigError(
+                f"rcs_layers {att.rcs_layers} need at least {max(att.rcs_layers) + 2} blocks; this model has "
+                f"{len(self.blocks)} (the RCS layers are 0-based trunk blocks, at most {len(self.blocks) - 2})"
             )
         if cal.mode == "excel" and cal.blocks > len(self.blocks):
             raise ConfigError(f"calibration_blocks={cal.blocks} exceeds this model's {len(self.blocks)} blocks")

@@ -23,6 +23,7 @@ from ..errors import ConfigError, InvalidTypeError, ManifestMismatchError
 from ..frontend import SegmenterFront
 from ..ops.base import EncoderSpec
 from ..ops.sfr import LinspaceTable
+from ..pipeline.windows import check_window_size
 from ..prompting import PromptConfig, build_text_embeddings
 from ..refine.config import RefineConfig
 from ..text import TextEmbeddingCache
@@ -180,6 +181,7 @@ class EngineSegmenter(SegmenterFront):
         return self._sessions[name]
 
     def _backend(self, cfg) -> OrtBackend:
+        check_window_size(cfg.schedule.slide_crop, int(self.manifest.clip["patch"]))
         sessions = {n: self._session(n) for n in self.manifest.graphs if n.startswith(("clip_dense", "dino_"))}
         table = LinspaceTable(self._consts["sfr_linspace"], self._consts["sfr_linspace_offsets"])
         clip = self.manifest.clip

@@ -7,6 +7,17 @@ one window of its own size). ClearCLIP pads each window to a patch multiple inst
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
+
+def check_window_size(crop: int, patch: int) -> None:
+    """ConfigError when sliding windows (``crop`` > 0) are smaller than one patch of the model."""
+    if 0 < crop < patch:
+        raise ConfigError(
+            f"slide_crop={crop} is smaller than this model's {patch}x{patch} patch: use at least {patch} "
+            "(or 0 for one pass over the whole image)"
+        )
+
 
 def window_grid(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Sliding windows (y1, y2, x1, x2) over an h x w image, in upstream order (rows, then columns)."""

@@ -7,7 +7,7 @@ import pytest
 
 from clipsam.config import dense_config
 from clipsam.engine import EngineSegmenter
-from clipsam.errors import EngineLimitError
+from clipsam.errors import ConfigError, EngineLimitError
 from clipsam.postprocess import postprocess
 from clipsam.refine import RefineConfig
 from clipsam.result import SegmentationResult
@@ -170,6 +170,8 @@ def test_result_api_and_info(engine_dir, chelsea_small, tmp_path):
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(stream, batch))
     small = eng.with_options(short_side=32)
     assert small.config.short_side == 32 and eng.config.short_side == 64 and small.text_cache is eng.text_cache
+    with pytest.raises(ConfigError, match="slide_crop=8 is smaller than this model's 16x16 patch"):
+        eng.with_options(slide_crop=8, slide_stride=4)
 
 
 def test_io_binding_path_gives_the_same_logits(engine_dir, chelsea_small):
