@@ -8,8 +8,9 @@
 The exponential itself stays numpy's (``np.exp``), whose float32 implementation depends on the CPU's vector
 extensions: a compiled exp could round some values differently. Every other step is the reference's float32
 arithmetic in its order (the sum over the queries is sequential, query 0 first, as numpy reduces a leading axis;
-no ``fastmath``), so the results equal ``postprocess.query_probs`` and ``first_pass.pixel_labels``'s reference bit
-for bit for finite inputs. Arrays are (Q, R, W) float32, C-contiguous (whole arrays and a row offset are passed, not row
+no ``fastmath``), so the results equal ``postprocess.query_probs`` and the numpy argmax and threshold bit for bit.
+Where a NaN reaches a decision (numpy's argmax returns the first NaN), the decision kernels write label -1 and the
+callers (``clipsam.ops.softmax``) take those rows through numpy. Arrays are (Q, R, W) float32, C-contiguous (whole arrays and a row offset are passed, not row
 slices, which numba would compile for any strides and not vectorise); each call handles ``n`` rows, so
 ``threads.parallel_blocks`` runs row blocks on the host threads. Imported only when a kernel runs.
 """
@@ -109,8 +110,8 @@ def decide_rows(e, ei, thd, out, oi, n):  # pragma: no cover - compiled; tested 
             for j in range(w):
                 if lab[j] < 0 and er[j] >= lim[j] and er[j] / acc[j] == best[j]:
                     lab[j] = c
-        for j in range(w):
-            out[oi + k, j] = 0 if best[j] < thd else lab[j]
+        for j in range(w):  # a NaN sum (a NaN among the queries): -1, left to the caller
+            out[oi + k, j] = -1 if acc[j] != acc[j] else (0 if best[j] < thd else lab[j])
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
@@ -135,6 +136,10 @@ def class_decision_rows(p, thd, labels, scores, i0, n):  # pragma: no cover - co
                 if lab[j] < 0 and pr[j] == top[j]:
                     lab[j] = c
         for j in range(w):
+            if acc[j] != acc[j]:  # a NaN among the classes: left to the caller (numpy's argmax takes the first NaN)
+                labels[i, j] = -1
+                scores[i, j] = np.nan
+                continue
             k = 0 if top[j] < thd else lab[j]
             labels[i, j] = k
             scores[i, j] = p[k, i, j] / acc[j]

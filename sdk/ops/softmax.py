@@ -91,7 +91,31 @@ def softmax_labels(x: np.ndarray, scale: float, thd: float, rows: int | None = N
             decide_rows(tmp, 0, t, out, r0, r1 - r0)
 
     parallel_blocks(run, -(-n // step))
+    _redo_nan_rows(out, lambda rows: _labels_ref(src[:, rows], s, t))
     return out
+
+
+def _labels_ref(x: np.ndarray, scale: np.float32, thd: np.float32) -> np.ndarray:
+    """``softmax_labels`` in numpy (the reference), for (Q, R, W) logits."""
+    from ..postprocess import query_probs
+
+    p = query_probs(x, float(scale))
+    out = p.argmax(axis=0)
+    out[p.max(axis=0) < thd] = 0
+    return out
+
+
+def _redo_nan_rows(labels: np.ndarray, ref, scores: np.ndarray | None = None) -> None:
+    """Rows where a kernel left label -1 (a NaN reached the decision) recomputed by ``ref(rows)``, which returns
+    labels (or labels and scores) for those rows: numpy's NaN semantics, the reference's numbers."""
+    rows = np.flatnonzero((labels < 0).any(axis=1))
+    if len(rows) == 0:
+        return
+    got = ref(rows)
+    if scores is None:
+        labels[rows] = got
+    else:
+        labels[rows], scores[rows] = got
 
 
 def class_decision(probs: np.ndarray, thd: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,4 +141,12 @@ def class_decision(probs: np.ndarray, thd: float) -> tuple[np.ndarray, np.ndarra
         lambda b0, b1: class_decision_rows(src, t, labels, scores, b0 * step, min(r, b1 * step) - b0 * step),
         -(-r // step),
     )
+    _redo_nan_rows(labels, lambda rows: _decision_ref(src[:, rows], thd), scores)
+    return labels, scores
+
+
+def _decision_ref(probs: np.ndarray, thd: float) -> tuple[np.ndarray, np.ndarray]:
+    from ..postprocess import decide
+
+    labels, scores, _ = decide(probs, thd, with_probs=False)
     return labels, scores

@@ -381,6 +381,13 @@ def test_rfclip_config_errors(tiny_clip):
         dense_config("rfclip", "voc21", rcs=True)
     with pytest.raises(ConfigError, match="rf_global_source"):
         dense_config("rfclip", "voc21", rf_global_source="whole")
+    # a cut at 1 or above zeroed every similarity (a patch's own too) and the labels came out as -1
+    for beta in (1.0, 5.0, -1.5):
+        with pytest.raises(ConfigError, match=r"rf_enhance_beta is a cosine-similarity cut and must be in \[-1, 1\)"):
+            dense_config("rfclip", "voc21", rf_enhance_beta=beta)
+    with pytest.raises(ConfigError, match="rf_sink_sigma must be > 0"):
+        dense_config("rfclip", "voc21", rf_sink_sigma=0.0)
+    assert dense_config("rfclip", "voc21", rf_enhance_beta=-1.0).rfclip.rf_enhance_beta == -1.0
 
 
 @pytest.mark.slow

@@ -88,3 +88,26 @@ def test_class_decision_equals_decide(c, h, w):
         assert labels.dtype == np.int32 and scores.dtype == np.float32
     if c >= 5:
         assert len(np.unique(decide(probs, float(np.median(pmax)))[0])) > 2
+
+
+def test_nan_and_inf_take_numpys_decisions():
+    """A NaN or an infinity among a pixel's logits or probabilities: numpy's argmax takes the first NaN; the compiled
+    kernels hand those rows to numpy, so labels and scores are still the reference's (and never -1)."""
+    from clipsam.ops.softmax import class_decision
+    from clipsam.postprocess import decide
+
+    x = _logits(6, 5, 7, 11)
+    x[2, 1, 3] = np.nan
+    x[4, 3, 0] = np.inf
+    x[0, 4, 6] = -np.inf
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(query_softmax(x, 40.0), query_probs(x, 40.0))
+        labels = softmax_labels(x, 40.0, 0.2)
+        np.testing.assert_array_equal(labels, _labels_ref(x, 40.0, 0.2))
+        probs = query_probs(_logits(6, 5, 7, 12), 40.0)
+        probs[3, 2, 2] = np.nan
+        got = class_decision(probs, 0.2)
+        want = decide(probs, 0.2, with_probs=False)
+    assert labels.min() >= 0 and got[0].min() >= 0
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
