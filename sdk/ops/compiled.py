@@ -1,6 +1,7 @@
 """Compiled CPU kernels (numba) of the hot host operations, each equal bit for bit to its numpy reference.
 
     pamr_channels      all PAMR iterations for a block of channels      reference: ``pamr.pamr_ref``
+    pamr_affinity_rows PAMR's neighbour logits from the image           reference: ``pamr._affinity_ref``
     bilinear_rows      bilinear resize, torch's CPU arithmetic order    reference: ``resize.resize_bilinear_ref``
     bilinear_add_rows  the same resize added into a block of an array   reference: ``dst += resize_bilinear_ref``
     path_valid_rows    SFR's straight-path check between patches        reference: ``sfr.path_valid_ref``
@@ -170,6 +171,55 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
         src, dst = dst, src
     for c in range(nc):
         m[c0 + c] = src[c, :, pad : pad + w]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+def pamr_affinity_rows(image, offs, out, r0, r1):  # pragma: no cover - compiled; tested against the reference
+    """PAMR's neighbour logits for rows [r0, r1): out[p, y, x] = mean over the K channels of
+    -|I(y, x) - I(neighbour p)| / (1e-8 + 0.1 * sigma), sigma the unbiased std of the channel's 9 samples per
+    dilation (the four neighbours before the centre, the centre, the other four; neighbours clamped to the image),
+    every sum sequential in the reference's order (``pamr._affinity_ref``, before its softmax).
+
+    Arguments:
+        image: (K, H, W) float32; offs: (P, 2) int64 (row, column) offsets, eight per dilation in
+            ``NEIGHBOUR_OFFSETS`` order; out: (P, H, W) float32.
+    """
+    k_n, h, w = image.shape
+    npt = offs.shape[0]
+    ns = npt + npt // 8  # samples: each dilation's eight neighbours and the centre
+    vals = np.empty((k_n, ns), np.float32)
+    nb = np.empty((k_n, npt), np.float32)
+    denom = np.empty(k_n, np.float32)
+    for y in range(r0, r1):
+        for x in range(w):
+            for k in range(k_n):
+                c = image[k, y, x]
+                for p in range(npt):
+                    yy = min(max(y + offs[p, 0], 0), h - 1)
+                    xx = min(max(x + offs[p, 1], 0), w - 1)
+                    nb[k, p] = image[k, yy, xx]
+                for g in range(npt // 8):  # per dilation: neighbours 0-3, the centre, neighbours 4-7
+                    for t in range(4):
+                        vals[k, 9 * g + t] = nb[k, 8 * g + t]
+                    vals[k, 9 * g + 4] = c
+                    for t in range(4, 8):
+                        vals[k, 9 * g + t + 1] = nb[k, 8 * g + t]
+                total = vals[k, 0]
+                for i in range(1, ns):
+                    total = total + vals[k, i]
+                mean = total / np.float32(ns)
+                d0 = vals[k, 0] - mean
+                sq = d0 * d0
+                for i in range(1, ns):
+                    di = vals[k, i] - mean
+                    sq = sq + di * di
+                std = np.sqrt(sq / np.float32(ns - 1))
+                denom[k] = np.float32(1e-8) + np.float32(0.1) * std
+            for p in range(npt):
+                acc = -abs(image[0, y, x] - nb[0, p]) / denom[0]
+                for k in range(1, k_n):
+                    acc = acc + -abs(image[k, y, x] - nb[k, p]) / denom[k]
+                out[p, y, x] = acc / np.float32(k_n)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)

@@ -53,7 +53,20 @@ def _shifted(padded: np.ndarray, d: int, h: int, w: int):
 
 
 def _affinity(image: np.ndarray, dilations) -> np.ndarray:
-    """(K, H, W) image -> (8*len(dilations), H, W) neighbour weights summing to 1 over axis 0."""
+    """``_affinity_ref`` with the neighbour logits in a compiled kernel (rows on the host threads) and the softmax
+    over the neighbours in ``softmax.query_softmax`` (numpy's exp): the same numbers bit for bit."""
+    from .compiled import pamr_affinity_rows
+    from .softmax import query_softmax
+
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+    out = np.empty((len(offs),) + img.shape[-2:], np.float32)
+    parallel_blocks(lambda r0, r1: pamr_affinity_rows(img, offs, out, r0, r1), img.shape[-2])
+    return query_softmax(out, 1.0, out=out)  # x * 1 is x: softmax(x) over the neighbours
+
+
+def _affinity_ref(image: np.ndarray, dilations) -> np.ndarray:
+    """(K, H, W) image -> (8*len(dilations), H, W) neighbour weights summing to 1 over axis 0 (numpy reference)."""
     h, w = image.shape[-2:]
     samples: list[np.ndarray] = []
     diffs: list[np.ndarray] = []
@@ -128,7 +141,7 @@ def pamr_in_place(image: np.ndarray, mask: np.ndarray, num_iter: int, dilations=
     return _iterate_in_place(_affinity(np.asarray(image, np.float32), dilations), mask, num_iter, dilations)
 
 
-def _pamr(image, logits, num_iter: int, dilations, iterate) -> np.ndarray:
+def _pamr(image, logits, num_iter: int, dilations, iterate, affinity=_affinity) -> np.ndarray:
     if num_iter <= 0:
         return logits
     image = np.asarray(image, dtype=np.float32)
@@ -136,7 +149,7 @@ def _pamr(image, logits, num_iter: int, dilations, iterate) -> np.ndarray:
         logits = resize_bilinear(logits, image.shape[-2:], align_corners=True)
     mask = np.asarray(logits, dtype=np.float32)
     dilations = tuple(dilations)
-    return np.stack([iterate(_affinity(image[b], dilations), mask[b], num_iter, dilations) for b in range(len(mask))])
+    return np.stack([iterate(affinity(image[b], dilations), mask[b], num_iter, dilations) for b in range(len(mask))])
 
 
 def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
@@ -154,4 +167,4 @@ def pamr(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8
 
 def pamr_ref(image: np.ndarray, logits: np.ndarray, num_iter: int = 10, dilations=(8, 16)) -> np.ndarray:
     """``pamr`` in plain numpy: the reference the compiled kernel is tested against."""
-    return _pamr(image, logits, num_iter, dilations, _iterate_ref)
+    return _pamr(image, logits, num_iter, dilations, _iterate_ref, _affinity_ref)
