@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -65,10 +66,12 @@ class PromptConfig:
                 )
         if self.enrichment not in ENRICHMENTS:
             raise ConfigError(f"enrichment must be one of {ENRICHMENTS}, got {self.enrichment!r}")
-        if self.tse_clusters is not None and (not isinstance(self.tse_clusters, int) or self.tse_clusters < 1):
-            raise ConfigError(f"tse_clusters must be a positive integer or None, got {self.tse_clusters!r}")
-        if not 0.0 <= self.tse_drop < 1.0:
-            raise ConfigError(f"tse_drop must be in [0, 1), got {self.tse_drop}")
+        k = self.tse_clusters
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+            raise ConfigError(f"tse_clusters must be a positive integer or None, got {k!r}")
+        drop = self.tse_drop
+        if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0.0 <= drop < 1.0:
+            raise ConfigError(f"tse_drop must be a number in [0, 1), got {drop!r}")
 
     @property
     def is_default(self) -> bool:

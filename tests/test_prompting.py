@@ -103,8 +103,13 @@ def test_config_errors():
         PromptConfig(context_prompts="missing.json").resolve()
     with pytest.raises(ConfigError, match="enrichment"):
         PromptConfig(enrichment="max")
-    with pytest.raises(ConfigError, match="tse_drop"):
-        PromptConfig(tse_drop=1.0)
+    for drop in (1.0, float("nan"), "0.1", True):  # a string or a bool was a TypeError from the comparison
+        with pytest.raises(ConfigError, match="tse_drop must be a number in"):
+            PromptConfig(tse_drop=drop)
+    for k in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="tse_clusters must be a positive integer"):
+            PromptConfig(tse_clusters=k)
+    assert PromptConfig(tse_clusters=3, tse_drop=0).tse_clusters == 3
     with pytest.raises(InvalidTypeError):
         PromptConfig(context_prompts=3)
     with pytest.raises(ConfigError, match="replacement of 'a'"):
