@@ -34,6 +34,11 @@ _BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
 _CHANNELS_PER_BLOCK = 2  # compiled kernel: one channel pair per block (measured best of 2, 4, 8 on 2 threads)
 
 
+def _offsets(dilations) -> np.ndarray:
+    """(8 * len(dilations), 2) int64 (row, column) offsets of the neighbours, in the order of the weights."""
+    return np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+
+
 def _pad_edge(x: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
     """Replicate-pad the last two axes by d (what F.pad(mode="replicate") does), into ``out`` when given."""
     h, w = x.shape[-2:]
@@ -59,7 +64,7 @@ def _affinity(image: np.ndarray, dilations) -> np.ndarray:
     from .softmax import query_softmax
 
     img = np.ascontiguousarray(image, dtype=np.float32)
-    offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+    offs = _offsets(dilations)
     out = np.empty((len(offs),) + img.shape[-2:], np.float32)
     parallel_blocks(lambda r0, r1: pamr_affinity_rows(img, offs, out, r0, r1), img.shape[-2])
     return query_softmax(out, 1.0, out=out)  # x * 1 is x: softmax(x) over the neighbours
@@ -107,7 +112,7 @@ def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) ->
     on the host threads."""
     from .compiled import pamr_channels
 
-    offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+    offs = _offsets(dilations)
     a = np.ascontiguousarray(a, dtype=np.float32)
 
     def run(c0: int, c1: int) -> None:
