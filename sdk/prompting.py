@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .config_kinds import is_kind
 from .enrich import default_clusters, ensemble, kmeans, l2_normalize, mean_enrich, tse_enrich
 from .errors import ConfigError, InvalidTypeError
 from .prompt_files import SHIPPED, load_map, load_sentences, load_templates, shipped_path
@@ -67,11 +67,10 @@ class PromptConfig:
         if self.enrichment not in ENRICHMENTS:
             raise ConfigError(f"enrichment must be one of {ENRICHMENTS}, got {self.enrichment!r}")
         k = self.tse_clusters
-        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+        if not is_kind(k, "int?") or k is not None and k < 1:
             raise ConfigError(f"tse_clusters must be a positive integer or None, got {k!r}")
-        drop = self.tse_drop
-        if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0.0 <= drop < 1.0:
-            raise ConfigError(f"tse_drop must be a number in [0, 1), got {drop!r}")
+        if not is_kind(self.tse_drop, "real") or not 0.0 <= self.tse_drop < 1.0:
+            raise ConfigError(f"tse_drop must be a number in [0, 1), got {self.tse_drop!r}")
 
     @property
     def is_default(self) -> bool:
