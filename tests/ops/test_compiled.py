@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipsam.ops import compiled
+from clipsam.ops import compiled_pamr
 from clipsam.ops.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_ref
 from clipsam.ops.resize import linspace_f32, resize_bilinear, resize_bilinear_ref
 from clipsam.ops.sfr import path_valid, path_valid_ref
@@ -25,14 +25,18 @@ def _naive_pamr_iterations(m: np.ndarray, a: np.ndarray, offs: np.ndarray, num_i
 
 @pytest.mark.parametrize("num_iter", [1, 2, 5])
 @pytest.mark.parametrize("npt", [5, 8, 16, 19])  # 5, 19: neighbours one at a time after the groups of eight
-def test_pamr_kernel_against_plain_loops(num_iter, npt):
-    rng = np.random.default_rng(npt + num_iter)
-    c, h, w = 11, 9, 23  # channels [3, 10): three pairs and an odd last channel
+@pytest.mark.parametrize("reach", [12, 20, 0])  # column padding of one cache line, of two, and none
+def test_pamr_kernel_against_plain_loops(num_iter, npt, reach):
+    rng = np.random.default_rng(npt + num_iter + reach)
+    c, h, w = 11, 9, 23  # channels [3, 10): three pairs and an odd last channel; rows of no whole line
     m = rng.standard_normal((c, h, w)).astype(np.float32)
     a = rng.random((npt, h, w)).astype(np.float32)
-    offs = rng.integers(-12, 13, (npt, 2)).astype(np.int64)  # offsets beyond the size: clamped reads
+    offs = rng.integers(-reach, reach + 1, (npt, 2)).astype(np.int64)  # offsets beyond the size: clamped reads
+    offs[0, 1] = -reach  # the reach itself occurs
+    if reach:
+        offs[:, 0] = rng.integers(-12, 13, npt)
     got = m.copy()
-    compiled.pamr_channels(got, a, offs, 3, 10, num_iter)  # channels [3, 10) only
+    compiled_pamr.pamr_channels(got, a, offs, 3, 10, num_iter)  # channels [3, 10) only
     ref = _naive_pamr_iterations(m[3:10], a, offs, num_iter)
     np.testing.assert_array_equal(got[3:10], ref)
     np.testing.assert_array_equal(got[:3], m[:3])
@@ -52,6 +56,20 @@ def test_pamr_equals_numpy_reference(channels, hw, dilations, iters):
     np.testing.assert_array_equal(got, pamr_ref(img, logits, iters, dilations))
     np.testing.assert_array_equal(logits, before)  # the input is not touched
     assert len(NEIGHBOUR_OFFSETS) == 8
+
+
+def test_pamr_buffers_start_on_cache_lines():
+    """The weights' and both planes' first elements sit on 64-byte lines, the planes 2 KiB apart modulo 4 KiB
+    (whatever the plane size), and weight rows of whole lines stay on lines."""
+    for shape in ((16, 224, 224), (16, 5, 23), (8, 1, 1)):
+        a = compiled_pamr.pamr_weights(*shape)
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    for nc, h, wp in ((2, 224, 256), (1, 9, 48), (3, 7, 32)):
+        src, dst = compiled_pamr._plane_pair(nc, h, wp)
+        assert src.shape == dst.shape == (nc, h, wp) and src.flags.c_contiguous and dst.flags.c_contiguous
+        assert src.ctypes.data % 64 == 0 and dst.ctypes.data % 64 == 0
+        assert (dst.ctypes.data - src.ctypes.data) % 4096 == 2048
+        assert dst.ctypes.data >= src.ctypes.data + src.nbytes  # no overlap
 
 
 @pytest.mark.parametrize(
