@@ -7,12 +7,14 @@ The conventions of ``compiled`` hold: ``nogil`` kernels over blocks of channels 
 products accumulated in the reference's order and never fused into multiply-adds, compiled once per machine into
 numba's cache.
 
-What makes the iterations fast (each measured in ``benchmarks/bench_vocabulary.py``): a row of both channels of a
-pair is finished before the next (the two channels share one load of the weights); every loop over a row is
-vectorised (unsigned indices, at most one output array per channel so that LLVM's alias checks pass); and every
-row the loops read or write starts on a 64-byte line, the source and output planes 2 KiB apart modulo 4 KiB, so
-that no vector load splits across cache lines except the half-line shifts of the neighbours themselves, and no load
-waits on an unrelated store.
+What makes the iterations fast (measured in ``benchmarks/RESULTS.md``, "Fifth session"): a row of both channels of
+a pair is finished before the next (the two channels share one load of the weights); every loop over a row is
+vectorised (unsigned indices, at most one output array per channel so that LLVM's alias checks pass); with the
+default 16 neighbours one call sweeps all rows of a pair and writes each output row once (a call per row and per
+eight neighbours cost ~70 ns each); the weights are row-major, so an output row's 16 weight rows are one
+contiguous block; and every row the loops read or write starts on a 64-byte line, the source and output planes
+2 KiB apart modulo 4 KiB, so that no vector load splits across cache lines except the half-line shifts of the
+neighbours themselves, and no load waits on an unrelated store.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _eight_neighbours(from_zero: bool):
 
     @numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
     def madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, base):  # pragma: no cover - compiled
-        """o[base:][:w] = (0 or o) + a[g, y] * sc[rows[g], cols[g]:][:w], then + the same for g + 1 .. g + 7, each
+        """o[base:][:w] = (0 or o) + a[y, g] * sc[rows[g], cols[g]:][:w], then + the same for g + 1 .. g + 7, each
         sum in that order; q the same with sd: two channels share one load of the eight neighbour weights, and
         each output row is read and written once per eight neighbours. Every index is unsigned, so numba emits no
         negative-index wrap-around and LLVM vectorises the loop over the row (a signed ``k + i`` index would compile
@@ -51,21 +53,21 @@ def _eight_neighbours(from_zero: bool):
                 x, z = zero, zero
             else:
                 x, z = o[base + i], q[base + i]
-            b = a[g, y, i]
+            b = a[y, g, i]
             x, z = x + b * sc[r0, k0 + i], z + b * sd[r0, k0 + i]
-            b = a[g1, y, i]
+            b = a[y, g1, i]
             x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
-            b = a[g2, y, i]
+            b = a[y, g2, i]
             x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
-            b = a[g3, y, i]
+            b = a[y, g3, i]
             x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
-            b = a[g4, y, i]
+            b = a[y, g4, i]
             x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
-            b = a[g5, y, i]
+            b = a[y, g5, i]
             x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
-            b = a[g6, y, i]
+            b = a[y, g6, i]
             x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
-            b = a[g7, y, i]
+            b = a[y, g7, i]
             o[base + i], q[base + i] = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
 
     return madd8x2
@@ -77,11 +79,79 @@ _madd8x2 = _eight_neighbours(False)
 
 @numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
 def _madd1x2(o, q, a, y, p, sc, sd, r, k, w, base):  # pragma: no cover - compiled
-    """o[base:][:w] += a[p, y] * sc[r, k:][:w] and the same for q with sd (``_madd8x2``'s conventions)."""
+    """o[base:][:w] += a[y, p] * sc[r, k:][:w] and the same for q with sd (``_madd8x2``'s conventions)."""
     y, p, r, k, base = _U(y), _U(p), _U(r), _U(k), _U(base)
     for i in range(_U(w)):
-        b = a[p, y, i]
+        b = a[y, p, i]
         o[base + i], q[base + i] = o[base + i] + b * sc[r, k + i], q[base + i] + b * sd[r, k + i]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def _row_of(y, dy, h):  # pragma: no cover - compiled
+    """The source row of output row y for a row offset dy, clamped to the plane (replicate padding), unsigned."""
+    return _U(min(max(y + dy, 0), h - 1))
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
+def _sixteen_neighbours(dst, src, a, offs, c, d, w, pad):  # pragma: no cover - compiled
+    """One iteration for channels c and d (c != d), exactly 16 neighbours: every output row of both, each value
+    0 + a_0 * n_0 + a_1 * n_1 + ... + a_15 * n_15 in that order (the reference's), edges replicated after every
+    row. The loop over the rows runs here, and each row is read and written once, so a row costs no call and no
+    second pass (``_madd8x2`` per eight neighbours otherwise); conventions as ``_madd8x2``'s."""
+    h = src.shape[1]
+    sc, sd = src[c], src[d]
+    base = _U(pad)
+    zero = np.float32(0.0)
+    g0, g1, g2, g3, g4, g5, g6, g7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
+    g8, g9, g10, g11, g12, g13, g14, g15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
+    k0, k1, k2, k3 = _U(pad + offs[0, 1]), _U(pad + offs[1, 1]), _U(pad + offs[2, 1]), _U(pad + offs[3, 1])
+    k4, k5, k6, k7 = _U(pad + offs[4, 1]), _U(pad + offs[5, 1]), _U(pad + offs[6, 1]), _U(pad + offs[7, 1])
+    k8, k9, k10, k11 = _U(pad + offs[8, 1]), _U(pad + offs[9, 1]), _U(pad + offs[10, 1]), _U(pad + offs[11, 1])
+    k12, k13, k14 = _U(pad + offs[12, 1]), _U(pad + offs[13, 1]), _U(pad + offs[14, 1])
+    k15 = _U(pad + offs[15, 1])
+    for y in range(h):
+        o, q, yy = dst[c, y], dst[d, y], _U(y)
+        r0, r1, r2 = _row_of(y, offs[0, 0], h), _row_of(y, offs[1, 0], h), _row_of(y, offs[2, 0], h)
+        r3, r4, r5 = _row_of(y, offs[3, 0], h), _row_of(y, offs[4, 0], h), _row_of(y, offs[5, 0], h)
+        r6, r7, r8 = _row_of(y, offs[6, 0], h), _row_of(y, offs[7, 0], h), _row_of(y, offs[8, 0], h)
+        r9, r10, r11 = _row_of(y, offs[9, 0], h), _row_of(y, offs[10, 0], h), _row_of(y, offs[11, 0], h)
+        r12, r13, r14 = _row_of(y, offs[12, 0], h), _row_of(y, offs[13, 0], h), _row_of(y, offs[14, 0], h)
+        r15 = _row_of(y, offs[15, 0], h)
+        for i in range(_U(w)):
+            b = a[yy, g0, i]
+            x, z = zero + b * sc[r0, k0 + i], zero + b * sd[r0, k0 + i]
+            b = a[yy, g1, i]
+            x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
+            b = a[yy, g2, i]
+            x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
+            b = a[yy, g3, i]
+            x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
+            b = a[yy, g4, i]
+            x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
+            b = a[yy, g5, i]
+            x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
+            b = a[yy, g6, i]
+            x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
+            b = a[yy, g7, i]
+            x, z = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
+            b = a[yy, g8, i]
+            x, z = x + b * sc[r8, k8 + i], z + b * sd[r8, k8 + i]
+            b = a[yy, g9, i]
+            x, z = x + b * sc[r9, k9 + i], z + b * sd[r9, k9 + i]
+            b = a[yy, g10, i]
+            x, z = x + b * sc[r10, k10 + i], z + b * sd[r10, k10 + i]
+            b = a[yy, g11, i]
+            x, z = x + b * sc[r11, k11 + i], z + b * sd[r11, k11 + i]
+            b = a[yy, g12, i]
+            x, z = x + b * sc[r12, k12 + i], z + b * sd[r12, k12 + i]
+            b = a[yy, g13, i]
+            x, z = x + b * sc[r13, k13 + i], z + b * sd[r13, k13 + i]
+            b = a[yy, g14, i]
+            x, z = x + b * sc[r14, k14 + i], z + b * sd[r14, k14 + i]
+            b = a[yy, g15, i]
+            o[base + i], q[base + i] = x + b * sc[r15, k15 + i], z + b * sd[r15, k15 + i]
+        _pad_edges(o, pad, w)
+        _pad_edges(q, pad, w)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
@@ -121,14 +191,17 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     Each channel lives in a row-padded copy, so every neighbour row is one contiguous slice: ``pad`` columns on
     the left (the largest column offset, rounded up to whole 64-byte lines so that output rows start on one), the
     row width rounded up to whole lines (every row then starts on one too), edges replicated after every row.
-    An output row is computed for two channels at once, eight neighbours per memory pass (their weights loaded
-    once for both channels), accumulated in the neighbours' order from zero, as the reference's
-    ``out = 0; out += a_p * shifted_p``, straight into the padded output row. Rows are clamped (replicate padding).
+    Channels go in pairs (an odd last channel is paired with a copy of itself), the two sharing each load of the
+    weights; every value is accumulated in the neighbours' order from zero, as the reference's
+    ``out = 0; out += a_p * shifted_p``, straight into the padded output row. Rows are clamped (replicate
+    padding). With 16 neighbours (two dilations, the methods' default) ``_sixteen_neighbours`` sweeps all rows of
+    a pair in one call; otherwise each row of a pair takes eight neighbours per call, then single ones.
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
-        a: (P, H, W') float32 neighbour weights, W' >= W (columns past W unread; ``pamr_weights`` gives rows that
-            start on 64-byte lines); offs: (P, 2) int64 (row, column) offsets.
+        a: (H, P, W') float32 neighbour weights, row-major (the P rows of an output row are adjacent), W' >= W
+            (columns past W unread; ``pamr_weights`` gives rows on 64-byte lines); offs: (P, 2) int64 (row, column)
+            offsets.
         num_iter: iterations of M <- sum_p a_p * M shifted by offs_p.
     """
     h, w = m.shape[1], m.shape[2]
@@ -138,35 +211,35 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
         reach = max(reach, abs(offs[p, 1]))
     pad = _round_up(reach, _LANES)
     nc = c1 - c0
-    src, dst = _plane_pair(nc, h, _round_up(pad + w + reach, _LANES))
-    for c in range(nc):
+    src, dst = _plane_pair(nc + nc % 2, h, _round_up(pad + w + reach, _LANES))
+    for c in range(nc + nc % 2):
         for y in range(h):
-            _pad_row(src[c, y], m[c0 + c, y], pad, w)
-    spare = np.empty(src.shape[2], np.float32)  # the second output row of an odd last channel
+            _pad_row(src[c, y], m[c0 + min(c, nc - 1), y], pad, w)
     rows = np.empty(npt, np.int64)
     cols = np.empty(npt, np.int64)
     for _ in range(num_iter):
-        for y in range(h):
-            for p in range(npt):
-                rows[p] = min(max(y + offs[p, 0], 0), h - 1)
-                cols[p] = pad + offs[p, 1]
+        if npt == 16:
             for c in range(0, nc, 2):
-                d = min(c + 1, nc - 1)  # an odd last channel is computed twice (same numbers), written once
-                sc, sd = src[c], src[d]
-                o = dst[c, y]
-                q = dst[d, y] if d != c else spare
-                if npt < 8:
-                    o[:] = 0.0
-                    q[:] = 0.0
-                for g in range(0, npt - npt % 8, 8):
-                    if g == 0:
-                        _mset8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
-                    else:
-                        _madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
-                for p in range(npt - npt % 8, npt):  # a tail of fewer than eight neighbours, one at a time
-                    _madd1x2(o, q, a, y, p, sc, sd, rows[p], cols[p], w, pad)
-                _pad_edges(o, pad, w)
-                _pad_edges(q, pad, w)
+                _sixteen_neighbours(dst, src, a, offs, c, c + 1, w, pad)
+        else:
+            for y in range(h):
+                for p in range(npt):
+                    rows[p] = min(max(y + offs[p, 0], 0), h - 1)
+                    cols[p] = pad + offs[p, 1]
+                for c in range(0, nc, 2):
+                    sc, sd, o, q = src[c], src[c + 1], dst[c, y], dst[c + 1, y]
+                    if npt < 8:
+                        o[:] = 0.0
+                        q[:] = 0.0
+                    for g in range(0, npt - npt % 8, 8):
+                        if g == 0:
+                            _mset8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
+                        else:
+                            _madd8x2(o, q, a, y, g, sc, sd, rows, cols, w, pad)
+                    for p in range(npt - npt % 8, npt):  # a tail of fewer than eight neighbours, one at a time
+                        _madd1x2(o, q, a, y, p, sc, sd, rows[p], cols[p], w, pad)
+                    _pad_edges(o, pad, w)
+                    _pad_edges(q, pad, w)
         src, dst = dst, src
     for c in range(nc):
         m[c0 + c] = src[c, :, pad : pad + w]
@@ -221,10 +294,16 @@ def pamr_affinity_rows(image, offs, out, r0, r1):  # pragma: no cover - compiled
                 out[p, y, x] = acc / np.float32(k_n)
 
 
-def pamr_weights(npt: int, h: int, w: int) -> np.ndarray:
-    """An empty (npt, h, w) float32 array for PAMR's neighbour weights whose rows all start on 64-byte lines
-    where w allows (w a multiple of 16), which is what ``pamr_channels`` loads fastest."""
-    n = npt * h * w
+def pamr_weights(a: np.ndarray) -> np.ndarray:
+    """(P, H, W) neighbour weights -> the same values as ``pamr_channels`` reads them fastest: (H, P, W')
+    row-major (an output row's P weight rows adjacent), W' = W rounded up to whole 64-byte lines, the first on one
+    (so every row starts on one); columns past W are zero."""
+    npt, h, w = a.shape
+    wl = -(-w // _LANES) * _LANES
+    n = h * npt * wl
     buf = np.empty(n + _LANES, np.float32)
     s = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES
-    return buf[s : s + n].reshape(npt, h, w)
+    out = buf[s : s + n].reshape(h, npt, wl)
+    out[:, :, w:] = 0.0
+    out[:, :, :w] = a.transpose(1, 0, 2)
+    return out

@@ -11,7 +11,7 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
 host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
 finishing one output row of both channels (eight neighbours per memory pass, their weights loaded once for the
 two) before the next, so the working set stays in cache and the cost grows with channels x pixels x neighbours
-only; the weights are allocated with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every
+only; the weights are laid out row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every
 product is accumulated in the reference's order without fused multiply-adds, so the result equals ``pamr_ref``
 bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy
 per dilation and iteration, accumulated in place a few channels at a time.
@@ -60,12 +60,12 @@ def _shifted(padded: np.ndarray, d: int, h: int, w: int):
 def _affinity(image: np.ndarray, dilations) -> np.ndarray:
     """``_affinity_ref`` with the neighbour logits in a compiled kernel (rows on the host threads) and the softmax
     over the neighbours in ``softmax.query_softmax`` (numpy's exp): the same numbers bit for bit."""
-    from .compiled_pamr import pamr_affinity_rows, pamr_weights
+    from .compiled_pamr import pamr_affinity_rows
     from .softmax import query_softmax
 
     img = np.ascontiguousarray(image, dtype=np.float32)
     offs = _offsets(dilations)
-    out = pamr_weights(len(offs), *img.shape[-2:])
+    out = np.empty((len(offs),) + img.shape[-2:], np.float32)
     parallel_blocks(lambda r0, r1: pamr_affinity_rows(img, offs, out, r0, r1), img.shape[-2])
     return query_softmax(out, 1.0, out=out)  # x * 1 is x: softmax(x) over the neighbours
 
@@ -110,10 +110,10 @@ def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> n
 def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) -> np.ndarray:
     """``_iterate_ref`` in the compiled kernel on ``m`` itself ((C, H, W) C-contiguous float32), blocks of channels
     on the host threads."""
-    from .compiled_pamr import pamr_channels
+    from .compiled_pamr import pamr_channels, pamr_weights
 
     offs = _offsets(dilations)
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = pamr_weights(np.asarray(a, dtype=np.float32))
 
     def run(c0: int, c1: int) -> None:
         for b in range(c0, c1, _CHANNELS_PER_BLOCK):

@@ -24,7 +24,9 @@ def _naive_pamr_iterations(m: np.ndarray, a: np.ndarray, offs: np.ndarray, num_i
 
 
 @pytest.mark.parametrize("num_iter", [1, 2, 5])
-@pytest.mark.parametrize("npt", [5, 8, 16, 19])  # 5, 19: neighbours one at a time after the groups of eight
+@pytest.mark.parametrize(
+    "npt", [5, 8, 16, 19, 24]
+)  # 16: one sweep per pair; 5, 19: single neighbours after groups of 8
 @pytest.mark.parametrize("reach", [12, 20, 0])  # column padding of one cache line, of two, and none
 def test_pamr_kernel_against_plain_loops(num_iter, npt, reach):
     rng = np.random.default_rng(npt + num_iter + reach)
@@ -36,7 +38,7 @@ def test_pamr_kernel_against_plain_loops(num_iter, npt, reach):
     if reach:
         offs[:, 0] = rng.integers(-12, 13, npt)
     got = m.copy()
-    compiled_pamr.pamr_channels(got, a, offs, 3, 10, num_iter)  # channels [3, 10) only
+    compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, num_iter)  # channels [3, 10) only
     ref = _naive_pamr_iterations(m[3:10], a, offs, num_iter)
     np.testing.assert_array_equal(got[3:10], ref)
     np.testing.assert_array_equal(got[:3], m[:3])
@@ -59,11 +61,16 @@ def test_pamr_equals_numpy_reference(channels, hw, dilations, iters):
 
 
 def test_pamr_buffers_start_on_cache_lines():
-    """The weights' and both planes' first elements sit on 64-byte lines, the planes 2 KiB apart modulo 4 KiB
-    (whatever the plane size), and weight rows of whole lines stay on lines."""
-    for shape in ((16, 224, 224), (16, 5, 23), (8, 1, 1)):
-        a = compiled_pamr.pamr_weights(*shape)
-        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    """The weights (row-major, rows of whole lines) and both planes start on 64-byte lines, the planes 2 KiB apart
+    modulo 4 KiB (whatever the plane size)."""
+    rng = np.random.default_rng(0)
+    for (npt, h, w), wl in (((16, 224, 224), 224), ((16, 5, 23), 32), ((8, 1, 1), 16)):
+        a = rng.random((npt, h, w)).astype(np.float32)
+        got = compiled_pamr.pamr_weights(a)
+        assert got.shape == (h, npt, wl) and got.dtype == np.float32 and got.flags.c_contiguous
+        assert got.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(got[:, :, :w], a.transpose(1, 0, 2))
+        assert not got[:, :, w:].any()
     for nc, h, wp in ((2, 224, 256), (1, 9, 48), (3, 7, 32)):
         src, dst = compiled_pamr._plane_pair(nc, h, wp)
         assert src.shape == dst.shape == (nc, h, wp) and src.flags.c_contiguous and dst.flags.c_contiguous
