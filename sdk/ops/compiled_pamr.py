@@ -93,13 +93,13 @@ def _row_of(y, dy, h):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
-def _sixteen_neighbours(dst, src, a, offs, c, d, w, pad):  # pragma: no cover - compiled
-    """One iteration for channels c and d (c != d), exactly 16 neighbours: every output row of both, each value
+def _sixteen_neighbours(dst, src, a, offs, w, pad):  # pragma: no cover - compiled
+    """One iteration of every channel pair (0, 1), (2, 3), ... of the planes, exactly 16 neighbours: each value
     0 + a_0 * n_0 + a_1 * n_1 + ... + a_15 * n_15 in that order (the reference's), edges replicated after every
-    row. The loop over the rows runs here, and each row is read and written once, so a row costs no call and no
+    row. The loop over the rows runs here, each output row of all the pairs in turn (the row's weights, one
+    contiguous block, stay in cache for them all), and each row is written once: a row costs no call and no
     second pass (``_madd8x2`` per eight neighbours otherwise); conventions as ``_madd8x2``'s."""
     h = src.shape[1]
-    sc, sd = src[c], src[d]
     base = _U(pad)
     zero = np.float32(0.0)
     g0, g1, g2, g3, g4, g5, g6, g7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
@@ -110,48 +110,50 @@ def _sixteen_neighbours(dst, src, a, offs, c, d, w, pad):  # pragma: no cover - 
     k12, k13, k14 = _U(pad + offs[12, 1]), _U(pad + offs[13, 1]), _U(pad + offs[14, 1])
     k15 = _U(pad + offs[15, 1])
     for y in range(h):
-        o, q, yy = dst[c, y], dst[d, y], _U(y)
+        yy = _U(y)
         r0, r1, r2 = _row_of(y, offs[0, 0], h), _row_of(y, offs[1, 0], h), _row_of(y, offs[2, 0], h)
         r3, r4, r5 = _row_of(y, offs[3, 0], h), _row_of(y, offs[4, 0], h), _row_of(y, offs[5, 0], h)
         r6, r7, r8 = _row_of(y, offs[6, 0], h), _row_of(y, offs[7, 0], h), _row_of(y, offs[8, 0], h)
         r9, r10, r11 = _row_of(y, offs[9, 0], h), _row_of(y, offs[10, 0], h), _row_of(y, offs[11, 0], h)
         r12, r13, r14 = _row_of(y, offs[12, 0], h), _row_of(y, offs[13, 0], h), _row_of(y, offs[14, 0], h)
         r15 = _row_of(y, offs[15, 0], h)
-        for i in range(_U(w)):
-            b = a[yy, g0, i]
-            x, z = zero + b * sc[r0, k0 + i], zero + b * sd[r0, k0 + i]
-            b = a[yy, g1, i]
-            x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
-            b = a[yy, g2, i]
-            x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
-            b = a[yy, g3, i]
-            x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
-            b = a[yy, g4, i]
-            x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
-            b = a[yy, g5, i]
-            x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
-            b = a[yy, g6, i]
-            x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
-            b = a[yy, g7, i]
-            x, z = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
-            b = a[yy, g8, i]
-            x, z = x + b * sc[r8, k8 + i], z + b * sd[r8, k8 + i]
-            b = a[yy, g9, i]
-            x, z = x + b * sc[r9, k9 + i], z + b * sd[r9, k9 + i]
-            b = a[yy, g10, i]
-            x, z = x + b * sc[r10, k10 + i], z + b * sd[r10, k10 + i]
-            b = a[yy, g11, i]
-            x, z = x + b * sc[r11, k11 + i], z + b * sd[r11, k11 + i]
-            b = a[yy, g12, i]
-            x, z = x + b * sc[r12, k12 + i], z + b * sd[r12, k12 + i]
-            b = a[yy, g13, i]
-            x, z = x + b * sc[r13, k13 + i], z + b * sd[r13, k13 + i]
-            b = a[yy, g14, i]
-            x, z = x + b * sc[r14, k14 + i], z + b * sd[r14, k14 + i]
-            b = a[yy, g15, i]
-            o[base + i], q[base + i] = x + b * sc[r15, k15 + i], z + b * sd[r15, k15 + i]
-        _pad_edges(o, pad, w)
-        _pad_edges(q, pad, w)
+        for c in range(0, src.shape[0], 2):
+            sc, sd, o, q = src[c], src[c + 1], dst[c, y], dst[c + 1, y]
+            for i in range(_U(w)):
+                b = a[yy, g0, i]
+                x, z = zero + b * sc[r0, k0 + i], zero + b * sd[r0, k0 + i]
+                b = a[yy, g1, i]
+                x, z = x + b * sc[r1, k1 + i], z + b * sd[r1, k1 + i]
+                b = a[yy, g2, i]
+                x, z = x + b * sc[r2, k2 + i], z + b * sd[r2, k2 + i]
+                b = a[yy, g3, i]
+                x, z = x + b * sc[r3, k3 + i], z + b * sd[r3, k3 + i]
+                b = a[yy, g4, i]
+                x, z = x + b * sc[r4, k4 + i], z + b * sd[r4, k4 + i]
+                b = a[yy, g5, i]
+                x, z = x + b * sc[r5, k5 + i], z + b * sd[r5, k5 + i]
+                b = a[yy, g6, i]
+                x, z = x + b * sc[r6, k6 + i], z + b * sd[r6, k6 + i]
+                b = a[yy, g7, i]
+                x, z = x + b * sc[r7, k7 + i], z + b * sd[r7, k7 + i]
+                b = a[yy, g8, i]
+                x, z = x + b * sc[r8, k8 + i], z + b * sd[r8, k8 + i]
+                b = a[yy, g9, i]
+                x, z = x + b * sc[r9, k9 + i], z + b * sd[r9, k9 + i]
+                b = a[yy, g10, i]
+                x, z = x + b * sc[r10, k10 + i], z + b * sd[r10, k10 + i]
+                b = a[yy, g11, i]
+                x, z = x + b * sc[r11, k11 + i], z + b * sd[r11, k11 + i]
+                b = a[yy, g12, i]
+                x, z = x + b * sc[r12, k12 + i], z + b * sd[r12, k12 + i]
+                b = a[yy, g13, i]
+                x, z = x + b * sc[r13, k13 + i], z + b * sd[r13, k13 + i]
+                b = a[yy, g14, i]
+                x, z = x + b * sc[r14, k14 + i], z + b * sd[r14, k14 + i]
+                b = a[yy, g15, i]
+                o[base + i], q[base + i] = x + b * sc[r15, k15 + i], z + b * sd[r15, k15 + i]
+            _pad_edges(o, pad, w)
+            _pad_edges(q, pad, w)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
@@ -195,7 +197,7 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     weights; every value is accumulated in the neighbours' order from zero, as the reference's
     ``out = 0; out += a_p * shifted_p``, straight into the padded output row. Rows are clamped (replicate
     padding). With 16 neighbours (two dilations, the methods' default) ``_sixteen_neighbours`` sweeps all rows of
-    a pair in one call; otherwise each row of a pair takes eight neighbours per call, then single ones.
+    all pairs in one call; otherwise each row of a pair takes eight neighbours per call, then single ones.
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
@@ -219,8 +221,7 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
     cols = np.empty(npt, np.int64)
     for _ in range(num_iter):
         if npt == 16:
-            for c in range(0, nc, 2):
-                _sixteen_neighbours(dst, src, a, offs, c, c + 1, w, pad)
+            _sixteen_neighbours(dst, src, a, offs, w, pad)
         else:
             for y in range(h):
                 for p in range(npt):

@@ -7,12 +7,11 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
     a      = softmax over the 8 * len(dilations) neighbours
     repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
 
-``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of two channels go to the
-host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
-finishing one output row of both channels (eight neighbours per memory pass, their weights loaded once for the
-two) before the next, so the working set stays in cache and the cost grows with channels x pixels x neighbours
-only; the weights are laid out row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every
-product is accumulated in the reference's order without fused multiply-adds, so the result equals ``pamr_ref``
+``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of four channels go to
+the host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
+finishing one output row of its channels (two at a time, sharing each load of the weights) before the next, so the
+working set stays in cache and the cost grows with channels x pixels x neighbours only; the weights are laid out
+row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every product is accumulated in the reference's order without fused multiply-adds, so the result equals ``pamr_ref``
 bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy
 per dilation and iteration, accumulated in place a few channels at a time.
 
@@ -31,7 +30,7 @@ NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0
 
 
 _BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
-_CHANNELS_PER_BLOCK = 2  # compiled kernel: one channel pair per block (measured best of 2, 4, 8 on 2 threads)
+_CHANNELS_PER_BLOCK = 4  # compiled kernel: two channel pairs per block (measured best of 2, 4, 8, 16)
 
 
 def _offsets(dilations) -> np.ndarray:
