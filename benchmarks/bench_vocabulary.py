@@ -8,7 +8,8 @@ and 500 single-name classes, for SCLIP and ResCLIP, side by side in one run: in 
 with the PyTorch backend's host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in
 PyTorch (``cpu_ops="torch"``, the reference, i.e. before the compiled kernels), and in the sliding layout of the
 ade20k-style presets (224 x 224 windows, stride 112: six windows) with the compiled kernels. Text embeddings are computed before the
-timed calls (one template). FLOPs are ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR);
+timed calls (one template). ``test_resclip_over_sclip`` calls the two methods alternately at the largest vocabulary
+for a ratio that the box's drifts between separate tests do not skew. FLOPs are ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR);
 the matmul peak is measured in the same run; ``minor_faults_per_image`` counts the fresh pages each call touched
 (what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
 kernels are not used).
@@ -129,3 +130,52 @@ def test_vocabulary(benchmark, device_info, cpu_peak, sample_photo, method, cpu_
         info.update(median_ms=stats.median * 1e3, images_per_s=1.0 / stats.median, gflops_per_s=rate)
         info.update(pct_peak=100.0 * rate / cpu_peak)
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("layout", ["whole", "sliding"])
+def test_resclip_over_sclip(benchmark, device_info, sample_photo, layout):
+    """ResCLIP's cost over SCLIP's at the largest vocabulary, the two called alternately in every round (ResCLIP,
+    then SCLIP, on the same image, layout and classes) so that the box's drifts hit both: the ratio of their
+    median times, and each round's ratio. One round times one call of each."""
+    from clipsam.segmenter import Segmenter
+
+    queries = SIZES[-1]
+    kw: dict = {"templates": "single", "short_side": 32} if SMOKE else {"templates": "single"}
+    if layout == "whole":
+        kw.update(slide_crop=0)
+    else:
+        kw.update(slide_crop=SLIDE[0], slide_stride=SLIDE[1])
+    segs = {m: Segmenter(_clip(), dense_config(m, "voc21", **kw)) for m in ("resclip", "sclip")}
+    classes, rgb = _names(queries), sample_photo(HW)
+    for seg in segs.values():
+        seg.segment(rgb, classes)  # text embeddings, kernel compilation or cache load
+    times: dict[str, list[float]] = {m: [] for m in segs}
+
+    def pair() -> None:
+        for m, seg in segs.items():
+            start = time.perf_counter()
+            seg.segment(rgb, classes)
+            times[m].append(time.perf_counter() - start)
+
+    rounds = int(os.environ.get("CLIPSAM_BENCH_ROUNDS", 0)) or (1 if SMOKE else 5)
+    benchmark.pedantic(pair, rounds=rounds, warmup_rounds=0, iterations=1)
+    res, scl = sorted(times["resclip"]), sorted(times["sclip"])
+    per_round = sorted(r / s for r, s in zip(times["resclip"], times["sclip"]))
+    ratio = res[len(res) // 2] / scl[len(scl) // 2]
+    assert len(per_round) == rounds and ratio > 0
+    benchmark.extra_info.update(
+        config=f"resclip then sclip alternating, q{queries} {layout} {HW[0]}x{HW[1]} (s per pair)",
+        layout=layout,
+        queries=queries,
+        device="cpu",
+        precision="fp32",
+        image_hw=list(HW),
+        resclip_median_s=res[len(res) // 2],
+        sclip_median_s=scl[len(scl) // 2],
+        resclip_over_sclip=ratio,
+        round_ratios=per_round,
+        smoke=SMOKE,
+        machine=machine_info(),
+        versions=versions(),
+        **device_info,
+    )

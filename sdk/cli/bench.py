@@ -81,6 +81,7 @@ def bench_table(data: dict) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += scaling_table(benches)
+    lines += ratio_lines(benches)
     first = benches[0].get("extra_info", {}) if benches else {}
     if first.get("machine"):
         m = first["machine"]
@@ -128,6 +129,22 @@ def scaling_table(benches: list[dict]) -> list[str]:
             cells = [f"{mib[q]:.0f}" if q in mib else "-" for q in sizes]
             out.append(f"| {method} | {layout} | {ops} | " + " | ".join(cells) + " |")
     return out
+
+
+def ratio_lines(benches: list[dict]) -> list[str]:
+    """Lines for the results that time ResCLIP and SCLIP alternately (``resclip_over_sclip`` in their extra info,
+    benchmarks/bench_vocabulary.py): each method's median and the ratio; none otherwise."""
+    out = []
+    for b in benches:
+        info = b.get("extra_info", {})
+        if "resclip_over_sclip" in info:
+            rr = info.get("round_ratios") or []
+            spread = f", rounds {min(rr):.2f}x-{max(rr):.2f}x" if rr else ""
+            out.append(
+                f"- {info.get('queries')} queries, {info.get('layout')}: ResCLIP {info['resclip_median_s']:.3f} s, "
+                f"SCLIP {info['sclip_median_s']:.3f} s: {info['resclip_over_sclip']:.2f}x{spread}"
+            )
+    return ["", "ResCLIP / SCLIP, called alternately (median s / image)", "", *out] if out else []
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -79,3 +79,19 @@ def test_vocabulary_scaling_table():
     lines = bench_table(data).splitlines()
     i = lines.index("fresh pages touched per image (MiB; minor page faults x 4 KiB)")
     assert lines[i + 4] == "| resclip | whole | compiled | 10 | 100 |"
+
+
+def test_alternating_ratio_lines():
+    info = {"queries": 500, "layout": "sliding", "resclip_median_s": 2.0, "sclip_median_s": 1.6}
+    data = {
+        "benchmarks": [
+            {"name": "r", "stats": {"median": 3.6}, "extra_info": info | {"resclip_over_sclip": 1.25}},
+            {"name": "s", "stats": {"median": 1.0}, "extra_info": {"config": "other"}},
+        ]
+    }
+    lines = bench_table(data).splitlines()
+    i = lines.index("ResCLIP / SCLIP, called alternately (median s / image)")
+    assert lines[i + 2] == "- 500 queries, sliding: ResCLIP 2.000 s, SCLIP 1.600 s: 1.25x"
+    data["benchmarks"][0]["extra_info"]["round_ratios"] = [1.2, 1.3]
+    assert "1.25x, rounds 1.20x-1.30x" in bench_table(data)
+    assert "called alternately" not in bench_table({"benchmarks": data["benchmarks"][1:]})
