@@ -116,7 +116,11 @@ def test_library_writers_check_the_location_first(tmp_path):
 
 # -- Ctrl-C: what was finished, how to resume, exit 130, no traceback --------------------------------------------
 def _interrupt_after_first_result(argv, out, env_extra=None):
-    """Run the CLI, send SIGINT once a first image's <name>.json exists, return the finished process."""
+    """Run the CLI, send SIGINT once a first image's <name>.json exists, return the finished process.
+
+    The child gets SIGINT's default disposition: a test run started as a background job of a shell without job
+    control ignores SIGINT, and an ignored signal stays ignored across exec (Python then installs no
+    KeyboardInterrupt handler), which a user's Ctrl-C at a terminal never meets."""
     import os
     import signal
     import subprocess
@@ -125,7 +129,12 @@ def _interrupt_after_first_result(argv, out, env_extra=None):
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipsam.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "clipsam.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
     def finished() -> bool:
