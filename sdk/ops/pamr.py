@@ -12,8 +12,9 @@ the host threads (``threads.parallel_blocks``), and each runs all its iterations
 finishing one output row of its channels (two at a time, sharing each load of the weights) before the next, so the
 working set stays in cache and the cost grows with channels x pixels x neighbours only; the weights are laid out
 row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every product is accumulated in the
-reference's order without fused multiply-adds, so the result equals ``pamr_ref`` bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy
-per dilation and iteration, accumulated in place a few channels at a time.
+reference's order without fused multiply-adds, so the result equals ``pamr_ref`` bit for bit
+(tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy per dilation
+and iteration, accumulated in place a few channels at a time.
 
 The torch reference (``clipsam.kernels.pamr_ref``) accumulates with ``addcmul_``, which fuses the multiply-add on CPUs
 with FMA: the two differ by float32 rounding (~1e-6 relative).
