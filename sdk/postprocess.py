@@ -50,6 +50,14 @@ def area_keep(class_counts: np.ndarray, area_thd: float | None) -> np.ndarray | 
     return np.concatenate([[True], fg > area_thd * fg.sum()])
 
 
+def thresholded_argmax(probs: np.ndarray, thd: float, axis: int = 0) -> np.ndarray:
+    """The index of the largest value along ``axis`` (the first of equal values; numpy's rule for NaN), 0 where
+    that largest value is below ``thd`` (compared in the array's dtype)."""
+    labels = probs.argmax(axis=axis)
+    labels[probs.max(axis=axis) < probs.dtype.type(thd)] = 0
+    return labels
+
+
 def decide(
     probs: np.ndarray, prob_thd: float, keep: np.ndarray | None = None, with_probs: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -57,8 +65,7 @@ def decide(
     without ``with_probs``: then only each pixel's label is divided by the sum, the same numbers)."""
     if keep is not None and not keep.all():
         probs = probs * keep.astype(probs.dtype)[:, None, None]
-    labels = probs.argmax(axis=0)
-    labels[probs.max(axis=0) < prob_thd] = 0
+    labels = thresholded_argmax(probs, prob_thd)
     total = probs.sum(axis=0, keepdims=True)
     if not with_probs:
         scores = np.take_along_axis(probs, labels[None], axis=0)[0] / total[0]

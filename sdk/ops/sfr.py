@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import EngineLimitError
+from ..postprocess import thresholded_argmax
 from .resize import linspace_f32
 from .threads import parallel_blocks
 
@@ -54,9 +55,7 @@ class LinspaceTable:
 
 def patch_labels(probs: np.ndarray, patch: int, temp_thd: float) -> np.ndarray:
     """(B, Q, H, W) probabilities -> (B, H//p, W//p) int64 per-patch mode query (ties: smallest label)."""
-    pred = probs.argmax(axis=1)
-    pred = np.where(probs.max(axis=1) < _F(temp_thd), 0, pred)
-    return patch_mode(pred, patch, probs.shape[1])
+    return patch_mode(thresholded_argmax(probs, temp_thd, axis=1), patch, probs.shape[1])
 
 
 def patch_mode(pred: np.ndarray, patch: int, num_queries: int) -> np.ndarray:

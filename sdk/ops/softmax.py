@@ -97,12 +97,9 @@ def softmax_labels(x: np.ndarray, scale: float, thd: float, rows: int | None = N
 
 def _labels_ref(x: np.ndarray, scale: np.float32, thd: np.float32) -> np.ndarray:
     """``softmax_labels`` in numpy (the reference), for (Q, R, W) logits."""
-    from ..postprocess import query_probs
+    from ..postprocess import query_probs, thresholded_argmax
 
-    p = query_probs(x, float(scale))
-    out = p.argmax(axis=0)
-    out[p.max(axis=0) < thd] = 0
-    return out
+    return thresholded_argmax(query_probs(x, float(scale)), float(thd))
 
 
 def _redo_nan_rows(labels: np.ndarray, ref, scores: np.ndarray | None = None) -> None:
