@@ -7,11 +7,11 @@ The same photo (375x500), the same settings (the voc21 preset's short side 336) 
 and 500 single-name classes, for SCLIP and ResCLIP, side by side in one run: in the whole-image layout (one window)
 with the PyTorch backend's host operations in the compiled kernels (``cpu_ops="compiled"``, the default) and in
 PyTorch (``cpu_ops="torch"``, the reference, i.e. before the compiled kernels), and in the sliding layout of the
-ade20k-style presets (224 x 224 windows, stride 112: six windows) with the compiled kernels. Text embeddings are computed before the
-timed calls (one template). ``test_resclip_over_sclip`` calls the two methods alternately at the largest
-vocabulary, for a ratio that the box's drifts between separate tests do not skew. FLOPs are
-``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR); the matmul peak is measured in the same run; ``minor_faults_per_image`` counts the fresh pages each call touched
-(what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
+ade20k-style presets (224 x 224 windows, stride 112: six windows) with the compiled kernels. Text embeddings are
+computed before the timed calls (one template). ``test_resclip_over_sclip`` calls the two methods alternately at
+the largest vocabulary, for a ratio that the box's drifts between separate tests do not skew. FLOPs are
+``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR); the matmul peak is measured in the same run;
+``minor_faults_per_image`` counts the fresh pages each call touched (what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
 kernels are not used).
 """
 

@@ -109,7 +109,8 @@ class RFClipConfig:
             raise ConfigError(f"rf_topk must be >= 1, got {self.rf_topk}")
         if not -1.0 <= self.rf_enhance_beta < 1.0:  # >= 1 zeroes every similarity, a patch's own included
             raise ConfigError(
-                f"rf_enhance_beta is a cosine-similarity cut and must be in [-1, 1) (default 0.4), got {self.rf_enhance_beta}"
+                "rf_enhance_beta is a cosine-similarity cut and must be in [-1, 1) (default 0.4), "
+                f"got {self.rf_enhance_beta}"
             )
         if self.rf_sink_sigma <= 0:
             raise ConfigError(f"rf_sink_sigma must be > 0 (default 5.0), got {self.rf_sink_sigma}")

@@ -10,9 +10,10 @@ extensions: a compiled exp could round some values differently. Every other step
 arithmetic in its order (the sum over the queries is sequential, query 0 first, as numpy reduces a leading axis;
 no ``fastmath``), so the results equal ``postprocess.query_probs`` and the numpy argmax and threshold bit for bit.
 Where a NaN reaches a decision (numpy's argmax returns the first NaN), the decision kernels write label -1 and the
-callers (``clipsam.ops.softmax``) take those rows through numpy. Arrays are (Q, R, W) float32, C-contiguous (whole arrays and a row offset are passed, not row
-slices, which numba would compile for any strides and not vectorise); each call handles ``n`` rows, so
-``threads.parallel_blocks`` runs row blocks on the host threads. Imported only when a kernel runs.
+callers (``clipsam.ops.softmax``) take those rows through numpy. Arrays are (Q, R, W) float32, C-contiguous (whole
+arrays and a row offset are passed, not row slices, which numba would compile for any strides and not vectorise);
+each call handles ``n`` rows, so ``threads.parallel_blocks`` runs row blocks on the host threads. Imported only
+when a kernel runs.
 """
 
 from __future__ import annotations

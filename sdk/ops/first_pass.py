@@ -11,9 +11,9 @@ The reference (``first_pass_labels_ref``) is the composition of the separate hos
 ``FirstPass`` computes the same numbers with one (Q, H, W) buffer per thread, kept between calls: the resize
 writes into it, PAMR refines it in place (``pamr.pamr_in_place``), and the softmax, threshold and argmax run on
 blocks of a few rows at a time in small buffers (``softmax.softmax_labels``: the same float32 arithmetic,
-reductions over Q in the same order), which stay in cache. Nothing of size queries x pixels is allocated per call, so large vocabularies no longer pay
-for fresh pages on every crop, and the buffer is touched twice instead of about a dozen times. The labels equal the
-reference's bit for bit (tests/ops/test_first_pass.py).
+reductions over Q in the same order), which stay in cache. Nothing of size queries x pixels is allocated per call,
+so large vocabularies no longer pay for fresh pages on every crop, and the buffer is touched twice instead of about
+a dozen times. The labels equal the reference's bit for bit (tests/ops/test_first_pass.py).
 """
 
 from __future__ import annotations
