@@ -11,8 +11,8 @@ ade20k-style presets (224 x 224 windows, stride 112: six windows) with the compi
 computed before the timed calls (one template). ``test_resclip_over_sclip`` calls the two methods alternately at
 the largest vocabulary, for a ratio that the box's drifts between separate tests do not skew. FLOPs are
 ``clipsam.eval.flops.image_flops`` (the ViT, the dense head and PAMR); the matmul peak is measured in the same run;
-``minor_faults_per_image`` counts the fresh pages each call touched (what a per-call allocation of queries x pixels floats costs, independent of other load). CPU only (on CUDA the host
-kernels are not used).
+``minor_faults_per_image`` counts the fresh pages each call touched (what a per-call allocation of queries x pixels
+floats costs, independent of other load). CPU only (on CUDA the host kernels are not used).
 """
 
 from __future__ import annotations
