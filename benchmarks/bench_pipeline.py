@@ -36,7 +36,7 @@ import torch
 
 from clipsam.config import MULTI_SCALE_5, dense_config
 from clipsam.eval.flops import TextSpec, VitSpec, image_flops, measure_matmul_peak, sam2_flops, text_flops
-from clipsam.eval.runner import machine_info, versions
+from clipsam.eval.machine import machine_info, versions
 
 SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE", "") not in ("", "0")
 TINY_VIT = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "configs", "clipsam-test-vit.json")

@@ -44,7 +44,7 @@ import pytest
 import torch
 
 from clipsam.config import DATASETS, dense_config
-from clipsam.eval.runner import machine_info, versions
+from clipsam.eval.machine import machine_info, versions
 from clipsam.text import PROMPTS_PER_BATCH, length_buckets, resolve_templates
 from clipsam.vocabulary import Vocabulary, builtin_vocabulary
 

@@ -25,7 +25,7 @@ import pytest
 
 from clipsam.config import dense_config
 from clipsam.eval.flops import VitSpec, image_flops, measure_matmul_peak
-from clipsam.eval.runner import machine_info, versions
+from clipsam.eval.machine import machine_info, versions
 
 SMOKE = os.environ.get("CLIPSAM_BENCH_SMOKE", "") not in ("", "0")
 TINY_VIT = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "configs", "clipsam-test-vit.json")

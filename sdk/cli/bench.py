@@ -87,10 +87,20 @@ def bench_table(data: dict) -> str:
         m = first["machine"]
         lines += [
             "",
-            f"machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu')}; "
+            f"machine: {cpu_line(m)} ({m.get('cores')} cores), GPU {m.get('gpu')}; "
             f"measured matmul peak {first.get('peak_gflops') or float('nan'):.0f} GFLOP/s ({first.get('device')})",
         ]
     return "\n".join(lines)
+
+
+def cpu_line(m: dict) -> str:
+    """ "AMD EPYC (25/1/1, llvm znver3, avx2, L2 512K, L3 32768K)": the CPU as ``clipsam.eval.machine.machine_info``
+    recorded it, with what tells apart two boxes of the same model name."""
+    caches = m.get("caches") or {}
+    details = [m.get("cpu_id"), f"llvm {m['llvm_cpu']}" if m.get("llvm_cpu") else None, m.get("vector_isa")]
+    details += [f"{k} {caches[k]}" for k in ("L2", "L3") if caches.get(k)]
+    shown = [d for d in details if d]
+    return f"{m.get('cpu')} ({', '.join(shown)})" if shown else str(m.get("cpu"))
 
 
 def scaling_table(benches: list[dict]) -> list[str]:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from ..errors import ConfigError, InvalidImageError, InvalidInputError
 from ..paths import output_file
 from ..vocabulary import Vocabulary, builtin_vocabulary
 from .datasets import Dataset, DatasetNotFoundError, Sample
+from .machine import machine_info, versions
 from .metrics import MetricResult, SegmentationMetric
 from .published import backbone_of, published
 
@@ -41,46 +40,6 @@ _BAD_SAMPLE = (InvalidImageError, DatasetNotFoundError, FileNotFoundError)  # pe
 def partial_path(out_path) -> Path:
     """Where the partial state of a run writing ``out_path`` lives: ``results.json`` -> ``results.partial.json``."""
     return Path(out_path).with_suffix(".partial.json")
-
-
-def versions() -> dict[str, str | None]:
-    """Installed versions of clipsam and the libraries its results depend on (None when not installed)."""
-
-    def ver(*dists: str) -> str | None:
-        for d in dists:
-            try:
-                return metadata.version(d)
-            except metadata.PackageNotFoundError:
-                continue
-        return None
-
-    return {
-        "clipsam": ver("clipsam"),
-        "torch": ver("torch"),
-        "open_clip": ver("open_clip_torch"),
-        "onnxruntime": ver("onnxruntime", "onnxruntime-gpu"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count, platform and, when torch is loaded and sees CUDA, the GPU names."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "gpu": None}
-    torch = sys.modules.get("torch")  # never import torch just for this (the ONNX path runs without it)
-    if torch is not None:
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info
 
 
 def _jsonable(obj: Any) -> Any:

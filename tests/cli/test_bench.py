@@ -95,3 +95,16 @@ def test_alternating_ratio_lines():
     data["benchmarks"][0]["extra_info"]["round_ratios"] = [1.2, 1.3]
     assert "1.25x, rounds 1.20x-1.30x" in bench_table(data)
     assert "called alternately" not in bench_table({"benchmarks": data["benchmarks"][1:]})
+
+
+def test_machine_line_tells_boxes_of_one_model_name_apart():
+    def table(machine):
+        extra = {"config": "c", "machine": machine, "peak_gflops": 200.0, "device": "cpu"}
+        return bench_table({"benchmarks": [{"name": "a", "stats": {"median": 1.0}, "extra_info": extra}]})
+
+    zen3 = {"cpu": "AMD EPYC", "cpu_id": "25/1/1", "llvm_cpu": "znver3", "vector_isa": "avx2", "cores": 2}
+    zen3["caches"] = {"L1d": "32K", "L2": "512K", "L3": "32768K"}
+    assert "machine: AMD EPYC (25/1/1, llvm znver3, avx2, L2 512K, L3 32768K) (2 cores)" in table(zen3)
+    zen5 = dict(zen3, cpu_id="26/2/0", llvm_cpu="znver5", vector_isa="avx512f", caches={"L2": "1024K"})
+    assert "AMD EPYC (26/2/0, llvm znver5, avx512f, L2 1024K) (2 cores)" in table(zen5)
+    assert "machine: AMD EPYC (2 cores)" in table({"cpu": "AMD EPYC", "cores": 2})  # an older record: the name only
