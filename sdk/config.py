@@ -183,7 +183,7 @@ class ScheduleConfig:
     pad_multiple: int = 0  # with pad_crops: pad to a multiple of this many pixels instead (0: the patch; CorrCLIP 56)
     upsample: Upsample = "two_step"  # "two_step" (grid -> input -> original) | "one_step" (grid -> original)
     scales: tuple[float, ...] = (1.0,)  # multi-scale ensemble: short/long sides times each scale (MULTI_SCALE_5)
-    scale_weights: tuple[float, ...] | None = None  # per-scale weights for combine="weighted"
+    scale_weights: tuple[float, ...] | None = None  # per-scale weights, normalised (None: equal); "weighted" needs them
     combine: Combine = "prob_mean"  # scales/flips: "prob_mean" | "weighted" (probabilities) | "logit_mean"
     flip: bool = False  # also run the horizontally flipped image and average (in the combine space)
 
@@ -193,6 +193,12 @@ class ScheduleConfig:
         _choice("combine", self.combine, ("prob_mean", "weighted", "logit_mean"))
         if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
             raise ConfigError("slide_crop must be >= 0 and slide_stride > 0 when sliding")
+        if self.slide_crop > 0 and self.slide_stride > self.slide_crop:
+            raise ConfigError(
+                f"slide_stride ({self.slide_stride}) is larger than slide_crop ({self.slide_crop}): windows farther "
+                "apart than their size leave pixels that no window covers; set slide_stride <= slide_crop (the "
+                "presets use half the window, e.g. slide_crop=224, slide_stride=112)"
+            )
         if self.short_side <= 0 or self.long_side <= 0:
             raise ConfigError("short_side and long_side must be positive")
         if self.pad_multiple < 0:
@@ -205,6 +211,11 @@ class ScheduleConfig:
             len(self.scale_weights) != len(self.scales) or min(self.scale_weights) < 0
         ):
             raise ConfigError("scale_weights must give one non-negative weight per scale")
+        if self.scale_weights is not None and not sum(self.scale_weights) > 0:
+            raise ConfigError(
+                f"scale_weights {tuple(self.scale_weights)} sum to 0: give at least one scale a positive weight "
+                "(they are normalised to sum to 1)"
+            )
 
 
 @dataclass(frozen=True)

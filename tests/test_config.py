@@ -114,3 +114,17 @@ def test_overrides_and_errors():
         dense_config().schedule.short_side = 3  # frozen
     with pytest.raises(AttributeError):
         dense_config().short_side = 3  # frozen: no flat attribute to set either
+
+
+def test_windows_farther_apart_than_their_size_and_zero_scale_weights_are_errors():
+    # the presets' stride is 112: lowering only the crop would leave pixels no window covers (NaN scores, label 0)
+    with pytest.raises(ConfigError, match=r"slide_stride \(112\) is larger than slide_crop \(96\).*slide_stride <= "):
+        dense_config("sclip", "voc21", slide_crop=96)
+    assert dense_config("sclip", "voc21", slide_crop=96, slide_stride=96).slide_stride == 96  # touching windows
+    assert dense_config("sclip", "voc21", slide_crop=0).slide_crop == 0  # whole image: the stride is unused
+    with pytest.raises(ConfigError, match=r"scale_weights \(0.0, 0.0\) sum to 0"):
+        dense_config("sclip", None, scales=(1.0, 0.5), combine="weighted", scale_weights=(0.0, 0.0))
+    with pytest.raises(ConfigError, match="sum to 0"):
+        dense_config("sclip", None, scales=(1.0, 0.5), scale_weights=(0.0, 0.0))  # prob_mean applies them too
+    kept = dense_config("sclip", None, scales=(1.0, 0.5), scale_weights=(1.0, 0.0))
+    assert kept.scale_weights == (1.0, 0.0)

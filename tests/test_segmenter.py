@@ -165,7 +165,7 @@ def test_settings_the_model_cannot_run_are_errors_before_any_image(make_segmente
         make_segmenter("resclip", None, rcs_layers=(10, 11))
     seg = make_segmenter("sclip", None, short_side=64)
     with pytest.raises(ConfigError, match="slide_crop=15"):
-        seg.with_options(slide_crop=15)
+        seg.with_options(slide_crop=15, slide_stride=8)
     assert seg.with_options(slide_crop=16, slide_stride=8).config.slide_crop == 16
 
 
