@@ -302,6 +302,9 @@ class DenseConfig:
                     f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
                 )
         _check_types(self)
+        from .text import resolve_templates
+
+        resolve_templates(self.templates)  # a template str.format cannot fill fails here, not at the first image
         if self.calibration.mode == "excel" and (self.attention.rcs or self.attention.sfr):
             raise ConfigError(
                 "calibration='excel' replaces the method's last block with ExCEL's second attention path, "

@@ -132,7 +132,10 @@ def load_templates(path: str | os.PathLike) -> tuple[str, ...]:
         data = read_structured(path, what)
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{what} {path}: expected a non-empty list of templates, got {type(data).__name__}")
+    from .text import template_problem
+
     for i, t in enumerate(data):
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise ConfigError(f"{what} {path}: template {i + 1} ({t!r}) must be a string with exactly one '{{}}'")
+        problem = template_problem(t)
+        if problem:
+            raise ConfigError(f"{what} {path}: template {i + 1} ({t!r}) {problem}")
     return tuple(data)

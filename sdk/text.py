@@ -31,21 +31,40 @@ TEMPLATE_SETS = {
 }
 
 
+def template_problem(template) -> str | None:
+    """Why ``template`` cannot take a class name, or None: a template is a string with exactly one plain ``{}``
+    (``str.format`` fills it); other braces must be doubled (``{{`` and ``}}`` stand for ``{`` and ``}``)."""
+    import string
+
+    if not isinstance(template, str):
+        return f"is a {type(template).__name__}, not a string"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # an unmatched or stray brace
+        return f"is not a valid format string ({e}); write a literal brace as '{{{{' or '}}}}'"
+    if len(fields) != 1 or fields[0] != ("", "", None):
+        shown = ", ".join("{" + n + ("!" + c if c else "") + (":" + sp if sp else "") + "}" for n, sp, c in fields)
+        return f"has the fields {shown or 'none'}; it needs exactly one plain '{{}}' (a literal brace is '{{{{')"
+    return None
+
+
 def resolve_templates(templates) -> tuple[str, ...]:
     """A template-set name ("openai80", "openai7", "single") or a list of strings with one "{}" each."""
     if isinstance(templates, str):
         if templates in TEMPLATE_SETS:
             return tuple(TEMPLATE_SETS[templates])
-        if "{}" in templates:
-            return (templates,)
-        raise ConfigError(
-            f"unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a list of strings with '{{}}'."
-        )
+        if "{" not in templates:
+            raise ConfigError(
+                f"unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a list of strings "
+                "with '{}'."
+            )
+        templates = (templates,)
     if not isinstance(templates, (list, tuple)) or not templates:
         raise InvalidTypeError("templates must be a template-set name or a non-empty list of strings.")
     for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise ConfigError(f"template {t!r} must be a string containing exactly one '{{}}' placeholder.")
+        problem = template_problem(t)
+        if problem:
+            raise ConfigError(f"template {t!r} {problem}.")
     return tuple(templates)
 
 

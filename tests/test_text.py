@@ -68,6 +68,42 @@ def test_template_sets():
         resolve_templates(["no placeholder"])
 
 
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (("a {x} {}.",), r"has the fields \{x\}, \{\}"),  # str.format would raise KeyError at the first segment()
+        ("a {} of {}.", r"has the fields \{\}, \{\}"),  # a single-string template: IndexError before
+        (("a { {}.",), "not a valid format string"),  # ValueError from str.format before
+        ("{0}{}", r"\{0\}"),  # manual and automatic numbering mixed
+        (("a {!r} {}",), r"\{!r\}"),
+        (("a {:>9}",), r"\{:>9\}"),
+        (("no field",), "fields none"),
+        ((3,), "is a int, not a string"),
+    ],
+)
+def test_templates_with_stray_braces_are_config_errors_up_front(tmp_path, bad, why):
+    from clipsam.config import dense_config
+    from clipsam.prompt_files import load_templates
+    from clipsam.segmenter import Segmenter
+
+    with pytest.raises(ConfigError, match=why):
+        resolve_templates(bad)
+    with pytest.raises(ConfigError, match=why if bad != (3,) else "templates must be"):  # the config, not the model
+        dense_config("sclip", None, templates=bad)
+    with pytest.raises(ConfigError, match=why if bad != (3,) else "templates must be"):
+        Segmenter.from_pretrained("no-such-arch", None, method="sclip", preset=None, templates=bad)  # before loading
+    if isinstance(bad, tuple) and isinstance(bad[0], str):
+        f = tmp_path / "t.txt"
+        f.write_text(bad[0] + "\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="t.txt: template 1 .*" + why):
+            load_templates(f)
+
+
+def test_doubled_braces_are_literal_braces():
+    assert resolve_templates(["a {{tiny}} {}."]) == ("a {{tiny}} {}.",)
+    assert resolve_templates("a {{tiny}} {}.")[0].format("cat") == "a {tiny} cat."
+
+
 def test_truncated_encoder_equals_open_clip_encode_text(tiny_clip):
     tok = open_clip.get_tokenizer(tiny_clip.arch)
     tokens = tok(["a photo of a cat.", "itap of a television monitor.", "a"])
