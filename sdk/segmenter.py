@@ -348,14 +348,22 @@ class Segmenter(SegmenterFront):
 
     def with_options(self, **overrides) -> Segmenter:
         """A segmenter sharing this one's model and text cache, with ``DenseConfig`` fields (and ``prompts=`` or
-        ``PromptConfig`` fields) replaced."""
+        ``PromptConfig`` fields) replaced.
+
+        ``method=`` and ``preset=`` switch to that method's and preset's whole configuration
+        (``dense_config(method, preset)``, this segmenter's templates kept), then the other fields given here apply;
+        options changed earlier on this segmenter are not carried over."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         prompts = overrides.pop("prompts", self.prompts)
         if not isinstance(prompts, PromptConfig):
             raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__}")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}
-        new.config = self.config.replace(**overrides)
+        base = self.config
+        method, preset = overrides.pop("method", base.method), overrides.pop("preset", base.preset)
+        if (method, preset) != (base.method, base.preset):  # the method's settings, not just its name
+            base = dense_config(method, preset, templates=overrides.pop("templates", base.templates))
+        new.config = base.replace(**overrides)
         _check_precision_method(new.precision, new.config)
         new._set_prompts(prompts.replace(**prompt_kw) if prompt_kw else prompts)
         new._set_backend()

@@ -156,6 +156,25 @@ def test_with_options_shares_model_and_cache(make_segmenter, chelsea_small):
     assert other.segment(chelsea_small, classes=["cat", "dog"]).labels.shape == chelsea_small.shape[:2]
 
 
+def test_with_options_method_and_preset_switch_the_whole_configuration(make_segmenter, chelsea_small):
+    """method= / preset= in with_options run that method and preset (not only their names in the result's info)."""
+    from clipsam.config import dense_config
+
+    plain = make_segmenter("clip", None, short_side=64)
+    naclip = plain.with_options(method="naclip", short_side=64)
+    want = dense_config("naclip", None, short_side=64, templates=plain.config.templates)
+    assert naclip.config == want and naclip.config.attention.base == "naclip" != plain.config.attention.base
+    ref = make_segmenter("naclip", None, short_side=64)
+    got = naclip.segment(chelsea_small, classes=["cat", "grass"])
+    assert got.info["method"] == "naclip"
+    np.testing.assert_array_equal(got.scores, ref.segment(chelsea_small, classes=["cat", "grass"]).scores)
+    voc = plain.with_options(preset="voc21")
+    assert voc.config == dense_config("clip", "voc21", templates=plain.config.templates)
+    assert plain.with_options(method="clip", prob_thd=0.5).config.short_side == 64  # same method: options kept
+    with pytest.raises(ConfigError, match="unknown method"):
+        plain.with_options(method="maskclip")
+
+
 def test_settings_the_model_cannot_run_are_errors_before_any_image(make_segmenter):
     """Windows smaller than one patch and RCS layers beyond the trunk: a ConfigError at construction (and from
     with_options), not a framework error at the first image."""

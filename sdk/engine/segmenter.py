@@ -253,11 +253,15 @@ class EngineSegmenter(SegmenterFront):
         return {n: s.providers for n, s in self._sessions.items()}
 
     def with_options(self, **overrides) -> EngineSegmenter:
-        """A segmenter sharing this one's sessions and text cache, with host-side ``DenseConfig`` fields replaced."""
+        """A segmenter sharing this one's sessions and text cache, with host-side ``DenseConfig`` fields replaced.
+        ``method=`` / ``preset=`` must be the folder's (its graphs were exported for them): another is an error
+        naming the export that gives it."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         prompts = overrides.pop("prompts", self.prompts)
-        new.config = check_request(self.manifest, overrides={**_diff(self.manifest.dense, self.config), **overrides})
+        method, preset = overrides.pop("method", None), overrides.pop("preset", dataclasses.MISSING)
+        diff = {k: v for k, v in _diff(self.manifest.dense, self.config).items() if k not in ("method", "preset")}
+        new.config = check_request(self.manifest, method=method, preset=preset, overrides={**diff, **overrides})
         new._set_prompts(prompts)
         new.automask = new._make_automask(new.config)
         new.backend = new._backend(new.config)

@@ -7,7 +7,7 @@ import pytest
 
 from clipsam.config import dense_config
 from clipsam.engine import EngineSegmenter
-from clipsam.errors import ConfigError, EngineLimitError
+from clipsam.errors import ConfigError, EngineLimitError, ManifestMismatchError
 from clipsam.postprocess import postprocess
 from clipsam.refine import RefineConfig
 from clipsam.result import SegmentationResult
@@ -172,6 +172,15 @@ def test_result_api_and_info(engine_dir, chelsea_small, tmp_path):
     assert small.config.short_side == 32 and eng.config.short_side == 64 and small.text_cache is eng.text_cache
     with pytest.raises(ConfigError, match="slide_crop=8 is smaller than this model's 16x16 patch"):
         eng.with_options(slide_crop=8, slide_stride=4)
+    # the graphs were exported for resclip: another method is refused, naming the export (not just relabelled)
+    with pytest.raises(
+        ManifestMismatchError, match=r"exported for method 'resclip', but method 'naclip'.*--method naclip"
+    ):
+        eng.with_options(method="naclip")
+    with pytest.raises(ManifestMismatchError, match="preset 'context60' was asked for"):
+        eng.with_options(preset="context60")
+    same = eng.with_options(method="resclip", prob_thd=0.3)
+    assert same.config.prob_thd == 0.3 and same.config.short_side == 64  # its own method: the other options kept
 
 
 def test_io_binding_path_gives_the_same_logits(engine_dir, chelsea_small):
