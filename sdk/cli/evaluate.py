@@ -11,7 +11,6 @@ import sys
 from ..config import DATASETS as PRESETS
 from ..errors import ClipSamError
 from ..eval.datasets import DATASETS
-from ..paths import output_file
 from .options import add_engine_options, add_model_options, build_segmenter, check_engine_options
 
 
@@ -54,13 +53,13 @@ def _open(args):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.runner import check_classes, evaluate, partial_path
+    from ..eval.runner import check_classes, evaluate, partial_path, report_path
 
     if args.limit is not None and args.limit < 1:
         raise ClipSamError(f"--limit must be >= 1, got {args.limit}")
     if args.engines:
         check_engine_options(args)
-    output_file(args.out, "--out")  # before the model loads
+    report_path(args.out, "--out")  # before the model loads
     dataset = _open(args)
     check_classes(dataset, args.classes)
     preset = args.preset or args.dataset

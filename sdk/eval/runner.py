@@ -37,6 +37,20 @@ _REPORT_FORMAT = "clipsam.eval.report"
 _BAD_SAMPLE = (InvalidImageError, DatasetNotFoundError, FileNotFoundError)  # per-file problems --skip-bad may skip
 
 
+def report_path(out_path, what: str = "out_path") -> Path:
+    """``out_path`` checked as the JSON report's path: writable (``paths.output_file``), and not a name that the
+    Markdown report (``.md`` beside it) or the partial state (``.partial.json``) would overwrite."""
+    path = output_file(out_path, what)
+    if path.suffix.lower() == ".md" or path.name.lower().endswith(".partial.json"):
+        stem = path.name[: -len(".partial.json")] if path.name.lower().endswith(".partial.json") else path.stem
+        raise ConfigError(
+            f"{what} {str(out_path)!r} names the JSON report, which gets a Markdown report beside it ({stem}.md) "
+            f"and, while running, a partial state ({stem}.partial.json): this name would be overwritten by one of "
+            f"them. Give the JSON file, e.g. {what} {path.with_name(stem + '.json')}"
+        )
+    return path
+
+
 def partial_path(out_path) -> Path:
     """Where the partial state of a run writing ``out_path`` lives: ``results.json`` -> ``results.partial.json``."""
     return Path(out_path).with_suffix(".partial.json")
@@ -310,7 +324,7 @@ def evaluate(
     Returns:
         EvalReport (also written to ``out_path`` and its ``.md`` sibling).
     """
-    out_path = output_file(out_path, "out_path")
+    out_path = report_path(out_path)
     classes = None if classes is None else _class_groups(classes)
     class_names = _check_vocabulary(segmenter, dataset, classes)
     samples: list[Sample] = list(dataset.samples[:limit])

@@ -123,3 +123,9 @@ def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
         check=False,
     )
     assert p.returncode == 2 and "has no manifest.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_out_named_like_the_markdown_report_is_refused_before_the_model_loads(voc, tmp_path):
+    p = run("eval", "--dataset", "voc21", "--root", str(voc), "--out", str(tmp_path / "r.md"), check=False)
+    assert p.returncode == 2 and "--out" in p.stderr and "r.json" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r.md").exists()

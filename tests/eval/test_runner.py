@@ -185,3 +185,14 @@ def test_with_the_tiny_model(voc, tmp_path, make_segmenter):
     expect = np.nanmean(np.where(union > 0, inter / np.maximum(union, 1), np.nan)) * 100
     assert rep.images == 2 and rep.summary["mIoU"] == pytest.approx(expect, abs=1e-9)
     assert rep.config["clip"] == "clipsam-test-vit" and rep.config["weights"] == "random:0"
+
+
+def test_a_report_name_its_markdown_or_partial_state_would_overwrite_is_refused(voc, tmp_path):
+    ds = open_dataset("voc21", voc)
+    for name, fix in (("r.md", "r.json"), ("r.MD", "r.json"), ("r.partial.json", "r.json")):
+        with pytest.raises(ConfigError, match=rf"out_path '.*{name}' names the JSON report.*e\.g\. out_path .*{fix}"):
+            evaluate(FakeSegmenter(), ds, tmp_path / name, progress=False)
+        assert not (tmp_path / name).exists()
+    rep = evaluate(FakeSegmenter(), ds, tmp_path / "r.report", progress=False, limit=1)  # any other suffix is fine
+    assert rep.images == 1 and json.loads((tmp_path / "r.report").read_text())["images"] == 1
+    assert (tmp_path / "r.md").read_text().startswith("#")
