@@ -158,6 +158,10 @@ def ratio_lines(benches: list[dict]) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..config import positive_int
+
+    if args.rounds is not None:
+        positive_int(args.rounds, "--rounds")  # before any suite starts
     bdir = _benchmarks_dir(args.benchmarks_dir)
     files = []
     suites = args.suite or ["pipeline", "vocabulary"]
@@ -174,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     env = dict(os.environ, CLIPSAM_BENCH_DEVICE=args.device)
     if args.smoke:
         env["CLIPSAM_BENCH_SMOKE"] = "1"
-    if args.rounds:
+    if args.rounds is not None:
         env["CLIPSAM_BENCH_ROUNDS"] = str(args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.json) if args.json else Path(tmp) / "bench.json"

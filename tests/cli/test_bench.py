@@ -31,6 +31,9 @@ def test_bench_runs_a_suite_and_prints_the_table(tmp_path):
     assert "| toy |" in p.stdout and keep.is_file()
     p = run("bench", "--benchmarks-dir", str(bdir), "--suite", "nope", check=False)
     assert p.returncode == 2 and "known: toy" in p.stderr
+    for bad in ("0", "-5"):  # 0 meant "the default" and -5 went to the suites as it was
+        p = run("bench", "--benchmarks-dir", str(bdir), "--suite", "toy", "--rounds", bad, check=False)
+        assert p.returncode == 2 and f"--rounds must be a positive integer, got {bad}" in p.stderr
 
 
 def test_bench_table():
