@@ -82,7 +82,7 @@ def run_batch(
 
         workers_for(decode_workers, False)  # a bad value fails now, before the segmenter loads
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs)]
+    rows = [{"path": im.path, "name": im.name} for im in expand_inputs(inputs, out=out)]
     out = output_dir(out, "output folder")  # a file, a read-only or unwritable place: now, before any image is done
     todo = pending_rows(rows, out)
     if mask_dir is not None:

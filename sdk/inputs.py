@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClipSamError
-from .paths import input_error
+from .paths import check_usable, input_error
 from .preprocess import IMAGE_SUFFIXES
 
 
@@ -30,8 +30,14 @@ def _glob_root(pattern: str) -> Path:
     return Path(*parts[:stop]) if stop else Path(".")
 
 
-def _found(item: str) -> list[tuple[Path, Path]]:
-    p = Path(item)
+def _outside(f: Path, skip: Path | None) -> bool:
+    """Whether ``f`` lies outside the folder ``skip`` (resolved; None: everything is outside)."""
+    return skip is None or not f.resolve().is_relative_to(skip)
+
+
+def _found(item: str, skip: Path | None = None) -> list[tuple[Path, Path]]:
+    p = check_usable(Path(item), "input", ClipSamError)
+    beside = f" outside the output folder {skip}" if skip is not None else ""
     if p.is_dir():
         found = [
             (f, f.relative_to(p))
@@ -39,30 +45,37 @@ def _found(item: str) -> list[tuple[Path, Path]]:
             if f.suffix.lower() in IMAGE_SUFFIXES
             and f.is_file()
             and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            and _outside(f, skip)
         ]
         if not found:
-            raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)}){beside}")
         return found
     if p.is_file():
-        return [(p, Path(p.name))]
+        return [(p, Path(p.name))]  # named explicitly: taken even from inside the output folder
     if any(ch in item for ch in "*?["):
         root = _glob_root(item)
         found = [
-            (Path(f), Path(f).relative_to(root)) for f in sorted(glob.glob(item, recursive=True)) if Path(f).is_file()
+            (Path(f), Path(f).relative_to(root))
+            for f in sorted(glob.glob(item, recursive=True))
+            if Path(f).is_file() and _outside(Path(f), skip)
         ]
         if not found:
-            raise ClipSamError(f"no file matches {item!r}")
+            raise ClipSamError(f"no file matches {item!r}{beside}")
         return found
     raise input_error(item, "image file", ClipSamError)
 
 
-def expand_inputs(items: list[str]) -> list[InputImage]:
-    """Files, folders (recursive) and glob patterns -> images with output names, in order, without duplicates."""
-    out: list[InputImage] = []
+def expand_inputs(items: list[str], out: str | Path | None = None) -> list[InputImage]:
+    """Files, folders (recursive) and glob patterns -> images with output names, in order, without duplicates.
+
+    ``out``: the output folder; folders and patterns skip the files under it (an output folder inside an input
+    folder would otherwise have its own label and overlay images segmented on the next run)."""
+    skip = None if out is None else Path(out).expanduser().resolve()
+    out_list: list[InputImage] = []
     seen: set[str] = set()
     names: set[str] = set()
     for item in items:
-        for path, rel in _found(item):
+        for path, rel in _found(item, skip):
             key = str(path.resolve())
             if key in seen:
                 continue
@@ -73,5 +86,5 @@ def expand_inputs(items: list[str]) -> list[InputImage]:
             while name in names:
                 name, k = f"{base}_{k}", k + 1
             names.add(name)
-            out.append(InputImage(str(path), name))
-    return out
+            out_list.append(InputImage(str(path), name))
+    return out_list

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, missing_dependency
 from .hashing import file_sha256
-from .paths import input_error, is_url
+from .paths import check_usable, input_error, is_url
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -436,7 +436,7 @@ def load_clip(
             model = _create(open_clip, name, gelu)
         return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
 
-    path = Path(os.fspath(weights)).expanduser()
+    path = check_usable(Path(os.fspath(weights)).expanduser(), "checkpoint", CheckpointError)
     scripted = False
     if path.is_file():
         source, weights_id = str(checkpoint_file(path)), _file_id(path)

@@ -27,6 +27,23 @@ def is_url(value) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
+def check_usable(path: Path, what: str, error: type[ClipSamError] = InvalidInputError) -> Path:
+    """``path`` itself, or ``error`` when the operating system cannot even look it up: a name longer than the file
+    system allows (ENAMETOOLONG), which ``Path.is_file``/``exists`` raise as a bare OSError instead of answering."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:100]}...({len(str(path))} characters)"
+            raise error(
+                f"{what} {shown} is not a usable path: {e.strerror or 'file name too long'} (a file or folder name "
+                "is limited to 255 bytes on most file systems, a whole path to 4096). Use a shorter name."
+            ) from None
+    except ValueError:  # an embedded NUL: the callers' own checks say what is wrong with it
+        pass
+    return path
+
+
 def input_error(
     value, what: str, error: type[ClipSamError] = InvalidInputError, folder_hint: str = "", missing_hint: str = ""
 ) -> ClipSamError:
@@ -43,7 +60,7 @@ def input_error(
             f"{what} {os.fspath(value)!r} is a URL; clipsam does not fetch URLs (the library makes no "
             "network requests). Download it first and pass the local file."
         )
-    path = Path(value)
+    path = check_usable(Path(value), what, error)
     if path.is_dir():
         return error(f"{what} {path} is a folder, not a file." + (f" {folder_hint}" if folder_hint else ""))
     return error(f"{what} not found: {path}." + (f" {missing_hint}" if missing_hint else ""))
@@ -56,7 +73,7 @@ def input_file(
     not a str or os.PathLike)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
         raise InvalidTypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
-    path = Path(value)
+    path = check_usable(Path(value), what, error)
     if is_url(value) or not path.is_file():
         raise input_error(value, what, error, folder_hint, missing_hint)
     return path
@@ -104,7 +121,7 @@ def _path(value, what: str) -> Path:
             f"{what} {os.fspath(value)!r} is a URL; clipsam writes local files only. Write to a local "
             "folder (or a mounted one) and copy the results."
         )
-    return Path(value).expanduser()
+    return check_usable(Path(value).expanduser(), what, OutputError)
 
 
 def _probe_write(folder: Path) -> None:

@@ -184,3 +184,15 @@ def test_in_process_decode_ahead_gives_the_same_outputs(tmp_path):
         run_batch([str(tmp_path / "in")], tmp_path / "x", decode_workers=1, ray=True, **kw)
     with pytest.raises(ConfigError, match="decode_workers must be"):
         run_batch([str(tmp_path / "in")], tmp_path / "x", decode_workers=-2, **kw)
+
+
+def test_rerun_with_the_output_folder_inside_the_input_folder_segments_nothing_new(tmp_path):
+    from clipsam.batch import run_batch
+
+    make_images(tmp_path / "photos", 2, bad=False)
+    kw = dict(model=MODEL, classes="cat, grass", progress=False)
+    first = run_batch([str(tmp_path / "photos")], tmp_path / "photos" / "labels", **kw)
+    assert (first["total"], first["done"]) == (2, 2)
+    again = run_batch([str(tmp_path / "photos")], tmp_path / "photos" / "labels", **kw)
+    assert (again["total"], again["done"], again["skipped"]) == (2, 0, 2)  # its own outputs are not new photos
+    assert not (tmp_path / "photos" / "labels" / "labels").exists()

@@ -36,3 +36,36 @@ def test_missing_inputs_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no images"):
         expand_inputs([str(tmp_path / "empty")])
+
+
+def test_an_output_folder_inside_an_input_folder_is_not_read_back(tmp_path):
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "in" / "labels"
+    (out / "b").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(out / "b" / "img0_labels.png")  # an earlier run's outputs
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(out / "b" / "img0_overlay.png")
+    every = [im.name for im in expand_inputs([str(tmp_path / "in")])]
+    assert "labels/b/img0_labels" in every  # without out=, a folder lists everything
+    for items in ([str(tmp_path / "in")], [str(tmp_path / "in" / "**" / "*.png")]):
+        names = [im.name for im in expand_inputs(items, out=out)]
+        assert not any("labels" in n or "overlay" in n for n in names) and len(names) == 2
+    # named explicitly, a file inside the output folder is still taken; a folder with nothing else is an error
+    named = expand_inputs([str(out / "b" / "img0_overlay.png")], out=out)
+    assert [im.name for im in named] == ["img0_overlay"]
+    with pytest.raises(Exception, match=r"holds no images .* outside the output folder"):
+        expand_inputs([str(out)], out=out)
+
+
+def test_a_name_too_long_for_the_file_system_is_a_clipsam_error(tmp_path):
+    from clipsam.errors import ClipSamError, OutputError
+    from clipsam.paths import input_file, output_dir
+
+    long = str(tmp_path / ("x" * 300))  # one name over the 255-byte limit
+    with pytest.raises(ClipSamError, match=r"input .* is not a usable path: .*Use a shorter name"):
+        expand_inputs([long])
+    with pytest.raises(ClipSamError, match="image file .* is not a usable path"):
+        input_file(long, "image file")
+    with pytest.raises(OutputError, match="is not a usable path"):
+        output_dir(long)
+    with pytest.raises(ClipSamError, match=r"\(5000 characters\) is not a usable path"):
+        input_file("y" * 5000, "image file")  # shown cut short

@@ -38,7 +38,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     classes = resolve_classes(args)
-    images = expand_inputs(args.images)
+    images = expand_inputs(args.images, out=args.out)
     positive_int(args.batch_size, "--batch-size")
     decode_workers(
         args.decode_workers, on_gpu=False, name="--decode-workers"

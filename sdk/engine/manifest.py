@@ -23,7 +23,7 @@ from ..config import AttentionConfig, DenseConfig
 from ..errors import ConfigError, EngineError, EngineFileError, ManifestMismatchError, first_line
 from ..hashing import file_sha256
 from ..method_config import CORRCLIP_GRAPH_FIELDS, RFCLIP_GRAPH_FIELDS
-from ..paths import is_url
+from ..paths import check_usable, is_url
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
 # DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
@@ -125,7 +125,7 @@ def load_manifest(folder) -> EngineManifest:
             f"engine folder {str(folder)!r} is a URL; clipsam reads local folders only (no network "
             "access). Copy the folder here and pass its path."
         )
-    folder = Path(folder)
+    folder = check_usable(Path(folder), "engine folder", EngineError)
     if folder.is_file():
         raise EngineError(
             f"engine folder {folder} is a file; pass the folder written by 'clipsam export' (the one "
