@@ -379,6 +379,9 @@ def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 def _resolve_arch(arch: str) -> str:
     open_clip = _open_clip()
     if arch.endswith(".json") and Path(arch).is_file():
+        from .clip_config import check_model_config
+
+        check_model_config(Path(arch))  # open_clip keeps every registered file and re-reads it on each lookup
         open_clip.add_model_config(arch)
         return Path(arch).stem
     if arch not in open_clip.list_models():
