@@ -23,6 +23,8 @@ import numpy as np
 
 from .errors import ConfigError
 
+MAX_WARMUP_PIXELS = 100_000_000  # a synthetic image of this size is 300 MB before any processing
+
 
 def default_warmup_sizes(config) -> tuple[tuple[int, int], ...]:
     """One (H, W) per shape class a real image produces: the preset's resize target (whole-image methods see
@@ -62,6 +64,13 @@ def warmup(segmenter, classes=None, class_file=None, sizes=None) -> dict:
         ok = False
     if not ok:
         raise ConfigError(f"warmup sizes must be (height, width) pairs of positive integers, got {given!r}")
+    for h, w in sizes:
+        if int(h) * int(w) > MAX_WARMUP_PIXELS:
+            raise ConfigError(
+                f"warmup size ({h}, {w}) is {int(h) * int(w):,} pixels, more than {MAX_WARMUP_PIXELS:,}: warm up "
+                "with the sizes the app receives (each image is resized to the preset's short side first, so a "
+                "few typical sizes cover it)"
+            )
     vocab = segmenter.vocabulary(classes, class_file)
     rng = np.random.default_rng(0)
     first = []

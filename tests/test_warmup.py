@@ -93,3 +93,16 @@ def test_warmup_rejects_bad_sizes(make_segmenter, sizes):
 
     with pytest.raises(ConfigError, match="warmup sizes"):
         make_segmenter("sclip", "voc21", short_side=48).warmup(sizes=sizes)
+
+
+def test_warmup_refuses_a_size_no_app_receives_before_allocating_it(make_segmenter):
+    from clipsam.errors import ConfigError
+    from clipsam.warmup import MAX_WARMUP_PIXELS
+
+    seg = make_segmenter("sclip", "voc21", short_side=48)
+    with pytest.raises(ConfigError, match=r"warmup size \(1000000, 1000000\) is 1,000,000,000,000 pixels"):
+        seg.warmup(sizes=[(48, 64), (10**6, 10**6)])  # was a MemoryError for 2.7 TiB; nothing ran before it
+    assert len(seg.text_cache) == 0
+    side = int(MAX_WARMUP_PIXELS**0.5)
+    with pytest.raises(ConfigError, match="more than 100,000,000"):
+        seg.warmup(sizes=[(side + 1, side + 1)])
