@@ -138,7 +138,10 @@ def load_image(image, what: str = "image") -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return _read_file(image)
     if isinstance(image, np.ndarray):
-        return _from_array(image, what)
+        a = np.asarray(image)  # np.matrix and other subclasses: the plain array (a matrix stays 2-D under indexing)
+        if not a.dtype.isnative:  # big-endian data ('>f4'): the same values in this machine's byte order
+            a = a.astype(a.dtype.newbyteorder("="))
+        return _from_array(a, what)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -147,6 +150,10 @@ def load_image(image, what: str = "image") -> np.ndarray:
         return _from_pil(image, f"PIL {what}")
     if type(image).__module__.startswith("torch"):
         t = image.detach()
+        if t.layout != sys.modules["torch"].strided:
+            raise InvalidTypeError(f"tensor {what} is a {t.layout} tensor; pass a dense one (tensor.to_dense()).")
+        if t.device.type == "meta":
+            raise InvalidInputError(f"tensor {what} is on the 'meta' device and holds no pixel values.")
         if t.ndim != 3 or t.shape[0] not in _CHANNELS:
             raise InvalidImageError(f"tensor {what} has shape {tuple(t.shape)}; expected CxHxW with C in (1, 3, 4).")
         err = _ambiguous(tuple(t.shape), "CxHxW", f"tensor {what}")

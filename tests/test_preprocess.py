@@ -208,3 +208,19 @@ def test_folders_and_urls_are_named_as_such(tmp_path):
         InvalidImageError, match=r"'https://example.com/photos/cat.jpg' is a URL; clipsam does not fetch"
     ):
         load_image(url)
+
+
+def test_foreign_byte_order_subclasses_sparse_and_meta_tensors(chelsea_small):
+    x = chelsea_small / 255.0
+    big = x.astype(">f4")  # the same values stored big-endian: read as such, not refused as an unknown dtype
+    before = big.copy()
+    np.testing.assert_array_equal(load_image(big), load_image(x.astype(np.float32)))
+    assert big.dtype == np.dtype(">f4") and np.array_equal(big, before)  # the caller's array is untouched
+    grey = np.matrix(chelsea_small[:, :, 0])  # a subclass that stays 2-D under indexing: its plain array is used
+    np.testing.assert_array_equal(load_image(grey), load_image(chelsea_small[:, :, 0]))
+    chw = torch.from_numpy(np.ascontiguousarray(chelsea_small.transpose(2, 0, 1)))
+    with pytest.raises(InvalidTypeError, match=r"sparse_coo tensor; pass a dense one \(tensor.to_dense\(\)\)"):
+        load_image(chw.to_sparse())
+    with pytest.raises(InvalidInputError, match="'meta' device and holds no pixel values"):
+        load_image(torch.empty(chw.shape, device="meta"))
+    np.testing.assert_array_equal(load_image(chw.to_sparse().to_dense()), load_image(chelsea_small))
