@@ -41,13 +41,18 @@ def _overlay_colours(n: int) -> np.ndarray:
     return pal
 
 
+def _describe(a) -> str:
+    """ "int64 array (3, 4)" or the type's name, for error messages."""
+    return f"{a.dtype} array {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+
+
 @dataclass
 class SegmentationResult:
     """Per-pixel labels for one image.
 
     Attributes:
         labels: (H, W) int32 class indices into ``classes``.
-        scores: (H, W) float32 probability of the chosen class.
+        scores: (H, W) float32 probability of the chosen class (empty when a server's reply did not include them).
         classes: class display names.
         image: (H, W, 3) uint8 RGB input (for overlays), or None; read-only (it may share the caller's image):
             copy it to draw on it.
@@ -66,6 +71,35 @@ class SegmentationResult:
     dense_labels: np.ndarray | None = None
     instances: list = field(default_factory=list)
     max_memory_mb: float | None = None  # working memory of overlay() and save() (default: 64 MiB strips)
+
+    def __post_init__(self) -> None:
+        """Arrays that ``overlay``, ``save`` and the statistics can use: checked once here, so that a result built
+        by hand (or decoded from a server's reply) fails with the reason, not inside numpy or PIL later."""
+        labels, scores = self.labels, self.scores
+        if not isinstance(labels, np.ndarray) or labels.ndim != 2 or labels.dtype.kind not in "iu":
+            raise InvalidInputError(
+                f"SegmentationResult.labels must be an (H, W) integer array, got {_describe(labels)}"
+            )
+        if not isinstance(scores, np.ndarray) or (scores.shape != labels.shape and scores.size):
+            raise InvalidInputError(
+                f"SegmentationResult.scores must be an array of the labels' shape {labels.shape} (or empty), got "
+                f"{_describe(scores)}"
+            )
+        if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
+            raise InvalidInputError("SegmentationResult.classes must be a sequence of class-name strings")
+        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
+            raise InvalidInputError(
+                f"SegmentationResult.labels hold values in [{int(labels.min())}, {int(labels.max())}], but "
+                f"there are {len(self.classes)} classes: every label must index classes (0 .. "
+                f"{len(self.classes) - 1})"
+            )
+        for name in ("image", "dense_labels"):
+            a = getattr(self, name)
+            want = labels.shape + ((3,) if name == "image" else ())
+            if a is not None and (not isinstance(a, np.ndarray) or a.shape != want):
+                raise InvalidInputError(
+                    f"SegmentationResult.{name} must be None or of shape {want}, got {_describe(a)}"
+                )
 
     @property
     def shape(self) -> tuple[int, int]:

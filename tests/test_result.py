@@ -155,3 +155,29 @@ def test_cli_segment_stays_inside_the_memory_budget(tmp_path):
     allowed = budget + h * w * (8 + 3) / 2**20 + 64
     assert r["peak"] - r["before"] <= allowed, (r, allowed)
     assert np.asarray(Image.open(tmp_path / "out" / "big_labels.png")).shape == (h, w)
+
+
+def test_a_result_built_by_hand_is_checked_when_built():
+    from clipsam.errors import InvalidInputError
+
+    labels, scores = np.zeros((4, 5), np.int32), np.zeros((4, 5), np.float32)
+    labels[0, 0] = 2
+    bad = [
+        (dict(labels=labels.astype(np.float32)), r"labels must be an \(H, W\) integer array, got float32 array"),
+        (dict(labels=labels[None]), r"labels must be an \(H, W\) integer array, got int32 array \(1, 4, 5\)"),
+        (
+            dict(scores=scores[:3]),
+            r"scores must be an array of the labels' shape \(4, 5\) .*got float32 array \(3, 5\)",
+        ),
+        (dict(classes=("cat", "dog")), r"values in \[0, 2\], but there are 2 classes.*\(0 \.\. 1\)"),  # was IndexError
+        (dict(labels=labels - 3), r"values in \[-3, -1\]"),  # was a ValueError from overlay()
+        (dict(classes="cat"), "classes must be a sequence of class-name strings"),
+        (dict(image=np.zeros((4, 6, 3), np.uint8)), r"image must be None or of shape \(4, 5, 3\)"),
+        (dict(dense_labels=np.zeros((5, 4), np.int32)), r"dense_labels must be None or of shape \(4, 5\)"),
+    ]
+    for changes, why in bad:
+        kw = {**dict(labels=labels, scores=scores, classes=("a", "b", "c")), **changes}
+        with pytest.raises(InvalidInputError, match=why):
+            SegmentationResult(**kw)
+    ok = SegmentationResult(labels.astype(np.uint8), np.zeros((0, 0), np.float32), ("a", "b", "c"))  # no scores
+    assert ok.pixel_fractions()["c"] == pytest.approx(1 / 20)
