@@ -127,11 +127,16 @@ class AttentionConfig:
             ("rcs_weights", _pair(self, "rcs_weights")),
             ("sfr_weights", _pair(self, "sfr_weights")),
         ):
-            if tau <= 0 or not 0.0 <= lam <= 1.0:
+            if not 0 < tau <= _MAX_TAU or not 0.0 <= lam <= 1.0:
                 raise ConfigError(
-                    f"{name} must be (tau, lambda) with tau > 0 (a temperature) and lambda in [0, 1] (a blend weight), "
-                    f"got {getattr(self, name)}"
+                    f"{name} must be (tau, lambda) with tau in (0, {_MAX_TAU:g}] (a temperature multiplying attention "
+                    f"logits; beyond that they overflow to inf and the scores to NaN) and lambda in [0, 1] (a blend "
+                    f"weight), got {getattr(self, name)}"
                 )
+
+
+_MAX_TAU = 100.0  # RCS / SFR temperatures (the methods use about 2)
+_MIN_STD = 0.01  # NACLIP / SFR Gaussian std in patches
 
 
 def _pair(obj: Any, name: str) -> tuple[float, float]:
@@ -162,8 +167,11 @@ class FeedbackConfig:
         _check_types(self)
         _choice("sfr_path_check", self.sfr_path_check, ("prefix", "full", "none"))
         _choice("sfr_blur", self.sfr_blur, ("raster", "2d"))
-        if self.gaussian_std <= 0:
-            raise ConfigError("gaussian_std must be > 0")
+        if not self.gaussian_std >= _MIN_STD:
+            raise ConfigError(
+                f"gaussian_std must be >= {_MIN_STD:g} patches (smaller is already a single patch; near 0 the "
+                f"Gaussian's normaliser underflows and the scores become NaN), got {self.gaussian_std}"
+            )
         if not 0.0 <= self.temp_thd <= 1.0:
             raise ConfigError(f"temp_thd is a probability threshold and must be in [0, 1], got {self.temp_thd}")
         if self.sfr_pamr_iters < 0:
@@ -203,6 +211,13 @@ class ScheduleConfig:
             raise ConfigError("short_side and long_side must be positive")
         if self.pad_multiple < 0:
             raise ConfigError(f"pad_multiple must be >= 0 (0: the patch size), got {self.pad_multiple}")
+        reach = self.slide_crop or self.long_side  # a window, or the whole resized image
+        if self.pad_multiple > reach:
+            raise ConfigError(
+                f"pad_multiple {self.pad_multiple} is larger than the {'window (slide_crop)' if self.slide_crop else 'resized image (long_side)'} "
+                f"{reach}: each one would be padded with more zeros than it has pixels. Use a multiple up to "
+                f"{reach} (CorrCLIP's presets use 56; 0 means the patch size)"
+            )
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
         if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):

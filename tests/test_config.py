@@ -99,7 +99,7 @@ def test_overrides_and_errors():
         (dict(rcs_layers=(-1, 5)), "rcs_layers must be distinct 0-based"),
         (dict(rcs_layers=(5, 5)), "rcs_layers must be distinct 0-based"),
         (dict(rcs_weights=(2.0,)), r"rcs_weights must be a pair \(tau, lambda\)"),
-        (dict(rcs_weights=(0.0, 0.3)), "rcs_weights must be .* tau > 0"),
+        (dict(rcs_weights=(0.0, 0.3)), r"rcs_weights must be .* tau in \(0, 100\]"),
         (dict(sfr_weights=(2.2, 1.5)), "sfr_weights must be .* lambda in \\[0, 1\\]"),
         (dict(temp_thd=1.5), "temp_thd is a probability threshold"),
         (dict(logit_scale=0.0), "logit_scale is the softmax's inverse temperature"),
@@ -128,3 +128,18 @@ def test_windows_farther_apart_than_their_size_and_zero_scale_weights_are_errors
         dense_config("sclip", None, scales=(1.0, 0.5), scale_weights=(0.0, 0.0))  # prob_mean applies them too
     kept = dense_config("sclip", None, scales=(1.0, 0.5), scale_weights=(1.0, 0.0))
     assert kept.scale_weights == (1.0, 0.0)
+
+
+def test_values_that_overflow_or_pad_beyond_reason_are_errors():
+    for kw, why in [
+        (dict(rcs_weights=(1e30, 0.3)), r"rcs_weights must be \(tau, lambda\) with tau in \(0, 100\]"),  # NaN scores
+        (dict(sfr_weights=(101.0, 0.7)), r"tau in \(0, 100\]"),
+        (dict(gaussian_std=1e-30), "gaussian_std must be >= 0.01 patches"),  # the normaliser underflowed: NaN
+        (dict(slide_crop=224, pad_crops=True, pad_multiple=10000), r"pad_multiple 10000 is larger than the window"),
+        (dict(slide_crop=0, pad_crops=True, pad_multiple=4096), r"larger than the resized image \(long_side\) 2048"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            dense_config("resclip", "voc21", **kw)
+    ok = dense_config("resclip", "voc21", rcs_weights=(100.0, 0.3), gaussian_std=0.01, slide_crop=224, pad_multiple=224)
+    assert ok.rcs_weights == (100.0, 0.3) and ok.pad_multiple == 224
+    assert dense_config("corrclip", "cityscapes").pad_multiple == 56  # the presets stay valid
