@@ -272,6 +272,24 @@ def check_engine_options(args: argparse.Namespace) -> None:
         )
 
 
+def check_torch_options(args: argparse.Namespace) -> None:
+    """Refuse ONNX Runtime options given without --engines (they would be ignored silently)."""
+    given = [
+        flag
+        for flag, key in (
+            ("--providers", "providers"),
+            ("--allow-provider-fallback", "allow_provider_fallback"),
+            ("--trt-cache", "trt_cache"),
+        )
+        if getattr(args, key, None)
+    ]
+    if given:
+        raise ClipSamError(
+            f"{' / '.join(given)} apply to exported engines only: add --engines DIR (a folder written by clipsam "
+            "export), or drop them to run the PyTorch model (--device chooses where)"
+        )
+
+
 def corrclip_options(args: argparse.Namespace, refine: str | None, kwargs: dict[str, Any]) -> str | None:
     """CorrCLIP's keywords (DINO weights, mask source, ``refine=False`` when SAM2 serves only the automatic masks)
     added to ``kwargs``; returns the SAM2 model to build (one per segmenter), or ``refine``."""
@@ -381,6 +399,7 @@ def build_segmenter(args: argparse.Namespace, preset: Any = dataclasses.MISSING)
             max_memory_mb=opt["max_memory_mb"],
             **kwargs,
         )
+    check_torch_options(args)
     sam2 = corrclip_options(args, opt["refine"], kwargs)
     if opt["sam2_weights"] and not sam2:
         raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")

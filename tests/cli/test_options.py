@@ -85,3 +85,17 @@ def test_choices_come_from_the_registries():
     seg = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices["segment"]
     choices = {a.dest: tuple(a.choices) for a in seg._actions if a.choices}
     assert choices["method"] == tuple(METHODS) and choices["preset"] == DATASETS and choices["refine"] == SAM2_MODELS
+
+
+@pytest.mark.parametrize(
+    "given,match",
+    [
+        (["--providers", "cuda,cpu"], "--providers apply to exported engines only: add --engines DIR"),
+        (["--allow-provider-fallback"], "--allow-provider-fallback apply to exported engines only"),
+        (["--trt-cache", "trt"], "--trt-cache apply to exported engines only"),
+        (["--providers", "tensorrt", "--trt-cache", "t"], "--providers / --trt-cache apply"),
+    ],
+)
+def test_engine_options_without_engines_are_refused(given, match):
+    with pytest.raises(ClipSamError, match=match):  # they were ignored: the PyTorch model ran on the CPU
+        build_segmenter(_args("--random-weights", *given))
