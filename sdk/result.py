@@ -215,6 +215,11 @@ class SegmentationResult:
 
         if max_memory_mb is not None:
             positive_number(max_memory_mb, "max_memory_mb")
+        if not isinstance(stem, str) or not stem.strip() or Path(stem).is_absolute() or ".." in Path(stem).parts:
+            raise InvalidInputError(
+                f"stem {stem!r} must name the files inside the output folder: a name or a relative path without "
+                "'..' (e.g. 'photo' or 'album/photo')"
+            )
         out = output_dir(out_dir, "output folder")  # a file, read-only or unwritable: OutputError naming it
         if Path(str(stem)).parent != Path("."):  # a stem with sub-folders ("a/b"): created like the output folder
             output_dir(out / Path(str(stem)).parent, "output folder")

@@ -181,3 +181,14 @@ def test_a_result_built_by_hand_is_checked_when_built():
             SegmentationResult(**kw)
     ok = SegmentationResult(labels.astype(np.uint8), np.zeros((0, 0), np.float32), ("a", "b", "c"))  # no scores
     assert ok.pixel_fractions()["c"] == pytest.approx(1 / 20)
+
+
+def test_save_keeps_its_files_inside_the_output_folder(tmp_path):
+    from clipsam.errors import InvalidInputError
+
+    res = SegmentationResult(np.zeros((4, 5), np.int32), np.zeros((4, 5), np.float32), ("a",))
+    for stem in ("../escape", "a/../../b", str(tmp_path / "abs"), "", " ", 5):
+        with pytest.raises(InvalidInputError, match="must name the files inside the output folder"):
+            res.save(tmp_path / "out", stem)
+    assert not (tmp_path / "escape.json").exists() and not (tmp_path / "abs.json").exists()
+    assert res.save(tmp_path / "out", "album/photo")["summary"] == tmp_path / "out" / "album" / "photo.json"
