@@ -49,7 +49,8 @@ def is_kind(value: Any, kind: str) -> bool:
 def check_fields(
     obj: Any, kinds: Mapping[str, str], rename: Mapping[str, str] | None = None, skip: Iterable[str] = ()
 ) -> None:
-    """``ConfigError`` naming the option when a field of the dataclass ``obj`` is not of its kind.
+    """``ConfigError`` naming the option when a field of the dataclass ``obj`` is not of its kind; list values
+    become tuples (the caller's list is not kept).
 
     Arguments:
         kinds: option name -> kind; fields without a kind are not checked.
@@ -66,3 +67,5 @@ def check_fields(
         if kind is not None and not is_kind(value, kind):
             text = KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
             raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
+        if isinstance(value, list):  # a frozen config holds tuples: hashable, and no alias of the caller's list
+            object.__setattr__(obj, f.name, tuple(value))

@@ -143,3 +143,12 @@ def test_values_that_overflow_or_pad_beyond_reason_are_errors():
     ok = dense_config("resclip", "voc21", rcs_weights=(100.0, 0.3), gaussian_std=0.01, slide_crop=224, pad_multiple=224)
     assert ok.rcs_weights == (100.0, 0.3) and ok.pad_multiple == 224
     assert dense_config("corrclip", "cityscapes").pad_multiple == 56  # the presets stay valid
+
+
+def test_lists_become_tuples_so_a_config_is_hashable_and_not_an_alias():
+    scales, layers = [1.0, 0.5], [5, 6]
+    cfg = dense_config("resclip", None, scales=scales, rcs_layers=layers, templates=["a {}."])
+    scales.append(2.0)
+    layers.clear()  # the caller's lists change afterwards: the frozen config does not
+    assert (cfg.scales, cfg.rcs_layers, cfg.templates) == ((1.0, 0.5), (5, 6), ("a {}.",))
+    assert hash(cfg) == hash(dense_config("resclip", None, scales=(1.0, 0.5), rcs_layers=(5, 6), templates=("a {}.",)))
