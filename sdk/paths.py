@@ -63,6 +63,8 @@ def input_error(
     path = check_usable(Path(value), what, error)
     if path.is_dir():
         return error(f"{what} {path} is a folder, not a file." + (f" {folder_hint}" if folder_hint else ""))
+    if path.exists():  # a device, FIFO or socket: there is something, but not a file to read
+        return error(f"{what} {path} is not a regular file (a device, pipe or socket); pass a file.")
     return error(f"{what} not found: {path}." + (f" {missing_hint}" if missing_hint else ""))
 
 
@@ -116,6 +118,8 @@ def output_file(value, what: str = "output file") -> Path:
 def _path(value, what: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
         raise InvalidTypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
+    if not os.fspath(value).strip():
+        raise OutputError(f"{what} is an empty path; name a folder (use '.' for the current one).")
     if is_url(value):
         raise OutputError(
             f"{what} {os.fspath(value)!r} is a URL; clipsam writes local files only. Write to a local "

@@ -69,3 +69,21 @@ def test_a_name_too_long_for_the_file_system_is_a_clipsam_error(tmp_path):
         output_dir(long)
     with pytest.raises(ClipSamError, match=r"\(5000 characters\) is not a usable path"):
         input_file("y" * 5000, "image file")  # shown cut short
+
+
+def test_special_files_and_empty_output_paths_are_named_as_such(tmp_path):
+    import os
+
+    from clipsam.errors import ClipSamError, OutputError
+    from clipsam.paths import input_file, output_dir, output_file
+
+    with pytest.raises(ClipSamError, match="/dev/null is not a regular file"):  # it said "not found"
+        input_file("/dev/null", "image file")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ClipSamError, match="pipe is not a regular file"):
+        input_file(tmp_path / "pipe", "image file")
+    for empty in ("", "  "):
+        with pytest.raises(OutputError, match=r"output folder is an empty path; name a folder \(use '\.'"):
+            output_dir(empty)  # it wrote into the current folder
+        with pytest.raises(OutputError, match="empty path"):
+            output_file(empty)
