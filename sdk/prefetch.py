@@ -11,6 +11,7 @@ results beyond the one being consumed.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,8 @@ def decode_workers(value: int | None, on_gpu: bool, name: str = "decode_workers"
         value, what = env, "CLIPSAM_DECODE_WORKERS"  # type: ignore[assignment]
     else:
         what = name
+        if not isinstance(value, numbers.Integral):  # "2" from Python is refused like batch_size=2.0 (text: env only)
+            raise ConfigError(f"{what} must be an integer >= 0 (0: decode in the calling thread), got {value!r}")
     try:
         n = int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

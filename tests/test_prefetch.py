@@ -79,7 +79,7 @@ def test_decode_workers_defaults_and_errors(monkeypatch):
     assert decode_workers(3, on_gpu=False) == 3 and decode_workers(0, on_gpu=True) == 0
     monkeypatch.setenv("CLIPSAM_DECODE_WORKERS", "1")
     assert decode_workers(None, on_gpu=False) == 1
-    for bad in (-1, 1.5, True, "two"):
+    for bad in (-1, 1.5, True, "two", "2", 2.0):  # "2" and 2.0 were read as 2 (batch_size=2.0 is refused)
         with pytest.raises(ConfigError, match="decode_workers must be an integer >= 0"):
             decode_workers(bad, on_gpu=False)  # type: ignore[arg-type]
     monkeypatch.setenv("CLIPSAM_DECODE_WORKERS", "x")
