@@ -213,10 +213,11 @@ class ScheduleConfig:
             raise ConfigError(f"pad_multiple must be >= 0 (0: the patch size), got {self.pad_multiple}")
         reach = self.slide_crop or self.long_side  # a window, or the whole resized image
         if self.pad_multiple > reach:
+            what = "window (slide_crop)" if self.slide_crop else "resized image (long_side)"
             raise ConfigError(
-                f"pad_multiple {self.pad_multiple} is larger than the {'window (slide_crop)' if self.slide_crop else 'resized image (long_side)'} "
-                f"{reach}: each one would be padded with more zeros than it has pixels. Use a multiple up to "
-                f"{reach} (CorrCLIP's presets use 56; 0 means the patch size)"
+                f"pad_multiple {self.pad_multiple} is larger than the {what} {reach}: each one would be padded with "
+                f"more zeros than it has pixels. Use a multiple up to {reach} (CorrCLIP's presets use 56; 0 means "
+                "the patch size)"
             )
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
