@@ -27,21 +27,18 @@ def decode_workers(value: int | None, on_gpu: bool, name: str = "decode_workers"
     """The number of decode threads: ``value`` if given (>= 0; 0 = decode in the calling thread), else 2 when the
     model runs on a GPU (the host is otherwise idle while it computes) and 0 on the CPU (the model's own threads
     already use every core). ``CLIPSAM_DECODE_WORKERS`` overrides the default."""
+    given: Any = value
     if value is None:
         env = os.environ.get("CLIPSAM_DECODE_WORKERS", "").strip()
         if not env:
             return 2 if on_gpu else 0
-        value, what = env, "CLIPSAM_DECODE_WORKERS"  # type: ignore[assignment]
+        given, what = env, "CLIPSAM_DECODE_WORKERS"  # text: "2"
+        n = int(env) if env.isdigit() else -1
     else:
-        what = name
-        if not isinstance(value, numbers.Integral):  # "2" from Python is refused like batch_size=2.0 (text: env only)
-            raise ConfigError(f"{what} must be an integer >= 0 (0: decode in the calling thread), got {value!r}")
-    try:
-        n = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        n = -1
-    if isinstance(value, bool) or n < 0 or str(n) != str(value).strip():
-        raise ConfigError(f"{what} must be an integer >= 0 (0: decode in the calling thread), got {value!r}")
+        what = name  # from Python: an integer ("2" is refused like batch_size=2.0)
+        n = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else -1
+    if n < 0:
+        raise ConfigError(f"{what} must be an integer >= 0 (0: decode in the calling thread), got {given!r}")
     return n
 
 
