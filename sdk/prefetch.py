@@ -33,7 +33,7 @@ def decode_workers(value: int | None, on_gpu: bool, name: str = "decode_workers"
         if not env:
             return 2 if on_gpu else 0
         given, what = env, "CLIPSAM_DECODE_WORKERS"  # text: "2"
-        n = int(env) if env.isdigit() else -1
+        n = int(env) if env.isascii() and env.isdigit() and str(int(env)) == env else -1  # not "²", "02" or "+2"
     else:
         what = name  # from Python: an integer ("2" is refused like batch_size=2.0)
         n = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else -1

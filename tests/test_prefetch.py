@@ -82,6 +82,7 @@ def test_decode_workers_defaults_and_errors(monkeypatch):
     for bad in (-1, 1.5, True, "two", "2", 2.0):  # "2" and 2.0 were read as 2 (batch_size=2.0 is refused)
         with pytest.raises(ConfigError, match="decode_workers must be an integer >= 0"):
             decode_workers(bad, on_gpu=False)  # type: ignore[arg-type]
-    monkeypatch.setenv("CLIPSAM_DECODE_WORKERS", "x")
-    with pytest.raises(ConfigError, match="CLIPSAM_DECODE_WORKERS"):
-        decode_workers(None, on_gpu=False)
+    for text in ("x", "²", "02", "-1", "1.0"):  # "²" passed str.isdigit and then failed int() with a ValueError
+        monkeypatch.setenv("CLIPSAM_DECODE_WORKERS", text)
+        with pytest.raises(ConfigError, match="CLIPSAM_DECODE_WORKERS"):
+            decode_workers(None, on_gpu=False)
