@@ -28,6 +28,7 @@ from .config_kinds import check_fields
 from .errors import ConfigError
 from .method_config import FIELD_KINDS as _METHOD_FIELD_KINDS
 from .method_config import CorrClipConfig, RFClipConfig
+from .text import resolve_templates
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -318,8 +319,6 @@ class DenseConfig:
                     f"DenseConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
                 )
         _check_types(self)
-        from .text import resolve_templates
-
         resolve_templates(self.templates)  # a template str.format cannot fill fails here, not at the first image
         if self.calibration.mode == "excel" and (self.attention.rcs or self.attention.sfr):
             raise ConfigError(

@@ -10,7 +10,7 @@ from .errors import BackendUnavailableError, ConfigError, InvalidTypeError
 from .frontend import SegmenterFront
 from .pipeline.windows import check_window_size
 from .prompting import PROMPT_FIELDS, PromptConfig, build_text_embeddings
-from .text import TextEmbeddingCache, resolve_templates
+from .text import TextEmbeddingCache
 from .text_store import resolve_text_store, text_cache_key
 from .vocabulary import Vocabulary
 
@@ -233,8 +233,7 @@ class Segmenter(SegmenterFront):
 
         if templates is not None:
             overrides["templates"] = templates
-        cfg = dense_config(method, preset, **overrides)
-        resolve_templates(cfg.templates)  # a bad template fails before any weights load
+        cfg = dense_config(method, preset, **overrides)  # a bad template fails here, before any weights load
         precision = resolve_precision(precision, cfg.attention.base, device)
         _check_precision_method(precision, cfg)
         corr = cfg.attention.base == "corrclip"

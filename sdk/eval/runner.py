@@ -41,8 +41,9 @@ def report_path(out_path, what: str = "out_path") -> Path:
     """``out_path`` checked as the JSON report's path: writable (``paths.output_file``), and not a name that the
     Markdown report (``.md`` beside it) or the partial state (``.partial.json``) would overwrite."""
     path = output_file(out_path, what)
-    if path.suffix.lower() == ".md" or path.name.lower().endswith(".partial.json"):
-        stem = path.name[: -len(".partial.json")] if path.name.lower().endswith(".partial.json") else path.stem
+    partial = path.name.lower().endswith(".partial.json")
+    if partial or path.suffix.lower() == ".md":
+        stem = path.name[: -len(".partial.json")] if partial else path.stem
         raise ConfigError(
             f"{what} {str(out_path)!r} names the JSON report, which gets a Markdown report beside it ({stem}.md) "
             f"and, while running, a partial state ({stem}.partial.json): this name would be overwritten by one of "
