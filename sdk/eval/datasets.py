@@ -210,9 +210,24 @@ class Dataset:
         return self.samples[index]
 
     def load_label(self, sample: Sample) -> np.ndarray:
-        """The HxW ground truth of ``sample`` with reduce_zero_label applied: values in [0, C) or 255."""
+        """The HxW ground truth of ``sample`` with reduce_zero_label applied: values in [0, C) or ``ignore_index``.
+
+        Raises InvalidImageError naming the file when it holds other values (a label of another dataset or
+        layout), before any image is segmented; ``--skip-bad`` skips such a sample like an unreadable one."""
         label = read_label(sample.label_path)
-        return reduce_zero_label(label) if self.spec.reduce_zero_label else label
+        label = reduce_zero_label(label) if self.spec.reduce_zero_label else label
+        n, ignore = self.spec.num_classes, self.spec.ignore_index
+        if label.size and (label.min() < 0 or label.max() >= n):
+            bad = np.unique(label[((label < 0) | (label >= n)) & (label != ignore)])
+            if bad.size:
+                shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+                zero = " after reduce_zero_label (0 -> ignored, k -> k-1)" if self.spec.reduce_zero_label else ""
+                raise InvalidImageError(
+                    f"Label file {sample.label_path} has values outside [0, {n}) that are not the ignore index "
+                    f"{ignore}{zero}: {shown}. It is not a '{self.spec.name}' label: check the dataset name and "
+                    "root, or skip such files with --skip-bad (skip_bad=True)."
+                )
+        return label
 
     def load_image(self, sample: Sample) -> np.ndarray:
         """The HxWx3 uint8 RGB image of ``sample``. Raises InvalidImageError for an unreadable file."""

@@ -221,6 +221,13 @@ def test_bad_label_files(tmp_path):
     Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(rgb)
     with pytest.raises(InvalidImageError, match="mode 'RGB'"):
         ds.load_label(ds[2])
+    wrong = base / "SegmentationClass" / f"{ids[0]}.png"
+    _write_label(wrong, np.array([[0, 21], [255, 200]]), palette=True)  # 21 and 200: no VOC21 class
+    with pytest.raises(InvalidImageError, match=rf"{wrong} has values outside \[0, 21\).*: 21, 200\."):
+        ds.load_label(ds[0])
+    zero = open_dataset("voc20", tmp_path)  # reduce_zero_label: 0 is ignored, 21 becomes 20, outside [0, 20)
+    with pytest.raises(InvalidImageError, match=r"outside \[0, 20\).* after reduce_zero_label.*: 20, 199\."):
+        zero.load_label(zero[0])
     (base / "JPEGImages" / f"{ids[0]}.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(InvalidImageError, match=f"{ids[0]}.jpg"):
         ds.load_image(ds[0])

@@ -157,6 +157,24 @@ def test_bad_image_and_label(voc, tmp_path):
     assert [s["path"] for s in rep.skipped] == [str(bad_label)] and rep.images == 6
 
 
+def test_label_of_another_dataset_is_a_bad_sample(voc, tmp_path):
+    """A label with values the dataset has no class for (here 40 in VOC21) names its file before that image is
+    segmented; --skip-bad skips it like an unreadable one."""
+    base = voc / "VOCdevkit" / "VOC2012"
+    odd = base / "SegmentationClass" / f"{IDS[3]}.png"
+    label = np.full((13, 18), 40, np.uint8)
+    label[0, :4] = [0, 20, 255, 77]
+    _write_label(odd, label, palette=True)
+    ds = open_dataset("voc21", voc)
+    seg = FakeSegmenter()
+    with pytest.raises(InvalidImageError, match=rf"{odd}.*outside \[0, 21\).*: 40, 77\. It is not a 'voc21' label"):
+        evaluate(seg, ds, tmp_path / "a.json", progress=False, resume=False)
+    assert seg.calls == IDS[:3]  # stopped before segmenting the image of that label
+    rep = evaluate(FakeSegmenter(), ds, tmp_path / "b.json", progress=False, skip_bad=True)
+    assert rep.images == 6 and [s["path"] for s in rep.skipped] == [str(odd)]
+    assert "outside [0, 21)" in rep.skipped[0]["error"]
+
+
 def test_vocabulary_must_be_the_datasets(voc, tmp_path):
     ds = open_dataset("voc21", voc)
     with pytest.raises(ConfigError, match="preset='voc21'"):
