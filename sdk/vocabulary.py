@@ -3,14 +3,16 @@
 A vocabulary is an ordered list of classes; each class has one or more *queries* (synonyms). Every query
 is encoded as its own text embedding and competes in the softmax; a class then takes the max over its
 queries (``docs/algorithms.md`` sections 1 and 6). Class files hold one class per line with synonyms separated
-by ", " (exactly the upstream format: the display name of a class is its first synonym); they are read as UTF-8
-with an optional byte-order mark. Names are normalised (``normalise_name``: no BOM, single inner spaces, stripped),
-so "cat " and "cat" are one name and a duplicate.
+by ", " (exactly the upstream format: the display name of a class is its first synonym; it has no comment lines,
+so a line starting with "#" is refused); they are read as UTF-8 with an optional byte-order mark. Names are
+normalised (``normalise_name``: no BOM, single inner spaces, stripped), so "cat " and "cat" are one name and a
+duplicate; a name holding a control character is refused.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
@@ -71,6 +73,12 @@ class Vocabulary:
                 name = normalise_name(given)
                 if not name:
                     raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
+                control = next((ch for ch in name if unicodedata.category(ch) == "Cc"), None)
+                if control is not None:
+                    raise VocabularyError(
+                        f"{source}: class name {_short(name)!r} (class {ci}) contains the control character "
+                        f"U+{ord(control):04X}; remove it (a stray escape or binary data, never part of a word)."
+                    )
                 if name in seen and not allow_duplicates:
                     was = seen[name][1]
                     same = f"; given as {was!r} and {given!r}, equal once spacing is normalised" if was != given else ""
@@ -227,6 +235,12 @@ def parse_class_lines(text: str, source: str, allow_duplicates: bool = False) ->
     for i, line in enumerate(lines):
         if not line.strip():
             raise VocabularyError(f"{source}: line {i + 1} is empty; every line must name one class.")
+        if line.lstrip().startswith("#"):
+            raise VocabularyError(
+                f"{source}: line {i + 1} starts with '#' ({_short(line.strip())!r}); class files have no comment "
+                "lines (every line names one class, synonyms separated by ', '), so it would become a class. "
+                "Remove the line."
+            )
     return Vocabulary.from_synonyms(
         [line.split(", ") for line in lines], source=source, allow_duplicates=allow_duplicates
     )

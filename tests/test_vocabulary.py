@@ -78,6 +78,32 @@ def test_vocabulary_errors(tmp_path):
     assert issubclass(VocabularyError, ValueError)
 
 
+def test_comment_lines_and_control_characters_are_refused(tmp_path):
+    f = tmp_path / "commented.txt"
+    f.write_text("cat, kitty\n  # kitchen things\ndog\n")
+    with pytest.raises(VocabularyError, match=r"line 2 starts with '#' \('# kitchen things'\).*Remove the line"):
+        parse_class_file(f)
+    assert parse_class_file_text("cat, c#\ndog") == ("cat", "c#", "dog")  # '#' inside a name stays a character
+    for bad, code in (("ca\x00t", "0000"), ("\x1b[31mcat", "001B"), ("cat\x7f", "007F"), ("cat\x9b", "009B")):
+        with pytest.raises(VocabularyError, match=rf"class 1\) contains the control character U\+{code}"):
+            Vocabulary.from_names(["dog", bad])
+    f.write_bytes(b"cat\ndo\x01g\n")
+    with pytest.raises(VocabularyError, match="U\\+0001"):
+        parse_class_file(f)
+    # whitespace controls are spacing, normalised as before; format characters (emoji joiners) are kept
+    assert Vocabulary.from_names(["big\tdog\n", "cat\x0bsofa", "\U0001f469\u200d\U0001f4bb"]).classes == (
+        "big dog",
+        "cat sofa",
+        "\U0001f469\u200d\U0001f4bb",
+    )
+
+
+def parse_class_file_text(text: str) -> tuple[str, ...]:
+    from clipsam.vocabulary import parse_class_lines
+
+    return parse_class_lines(text, "test").queries
+
+
 def test_class_file_that_is_not_a_path_a_folder_or_a_url(tmp_path):
     from clipsam.errors import ClipSamError
 
