@@ -93,12 +93,43 @@ def checkpoint_file(value, what: str = "checkpoint") -> Path:
     return path
 
 
+def _weights_format(path: Path, what: str) -> str:
+    """ "torch" (``torch.save``: a zip archive, or a pickle before torch 1.6) or "safetensors", from the file's first
+    bytes; anything else (a JSON or text file, an image, an ONNX graph) is a ``CheckpointError`` saying what it is
+    not, rather than the "pickled objects" or "corrupt" that ``torch.load`` would report."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    text = all(32 <= b < 127 or b in b"\t\n\r" for b in head)
+    looks = " (text, e.g. JSON or a config)" if text else ""
+    raise CheckpointError(
+        f"{what} {path} is not a weights file: PyTorch's torch.save writes a zip archive (or a pickle before torch "
+        f"1.6) and safetensors files start with their header's length, but this one starts with {head[:12]!r}"
+        f"{looks}. Pass the .pt/.pth/.bin/.safetensors weights file itself."
+    )
+
+
 def torch_load(path: Path, what: str = "checkpoint"):
-    """``torch.load(path, weights_only=True)`` (no pickled code runs) with one-line errors: a file holding
-    pickled Python objects is refused saying how to convert a trusted one; anything else is corrupt."""
+    """``torch.load(path, weights_only=True)`` (no pickled code runs), or ``safetensors`` for a .safetensors file,
+    with one-line errors: a file holding pickled Python objects is refused saying how to convert a trusted one; a
+    file of another kind says so (``_weights_format``); anything else is corrupt."""
     import pickle
 
     torch = _torch()
+    if _weights_format(path, what) == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - open_clip_torch depends on safetensors
+            raise missing_dependency("safetensors", "torch", f"Reading {path.name}") from e
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot read {what} {path} (a corrupt or truncated safetensors file): {first_line(e)}"
+            ) from e
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -120,6 +120,41 @@ def test_missing_keys_are_reported(tmp_path, tiny_clip):
         load_clip(TINY_VIT, path)
 
 
+def test_safetensors_file_loads_like_the_pt_file(tmp_path, tiny_clip, image):
+    """A .safetensors file (the format open_clip's Hugging Face repositories ship) is read without torch.load."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}, str(path))
+    loaded = load_clip(TINY_VIT, path)
+    assert loaded.weights_id.startswith("file:")
+    np.testing.assert_array_equal(_logits(loaded, image), _logits(tiny_clip, image))
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cut.safetensors.*corrupt or truncated safetensors"):
+        load_clip(TINY_VIT, truncated)
+
+
+@pytest.mark.parametrize(
+    "name, content, says",
+    [
+        ("config.json", b'{"embed_dim": 512}', r"starts with b'\{\"embed_dim\"' \(text, e\.g\. JSON"),
+        ("weights.pt", b"\x89PNG\r\n\x1a\n" + bytes(40), r"starts with b'\\x89PNG"),
+        (
+            "model.bin",
+            b"\x08\x07\x12\x07pytorch",
+            r"starts with b'\\x08\\x07\\x12\\x07pytorch'\. Pass",
+        ),  # an ONNX graph's first bytes
+    ],
+)
+def test_a_file_of_another_kind_says_so(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{name} is not a weights file.*{says}") as info:
+        load_clip(TINY_VIT, path)
+    assert "pickled" not in str(info.value)
+
+
 def test_corrupt_missing_and_unknown(tmp_path):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"PK\x03\x04 garbage that is not a checkpoint")
