@@ -222,6 +222,12 @@ class ScheduleConfig:
             )
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"scales must be a non-empty tuple of positive factors, got {self.scales}")
+        smallest = min(self.scales)
+        if round(self.short_side * smallest) < 1:
+            raise ConfigError(
+                f"scale {smallest} makes the short side {self.short_side} x {smallest} round to 0 pixels: use scales "
+                "whose product with short_side is at least the patch size (e.g. 0.5 to 1.75)"
+            )
         if self.combine == "weighted" and (self.scale_weights is None or len(self.scale_weights) != len(self.scales)):
             raise ConfigError("combine='weighted' needs scale_weights with one weight per scale")
         if self.scale_weights is not None and (

@@ -21,7 +21,7 @@ import sys
 import cv2
 import numpy as np
 
-from .errors import InvalidImageError, InvalidInputError, InvalidTypeError
+from .errors import ConfigError, InvalidImageError, InvalidInputError, InvalidTypeError
 from .paths import input_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folder inputs pick up
@@ -198,6 +198,12 @@ def preprocess(rgb: np.ndarray, short_side: int, long_side: int = 2048, min_side
     h, w = rgb.shape[:2]
     nh, nw = resize_shape(h, w, short_side, long_side)
     if nh < min_side or nw < min_side:
+        if min(short_side, long_side) < min_side:  # the target itself, whatever the image: a config problem
+            raise ConfigError(
+                f"images are resized to a short side of {short_side} and a long side of at most {long_side} pixels "
+                f"(short_side and long_side times the scale), smaller than one {min_side}x{min_side} patch. Raise "
+                "short_side, long_side or the smallest of scales."
+            )
         raise InvalidImageError(
             f"image of {h}x{w} pixels is resized to {nh}x{nw}, smaller than one {min_side}x{min_side} patch. "
             "Use a less elongated image or crop it."

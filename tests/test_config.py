@@ -106,6 +106,7 @@ def test_overrides_and_errors():
         (dict(logit_scale=float("nan")), "logit_scale must be a finite number"),
         (dict(gaussian_std=float("inf")), "gaussian_std must be a finite number"),
         (dict(scales=(1.0, float("inf"))), "scales must be a tuple of finite numbers"),
+        (dict(scales=(1.0, 0.001)), r"scale 0.001 makes the short side 336 x 0.001 round to 0 pixels"),
     ]
     for kw, match in bad_values:
         with pytest.raises(ConfigError, match=match):

@@ -342,6 +342,7 @@ def test_options(seg, engine):
         dict(device_id="0"),
         dict(intra_op_threads="x"),
         dict(intra_op_threads=-1),
+        dict(intra_op_threads=10**9),
         dict(trt_cache_dir=5),
         dict(verify="no"),
         dict(io_binding="x"),

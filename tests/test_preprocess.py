@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsam.errors import ClipSamError, InvalidImageError, InvalidInputError, InvalidTypeError
+from clipsam.errors import ClipSamError, ConfigError, InvalidImageError, InvalidInputError, InvalidTypeError
 from clipsam.preprocess import MEAN, STD, load_image, preprocess, resize_shape
 
 
@@ -110,6 +110,9 @@ def test_wrong_dtype_shape_and_type():
 def test_image_smaller_than_one_patch():
     with pytest.raises(InvalidImageError, match="smaller than one 16x16 patch"):
         preprocess(np.zeros((2, 3000, 3), np.uint8), 336, min_side=16)
+    # a target smaller than a patch is the configuration's fault whatever the image (scales=(0.01,): short side 3)
+    with pytest.raises(ConfigError, match=r"short side of 3 and a long side of at most 20 .*Raise short_side"):
+        preprocess(np.zeros((300, 400, 3), np.uint8), 3, 20, min_side=16)
 
 
 # -- hardening (issue 14): every bad image gets a named error, no image is read silently wrong --------------

@@ -13,6 +13,7 @@ refinement (``OrtSam2Refiner``, sharing ``Sam2Refiner.refine``). Nothing here im
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 
 import numpy as np
@@ -36,6 +37,7 @@ from .session import GraphSession, ProviderConfig, resolve_providers
 from .text import OrtTextEncoder
 
 _SAM2_GRAPHS = ("sam2_image_encoder", "sam2_prompt_decoder")
+_MAX_THREADS = 1024  # intra-op threads one ONNX Runtime session may ask for
 
 
 class EngineSegmenter(SegmenterFront):
@@ -117,6 +119,11 @@ class EngineSegmenter(SegmenterFront):
         for name, value in (("device_id", device_id), ("intra_op_threads", intra_op_threads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if intra_op_threads > _MAX_THREADS:
+            raise ConfigError(
+                f"intra_op_threads={intra_op_threads} is more threads than ONNX Runtime can start (at most "
+                f"{_MAX_THREADS}; this machine has {os.cpu_count()} cores). Give the cores to use, or 0 for all."
+            )
         if prompts is not None and not isinstance(prompts, PromptConfig):
             raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig or None, got {type(prompts).__name__}")
         self.max_batch = min(int(max_batch or limits["max_batch"]), int(limits["max_batch"]))

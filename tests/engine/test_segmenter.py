@@ -183,6 +183,12 @@ def test_result_api_and_info(engine_dir, chelsea_small, tmp_path):
     assert same.config.prob_thd == 0.3 and same.config.short_side == 64  # its own method: the other options kept
 
 
+def test_thread_counts_onnx_runtime_cannot_start_are_refused(engine_dir):
+    with pytest.raises(ConfigError, match=r"intra_op_threads=1000000000 is more threads.*at most 1024"):
+        EngineSegmenter(engine_dir("resclip"), intra_op_threads=10**9)
+    assert EngineSegmenter(engine_dir("resclip"), intra_op_threads=1).provider_config.intra_op_threads == 1
+
+
 def test_io_binding_path_gives_the_same_logits(engine_dir, chelsea_small):
     # IO binding is the CUDA path; bound to host memory it runs (and is checked) on the CPU too
     plain = EngineSegmenter(engine_dir("resclip"), short_side=64, io_binding=False)
