@@ -11,7 +11,8 @@ other wrote.
 Location: ``$CLIPSAM_CACHE_DIR/text`` if set, else ``$XDG_CACHE_HOME/clipsam/text``, else
 ``~/.cache/clipsam/text``. Off with ``CLIPSAM_TEXT_CACHE=0`` (or ``text_disk_cache=False``, CLI
 ``--no-text-cache``). Writes are atomic (a temporary file in the same folder, then ``os.replace``); after each
-write the oldest files (by last use) are deleted until the folder holds at most ``max_bytes``. Files are read with
+write the oldest of its files (by last use) are deleted until they take at most ``max_bytes``; only ``<key>.npy``
+files are counted or deleted, never other files of the folder. Files are read with
 ``allow_pickle=False``; a file that cannot be read or does not hold a finite float32 array of the expected shape is
 ignored with one warning and rewritten.
 """
@@ -99,6 +100,12 @@ def text_cache_key(model: dict, queries, templates, prompts_key: tuple) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def _is_key_name(name: str) -> bool:
+    """Whether ``name`` is a cache file's: ``<key>.npy`` with ``key`` a SHA-256 in lowercase hex."""
+    stem, dot, ext = name.partition(".")
+    return ext == "npy" and len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)
+
+
 class TextStore:
     """A folder of ``<key>.npy`` embedding files (module docstring): ``load`` and ``save``.
 
@@ -174,9 +181,13 @@ class TextStore:
         self.evict()
 
     def evict(self) -> None:
-        """Delete the least recently used ``.npy`` files until the folder holds at most ``max_bytes`` of them."""
+        """Delete the least recently used cache files until the folder holds at most ``max_bytes`` of them. Only
+        this cache's own files (``<64 hex digits>.npy``, the names ``path`` gives) are counted or deleted: a
+        folder passed as ``text_disk_cache`` may hold the user's own ``.npy`` files."""
         files = []
         for p in self.folder.glob("*.npy"):
+            if not _is_key_name(p.name):
+                continue
             try:
                 st = p.stat()
             except OSError:  # deleted meanwhile by another process

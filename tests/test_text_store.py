@@ -5,6 +5,7 @@ PyTorch and engine front ends sharing files. Every test points the cache at its 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -101,13 +102,19 @@ def test_atomic_writes_and_least_recently_used_eviction(tmp_path, monkeypatch):
     arr = np.ones((4, 16), np.float32)
     size = 128 + arr.nbytes  # .npy header + data
     store = TextStore(tmp_path / "s", max_bytes=3 * size)
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(6)]
+    store.folder.mkdir()
+    mine = store.folder / "mine.npy"  # the user's own file in a folder given as text_disk_cache: never touched
+    np.save(mine, np.zeros(10 * arr.size, np.float32))
+    os.utime(mine, (1, 1))  # older than every cache file
     for i in range(3):
-        store.save(f"k{i}", arr * i)
-        os.utime(store.path(f"k{i}"), (1000 + i, 1000 + i))
-    assert store.load("k0", (4, 16)) is not None  # k0 is now the most recently used
-    store.save("k3", arr * 3)
-    assert [p.stem for p in _npy(store.folder)] == ["k0", "k2", "k3"]  # k1, the least recently used, went
-    np.testing.assert_array_equal(store.load("k3", (4, None)), arr * 3)
+        store.save(keys[i], arr * i)
+        os.utime(store.path(keys[i]), (1000 + i, 1000 + i))
+    assert store.load(keys[0], (4, 16)) is not None  # keys[0] is now the most recently used
+    store.save(keys[3], arr * 3)
+    # keys[1], the least recently used, went; the user's file neither counted nor deleted
+    assert sorted(p.stem for p in _npy(store.folder)) == sorted([keys[0], keys[2], keys[3], "mine"])
+    np.testing.assert_array_equal(store.load(keys[3], (4, None)), arr * 3)
     assert not [p for p in store.folder.iterdir() if p.suffix != ".npy"]  # no temporary file left
 
     def broken_save(f, a, allow_pickle=False):  # the disk fills up halfway through a write
@@ -116,10 +123,10 @@ def test_atomic_writes_and_least_recently_used_eviction(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.warns(UserWarning, match="cannot write the text-embedding cache") as rec:
-        store.save("k4", arr)
-        store.save("k5", arr)
+        store.save(keys[4], arr)
+        store.save(keys[5], arr)
     assert len(rec) == 1  # said once per store
-    assert not store.path("k4").exists() and not [p for p in store.folder.iterdir() if p.suffix != ".npy"]
+    assert not store.path(keys[4]).exists() and not [p for p in store.folder.iterdir() if p.suffix != ".npy"]
 
 
 def test_unwritable_folder_is_one_warning(tmp_path):
