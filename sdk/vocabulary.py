@@ -70,6 +70,11 @@ class Vocabulary:
                     raise VocabularyError(
                         f"{source}: class names must be strings, got {type(given).__name__} {given!r} for class {ci}."
                     )
+                if len(given.strip().splitlines()) > 1:
+                    raise VocabularyError(
+                        f"{source}: class name {_short(given)!r} (class {ci}) spans several lines; give each class "
+                        "as its own name (or one string with one class per line, as in a class file)."
+                    )
                 name = normalise_name(given)
                 if not name:
                     raise VocabularyError(f"{source}: class {ci} has an empty name. Remove it or give it a name.")
@@ -94,8 +99,12 @@ class Vocabulary:
 
     @classmethod
     def from_names(cls, names) -> Vocabulary:
-        """From a list of class names, or a comma-separated string ("cat, sofa, floor")."""
+        """From a list of class names, or a comma-separated string ("cat, sofa, floor"). A string of several lines
+        is the text of a class file (``parse_class_lines``: one class per line, synonyms separated by ", "), as the
+        HTTP service reads it and as ``--classes "$(cat classes.txt)"`` passes it."""
         if isinstance(names, str):
+            if len(names.strip().splitlines()) > 1:
+                return parse_class_lines(names.strip("\r\n"), "classes (one class per line)")
             names = [n.strip() for n in names.split(",")]
             if any(not n for n in names):
                 raise VocabularyError(

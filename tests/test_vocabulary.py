@@ -91,11 +91,24 @@ def test_comment_lines_and_control_characters_are_refused(tmp_path):
     with pytest.raises(VocabularyError, match="U\\+0001"):
         parse_class_file(f)
     # whitespace controls are spacing, normalised as before; format characters (emoji joiners) are kept
-    assert Vocabulary.from_names(["big\tdog\n", "cat\x0bsofa", "\U0001f469\u200d\U0001f4bb"]).classes == (
+    assert Vocabulary.from_names(["big\tdog\n", "\U0001f469\u200d\U0001f4bb"]).classes == (
         "big dog",
-        "cat sofa",
         "\U0001f469\u200d\U0001f4bb",
     )
+
+
+def test_a_string_of_several_lines_is_a_class_file(tmp_path):
+    """``classes=open("classes.txt").read()`` (or ``--classes "$(cat classes.txt)"``) became one class 'cat dog'."""
+    f = tmp_path / "classes.txt"
+    f.write_text("cat, kitty\ndog\r\nsofa\n")
+    v = Vocabulary.from_names(f.read_text())
+    assert v == parse_class_file(f) and v.classes == ("cat", "dog", "sofa") and v.queries[:2] == ("cat", "kitty")
+    assert Vocabulary.from_names("cat, dog\n").classes == ("cat", "dog")  # one line: a comma-separated list still
+    with pytest.raises(VocabularyError, match="line 2 is empty"):
+        Vocabulary.from_names("cat\n\ndog")
+    with pytest.raises(VocabularyError, match=r"class name 'cat\\ndog' \(class 1\) spans several lines"):
+        Vocabulary.from_names(["sofa", "cat\ndog"])
+    assert Vocabulary.from_names(["cat\n", "dog"]).classes == ("cat", "dog")  # readlines(): the line end is spacing
 
 
 def parse_class_file_text(text: str) -> tuple[str, ...]:

@@ -212,6 +212,11 @@ def resolve_classes(args: argparse.Namespace):
     """The vocabulary named by --classes / --class-file (validated before any model loads), or None (preset's)."""
     from ..vocabulary import Vocabulary, parse_class_file
 
+    if args.classes is not None and not args.classes.strip():
+        raise ClipSamError(
+            "--classes is empty (an unset shell variable?): name the classes, e.g. --classes \"cat, sofa\", or leave "
+            "the flag out to use the preset's"
+        )
     if args.classes and args.class_file:
         raise ClipSamError("give --classes or --class-file, not both")
     if not (args.classes or args.class_file or args.preset or getattr(args, "engines", None)):

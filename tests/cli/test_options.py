@@ -71,6 +71,17 @@ def test_corrclip_mask_options_need_a_corrclip_folder(engine_dir, tmp_path):
         checked_mask_dir(argparse.Namespace(masks=str(tmp_path), engines=folder, method=None), ["a.png"])
 
 
+def test_classes_from_the_flags():
+    from clipsam.cli.options import resolve_classes
+
+    assert resolve_classes(_args("--classes", "cat, sofa")).classes == ("cat", "sofa")
+    assert resolve_classes(_args("--classes", "cat, kitty\nsofa")).queries == ("cat", "kitty", "sofa")  # $(cat f)
+    assert resolve_classes(_args("--preset", "voc21")) is None  # the preset's own
+    for empty in ("", "  "):  # an unset shell variable: never the preset's 21 classes in silence
+        with pytest.raises(ClipSamError, match="--classes is empty"):
+            resolve_classes(_args("--preset", "voc21", "--classes", empty))
+
+
 def test_parse_scales():
     assert parse_scales(None) is None and parse_scales("ms5") == MULTI_SCALE_5
     assert parse_scales("0.5,1") == (0.5, 1.0)
