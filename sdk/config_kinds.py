@@ -50,7 +50,8 @@ def check_fields(
     obj: Any, kinds: Mapping[str, str], rename: Mapping[str, str] | None = None, skip: Iterable[str] = ()
 ) -> None:
     """``ConfigError`` naming the option when a field of the dataclass ``obj`` is not of its kind; list values
-    become tuples (the caller's list is not kept).
+    become tuples (the caller's list is not kept) and numpy scalars Python numbers (so that a config and a result's
+    info stay JSON-serialisable).
 
     Arguments:
         kinds: option name -> kind; fields without a kind are not checked.
@@ -67,5 +68,9 @@ def check_fields(
         if kind is not None and not is_kind(value, kind):
             text = KIND_TEXT[kind.rstrip("?")] + (" or None" if kind.endswith("?") else "")
             raise ConfigError(f"{name} must be {text}, got {type(value).__name__} {value!r:.80}")
-        if isinstance(value, list):  # a frozen config holds tuples: hashable, and no alias of the caller's list
+        if isinstance(value, np.generic):  # np.int64(64), np.float32(0.1): plain Python numbers (JSON, repr)
+            object.__setattr__(obj, f.name, value.item())
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, np.generic) for v in value):
+            object.__setattr__(obj, f.name, tuple(v.item() if isinstance(v, np.generic) else v for v in value))
+        elif isinstance(value, list):  # a frozen config holds tuples: hashable, and no alias of the caller's list
             object.__setattr__(obj, f.name, tuple(value))

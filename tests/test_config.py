@@ -117,6 +117,23 @@ def test_overrides_and_errors():
         dense_config().short_side = 3  # frozen: no flat attribute to set either
 
 
+def test_numpy_scalars_become_python_numbers(make_segmenter, chelsea_small, tmp_path):
+    """np.int64 / np.float32 options are valid, and the config and a result's info stay JSON-serialisable (save()
+    wrote the PNGs, then failed on the summary)."""
+    import json
+
+    import numpy as np
+
+    cfg = dense_config("resclip", "voc21", short_side=np.int64(48), prob_thd=np.float32(0.25), scales=[np.float64(1)])
+    assert type(cfg.short_side) is int and type(cfg.prob_thd) is float and cfg.prob_thd == 0.25
+    assert cfg.scales == (1.0,) and type(cfg.scales[0]) is float
+    json.dumps(dataclasses.asdict(cfg))
+    seg = make_segmenter("sclip", "voc21", short_side=np.int64(32), slide_crop=np.int32(32), slide_stride=16)
+    res = seg.segment(chelsea_small, classes=["cat", "grass"])
+    json.dumps(res.info)
+    assert res.save(tmp_path, "x")["summary"].is_file()
+
+
 def test_windows_farther_apart_than_their_size_and_zero_scale_weights_are_errors():
     # the presets' stride is 112: lowering only the crop would leave pixels no window covers (NaN scores, label 0)
     with pytest.raises(ConfigError, match=r"slide_stride \(112\) is larger than slide_crop \(96\).*slide_stride <= "):
