@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def read_mask_file(path) -> np.ndarray:
             f"{path}: not a plain numeric array ({e}); save the masks with np.save / np.savez of an integer or "
             "boolean array"
         ) from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:  # zlib: a corrupt np.savez_compressed member
         raise InvalidInputError(f"{path}: cannot read the region masks ({type(e).__name__}: {e})") from None
     raise InvalidInputError(f"{path}: region masks must be {', '.join(MASK_SUFFIXES)} files")
 

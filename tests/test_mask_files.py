@@ -79,3 +79,9 @@ def test_bad_files_are_refused_without_pickle(tmp_path):
             read_mask_file(tmp_path / name)
     with pytest.raises(ClipSamError, match="must be .npz, .npy, .png"):
         read_mask_file(tmp_path / "masks.txt")
+    np.savez_compressed(tmp_path / "z.npz", instance_mask=np.random.default_rng(0).integers(0, 9, (64, 64)))
+    data = bytearray((tmp_path / "z.npz").read_bytes())
+    data[200:400] = bytes(b ^ 0x5A for b in data[200:400])  # damaged deflate data inside the archive (zlib.error)
+    (tmp_path / "z.npz").write_bytes(bytes(data))
+    with pytest.raises(ClipSamError, match="z.npz: cannot read the region masks"):
+        read_mask_file(tmp_path / "z.npz")

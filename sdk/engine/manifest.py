@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,7 +372,7 @@ def load_tokenizer(manifest: EngineManifest):
     files = manifest.data["files"]
     try:
         return ClipTokenizer.from_folder(manifest.folder, files["tokenizer"]["file"], files["bpe"]["file"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error) as e:  # zlib: a corrupt .gz
         names = f"{files['tokenizer']['file']} / {files['bpe']['file']}"
         raise EngineFileError(
             f"cannot read the tokenizer files {names} in {manifest.folder} ({first_line(e)}): they "

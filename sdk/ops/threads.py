@@ -24,7 +24,7 @@ def host_threads() -> int:
     """Threads the CPU kernels use: ``CLIPSAM_HOST_THREADS``, else the CPUs available to this process."""
     value = os.environ.get("CLIPSAM_HOST_THREADS", "").strip()
     if value:
-        if not value.isdigit() or int(value) < 1:
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:  # not "²" (isdigit, but no int)
             raise ConfigError(f"CLIPSAM_HOST_THREADS must be a positive integer, got {value!r}; unset it for all CPUs")
         return int(value)
     try:

@@ -188,9 +188,14 @@ def test_malformed_manifest_fields_are_named(folder, change, match):
         EngineSegmenter(folder)
 
 
-@pytest.mark.parametrize("name", ["clip_tokenizer.json", "host_constants.npz"])
+@pytest.mark.parametrize("name", ["clip_tokenizer.json", "host_constants.npz", "clip_bpe_vocab.txt.gz"])
 def test_unverified_folder_with_a_corrupt_tokenizer_or_constants(folder, name):
     path = folder / name
-    path.write_bytes(b"{" + b"x" * (path.stat().st_size - 1))  # same size: only the hash check would notice
+    data = path.read_bytes()
+    if name.endswith(".gz"):  # a valid gzip header, then damaged deflate data (zlib.error, not OSError)
+        bad = data[:10] + bytes(b ^ 0x5A for b in data[10:200]) + data[200:]
+    else:
+        bad = b"{" + b"x" * (len(data) - 1)
+    path.write_bytes(bad)  # same size: only the hash check would notice
     with pytest.raises(EngineFileError, match=name + ".*[Ee]xport the engines again"):
         EngineSegmenter(folder, verify=False)
