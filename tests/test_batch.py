@@ -71,6 +71,31 @@ def test_in_process_run_reports_bad_image_and_matches_segment(tmp_path, make_seg
     assert (again["skipped"], again["done"], again["failed"]) == (4, 0, 1)  # only the bad image is retried
 
 
+def test_resume_goes_by_the_image_a_summary_records_not_by_the_name(tmp_path):
+    """a.png alone is output 'a'; beside a new a.jpg the names move (a.jpg 'a', a.png 'a_png'). The resumed run
+    skipped a.jpg as done (its name had a summary, of a.png) and segmented a.png again."""
+    from clipsam.batch import run_batch
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / "a.png")
+    run = dict(model=MODEL, classes="cat, grass, sky", progress=False)
+    assert run_batch([str(folder)], out, **run)["done"] == 1
+    Image.fromarray(rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    report = run_batch([str(folder)], out, **run)
+    assert report["total"] == 2 and report["done"] + report["skipped"] == 2 and report["failed"] == 0
+    recorded = {json.loads(p.read_text())["image"]: p.stem for p in out.glob("a*.json")}
+    assert set(recorded) == {str(folder / "a.png"), str(folder / "a.jpg")}  # each image has its own outputs
+    again = run_batch([str(folder)], out, **run)
+    assert (again["done"], again["skipped"]) == (0, 2)  # and a third run finds both done
+    from clipsam.segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(**MODEL)
+    for image, name in recorded.items():
+        assert np.array_equal(labels_of(out, name), seg.segment(image, classes="cat, grass, sky").labels)
+
+
 def _cli(*args):
     return [
         sys.executable,
