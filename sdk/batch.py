@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -24,25 +23,15 @@ from .config import positive_int
 from .errors import ConfigError, Interrupted, OutputError, first_line
 from .inputs import expand_inputs
 from .paths import output_dir
+from .result import written_for
 
 
 def pending_rows(rows: list[dict], out: Path) -> list[dict]:
     """The rows not done yet under ``out``: no summary JSON of their output name, or one that records another
-    image. Output names depend on the other inputs (``a.png`` is ``a`` alone, ``a_png`` beside an ``a.jpg``), so
-    a name alone does not say which image a previous run wrote there; that image is then segmented again."""
-    return [r for r in rows if not _done(out / f"{r['name']}.json", r["path"])]
-
-
-def _done(summary: Path, path: str) -> bool:
-    try:
-        recorded = json.loads(summary.read_text(encoding="utf-8")).get("image")
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError, AttributeError):  # unreadable or not a summary object: write it again
-        return False
-    if recorded is None:  # a summary without its image (written by hand or by another tool): trust the name
-        return True
-    return recorded == path or os.path.realpath(recorded) == os.path.realpath(path)
+    image (``result.written_for``). Output names depend on the other inputs (``a.png`` is ``a`` alone, ``a_png``
+    beside an ``a.jpg``), so a name alone does not say which image a previous run wrote there; that image is then
+    segmented again."""
+    return [r for r in rows if written_for(out, r["name"], r["path"]) is not True]
 
 
 def run_batch(

@@ -283,3 +283,17 @@ def save_atomic(result: SegmentationResult, out_dir: str | os.PathLike, name: st
         final.append(str(dst))
     tmp.rmdir()
     return final
+
+
+def written_for(out_dir: str | os.PathLike, name: str, image: str) -> bool | None:
+    """Whether the outputs ``out_dir/<name>*`` (``save_atomic``) are ``image``'s: None when there is no readable
+    summary ``<name>.json``, False when it records another image, True when it records ``image`` or none (a summary
+    written by hand or by another tool is trusted by its name). Paths compare as given or resolved."""
+    summary = Path(out_dir) / f"{name}.json"
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("image")
+    except (OSError, ValueError, AttributeError):  # missing, unreadable, or not a summary object
+        return None
+    if recorded is None:
+        return True
+    return recorded == image or os.path.realpath(str(recorded)) == os.path.realpath(image)

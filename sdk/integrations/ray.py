@@ -11,7 +11,10 @@
 
 Input columns: ``path`` (image files) or ``image`` (HxWx3 / HxW / HxWx4 arrays, e.g. from
 ``ray.data.read_images(..., include_paths=True)``: then ``path`` only names the rows); an optional ``name`` column
-gives the output stem when writing files. Output columns, one row per input row, in order:
+gives the output stem when writing files (default: the file name's stem; a row whose stem already names another
+image's outputs in ``out_dir`` then fails rather than overwrite them, so files of one name in several folders need
+a ``name`` column; with neither ``path`` nor ``name``, ``out_dir`` is refused). Output columns, one row per input
+row, in order:
 
     ok (bool), error (str, "" when ok), path or index, and either
     labels (H, W) int32, scores (H, W) float32, classes (JSON list), instances (JSON, COCO RLE; "[]" without SAM2)
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ClipSamError, ConfigError, missing_dependency
-from ..result import save_atomic
+from ..result import save_atomic, written_for
 
 __all__ = ["SegmentImages", "segment_dataset", "require_ray"]
 
@@ -110,6 +113,13 @@ class SegmentImages:
         else:
             raise ConfigError(f"a batch needs a 'path' or an 'image' column; got columns {sorted(batch)}")
         keys = [str(p) for p in batch["path"]] if "path" in batch else list(range(len(sources)))
+        if self.out_dir is not None and "path" not in batch and "name" not in batch:
+            raise ConfigError(
+                "out_dir needs each row's output name: a 'path' column (e.g. ray.data.read_images(..., "
+                "include_paths=True)) or a 'name' column; row numbers restart with every batch, so outputs named "
+                "after them would overwrite each other"
+            )
+        stems = "name" not in batch  # output names from the file names alone: two folders may share one
         names = (
             [str(n) for n in batch["name"]]
             if "name" in batch
@@ -130,11 +140,22 @@ class SegmentImages:
         if self.out_dir is not None:
             written = []
             for i in range(n):
-                files = []
+                files: list[str] = []
                 if i in results:
                     res = results[i]
-                    if isinstance(keys[i], str):
-                        res.info["image"] = keys[i]
+                    key = keys[i]
+                    if isinstance(key, str):
+                        res.info["image"] = key
+                        if stems and written_for(self.out_dir, names[i], key) is False:  # another image's
+                            errors[i] = (
+                                f"OutputError: the output name {names[i]!r} is taken by another image's outputs "
+                                f"({self.out_dir / names[i]}.json): images of the same file name in different "
+                                "folders need a 'name' column with distinct output names (e.g. each path relative "
+                                "to the dataset's root, without its suffix)"
+                            )
+                            out["ok"][i], out["error"][i] = False, errors[i]
+                            written.append(json.dumps(files))
+                            continue
                     try:
                         files = save_atomic(res, self.out_dir, names[i])
                     except OSError as e:

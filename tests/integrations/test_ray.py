@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
+from clipsam.errors import ConfigError
+
 from ..test_batch import MODEL, _cli, labels_of, make_images
 
 CLASSES = "cat, grass, sky"
@@ -132,6 +134,35 @@ def test_image_column_rows_and_a_bad_array():
     for i, img in ((0, good[0]), (2, good[1])):
         assert np.array_equal(out["labels"][i], mapper.segmenter.segment(img, classes=CLASSES).labels)
     assert json.loads(out["instances"][0]) == []
+
+
+def test_files_of_one_name_in_two_folders_do_not_overwrite_each_other(tmp_path):
+    """The README's ``read_images(include_paths=True)`` + ``out_dir`` on a nested folder: rin/a/x.png and
+    rin/b/x.png were both written as out/x.*, the second over the first, both rows ok."""
+    from PIL import Image
+
+    from clipsam.integrations.ray import SegmentImages
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for sub in ("a", "b"):
+        (tmp_path / "rin" / sub).mkdir(parents=True)
+        paths.append(str(tmp_path / "rin" / sub / "x.png"))
+        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(paths[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapper = SegmentImages(model=MODEL, classes=CLASSES, out_dir=str(tmp_path / "out"))
+    out = mapper({"path": np.array(paths, dtype=object)})
+    assert list(out["ok"]) == [True, False] and "output name 'x' is taken by another image" in out["error"][1]
+    assert "'name' column" in out["error"][1]
+    assert json.loads((tmp_path / "out" / "x.json").read_text())["image"] == paths[0]  # the first kept
+    again = mapper({"path": np.array(paths[:1], dtype=object)})  # the same image again: rewritten, not refused
+    assert list(again["ok"]) == [True]
+    named = mapper({"path": np.array(paths, dtype=object), "name": np.array(["a/x", "b/x"], dtype=object)})
+    assert list(named["ok"]) == [True, True]
+    assert json.loads((tmp_path / "out" / "b" / "x.json").read_text())["image"] == paths[1]
+    with pytest.raises(ConfigError, match="out_dir needs each row's output name"):
+        mapper({"image": np.array([np.zeros((40, 52, 3), np.uint8)] + [None], dtype=object)[:1]})
 
 
 def test_corrclip_with_a_mask_folder_on_ray(cluster, tmp_path):
