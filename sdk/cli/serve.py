@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import signal
 import socket
@@ -125,7 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     lim.add_argument("--max-upload-mb", type=float, default=20.0, help="request body size in MiB (default: 20)")
     lim.add_argument("--max-pixels", type=int, default=16_000_000, help="image width x height (default: 16000000)")
     lim.add_argument(
-        "--max-classes", type=int, default=100, help="class names per request, synonyms included, <= 256 (default: 100)"
+        "--max-classes",
+        type=int,
+        default=100,
+        help="class names per request, synonyms included, <= 65536 (default: 100)",
     )
     lim.add_argument("--max-class-chars", type=int, default=100, help="characters per class name (default: 100)")
     lim.add_argument("--request-timeout-s", type=float, default=60.0, help="answer within this or 504 (default: 60)")
@@ -175,8 +179,11 @@ def serve_config(args):
         else (Vocabulary.from_names(args.classes) if args.classes else None)
     )
     key = load_api_key(args.api_key_env, args.api_key_file)
+    upload = args.max_upload_mb * (1 << 20)
+    if not (math.isfinite(upload) and upload >= 1):  # NaN and inf have no byte count
+        raise ConfigError(f"--max-upload-mb must be a positive number of MiB (e.g. 20), got {args.max_upload_mb!r}")
     limits = Limits(
-        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        max_upload_bytes=int(upload),
         max_pixels=args.max_pixels,
         max_classes=args.max_classes,
         max_class_chars=args.max_class_chars,
@@ -274,6 +281,11 @@ def _require_serve():
         raise missing_dependency(e.name or "ray[serve]", "serve", "clipsam serve") from None
 
 
+def _check_port_number(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be a TCP port number from 1 to 65535, got {port}")
+
+
 def _check_port(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -305,6 +317,7 @@ def run(args) -> int:
     """``clipsam serve``: start (or join) Ray, run the application, serve until Ctrl-C or SIGTERM, then clean up."""
     _require_serve()
     local = args.ray is None
+    _check_port_number(args.port)  # on a cluster too: Serve's proxy binds it on the nodes
     if local:
         _check_port(args.host, args.port)
     app = application_from_namespace(args, local=local)

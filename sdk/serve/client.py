@@ -7,7 +7,9 @@
     res.labels, res.scores, res.classes, res.pixel_fractions(), res.overlay()
     raw = client.segment_json("photo.jpg", "cat, sofa", returns=("labels", "overlay"), prob_thd=0.2)
 
-Standard library (urllib) plus numpy and Pillow: no Ray, no torch. Errors are ``ServeError`` (status, code, message).
+Standard library (urllib) plus numpy and Pillow: no Ray, no torch. Errors are ``ServeError`` (status, code, message);
+an image or classes the client cannot send (a missing file, a URL, a set of names) is refused before any request
+with clipsam's ``InvalidImageError`` / ``InvalidTypeError``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidImageError, InvalidTypeError
 from .codec import decode_result
 from .errors import ServeError
 
@@ -76,15 +80,22 @@ class Client:
         """Segment one image on the server; a ``clipsam.SegmentationResult`` equal to the in-process one.
 
         Arguments:
-            image: file path, image file bytes, PIL image, numpy array (HxWx3 RGB, HxW, HxWx4; float arrays in
-                [0, 1] are sent as 8-bit) or tensor CxHxW. Files and bytes are sent as they are.
-            classes: names, synonym lists, "cat, sofa", or a ``Vocabulary``; None: the server's default vocabulary.
+            image: local file path (URLs are not fetched), image file bytes, PIL image, numpy array (HxWx3 RGB, HxW,
+                HxWx4; float arrays in [0, 1] are sent as 8-bit) or tensor CxHxW. Files and bytes are sent as they are.
+            classes: a list (or tuple) of names and synonym lists, "cat, sofa", or a ``Vocabulary``; None: the
+                server's default vocabulary.
             instances: also return SAM2 instances and the dense labels (servers started with --refine).
             options: per-request options: method, preset, templates, prob_thd, area_thd.
 
         Returns:
             SegmentationResult with labels, scores, classes, image (the RGB image sent), info (the server's info,
             and ``info["server"]`` with its timing and batch), dense_labels and instances with ``instances=True``.
+
+        Raises:
+            InvalidImageError: ``image`` is a URL, or names no readable file (before any request).
+            InvalidTypeError: ``classes`` is not a string, a list or tuple of names, or a ``Vocabulary`` (before any
+                request).
+            ServeError: the server refused the request or could not be reached.
         """
         data, rgb = _encode_image(image, keep_rgb=True)
         returns = ("labels", "scores") + (("instances",) if instances else ())
@@ -128,16 +139,33 @@ class Client:
 
 
 def _classes_field(classes) -> str:
+    """The ``classes`` form field: a string as it is, a list (or tuple) of names and synonym lists as JSON.
+
+    Raises:
+        InvalidTypeError: anything else (a set, dict, generator, number, or a name that is not a string), before
+            any request, as ``Vocabulary.from_names`` refuses it in process.
+    """
     from ..vocabulary import Vocabulary
 
+    if isinstance(classes, str):
+        return classes
     if isinstance(classes, Vocabulary):
         groups: list[list[str]] = [[] for _ in classes.classes]
         for q, c in zip(classes.queries, classes.query_to_class):
             groups[c].append(q)
         return json.dumps(groups)
-    if isinstance(classes, (list, tuple)):
-        return json.dumps([list(c) if isinstance(c, (list, tuple)) else c for c in classes])
-    return str(classes)
+    if not isinstance(classes, (list, tuple)):
+        raise InvalidTypeError(
+            f"classes must be a list of strings, a comma-separated string or a Vocabulary, got "
+            f"{type(classes).__name__}; pass a list (its order gives the class indices), e.g. sorted(classes)"
+        )
+    items = [list(c) if isinstance(c, (list, tuple)) else c for c in classes]
+    bad = [n for item in items for n in (item if isinstance(item, list) else [item]) if not isinstance(n, str)]
+    if bad:
+        raise InvalidTypeError(
+            f"classes must hold names (strings) or lists of synonyms (strings), got {type(bad[0]).__name__} {bad[0]!r}"
+        )
+    return json.dumps(items)
 
 
 def _encode_image(image, keep_rgb: bool) -> tuple[bytes, np.ndarray | None]:
@@ -147,9 +175,8 @@ def _encode_image(image, keep_rgb: bool) -> tuple[bytes, np.ndarray | None]:
     from ..preprocess import load_image
 
     if isinstance(image, (str, os.PathLike)):
-        with open(image, "rb") as f:
-            data = f.read()
-        return data, (load_image(image) if keep_rgb else None)
+        path, data = _read_image_file(image)
+        return data, (load_image(path) if keep_rgb else None)
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         if not keep_rgb:
@@ -163,6 +190,23 @@ def _encode_image(image, keep_rgb: bool) -> tuple[bytes, np.ndarray | None]:
     if not ok:  # pragma: no cover
         raise ServeError(400, "malformed_image", "cannot encode the image as PNG")
     return png.tobytes(), rgb
+
+
+def _read_image_file(image) -> tuple[Path, bytes]:
+    """The local file ``image`` names and its bytes; an ``InvalidImageError`` naming it (a URL, a folder, a missing
+    or unreadable file) before any request is sent."""
+    from ..paths import input_file, is_url
+
+    if is_url(image):
+        raise InvalidImageError(
+            f"image {os.fspath(image)!r} is a URL; the client does not fetch URLs (and the server never does). "
+            "Download it first and pass the local file or its bytes."
+        )
+    path = input_file(image, "image file", InvalidImageError)
+    try:
+        return path, path.read_bytes()
+    except OSError as e:
+        raise InvalidImageError(f"cannot read image file {path}: {e.strerror or e}") from None
 
 
 def _multipart(fields: dict, image: bytes) -> tuple[bytes, str]:

@@ -4,7 +4,8 @@ A ``POST /v1/segment`` answer holds ``classes``, ``height``, ``width``, ``pixel_
 ``info`` (the result's info: method, preset, config, time), the server's ``timing`` and ``batch``, and what the
 request's ``return`` asked for:
 
-    labels     labels_png: base64 palette PNG of the class indices (VOC colours; lossless)
+    labels     labels_png: base64 PNG of the class indices, lossless: a palette PNG (VOC colours) while every index
+               is below 256, else a 16-bit greyscale PNG (vocabularies of more than 256 classes)
     rle        labels_rle: [{"class", "class_id", "size": [H, W], "counts": [...]}], uncompressed COCO RLE per class
     scores     scores: {"dtype": "float32", "shape": [H, W], "data": base64 of the little-endian float32 bytes}
     overlay    overlay_png: base64 PNG of the image blended with class colours, legend below
@@ -32,20 +33,38 @@ def _png(img) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+MAX_LABEL = 65535  # the largest class index a label PNG holds (16-bit greyscale)
+
+
 def _label_png(labels: np.ndarray) -> str:
+    """Base64 PNG of ``labels``: a palette PNG when every index is below 256, else 16-bit greyscale (lossless)."""
     from PIL import Image
 
     from ..result import palette
 
+    top = int(labels.max()) if labels.size else 0
+    if top > MAX_LABEL or (labels.size and int(labels.min()) < 0):
+        raise ServeError(
+            500, "internal", f"class indices must lie in [0, {MAX_LABEL}] to be sent as a PNG, got up to {top}"
+        )
+    if top > 255:
+        return _png(Image.fromarray(labels.astype(np.uint16)))  # mode I;16
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     img.putpalette(palette().ravel().tolist())
     return _png(img)
 
 
+_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
+
+
 def b64decode(text: str, what: str) -> bytes:
-    """Strict base64 (a ``data:...;base64,`` prefix is allowed); a 400 ``bad_base64`` naming ``what`` otherwise."""
+    """Base64 (a ``data:...;base64,`` prefix is allowed) to bytes; a 400 ``bad_base64`` naming ``what`` otherwise.
+
+    ASCII whitespace is ignored, as in MIME (RFC 2045): line-wrapped base64 (GNU ``base64`` without ``-w0`` wraps at
+    76 characters) decodes to the same bytes. Any other character outside the base64 alphabet is refused."""
     if not isinstance(text, str):
         raise ServeError(400, "bad_request", f"{what} must be a base64 string, got {type(text).__name__}")
+    text = text.translate(_WHITESPACE)
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if not head.endswith(";base64"):
@@ -89,13 +108,18 @@ def encode_result(result, returns) -> dict:
     return out
 
 
+LABEL_MODES = ("P", "L", "I;16", "I;16B", "I")  # palette, 8-bit and 16-bit greyscale (as Pillow opens them)
+
+
 def decode_labels_png(text: str) -> np.ndarray:
-    """(H, W) int32 class indices from a ``labels_png`` field."""
+    """(H, W) int32 class indices from a ``labels_png`` field (palette or 16-bit greyscale PNG)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(b64decode(text, "labels_png"))) as img:
-        if img.mode != "P":
-            raise ServeError(502, "bad_response", f"labels_png is a {img.mode} image, expected a palette PNG")
+        if img.mode not in LABEL_MODES:
+            raise ServeError(
+                502, "bad_response", f"labels_png is a {img.mode} image, expected a palette or 16-bit greyscale PNG"
+            )
         return np.asarray(img).astype(np.int32)
 
 

@@ -38,11 +38,31 @@ class ServeError(ClipSamError):
 
 def error_status(exc: BaseException) -> ServeError:
     """The ``ServeError`` a segmentation failure becomes: clipsam's input errors are the request's fault (400,
-    named after the error's kind); anything else is the server's (500, ``segmentation_failed``)."""
-    from ..errors import ConfigError, InvalidImageError, InvalidInputError, InvalidTypeError, VocabularyError
+    named after the error's kind); an image beyond what exported engines serve is 413 ``image_too_large``;
+    anything else is the server's (500, ``segmentation_failed``).
+
+    ``EngineLimitError`` is raised only while segmenting, for the patch grid of an image's windows (more patches a
+    side than the export's ``--max-side`` serves: sdk/engine/dense.py, sdk/ops/sfr.py; a window under one patch is
+    refused before, as ``InvalidImageError``, by sdk/preprocess.py), so it depends on the request's image."""
+    from ..errors import (
+        ConfigError,
+        EngineLimitError,
+        InvalidImageError,
+        InvalidInputError,
+        InvalidTypeError,
+        VocabularyError,
+    )
 
     if isinstance(exc, ServeError):
         return exc
+    if isinstance(exc, EngineLimitError):
+        return ServeError(
+            413,
+            "image_too_large",
+            f"the image is beyond what this server's exported engines serve: {str(exc).rstrip('.')}. Send a "
+            "smaller or less elongated image (crop it), or ask the operator to re-export the engines with a larger "
+            "--max-side.",
+        )
     for kind, code in (
         (InvalidImageError, "malformed_image"),
         (VocabularyError, "bad_vocabulary"),

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ClipSamError
+from .codec import MAX_LABEL
 from .errors import ServeError
 
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")  # what the service decodes (PIL names), as clipsam segment
@@ -30,16 +32,18 @@ class Limits:
 
     max_upload_bytes: int = 20 << 20  # request body, image included (base64 in JSON costs 4/3 of the image)
     max_pixels: int = 16_000_000  # width x height of the decoded image (16 MP: a phone photo)
-    max_classes: int = 100  # names in a request's vocabulary, synonyms included (<= 256, one palette PNG)
+    max_classes: int = 100  # names in a request's vocabulary, synonyms included (<= 65536, one 16-bit label PNG)
     max_class_chars: int = 100  # characters of one class name
     request_timeout_s: float = 60.0  # from arrival to answer; past it the request gets 504 (see README)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ClipSamError(f"limit {f.name} must be positive, got {getattr(self, f.name)!r}")
-        if self.max_classes > 256:
-            raise ClipSamError(f"max_classes must be at most 256 (label maps are palette PNGs), got {self.max_classes}")
+            if not 0 < getattr(self, f.name) < math.inf:  # NaN fails too
+                raise ClipSamError(f"limit {f.name} must be positive and finite, got {getattr(self, f.name)!r}")
+        if self.max_classes > MAX_LABEL + 1:
+            raise ClipSamError(
+                f"max_classes must be at most {MAX_LABEL + 1} (label maps are 16-bit PNGs), got {self.max_classes}"
+            )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .codec import RETURNS, b64decode
@@ -39,6 +40,20 @@ def _check_fields(names) -> None:
         )
 
 
+def _given_twice(keys: list[str]) -> None:
+    twice = sorted(k for k, n in Counter(keys).items() if n > 1)  # linear: a JSON object may have many keys
+    if twice:
+        names = ", ".join(repr(k[:40]) for k in twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise ServeError(400, "bad_request", f"a field is given twice: {names}; give each field once")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads``'s object hook: a JSON object, refused (400) when it names a key twice, as a multipart form is
+    (json.loads alone would keep the last value)."""
+    _given_twice([k for k, _ in pairs])
+    return dict(pairs)
+
+
 def _image_from_text(text) -> bytes:
     if isinstance(text, str) and ("://" in text[:16] or text.startswith("file:")):
         raise ServeError(
@@ -50,13 +65,20 @@ def _image_from_text(text) -> bytes:
 
 
 async def parse_body(content_type: str | None, body: bytes, max_fields: int = 16) -> dict:
-    """Raw fields of a multipart or JSON body (``image`` as bytes); 400/415 for anything else."""
+    """Raw fields of a multipart or JSON body (``image`` as bytes); 400 for a malformed body, a field given twice
+    (in a JSON object at any depth, or a form) or JSON nested too deeply, 415 for another media type."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
-            data = json.loads(body)
+            data = json.loads(body, object_pairs_hook=_object_without_duplicates)
         except (ValueError, UnicodeDecodeError) as e:
             raise ServeError(400, "bad_request", f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ServeError(
+                400,
+                "bad_request",
+                "the JSON body is nested too deeply; a segment request nests at most a list of synonym lists",
+            ) from None
         if not isinstance(data, dict):
             raise ServeError(400, "bad_request", 'the JSON body must be an object {"image": ..., "classes": ...}')
         _check_fields(data)
@@ -95,10 +117,7 @@ async def _parse_multipart(content_type: str, body: bytes, max_fields: int) -> d
         raise ServeError(400, "bad_request", f"malformed multipart body: {msg}") from None
     try:
         keys = [k for k, _ in form.multi_items()]
-        if len(keys) != len(set(keys)):
-            raise ServeError(
-                400, "bad_request", f"a field is given twice: {sorted({k for k in keys if keys.count(k) > 1})}"
-            )
+        _given_twice(keys)
         _check_fields(keys)
         out: dict[str, object] = {}
         for key, value in form.multi_items():

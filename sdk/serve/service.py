@@ -9,6 +9,7 @@ job, so one bad request never fails the others of its batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -40,9 +41,10 @@ class ServeConfig:
     api_key_sha256: str | None = None  # SHA-256 of the API key; None: no key (see clipsam.serve.auth)
 
     def __post_init__(self):
-        if (self.max_batch is not None and self.max_batch < 1) or self.batch_wait_ms < 0:
+        if (self.max_batch is not None and self.max_batch < 1) or not 0 <= self.batch_wait_ms < math.inf:
             raise ConfigError(
-                f"max_batch must be >= 1 and batch_wait_ms >= 0, got {self.max_batch} and {self.batch_wait_ms}"
+                f"max_batch must be >= 1 and batch_wait_ms >= 0 and finite, got {self.max_batch} and "
+                f"{self.batch_wait_ms}"
             )
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < (self.max_batch or 8):
             raise ConfigError(

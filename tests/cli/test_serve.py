@@ -136,6 +136,8 @@ def test_serve_config_from_options(monkeypatch, tmp_path):
         (("--methods", "resclip,segformer"), "unknown segformer"),
         (("--warmup-sizes", "336"), "HxW pairs"),
         (("--max-classes", "0"), "must be positive"),
+        (("--request-timeout-s", "inf"), "request_timeout_s must be positive and finite"),
+        (("--batch-wait-ms", "nan"), "batch_wait_ms >= 0 and finite"),
         (("--api-key-env", "NOT_SET_ANYWHERE"), "NOT_SET_ANYWHERE is not set"),
         (("--classes", "a", "--class-file", "f"), "not both"),
     ):
@@ -143,15 +145,25 @@ def test_serve_config_from_options(monkeypatch, tmp_path):
             serve_config(parse(*argv))
 
 
-def test_bad_options_fail_before_ray_starts(capsys):
+def test_bad_options_fail_before_ray_starts(capsys, tmp_path):
+    random_key = tmp_path / "random.key"
+    random_key.write_bytes(bytes(range(128, 256)))  # not UTF-8: what `head -c 64 /dev/urandom > key` may write
     for argv, text in (
         (("--preset", "voc21", "--calibration", "excel"), "calibration='excel'"),
         (("--engines", "/nonexistent/engines"), "engine folder not found"),
         (("--preset", "voc21", "--sam2-weights", "x.pt"), "--sam2-weights needs --refine"),
         (("--preset", "voc21", "--replicas", "0"), "--replicas must be >= 1"),
+        (("--preset", "voc21", "--max-upload-mb", "nan"), "--max-upload-mb must be a positive number of MiB"),
+        (("--preset", "voc21", "--max-upload-mb", "inf"), "--max-upload-mb must be a positive number of MiB"),
+        (("--preset", "voc21", "--api-key-file", str(random_key)), "is not UTF-8 text"),
     ):
         assert main(["serve", *argv, "--port", str(free_port())]) == 2
         assert text in capsys.readouterr().err
+    for port in ("80000", "-1", "0"):
+        assert main(["serve", "--preset", "voc21", "--port", port]) == 2
+        assert f"clipsam serve: error: --port must be a TCP port number from 1 to 65535, got {port}" in (
+            capsys.readouterr().err
+        )
     with socket.socket() as s:  # a port in use is named
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -189,6 +189,16 @@ def test_bodies_routes_and_methods(server, photos):
         400,
         "bad_request",
     )
+    b64 = base64.b64encode(png).decode()
+    twice = f'{{"image": "{b64}", "classes": "cat", "image": "{b64}"}}'
+    assert "given twice: 'image'" in error_of(
+        post(main, raw=twice.encode(), ctype="application/json"), 400, "bad_request"
+    )
+    deep = b'{"image": "YQ==", "classes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert "nested too deeply" in error_of(post(main, raw=deep, ctype="application/json"), 400, "bad_request")
+    wrapped = base64.encodebytes(png).decode()  # `base64 photo.png`: lines of 76 characters
+    resp = post(main, json_body={"image": wrapped, "classes": "cat, grass"})
+    assert resp.status_code == 200, resp.text[:400]
     assert "/v1/segment" in error_of(requests.get(main + "/v1/nothing", timeout=30), 404, "not_found")
     assert "POST" in error_of(requests.get(main + "/v1/segment", timeout=30), 405, "method_not_allowed")
     assert "GET" in error_of(requests.post(main + "/v1/describe", timeout=30), 405, "method_not_allowed")

@@ -3,6 +3,7 @@ every image form, the raw JSON, the other routes, errors as ServeError, and the 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from PIL import Image
 
 import clipsam
+from clipsam.errors import InvalidImageError, InvalidTypeError
 from clipsam.result import SegmentationResult
 from clipsam.serve import Client, ServeError
+from clipsam.serve.client import _classes_field
 from clipsam.vocabulary import Vocabulary
 
 from .helpers import KEY, assert_same, free_port
@@ -99,3 +102,32 @@ print(type(res).__name__, res.labels.shape, res.scores.dtype, sorted(res.pixel_f
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SegmentationResult (300, 451) float32 True"
+
+
+@pytest.mark.parametrize(
+    "classes", [{"cat", "dog"}, {"cat": 1}, (c for c in ["cat"]), 3, ["cat", 3], [["cat", None]], [["cat", ["kitten"]]]]
+)
+def test_classes_of_other_types_are_refused_before_any_request(chelsea_small, classes):
+    client = Client(f"http://127.0.0.1:{free_port()}", timeout=5)  # nothing listens: a request would be "unreachable"
+    for call in (client.segment, client.segment_json):
+        with pytest.raises(InvalidTypeError, match="classes must"):
+            call(chelsea_small, classes)
+
+
+def test_classes_fields_sent():
+    assert _classes_field("cat, dog") == "cat, dog"
+    assert json.loads(_classes_field(("cat", ("sofa", "couch")))) == ["cat", ["sofa", "couch"]]
+    vocab = Vocabulary.from_names(["cat", ["sofa", "couch"]])
+    assert json.loads(_classes_field(vocab)) == [["cat"], ["sofa", "couch"]]
+
+
+def test_image_files_are_checked_before_any_request(tmp_path):
+    client = Client(f"http://127.0.0.1:{free_port()}", timeout=5)
+    for image, text in (
+        (tmp_path / "missing.jpg", "image file not found: .*missing.jpg"),
+        (str(tmp_path), "is a folder"),
+        ("https://example.com/cat.jpg", "is a URL; the client does not fetch URLs"),
+    ):
+        for call in (client.segment, client.segment_json):
+            with pytest.raises(InvalidImageError, match=text):
+                call(image, "cat")

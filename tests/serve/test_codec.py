@@ -79,10 +79,46 @@ def test_instances_round_trip(result):
     assert got.instances_json() == refined.instances_json()
 
 
-def test_base64_is_strict():
+def test_base64_is_strict_but_skips_line_breaks():
     assert b64decode(base64.b64encode(b"\x00\xff").decode(), "x") == b"\x00\xff"
     assert b64decode("data:image/png;base64," + base64.b64encode(b"ab").decode(), "x") == b"ab"
-    for bad, code in (("not base64!", "bad_base64"), ("data:image/png,abcd", "bad_base64"), (12, "bad_request")):
+    wrapped = base64.encodebytes(bytes(range(200))).decode()  # MIME lines of 76 characters
+    assert b64decode(wrapped, "x") == b64decode(wrapped.replace("\n", "\r\n"), "x") == bytes(range(200))
+    assert b64decode(" data:image/png;base64,\n" + wrapped, "x") == bytes(range(200))
+    for bad, code in (
+        ("not base64!", "bad_base64"),
+        ("data:image/png,abcd", "bad_base64"),
+        (12, "bad_request"),
+        ("YWJj\u00a0ZGVm", "bad_base64"),  # whitespace other than ASCII is not skipped
+    ):
         with pytest.raises(ServeError) as e:
             b64decode(bad, "image")
         assert (e.value.status, e.value.code) == (400, code) and "image" in e.value.message
+
+
+def test_more_than_256_classes_round_trip_as_16_bit_png():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 300, (20, 30)).astype(np.int32)
+    labels[0, 0] = 299  # wraps to 43 in an 8-bit PNG
+    classes = tuple(f"class {i}" for i in range(300))
+    big = SegmentationResult(labels, np.zeros(labels.shape, np.float32), classes, None, {})
+    payload = json.loads(json.dumps(encode_result(big, ("labels", "rle", "instances"))))
+    with Image.open(io.BytesIO(base64.b64decode(payload["labels_png"]))) as img:
+        assert img.mode == "I;16" and np.array_equal(np.asarray(img), labels)  # decodable without the client
+    got = decode_result(payload)
+    assert got.labels.max() == 299 and np.array_equal(got.labels, labels)
+    assert np.array_equal(got.dense_labels, labels)  # dense_labels_png: the same encoding
+    assert np.array_equal(labels_from_rle(payload["labels_rle"], got.shape), labels)
+    small = decode_result(encode_result(SegmentationResult(labels % 256, big.scores, classes, None, {}), ("labels",)))
+    assert np.array_equal(small.labels, labels % 256)  # up to 255: still a palette PNG
+
+
+def test_label_png_modes(result):
+    payload = encode_result(result, ("labels",))
+    with Image.open(io.BytesIO(base64.b64decode(payload["labels_png"]))) as img:
+        assert img.mode == "P"  # the VOC palette while every index is below 256
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buf, format="PNG")
+    with pytest.raises(ServeError, match="palette or 16-bit greyscale") as e:
+        decode_result({**payload, "labels_png": base64.b64encode(buf.getvalue()).decode()})
+    assert e.value.status == 502

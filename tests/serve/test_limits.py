@@ -84,8 +84,9 @@ def test_limits_are_validated():
         Limits(max_pixels=0)
     with pytest.raises(ClipSamError, match="request_timeout_s must be positive"):
         Limits(request_timeout_s=-1)
-    with pytest.raises(ClipSamError, match="at most 256"):
-        Limits(max_classes=300)
+    with pytest.raises(ClipSamError, match="at most 65536"):
+        Limits(max_classes=65537)
+    assert Limits(max_classes=300).max_classes == 300  # label maps beyond 256 classes are 16-bit PNGs
     assert Limits().to_json()["max_upload_bytes"] == 20 << 20
 
 

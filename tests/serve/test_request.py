@@ -126,3 +126,31 @@ def test_options_are_validated():
     assert parse_options({"image": b"x", "return": "instances"}, {**POLICY, "instances": True}).returns == (
         "instances",
     )
+
+
+def test_json_nested_too_deeply_is_a_400():
+    deep = b'{"classes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert "nested too deeply" in refused(lambda: body("application/json", deep), 400, "bad_request")
+
+
+def test_json_field_given_twice_is_refused():
+    twice = b'{"image": "YQ==", "classes": "cat", "image": "Yg=="}'  # json.loads alone keeps the last image
+    assert "given twice: 'image';" in refused(lambda: body("application/json", twice), 400, "bad_request")
+    inner = b'{"image": "YQ==", "classes": [{"a": 1, "a": 2}]}'
+    assert "given twice: 'a';" in refused(lambda: body("application/json", inner), 400, "bad_request")
+    dups = b'{"image": "YQ==", ' + b", ".join(b'"k%d": 1, "k%d": 2' % (i, i) for i in range(20_000)) + b"}"
+    assert "'k0', 'k1', 'k10', 'k100', 'k1000' and 19995 more" in refused(
+        lambda: body("application/json", dups), 400, "bad_request"
+    )  # found in linear time, and named briefly
+    many = json.dumps({"image": "YQ==", **{f"k{i}": i for i in range(20_000)}}).encode()
+    assert "unknown field(s)" in refused(lambda: body("application/json", many), 400, "unknown_option")
+
+
+def test_line_wrapped_base64_is_accepted():
+    data = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(data).decode()  # 76-character lines, as GNU base64 without -w0 writes
+    assert "\n" in wrapped
+    assert body("application/json", json.dumps({"image": wrapped}).encode())["image"] == data
+    crlf = wrapped.replace("\n", "\r\n")
+    form = b'--B\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + crlf.encode() + b"\r\n--B--\r\n"
+    assert body("multipart/form-data; boundary=B", form)["image"] == data

@@ -198,3 +198,23 @@ def test_sam2_instances_through_the_wire(tiny_clip, images):
     assert_same(got, ref)
     assert np.array_equal(got.dense_labels, ref.dense_labels)
     assert got.instances_json() == ref.instances_json() and len(got.instances) == len(ref.instances) > 0
+
+
+def test_an_image_beyond_the_engines_limit_is_a_413():
+    from clipsam.errors import EngineLimitError
+    from clipsam.serve.errors import error_status
+
+    err = error_status(EngineLimitError("a 64x1200-pixel window is a 4x75 patch grid, larger than the 64 patches."))
+    assert (err.status, err.code) == (413, "image_too_large") and "larger than the 64 patches. Send" in err.message
+    assert "less elongated" in err.message and "--max-side" in err.message
+
+
+def test_an_engine_server_answers_413_for_an_elongated_image(engine_dir):
+    from clipsam.engine import EngineSegmenter
+
+    engine = EngineSegmenter(engine_dir("resclip"), short_side=64)  # 64 patches a side at most (1024 pixels)
+    svc = Service(engine, ServeConfig())
+    wide = np.zeros((64, 1200, 3), np.uint8)  # resized to 64 x 1200: a 4 x 75 patch grid
+    out = svc.run_batch([Job(wide, Vocabulary.from_names("cat"), ())])
+    assert (out[0].error.status, out[0].error.code) == (413, "image_too_large"), out[0].error
+    assert "larger than the 64 patches a side" in out[0].error.message
