@@ -45,6 +45,7 @@ from clipsam.errors import ConfigError
 from clipsam.hashing import state_dict_sha256
 
 from .component import export_component, format_table
+from .staging import staged_folder
 
 _PARTS_SFR = ("trunk", "pass1", "pass2")
 
@@ -55,16 +56,16 @@ def _file_entry(path: Path) -> dict:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    from clipsam.paths import output_dir
+def _newest_opset() -> int:
+    """The newest opset both torch's exporter and the installed onnx package know."""
+    import onnx
 
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an engine folder")
-        output_dir(out, "engine folder")
-        if (out / MANIFEST_FILE).exists():
-            (out / MANIFEST_FILE).unlink()  # an interrupted export must not leave a valid-looking folder
-    output_dir(out, "engine folder")  # a file, read-only or unwritable: an OutputError before any model loads
+    newest = int(onnx.defs.onnx_opset_version())
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET  # no public name for it in torch 2.x
+    except ImportError:  # pragma: no cover - a torch without it: the onnx package's bound alone
+        return newest
+    return min(newest, int(ONNX_MAX_OPSET))
 
 
 def _load_clip(clip, clip_weights, quick_gelu=None):
@@ -199,6 +200,12 @@ def export_engines(
         raise ConfigError(
             f"opset must be 17 or newer (LayerNormalization and the attention graphs need it), got {opset}"
         )
+    newest = _newest_opset()
+    if opset > newest:
+        raise ConfigError(
+            f"opset {opset} is newer than this torch and onnx can export (at most {newest}); the default, 17, runs on "
+            "every ONNX Runtime and TensorRT release clipsam supports"
+        )
     for name, value in (
         ("max_side", max_side),
         ("max_images", max_images),
@@ -215,199 +222,200 @@ def export_engines(
         )
     resolve_templates(cfg.templates)  # a bad template fails now, not when the folder is first used
     out = Path(out)
-    _prepare(out, overwrite)
-    sc, att = cfg.schedule, cfg.attention
-    max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
-    loaded = _load_clip(clip, clip_weights, quick_gelu)
-    from clipsam.dense.corrclip import CorrClipEncoder
-    from clipsam.dense.encoder import DenseEncoder
-    from clipsam.dense.rfclip import RFClipEncoder
+    final = out
+    with staged_folder(final, overwrite) as out:
+        sc, att = cfg.schedule, cfg.attention
+        max_batch = max_batch or (8 if sc.slide_crop > 0 else 2)
+        loaded = _load_clip(clip, clip_weights, quick_gelu)
+        from clipsam.dense.corrclip import CorrClipEncoder
+        from clipsam.dense.encoder import DenseEncoder
+        from clipsam.dense.rfclip import RFClipEncoder
 
-    from .clip_dense import ClipDenseGraph, dense_cases
-    from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
-    from .corrclip_graphs import CorrClipDenseGraph, DinoFeaturesGraph, corrclip_cases
-    from .rfclip_dense import RFClipDenseGraph, rfclip_cases
+        from .clip_dense import ClipDenseGraph, dense_cases
+        from .clip_text import ClipTextGraph, text_cases, write_tokenizer_files
+        from .corrclip_graphs import CorrClipDenseGraph, DinoFeaturesGraph, corrclip_cases
+        from .rfclip_dense import RFClipDenseGraph, rfclip_cases
 
-    encoder: DenseEncoder | RFClipEncoder | CorrClipEncoder
-    dino_model = None
-    if att.base == "rfclip":
-        encoder = RFClipEncoder(loaded.model.visual, cfg)  # a ConfigError for sink channels beyond the width
-    elif att.base == "corrclip":
-        dino_model = _load_dino(dino, dino_weights)
-        encoder = CorrClipEncoder(loaded.model.visual, dino_model, cfg)  # ConfigError: DINO patch, spatial blocks
-    else:
-        encoder = DenseEncoder(loaded.model.visual, cfg)
-    info = _clip_info(loaded)
-    p = info["patch"]
-    if max_side < p:
-        raise ConfigError(
-            f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
-            "(default 1024)"
-        )
-    max_grid = max_side // p
-    graphs, rows = {}, []
-
-    def add(io, module, example, cases, profile):
-        log(f"clipsam export: {io.file} ...")
-        rows.extend(
-            export_component(
-                module,
-                example,
-                out / io.file,
-                io,
-                cases if validate else (),
-                opset=opset,
-                precision=precision,
-                optimize=optimize,
+        encoder: DenseEncoder | RFClipEncoder | CorrClipEncoder
+        dino_model = None
+        if att.base == "rfclip":
+            encoder = RFClipEncoder(loaded.model.visual, cfg)  # a ConfigError for sink channels beyond the width
+        elif att.base == "corrclip":
+            dino_model = _load_dino(dino, dino_weights)
+            encoder = CorrClipEncoder(loaded.model.visual, dino_model, cfg)  # ConfigError: DINO patch, spatial blocks
+        else:
+            encoder = DenseEncoder(loaded.model.visual, cfg)
+        info = _clip_info(loaded)
+        p = info["patch"]
+        if max_side < p:
+            raise ConfigError(
+                f"max_side={max_side} is smaller than one {p}-pixel patch of {loaded.arch}; give at least {p} "
+                "(default 1024)"
             )
+        max_grid = max_side // p
+        graphs, rows = {}, []
+
+        def add(io, module, example, cases, profile):
+            log(f"clipsam export: {io.file} ...")
+            rows.extend(
+                export_component(
+                    module,
+                    example,
+                    out / io.file,
+                    io,
+                    cases if validate else (),
+                    opset=opset,
+                    precision=precision,
+                    optimize=optimize,
+                )
+            )
+            graphs[io.name] = {
+                **_file_entry(out / io.file),
+                "inputs": list(io.inputs),
+                "outputs": list(io.outputs),
+                "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in io.dynamic_axes.items()},
+                "profile": profile,
+            }
+
+        import open_clip
+
+        tok = write_tokenizer_files(out, loaded.arch)
+        example, cases = text_cases(loaded.model, open_clip.get_tokenizer(loaded.arch))
+        from clipsam.text import PROMPTS_PER_BATCH
+
+        add(
+            CLIP_TEXT,
+            ClipTextGraph(loaded.model),
+            (example,),
+            cases,
+            profiles.text_profile(tok["context_length"], PROMPTS_PER_BATCH),
         )
-        graphs[io.name] = {
-            **_file_entry(out / io.file),
-            "inputs": list(io.inputs),
-            "outputs": list(io.outputs),
-            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in io.dynamic_axes.items()},
-            "profile": profile,
+        n = info["native_grid"]
+        sizes = [(2, 4 * p, 5 * p), (1, 3 * p + 7, 2 * p), (1, n * p, n * p)]
+        vocab_q = 32
+        if cfg.vocabulary:
+            from clipsam.vocabulary import builtin_vocabulary
+
+            vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
+        queries = (1, min(vocab_q, max_queries), max_queries)
+        if isinstance(encoder, CorrClipEncoder) and dino_model is not None:
+            # windows padded to multiples of 56 (the DINO grid a multiple of 7): a batch of 2, a wide one, a native one
+            (dex, dcases), (cex, ccases) = corrclip_cases(encoder, [(2, 112, 112), (1, 112, 168), (1, 224, 224)])
+            dino_width = int(dino_model.patch_embed.proj.out_channels)
+            dino_io, clip_io = dense_graphs("corrclip", False, False)
+            for io, graph, example, cases in (
+                (dino_io, DinoFeaturesGraph(dino_model), dex, dcases),
+                (clip_io, CorrClipDenseGraph(encoder), cex, ccases),
+            ):
+                profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries, dino_width)
+                add(io, graph, example, cases, profile)
+        else:
+            parts = _PARTS_SFR if att.sfr else ("full",)
+            for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
+                profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
+                if isinstance(encoder, RFClipEncoder):
+                    example, cases = rfclip_cases(encoder, sizes)
+                    add(io, RFClipDenseGraph(encoder), example, cases, profile)
+                else:
+                    example, cases = dense_cases(encoder, part, sizes)
+                    add(io, ClipDenseGraph(encoder, part), example, cases, profile)
+
+        sam2_info = None
+        if sam2 is not None:
+            from .sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, decoder_cases, encoder_cases
+            from .sam2_graphs import sam2_info as _info
+
+            refiner = _load_sam2(sam2, sam2_weights, sam2_random_weights)
+            model = refiner.model
+            sam2_info = {"model": refiner.name, "weights_sha256": state_dict_sha256(model), **_info(model)}
+            example, cases = encoder_cases(model, (2, 1))
+            add(
+                SAM2_IMAGE_ENCODER,
+                Sam2EncoderGraph(model),
+                example,
+                cases,
+                profiles.sam2_encoder_profile(sam2_info["image_size"], max_images),
+            )
+            example, cases = decoder_cases(model)
+            add(
+                SAM2_PROMPT_DECODER,
+                Sam2DecoderGraph(model),
+                example,
+                cases,
+                profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)),
+            )
+
+        _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid, dino_model)
+        lines = [
+            "#!/bin/sh",
+            "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
+            "# Shape profiles follow clipsam's scheduler; the ONNX Runtime TensorRT provider uses the same ones.",
+            "set -e",
+            'cd "$(dirname "$0")"',
+        ]
+        lines += [profiles.trtexec_line(g["file"], g["profile"], precision == "fp16") for g in graphs.values()]
+        (out / TRTEXEC_FILE).write_text("\n".join(lines) + "\n")
+        os.chmod(out / TRTEXEC_FILE, 0o755)
+        import onnx
+        import onnxruntime
+        import torch
+
+        manifest = {
+            "format": FORMAT_VERSION,
+            "clipsam_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "exported_with": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "python": platform.python_version(),
+            },
+            "precision": precision,
+            "opset": opset,
+            "method": cfg.method,
+            "preset": cfg.preset,
+            "dense_config": cfg.to_dict(),
+            "clip": info,
+            "tokenizer": tok,
+            "sam2": sam2_info,
+            **({"dino": _dino_info(dino_model)} if dino_model is not None else {}),
+            "input_sizes": {
+                "clip_native": info["native_grid"] * p,
+                "patch": p,
+                "dense_windows": (
+                    f"{sc.slide_crop}x{sc.slide_crop} sliding, stride {sc.slide_stride}"
+                    if sc.slide_crop
+                    else f"whole image, short side {sc.short_side}, up to {max_side} px a side"
+                ),
+                "text_context": tok["context_length"],
+                "sam2_image": sam2_info["image_size"] if sam2_info else None,
+            },
+            "limits": {
+                "max_batch": max_batch,
+                "max_side": max_side,
+                "max_grid": max_grid,
+                "max_images": max_images,
+                "max_prompts": max_prompts,
+                "max_queries": max_queries,
+            },
+            "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
+            "patch labels, S_hat), RF-CLIP's window head (query clusters, image-adaptive text, global-semantics blend), "
+            "CorrCLIP's region steps (DINO positional embedding, regions at the DINO grid, merging, scope softmax, mask "
+            "class token masks, mask vote), stitching, post-processing, SAM2 pre/post-processing",
+            "graphs": graphs,
+            "files": {
+                "tokenizer": _file_entry(out / TOKENIZER_FILE),
+                "bpe": _file_entry(out / BPE_FILE),
+                "host_constants": _file_entry(out / HOST_CONSTANTS_FILE),
+                "trtexec": _file_entry(out / TRTEXEC_FILE),
+            },
+            "validation": [r.as_dict() for r in rows],
         }
+        from clipsam.engine.manifest import seal_manifest
 
-    import open_clip
-
-    tok = write_tokenizer_files(out, loaded.arch)
-    example, cases = text_cases(loaded.model, open_clip.get_tokenizer(loaded.arch))
-    from clipsam.text import PROMPTS_PER_BATCH
-
-    add(
-        CLIP_TEXT,
-        ClipTextGraph(loaded.model),
-        (example,),
-        cases,
-        profiles.text_profile(tok["context_length"], PROMPTS_PER_BATCH),
-    )
-    n = info["native_grid"]
-    sizes = [(2, 4 * p, 5 * p), (1, 3 * p + 7, 2 * p), (1, n * p, n * p)]
-    vocab_q = 32
-    if cfg.vocabulary:
-        from clipsam.vocabulary import builtin_vocabulary
-
-        vocab_q = builtin_vocabulary(cfg.vocabulary).num_queries
-    queries = (1, min(vocab_q, max_queries), max_queries)
-    if isinstance(encoder, CorrClipEncoder) and dino_model is not None:
-        # windows padded to multiples of 56 (the DINO grid a multiple of 7): a batch of 2, a wide one, a native one
-        (dex, dcases), (cex, ccases) = corrclip_cases(encoder, [(2, 112, 112), (1, 112, 168), (1, 224, 224)])
-        dino_width = int(dino_model.patch_embed.proj.out_channels)
-        dino_io, clip_io = dense_graphs("corrclip", False, False)
-        for io, graph, example, cases in (
-            (dino_io, DinoFeaturesGraph(dino_model), dex, dcases),
-            (clip_io, CorrClipDenseGraph(encoder), cex, ccases),
-        ):
-            profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries, dino_width)
-            add(io, graph, example, cases, profile)
-    else:
-        parts = _PARTS_SFR if att.sfr else ("full",)
-        for io, part in zip(dense_graphs(att.base, att.rcs, att.sfr), parts):
-            profile = profiles.dense_profile(io.inputs, cfg, info, max_batch, max_side, queries)
-            if isinstance(encoder, RFClipEncoder):
-                example, cases = rfclip_cases(encoder, sizes)
-                add(io, RFClipDenseGraph(encoder), example, cases, profile)
-            else:
-                example, cases = dense_cases(encoder, part, sizes)
-                add(io, ClipDenseGraph(encoder, part), example, cases, profile)
-
-    sam2_info = None
-    if sam2 is not None:
-        from .sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, decoder_cases, encoder_cases
-        from .sam2_graphs import sam2_info as _info
-
-        refiner = _load_sam2(sam2, sam2_weights, sam2_random_weights)
-        model = refiner.model
-        sam2_info = {"model": refiner.name, "weights_sha256": state_dict_sha256(model), **_info(model)}
-        example, cases = encoder_cases(model, (2, 1))
-        add(
-            SAM2_IMAGE_ENCODER,
-            Sam2EncoderGraph(model),
-            example,
-            cases,
-            profiles.sam2_encoder_profile(sam2_info["image_size"], max_images),
-        )
-        example, cases = decoder_cases(model)
-        add(
-            SAM2_PROMPT_DECODER,
-            Sam2DecoderGraph(model),
-            example,
-            cases,
-            profiles.sam2_decoder_profile(sam2_info["embed_size"], max_prompts, (1, 3, 16)),
-        )
-
-    _host_constants(out / HOST_CONSTANTS_FILE, loaded.model.visual, max_grid, dino_model)
-    lines = [
-        "#!/bin/sh",
-        "# TensorRT engines built on the device (e.g. Jetson) from this folder's graphs.",
-        "# Shape profiles follow clipsam's scheduler; the ONNX Runtime TensorRT provider uses the same ones.",
-        "set -e",
-        'cd "$(dirname "$0")"',
-    ]
-    lines += [profiles.trtexec_line(g["file"], g["profile"], precision == "fp16") for g in graphs.values()]
-    (out / TRTEXEC_FILE).write_text("\n".join(lines) + "\n")
-    os.chmod(out / TRTEXEC_FILE, 0o755)
-    import onnx
-    import onnxruntime
-    import torch
-
-    manifest = {
-        "format": FORMAT_VERSION,
-        "clipsam_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "exported_with": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
-        "precision": precision,
-        "opset": opset,
-        "method": cfg.method,
-        "preset": cfg.preset,
-        "dense_config": cfg.to_dict(),
-        "clip": info,
-        "tokenizer": tok,
-        "sam2": sam2_info,
-        **({"dino": _dino_info(dino_model)} if dino_model is not None else {}),
-        "input_sizes": {
-            "clip_native": info["native_grid"] * p,
-            "patch": p,
-            "dense_windows": (
-                f"{sc.slide_crop}x{sc.slide_crop} sliding, stride {sc.slide_stride}"
-                if sc.slide_crop
-                else f"whole image, short side {sc.short_side}, up to {max_side} px a side"
-            ),
-            "text_context": tok["context_length"],
-            "sam2_image": sam2_info["image_size"] if sam2_info else None,
-        },
-        "limits": {
-            "max_batch": max_batch,
-            "max_side": max_side,
-            "max_grid": max_grid,
-            "max_images": max_images,
-            "max_prompts": max_prompts,
-            "max_queries": max_queries,
-        },
-        "host_steps": "numpy between graphs: positional-embedding resize, NACLIP window, SFR (upsample, PAMR, softmax, "
-        "patch labels, S_hat), RF-CLIP's window head (query clusters, image-adaptive text, global-semantics blend), "
-        "CorrCLIP's region steps (DINO positional embedding, regions at the DINO grid, merging, scope softmax, mask "
-        "class token masks, mask vote), stitching, post-processing, SAM2 pre/post-processing",
-        "graphs": graphs,
-        "files": {
-            "tokenizer": _file_entry(out / TOKENIZER_FILE),
-            "bpe": _file_entry(out / BPE_FILE),
-            "host_constants": _file_entry(out / HOST_CONSTANTS_FILE),
-            "trtexec": _file_entry(out / TRTEXEC_FILE),
-        },
-        "validation": [r.as_dict() for r in rows],
-    }
-    from clipsam.engine.manifest import seal_manifest
-
-    manifest["graph_settings"] = seal_manifest(manifest)  # the graph-baked fields, sealed with the graphs' SHA-256
-    if rows:
-        log(format_table(rows))
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    log(f"clipsam export: wrote {len(graphs)} graphs to {out}")
+        manifest["graph_settings"] = seal_manifest(manifest)  # the graph-baked fields, sealed with the graphs' SHA-256
+        if rows:
+            log(format_table(rows))
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    log(f"clipsam export: wrote {len(manifest['graphs'])} graphs to {final}")
     return manifest

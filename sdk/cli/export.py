@@ -80,7 +80,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--max-prompts", type=int, default=64, help="prompts per SAM2 decoder call (default: 64)")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     o.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's offline graph optimisation")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing engine folder (only once the new engines are complete: a failed export keeps it)",
+    )
     o.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=cmd_export)
     return p

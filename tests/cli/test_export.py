@@ -13,24 +13,7 @@ from ..conftest import TINY_VIT
 
 def test_export_command(tmp_path, capsys):
     out = tmp_path / "engines"
-    args = build_parser().parse_args(
-        [
-            "export",
-            "--out",
-            str(out),
-            "--clip",
-            TINY_VIT,
-            "--random-weights",
-            "--method",
-            "clip",
-            "--preset",
-            "none",
-            "--templates",
-            "single",
-            "--max-side",
-            "512",
-        ]
-    )
+    args = build_parser().parse_args(args_argv(out) + ["512"])
     assert args.func(args) == 0
     printed = capsys.readouterr()
     assert "RANDOM weights" in printed.err and "max|ort-torch|" in printed.out and "clip_dense" in printed.out
@@ -41,6 +24,36 @@ def test_export_command(tmp_path, capsys):
     assert (out / "trtexec.sh").read_text().count("trtexec --onnx=") == 2
     with pytest.raises(Exception, match="not empty"):
         args.func(args)
+    # --overwrite with an opset torch cannot export: refused before any model loads, the folder untouched (an
+    # opset of 99 used to fail after the export had begun, with the old manifest already deleted)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = args_argv(out)  # ends with --max-side
+    bad = build_parser().parse_args(argv + ["512", "--overwrite", "--opset", "99"])
+    with pytest.raises(Exception, match=r"opset 99 is newer than this torch and onnx can export \(at most \d+\)"):
+        bad.func(bad)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = build_parser().parse_args(argv + ["512", "--overwrite"])
+    assert again.func(again) == 0
+    assert json.loads((out / "manifest.json").read_text())["graphs"].keys() == manifest["graphs"].keys()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def args_argv(out):
+    return [
+        "export",
+        "--out",
+        str(out),
+        "--clip",
+        TINY_VIT,
+        "--random-weights",
+        "--method",
+        "clip",
+        "--preset",
+        "none",
+        "--templates",
+        "single",
+        "--max-side",
+    ]
 
 
 def test_export_corrclip_without_a_mask_source_is_refused_before_loading(tmp_path, capsys, monkeypatch):
