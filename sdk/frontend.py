@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import DenseConfig, positive_int
-from .errors import InvalidInputError, InvalidTypeError, VocabularyError
+from .errors import ConfigError, InvalidInputError, InvalidTypeError, VocabularyError
 from .masks import attach_regions, instance_map, mask_vote, per_image, resize_nearest
 from .pipeline import finalize_members, infer_logits, max_batch_for_budget, plan_members, run_members
 from .prefetch import decode_workers as decode_workers_for
@@ -70,6 +70,22 @@ class SegmenterFront:
         self._prompts = prompts.resolve()
         self.templates = self._prompts.templates or resolve_templates(self.config.templates)
         self.prompt_info = self._prompts.info()  # JSON-able, None for plain templates; in result info and eval reports
+
+    def _prompts_with(self, overrides: dict) -> PromptConfig:
+        """``with_options``' PromptConfig: ``prompts=`` popped from ``overrides``, else this segmenter's. A PromptConfig's
+        templates win over the DenseConfig's, so ``templates=`` given alone replaces them (it was ignored in silence
+        when the segmenter had been built with ``PromptConfig(templates=...)``); given with such a ``prompts=``,
+        it is an error."""
+        explicit = "prompts" in overrides
+        prompts = overrides.pop("prompts", self.prompts)
+        if "templates" in overrides and isinstance(prompts, PromptConfig) and prompts.templates is not None:
+            if explicit:
+                raise ConfigError(
+                    "templates are given twice, as templates= and in prompts=PromptConfig(templates=...): give them "
+                    "once"
+                )
+            prompts = prompts.replace(templates=None)  # the DenseConfig's new templates apply
+        return prompts
 
     def warmup(self, classes=None, class_file=None, sizes=None) -> dict:
         """Compile and load everything a first request would (text embeddings, Triton kernels, cuDNN plans,

@@ -354,7 +354,7 @@ class Segmenter(SegmenterFront):
         options changed earlier on this segmenter are not carried over."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        prompts = overrides.pop("prompts", self.prompts)
+        prompts = self._prompts_with(overrides)
         if not isinstance(prompts, PromptConfig):
             raise InvalidTypeError(f"prompts must be a clipsam.PromptConfig, got {type(prompts).__name__}")
         prompt_kw = {k: overrides.pop(k) for k in PROMPT_FIELDS if k != "templates" and k in overrides}

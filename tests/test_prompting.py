@@ -182,6 +182,21 @@ def test_numpy_path_equals_the_torch_template_ensemble(tiny_clip):
 
 
 # -- the Segmenter ----------------------------------------------------------------------------------------------
+def test_with_options_templates_replace_a_prompt_configs_templates(make_segmenter):
+    """Built with PromptConfig(templates=...), ``with_options(templates=...)`` changed only the recorded config."""
+    from clipsam.errors import ConfigError
+
+    seg = make_segmenter("sclip", None).with_options(prompts=PromptConfig(templates="single"))
+    assert len(seg.templates) == 1
+    seven = seg.with_options(templates="openai7")
+    assert len(seven.templates) == 7 and seven.config.templates == "openai7" and seven.prompts.templates is None
+    vocab = Vocabulary.from_names(["mouse", "cat"])
+    assert not torch.allclose(seven.text_embeddings(vocab), seg.text_embeddings(vocab))
+    assert len(seg.with_options(prob_thd=0.2).templates) == 1  # other options keep the PromptConfig's templates
+    with pytest.raises(ConfigError, match="templates are given twice"):
+        seg.with_options(templates="openai7", prompts=PromptConfig(templates="single"))
+
+
 def test_segmenter_cache_follows_every_prompt_option(make_segmenter, tmp_path):
     seg = make_segmenter("sclip", None)
     vocab = Vocabulary.from_names(["mouse", "cat"])

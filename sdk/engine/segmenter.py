@@ -265,7 +265,7 @@ class EngineSegmenter(SegmenterFront):
         naming the export that gives it."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        prompts = overrides.pop("prompts", self.prompts)
+        prompts = self._prompts_with(overrides)
         method, preset = overrides.pop("method", None), overrides.pop("preset", dataclasses.MISSING)
         diff = {k: v for k, v in _diff(self.manifest.dense, self.config).items() if k not in ("method", "preset")}
         new.config = check_request(self.manifest, method=method, preset=preset, overrides={**diff, **overrides})

@@ -103,6 +103,8 @@ def test_prompt_options_match_pytorch_and_calibration_is_refused(engine_dir, tin
     vocab = eng.vocabulary(classes=["cat", "mouse", "tv monitor"])
     np.testing.assert_allclose(eng.text_embeddings(vocab), ref_seg.text_embeddings(vocab).numpy(), atol=1e-5, rtol=0)
     assert not np.allclose(eng.text_embeddings(vocab), eng.with_options(prompts=PromptConfig()).text_embeddings(vocab))
+    single = EngineSegmenter(engine_dir("resclip"), prompts=PromptConfig(templates="single"))
+    assert len(single.templates) == 1 and len(single.with_options(templates="openai7").templates) == 7
     with pytest.raises(ConfigError, match="not available with exported engines"):
         EngineSegmenter(engine_dir("resclip"), calibration="knn")
 
