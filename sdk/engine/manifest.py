@@ -419,7 +419,8 @@ def check_request(
     """The DenseConfig to run, after checking the request against the manifest.
 
     Arguments:
-        method, preset, precision: expected values (None/MISSING: accept the folder's).
+        method, precision: expected values (None: accept the folder's); preset: the expected preset, None for a
+            folder exported without one (MISSING: accept the folder's).
         clip: expected CLIP architecture name; sam2: expected SAM2 model name.
         overrides: DenseConfig fields to change; fields in ``GRAPH_FIELDS`` must equal the exported ones.
 
@@ -434,10 +435,11 @@ def check_request(
         ("precision", precision, manifest.precision),
         ("CLIP model", clip, manifest.clip.get("arch")),
     ]
-    if preset is not dataclasses.MISSING:
-        checks.append(("preset", preset, manifest.preset))
-    for what, asked, have in checks:
-        if asked is not None and asked != have:
+    for what, asked, have in checks + (
+        [("preset", preset, manifest.preset)] if preset is not dataclasses.MISSING else []
+    ):
+        explicit = what == "preset"  # preset=None asks for no preset (open vocabulary), as from_pretrained's does
+        if (asked is not None or explicit) and asked != have:
             raise ManifestMismatchError(
                 f"the engine folder {manifest.folder} was exported for {what} {have!r}, but "
                 f"{what} {asked!r} was asked for. {fix}"

@@ -48,8 +48,8 @@ class EngineSegmenter(SegmenterFront):
         providers: ONNX Runtime providers in priority order ("cpu", "cuda", "tensorrt" or full names).
         allow_fallback: run on the remaining providers (one warning) when a requested one cannot load.
         method, preset, precision, clip, sam2: what the caller expects; a folder exported for something else is
-            refused (``ManifestMismatchError``). ``preset`` is compared only when given. ``sam2`` also turns
-            refinement on, as in ``Segmenter.from_pretrained``.
+            refused (``ManifestMismatchError``). ``preset`` is compared only when given (None: a folder exported
+            without a preset). ``sam2`` also turns refinement on, as in ``Segmenter.from_pretrained``.
         refine: SAM2 refinement: None/False (off unless ``sam2``), True (``RefineConfig()``) or a RefineConfig.
         trt_cache_dir: TensorRT engine cache (default ``<folder>/trt_cache``).
         io_binding: IO binding on the device (default: on with CUDA/TensorRT).

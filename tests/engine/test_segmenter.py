@@ -181,6 +181,8 @@ def test_result_api_and_info(engine_dir, chelsea_small, tmp_path):
         eng.with_options(method="naclip")
     with pytest.raises(ManifestMismatchError, match="preset 'context60' was asked for"):
         eng.with_options(preset="context60")
+    with pytest.raises(ManifestMismatchError, match="exported for preset 'voc21', but preset None was asked for"):
+        EngineSegmenter(engine_dir("resclip"), preset=None)  # no preset (open vocabulary) asked: not the folder's
     same = eng.with_options(method="resclip", prob_thd=0.3)
     assert same.config.prob_thd == 0.3 and same.config.short_side == 64  # its own method: the other options kept
 
