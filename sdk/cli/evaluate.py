@@ -11,7 +11,13 @@ import sys
 from ..config import DATASETS as PRESETS
 from ..errors import ClipSamError
 from ..eval.datasets import DATASETS
-from .options import add_engine_options, add_model_options, build_segmenter, check_engine_options
+from .options import (
+    add_corrclip_options,
+    add_engine_options,
+    add_model_options,
+    build_segmenter,
+    check_engine_options,
+)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -41,6 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--out", default="results.json", help="JSON report (default: results.json); Markdown beside it")
     add_model_options(ev)
     add_engine_options(ev)
+    add_corrclip_options(ev, masks=False)
     ev.set_defaults(func=cmd_eval)
     return ev
 

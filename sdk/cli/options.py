@@ -144,20 +144,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: DIR/trt_cache)")
 
 
-def add_segment_options(p: argparse.ArgumentParser) -> None:
-    """Vocabulary, model, engines, SAM2 and scheduling: everything ``build_segmenter`` reads."""
-    add_vocabulary_options(p)
-    add_model_options(p)
-    add_engine_options(p)
-    g = p.add_argument_group("SAM2 refinement")
-    g.add_argument(
-        "--refine",
-        metavar="SAM2",
-        choices=SAM2_MODELS,
-        help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
-        "writes <name>_instances.json (COCO RLE)",
-    )
-    g.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
+def add_corrclip_options(p: argparse.ArgumentParser, masks: bool = True) -> None:
+    """CorrCLIP's flags (its DINO weights, where its region masks come from); ``masks``: also --masks DIR (your own
+    masks per image; not for ``clipsam eval``, which segments the dataset's images by path)."""
     g = p.add_argument_group("CorrCLIP (--method corrclip)")
     g.add_argument(
         "--dino-weights",
@@ -178,14 +167,32 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="SAM2 model of the automatic masks (upstream: sam2_hiera_l); default: the --refine model, shared",
     )
+    if masks:
+        g.add_argument(
+            "--masks",
+            metavar="DIR",
+            default=None,
+            help="your region masks instead of SAM2's: one file per image, same sub-folders and names as the images "
+            "(<name>.npz with 'instance_mask', as CorrCLIP's pre-generated masks, <name>.npy: an (H, W) id map or "
+            "(M, H, W) booleans, or <name>.png: an id map; 0 = unsegmented)",
+        )
+
+
+def add_segment_options(p: argparse.ArgumentParser) -> None:
+    """Vocabulary, model, engines, SAM2 and scheduling: everything ``build_segmenter`` reads."""
+    add_vocabulary_options(p)
+    add_model_options(p)
+    add_engine_options(p)
+    g = p.add_argument_group("SAM2 refinement")
     g.add_argument(
-        "--masks",
-        metavar="DIR",
-        default=None,
-        help="your region masks instead of SAM2's: one file per image, same sub-folders and names as the images "
-        "(<name>.npz with 'instance_mask', as CorrCLIP's pre-generated masks, <name>.npy: an (H, W) id map or "
-        "(M, H, W) booleans, or <name>.png: an id map; 0 = unsegmented)",
+        "--refine",
+        metavar="SAM2",
+        choices=SAM2_MODELS,
+        help="refine the dense labels with SAM2 masks prompted from them (sam2.1_hiera_t|s|b+|l); also "
+        "writes <name>_instances.json (COCO RLE)",
     )
+    g.add_argument("--sam2-weights", help="SAM2 checkpoint file (default: the official one, downloaded by name)")
+    add_corrclip_options(p)
     g = p.add_argument_group("scheduling")
     g.add_argument(
         "--scales",
@@ -214,7 +221,7 @@ def resolve_classes(args: argparse.Namespace):
 
     if args.classes is not None and not args.classes.strip():
         raise ClipSamError(
-            "--classes is empty (an unset shell variable?): name the classes, e.g. --classes \"cat, sofa\", or leave "
+            '--classes is empty (an unset shell variable?): name the classes, e.g. --classes "cat, sofa", or leave '
             "the flag out to use the preset's"
         )
     if args.classes and args.class_file:

@@ -134,11 +134,11 @@ def _check_vocabulary(segmenter, dataset: Dataset, classes: list[list[str]] | No
     if groups is not None:
         return tuple(g[0] for g in groups)
     vocab = getattr(segmenter.config, "vocabulary", None)
-    if vocab not in (spec.name, f"{spec.name}_plain"):
+    if vocab not in (spec.name, f"{spec.name}_plain", f"{spec.name}_corrclip"):
         raise ConfigError(
-            f"the segmenter's vocabulary is {vocab!r}, but dataset '{spec.name}' needs '{spec.name}' (or "
-            f"'{spec.name}_plain' for the ClearCLIP family): build it with preset='{spec.name}', or pass the "
-            "dataset's classes explicitly."
+            f"the segmenter's vocabulary is {vocab!r}, but dataset '{spec.name}' needs '{spec.name}' (or its "
+            f"'{spec.name}_plain' / '{spec.name}_corrclip' variant, which the ClearCLIP family and CorrCLIP use): "
+            f"build it with preset='{spec.name}', or pass the dataset's classes explicitly."
         )
     return builtin_vocabulary(f"{spec.name}_plain").classes
 

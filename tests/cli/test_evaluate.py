@@ -109,6 +109,20 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
     assert "NACLIP README" in md and "64.07" in md and f"{IDS[1]}.png" in md
 
 
+def test_corrclip_is_evaluated_with_its_mask_flags(voc, tmp_path, capsys):
+    """CorrCLIP's vocabulary (voc21_corrclip: 'people' for person) is the dataset's; the command takes its mask
+    flags (it named --automask / --mask-source none, which eval did not have)."""
+    out = tmp_path / "corr.json"
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc), "--out", str(out), "--random-weights", "--clip", TINY_VIT]
+    args = build_parser().parse_args(argv + ["--method", "corrclip", "--mask-source", "none", "--limit", "1"])
+    assert args.func(args) == 0
+    data = json.loads(out.read_text())
+    assert data["images"] == 1 and data["config"]["config"]["method"] == "corrclip"
+    assert data["per_class"][15]["name"] == "person"  # reported under the dataset's own class names
+    with pytest.raises(SystemExit):  # per-image masks are segment's and batch's: eval reads the images by path
+        build_parser().parse_args(argv + ["--method", "corrclip", "--masks", str(tmp_path)])
+
+
 def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
     p = run(
         "eval",
