@@ -109,16 +109,21 @@ class SegmenterFront:
         check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts)
 
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
-        """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary."""
+        """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary (checked against
+        the refinement's class filters)."""
         if classes is not None and class_file is not None:
             raise VocabularyError("give either classes or class_file, not both")
         if classes is not None:
-            return Vocabulary.from_names(classes)
-        if class_file is not None:
-            return parse_class_file(class_file)
-        if self.config.vocabulary is None:
+            vocab = Vocabulary.from_names(classes)
+        elif class_file is not None:
+            vocab = parse_class_file(class_file)
+        elif self.config.vocabulary is None:
             raise VocabularyError("no classes given and " + self._no_vocabulary)
-        return builtin_vocabulary(self.config.vocabulary)
+        else:
+            vocab = builtin_vocabulary(self.config.vocabulary)
+        if self.refiner is not None and self.refine_config is not None:
+            self.refine_config.check_classes(vocab.num_classes)  # before any image is segmented
+        return vocab
 
     def segment(self, image, classes=None, class_file=None, masks=None) -> SegmentationResult:
         """Segment one image.

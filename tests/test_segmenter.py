@@ -229,6 +229,16 @@ def test_sam2_refinement_through_the_segmenter(tmp_path):
     paths = a.save(tmp_path, "voc")
     inst = json.loads(paths["instances"].read_text())
     assert len(inst) == len(a.instances) and inst[0]["segmentation"]["size"] == [375, 500]
+    # a class filter beyond the vocabulary refined nothing in silence: refused before any image is segmented
+    from clipsam.errors import ConfigError
+
+    calls = seg.refiner.decoder_calls
+    picky = seg.with_options()
+    picky.refine_config = RefineConfig(thing_classes=(1, 5))
+    with pytest.raises(ConfigError, match=r"thing_classes names class indices \[5\], but the vocabulary has 2"):
+        picky.segment(small, classes=["cat", "sofa"])
+    assert seg.refiner.decoder_calls == calls
+    assert picky.vocabulary(classes=[f"c{i}" for i in range(6)]).num_classes == 6  # index 5 exists here
 
 
 def test_result_image_is_not_the_callers_array(make_segmenter, chelsea_small):

@@ -114,6 +114,18 @@ class RefineConfig:
         object.__setattr__(self, "thing_classes", things)
         object.__setattr__(self, "stuff_classes", stuff)
 
+    def check_classes(self, num_classes: int) -> None:
+        """``ConfigError`` when ``thing_classes`` / ``stuff_classes`` name an index the vocabulary does not have
+        (a filter that matches no class would refine nothing, or everything, in silence)."""
+        for name in ("thing_classes", "stuff_classes"):
+            ids = getattr(self, name)
+            beyond = sorted(c for c in ids or () if c >= num_classes)
+            if beyond:
+                raise ConfigError(
+                    f"RefineConfig.{name} names class indices {beyond}, but the vocabulary has {num_classes} classes "
+                    f"(indices 0 to {num_classes - 1}); give indices into this vocabulary's classes"
+                )
+
     def refines(self, class_id: int) -> bool:
         """Whether regions of ``class_id`` get SAM2 prompts under the thing/stuff filters."""
         if self.thing_classes is not None:
