@@ -123,7 +123,11 @@ class SegmenterFront:
             vocab = builtin_vocabulary(self.config.vocabulary)
         if self.refiner is not None and self.refine_config is not None:
             self.refine_config.check_classes(vocab.num_classes)  # before any image is segmented
+        self._check_vocabulary_size(vocab)
         return vocab
+
+    def _check_vocabulary_size(self, vocab: Vocabulary) -> None:
+        """An error when this front end cannot serve ``vocab``'s number of queries (none here; engines override)."""
 
     def segment(self, image, classes=None, class_file=None, masks=None) -> SegmentationResult:
         """Segment one image.

@@ -78,6 +78,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     o.add_argument("--max-images", type=int, default=4, help="images per SAM2 encoder call (default: 4)")
     o.add_argument("--max-prompts", type=int, default=64, help="prompts per SAM2 decoder call (default: 64)")
+    o.add_argument(
+        "--max-queries",
+        type=int,
+        default=512,
+        help="text queries (class names and synonyms) TensorRT's profiles serve (default: 512)",
+    )
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     o.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's offline graph optimisation")
     o.add_argument(
@@ -125,6 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 max_side=args.max_side,
                 max_images=args.max_images,
                 max_prompts=args.max_prompts,
+                max_queries=args.max_queries,
                 validate=not args.no_validate,
                 optimize=not args.no_optimize,
                 overwrite=args.overwrite,

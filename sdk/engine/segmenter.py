@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import positive_int, positive_number
 from ..device import parse_device
-from ..errors import ConfigError, InvalidTypeError, ManifestMismatchError
+from ..errors import ConfigError, EngineLimitError, InvalidTypeError, ManifestMismatchError
 from ..frontend import SegmenterFront
 from ..ops.base import EncoderSpec
 from ..ops.sfr import LinspaceTable
@@ -275,6 +275,18 @@ class EngineSegmenter(SegmenterFront):
         return new
 
     # -- vocabulary and text -----------------------------------------------------------------------------
+    def _check_vocabulary_size(self, vocab: Vocabulary) -> None:
+        """TensorRT serves the shapes of the export's profiles only: more queries than ``--max-queries`` is an
+        ``EngineLimitError`` before any work (the other providers take any number)."""
+        limit = int(self.manifest.limits.get("max_queries") or 0)
+        trt = sorted(n for n, s in self._sessions.items() if "TensorrtExecutionProvider" in s.providers)
+        if limit and trt and vocab.num_queries > limit:
+            raise EngineLimitError(
+                f"the vocabulary has {vocab.num_queries} queries (synonyms included), but these engines' TensorRT "
+                f"profiles serve at most {limit} (graphs {', '.join(trt)}). Re-export with --max-queries "
+                f"{vocab.num_queries} or more, use fewer names, or run on the CUDA or CPU provider."
+            )
+
     def text_embeddings(self, vocab: Vocabulary, progress: bool | None = None) -> np.ndarray:
         """(Q, C) float32 unit query embeddings, computed once per vocabulary, cached in memory and on disk.
         ``progress``: a bar on stderr while encoding (default: the segmenter's ``text_progress``)."""

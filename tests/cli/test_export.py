@@ -13,12 +13,13 @@ from ..conftest import TINY_VIT
 
 def test_export_command(tmp_path, capsys):
     out = tmp_path / "engines"
-    args = build_parser().parse_args(args_argv(out) + ["512"])
+    args = build_parser().parse_args(args_argv(out) + ["512", "--max-queries", "64"])
     assert args.func(args) == 0
     printed = capsys.readouterr()
     assert "RANDOM weights" in printed.err and "max|ort-torch|" in printed.out and "clip_dense" in printed.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "clip" and manifest["preset"] is None and manifest["limits"]["max_grid"] == 32
+    assert manifest["limits"]["max_queries"] == 64
     assert set(manifest["graphs"]) == {"clip_text", "clip_dense"}
     assert all(r["ok"] for r in manifest["validation"])
     assert (out / "trtexec.sh").read_text().count("trtexec --onnx=") == 2

@@ -187,6 +187,19 @@ def test_result_api_and_info(engine_dir, chelsea_small, tmp_path):
     assert same.config.prob_thd == 0.3 and same.config.short_side == 64  # its own method: the other options kept
 
 
+def test_more_queries_than_the_tensorrt_profiles_serve_are_refused(engine_dir, monkeypatch):
+    """TensorRT runs only the export's profile shapes (``--max-queries``, 512 by default); other providers take
+    any number. No GPU here: a session is made to report the TensorRT provider."""
+    eng = EngineSegmenter(engine_dir("resclip"), short_side=32)
+    limit = eng.manifest.limits["max_queries"]
+    many = [f"thing {i}" for i in range(limit + 1)]
+    assert eng.vocabulary(classes=many).num_queries == limit + 1  # the CPU provider serves them
+    monkeypatch.setattr(eng._sessions["clip_dense_pass1"], "providers", ("TensorrtExecutionProvider",))
+    with pytest.raises(EngineLimitError, match=rf"{limit + 1} queries .* at most {limit} .*clip_dense_pass1"):
+        eng.segment(np.zeros((32, 32, 3), np.uint8), classes=many)
+    assert eng.vocabulary(classes=many[:limit]).num_queries == limit
+
+
 def test_thread_counts_onnx_runtime_cannot_start_are_refused(engine_dir):
     with pytest.raises(ConfigError, match=r"intra_op_threads=1000000000 is more threads.*at most 1024"):
         EngineSegmenter(engine_dir("resclip"), intra_op_threads=10**9)
