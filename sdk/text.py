@@ -14,6 +14,7 @@ lengths (typically 8-16 tokens) instead of 77.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -54,10 +55,15 @@ def resolve_templates(templates) -> tuple[str, ...]:
         if templates in TEMPLATE_SETS:
             return tuple(TEMPLATE_SETS[templates])
         if "{" not in templates:
-            raise ConfigError(
-                f"unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a list of strings "
-                "with '{}'."
-            )
+            sets = f"one of {sorted(TEMPLATE_SETS)} or a list of strings with '{{}}'"
+            if os.path.isfile(templates):
+                raise ConfigError(
+                    f"templates={templates!r} is a file: this option takes {sets}; read templates from a file "
+                    "with prompts=PromptConfig(templates=FILE) (CLI: --templates FILE)."
+                )
+            if "/" in templates or os.sep in templates or os.path.splitext(templates)[1]:
+                raise ConfigError(f"templates file {templates!r} not found (and not a template set: use {sets}).")
+            raise ConfigError(f"unknown template set {templates!r}; use {sets}.")
         templates = (templates,)
     if not isinstance(templates, (list, tuple)) or not templates:
         raise InvalidTypeError("templates must be a template-set name or a non-empty list of strings.")

@@ -62,10 +62,21 @@ def test_template_sets():
     assert resolve_templates("openai80") == OPENAI_IMAGENET_TEMPLATES
     assert resolve_templates("single") == ("a photo of a {}.",)
     assert resolve_templates(["a {} here."]) == ("a {} here.",)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown template set 'openai81'"):
         resolve_templates("openai81")
     with pytest.raises(ConfigError, match="exactly one"):
         resolve_templates(["no placeholder"])
+
+
+def test_a_templates_file_given_as_a_set_name_says_where_files_go(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("a photo of a {}.\n")
+    with pytest.raises(ConfigError, match=r"is a file: .*prompts=PromptConfig\(templates=FILE\)"):
+        resolve_templates(str(f))
+    with pytest.raises(ConfigError, match=r"templates file '.*missing.txt' not found"):
+        resolve_templates(str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="templates file 'mine.yaml' not found"):
+        resolve_templates("mine.yaml")
 
 
 @pytest.mark.parametrize(
