@@ -75,6 +75,8 @@ def input_file(
     not a str or os.PathLike)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
         raise InvalidTypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
+    if not os.fspath(value).strip() and not os.path.isfile(value):  # Path("") is "." (a folder): say so
+        raise error(f"{what} is an empty path ({os.fspath(value)!r}); give the file's path.")
     path = check_usable(Path(value), what, error)
     if is_url(value) or not path.is_file():
         raise input_error(value, what, error, folder_hint, missing_hint)

@@ -87,3 +87,5 @@ def test_special_files_and_empty_output_paths_are_named_as_such(tmp_path):
             output_dir(empty)  # it wrote into the current folder
         with pytest.raises(OutputError, match="empty path"):
             output_file(empty)
+        with pytest.raises(ClipSamError, match=r"image file is an empty path"):  # it said "image file . is a folder"
+            input_file(empty, "image file")
