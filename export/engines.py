@@ -417,5 +417,5 @@ def export_engines(
         if rows:
             log(format_table(rows))
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    log(f"clipsam export: wrote {len(manifest['graphs'])} graphs to {final}")
+    log(f"clipsam export: wrote {len(graphs)} graphs to {final}")
     return manifest
