@@ -69,6 +69,11 @@ def _entries(data, source: str) -> dict:
         )
     out = {}
     for key, value in data.items():
+        if isinstance(key, (bool, int, float)) and source.endswith((".yaml", ".yml")):
+            raise ConfigError(
+                f"{source}: the class name {key!r} is YAML's reading of an unquoted key (no/yes/off/on, or a "
+                'number); quote it, e.g. "no": [...] or "2": [...]'
+            )
         if not isinstance(key, str) or not key.strip():
             raise ConfigError(f"{source}: class names must be non-empty strings, got {key!r}")
         if not key.startswith("_"):

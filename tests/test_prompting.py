@@ -74,6 +74,7 @@ def test_yaml_and_json_user_files(tmp_path):
         ("list.json", '["a cat"]', r"list\.json: expected a mapping"),
         ("str.json", '{"cat": "a cat"}', r"str\.json: the entry of class 'cat' must be a non-empty list"),
         ("num.yaml", "cat: [a cat, 3]\n", r"num\.yaml: class 'cat' has a non-string or empty entry 3"),
+        ("no.yaml", "cat: [a cat.]\nno: [a no-entry sign.]\n", r"no\.yaml: the class name False is YAML's .*quote"),
         ("empty.json", '{"_comment": "x"}', r"empty\.json: holds no classes"),
         ("ctx.txt", "cat", r"ctx\.txt: unknown format '.txt'"),
     ],
