@@ -35,24 +35,6 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 
 
-# Files whose tests start Ray (a local cluster, Ray Serve, or ``clipsam serve``/``batch --ray`` subprocesses): under
-# pytest-xdist (``-n 2 --dist loadgroup``, the README's test command) they all run in one worker, one after another,
-# so that two Ray clusters never start at once on the box and no test joins another test's cluster.
-_RAY_FILES = (
-    "integrations/test_ray.py",
-    "serve/",
-    "cli/test_serve.py",
-    "test_benchmarks_smoke.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        rel = Path(str(item.path)).relative_to(TESTS).as_posix()
-        if rel.startswith(_RAY_FILES):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 @pytest.fixture
 def text_cache_dir(tmp_path, monkeypatch):
     """The disk text cache on, in a fresh folder of this test (also for subprocesses, through the environment)."""
