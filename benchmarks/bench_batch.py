@@ -52,7 +52,8 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("mode", ["in_process", "ray_1", "ray_2"])
+# smoke (CI): one Ray run, with two actors (the one-actor run is the same code path, and Ray's start-up is most of it)
+@pytest.mark.parametrize("mode", ["in_process", "ray_2"] if SMOKE else ["in_process", "ray_1", "ray_2"])
 def test_batch_throughput(benchmark, cluster, inputs, tmp_path, mode):
     from clipsam.batch import run_batch
 

@@ -40,11 +40,11 @@ def _check_threads(seg, calls_per_thread: int, threads: int = 8):
     for vocab, i in sorted(set(jobs), key=str):  # sequential reference, one call each
         expected[vocab, i] = seg.segment(images[i], classes=vocab)
     seg.text_cache._data.clear()  # the threads start cold: they race to fill the cache
-    sizes, stop = [], threading.Event()
+    sizes, stop = [0], threading.Event()
 
-    def watch():
-        while not stop.is_set():
-            sizes.append(len(seg.text_cache))
+    def watch():  # the largest cache size seen, sampled every 0.2 ms (a busy loop held the GIL from the workers)
+        while not stop.wait(0.0002):
+            sizes[0] = max(sizes[0], len(seg.text_cache))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -61,7 +61,7 @@ def _check_threads(seg, calls_per_thread: int, threads: int = 8):
         assert res.classes == ref.classes
         assert np.array_equal(res.labels, ref.labels), job
         assert np.array_equal(res.scores, ref.scores), job
-    assert max(sizes) <= seg.text_cache.max_entries and len(seg.text_cache) <= seg.text_cache.max_entries
+    assert sizes[0] <= seg.text_cache.max_entries and len(seg.text_cache) <= seg.text_cache.max_entries
     return results
 
 
@@ -72,8 +72,8 @@ def test_eight_threads_give_the_sequential_results(tiny_clip):
     seg = Segmenter(
         tiny_clip, dense_config("resclip", "voc21", short_side=48, templates=("a photo of a {}.",)), text_cache_size=3
     )  # 5 vocabularies: the LRU must evict while threads use it
-    results = _check_threads(seg, calls_per_thread=20)
-    assert len(results) == 160 and {r.classes for r in results} >= {("cat", "grass"), ("sky", "tree", "road")}
+    results = _check_threads(seg, calls_per_thread=10)
+    assert len(results) == 80 and {r.classes for r in results} >= {("cat", "grass"), ("sky", "tree", "road")}
 
 
 def test_warmup_runs_the_pipeline_and_fills_the_cache(make_segmenter):
