@@ -32,6 +32,7 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     if not overwrite:
         raise ConfigError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an engine folder")
     output_dir(out, "engine folder")
+    out = out.resolve()  # a symlinked folder: replace what it points to, and keep the link
     stage = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)  # left by an earlier process of this pid
     try:

@@ -55,3 +55,12 @@ def test_a_successful_overwrite_replaces_the_whole_folder(engines):
         assert _tree(engines)["manifest.json"] == b'{"old": true}'  # untouched until the export is complete
     assert _tree(engines) == {"manifest.json": b'{"new": true}'}  # the old graph is gone with the old folder
     assert sorted(p.name for p in engines.parent.iterdir()) == ["engines"]
+
+
+def test_a_symlinked_folder_keeps_its_link(engines, tmp_path):
+    link = tmp_path / "current"
+    link.symlink_to(engines, target_is_directory=True)
+    with staged_folder(link, overwrite=True) as dest:
+        (dest / "manifest.json").write_text('{"new": true}')
+    assert link.is_symlink() and _tree(link) == {"manifest.json": b'{"new": true}'}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "engines"]
