@@ -142,24 +142,8 @@ class SegmentImages:
             for i in range(n):
                 files: list[str] = []
                 if i in results:
-                    res = results[i]
-                    key = keys[i]
-                    if isinstance(key, str):
-                        res.info["image"] = key
-                        if stems and written_for(self.out_dir, names[i], key) is False:  # another image's
-                            errors[i] = (
-                                f"OutputError: the output name {names[i]!r} is taken by another image's outputs "
-                                f"({self.out_dir / names[i]}.json): images of the same file name in different "
-                                "folders need a 'name' column with distinct output names (e.g. each path relative "
-                                "to the dataset's root, without its suffix)"
-                            )
-                            out["ok"][i], out["error"][i] = False, errors[i]
-                            written.append(json.dumps(files))
-                            continue
-                    try:
-                        files = save_atomic(res, self.out_dir, names[i])
-                    except OSError as e:
-                        errors[i] = f"{type(e).__name__}: cannot write outputs: {e}"
+                    files, errors[i] = _write(results[i], keys[i], names[i], self.out_dir, stems)
+                    if errors[i]:
                         out["ok"][i], out["error"][i] = False, errors[i]
                 written.append(json.dumps(files))
             out["outputs"] = np.array(written, dtype=object)
@@ -209,6 +193,23 @@ class SegmentImages:
             except (ClipSamError, RuntimeError, ValueError, MemoryError) as e:
                 errors[i] = f"{type(e).__name__}: segmentation failed: {e}"
         return out
+
+
+def _write(res, key, name: str, out_dir: Path, stems: bool) -> tuple[list[str], str]:
+    """Save one row's outputs as ``out_dir/<name>*``: (the files written, "" or the row's error). With ``stems``
+    (names from the file names alone) a name whose outputs record another image is that row's error."""
+    if isinstance(key, str):
+        res.info["image"] = key
+        if stems and written_for(out_dir, name, key) is False:  # another image's outputs
+            return [], (
+                f"OutputError: the output name {name!r} is taken by another image's outputs ({out_dir / name}.json): "
+                "images of the same file name in different folders need a 'name' column with distinct output names "
+                "(e.g. each path relative to the dataset's root, without its suffix)"
+            )
+    try:
+        return save_atomic(res, out_dir, name), ""
+    except OSError as e:
+        return [], f"{type(e).__name__}: cannot write outputs: {e}"
 
 
 def _objects(arrays: list) -> np.ndarray:
