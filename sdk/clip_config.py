@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .paths import shown
 
 # sizes that must be positive integers where present (a ViT's or a text tower's)
 _SIZES = ("image_size", "layers", "width", "head_width", "patch_size", "heads", "context_length", "vocab_size")
@@ -44,29 +45,33 @@ def check_model_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"CLIP model config {path} cannot be read ({e}); save it as UTF-8 JSON") from None
+        raise ConfigError(f"CLIP model config {shown(path)} cannot be read ({e}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"CLIP model config {path} is not valid JSON: {e.msg} at line {e.lineno}. {fix}") from None
+        raise ConfigError(
+            f"CLIP model config {shown(path)} is not valid JSON: {e.msg} at line {e.lineno}. {fix}"
+        ) from None
     if not isinstance(cfg, dict):
-        raise ConfigError(f"CLIP model config {path} holds a {type(cfg).__name__}, not a JSON object. {fix}")
+        raise ConfigError(f"CLIP model config {shown(path)} holds a {type(cfg).__name__}, not a JSON object. {fix}")
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
-        raise ConfigError(f"CLIP model config {path} has no {', '.join(missing)}. {fix}")
+        raise ConfigError(f"CLIP model config {shown(path)} has no {', '.join(missing)}. {fix}")
     if not _positive_int(cfg["embed_dim"]):
-        raise ConfigError(f"CLIP model config {path}: embed_dim must be a positive integer, got {cfg['embed_dim']!r}")
+        raise ConfigError(
+            f"CLIP model config {shown(path)}: embed_dim must be a positive integer, got {cfg['embed_dim']!r}"
+        )
     for tower in ("vision_cfg", "text_cfg"):
         part = cfg[tower]
         if not isinstance(part, dict):
-            raise ConfigError(f"CLIP model config {path}: {tower} must be an object, got {type(part).__name__}")
+            raise ConfigError(f"CLIP model config {shown(path)}: {tower} must be an object, got {type(part).__name__}")
         for key in _SIZES:
             if key in part and not _size_ok(key, part[key]):
                 raise ConfigError(
-                    f"CLIP model config {path}: {tower}.{key} must be a positive integer, got {part[key]!r}"
+                    f"CLIP model config {shown(path)}: {tower}.{key} must be a positive integer, got {part[key]!r}"
                 )
     vision = cfg["vision_cfg"]
     size, patch = vision.get("image_size"), vision.get("patch_size")
     if _positive_int(size) and _positive_int(patch) and size % patch:
         raise ConfigError(
-            f"CLIP model config {path}: vision_cfg.image_size {size} is not a multiple of patch_size {patch}"
+            f"CLIP model config {shown(path)}: vision_cfg.image_size {size} is not a multiple of patch_size {patch}"
         )
     return cfg

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClipSamError
-from .paths import check_usable, input_error
+from .paths import check_usable, input_error, shown
 from .preprocess import IMAGE_SUFFIXES
 
 
@@ -37,7 +37,7 @@ def _outside(f: Path, skip: Path | None) -> bool:
 
 def _found(item: str, skip: Path | None = None) -> list[tuple[Path, Path]]:
     p = check_usable(Path(item), "input", ClipSamError)
-    beside = f" outside the output folder {skip}" if skip is not None else ""
+    beside = f" outside the output folder {shown(skip)}" if skip is not None else ""
     if p.is_dir():
         found = [
             (f, f.relative_to(p))
@@ -48,7 +48,7 @@ def _found(item: str, skip: Path | None = None) -> list[tuple[Path, Path]]:
             and _outside(f, skip)
         ]
         if not found:
-            raise ClipSamError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)}){beside}")
+            raise ClipSamError(f"folder {shown(item)} holds no images ({', '.join(IMAGE_SUFFIXES)}){beside}")
         return found
     if p.is_file():
         return [(p, Path(p.name))]  # named explicitly: taken even from inside the output folder

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError
+from .paths import shown
 
 MASK_SUFFIXES = (".npz", ".npy", ".png")
 
@@ -63,10 +64,10 @@ def require_mask_files(mask_dir, names: list[str], what: str = "--masks") -> Pat
         except InvalidInputError:
             missing.append(n)
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InvalidInputError(
-            f"{what} {path}: {len(missing)} image(s) have no mask file, or more than one: {shown}. Each image needs "
-            f"exactly one of {path}/<name>.npz, .npy or .png (name as in the outputs, sub-folders included)"
+            f"{what} {shown(path)}: {len(missing)} image(s) have no mask file, or more than one: {listed}. Each image needs "
+            f"exactly one of {shown(path)}/<name>.npz, .npy or .png (name as in the outputs, sub-folders included)"
         )
     return path
 
@@ -92,19 +93,19 @@ def read_mask_file(path) -> np.ndarray:
                 if len(keys) == 1:
                     return z[keys[0]]
             raise InvalidInputError(
-                f"{path}: an .npz of region masks must hold the array 'instance_mask' or exactly one array; it "
+                f"{shown(path)}: an .npz of region masks must hold the array 'instance_mask' or exactly one array; it "
                 f"holds {keys}"
             )
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
     except ValueError as e:  # np.load refuses object arrays (pickle) with a ValueError
         raise InvalidInputError(
-            f"{path}: not a plain numeric array ({e}); save the masks with np.save / np.savez of an integer or "
+            f"{shown(path)}: not a plain numeric array ({e}); save the masks with np.save / np.savez of an integer or "
             "boolean array"
         ) from None
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:  # zlib: a corrupt np.savez_compressed member
-        raise InvalidInputError(f"{path}: cannot read the region masks ({type(e).__name__}: {e})") from None
-    raise InvalidInputError(f"{path}: region masks must be {', '.join(MASK_SUFFIXES)} files")
+        raise InvalidInputError(f"{shown(path)}: cannot read the region masks ({type(e).__name__}: {e})") from None
+    raise InvalidInputError(f"{shown(path)}: region masks must be {', '.join(MASK_SUFFIXES)} files")
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -115,9 +116,9 @@ def _read_png(path: Path) -> np.ndarray:
             mode = im.mode
             if mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
                 raise InvalidInputError(
-                    f"{path}: a region-mask PNG must have one channel of instance ids (8- or 16-bit grey or palette "
+                    f"{shown(path)}: a region-mask PNG must have one channel of instance ids (8- or 16-bit grey or palette "
                     f"indices); this one is {mode}. Save the (H, W) id map as a grey PNG or an .npy"
                 )
             return np.asarray(im).astype(np.int32)
     except (UnidentifiedImageError, OSError) as e:
-        raise InvalidInputError(f"{path}: cannot read the region masks ({type(e).__name__}: {e})") from None
+        raise InvalidInputError(f"{shown(path)}: cannot read the region masks ({type(e).__name__}: {e})") from None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError, InvalidTypeError, first_line, missing_dependency
 from .hashing import file_sha256
-from .paths import check_usable, input_error, is_url
+from .paths import check_usable, input_error, is_url, shown
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -88,7 +88,7 @@ def checkpoint_file(value, what: str = "checkpoint") -> Path:
         )
     if path.stat().st_size == 0:
         raise CheckpointError(
-            f"{what} {path} is empty (0 bytes): the download or copy did not finish. Copy or download it again."
+            f"{what} {shown(path)} is empty (0 bytes): the download or copy did not finish. Copy or download it again."
         )
     return path
 
@@ -106,7 +106,7 @@ def _weights_format(path: Path, what: str) -> str:
     text = all(32 <= b < 127 or b in b"\t\n\r" for b in head)
     looks = " (text, e.g. JSON or a config)" if text else ""
     raise CheckpointError(
-        f"{what} {path} is not a weights file: PyTorch's torch.save writes a zip archive (or a pickle before torch "
+        f"{what} {shown(path)} is not a weights file: PyTorch's torch.save writes a zip archive (or a pickle before torch "
         f"1.6) and safetensors files start with their header's length, but this one starts with {head[:12]!r}"
         f"{looks}. Pass the .pt/.pth/.bin/.safetensors weights file itself."
     )
@@ -128,25 +128,25 @@ def torch_load(path: Path, what: str = "checkpoint"):
             return load_file(str(path), device="cpu")
         except Exception as e:
             raise CheckpointError(
-                f"cannot read {what} {path} (a corrupt or truncated safetensors file): {first_line(e)}"
+                f"cannot read {what} {shown(path)} (a corrupt or truncated safetensors file): {first_line(e)}"
             ) from e
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
             raise CheckpointError(
-                f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
+                f"cannot read {what} {shown(path)} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
             ) from e
         found = re.search(r"GLOBAL (\S+)", str(e))
         raise CheckpointError(
-            f"{what} {path} is refused: besides tensors it contains pickled Python objects"
+            f"{what} {shown(path)} is refused: besides tensors it contains pickled Python objects"
             f"{f' ({found.group(1)})' if found else ''}, and unpickling them can run code, so clipsam does not. If "
             "you trust the file, convert it once to a plain state dict, e.g. sd = torch.load(path, weights_only=False)"
             "; torch.save({k: v for k, v in sd.items() if torch.is_tensor(v)}, 'weights.pt'), and pass the new file."
         ) from None
     except Exception as e:
         raise CheckpointError(
-            f"cannot read {what} {path} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
+            f"cannot read {what} {shown(path)} (corrupt, truncated, or not a PyTorch weights file): {first_line(e)}"
         ) from e
 
 
@@ -171,12 +171,12 @@ def _read_checkpoint(path) -> tuple[dict, bool]:
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
-                raise CheckpointError(f"cannot read TorchScript checkpoint {path}: {first_line(e)}") from e
+                raise CheckpointError(f"cannot read TorchScript checkpoint {shown(path)}: {first_line(e)}") from e
             return dict(module.state_dict()), True
     obj = torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict)."
+            f"checkpoint {shown(path)} holds a {type(obj).__name__}, expected a dict of tensors (a state dict)."
         )
     return obj, False
 

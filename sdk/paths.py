@@ -27,6 +27,16 @@ def is_url(value) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
+def shown(path) -> str:
+    """``path`` as a message shows it: as typed, or quoted with escapes (``repr``) when it holds a character that
+    would not print as itself (a newline, a tab, a terminal escape), so the message stays one line and says
+    exactly which name was given."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return repr(text)
+    return text if text.isprintable() else repr(text)
+
+
 def check_usable(path: Path, what: str, error: type[ClipSamError] = InvalidInputError) -> Path:
     """``path`` itself, or ``error`` when the operating system cannot even look it up: a name longer than the file
     system allows (ENAMETOOLONG), which ``Path.is_file``/``exists`` raise as a bare OSError instead of answering."""
@@ -34,9 +44,10 @@ def check_usable(path: Path, what: str, error: type[ClipSamError] = InvalidInput
         os.stat(path)
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
-            shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:100]}...({len(str(path))} characters)"
+            text = shown(path)
+            text = text if len(text) <= 120 else f"{text[:100]}...({len(str(path))} characters)"
             raise error(
-                f"{what} {shown} is not a usable path: {e.strerror or 'file name too long'} (a file or folder name "
+                f"{what} {text} is not a usable path: {e.strerror or 'file name too long'} (a file or folder name "
                 "is limited to 255 bytes on most file systems, a whole path to 4096). Use a shorter name."
             ) from None
     except ValueError:  # an embedded NUL: the callers' own checks say what is wrong with it
@@ -62,10 +73,10 @@ def input_error(
         )
     path = check_usable(Path(value), what, error)
     if path.is_dir():
-        return error(f"{what} {path} is a folder, not a file." + (f" {folder_hint}" if folder_hint else ""))
+        return error(f"{what} {shown(path)} is a folder, not a file." + (f" {folder_hint}" if folder_hint else ""))
     if path.exists():  # a device, FIFO or socket: there is something, but not a file to read
-        return error(f"{what} {path} is not a regular file (a device, pipe or socket); pass a file.")
-    return error(f"{what} not found: {path}." + (f" {missing_hint}" if missing_hint else ""))
+        return error(f"{what} {shown(path)} is not a regular file (a device, pipe or socket); pass a file.")
+    return error(f"{what} not found: {shown(path)}." + (f" {missing_hint}" if missing_hint else ""))
 
 
 def input_file(
@@ -93,18 +104,20 @@ def output_dir(value, what: str = "output folder") -> Path:
     path = _path(value, what)
     if path.exists() and not path.is_dir():
         raise OutputError(
-            f"{what} {path} is a file, not a folder. Choose a folder (it is created if missing), or move the file away."
+            f"{what} {shown(path)} is a file, not a folder. Choose a folder (it is created if missing), or move the file away."
         )
     above = path
     while not above.exists() and above != above.parent:
         above = above.parent
     if not above.is_dir():
-        raise OutputError(f"{what} {path} cannot be created: {above} is a file, not a folder. Choose another location.")
+        raise OutputError(
+            f"{what} {shown(path)} cannot be created: {shown(above)} is a file, not a folder. Choose another location."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         _probe_write(path)
     except OSError as e:
-        raise OutputError(f"{what} {path} {_why_not_writable(e)}") from e
+        raise OutputError(f"{what} {shown(path)} {_why_not_writable(e)}") from e
     return path
 
 
@@ -112,7 +125,7 @@ def output_file(value, what: str = "output file") -> Path:
     """Check that the file ``value`` can be written (its folder is created if needed); returns its Path."""
     path = _path(value, what)
     if path.is_dir():
-        raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {path / 'results.json'}.")
+        raise OutputError(f"{what} {shown(path)} is a folder; give a file name, e.g. {shown(path / 'results.json')}.")
     output_dir(path.parent, f"the folder of {what}")
     return path
 

@@ -12,12 +12,12 @@ results beyond the one being consumed.
 from __future__ import annotations
 
 import numbers
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .environment import env_int
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -27,18 +27,13 @@ def decode_workers(value: int | None, on_gpu: bool, name: str = "decode_workers"
     """The number of decode threads: ``value`` if given (>= 0; 0 = decode in the calling thread), else 2 when the
     model runs on a GPU (the host is otherwise idle while it computes) and 0 on the CPU (the model's own threads
     already use every core). ``CLIPSAM_DECODE_WORKERS`` overrides the default."""
-    given: Any = value
     if value is None:
-        env = os.environ.get("CLIPSAM_DECODE_WORKERS", "").strip()
-        if not env:
-            return 2 if on_gpu else 0
-        given, what = env, "CLIPSAM_DECODE_WORKERS"  # text: "2"
-        n = int(env) if env.isascii() and env.isdigit() and str(int(env)) == env else -1  # not "²", "02" or "+2"
-    else:
-        what = name  # from Python: an integer ("2" is refused like batch_size=2.0)
-        n = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else -1
+        env = env_int("CLIPSAM_DECODE_WORKERS", 0, "0: decode in the calling thread", "for 2 on a GPU and 0 on the CPU")
+        return (2 if on_gpu else 0) if env is None else env
+    # from Python: an integer ("2" is refused like batch_size=2.0)
+    n = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else -1
     if n < 0:
-        raise ConfigError(f"{what} must be an integer >= 0 (0: decode in the calling thread), got {given!r}")
+        raise ConfigError(f"{name} must be an integer >= 0 (0: decode in the calling thread), got {value!r}")
     return n
 
 

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError, first_line
+from .paths import shown
 
 _DATA = Path(__file__).parent / "data"
 SHIPPED = {
@@ -37,19 +38,23 @@ def read_structured(path: str | os.PathLike, what: str):
     """Parse a JSON or YAML file; ``what`` names its role in error messages ("context-prompt file")."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
+        raise ConfigError(f"{what} not found: {shown(path)}")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
-        raise ConfigError(f"{what} {path}: unknown format {suffix or '(no extension)'!r}; use .json, .yaml or .yml")
+        raise ConfigError(
+            f"{what} {shown(path)}: unknown format {suffix or '(no extension)'!r}; use .json, .yaml or .yml"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {path} cannot be read ({e})") from e
+        raise ConfigError(f"{what} {shown(path)} cannot be read ({e})") from e
     if suffix == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
+            raise ConfigError(
+                f"{what} {shown(path)} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+            ) from e
     import yaml
 
     try:
@@ -58,7 +63,7 @@ def read_structured(path: str | os.PathLike, what: str):
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or first_line(e)
-        raise ConfigError(f"{what} {path} is not valid YAML: {problem}{where}") from e
+        raise ConfigError(f"{what} {shown(path)} is not valid YAML: {problem}{where}") from e
 
 
 def _entries(data, source: str) -> dict:
@@ -126,21 +131,21 @@ def load_templates(path: str | os.PathLike) -> tuple[str, ...]:
     what = "template file"
     if path.suffix.lower() == ".txt":
         if not path.is_file():
-            raise ConfigError(f"{what} not found: {path}")
+            raise ConfigError(f"{what} not found: {shown(path)}")
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{what} {path} cannot be read ({e}); save it as UTF-8") from e
+            raise ConfigError(f"{what} {shown(path)} cannot be read ({e}); save it as UTF-8") from e
         data = [ln.strip() for ln in text.splitlines()]
         data = [ln for ln in data if ln and not ln.startswith("#")]
     else:
         data = read_structured(path, what)
     if not isinstance(data, list) or not data:
-        raise ConfigError(f"{what} {path}: expected a non-empty list of templates, got {type(data).__name__}")
+        raise ConfigError(f"{what} {shown(path)}: expected a non-empty list of templates, got {type(data).__name__}")
     from .text import template_problem
 
     for i, t in enumerate(data):
         problem = template_problem(t)
         if problem:
-            raise ConfigError(f"{what} {path}: template {i + 1} ({t!r}) {problem}")
+            raise ConfigError(f"{what} {shown(path)}: template {i + 1} ({t!r}) {problem}")
     return tuple(data)

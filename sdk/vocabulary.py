@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from .errors import InvalidTypeError, VocabularyError
-from .paths import input_file
+from .paths import input_file, shown
 
 BUILTIN_VOCABULARIES = (
     "voc21",
@@ -201,10 +201,10 @@ def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, text
                         "be predicted. Make them one class (synonyms on one line) or rename one."
                     )
     if cut:
-        shown = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        listed = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
         warnings.warn(
             f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
-            f"context ({shown}); the text encoder sees only the first {context_length} tokens of each "
+            f"context ({listed}); the text encoder sees only the first {context_length} tokens of each "
             "prompt, as open_clip does.",
             UserWarning,
             stacklevel=3,
@@ -232,7 +232,7 @@ def parse_class_file(path: str | os.PathLike) -> Vocabulary:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
-        raise VocabularyError(f"cannot read class file {path}: {e}") from e
+        raise VocabularyError(f"cannot read class file {shown(path)}: {e}") from e
     return parse_class_lines(text, str(path))
 
 

@@ -89,3 +89,29 @@ def test_special_files_and_empty_output_paths_are_named_as_such(tmp_path):
             output_file(empty)
         with pytest.raises(ClipSamError, match=r"image file is an empty path"):  # it said "image file . is a folder"
             input_file(empty, "image file")
+
+
+def test_a_path_with_a_newline_or_escape_is_shown_quoted(tmp_path):
+    """A name holding a character that does not print as itself is quoted with escapes, so the message stays one
+    line and says exactly which name was given."""
+    from clipsam.errors import ClipSamError
+    from clipsam.models import read_state_dict
+    from clipsam.paths import input_file, shown
+    from clipsam.vocabulary import parse_class_file
+
+    assert shown(tmp_path / "a b.jpg") == str(tmp_path / "a b.jpg")  # printable: as typed
+    odd = str(tmp_path / "a\nb\x1b[31m.jpg")
+    assert shown(odd) == repr(odd)
+    for call in (
+        lambda: input_file(odd, "image file"),
+        lambda: expand_inputs([odd]),
+        lambda: parse_class_file(odd),
+        lambda: read_state_dict(odd),
+    ):
+        with pytest.raises(ClipSamError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "\x1b" not in message and r"a\nb\x1b[31m.jpg" in message, message
+    (tmp_path / "in\tfolder").mkdir()
+    with pytest.raises(ClipSamError, match=r"folder '.*in\\tfolder' holds no images"):
+        expand_inputs([str(tmp_path / "in\tfolder")])

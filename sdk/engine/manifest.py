@@ -24,7 +24,7 @@ from ..config import AttentionConfig, DenseConfig
 from ..errors import ConfigError, EngineError, EngineFileError, ManifestMismatchError, first_line
 from ..hashing import file_sha256
 from ..method_config import CORRCLIP_GRAPH_FIELDS, RFCLIP_GRAPH_FIELDS
-from ..paths import check_usable, is_url
+from ..paths import check_usable, is_url, shown
 from .io_names import FORMAT_VERSION, MANIFEST_FILE
 
 # DenseConfig fields baked into the dense graphs (the attention group): they cannot be overridden at run time.
@@ -129,38 +129,42 @@ def load_manifest(folder) -> EngineManifest:
     folder = check_usable(Path(folder), "engine folder", EngineError)
     if folder.is_file():
         raise EngineError(
-            f"engine folder {folder} is a file; pass the folder written by 'clipsam export' (the one "
+            f"engine folder {shown(folder)} is a file; pass the folder written by 'clipsam export' (the one "
             "holding manifest.json)."
         )
     if not folder.is_dir():
-        raise EngineError(f"engine folder not found: {folder}. Create one with: clipsam export --out {folder}")
+        raise EngineError(
+            f"engine folder not found: {shown(folder)}. Create one with: clipsam export --out {shown(folder)}"
+        )
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise EngineError(
-            f"{folder} has no {MANIFEST_FILE}: it is not an engine folder written by 'clipsam export' "
+            f"{shown(folder)} has no {MANIFEST_FILE}: it is not an engine folder written by 'clipsam export' "
             "(or the export did not finish). Export again."
         )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineError(f"{path} is not valid JSON ({e}); the file is corrupt: export the engines again.") from e
+        raise EngineError(
+            f"{shown(path)} is not valid JSON ({e}); the file is corrupt: export the engines again."
+        ) from e
     if not isinstance(data, dict):
-        raise EngineError(f"{path} does not hold a JSON object; export the engines again.")
+        raise EngineError(f"{shown(path)} does not hold a JSON object; export the engines again.")
     if data.get("format") != FORMAT_VERSION:
         raise EngineError(
-            f"{path} has engine format {data.get('format')!r}; this clipsam reads format "
+            f"{shown(path)} has engine format {data.get('format')!r}; this clipsam reads format "
             f"{FORMAT_VERSION}. Export the engines again with this clipsam version."
         )
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise EngineError(f"{path} lacks {', '.join(missing)}; export the engines again.")
+        raise EngineError(f"{shown(path)} lacks {', '.join(missing)}; export the engines again.")
     _check_schema(data, path)
     _check_graph_settings(data, path)
     _check_method(data, path)
     try:
         dense = DenseConfig.from_dict(data["dense_config"])
     except Exception as e:
-        raise EngineError(f"{path}: dense_config is invalid ({e}); export the engines again.") from e
+        raise EngineError(f"{shown(path)}: dense_config is invalid ({e}); export the engines again.") from e
     return EngineManifest(folder, data, dense)
 
 
@@ -169,7 +173,7 @@ def _check_schema(data: dict, path: Path) -> None:
     """Types and keys of everything the runtime reads (a named EngineError instead of a KeyError later)."""
 
     def fail(where: str, problem: str):
-        raise EngineError(f"{path}: {where} {problem}. {_EDITED}")
+        raise EngineError(f"{shown(path)}: {where} {problem}. {_EDITED}")
 
     def obj(value, where):
         if not isinstance(value, dict):
@@ -286,14 +290,14 @@ def _check_graph_settings(data: dict, path: Path) -> None:
         return
     if _seal(record["fields"], data) != record["sha256"]:
         raise EngineError(
-            f"{path}: its graph_settings record does not match the graphs' SHA-256 it lists, so the "
+            f"{shown(path)}: its graph_settings record does not match the graphs' SHA-256 it lists, so the "
             f"manifest's fields cannot be trusted. {_EDITED}"
         )
     diffs = _differences(record["fields"], live)
     where, exported, says = diffs[0] if diffs else ("graph_settings", None, None)
     more = f" (and {len(diffs) - 1} more field(s))" if len(diffs) > 1 else ""
     raise ManifestMismatchError(
-        f"{path} says {where} {says!r}, but its graphs were exported for {where} {exported!r}{more}: the fields baked "
+        f"{shown(path)} says {where} {says!r}, but its graphs were exported for {where} {exported!r}{more}: the fields baked "
         f"into the graphs cannot change after export. {_EDITED}"
     )
 
@@ -315,28 +319,28 @@ def _check_method(data: dict, path: Path) -> None:
     method, dense = data["method"], data["dense_config"]
     if method not in METHODS:
         raise ManifestMismatchError(
-            f"{path}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). {_EDITED}"
+            f"{shown(path)}: method {method!r} is not a clipsam method ({', '.join(METHODS)}). {_EDITED}"
         )
     base, residual, res, _ = METHODS[method]
     want = {"base": base, "residual": residual, "rcs": res, "sfr": res, "method": method}
     for k, v in want.items():
         if dense.get(k) != v:
             raise ManifestMismatchError(
-                f"{path}: method {method!r} has dense_config.{k} {v!r}, the manifest says {dense.get(k)!r}. {_EDITED}"
+                f"{shown(path)}: method {method!r} has dense_config.{k} {v!r}, the manifest says {dense.get(k)!r}. {_EDITED}"
             )
     expected = {g.name: g for g in (CLIP_TEXT, *dense_graphs(base, res, res))}
     if data["sam2"] is not None:
         expected.update({g.name: g for g in (SAM2_IMAGE_ENCODER, SAM2_PROMPT_DECODER)})
     if set(data["graphs"]) != set(expected):
         raise ManifestMismatchError(
-            f"{path}: method {method!r} needs the graphs {sorted(expected)}, the manifest lists "
+            f"{shown(path)}: method {method!r} needs the graphs {sorted(expected)}, the manifest lists "
             f"{sorted(data['graphs'])}. {_EDITED}"
         )
     for name, io in expected.items():
         entry = data["graphs"][name]
         if tuple(entry["inputs"]) != io.inputs or tuple(entry["outputs"]) != io.outputs:
             raise ManifestMismatchError(
-                f"{path}: graph {name} of method {method!r} has inputs {io.inputs} and outputs "
+                f"{shown(path)}: graph {name} of method {method!r} has inputs {io.inputs} and outputs "
                 f"{io.outputs}, the manifest says {tuple(entry['inputs'])} -> "
                 f"{tuple(entry['outputs'])}. {_EDITED}"
             )
@@ -349,7 +353,9 @@ def load_host_constants(manifest: EngineManifest) -> dict:
         with np.load(path, allow_pickle=False) as consts:
             out = {k: consts[k] for k in consts.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise EngineFileError(f"cannot read {path} ({first_line(e)}): it is corrupt. Export the engines again.") from e
+        raise EngineFileError(
+            f"cannot read {shown(path)} ({first_line(e)}): it is corrupt. Export the engines again."
+        ) from e
     clip = manifest.clip
     want = (1 + clip["native_grid"] ** 2, clip["width"])
     need: tuple[str, ...] = ("clip_pos_embed", "sfr_linspace", "sfr_linspace_offsets")
@@ -358,7 +364,7 @@ def load_host_constants(manifest: EngineManifest) -> dict:
     if missing or tuple(out["clip_pos_embed"].shape) != want:
         found = getattr(out.get("clip_pos_embed"), "shape", None)
         raise EngineFileError(
-            f"{path} does not hold the host constants of this manifest's CLIP model (missing "
+            f"{shown(path)} does not hold the host constants of this manifest's CLIP model (missing "
             f"{missing or 'nothing'}; positional embedding {found}, expected {want}). Export the "
             "engines again."
         )
@@ -391,17 +397,17 @@ def verify_files(manifest: EngineManifest, check_hash: bool = True) -> None:
         path = manifest.folder / entry["file"]
         if not path.is_file():
             raise EngineFileError(
-                f"engine file missing: {path} ({name}). The folder is incomplete: export the engines again."
+                f"engine file missing: {shown(path)} ({name}). The folder is incomplete: export the engines again."
             )
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise EngineFileError(
-                f"engine file {path} is {size} bytes, the manifest says {entry['bytes']}: it is "
+                f"engine file {shown(path)} is {size} bytes, the manifest says {entry['bytes']}: it is "
                 "truncated or was replaced. Export the engines again."
             )
         if check_hash and file_sha256(path) != entry["sha256"]:
             raise EngineFileError(
-                f"engine file {path} does not match its SHA-256 in the manifest: it is corrupt or "
+                f"engine file {shown(path)} does not match its SHA-256 in the manifest: it is corrupt or "
                 "was replaced. Export the engines again."
             )
 

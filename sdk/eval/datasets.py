@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, InvalidImageError, InvalidInputError
+from ..paths import shown
 
 _CLASSES_DIR = Path(__file__).resolve().parent.parent / "data" / "classes"
 
@@ -178,15 +179,15 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             mode = im.mode
             arr = np.array(im)
     except FileNotFoundError:
-        raise DatasetNotFoundError(f"Label file {path} does not exist.") from None
+        raise DatasetNotFoundError(f"Label file {shown(path)} does not exist.") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InvalidImageError(f"Label file {path} cannot be read ({e}); it is corrupt or truncated.") from e
+        raise InvalidImageError(f"Label file {shown(path)} cannot be read ({e}); it is corrupt or truncated.") from e
     if mode in ("P", "L"):
         return arr.astype(np.uint8, copy=False)
     if mode.startswith("I"):
         return arr.astype(np.int64)
     raise InvalidImageError(
-        f"Label file {path} has PIL mode '{mode}'; labels must be single-channel index PNGs (mode 'P' or 'L'). "
+        f"Label file {shown(path)} has PIL mode '{mode}'; labels must be single-channel index PNGs (mode 'P' or 'L'). "
         "A colour-coded label cannot be scored: convert it to class indices first."
     )
 
@@ -220,11 +221,11 @@ class Dataset:
         if label.size and (label.min() < 0 or label.max() >= n):
             bad = np.unique(label[((label < 0) | (label >= n)) & (label != ignore)])
             if bad.size:
-                shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+                listed = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
                 zero = " after reduce_zero_label (0 -> ignored, k -> k-1)" if self.spec.reduce_zero_label else ""
                 raise InvalidImageError(
-                    f"Label file {sample.label_path} has values outside [0, {n}) that are not the ignore index "
-                    f"{ignore}{zero}: {shown}. It is not a '{self.spec.name}' label: check the dataset name and "
+                    f"Label file {shown(sample.label_path)} has values outside [0, {n}) that are not the ignore index "
+                    f"{ignore}{zero}: {listed}. It is not a '{self.spec.name}' label: check the dataset name and "
                     "root, or skip such files with --skip-bad (skip_bad=True)."
                 )
         return label

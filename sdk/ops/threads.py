@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import ConfigError
+from ..environment import env_int
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -22,11 +22,9 @@ _pool: ThreadPoolExecutor | None = None
 
 def host_threads() -> int:
     """Threads the CPU kernels use: ``CLIPSAM_HOST_THREADS``, else the CPUs available to this process."""
-    value = os.environ.get("CLIPSAM_HOST_THREADS", "").strip()
-    if value:
-        if not (value.isascii() and value.isdigit()) or int(value) < 1:  # not "²" (isdigit, but no int)
-            raise ConfigError(f"CLIPSAM_HOST_THREADS must be a positive integer, got {value!r}; unset it for all CPUs")
-        return int(value)
+    value = env_int("CLIPSAM_HOST_THREADS", 1, "threads of the CPU kernels", "for all CPUs")
+    if value is not None:
+        return value
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

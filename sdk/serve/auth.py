@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..errors import ClipSamError
+from ..paths import shown
 from .errors import ServeError
 
 
@@ -34,14 +35,14 @@ def load_api_key(env: str | None = None, file: str | os.PathLike | None = None) 
         try:
             lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
         except OSError as e:
-            raise ClipSamError(f"cannot read the API key file {file}: {e}") from None
+            raise ClipSamError(f"cannot read the API key file {shown(file)}: {e}") from None
         except UnicodeDecodeError:
             raise ClipSamError(
-                f"the API key file {file} is not UTF-8 text; write the key as text on its first line "
+                f"the API key file {shown(file)} is not UTF-8 text; write the key as text on its first line "
                 "(e.g. openssl rand -hex 32 > FILE)"
             ) from None
         if not lines or not lines[0].strip():
-            raise ClipSamError(f"the API key file {file} is empty; write the key on its first line")
+            raise ClipSamError(f"the API key file {shown(file)} is empty; write the key on its first line")
         return _checked(lines[0].strip(), f"the API key on the first line of {file}")
     return None
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidTypeError
+from ..paths import shown
 from .codec import decode_result
 from .errors import ServeError
 
@@ -206,7 +207,7 @@ def _read_image_file(image) -> tuple[Path, bytes]:
     try:
         return path, path.read_bytes()
     except OSError as e:
-        raise InvalidImageError(f"cannot read image file {path}: {e.strerror or e}") from None
+        raise InvalidImageError(f"cannot read image file {shown(path)}: {e.strerror or e}") from None
 
 
 def _multipart(fields: dict, image: bytes) -> tuple[bytes, str]:

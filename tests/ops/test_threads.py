@@ -31,7 +31,7 @@ def test_thread_count_setting(monkeypatch):
     assert host_threads() == 3
     monkeypatch.delenv("CLIPSAM_HOST_THREADS")
     assert host_threads() >= 1
-    for bad in ("0", "-2", "two", "1.5", "\u00b2"):  # "²" passes str.isdigit but not int()
+    for bad in ("0", "-2", "two", "1.5", "\u00b2", "02", "+2"):  # "²" passes str.isdigit but not int()
         monkeypatch.setenv("CLIPSAM_HOST_THREADS", bad)
         with pytest.raises(ConfigError, match="CLIPSAM_HOST_THREADS"):
             host_threads()
