@@ -113,6 +113,30 @@ def engine_dir(tiny_clip, tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def narrow_dino(monkeypatch) -> list:
+    """CorrCLIP's DINO ViT-B/8 replaced, for this test, by a narrow timm ViT (patch 8, 2 blocks, width 64, random
+    weights, explicit attention softmax) so that commands run fast; returns the list of the weights each load asked
+    for (None: random, as --random-weights asks)."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    import clipsam.dense.dino
+
+    loads: list = []
+
+    def load(weights):
+        loads.append(weights)
+        torch.manual_seed(0)
+        model = VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+        for block in model.blocks:
+            block.attn.fused_attn = False
+        return model.eval()
+
+    monkeypatch.setattr(clipsam.dense.dino, "load_dino", load)
+    return loads
+
+
 @pytest.fixture(scope="session")
 def tiny_sam2():
     """A ``Sam2Refiner``: SAM2.1 hiera-t at 256 px with random weights (``engines.tiny_sam2``)."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .cli.runner import run_cli
 from .conftest import TINY_VIT
 
 MODEL = dict(
@@ -97,10 +98,13 @@ def test_resume_goes_by_the_image_a_summary_records_not_by_the_name(tmp_path):
 
 
 def _cli(*args):
+    """``clipsam batch ARGS...`` on the test model, as a command line for a new process."""
+    return [sys.executable, "-m", "clipsam.cli", *_batch(*args)]
+
+
+def _batch(*args):
+    """The arguments of ``clipsam batch ARGS...`` on the test model."""
     return [
-        sys.executable,
-        "-m",
-        "clipsam.cli",
         "batch",
         *args,
         "--clip",
@@ -120,14 +124,7 @@ def _cli(*args):
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     make_images(tmp_path / "in", 10, bad=False)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    clean = subprocess.run(
-        _cli(str(tmp_path / "in"), "--out", str(tmp_path / "clean")),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert clean.returncode == 0, clean.stderr
+    run_cli(*_batch(str(tmp_path / "in"), "--out", str(tmp_path / "clean")))  # the reference, in this process
     out = tmp_path / "out"
     proc = subprocess.Popen(
         _cli(str(tmp_path / "in"), "--out", str(out), "--batch-size", "1"),
@@ -142,10 +139,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     first = len([p for p in out.rglob("*.json") if p.name != "batch_report.json"])
     assert 3 <= first < 10, "the run was not interrupted half-way"
-    res = subprocess.run(
-        _cli(str(tmp_path / "in"), "--out", str(out)), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr
+    res = run_cli(*_batch(str(tmp_path / "in"), "--out", str(out)))  # only the killed run needs a process of its own
     assert f"{10 - first} segmented" in res.stdout and f"{first} already done" in res.stdout
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     expected = sorted(

@@ -1,4 +1,4 @@
-"""``clipsam eval`` (run as ``python -m clipsam.cli``) end to end in subprocesses."""
+"""``clipsam eval`` end to end (``clipsam.cli.main`` in this process; ``python -m clipsam.cli`` in a subprocess once)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from clipsam.cli.evaluate import cmd_eval
 
 from ..conftest import TINY_VIT
 from ..eval.test_datasets import _write_image, _write_label
+from .runner import run_cli
 
 IDS = ["2008_000001", "2008_000002", "2008_000003"]
 
 
-def run(*args, check=True, cwd=None):
-    proc = subprocess.run(
-        [sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
+def run(*args, check=True):
+    """``python -m clipsam.cli ARGS...`` in a new process."""
+    proc = subprocess.run([sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
@@ -67,7 +67,7 @@ def test_help_lists_the_options():
         "--calibration",
     ):
         assert opt in ev, opt
-    be = run("bench", "--help").stdout
+    be = run_cli("bench", "--help").stdout
     for opt in ("--suite", "--smoke", "--device"):
         assert opt in be, opt
 
@@ -96,9 +96,9 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
         "--templates",
         "single",
     ]
-    p = run(*common, check=False)
+    p = run_cli(*common, check=False)
     assert p.returncode == 2 and f"{IDS[1]}.png" in p.stderr and "Traceback" not in p.stderr
-    p = run(*common, "--skip-bad", "--descriptions", "voc20", "--calibration", "knn")  # an ablation row
+    p = run_cli(*common, "--skip-bad", "--descriptions", "voc20", "--calibration", "knn")  # an ablation row
     assert "RANDOM" in p.stderr and "mIoU" in p.stdout
     data = json.loads(out.read_text())
     assert data["config"]["prompts"]["descriptions"] == "voc20" and data["config"]["config"]["calibration"] == "knn"
@@ -109,13 +109,14 @@ def test_eval_end_to_end_with_a_missing_label(voc, tmp_path):
     assert "NACLIP README" in md and "64.07" in md and f"{IDS[1]}.png" in md
 
 
-def test_corrclip_is_evaluated_with_its_mask_flags(voc, tmp_path, capsys):
+def test_corrclip_is_evaluated_with_its_mask_flags(voc, tmp_path, capsys, narrow_dino):
     """CorrCLIP's vocabulary (voc21_corrclip: 'people' for person) is the dataset's; the command takes its mask
-    flags (it named --automask / --mask-source none, which eval did not have)."""
+    flags (it named --automask / --mask-source none, which eval did not have). A narrow DINO from timm stands in for
+    ViT-B/8 to keep the test fast."""
     out = tmp_path / "corr.json"
     argv = ["eval", "--dataset", "voc21", "--root", str(voc), "--out", str(out), "--random-weights", "--clip", TINY_VIT]
     args = build_parser().parse_args(argv + ["--method", "corrclip", "--mask-source", "none", "--limit", "1"])
-    assert args.func(args) == 0
+    assert args.func(args) == 0 and narrow_dino == [None]  # --random-weights: random DINO too
     data = json.loads(out.read_text())
     assert data["images"] == 1 and data["config"]["config"]["method"] == "corrclip"
     assert data["per_class"][15]["name"] == "person"  # reported under the dataset's own class names
@@ -124,7 +125,7 @@ def test_corrclip_is_evaluated_with_its_mask_flags(voc, tmp_path, capsys):
 
 
 def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
-    p = run(
+    p = run_cli(
         "eval",
         "--dataset",
         "voc21",
@@ -140,6 +141,6 @@ def test_engines_folder_without_manifest_is_an_error(voc, tmp_path):
 
 
 def test_out_named_like_the_markdown_report_is_refused_before_the_model_loads(voc, tmp_path):
-    p = run("eval", "--dataset", "voc21", "--root", str(voc), "--out", str(tmp_path / "r.md"), check=False)
+    p = run_cli("eval", "--dataset", "voc21", "--root", str(voc), "--out", str(tmp_path / "r.md"), check=False)
     assert p.returncode == 2 and "--out" in p.stderr and "r.json" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r.md").exists()

@@ -73,27 +73,15 @@ def test_export_corrclip_without_a_mask_source_is_refused_before_loading(tmp_pat
     assert "--method corrclip only" in capsys.readouterr().err
 
 
-def test_export_and_segment_corrclip_with_a_masks_folder(tmp_path, chelsea_small, capsys, monkeypatch):
+def test_export_and_segment_corrclip_with_a_masks_folder(tmp_path, chelsea_small, capsys, narrow_dino):
     """``clipsam export --method corrclip --mask-source given`` (the tiny CLIP, a narrow timm DINO with patch 8
     standing in for ViT-B/8), then ``clipsam segment --engines DIR --masks DIR``: the same labels as the PyTorch
     backend's ``clipsam segment --method corrclip --masks DIR``; each given region voted to one label."""
     import numpy as np
-    import torch
     from PIL import Image
-    from timm.models.vision_transformer import VisionTransformer
 
-    import clipsam.dense.dino
     from clipsam.cli import main
 
-    def small_dino(weights):
-        assert weights is None  # --random-weights: random DINO too
-        torch.manual_seed(0)
-        model = VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
-        for block in model.blocks:
-            block.attn.fused_attn = False
-        return model.eval()
-
-    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
     photo, engines, masks = tmp_path / "cat.png", tmp_path / "engines", tmp_path / "masks"
     Image.fromarray(chelsea_small).resize((125, 94)).save(photo)
     masks.mkdir()

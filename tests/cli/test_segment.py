@@ -1,5 +1,5 @@
-"""``clipsam segment`` end to end (a subprocess, and its argparse front end), on real photographs, random weights;
-PyTorch and exported engines."""
+"""``clipsam segment`` end to end (the installed command in a subprocess once, otherwise ``clipsam.cli.main`` in this
+process), on real photographs, random weights; PyTorch and exported engines."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from PIL import Image
 from clipsam.cli import build_parser
 
 from ..conftest import TINY_VIT
+from .runner import run_cli
 
 CLI = [str(Path(sys.executable).parent / "clipsam")]
 
 
 def run(*args, check=True):
+    """The installed ``clipsam`` command in a new process."""
     proc = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
@@ -36,9 +38,9 @@ def photo(tmp_path_factory):
 
 
 def test_help_is_complete():
-    top = run("--help").stdout
+    top = run_cli("--help").stdout
     assert "segment" in top
-    seg = run("segment", "--help").stdout
+    seg = run_cli("segment", "--help").stdout
     for opt in (
         "--classes",
         "--class-file",
@@ -94,7 +96,7 @@ def test_folders_globs_scales_and_flip(photo, tmp_path):
         Image.open(photo).resize((125, 94)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    proc = run(
+    proc = run_cli(
         "segment",
         str(folder),
         str(tmp_path / "imgs" / "*.png"),
@@ -128,7 +130,7 @@ def test_segment_with_preset_vocabulary_and_bundled_photo(tmp_path):
 
     sample = Path(clipsam.__file__).parent / "data" / "chelsea.jpg"
     out = tmp_path / "o"
-    run(
+    run_cli(
         "segment",
         str(sample),
         "--preset",
@@ -151,7 +153,7 @@ def test_prompt_and_calibration_flags(photo, tmp_path):
     tpl = tmp_path / "templates.txt"
     tpl.write_text("a photo of a {}.\nart of the {}.\n")
     out = tmp_path / "out"
-    run(
+    run_cli(
         "segment",
         str(photo),
         "--classes",
@@ -206,9 +208,9 @@ def test_prompt_file_errors_name_the_file(photo, tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(photo, tmp_path):
-    p = run("segment", str(photo), "--out", str(tmp_path), "--random-weights", check=False)
+    p = run_cli("segment", str(photo), "--out", str(tmp_path), "--random-weights", check=False)
     assert p.returncode == 2 and "name the classes" in p.stderr
-    p = run(
+    p = run_cli(
         "segment",
         str(tmp_path / "missing.jpg"),
         "--classes",
@@ -219,7 +221,7 @@ def test_cli_errors_are_clear(photo, tmp_path):
         check=False,
     )
     assert p.returncode == 2 and "missing.jpg" in p.stderr
-    p = run(
+    p = run_cli(
         "segment",
         str(photo),
         "--classes",
@@ -232,7 +234,7 @@ def test_cli_errors_are_clear(photo, tmp_path):
         check=False,
     )
     assert p.returncode == 2 and "duplicate" in p.stderr and "Traceback" not in p.stderr
-    p = run(
+    p = run_cli(
         "segment",
         str(photo),
         "--classes",
@@ -325,13 +327,9 @@ def test_main_entry_point(engine_dir, chelsea_small, tmp_path):
         main(["export", "--help"])
 
 
-def test_segment_rfclip_and_corrclip(photo, tmp_path, capsys, monkeypatch):
+def test_segment_rfclip_and_corrclip(photo, tmp_path, capsys, narrow_dino):
     """``--method rfclip`` and ``--method corrclip`` end to end in-process (CorrCLIP without masks, on a narrow DINO
     from timm standing in for ViT-B/8 to keep the test fast), and CorrCLIP's option errors, raised before loading."""
-    import torch
-    from timm.models.vision_transformer import VisionTransformer
-
-    import clipsam.dense.dino
     from clipsam.cli import main
 
     small = Image.open(photo).resize((125, 94))
@@ -342,15 +340,9 @@ def test_segment_rfclip_and_corrclip(photo, tmp_path, capsys, monkeypatch):
     assert main(rf) == 2  # RF-CLIP's sink channels are ViT-B/16's: the 128-wide test model is refused clearly
     assert "rf_sink_channels" in capsys.readouterr().err
 
-    def small_dino(weights):
-        assert weights is None  # --random-weights: random DINO too
-        torch.manual_seed(0)
-        return VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
-
-    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
     out = tmp_path / "corr"
     corr = ["segment", str(tmp_path / "small.png"), "--out", str(out), "--method", "corrclip", *common]
-    assert main(corr + ["--mask-source", "none"]) == 0
+    assert main(corr + ["--mask-source", "none"]) == 0 and narrow_dino == [None]  # --random-weights: random DINO
     summary = json.loads((out / "small.json").read_text())
     assert summary["config"]["method"] == "corrclip" and summary["config"]["corr_mask_source"] == "none"
     assert np.asarray(Image.open(out / "small_labels.png")).shape == (94, 125)
@@ -375,32 +367,21 @@ def test_text_progress_bar_and_disk_cache_flag(photo, tmp_path, monkeypatch):
     common = ["segment", str(small), "--classes", classes, "--random-weights", "--clip", TINY_VIT, "--method", "sclip"]
     monkeypatch.setenv("CLIPSAM_TEXT_CACHE", "1")
     monkeypatch.setenv("CLIPSAM_CACHE_DIR", str(tmp_path / "cache"))
-    proc = run(*common, "--out", str(tmp_path / "a"))
+    proc = run_cli(*common, "--out", str(tmp_path / "a"))
     assert "clipsam: encoding text prompts" in proc.stderr and "960" in proc.stderr
     assert len(list((tmp_path / "cache" / "text").glob("*.npy"))) == 1
     monkeypatch.setenv("CLIPSAM_CACHE_DIR", str(tmp_path / "cache2"))
-    proc = run(*common, "--out", str(tmp_path / "b"), "--no-progress", "--no-text-cache")
+    proc = run_cli(*common, "--out", str(tmp_path / "b"), "--no-progress", "--no-text-cache")
     assert "encoding text" not in proc.stderr
     assert not (tmp_path / "cache2").exists()
 
 
-def test_corrclip_masks_folder_in_segment_and_batch(photo, tmp_path, capsys, monkeypatch):
+def test_corrclip_masks_folder_in_segment_and_batch(photo, tmp_path, capsys, narrow_dino):
     """``--masks DIR`` (CorrCLIP with the user's region masks, no SAM2): segment and batch write the same labels,
     each region voted to one label; a missing mask file and conflicting options fail before any model loads."""
-    import torch
-    from timm.models.vision_transformer import VisionTransformer
-
-    import clipsam.dense.dino
     from clipsam.cli import main
 
-    loads = []
-
-    def small_dino(weights):
-        loads.append(weights)
-        torch.manual_seed(0)
-        return VisionTransformer(img_size=224, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
-
-    monkeypatch.setattr(clipsam.dense.dino, "load_dino", small_dino)
+    loads = narrow_dino
     (tmp_path / "in" / "sub").mkdir(parents=True)
     (tmp_path / "masks" / "sub").mkdir(parents=True)
     small = Image.open(photo).resize((125, 94))
