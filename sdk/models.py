@@ -93,6 +93,22 @@ def checkpoint_file(value, what: str = "checkpoint") -> Path:
     return path
 
 
+def weights_file(weights) -> Path | None:
+    """The checkpoint file that CLIP weights ``weights`` name, checked as far as reading its first bytes (it exists,
+    is not empty, is a torch or safetensors file), or None when ``weights`` is an open_clip pretrained tag; a value
+    that looks like a path (a URL, a folder, a path separator, a weights suffix) but names no usable file is a
+    ``CheckpointError``. Nothing is loaded: ``clipsam serve`` checks its ``--weights`` with this before Ray starts.
+    """
+    path = check_usable(Path(os.fspath(weights)).expanduser(), "checkpoint", CheckpointError)
+    if path.is_file():
+        path = checkpoint_file(path)
+        _weights_format(path, "checkpoint")
+        return path
+    if is_url(weights) or path.is_dir() or os.sep in os.fspath(weights) or path.suffix in _WEIGHT_SUFFIXES:
+        checkpoint_file(weights)  # raises: a URL, a folder, or a missing file
+    return None
+
+
 def _weights_format(path: Path, what: str) -> str:
     """ "torch" (``torch.save``: a zip archive, or a pickle before torch 1.6) or "safetensors", from the file's first
     bytes; anything else (a JSON or text file, an image, an ONNX graph) is a ``CheckpointError`` saying what it is
@@ -470,12 +486,10 @@ def load_clip(
             model = _create(open_clip, name, gelu)
         return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
 
-    path = check_usable(Path(os.fspath(weights)).expanduser(), "checkpoint", CheckpointError)
     scripted = False
-    if path.is_file():
-        source, weights_id = str(checkpoint_file(path)), _file_id(path)
-    elif is_url(weights) or path.is_dir() or os.sep in os.fspath(weights) or path.suffix in _WEIGHT_SUFFIXES:
-        checkpoint_file(weights)  # raises: a URL, a folder, or a missing file
+    path = weights_file(weights)
+    if path is not None:
+        source, weights_id = str(path), _file_id(path)
     else:
         tag = str(weights)
         cfg = open_clip.get_pretrained_cfg(name, tag)

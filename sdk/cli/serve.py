@@ -210,6 +210,7 @@ def build_from_options(options: dict):
 def _check_model_options(args) -> None:
     """Fail in the driver, before Ray starts, on options a replica would refuse."""
     from ..config import dense_config
+    from ..models import checkpoint_file, weights_file
 
     overrides = {k: v for k, v in prompt_options(args).items() if k == "calibration"}
     scales = parse_scales(args.scales)
@@ -227,6 +228,10 @@ def _check_model_options(args) -> None:
         dense_config(args.method or DEFAULTS["method"], args.preset, flip=bool(args.flip), **overrides)
         if args.sam2_weights and not args.refine:
             raise ClipSamError("--sam2-weights needs --refine sam2.1_hiera_t (or another SAM2 model)")
+        if args.weights and not args.random_weights:  # a missing file: now, not after every replica failed to load
+            weights_file(args.weights)
+        if args.sam2_weights:
+            checkpoint_file(args.sam2_weights, "SAM2 checkpoint")
     elif not os.path.isdir(args.engines):
         raise ClipSamError(f"engine folder not found: {args.engines}")
 

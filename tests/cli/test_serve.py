@@ -4,6 +4,7 @@ and names the error of a replica that cannot start."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -145,7 +146,9 @@ def test_serve_config_from_options(monkeypatch, tmp_path):
             serve_config(parse(*argv))
 
 
-def test_bad_options_fail_before_ray_starts(capsys, tmp_path):
+def test_bad_options_fail_before_ray_starts(capsys, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
     random_key = tmp_path / "random.key"
     random_key.write_bytes(bytes(range(128, 256)))  # not UTF-8: what `head -c 64 /dev/urandom > key` may write
     for argv, text in (
@@ -156,6 +159,9 @@ def test_bad_options_fail_before_ray_starts(capsys, tmp_path):
         (("--preset", "voc21", "--max-upload-mb", "nan"), "--max-upload-mb must be a positive number of MiB"),
         (("--preset", "voc21", "--max-upload-mb", "inf"), "--max-upload-mb must be a positive number of MiB"),
         (("--preset", "voc21", "--api-key-file", str(random_key)), "is not UTF-8 text"),
+        (("--preset", "voc21", "--weights", str(tmp_path / "missing.pt")), "checkpoint not found"),
+        (("--preset", "voc21", "--weights", str(random_key)), "is not a weights file"),
+        (("--preset", "voc21", "--refine", "sam2.1_hiera_t", "--sam2-weights", "nope.pt"), "SAM2 checkpoint not found"),
     ):
         assert main(["serve", *argv, "--port", str(free_port())]) == 2
         assert text in capsys.readouterr().err
@@ -257,7 +263,12 @@ def test_the_command_serves_and_stops_on_a_signal(chelsea_small, stop):
 
 
 def test_a_replica_that_cannot_start_is_reported(tmp_path):
-    missing = tmp_path / "no-such-checkpoint.pt"
+    """A checkpoint that exists but holds no weights of this architecture fails in the replicas (the driver checks
+    only that it is a weights file): the command names the replica's error and exits 2."""
+    import torch
+
+    wrong = tmp_path / "not-this-clip.pt"
+    torch.save({"x": torch.zeros(1)}, wrong)
     proc = subprocess.run(
         [
             CLI,
@@ -265,7 +276,7 @@ def test_a_replica_that_cannot_start_is_reported(tmp_path):
             "--clip",
             TINY_VIT,
             "--weights",
-            str(missing),
+            str(wrong),
             "--preset",
             "voc21",
             "--port",
@@ -276,7 +287,8 @@ def test_a_replica_that_cannot_start_is_reported(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"},  # Serve's default, 3 tries, takes 30 s more
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("clipsam serve: error:")]
-    assert line and "did not start" in line[0] and "no-such-checkpoint.pt" in line[0], proc.stderr[-2000:]
+    assert line and "did not start" in line[0] and "not-this-clip.pt does not match" in line[0], proc.stderr[-2000:]
