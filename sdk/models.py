@@ -115,8 +115,8 @@ def _weights_format(path: Path, what: str) -> str:
     not, rather than the "pickled objects" or "corrupt" that ``torch.load`` would report."""
     with open(path, "rb") as f:
         head = f.read(16)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return "torch"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"  # a zip archive, or a pickle: the PROTO opcode and a protocol number
     if len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 1 << 30:
         return "safetensors"  # an 8-byte little-endian header length, then the JSON header
     text = all(32 <= b < 127 or b in b"\t\n\r" for b in head)

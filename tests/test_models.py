@@ -145,6 +145,7 @@ def test_safetensors_file_loads_like_the_pt_file(tmp_path, tiny_clip, image):
             b"\x08\x07\x12\x07pytorch",
             r"starts with b'\\x08\\x07\\x12\\x07pytorch'\. Pass",
         ),  # an ONNX graph's first bytes
+        ("random.key", bytes(range(128, 160)), r"starts with b'\\x80\\x81"),  # 0x80 alone is no pickle
     ],
 )
 def test_a_file_of_another_kind_says_so(tmp_path, name, content, says):
