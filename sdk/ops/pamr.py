@@ -7,11 +7,18 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
     a      = softmax over the 8 * len(dilations) neighbours
     repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
 
-``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of four channels go to
-the host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
+``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of channels go to the
+host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
 finishing one output row of its channels (two at a time, sharing each load of the weights) before the next, so the
 working set stays in cache and the cost grows with channels x pixels x neighbours only; the weights are laid out
-row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``). Every product is accumulated in the
+row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``).
+
+Channels per block: four share each pass over the weights (16 x H x W floats), but every thread then keeps eight
+planes in cache besides the weights; when that no longer fits in the cache the CPU gives this process, two per
+block are faster (measured 1.46x at 336 x 448 on a 2-vCPU Zen 3 VM, 0.95x at 224 x 224). Which applies depends on
+the machine, so the first call for a plane size and thread count times both on its first channels (real work, in
+alternation) and keeps the faster for the process (``_block_for``). The block size changes no result: each channel
+is computed alone, in the same order. Every product is accumulated in the
 reference's order without fused multiply-adds, so the result equals ``pamr_ref`` bit for bit
 (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy per dilation
 and iteration, accumulated in place a few channels at a time.
@@ -22,16 +29,21 @@ with FMA: the two differ by float32 rounding (~1e-6 relative).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .resize import resize_bilinear, softmax
-from .threads import parallel_blocks
+from .threads import host_threads, parallel_blocks
 
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
 _BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
-_CHANNELS_PER_BLOCK = 4  # compiled kernel: two channel pairs per block (measured best of 2, 4, 8, 16)
+_BLOCKS = (4, 2)  # compiled kernel: channels per block, the default (measured best of 2, 4, 8, 16) and the other
+_MARGIN = 0.95  # the other is chosen when it takes less than this share of the default's time
+_TUNED_MAX = 256  # plane sizes remembered; beyond that, new sizes use the default untimed
+_tuned: dict[tuple[int, int, int, int], int] = {}
 
 
 def _offsets(dilations) -> np.ndarray:
@@ -107,19 +119,51 @@ def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> n
     return out_all
 
 
+def _run_blocks(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int, c0: int, c1: int, block: int) -> None:
+    """All iterations for channels [c0, c1) of ``m``, split over the host threads, each thread's channels in blocks of
+    ``block`` (``a``: the weights as ``compiled_pamr.pamr_weights`` lays them out)."""
+    from .compiled_pamr import pamr_channels
+
+    def run(s: int, e: int) -> None:
+        for b in range(c0 + s, c0 + e, block):
+            pamr_channels(m, a, offs, b, min(c0 + e, b + block), num_iter)
+
+    parallel_blocks(run, c1 - c0)
+
+
+def _block_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) -> tuple[int, int]:
+    """The channels per block for ``m``'s plane size on this machine, and how many of its first channels were
+    already refined to find it: the first call for a size (with enough channels) runs chunks of ``threads x 4``
+    channels untimed once (compilation, first touch), then with each block size twice in alternation, and keeps the
+    other size only when it took less than ``_MARGIN`` of the default's time."""
+    threads = host_threads()
+    key = (m.shape[1], m.shape[2], len(offs), threads)
+    block = _tuned.get(key)
+    chunk = threads * max(_BLOCKS)
+    if block is not None or m.shape[0] < 5 * chunk or len(_tuned) >= _TUNED_MAX:
+        return block or _BLOCKS[0], 0
+    default, other = _BLOCKS
+    _run_blocks(a, m, offs, num_iter, 0, chunk, default)
+    spent = dict.fromkeys(_BLOCKS, 0.0)
+    for i, b in enumerate((other, default, other, default), start=1):
+        t = time.perf_counter()
+        _run_blocks(a, m, offs, num_iter, i * chunk, (i + 1) * chunk, b)
+        spent[b] += time.perf_counter() - t
+    block = other if spent[other] < _MARGIN * spent[default] else default
+    _tuned[key] = block
+    return block, 5 * chunk
+
+
 def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) -> np.ndarray:
     """``_iterate_ref`` in the compiled kernel on ``m`` itself ((C, H, W) C-contiguous float32), blocks of channels
-    on the host threads."""
-    from .compiled_pamr import pamr_channels, pamr_weights
+    on the host threads (``_block_for`` chooses how many per block)."""
+    from .compiled_pamr import pamr_weights
 
     offs = _offsets(dilations)
     a = pamr_weights(np.asarray(a, dtype=np.float32))
-
-    def run(c0: int, c1: int) -> None:
-        for b in range(c0, c1, _CHANNELS_PER_BLOCK):
-            pamr_channels(m, a, offs, b, min(c1, b + _CHANNELS_PER_BLOCK), num_iter)
-
-    parallel_blocks(run, m.shape[0])
+    block, done = _block_for(a, m, offs, num_iter)
+    if done < m.shape[0]:
+        _run_blocks(a, m, offs, num_iter, done, m.shape[0], block)
     return m
 
 

@@ -42,3 +42,55 @@ def test_compiled_affinity_equals_the_reference(shape, dilations):
     want = npamr._affinity_ref(img, dilations)
     np.testing.assert_array_equal(got, want)
     assert got.shape == (8 * len(dilations),) + shape[1:] and np.allclose(got.sum(axis=0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dilations", [(8, 16), (1,)])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_every_block_size_and_the_timed_first_call_equal_the_reference(monkeypatch, dilations, threads):
+    """Blocks of 2 or 4 channels, and the first call of a plane size, which refines its first channels with both
+    while timing them: the same numbers as the numpy reference, bit for bit, channels past the timed ones too."""
+    monkeypatch.setenv("CLIPSAM_HOST_THREADS", threads)
+    monkeypatch.setattr(npamr, "_tuned", {})
+    rng = np.random.default_rng(7)
+    img = rng.standard_normal((3, 30, 37)).astype(np.float32)
+    mask = rng.standard_normal((5 * int(threads) * 4 + 3, 30, 37)).astype(np.float32)  # past the timed chunks
+    a = npamr._affinity(img, dilations)
+    want = npamr._iterate_ref(a, mask, 4, dilations)
+    got = npamr._iterate(a, mask, 4, dilations)  # the first call: timed
+    assert list(npamr._tuned) == [(30, 37, 8 * len(dilations), int(threads))]
+    np.testing.assert_array_equal(got, want)
+    for block in (2, 4):
+        monkeypatch.setattr(npamr, "_tuned", {key: block for key in npamr._tuned})
+        np.testing.assert_array_equal(npamr._iterate(a, mask, 4, dilations), want)
+
+
+@pytest.mark.parametrize("slow_block, chosen", [(4, 2), (2, 4), (None, 4)])
+def test_the_first_call_keeps_the_faster_block_size(monkeypatch, slow_block, chosen):
+    """The timed chunks decide (here made slow on purpose); a tie keeps the default; later calls and calls with too
+    few channels to time run without timing."""
+    import time
+
+    monkeypatch.setenv("CLIPSAM_HOST_THREADS", "2")
+    monkeypatch.setattr(npamr, "_tuned", {})
+    real, calls = npamr._run_blocks, []
+
+    def run_blocks(a, m, offs, num_iter, c0, c1, block):
+        calls.append((c0, c1, block))
+        time.sleep(0.03 if block == slow_block else 0.01)
+        real(a, m, offs, num_iter, c0, c1, block)
+
+    monkeypatch.setattr(npamr, "_run_blocks", run_blocks)
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((3, 12, 20)).astype(np.float32)
+    a = npamr._affinity(img, (1,))
+    small = rng.standard_normal((39, 12, 20)).astype(np.float32)  # fewer than 5 chunks of 2 threads x 4
+    npamr._iterate(a, small, 2, (1,))
+    assert calls == [(0, 39, 4)] and npamr._tuned == {}
+    calls.clear()
+    mask = rng.standard_normal((50, 12, 20)).astype(np.float32)
+    npamr._iterate(a, mask, 2, (1,))
+    assert calls == [(0, 8, 4), (8, 16, 2), (16, 24, 4), (24, 32, 2), (32, 40, 4), (40, 50, chosen)]
+    assert npamr._tuned == {(12, 20, 8, 2): chosen}
+    calls.clear()
+    npamr._iterate(a, mask, 2, (1,))
+    assert calls == [(0, 50, chosen)]
