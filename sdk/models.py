@@ -486,7 +486,6 @@ def load_clip(
             model = _create(open_clip, name, gelu)
         return LoadedClip(model.eval(), name, f"random:{seed}", gelu)
 
-    scripted = False
     path = weights_file(weights)
     if path is not None:
         source, weights_id = str(path), _file_id(path)

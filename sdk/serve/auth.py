@@ -43,7 +43,7 @@ def load_api_key(env: str | None = None, file: str | os.PathLike | None = None) 
             ) from None
         if not lines or not lines[0].strip():
             raise ClipSamError(f"the API key file {shown(file)} is empty; write the key on its first line")
-        return _checked(lines[0].strip(), f"the API key on the first line of {file}")
+        return _checked(lines[0].strip(), f"the API key on the first line of {shown(file)}")
     return None
 
 

@@ -32,9 +32,12 @@ def test_keys_an_http_header_cannot_carry_are_refused(monkeypatch, tmp_path):
     (tmp_path / "random").write_bytes(bytes(range(128, 256)))  # random bytes: not UTF-8
     with pytest.raises(ClipSamError, match="random is not UTF-8 text"):
         load_api_key(file=tmp_path / "random")
-    (tmp_path / "accented").write_text("cl\u00e9-secr\u00e8te\n", encoding="utf-8")
-    with pytest.raises(ClipSamError, match=r"2 character\(s\) that are not printable ASCII \(first at position 3\)"):
-        load_api_key(file=tmp_path / "accented")
+    (tmp_path / "accented\tkey").write_text("cl\u00e9-secr\u00e8te\n", encoding="utf-8")
+    with pytest.raises(
+        ClipSamError, match=r"2 character\(s\) that are not printable ASCII \(first at position 3\)"
+    ) as e:
+        load_api_key(file=tmp_path / "accented\tkey")
+    assert r"accented\tkey'" in str(e.value)  # the file's name quoted with escapes, as every path in a message
     monkeypatch.setenv("CLIPSAM_TEST_KEY", "q9\tq9")
     with pytest.raises(ClipSamError, match="CLIPSAM_TEST_KEY has 1 character") as e:
         load_api_key(env="CLIPSAM_TEST_KEY")
