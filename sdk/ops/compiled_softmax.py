@@ -23,6 +23,8 @@ import numpy as np
 
 from .compiled import CACHE_ON_DISK
 
+_U = np.uint64  # unsigned loop indices: no negative-index wrap-around, so LLVM vectorises the loops
+
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
 def shift_rows(x, xi, s, t, ti, n):  # pragma: no cover - compiled; tested against the reference
@@ -52,19 +54,22 @@ def shift_rows(x, xi, s, t, ti, n):  # pragma: no cover - compiled; tested again
                 tr[j] = tr[j] - m[j]
 
 
-@numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK, error_model="numpy")
 def _sum_rows(e, i, acc, top):  # pragma: no cover - compiled
-    """acc = e[0, i] + e[1, i] + ... in that order, and top = the maximum over the queries."""
+    """acc = e[0, i] + e[1, i] + ... in that order, and top = the maximum over the queries. Vectorised: unsigned
+    indices and the running maximum read once per step (``top[j] = v if v > top[j] else top[j]`` compiles to a
+    scalar loop, 4x slower)."""
     q, w = e.shape[0], e.shape[2]
-    er = e[0, i]
-    for j in range(w):
-        acc[j] = er[j]
-        top[j] = er[j]
-    for c in range(1, q):
-        er = e[c, i]
-        for j in range(w):
-            acc[j] = acc[j] + er[j]
-            top[j] = er[j] if er[j] > top[j] else top[j]
+    r = _U(i)
+    for j in range(_U(w)):
+        acc[j] = e[0, r, j]
+        top[j] = e[0, r, j]
+    for c in range(_U(1), _U(q)):
+        for j in range(_U(w)):
+            v = e[c, r, j]
+            t = top[j]
+            acc[j] = acc[j] + v
+            top[j] = v if v > t else t
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
@@ -81,38 +86,73 @@ def divide_rows(e, i0, n):  # pragma: no cover - compiled; tested against the re
                 er[j] = er[j] / acc[j]
 
 
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK, error_model="numpy")
+def _near_rows(e, i, acc, near, last):  # pragma: no cover - compiled
+    """acc = e[0, i] + e[1, i] + ... in that order, near = how many queries have e >= 0.99 and last = the last of
+    them (0 if none), per column, in one vectorised pass (``decide_rows`` needs no maximum where a single query
+    reaches 0.99)."""
+    q, w = e.shape[0], e.shape[2]
+    lim = np.float32(0.99)
+    r = _U(i)
+    for j in range(_U(w)):
+        v = e[0, r, j]
+        acc[j] = v
+        near[j] = np.int32(v >= lim)
+        last[j] = np.int32(0)
+    for c in range(_U(1), _U(q)):
+        k = np.int32(c)
+        for j in range(_U(w)):
+            v = e[c, r, j]
+            acc[j] = acc[j] + v
+            hit = v >= lim
+            near[j] = near[j] + np.int32(hit)
+            last[j] = k if hit else last[j]
+
+
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
 def decide_rows(e, ei, thd, out, oi, n):  # pragma: no cover - compiled; tested against the reference
     """out[oi + k] = argmax over the queries of p = e[:, ei + k] / sum_q e[:, ei + k] (the first of equal
     quotients), and 0 where max_q p < thd, for k < n; only the quotients that can equal the maximum are computed.
 
-    Division by the (positive) sum does not change the order, so max_q p is max_q e divided by the sum; a query
-    whose e is below 0.99 of that maximum has a quotient strictly below max_q p after rounding, so only the others
-    are divided and compared.
+    Division by the (positive) sum does not change the order, so max_q p is max_q e divided by the sum, and a query
+    whose e is below 0.99 of that maximum has a quotient strictly below max_q p after rounding. A softmax's largest
+    e is exp(0) = 1 exactly (the shifted logits are <= 0, the largest exactly 0), so one pass counts the queries
+    with e >= 0.99: where exactly one does and its e is 1, it is the maximum, no other quotient can round to its
+    own, and it is the label. Elsewhere (near-ties, or a maximum other than 1) the maximum is found and the
+    candidates are divided and compared in query order.
 
     Arguments:
         e: (Q, R, W) float32 exponentials (>= 0); thd: float32; out: (R, W) int64.
     """
     q, w = e.shape[0], e.shape[2]
     acc = np.empty(w, np.float32)
-    top = np.empty(w, np.float32)
-    best = np.empty(w, np.float32)
-    lim = np.empty(w, np.float32)
-    lab = np.empty(w, np.int64)
+    near = np.empty(w, np.int32)
+    last = np.empty(w, np.int32)
+    one = np.float32(1.0)
     for k in range(n):
         i = ei + k
-        _sum_rows(e, i, acc, top)
+        _near_rows(e, i, acc, near, last)
         for j in range(w):
-            best[j] = top[j] / acc[j]
-            lim[j] = top[j] * np.float32(0.99)
-            lab[j] = -1
-        for c in range(q):
-            er = e[c, i]
-            for j in range(w):
-                if lab[j] < 0 and er[j] >= lim[j] and er[j] / acc[j] == best[j]:
-                    lab[j] = c
-        for j in range(w):  # a NaN sum (a NaN among the queries): -1, left to the caller
-            out[oi + k, j] = -1 if acc[j] != acc[j] else (0 if best[j] < thd else lab[j])
+            if acc[j] != acc[j]:  # a NaN sum (a NaN among the queries): -1, left to the caller
+                out[oi + k, j] = -1
+                continue
+            if near[j] == 1 and e[last[j], i, j] == one:
+                lab = np.int64(last[j])
+                best = one / acc[j]
+            else:
+                top = e[0, i, j]
+                for c in range(1, q):
+                    v = e[c, i, j]
+                    top = v if v > top else top
+                best = top / acc[j]
+                lim = top * np.float32(0.99)
+                lab = np.int64(-1)
+                for c in range(q):
+                    v = e[c, i, j]
+                    if v >= lim and v / acc[j] == best:
+                        lab = np.int64(c)
+                        break
+            out[oi + k, j] = 0 if best < thd else lab
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")
@@ -129,13 +169,14 @@ def class_decision_rows(p, thd, labels, scores, i0, n):  # pragma: no cover - co
     lab = np.empty(w, np.int64)
     for i in range(i0, i0 + n):
         _sum_rows(p, i, acc, top)
+        r = _U(i)
         for j in range(w):
-            lab[j] = -1
-        for c in range(c_n):
-            pr = p[c, i]
-            for j in range(w):
-                if lab[j] < 0 and pr[j] == top[j]:
-                    lab[j] = c
+            lab[j] = 0
+        for b in range(c_n):  # from the last class down, so that the first of equal ones is kept (a vectorised select)
+            k = np.int64(c_n - 1 - b)
+            c = _U(k)
+            for j in range(_U(w)):
+                lab[j] = k if p[c, r, j] == top[j] else lab[j]
         for j in range(w):
             if acc[j] != acc[j]:  # a NaN among the classes: left to the caller (numpy's argmax takes the first NaN)
                 labels[i, j] = -1

@@ -111,3 +111,42 @@ def test_nan_and_inf_take_numpys_decisions():
     assert labels.min() >= 0 and got[0].min() >= 0
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("q", [3, 7, 40])
+def test_decide_rows_with_many_queries_near_the_maximum(q):
+    """``decide_rows`` on exponentials where most pixels have several queries in [0.99, 1] (quotients that round
+    equal to the maximum's, exact ties at 1, a maximum below 1 and one of exactly 0.99): the first of the largest
+    quotients, as numpy's argmax of e / sum_q e, and the same counts for each branch of the kernel."""
+    from clipsam.ops.compiled_softmax import decide_rows
+
+    rng = np.random.default_rng(q)
+    h, w = 6, 37
+    e = rng.uniform(0.0, 0.5, (q, h, w)).astype(np.float32)
+    top = rng.integers(0, q, (h, w))
+    np.put_along_axis(e, top[None], np.float32(1.0), axis=0)  # a softmax's maximum: exp(0) = 1
+    near = (rng.random((q, h, w)) < 0.3) & (rng.random((1, h, w)) < 0.5)  # half of the pixels
+    n = int(near.sum())
+    k = np.where(rng.random(n) < 0.5, rng.integers(0, 4, n), rng.integers(0, 2000, n))
+    e[near] = 1 - k.astype(np.float32) * np.float32(2**-24)  # 1 - k float32 steps below 1
+    e[:, 0, :5] = np.float32(0.99)  # exactly at the candidate limit
+    e[0, 0, :5] = np.float32(1.0)
+    e[:, 1, :3] *= np.float32(0.7)  # a maximum other than 1 (not a softmax's): the checked path
+    # a maximum of exactly 0.99 after a query one float32 step below it: the only query at the limit is not the label
+    # where the two quotients round together
+    e[:, 2] = rng.uniform(0.0, 0.5, (q, w)).astype(np.float32)
+    e[0, 2], e[1, 2] = np.nextafter(np.float32(0.99), np.float32(0)), np.float32(0.99)
+    acc = e[0].copy()
+    for c in range(1, q):
+        acc = acc + e[c]
+    p = e / acc
+    for thd in (0.0, float(np.median(p.max(axis=0))), 1.0):
+        want = p.argmax(axis=0)
+        want[p.max(axis=0) < np.float32(thd)] = 0
+        out = np.full((h, w), -5, np.int64)
+        decide_rows(e, 0, np.float32(thd), out, 0, h)
+        np.testing.assert_array_equal(out, want)
+    counts = (e >= np.float32(0.99)).sum(axis=0)
+    assert (counts == 1).any() and (counts > 1).any()
+    assert (p.argmax(axis=0) != e.argmax(axis=0)).any()  # quotients that round together exist
+    assert (p.argmax(axis=0)[2] == 0).any()  # ... at a maximum of 0.99 too
