@@ -123,13 +123,23 @@ def argmax_counts(probs: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def finish_strips(
-    strips, out_hw, num_classes: int, prob_thd: float, area_thd: float | None, return_probs: bool, counts, decide_strip
+    strips,
+    out_hw,
+    num_classes: int,
+    prob_thd: float,
+    area_thd: float | None,
+    return_probs: bool,
+    counts,
+    decide_strip,
+    keep_mb: float = 0.0,
 ):
     """Labels and scores of one image from its class probabilities, strip by strip.
 
     Arguments:
-        strips: callable yielding (r0, r1, probs (C, r1 - r0, W0)) for consecutive row ranges covering the image;
-            called twice when SCLIP's area rule needs the global argmax counts first.
+        strips: callable yielding (r0, r1, probs (C, r1 - r0, W0)) for consecutive row ranges covering the image,
+            each ``probs`` its own array (not overwritten by later strips); called twice when SCLIP's area rule
+            needs the global argmax counts first, unless the whole image's class probabilities (C x H0 x W0
+            float32) fit ``keep_mb``: then the first pass's strips are kept and decided without recomputing them.
         counts: (probs, C) -> (C,) numpy argmax counts of a strip (``argmax_counts``, or a device version).
         decide_strip: (probs, prob_thd, keep, with_probs) -> numpy labels, scores and (when ``with_probs``)
             renormalised probabilities: ``decide`` or a device version.
@@ -140,15 +150,19 @@ def finish_strips(
     """
     h0, w0 = out_hw
     keep = None
+    kept: list | None = None
     if area_thd is not None:
         total = np.zeros(num_classes, dtype=np.int64)
-        for _, _, probs in strips():
-            total += counts(probs, num_classes)
+        kept = [] if 4.0 * num_classes * h0 * w0 <= keep_mb * 2**20 else None
+        for strip in strips():
+            total += counts(strip[2], num_classes)
+            if kept is not None:
+                kept.append(strip)
         keep = area_keep(total, area_thd)
     labels = np.empty((h0, w0), dtype=np.int32)
     scores = np.empty((h0, w0), dtype=np.float32)
     full = np.empty((num_classes, h0, w0), dtype=np.float32) if return_probs else None
-    for r0, r1, probs in strips():
+    for r0, r1, probs in strips() if kept is None else kept:
         labels[r0:r1], scores[r0:r1], normed = decide_strip(probs, prob_thd, keep, return_probs)
         if full is not None:
             full[:, r0:r1] = normed

@@ -89,3 +89,34 @@ def test_decide_without_probs_gives_the_same_labels_and_scores():
             np.testing.assert_array_equal(got[1], scores)
             assert got[2] is None and normed.shape == probs.shape
             assert got[1].dtype == np.float32 and len(np.unique(labels)) > 2
+
+
+def test_finish_strips_keeps_the_first_pass_where_the_image_fits():
+    """SCLIP's area rule counts the argmax over the whole image before deciding: the strips are computed once when
+    the whole image's class probabilities fit ``keep_mb`` (kept between the passes), twice otherwise; the same
+    labels, scores and probabilities either way, equal to ``postprocess`` on the whole map."""
+    from clipsam.postprocess import argmax_counts, decide, finish_strips, query_probs
+
+    rng = np.random.default_rng(3)
+    c, h, w = 4, 13, 9
+    logits = rng.normal(0.0, 1.0, (c, h, w)).astype(np.float32)
+    logits[1] -= 5.0  # class 1 wins a few pixels only: the area rule drops it
+    logits[1, 12, 6:] += 12.0
+    probs = query_probs(logits, 2.0)
+    calls = []
+
+    def strips():
+        calls.append(1)
+        for r0 in range(0, h, 5):
+            yield r0, min(h, r0 + 5), probs[:, r0 : r0 + 5].copy()
+
+    want = postprocess(logits, [0, 1, 2, 3], c, logit_scale=2.0, prob_thd=0.3, area_thd=0.1)
+    assert not np.array_equal(want[0], postprocess(logits, [0, 1, 2, 3], c, logit_scale=2.0, prob_thd=0.3)[0])
+    fits = 4.0 * c * h * w / 2**20
+    for keep_mb, area_thd, passes in ((fits, 0.1, 1), (fits * 0.99, 0.1, 2), (0.0, 0.1, 2), (fits, None, 1)):
+        calls.clear()
+        got = finish_strips(strips, (h, w), c, 0.3, area_thd, True, argmax_counts, decide, keep_mb=keep_mb)
+        assert len(calls) == passes
+        ref = want if area_thd else postprocess(logits, [0, 1, 2, 3], c, logit_scale=2.0, prob_thd=0.3)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)

@@ -9,7 +9,8 @@ original size (H0, W0), then the ensemble is combined and post-processed (``clip
 A single member whose whole map fits the strip budget reduces to the reference ``postprocess(upsample(L))``, bit
 for bit. Beyond the budget, the upsampling is computed for a strip of output rows at a time (the backend's
 ``resize(..., rows=...)``), so a 6000 x 4000 photo never holds (Q, H0, W0) floats. SCLIP's area rule needs global
-argmax counts and then takes a second pass. Output PAMR needs the whole map and disables strips.
+argmax counts first: the strips' class probabilities are kept for the decision where the whole image's fit the
+memory budget, and computed again otherwise. Output PAMR needs the whole map and disables strips.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def finalize_members(
         guides: per member (3, h_m, w_m) normalised image (unflipped), used only by output PAMR.
         out_hw: original (H0, W0).
         max_strip_mb: memory for the per-strip float buffers, which sets the strip height (at most the backend's
-            ``ops.strip_mb``).
+            ``ops.strip_mb``); with SCLIP's area rule, the whole image's class probabilities are kept between its
+            two passes where they fit it.
         return_probs: also return the class probabilities (SAM2 refinement needs them; C x H0 x W0 floats).
         fp16_tail: upstream RF-CLIP's fp16 run (``precision="fp16-upstream"`` with a whole-image preset or PAMR),
             whose logits stay fp16 to the softmax: the softmax in fp16 (``PostOps.query_probs_fp16``), ``prob_thd``
@@ -108,4 +110,5 @@ def finalize_members(
         return_probs,
         ops.post.argmax_counts,
         ops.post.decide,
+        keep_mb=max_strip_mb,
     )
