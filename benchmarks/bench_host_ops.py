@@ -34,13 +34,6 @@ def _cases():
     from clipsam.ops import softmax
     from clipsam.postprocess import decide, query_probs, thresholded_argmax
 
-    probs = {}
-
-    def class_probs():
-        if "p" not in probs:
-            probs["p"] = query_probs(_logits(SHAPE), SCALE)
-        return probs["p"]
-
     return {
         "softmax_labels": (
             lambda x: softmax.softmax_labels(x, SCALE, THD),
@@ -51,7 +44,7 @@ def _cases():
         "class_decision": (
             lambda p: softmax.class_decision(p, THD),
             lambda p: decide(p, THD, with_probs=False)[:2],
-            lambda shape: class_probs(),
+            lambda shape: query_probs(_logits(shape), SCALE),
         ),
     }
 
@@ -62,11 +55,11 @@ def test_host_softmax(benchmark, device_info, op, impl):
     compiled, reference, make = _cases()[op]
     fn = compiled if impl == "compiled" else reference
     x = make(SHAPE)
-    first = fn(x)  # kernel compilation or cache load
-    got = first if isinstance(first, tuple) else (first,)
-    want = reference(x)
-    for a, b in zip(got, want if isinstance(want, tuple) else (want,)):
-        np.testing.assert_array_equal(a, b)
+    got = fn(x)  # kernel compilation or cache load
+    if impl == "compiled":  # the reference's numbers, bit for bit
+        want = reference(x)
+        for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(a, b)
     rounds = int(os.environ.get("CLIPSAM_BENCH_ROUNDS", 0)) or (1 if SMOKE else 7)
     benchmark.pedantic(lambda: fn(x), rounds=rounds, warmup_rounds=0, iterations=1)
     info = dict(
