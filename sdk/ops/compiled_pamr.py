@@ -14,7 +14,10 @@ default 16 neighbours one call sweeps all rows of a pair and writes each output 
 eight neighbours cost ~70 ns each); the weights are row-major, so an output row's 16 weight rows are one
 contiguous block; and every row the loops read or write starts on a 64-byte line, the source and output planes
 2 KiB apart modulo 4 KiB, so that no vector load splits across cache lines except the half-line shifts of the
-neighbours themselves, and no load waits on an unrelated store.
+neighbours themselves, and no load waits on an unrelated store. For the methods' default dilations (8, 16) the
+neighbour offsets are constants in the code ("Tenth session"): every neighbour of a source row is then one pointer
+plus a fixed displacement, and one channel at a time beats the pair kernel, whose run-time offsets keep more
+pointers live than AVX2's registers hold.
 """
 
 from __future__ import annotations
@@ -156,6 +159,121 @@ def _sixteen_neighbours(dst, src, a, offs, w, pad):  # pragma: no cover - compil
             _pad_edges(q, pad, w)
 
 
+# The neighbours of the methods' default dilations (8, 16) in the weights' order (``pamr.NEIGHBOUR_OFFSETS`` per
+# dilation): what ``_dilations_8_16`` has written into its code as constants.
+_D8_D16 = tuple(
+    (dy * d, dx * d)
+    for d in (8, 16)
+    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+)
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def _is_d8_d16(offs):  # pragma: no cover - compiled
+    """Whether the (16, 2) offsets are those of dilations (8, 16), which ``_dilations_8_16`` handles."""
+    if offs.shape[0] != 16:
+        return False
+    for p in range(16):
+        if offs[p, 0] != _D8_D16[p][0] or offs[p, 1] != _D8_D16[p][1]:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
+def _dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
+    """``_sixteen_neighbours`` for dilations (8, 16) only, one channel at a time: the same sums in the same order.
+
+    Every row and column offset is a constant here, so each source row needs one pointer and its three
+    neighbours are that pointer plus a fixed displacement; with the offsets read from ``offs`` at run time, the pair
+    kernel keeps about 30 pointers and offsets live per 8 pixels and reloads most of them from the stack. One channel
+    at a time with constants ran 1.3x the pair kernel's multiply-adds per second at 224 x 224 on an AVX2 box, and
+    no slower at 336 x 448 (``benchmarks/RESULTS.md``, "Tenth session"). ``pad`` >= 16 (the reach of dilation 16)."""
+    h = src.shape[1]
+    base, left = _U(pad), _U(pad - 16)  # row[left + 16 + dx + i] is column dx + i of the plane
+    zero = np.float32(0.0)
+    c0, c8, c16, c24, c32 = _U(0), _U(8), _U(16), _U(24), _U(32)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
+    n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
+    for y in range(h):
+        yy = _U(y)
+        up16, up8, mid, dn8, dn16 = _row_of(y, -16, h), _row_of(y, -8, h), _U(y), _row_of(y, 8, h), _row_of(y, 16, h)
+        for c in range(nc):
+            s, o = src[c], dst[c, y]
+            u16, u8, m0, d8, d16 = s[up16, left:], s[up8, left:], s[mid, left:], s[dn8, left:], s[dn16, left:]
+            for i in range(_U(w)):
+                x = zero + a[yy, n0, i] * u8[i + c8]  # dilation 8: (-8, -8), (-8, 0), (-8, 8), (0, -8), ...
+                x = x + a[yy, n1, i] * u8[i + c16]
+                x = x + a[yy, n2, i] * u8[i + c24]
+                x = x + a[yy, n3, i] * m0[i + c8]
+                x = x + a[yy, n4, i] * m0[i + c24]
+                x = x + a[yy, n5, i] * d8[i + c8]
+                x = x + a[yy, n6, i] * d8[i + c16]
+                x = x + a[yy, n7, i] * d8[i + c24]
+                x = x + a[yy, n8, i] * u16[i + c0]  # dilation 16
+                x = x + a[yy, n9, i] * u16[i + c16]
+                x = x + a[yy, n10, i] * u16[i + c32]
+                x = x + a[yy, n11, i] * m0[i + c0]
+                x = x + a[yy, n12, i] * m0[i + c32]
+                x = x + a[yy, n13, i] * d16[i + c0]
+                x = x + a[yy, n14, i] * d16[i + c16]
+                o[base + i] = x + a[yy, n15, i] * d16[i + c32]
+            _pad_edges(o, pad, w)
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
+def _dilations_8_16_pair(dst, src, a, w, pad):  # pragma: no cover - compiled
+    """``_dilations_8_16`` for the channel pairs (0, 1), (2, 3), ... of the planes, the two sharing each load of the
+    weights (fewer loads where the weights stream from memory, more live pointers than one channel needs)."""
+    h = src.shape[1]
+    base, left = _U(pad), _U(pad - 16)
+    zero = np.float32(0.0)
+    c0, c8, c16, c24, c32 = _U(0), _U(8), _U(16), _U(24), _U(32)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
+    n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
+    for y in range(h):
+        yy = _U(y)
+        up16, up8, mid, dn8, dn16 = _row_of(y, -16, h), _row_of(y, -8, h), _U(y), _row_of(y, 8, h), _row_of(y, 16, h)
+        for c in range(0, src.shape[0], 2):
+            s, t, o, q = src[c], src[c + 1], dst[c, y], dst[c + 1, y]
+            u16, u8, m0, d8, d16 = s[up16, left:], s[up8, left:], s[mid, left:], s[dn8, left:], s[dn16, left:]
+            v16, v8, l0, e8, e16 = t[up16, left:], t[up8, left:], t[mid, left:], t[dn8, left:], t[dn16, left:]
+            for i in range(_U(w)):
+                b = a[yy, n0, i]
+                x, z = zero + b * u8[i + c8], zero + b * v8[i + c8]
+                b = a[yy, n1, i]
+                x, z = x + b * u8[i + c16], z + b * v8[i + c16]
+                b = a[yy, n2, i]
+                x, z = x + b * u8[i + c24], z + b * v8[i + c24]
+                b = a[yy, n3, i]
+                x, z = x + b * m0[i + c8], z + b * l0[i + c8]
+                b = a[yy, n4, i]
+                x, z = x + b * m0[i + c24], z + b * l0[i + c24]
+                b = a[yy, n5, i]
+                x, z = x + b * d8[i + c8], z + b * e8[i + c8]
+                b = a[yy, n6, i]
+                x, z = x + b * d8[i + c16], z + b * e8[i + c16]
+                b = a[yy, n7, i]
+                x, z = x + b * d8[i + c24], z + b * e8[i + c24]
+                b = a[yy, n8, i]
+                x, z = x + b * u16[i + c0], z + b * v16[i + c0]
+                b = a[yy, n9, i]
+                x, z = x + b * u16[i + c16], z + b * v16[i + c16]
+                b = a[yy, n10, i]
+                x, z = x + b * u16[i + c32], z + b * v16[i + c32]
+                b = a[yy, n11, i]
+                x, z = x + b * m0[i + c0], z + b * l0[i + c0]
+                b = a[yy, n12, i]
+                x, z = x + b * m0[i + c32], z + b * l0[i + c32]
+                b = a[yy, n13, i]
+                x, z = x + b * d16[i + c0], z + b * e16[i + c0]
+                b = a[yy, n14, i]
+                x, z = x + b * d16[i + c16], z + b * e16[i + c16]
+                b = a[yy, n15, i]
+                o[base + i], q[base + i] = x + b * d16[i + c32], z + b * e16[i + c32]
+            _pad_edges(o, pad, w)
+            _pad_edges(q, pad, w)
+
+
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _pad_row(r, acc, pad, w):  # pragma: no cover - compiled
     r[pad : pad + w] = acc
@@ -187,17 +305,20 @@ def _plane_pair(nc, h, wp):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
-def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled; tested against the reference
+def pamr_channels(m, a, offs, c0, c1, num_iter, single):  # pragma: no cover - compiled; tested against the reference
     """All PAMR iterations for channels [c0, c1) of ``m``, in place.
 
     Each channel lives in a row-padded copy, so every neighbour row is one contiguous slice: ``pad`` columns on
     the left (the largest column offset, rounded up to whole 64-byte lines so that output rows start on one), the
     row width rounded up to whole lines (every row then starts on one too), edges replicated after every row.
-    Channels go in pairs (an odd last channel is paired with a copy of itself), the two sharing each load of the
-    weights; every value is accumulated in the neighbours' order from zero, as the reference's
+    Every value is accumulated in the neighbours' order from zero, as the reference's
     ``out = 0; out += a_p * shifted_p``, straight into the padded output row. Rows are clamped (replicate
-    padding). With 16 neighbours (two dilations, the methods' default) ``_sixteen_neighbours`` sweeps all rows of
-    all pairs in one call; otherwise each row of a pair takes eight neighbours per call, then single ones.
+    padding). Channels go in pairs (an odd last channel is paired with a copy of itself), the two sharing each load
+    of the weights, or, where ``single`` is set and the dilations are the methods' default (8, 16), one at a time.
+    With dilations (8, 16) one call sweeps all rows of all channels with the offsets as constants
+    (``_dilations_8_16``, ``_dilations_8_16_pair``); with other dilations, 16 neighbours take one such sweep
+    with run-time offsets (``_sixteen_neighbours``), and other counts eight neighbours per call and row, then
+    single ones.
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
@@ -205,6 +326,7 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
             (columns past W unread; ``pamr_weights`` gives rows on 64-byte lines); offs: (P, 2) int64 (row, column)
             offsets.
         num_iter: iterations of M <- sum_p a_p * M shifted by offs_p.
+        single: one channel at a time instead of pairs (dilations (8, 16) only; others always go in pairs).
     """
     h, w = m.shape[1], m.shape[2]
     npt = offs.shape[0]
@@ -213,14 +335,21 @@ def pamr_channels(m, a, offs, c0, c1, num_iter):  # pragma: no cover - compiled;
         reach = max(reach, abs(offs[p, 1]))
     pad = _round_up(reach, _LANES)
     nc = c1 - c0
-    src, dst = _plane_pair(nc + nc % 2, h, _round_up(pad + w + reach, _LANES))
-    for c in range(nc + nc % 2):
+    fixed = _is_d8_d16(offs)
+    single = single and fixed
+    planes = nc if single else nc + nc % 2  # the pair kernels pair an odd last channel with a copy of itself
+    src, dst = _plane_pair(planes, h, _round_up(pad + w + reach, _LANES))
+    for c in range(planes):
         for y in range(h):
             _pad_row(src[c, y], m[c0 + min(c, nc - 1), y], pad, w)
     rows = np.empty(npt, np.int64)
     cols = np.empty(npt, np.int64)
     for _ in range(num_iter):
-        if npt == 16:
+        if single:
+            _dilations_8_16(dst, src, a, nc, w, pad)
+        elif fixed:
+            _dilations_8_16_pair(dst, src, a, w, pad)
+        elif npt == 16:
             _sixteen_neighbours(dst, src, a, offs, w, pad)
         else:
             for y in range(h):

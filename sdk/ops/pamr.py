@@ -121,12 +121,13 @@ def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> n
 
 def _run_blocks(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int, c0: int, c1: int, block: int) -> None:
     """All iterations for channels [c0, c1) of ``m``, split over the host threads, each thread's channels in blocks of
-    ``block`` (``a``: the weights as ``compiled_pamr.pamr_weights`` lays them out)."""
+    ``block``: blocks of two as a pair, larger ones one channel at a time where the kernel has that choice (dilations
+    (8, 16)); ``a``: the weights as ``compiled_pamr.pamr_weights`` lays them out."""
     from .compiled_pamr import pamr_channels
 
     def run(s: int, e: int) -> None:
         for b in range(c0 + s, c0 + e, block):
-            pamr_channels(m, a, offs, b, min(c0 + e, b + block), num_iter)
+            pamr_channels(m, a, offs, b, min(c0 + e, b + block), num_iter, block > 2)
 
     parallel_blocks(run, c1 - c0)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipsam.ops import compiled_pamr
-from clipsam.ops.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_ref
+from clipsam.ops.pamr import NEIGHBOUR_OFFSETS, _offsets, pamr, pamr_ref
 from clipsam.ops.resize import linspace_f32, resize_bilinear, resize_bilinear_ref
 from clipsam.ops.sfr import path_valid, path_valid_ref
 
@@ -28,7 +28,8 @@ def _naive_pamr_iterations(m: np.ndarray, a: np.ndarray, offs: np.ndarray, num_i
     "npt", [5, 8, 16, 19, 24]
 )  # 16: one sweep per pair; 5, 19: single neighbours after groups of 8
 @pytest.mark.parametrize("reach", [12, 20, 0])  # column padding of one cache line, of two, and none
-def test_pamr_kernel_against_plain_loops(num_iter, npt, reach):
+@pytest.mark.parametrize("single", [False, True])  # one channel at a time: asked for, but only for dilations (8, 16)
+def test_pamr_kernel_against_plain_loops(num_iter, npt, reach, single):
     rng = np.random.default_rng(npt + num_iter + reach)
     c, h, w = 11, 9, 23  # channels [3, 10): three pairs and an odd last channel; rows of no whole line
     m = rng.standard_normal((c, h, w)).astype(np.float32)
@@ -38,11 +39,35 @@ def test_pamr_kernel_against_plain_loops(num_iter, npt, reach):
     if reach:
         offs[:, 0] = rng.integers(-12, 13, npt)
     got = m.copy()
-    compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, num_iter)  # channels [3, 10) only
+    compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, num_iter, single)  # [3, 10) only
     ref = _naive_pamr_iterations(m[3:10], a, offs, num_iter)
     np.testing.assert_array_equal(got[3:10], ref)
     np.testing.assert_array_equal(got[:3], m[:3])
     np.testing.assert_array_equal(got[10:], m[10:])
+
+
+@pytest.mark.parametrize("hw", [(9, 23), (40, 37), (35, 64)])  # rows and columns clamped everywhere; a few; none
+@pytest.mark.parametrize("single", [True, False])
+def test_the_default_dilations_kernels_against_plain_loops(hw, single):
+    """Dilations (8, 16) take kernels with the offsets as constants, one channel at a time or in pairs (an odd
+    block here: the last channel paired with a copy of itself)."""
+    rng = np.random.default_rng(hw[0])
+    offs = _offsets((8, 16))
+    assert compiled_pamr._is_d8_d16(offs)
+    m = rng.standard_normal((11, *hw)).astype(np.float32)
+    a = rng.random((16, *hw)).astype(np.float32)
+    got = m.copy()
+    compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, 3, single)
+    np.testing.assert_array_equal(got[3:10], _naive_pamr_iterations(m[3:10], a, offs, 3))
+    np.testing.assert_array_equal(got[:3], m[:3])
+    np.testing.assert_array_equal(got[10:], m[10:])
+
+
+def test_only_the_default_dilations_take_the_constant_kernel():
+    swapped = _offsets((8, 16))
+    swapped[[0, 2]] = swapped[[2, 0]]  # the same neighbours in another order: other sums
+    for offs in (_offsets((16, 8)), _offsets((1, 2)), _offsets((8,)), _offsets((8, 16, 32)), swapped):
+        assert not compiled_pamr._is_d8_d16(offs)
 
 
 @pytest.mark.parametrize(
