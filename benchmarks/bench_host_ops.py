@@ -1,19 +1,22 @@
-"""The host softmax kernels alone (CPU): the compiled kernels and their numpy references side by side.
+"""The host kernels alone (CPU): the softmax kernels beside their numpy references, and PAMR's kernel variants.
 
     pytest benchmarks/bench_host_ops.py --benchmark-enable --benchmark-json out.json
 
-What one ResCLIP first-pass window at 500 queries and one post-processing strip cost outside the ViT and PAMR
+What one ResCLIP first-pass window at 500 queries and one post-processing strip cost outside the ViT
 (``clipsam/ops/softmax.py``): ``softmax_labels`` (SFR's first-pass decision), ``query_softmax`` (the softmax over the
 queries) and ``class_decision`` (labels and scores from class probabilities), each on CLIP-like cosine logits of
 shape (Q, H, W), on the host threads (``CLIPSAM_HOST_THREADS``). Both variants give the same numbers bit for bit
 (tests/ops/test_softmax.py); ``ns_per_value`` is the median time per element of the (Q, H, W) input. These are
 element-wise and memory-bound, so no share of the matmul peak is reported (``bench_vocabulary.py`` reports it for
-the whole image).
+the whole image). ``test_pamr_iterations`` times PAMR's 10 iterations at 500 queries in each kernel variant
+(``clipsam/ops/compiled_pamr.py``; all equal bit for bit, tests/ops/test_compiled.py) and reports multiply-adds per
+second and their share of the matmul peak measured in the same run (2 FLOPs each), the variants called in turn.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -78,3 +81,84 @@ def test_host_softmax(benchmark, device_info, op, impl):
     if stats is not None and stats.median > 0:
         info.update(median_ms=stats.median * 1e3, ns_per_value=stats.median * 1e9 / x.size)
     benchmark.extra_info.update(info)
+
+
+@pytest.fixture(scope="module")
+def cpu_peak() -> float:
+    from clipsam.eval.flops import measure_matmul_peak
+
+    n, sec = (256, 0.05) if SMOKE else (None, 1.0)
+    return measure_matmul_peak("cpu", "fp32", n, sec)
+
+
+PAMR_SIZES = [(40, 48)] if SMOKE else [(224, 224), (336, 448)]  # a sliding window; the voc21 whole-image crop
+PAMR_QUERIES = 21 if SMOKE else 500
+# (dilations, channels per block, one at a time): the default dilations' constant-offset kernels in both block
+# layouts, and the run-time-offset pair kernel on the same 16 neighbours listed in another order (what dilations
+# (8, 16) ran before they had kernels of their own)
+PAMR_VARIANTS = {
+    "constant-single-b4": ((8, 16), 4, True),
+    "constant-pairs-b4": ((8, 16), 4, False),
+    "constant-pairs-b2": ((8, 16), 2, False),
+    "runtime-pairs-b4": ((16, 8), 4, False),
+    "runtime-pairs-b2": ((16, 8), 2, False),
+}
+
+
+@pytest.mark.parametrize("hw", PAMR_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_pamr_iterations(benchmark, device_info, cpu_peak, hw):
+    """PAMR's 10 iterations over (500, H, W) logits on the host threads (``compiled_pamr.pamr_channels`` on blocks
+    of channels, as ``pamr.pamr_in_place`` runs them) in every kernel variant, the variants called in turn in each
+    round (the order rotating) so that the box's drifts hit them all: per variant the median time, multiply-adds
+    per second and share of the matmul peak, and its speed relative to the run-time-offset pairs in blocks of 4
+    (what dilations (8, 16) ran before their constant-offset kernels)."""
+    from clipsam.ops.compiled_pamr import pamr_channels, pamr_weights
+    from clipsam.ops.pamr import NEIGHBOUR_OFFSETS
+    from clipsam.ops.threads import parallel_blocks
+
+    rng = np.random.default_rng(1)
+    m = (0.2 + 0.03 * rng.standard_normal((PAMR_QUERIES, *hw))).astype(np.float32)  # refined in place every call
+    a = rng.random((16, *hw), dtype=np.float32)  # one set of weights for all (the same neighbours, in two orders)
+    weights = pamr_weights(a / a.sum(axis=0))
+    runs = {}
+    for name, (dilations, block, single) in PAMR_VARIANTS.items():
+        offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+
+        def blocks(s: int, e: int, offs=offs, block=block, single=single) -> None:
+            for b in range(s, e, block):
+                pamr_channels(m, weights, offs, b, min(e, b + block), 10, single)
+
+        runs[name] = blocks
+        parallel_blocks(blocks, len(m))  # kernel compilation or cache load
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+
+    def one_round() -> None:
+        for name in order:
+            start = time.perf_counter()
+            parallel_blocks(runs[name], len(m))
+            times[name].append(time.perf_counter() - start)
+        order.append(order.pop(0))
+
+    rounds = int(os.environ.get("CLIPSAM_BENCH_ROUNDS", 0)) or (1 if SMOKE else 5)
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
+    madds = PAMR_QUERIES * hw[0] * hw[1] * 16 * 10
+    medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    base = medians["runtime-pairs-b4"]
+    benchmark.extra_info.update(
+        config=f"pamr variants in turn, q{PAMR_QUERIES} {hw[0]}x{hw[1]} (s per round)",
+        op="pamr",
+        shape=[PAMR_QUERIES, *hw],
+        variants={name: dict(zip(("dilations", "block", "single"), v)) for name, v in PAMR_VARIANTS.items()},
+        median_ms={name: t * 1e3 for name, t in medians.items()},
+        g_madds_per_s={name: madds / t / 1e9 for name, t in medians.items()},
+        pct_peak={name: 100.0 * 2 * madds / t / 1e9 / cpu_peak for name, t in medians.items()},
+        speedup_over_runtime_pairs_b4={name: base / t for name, t in medians.items()},
+        peak_gflops=cpu_peak,
+        device="cpu",
+        host_threads=os.environ.get("CLIPSAM_HOST_THREADS", "all"),
+        smoke=SMOKE,
+        machine=machine_info(),
+        versions=versions(),
+        **device_info,
+    )

@@ -9,19 +9,20 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
 
 ``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of channels go to the
 host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
-finishing one output row of its channels (two at a time, sharing each load of the weights) before the next, so the
-working set stays in cache and the cost grows with channels x pixels x neighbours only; the weights are laid out
-row-major with rows on 64-byte lines (``compiled_pamr.pamr_weights``).
+finishing one output row of its channels (one or two at a time) before the next, so the working set stays in cache
+and the cost grows with channels x pixels x neighbours only; the weights are laid out row-major with rows on 64-byte
+lines (``compiled_pamr.pamr_weights``).
 
-Channels per block: four share each pass over the weights (16 x H x W floats), but every thread then keeps eight
-planes in cache besides the weights; when that no longer fits in the cache the CPU gives this process, two per
-block are faster (measured 1.46x at 336 x 448 on a 2-vCPU Zen 3 VM, 0.95x at 224 x 224). Which applies depends on
-the machine, so the first call for a plane size and thread count times both on its first channels (real work, in
-alternation) and keeps the faster for the process (``_block_for``). The block size changes no result: each channel
-is computed alone, in the same order. Every product is accumulated in the
-reference's order without fused multiply-adds, so the result equals ``pamr_ref`` bit for bit
-(tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy per dilation
-and iteration, accumulated in place a few channels at a time.
+Channels per block: four, or two as a pair sharing each load of the weights (16 x H x W floats). In blocks of four,
+with the methods' default dilations (8, 16), whose neighbour offsets the kernels hold as constants, each channel
+goes alone: that keeps the fewest pointers live and is fastest while a thread's planes and the weights stay in
+cache (1.3x the pair at 224 x 224 on a 2-vCPU Zen 3 VM); where the weights stream from memory (336 x 448 there),
+the pair's halved weight loads win. (Other dilations go in pairs in both.) Which applies depends on the machine,
+so the first call for a plane size and thread count times both on its first channels (real work, in alternation)
+and keeps the faster for the process (``_block_for``). Neither changes a result: each channel is computed alone,
+in the same order. Every product is accumulated in the reference's order without fused multiply-adds, so the result
+equals ``pamr_ref`` bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one
+edge-padded copy per dilation and iteration, accumulated in place a few channels at a time.
 
 The torch reference (``clipsam.kernels.pamr_ref``) accumulates with ``addcmul_``, which fuses the multiply-add on CPUs
 with FMA: the two differ by float32 rounding (~1e-6 relative).
@@ -40,7 +41,7 @@ NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0
 
 
 _BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
-_BLOCKS = (4, 2)  # compiled kernel: channels per block, the default (measured best of 2, 4, 8, 16) and the other
+_BLOCKS = (4, 2)  # compiled kernel: channels per block, the default and the other (two: as a pair)
 _MARGIN = 0.95  # the other is chosen when it takes less than this share of the default's time
 _TUNED_MAX = 256  # plane sizes remembered; beyond that, new sizes use the default untimed
 _tuned: dict[tuple[int, int, int, int], int] = {}
