@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipsam.ops import compiled_pamr
+from clipsam.ops import compiled_pamr, compiled_pamr_sweeps
 from clipsam.ops.pamr import NEIGHBOUR_OFFSETS, _offsets, pamr, pamr_ref
 from clipsam.ops.resize import linspace_f32, resize_bilinear, resize_bilinear_ref
 from clipsam.ops.sfr import path_valid, path_valid_ref
@@ -53,7 +53,7 @@ def test_the_default_dilations_kernels_against_plain_loops(hw, single):
     block here: the last channel paired with a copy of itself)."""
     rng = np.random.default_rng(hw[0])
     offs = _offsets((8, 16))
-    assert compiled_pamr._is_d8_d16(offs)
+    assert compiled_pamr_sweeps.is_d8_d16(offs)
     m = rng.standard_normal((11, *hw)).astype(np.float32)
     a = rng.random((16, *hw)).astype(np.float32)
     got = m.copy()
@@ -67,7 +67,7 @@ def test_only_the_default_dilations_take_the_constant_kernel():
     swapped = _offsets((8, 16))
     swapped[[0, 2]] = swapped[[2, 0]]  # the same neighbours in another order: other sums
     for offs in (_offsets((16, 8)), _offsets((1, 2)), _offsets((8,)), _offsets((8, 16, 32)), swapped):
-        assert not compiled_pamr._is_d8_d16(offs)
+        assert not compiled_pamr_sweeps.is_d8_d16(offs)
 
 
 @pytest.mark.parametrize(
