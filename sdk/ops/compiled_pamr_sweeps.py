@@ -177,6 +177,19 @@ def is_d8_d16(offs):  # pragma: no cover - compiled
     return True
 
 
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def rows_8_16(plane, y, h, left):  # pragma: no cover - compiled
+    """The source rows of output row y for dilations (8, 16): rows y - 16, y - 8, y, y + 8 and y + 16 of the
+    (H, W') plane (clamped), each from column ``left`` on."""
+    return (
+        plane[row_of(y, -16, h), left:],
+        plane[row_of(y, -8, h), left:],
+        plane[_U(y), left:],
+        plane[row_of(y, 8, h), left:],
+        plane[row_of(y, 16, h), left:],
+    )
+
+
 @numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
 def dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
     """``sixteen_neighbours`` for dilations (8, 16) only, one channel at a time: the same sums in the same order.
@@ -184,8 +197,9 @@ def dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
     Every row and column offset is a constant here, so each source row needs one pointer and its three
     neighbours are that pointer plus a fixed displacement; with the offsets read from ``offs`` at run time, the pair
     kernel keeps about 30 pointers and offsets live per 8 pixels and reloads most of them from the stack. One channel
-    at a time with constants ran 1.3x the pair kernel's multiply-adds per second at 224 x 224 on an AVX2 box, and
-    no slower at 336 x 448 (``benchmarks/RESULTS.md``, "Tenth session"). ``pad`` >= 16 (the reach of dilation 16)."""
+    at a time with constants ran 1.2x-1.3x the pair kernel's multiply-adds per second at 224 x 224 on an AVX2 box, and
+    within 3 % of it at 336 x 448 (``benchmarks/RESULTS.md``, "Tenth session"). ``pad`` >= 16 (the reach of dilation
+    16)."""
     h = src.shape[1]
     base, left = _U(pad), _U(pad - 16)  # row[left + 16 + dx + i] is column dx + i of the plane
     zero = np.float32(0.0)
@@ -194,10 +208,9 @@ def dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
     n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
     for y in range(h):
         yy = _U(y)
-        up16, up8, mid, dn8, dn16 = row_of(y, -16, h), row_of(y, -8, h), _U(y), row_of(y, 8, h), row_of(y, 16, h)
         for c in range(nc):
-            s, o = src[c], dst[c, y]
-            u16, u8, m0, d8, d16 = s[up16, left:], s[up8, left:], s[mid, left:], s[dn8, left:], s[dn16, left:]
+            o = dst[c, y]
+            u16, u8, m0, d8, d16 = rows_8_16(src[c], y, h, left)
             for i in range(_U(w)):
                 x = zero + a[yy, n0, i] * u8[i + c8]  # dilation 8: (-8, -8), (-8, 0), (-8, 8), (0, -8), ...
                 x = x + a[yy, n1, i] * u8[i + c16]
@@ -230,11 +243,10 @@ def dilations_8_16_pair(dst, src, a, w, pad):  # pragma: no cover - compiled
     n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
     for y in range(h):
         yy = _U(y)
-        up16, up8, mid, dn8, dn16 = row_of(y, -16, h), row_of(y, -8, h), _U(y), row_of(y, 8, h), row_of(y, 16, h)
         for c in range(0, src.shape[0], 2):
-            s, t, o, q = src[c], src[c + 1], dst[c, y], dst[c + 1, y]
-            u16, u8, m0, d8, d16 = s[up16, left:], s[up8, left:], s[mid, left:], s[dn8, left:], s[dn16, left:]
-            v16, v8, l0, e8, e16 = t[up16, left:], t[up8, left:], t[mid, left:], t[dn8, left:], t[dn16, left:]
+            o, q = dst[c, y], dst[c + 1, y]
+            u16, u8, m0, d8, d16 = rows_8_16(src[c], y, h, left)
+            v16, v8, l0, e8, e16 = rows_8_16(src[c + 1], y, h, left)
             for i in range(_U(w)):
                 b = a[yy, n0, i]
                 x, z = zero + b * u8[i + c8], zero + b * v8[i + c8]
