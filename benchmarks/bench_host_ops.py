@@ -113,7 +113,7 @@ def test_pamr_iterations(benchmark, device_info, cpu_peak, hw):
     per second and share of the matmul peak, and its speed relative to the run-time-offset pairs in blocks of 4
     (what dilations (8, 16) ran before their constant-offset kernels)."""
     from clipsam.ops.compiled_pamr import pamr_channels, pamr_weights
-    from clipsam.ops.pamr import NEIGHBOUR_OFFSETS
+    from clipsam.ops.pamr import _offsets
     from clipsam.ops.threads import parallel_blocks
 
     rng = np.random.default_rng(1)
@@ -122,7 +122,7 @@ def test_pamr_iterations(benchmark, device_info, cpu_peak, hw):
     weights = pamr_weights(a / a.sum(axis=0))
     runs = {}
     for name, (dilations, block, single) in PAMR_VARIANTS.items():
-        offs = np.array([(dy * d, dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+        offs = _offsets(dilations)
 
         def blocks(s: int, e: int, offs=offs, block=block, single=single) -> None:
             for b in range(s, e, block):
