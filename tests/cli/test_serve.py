@@ -1,5 +1,5 @@
 """`clipsam serve`: its options, the error without Ray Serve, the application builder, and the command itself in a
-subprocess on a loopback port: ready, answers like the in-process Segmenter, stops cleanly on SIGTERM or SIGINT,
+subprocess on a loopback port: ready, answers like the in-process Segmenter, stops cleanly on SIGTERM and on SIGINT,
 and names the error of a replica that cannot start."""
 
 from __future__ import annotations
@@ -207,11 +207,8 @@ def test_application_builder():
         build_application()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_the_command_serves_and_stops_on_a_signal(chelsea_small, stop):
-    from clipsam.serve import Client
-
-    port = free_port()
+def _start_serve(port: int) -> tuple[subprocess.Popen, list[str]]:
+    """``clipsam serve`` of the tiny model on a loopback port, in a subprocess; its stdout lines collect in the list."""
     proc = subprocess.Popen(
         [
             CLI,
@@ -234,32 +231,54 @@ def test_the_command_serves_and_stops_on_a_signal(chelsea_small, stop):
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+def test_the_command_serves_and_stops_on_sigterm_and_on_sigint(chelsea_small):
+    """Two commands side by side (each starts its own Ray; most of a start is waiting, so two take little longer
+    than one): both answer like the in-process Segmenter, one is stopped with SIGTERM (as a service manager does),
+    the other with SIGINT (as Ctrl-C)."""
+    from clipsam.serve import Client
+
+    ref = reference_segmenter(short_side=336).segment(chelsea_small, classes="cat, grass, wall")
+    ports = [free_port()]
+    while len(ports) < 2:  # two different ports (a port just released may be handed out again)
+        ports = list(dict.fromkeys([*ports, free_port()]))
+    servers = {stop: (port, *_start_serve(port)) for stop, port in zip((signal.SIGTERM, signal.SIGINT), ports)}
     try:
         deadline = time.monotonic() + 300
-        while not any("ready at" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                lines,
-                proc.stderr.read() if proc.poll() else "",
-            )
-            time.sleep(0.5)
-        assert f"http://127.0.0.1:{port}/" in "".join(lines)
-        res = Client(f"http://127.0.0.1:{port}").segment(chelsea_small, "cat, grass, wall")
-        assert_same(res, reference_segmenter(short_side=336).segment(chelsea_small, classes="cat, grass, wall"))
+        for stop, (port, proc, lines) in servers.items():
+            while not any("ready at" in line for line in lines):
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    stop.name,
+                    lines,
+                    proc.stderr.read() if proc.poll() else "",
+                )
+                time.sleep(0.5)
+            assert f"http://127.0.0.1:{port}/" in "".join(lines)
+            res = Client(f"http://127.0.0.1:{port}").segment(chelsea_small, "cat, grass, wall")
+            assert_same(res, ref, stop.name)
     finally:
-        proc.send_signal(stop)  # SIGINT: as Ctrl-C
-        try:
-            rc = proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    err = proc.stderr.read()
-    assert rc == 0, err[-2000:]
-    assert "clipsam serve: stopping" in err and "clipsam serve: stopped" in err and "Traceback" not in err
-    with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        for stop, (_, proc, _) in servers.items():
+            proc.send_signal(stop)
+        codes = {}
+        for stop, (_, proc, _) in servers.items():
+            try:
+                codes[stop] = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    for stop, (port, proc, _) in servers.items():
+        err = proc.stderr.read()
+        assert codes[stop] == 0, (stop.name, err[-2000:])
+        assert "clipsam serve: stopping" in err and "clipsam serve: stopped" in err and "Traceback" not in err, (
+            stop.name,
+            err[-2000:],
+        )
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_a_replica_that_cannot_start_is_reported(tmp_path):
