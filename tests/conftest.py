@@ -31,7 +31,21 @@ def _seed():
     np.random.seed(0)
 
 
+def pytest_collection_finish(session):
+    """Start mypy in the background when its test is selected (``layout_tree``: a minute of one core, which then
+    overlaps tests that wait on subprocesses)."""
+    from .layout_tree import BIN, MYPY_RUN, MYPY_TEST, Mypy
+
+    if (BIN / "mypy").exists() and any(item.nodeid.endswith(MYPY_TEST) for item in session.items):
+        session.config.stash[MYPY_RUN] = Mypy(Path(tempfile.mkdtemp(prefix="clipsam-test-mypy-")))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    from .layout_tree import MYPY_RUN
+
+    mypy = session.config.stash.get(MYPY_RUN, None)
+    if mypy is not None:
+        mypy.close()
     shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 
 

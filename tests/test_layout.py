@@ -2,8 +2,8 @@
 import cycles, and no module importing another module's private name.
 
 ``clipsam`` is assembled from three folders (``sdk/`` is ``clipsam``, ``kernels/`` is ``clipsam.kernels``,
-``export/`` is ``clipsam.export``), which the tools cannot follow through the editable install; the fixture builds
-the package as one tree of symbolic links and puts it first on their path.
+``export/`` is ``clipsam.export``), which the tools cannot follow through the editable install; ``layout_tree.package_tree``
+builds the package as one tree of symbolic links to put first on their path (mypy's run starts early: see there).
 """
 
 from __future__ import annotations
@@ -17,30 +17,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from .layout_tree import BIN, MYPY_RUN, ROOT, Mypy, package_tree, tool
+
 SOURCES = ("sdk", "kernels", "export", "tests", "benchmarks")
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """A folder holding ``clipsam/`` as one package tree (symbolic links into sdk/, kernels/, export/)."""
-    base = tmp_path_factory.mktemp("layout")
-    pkg = base / "clipsam"
-    pkg.mkdir()
-    for entry in (ROOT / "sdk").iterdir():
-        if entry.name != "__pycache__":
-            (pkg / entry.name).symlink_to(entry)
-    (pkg / "kernels").symlink_to(ROOT / "kernels")
-    (pkg / "export").symlink_to(ROOT / "export")
-    return base
-
-
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.fail(f"{name} is not installed in this environment; run bash .ci/setup.sh (it installs the test extra)")
-    return str(path)
+    return package_tree(tmp_path_factory.mktemp("layout"))
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -48,25 +33,24 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def test_ruff_lint_and_format():
-    lint = _run([_tool("ruff"), "check", *SOURCES], cwd=ROOT)
+    lint = _run([tool("ruff"), "check", *SOURCES], cwd=ROOT)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = _run([_tool("ruff"), "format", "--check", *SOURCES], cwd=ROOT)
+    fmt = _run([tool("ruff"), "format", "--check", *SOURCES], cwd=ROOT)
     assert fmt.returncode == 0, "run `ruff format` on:\n" + fmt.stdout + fmt.stderr
 
 
-def test_mypy_on_the_library(tree):
-    cache = tree / ".mypy_cache"
-    out = _run(
-        [_tool("mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(cache), "-p", "clipsam"],
-        cwd=tree,
-        env={**os.environ, "MYPYPATH": str(tree)},
-    )
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr
+def test_mypy_on_the_library(request, tmp_path):
+    mypy = request.config.stash.get(MYPY_RUN, None)  # started when the session collected this test
+    if mypy is None:
+        tool("mypy")
+        mypy = Mypy(tmp_path / "mypy")
+    code, out = mypy.result()
+    assert code == 0, out[-6000:]
 
 
 def test_import_contracts(tree):
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = _run([_tool("lint-imports"), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree, env=env)
+    out = _run([tool("lint-imports"), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree, env=env)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr
 
 
@@ -160,8 +144,8 @@ def test_no_module_imports_another_modules_private_name():
 
 def test_tools_are_pinned():
     pins = (ROOT / ".ci" / "constraints.txt").read_text().lower()
-    for tool in ("ruff", "mypy", "import-linter"):
-        assert f"\n{tool}==" in "\n" + pins, f"{tool} is not pinned in .ci/constraints.txt"
+    for name in ("ruff", "mypy", "import-linter"):
+        assert f"\n{name}==" in "\n" + pins, f"{name} is not pinned in .ci/constraints.txt"
     assert shutil.which("ruff", path=str(BIN)) is not None
 
 
