@@ -93,50 +93,48 @@ def cpu_peak() -> float:
 
 PAMR_SIZES = [(40, 48)] if SMOKE else [(224, 224), (336, 448)]  # a sliding window; the voc21 whole-image crop
 PAMR_QUERIES = 21 if SMOKE else 500
-# (dilations, channels per block, one at a time): the default dilations' constant-offset kernels in both block
-# layouts, and the run-time-offset pair kernel on the same 16 neighbours listed in another order (what dilations
-# (8, 16) ran before they had kernels of their own)
+# (dilations, layout as ``pamr._run_blocks`` takes it: channels per block, kernel): the default dilations'
+# constant-offset kernels, iteration by iteration ("sweeps") and all iterations in one pass over the rows
+# ("wavefront"), and the run-time-offset pair kernel on the same 16 neighbours listed in another order (what other
+# dilations run)
 PAMR_VARIANTS = {
-    "constant-single-b4": ((8, 16), 4, True),
-    "constant-pairs-b4": ((8, 16), 4, False),
-    "constant-pairs-b2": ((8, 16), 2, False),
-    "runtime-pairs-b4": ((16, 8), 4, False),
-    "runtime-pairs-b2": ((16, 8), 2, False),
+    "sweeps-b4": ((8, 16), (4, "sweeps")),
+    "wavefront-b4": ((8, 16), (4, "wavefront")),
+    "wavefront-b2": ((8, 16), (2, "wavefront")),
+    "runtime-pairs-b4": ((16, 8), (4, "pairs")),
+    "runtime-pairs-b2": ((16, 8), (2, "pairs")),
 }
 
 
 @pytest.mark.parametrize("hw", PAMR_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_pamr_iterations(benchmark, device_info, cpu_peak, hw):
-    """PAMR's 10 iterations over (500, H, W) logits on the host threads (``compiled_pamr.pamr_channels`` on blocks
-    of channels, as ``pamr.pamr_in_place`` runs them) in every kernel variant, the variants called in turn in each
-    round (the order rotating) so that the box's drifts hit them all: per variant the median time, multiply-adds
-    per second and share of the matmul peak, and its speed relative to the run-time-offset pairs in blocks of 4
-    (what dilations (8, 16) ran before their constant-offset kernels)."""
-    from clipsam.ops.compiled_pamr import pamr_channels, pamr_weights
-    from clipsam.ops.pamr import _offsets
-    from clipsam.ops.threads import parallel_blocks
+    """PAMR's 10 iterations over (500, H, W) logits on the host threads (``pamr._run_blocks``, as
+    ``pamr.pamr_in_place`` runs them) in every kernel variant, the variants called in turn in each round (the order
+    rotating) so that the box's drifts hit them all: per variant the median time, multiply-adds per second and share
+    of the matmul peak, and its speed relative to the sweeps in blocks of 4 (the default layout)."""
+    from clipsam.ops.compiled_pamr import pamr_weights
+    from clipsam.ops.pamr import _offsets, _run_blocks
 
     rng = np.random.default_rng(1)
     m = (0.2 + 0.03 * rng.standard_normal((PAMR_QUERIES, *hw))).astype(np.float32)  # refined in place every call
     a = rng.random((16, *hw), dtype=np.float32)  # one set of weights for all (the same neighbours, in two orders)
     weights = pamr_weights(a / a.sum(axis=0))
     runs = {}
-    for name, (dilations, block, single) in PAMR_VARIANTS.items():
+    for name, (dilations, layout) in PAMR_VARIANTS.items():
         offs = _offsets(dilations)
 
-        def blocks(s: int, e: int, offs=offs, block=block, single=single) -> None:
-            for b in range(s, e, block):
-                pamr_channels(m, weights, offs, b, min(e, b + block), 10, single)
+        def run(offs=offs, layout=layout) -> None:
+            _run_blocks(weights, m, offs, 10, 0, len(m), layout)
 
-        runs[name] = blocks
-        parallel_blocks(blocks, len(m))  # kernel compilation or cache load
+        runs[name] = run
+        run()  # kernel compilation or cache load
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
 
     def one_round() -> None:
         for name in order:
             start = time.perf_counter()
-            parallel_blocks(runs[name], len(m))
+            runs[name]()
             times[name].append(time.perf_counter() - start)
         order.append(order.pop(0))
 
@@ -144,16 +142,16 @@ def test_pamr_iterations(benchmark, device_info, cpu_peak, hw):
     benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
     madds = PAMR_QUERIES * hw[0] * hw[1] * 16 * 10
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    base = medians["runtime-pairs-b4"]
+    base = medians["sweeps-b4"]
     benchmark.extra_info.update(
         config=f"pamr variants in turn, q{PAMR_QUERIES} {hw[0]}x{hw[1]} (s per round)",
         op="pamr",
         shape=[PAMR_QUERIES, *hw],
-        variants={name: dict(zip(("dilations", "block", "single"), v)) for name, v in PAMR_VARIANTS.items()},
+        variants={name: dict(dilations=d, block=b, kernel=k) for name, (d, (b, k)) in PAMR_VARIANTS.items()},
         median_ms={name: t * 1e3 for name, t in medians.items()},
         g_madds_per_s={name: madds / t / 1e9 for name, t in medians.items()},
         pct_peak={name: 100.0 * 2 * madds / t / 1e9 / cpu_peak for name, t in medians.items()},
-        speedup_over_runtime_pairs_b4={name: base / t for name, t in medians.items()},
+        speedup_over_sweeps_b4={name: base / t for name, t in medians.items()},
         peak_gflops=cpu_peak,
         device="cpu",
         host_threads=os.environ.get("CLIPSAM_HOST_THREADS", "all"),

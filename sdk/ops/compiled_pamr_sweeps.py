@@ -2,7 +2,7 @@
 
     sixteen_neighbours   16 neighbours at run-time offsets, channel pairs       (any two dilations)
     dilations_8_16       dilations (8, 16), offsets as constants, one channel at a time
-    dilations_8_16_pair  the same for channel pairs
+    row_8_16             one output row of dilations (8, 16) (also the row of ``compiled_pamr.pamr_wavefront``)
     mset8x2, madd8x2, madd1x2   eight or one neighbour(s) for one row of a pair  (other neighbour counts)
 
 Each writes ``dst`` from ``src`` (both (C, H, W') planes of ``compiled_pamr._plane_pair``, ``pad`` replicated
@@ -190,98 +190,52 @@ def rows_8_16(plane, y, h, left):  # pragma: no cover - compiled
     )
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
-def dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
-    """``sixteen_neighbours`` for dilations (8, 16) only, one channel at a time: the same sums in the same order.
-
-    Every row and column offset is a constant here, so each source row needs one pointer and its three
-    neighbours are that pointer plus a fixed displacement; with the offsets read from ``offs`` at run time, the pair
-    kernel keeps about 30 pointers and offsets live per 8 pixels and reloads most of them from the stack. One channel
-    at a time with constants ran 1.2x-1.3x the pair kernel's multiply-adds per second at 224 x 224 on an AVX2 box, and
-    within 3 % of it at 336 x 448 (``benchmarks/RESULTS.md``, "Tenth session"). ``pad`` >= 16 (the reach of dilation
-    16)."""
-    h = src.shape[1]
-    base, left = _U(pad), _U(pad - 16)  # row[left + 16 + dx + i] is column dx + i of the plane
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK, inline="always")
+def row_8_16(o, a, yy, u16, u8, m0, d8, d16, w, base):  # pragma: no cover - compiled
+    """One output row for dilations (8, 16): o[base + i] = 0 + a[yy, 0, i] * (row y - 8, column i - 8) + ... + a[yy,
+    15, i] * (row y + 16, column i + 16), in the neighbours' order, from the five source rows of ``rows_8_16``
+    (``u16`` = row y - 16, ..., ``d16`` = row y + 16, each from column pad - 16 on). The offsets are constants here,
+    so each source row needs one pointer and its three neighbours are fixed displacements from it; inlined into
+    its callers (a call per row would cost about as much as a short row's arithmetic)."""
     zero = np.float32(0.0)
     c0, c8, c16, c24, c32 = _U(0), _U(8), _U(16), _U(24), _U(32)
     n0, n1, n2, n3, n4, n5, n6, n7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
     n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
+    for i in range(_U(w)):
+        x = zero + a[yy, n0, i] * u8[i + c8]  # dilation 8: (-8, -8), (-8, 0), (-8, 8), (0, -8), ...
+        x = x + a[yy, n1, i] * u8[i + c16]
+        x = x + a[yy, n2, i] * u8[i + c24]
+        x = x + a[yy, n3, i] * m0[i + c8]
+        x = x + a[yy, n4, i] * m0[i + c24]
+        x = x + a[yy, n5, i] * d8[i + c8]
+        x = x + a[yy, n6, i] * d8[i + c16]
+        x = x + a[yy, n7, i] * d8[i + c24]
+        x = x + a[yy, n8, i] * u16[i + c0]  # dilation 16
+        x = x + a[yy, n9, i] * u16[i + c16]
+        x = x + a[yy, n10, i] * u16[i + c32]
+        x = x + a[yy, n11, i] * m0[i + c0]
+        x = x + a[yy, n12, i] * m0[i + c32]
+        x = x + a[yy, n13, i] * d16[i + c0]
+        x = x + a[yy, n14, i] * d16[i + c16]
+        o[base + i] = x + a[yy, n15, i] * d16[i + c32]
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
+def dilations_8_16(dst, src, a, nc, w, pad):  # pragma: no cover - compiled
+    """``sixteen_neighbours`` for dilations (8, 16) only, one channel at a time (``row_8_16`` per output row): the
+    same sums in the same order. With the offsets read from ``offs`` at run time, the pair kernel keeps about 30
+    pointers and offsets live per 8 pixels and reloads most of them from the stack; one channel at a time with
+    constants ran 1.2x-1.3x its multiply-adds per second at 224 x 224 on an AVX2 box (``benchmarks/RESULTS.md``,
+    "Tenth session"). ``pad`` >= 16 (the reach of dilation 16)."""
+    h = src.shape[1]
+    base, left = _U(pad), _U(pad - 16)  # row[left + 16 + dx + i] is column dx + i of the plane
     for y in range(h):
         yy = _U(y)
         for c in range(nc):
             o = dst[c, y]
             u16, u8, m0, d8, d16 = rows_8_16(src[c], y, h, left)
-            for i in range(_U(w)):
-                x = zero + a[yy, n0, i] * u8[i + c8]  # dilation 8: (-8, -8), (-8, 0), (-8, 8), (0, -8), ...
-                x = x + a[yy, n1, i] * u8[i + c16]
-                x = x + a[yy, n2, i] * u8[i + c24]
-                x = x + a[yy, n3, i] * m0[i + c8]
-                x = x + a[yy, n4, i] * m0[i + c24]
-                x = x + a[yy, n5, i] * d8[i + c8]
-                x = x + a[yy, n6, i] * d8[i + c16]
-                x = x + a[yy, n7, i] * d8[i + c24]
-                x = x + a[yy, n8, i] * u16[i + c0]  # dilation 16
-                x = x + a[yy, n9, i] * u16[i + c16]
-                x = x + a[yy, n10, i] * u16[i + c32]
-                x = x + a[yy, n11, i] * m0[i + c0]
-                x = x + a[yy, n12, i] * m0[i + c32]
-                x = x + a[yy, n13, i] * d16[i + c0]
-                x = x + a[yy, n14, i] * d16[i + c16]
-                o[base + i] = x + a[yy, n15, i] * d16[i + c32]
+            row_8_16(o, a, yy, u16, u8, m0, d8, d16, w, base)
             pad_edges(o, pad, w)
-
-
-@numba.njit(nogil=True, boundscheck=False, cache=CACHE_ON_DISK)
-def dilations_8_16_pair(dst, src, a, w, pad):  # pragma: no cover - compiled
-    """``dilations_8_16`` for the channel pairs (0, 1), (2, 3), ... of the planes, the two sharing each load of the
-    weights (fewer loads where the weights stream from memory, more live pointers than one channel needs)."""
-    h = src.shape[1]
-    base, left = _U(pad), _U(pad - 16)
-    zero = np.float32(0.0)
-    c0, c8, c16, c24, c32 = _U(0), _U(8), _U(16), _U(24), _U(32)
-    n0, n1, n2, n3, n4, n5, n6, n7 = _U(0), _U(1), _U(2), _U(3), _U(4), _U(5), _U(6), _U(7)
-    n8, n9, n10, n11, n12, n13, n14, n15 = _U(8), _U(9), _U(10), _U(11), _U(12), _U(13), _U(14), _U(15)
-    for y in range(h):
-        yy = _U(y)
-        for c in range(0, src.shape[0], 2):
-            o, q = dst[c, y], dst[c + 1, y]
-            u16, u8, m0, d8, d16 = rows_8_16(src[c], y, h, left)
-            v16, v8, l0, e8, e16 = rows_8_16(src[c + 1], y, h, left)
-            for i in range(_U(w)):
-                b = a[yy, n0, i]
-                x, z = zero + b * u8[i + c8], zero + b * v8[i + c8]
-                b = a[yy, n1, i]
-                x, z = x + b * u8[i + c16], z + b * v8[i + c16]
-                b = a[yy, n2, i]
-                x, z = x + b * u8[i + c24], z + b * v8[i + c24]
-                b = a[yy, n3, i]
-                x, z = x + b * m0[i + c8], z + b * l0[i + c8]
-                b = a[yy, n4, i]
-                x, z = x + b * m0[i + c24], z + b * l0[i + c24]
-                b = a[yy, n5, i]
-                x, z = x + b * d8[i + c8], z + b * e8[i + c8]
-                b = a[yy, n6, i]
-                x, z = x + b * d8[i + c16], z + b * e8[i + c16]
-                b = a[yy, n7, i]
-                x, z = x + b * d8[i + c24], z + b * e8[i + c24]
-                b = a[yy, n8, i]
-                x, z = x + b * u16[i + c0], z + b * v16[i + c0]
-                b = a[yy, n9, i]
-                x, z = x + b * u16[i + c16], z + b * v16[i + c16]
-                b = a[yy, n10, i]
-                x, z = x + b * u16[i + c32], z + b * v16[i + c32]
-                b = a[yy, n11, i]
-                x, z = x + b * m0[i + c0], z + b * l0[i + c0]
-                b = a[yy, n12, i]
-                x, z = x + b * m0[i + c32], z + b * l0[i + c32]
-                b = a[yy, n13, i]
-                x, z = x + b * d16[i + c0], z + b * e16[i + c0]
-                b = a[yy, n14, i]
-                x, z = x + b * d16[i + c16], z + b * e16[i + c16]
-                b = a[yy, n15, i]
-                o[base + i], q[base + i] = x + b * d16[i + c32], z + b * e16[i + c32]
-            pad_edges(o, pad, w)
-            pad_edges(q, pad, w)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)

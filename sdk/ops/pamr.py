@@ -7,22 +7,25 @@ Same algorithm, same float32 arithmetic and neighbour order as the torch referen
     a      = softmax over the 8 * len(dilations) neighbours
     repeat num_iter times:  M <- sum_n a_n * M_n        (replicate padding, no self term)
 
-``pamr`` runs the iterations in a compiled kernel (``compiled_pamr.pamr_channels``): blocks of channels go to the
-host threads (``threads.parallel_blocks``), and each runs all its iterations in a pair of row-padded buffers,
-finishing one output row of its channels (one or two at a time) before the next, so the working set stays in cache
-and the cost grows with channels x pixels x neighbours only; the weights are laid out row-major with rows on 64-byte
-lines (``compiled_pamr.pamr_weights``).
+``pamr`` runs the iterations in compiled kernels (``compiled_pamr``): blocks of channels go to the host threads
+(``threads.parallel_blocks``), and the weights are laid out row-major with rows on 64-byte lines
+(``compiled_pamr.pamr_weights``), so the cost grows with channels x pixels x neighbours only. Two layouts per
+dilation set, the first the default:
 
-Channels per block: four, or two as a pair sharing each load of the weights (16 x H x W floats). In blocks of four,
-with the methods' default dilations (8, 16), whose neighbour offsets the kernels hold as constants, each channel
-goes alone: that keeps the fewest pointers live and is fastest while a thread's planes and the weights stay in
-cache (1.3x the pair at 224 x 224 on a 2-vCPU Zen 3 VM); where the weights stream from memory (336 x 448 there),
-the pair's halved weight loads win. (Other dilations go in pairs in both.) Which applies depends on the machine,
-so the first call for a plane size and thread count times both on its first channels (real work, in alternation)
-and keeps the faster for the process (``_block_for``). Neither changes a result: each channel is computed alone,
-in the same order. Every product is accumulated in the reference's order without fused multiply-adds, so the result
-equals ``pamr_ref`` bit for bit (tests/ops/test_pamr.py). ``pamr_ref`` is the numpy reference: strided views of one
-edge-padded copy per dilation and iteration, accumulated in place a few channels at a time.
+- dilations (8, 16), the methods' default, whose neighbour offsets the kernels hold as constants: blocks of four
+  channels, one channel at a time, either iteration by iteration over a pair of whole row-padded planes
+  ("sweeps", ``pamr_channels``), or all iterations in one pass over the rows, each 16 rows behind the previous
+  ("wavefront", ``pamr_wavefront``), which reads the weights and planes from memory once per block instead of once
+  per iteration: 2x the sweeps at 336 x 448 on a 2-vCPU Zen 3 VM, where those outgrow the cache the VM gets,
+  and level with them at 224 x 224, where they fit;
+- other dilations: channel pairs sharing each load of the weights, in blocks of four or two.
+
+Which is faster depends on the machine, so the first call for a plane size and thread count times both on its
+first channels (real work, in alternation) and keeps the faster for the process (``_block_for``). Neither changes
+a result: each channel is computed alone, every product accumulated in the reference's order without fused
+multiply-adds, so the result equals ``pamr_ref`` bit for bit (tests/ops/test_pamr.py, tests/ops/test_compiled.py).
+``pamr_ref`` is the numpy reference: strided views of one edge-padded copy per dilation and iteration, accumulated
+in place a few channels at a time.
 
 The torch reference (``clipsam.kernels.pamr_ref``) accumulates with ``addcmul_``, which fuses the multiply-add on CPUs
 with FMA: the two differ by float32 rounding (~1e-6 relative).
@@ -41,10 +44,14 @@ NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0
 
 
 _BLOCK_BYTES = 1 << 21  # mask bytes per channel block (reference)
-_BLOCKS = (4, 2)  # compiled kernel: channels per block, the default and the other (two: as a pair)
-_MARGIN = 0.95  # the other is chosen when it takes less than this share of the default's time
+# The compiled kernel's layouts, (channels per block, kernel), the default first: with dilations (8, 16), one
+# channel at a time iteration by iteration ("sweeps") or all iterations in one pass over the rows ("wavefront");
+# with others, channels in pairs.
+_LAYOUTS_D8_D16 = ((4, "sweeps"), (4, "wavefront"))
+_LAYOUTS = ((4, "pairs"), (2, "pairs"))
+_MARGIN = 0.95  # the other layout is chosen when it takes less than this share of the default's time
 _TUNED_MAX = 256  # plane sizes remembered; beyond that, new sizes use the default untimed
-_tuned: dict[tuple[int, int, int, int], int] = {}
+_tuned: dict[tuple[int, int, int, str, int], tuple[int, str]] = {}
 
 
 def _offsets(dilations) -> np.ndarray:
@@ -120,40 +127,56 @@ def _iterate_ref(a: np.ndarray, mask: np.ndarray, num_iter: int, dilations) -> n
     return out_all
 
 
-def _run_blocks(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int, c0: int, c1: int, block: int) -> None:
-    """All iterations for channels [c0, c1) of ``m``, split over the host threads, each thread's channels in blocks of
-    ``block``: blocks of two as a pair, larger ones one channel at a time where the kernel has that choice (dilations
-    (8, 16)); ``a``: the weights as ``compiled_pamr.pamr_weights`` lays them out."""
-    from .compiled_pamr import pamr_channels
+def _layouts(offs: np.ndarray) -> tuple[tuple[int, str], tuple[int, str]]:
+    """The compiled kernel's two layouts for these offsets, (channels per block, kernel): the default first."""
+    from .compiled_pamr_sweeps import is_d8_d16
+
+    return _LAYOUTS_D8_D16 if is_d8_d16(offs) else _LAYOUTS
+
+
+def _run_blocks(
+    a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int, c0: int, c1: int, layout: tuple[int, str]
+) -> None:
+    """All iterations for channels [c0, c1) of ``m``, split over the host threads, each thread's channels in blocks
+    as ``layout`` says (``_LAYOUTS``); ``a``: the weights as ``compiled_pamr.pamr_weights`` lays them out."""
+    from .compiled_pamr import pamr_channels, pamr_wavefront
+
+    block, kernel = layout
 
     def run(s: int, e: int) -> None:
         for b in range(c0 + s, c0 + e, block):
-            pamr_channels(m, a, offs, b, min(c0 + e, b + block), num_iter, block > 2)
+            end = min(c0 + e, b + block)
+            if kernel == "wavefront":
+                pamr_wavefront(m, a, b, end, num_iter)
+            else:
+                pamr_channels(m, a, offs, b, end, num_iter, kernel == "sweeps")
 
     parallel_blocks(run, c1 - c0)
 
 
-def _block_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) -> tuple[int, int]:
-    """The channels per block for ``m``'s plane size on this machine, and how many of its first channels were
-    already refined to find it: the first call for a size (with enough channels) runs chunks of ``threads x 4``
-    channels untimed once (compilation, first touch), then with each block size twice in alternation, and keeps the
-    other size only when it took less than ``_MARGIN`` of the default's time."""
+def _block_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) -> tuple[tuple[int, str], int]:
+    """The layout for ``m``'s plane size on this machine, and how many of its first channels were already refined
+    to find it: the first call for a size (with enough channels) runs a chunk of ``threads x 4`` channels in each
+    layout untimed (first touch, and loading or compiling each kernel: tens of milliseconds, as long as a chunk
+    takes), then chunks in each layout twice in alternation, timed, and keeps the other layout only when it took
+    less than ``_MARGIN`` of the default's time."""
     threads = host_threads()
-    key = (m.shape[1], m.shape[2], len(offs), threads)
-    block = _tuned.get(key)
-    chunk = threads * max(_BLOCKS)
-    if block is not None or m.shape[0] < 5 * chunk or len(_tuned) >= _TUNED_MAX:
-        return block or _BLOCKS[0], 0
-    default, other = _BLOCKS
+    default, other = _layouts(offs)
+    key = (m.shape[1], m.shape[2], len(offs), default[1], threads)  # the layouts differ by dilations
+    layout = _tuned.get(key)
+    chunk = threads * max(default[0], other[0])
+    if layout is not None or m.shape[0] < 6 * chunk or len(_tuned) >= _TUNED_MAX:
+        return layout or default, 0
     _run_blocks(a, m, offs, num_iter, 0, chunk, default)
-    spent = dict.fromkeys(_BLOCKS, 0.0)
-    for i, b in enumerate((other, default, other, default), start=1):
+    _run_blocks(a, m, offs, num_iter, chunk, 2 * chunk, other)
+    spent = {default: 0.0, other: 0.0}
+    for i, b in enumerate((other, default, other, default), start=2):
         t = time.perf_counter()
         _run_blocks(a, m, offs, num_iter, i * chunk, (i + 1) * chunk, b)
         spent[b] += time.perf_counter() - t
-    block = other if spent[other] < _MARGIN * spent[default] else default
-    _tuned[key] = block
-    return block, 5 * chunk
+    layout = other if spent[other] < _MARGIN * spent[default] else default
+    _tuned[key] = layout
+    return layout, 6 * chunk
 
 
 def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) -> np.ndarray:
@@ -163,9 +186,9 @@ def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) ->
 
     offs = _offsets(dilations)
     a = pamr_weights(np.asarray(a, dtype=np.float32))
-    block, done = _block_for(a, m, offs, num_iter)
+    layout, done = _block_for(a, m, offs, num_iter)
     if done < m.shape[0]:
-        _run_blocks(a, m, offs, num_iter, done, m.shape[0], block)
+        _run_blocks(a, m, offs, num_iter, done, m.shape[0], layout)
     return m
 
 

@@ -46,19 +46,25 @@ def test_pamr_kernel_against_plain_loops(num_iter, npt, reach, single):
     np.testing.assert_array_equal(got[10:], m[10:])
 
 
-@pytest.mark.parametrize("hw", [(9, 23), (40, 37), (35, 64)])  # rows and columns clamped everywhere; a few; none
-@pytest.mark.parametrize("single", [True, False])
-def test_the_default_dilations_kernels_against_plain_loops(hw, single):
-    """Dilations (8, 16) take kernels with the offsets as constants, one channel at a time or in pairs (an odd
-    block here: the last channel paired with a copy of itself)."""
-    rng = np.random.default_rng(hw[0])
+@pytest.mark.parametrize("num_iter", [1, 3, 10])
+@pytest.mark.parametrize("hw", [(9, 23), (33, 16), (40, 37), (35, 64), (70, 20)])  # clamped everywhere .. nowhere
+@pytest.mark.parametrize("kernel", ["sweeps", "wavefront", "pairs"])
+def test_the_default_dilations_kernels_against_plain_loops(hw, kernel, num_iter):
+    """Dilations (8, 16): one channel at a time with the offsets as constants, iteration by iteration ("sweeps") or
+    all iterations in one pass over the rows ("wavefront": rings of 33 rows, so planes shorter, as tall and taller,
+    with iterations in flight over more rows than the plane has), and the run-time-offset pairs (an odd block here:
+    the last channel paired with a copy of itself); channels outside the block untouched."""
+    rng = np.random.default_rng(hw[0] + num_iter)
     offs = _offsets((8, 16))
     assert compiled_pamr_sweeps.is_d8_d16(offs)
     m = rng.standard_normal((11, *hw)).astype(np.float32)
     a = rng.random((16, *hw)).astype(np.float32)
     got = m.copy()
-    compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, 3, single)
-    np.testing.assert_array_equal(got[3:10], _naive_pamr_iterations(m[3:10], a, offs, 3))
+    if kernel == "wavefront":
+        compiled_pamr.pamr_wavefront(got, compiled_pamr.pamr_weights(a), 3, 10, num_iter)
+    else:
+        compiled_pamr.pamr_channels(got, compiled_pamr.pamr_weights(a), offs, 3, 10, num_iter, kernel == "sweeps")
+    np.testing.assert_array_equal(got[3:10], _naive_pamr_iterations(m[3:10], a, offs, num_iter))
     np.testing.assert_array_equal(got[:3], m[:3])
     np.testing.assert_array_equal(got[10:], m[10:])
 

@@ -46,26 +46,49 @@ def test_compiled_affinity_equals_the_reference(shape, dilations):
 
 @pytest.mark.parametrize("dilations", [(8, 16), (1,)])
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_every_block_size_and_the_timed_first_call_equal_the_reference(monkeypatch, dilations, threads):
-    """Blocks of 2 or 4 channels, and the first call of a plane size, which refines its first channels with both
-    while timing them: the same numbers as the numpy reference, bit for bit, channels past the timed ones too."""
+def test_every_layout_and_the_timed_first_call_equal_the_reference(monkeypatch, dilations, threads):
+    """Both layouts of the dilations (dilations (8, 16): sweeps and wavefront; others: pairs in blocks of 4 and 2),
+    and the first call of a plane size, which refines its first channels in both while timing them: the same
+    numbers as the numpy reference, bit for bit, channels past the timed ones too."""
     monkeypatch.setenv("CLIPSAM_HOST_THREADS", threads)
     monkeypatch.setattr(npamr, "_tuned", {})
     rng = np.random.default_rng(7)
     img = rng.standard_normal((3, 30, 37)).astype(np.float32)
-    mask = rng.standard_normal((5 * int(threads) * 4 + 3, 30, 37)).astype(np.float32)  # past the timed chunks
+    mask = rng.standard_normal((6 * int(threads) * 4 + 3, 30, 37)).astype(np.float32)  # past the timed chunks
     a = npamr._affinity(img, dilations)
     want = npamr._iterate_ref(a, mask, 4, dilations)
     got = npamr._iterate(a, mask, 4, dilations)  # the first call: timed
-    assert list(npamr._tuned) == [(30, 37, 8 * len(dilations), int(threads))]
+    layouts = npamr._layouts(npamr._offsets(dilations))
+    assert layouts == (npamr._LAYOUTS_D8_D16 if dilations == (8, 16) else npamr._LAYOUTS)
+    assert list(npamr._tuned) == [(30, 37, 8 * len(dilations), layouts[0][1], int(threads))]
     np.testing.assert_array_equal(got, want)
-    for block in (2, 4):
-        monkeypatch.setattr(npamr, "_tuned", {key: block for key in npamr._tuned})
+    for layout in layouts:
+        monkeypatch.setattr(npamr, "_tuned", {key: layout for key in npamr._tuned})
         np.testing.assert_array_equal(npamr._iterate(a, mask, 4, dilations), want)
 
 
+def test_dilations_8_16_and_others_with_16_neighbours_are_tuned_apart(monkeypatch):
+    """(1, 2) has as many neighbours as (8, 16) but cannot run the wavefront kernel: a plane size tuned for one is
+    tuned again for the other, and each gives the reference's numbers."""
+    monkeypatch.setenv("CLIPSAM_HOST_THREADS", "2")
+    monkeypatch.setattr(npamr, "_tuned", {})
+    rng = np.random.default_rng(8)
+    img = rng.standard_normal((3, 24, 30)).astype(np.float32)
+    mask = rng.standard_normal((51, 24, 30)).astype(np.float32)
+    for dilations in ((8, 16), (1, 2)):
+        a = npamr._affinity(img, dilations)
+        key = (24, 30, 16, npamr._layouts(npamr._offsets(dilations))[0][1], 2)
+        np.testing.assert_array_equal(npamr._iterate(a, mask, 3, dilations), npamr._iterate_ref(a, mask, 3, dilations))
+        assert key in npamr._tuned
+        monkeypatch.setitem(npamr._tuned, key, npamr._layouts(npamr._offsets(dilations))[1])
+    assert len(npamr._tuned) == 2 and set(npamr._tuned.values()) == {(4, "wavefront"), (2, "pairs")}
+    for dilations in ((8, 16), (1, 2)):
+        a = npamr._affinity(img, dilations)
+        np.testing.assert_array_equal(npamr._iterate(a, mask, 3, dilations), npamr._iterate_ref(a, mask, 3, dilations))
+
+
 @pytest.mark.parametrize("slow_block, chosen", [(4, 2), (2, 4), (None, 4)])
-def test_the_first_call_keeps_the_faster_block_size(monkeypatch, slow_block, chosen):
+def test_the_first_call_keeps_the_faster_layout(monkeypatch, slow_block, chosen):
     """The timed chunks decide (here made slow on purpose); a tie keeps the default; later calls and calls with too
     few channels to time run without timing."""
     import time
@@ -74,23 +97,25 @@ def test_the_first_call_keeps_the_faster_block_size(monkeypatch, slow_block, cho
     monkeypatch.setattr(npamr, "_tuned", {})
     real, calls = npamr._run_blocks, []
 
-    def run_blocks(a, m, offs, num_iter, c0, c1, block):
+    def run_blocks(a, m, offs, num_iter, c0, c1, layout):
+        block, kernel = layout
+        assert kernel == "pairs"
         calls.append((c0, c1, block))
         time.sleep(0.03 if block == slow_block else 0.01)
-        real(a, m, offs, num_iter, c0, c1, block)
+        real(a, m, offs, num_iter, c0, c1, layout)
 
     monkeypatch.setattr(npamr, "_run_blocks", run_blocks)
     rng = np.random.default_rng(3)
     img = rng.standard_normal((3, 12, 20)).astype(np.float32)
     a = npamr._affinity(img, (1,))
-    small = rng.standard_normal((39, 12, 20)).astype(np.float32)  # fewer than 5 chunks of 2 threads x 4
+    small = rng.standard_normal((47, 12, 20)).astype(np.float32)  # fewer than 6 chunks of 2 threads x 4
     npamr._iterate(a, small, 2, (1,))
-    assert calls == [(0, 39, 4)] and npamr._tuned == {}
+    assert calls == [(0, 47, 4)] and npamr._tuned == {}
     calls.clear()
     mask = rng.standard_normal((50, 12, 20)).astype(np.float32)
     npamr._iterate(a, mask, 2, (1,))
-    assert calls == [(0, 8, 4), (8, 16, 2), (16, 24, 4), (24, 32, 2), (32, 40, 4), (40, 50, chosen)]
-    assert npamr._tuned == {(12, 20, 8, 2): chosen}
+    assert calls == [(0, 8, 4), (8, 16, 2), (16, 24, 2), (24, 32, 4), (32, 40, 2), (40, 48, 4), (48, 50, chosen)]
+    assert npamr._tuned == {(12, 20, 8, "pairs", 2): (chosen, "pairs")}
     calls.clear()
     npamr._iterate(a, mask, 2, (1,))
     assert calls == [(0, 50, chosen)]
