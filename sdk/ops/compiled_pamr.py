@@ -30,6 +30,7 @@ from .compiled_pamr_sweeps import (
 )
 
 _LANES = 16  # float32 values per 64-byte cache line (and per AVX-512 vector)
+_PASS_ITERATIONS = 16  # pamr_wavefront: iterations per pass over the rows (rings of 17 x 33 rows per channel at most)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
@@ -130,7 +131,8 @@ def pamr_wavefront(m, a, c0, c1, num_iter):  # pragma: no cover - compiled; test
     iteration k - 1 sixteen rows behind it: step s pads input row s, then computes row s - 16k of every iteration k
     (``row_8_16``, one channel at a time), the last iteration's rows going straight back into ``m``. Each
     iteration keeps a ring of its last 33 rows per channel (fewer for shorter planes), so a block's working set is
-    (num_iter + 1) x 33 padded rows per channel plus the 16 weight rows of the ~16 x num_iter rows in flight, where
+    (num_iter + 1) x 33 padded rows per channel plus the 16 weight rows of the ~16 x num_iter rows in flight (more
+    than ``_PASS_ITERATIONS`` iterations go in several passes, so the rings stay bounded), where
     ``pamr_channels`` needs two whole planes per channel and reads all the weights once per iteration: where those
     stream from memory (336 x 448 on a 2-vCPU Zen 3 VM) this runs 2x-2.3x its multiply-adds per second; where they
     stay in cache, the sweeps are faster (``pamr._block_for`` times the two).
@@ -140,42 +142,44 @@ def pamr_wavefront(m, a, c0, c1, num_iter):  # pragma: no cover - compiled; test
         a: (H, 16, W') float32 weights as ``pamr_weights`` lays them out; num_iter >= 1.
     """
     h, w = m.shape[1], m.shape[2]
-    nc, ring = c1 - c0, min(33, h)
+    nc, ring, levels = c1 - c0, min(33, h), max(1, min(num_iter, _PASS_ITERATIONS))
     pad = _LANES  # >= 16, the reach of dilation 16, on whole 64-byte lines
     wp = _round_up(pad + w + 16, _LANES)
-    n = (num_iter + 1) * nc * ring * wp
+    n = (levels + 1) * nc * ring * wp
     buf = np.empty(n + _LANES, np.float32)
     s0 = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES  # every row on a 64-byte line
-    rows = buf[s0 : s0 + n].reshape((num_iter + 1, nc, ring, wp))  # rows[k]: iteration k's last rows (0: input)
+    rows = buf[s0 : s0 + n].reshape((levels + 1, nc, ring, wp))  # rows[k]: iteration k's last rows (0: input)
     base, left = np.uint64(pad), pad - 16
-    for s in range(h + 16 * num_iter):
-        if s < h:
-            for c in range(nc):
-                _pad_row(rows[0, c, s % ring], m[c0 + c, s], pad, w)
-        for k in range(1, min(num_iter, s // 16) + 1):
-            y = s - 16 * k
-            if y >= h:
-                continue
-            u16, u8, m0 = row_of(y, -16, h) % ring, row_of(y, -8, h) % ring, y % ring
-            d8, d16 = row_of(y, 8, h) % ring, row_of(y, 16, h) % ring
-            for c in range(nc):
-                src, o = rows[k - 1, c], rows[k, c, y % ring]
-                row_8_16(
-                    o,
-                    a,
-                    np.uint64(y),
-                    src[u16, left:],
-                    src[u8, left:],
-                    src[m0, left:],
-                    src[d8, left:],
-                    src[d16, left:],
-                    w,
-                    base,
-                )
-                if k == num_iter:
-                    m[c0 + c, y] = o[pad : pad + w]
-                else:
-                    pad_edges(o, pad, w)
+    for done in range(0, num_iter, levels):  # a pass of at most _PASS_ITERATIONS iterations, m to m
+        last = min(levels, num_iter - done)
+        for s in range(h + 16 * last):
+            if s < h:  # row s of m is read before row s - 16 * last is written back
+                for c in range(nc):
+                    _pad_row(rows[0, c, s % ring], m[c0 + c, s], pad, w)
+            for k in range(1, min(last, s // 16) + 1):
+                y = s - 16 * k
+                if y >= h:
+                    continue
+                yy, u16, u8 = np.uint64(y), row_of(y, -16, h) % ring, row_of(y, -8, h) % ring
+                m0, d8, d16 = y % ring, row_of(y, 8, h) % ring, row_of(y, 16, h) % ring
+                for c in range(nc):
+                    src, o = rows[k - 1, c], rows[k, c, y % ring]
+                    row_8_16(
+                        o,
+                        a,
+                        yy,
+                        src[u16, left:],
+                        src[u8, left:],
+                        src[m0, left:],
+                        src[d8, left:],
+                        src[d16, left:],
+                        w,
+                        base,
+                    )
+                    if k == last:
+                        m[c0 + c, y] = o[pad : pad + w]
+                    else:
+                        pad_edges(o, pad, w)
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK, error_model="numpy")

@@ -46,7 +46,7 @@ def test_pamr_kernel_against_plain_loops(num_iter, npt, reach, single):
     np.testing.assert_array_equal(got[10:], m[10:])
 
 
-@pytest.mark.parametrize("num_iter", [1, 3, 10])
+@pytest.mark.parametrize("num_iter", [1, 3, 10, 37])  # 37: the wavefront's passes of 16, 16 and 5 iterations
 @pytest.mark.parametrize("hw", [(9, 23), (33, 16), (40, 37), (35, 64), (70, 20)])  # clamped everywhere .. nowhere
 @pytest.mark.parametrize("kernel", ["sweeps", "wavefront", "pairs"])
 def test_the_default_dilations_kernels_against_plain_loops(hw, kernel, num_iter):
