@@ -135,7 +135,7 @@ def pamr_wavefront(m, a, c0, c1, num_iter):  # pragma: no cover - compiled; test
     than ``_PASS_ITERATIONS`` iterations go in several passes, so the rings stay bounded), where
     ``pamr_channels`` needs two whole planes per channel and reads all the weights once per iteration: where those
     stream from memory (336 x 448 on a 2-vCPU Zen 3 VM) this runs 2x-2.3x its multiply-adds per second; where they
-    stay in cache, the sweeps are faster (``pamr._block_for`` times the two).
+    stay in cache, the sweeps are faster (``pamr._layout_for`` times the two).
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.

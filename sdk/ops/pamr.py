@@ -21,7 +21,7 @@ dilation set, the first the default:
 - other dilations: channel pairs sharing each load of the weights, in blocks of four or two.
 
 Which is faster depends on the machine, so the first call for a plane size and thread count times both on its
-first channels (real work, in alternation) and keeps the faster for the process (``_block_for``). Neither changes
+first channels (real work, in alternation) and keeps the faster for the process (``_layout_for``). Neither changes
 a result: each channel is computed alone, every product accumulated in the reference's order without fused
 multiply-adds, so the result equals ``pamr_ref`` bit for bit (tests/ops/test_pamr.py, tests/ops/test_compiled.py).
 ``pamr_ref`` is the numpy reference: strided views of one edge-padded copy per dilation and iteration, accumulated
@@ -154,7 +154,7 @@ def _run_blocks(
     parallel_blocks(run, c1 - c0)
 
 
-def _block_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) -> tuple[tuple[int, str], int]:
+def _layout_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) -> tuple[tuple[int, str], int]:
     """The layout for ``m``'s plane size on this machine, and how many of its first channels were already refined
     to find it: the first call for a size (with enough channels) runs a chunk of ``threads x 4`` channels in each
     layout untimed (first touch, and loading or compiling each kernel: tens of milliseconds, as long as a chunk
@@ -181,12 +181,12 @@ def _block_for(a: np.ndarray, m: np.ndarray, offs: np.ndarray, num_iter: int) ->
 
 def _iterate_in_place(a: np.ndarray, m: np.ndarray, num_iter: int, dilations) -> np.ndarray:
     """``_iterate_ref`` in the compiled kernel on ``m`` itself ((C, H, W) C-contiguous float32), blocks of channels
-    on the host threads (``_block_for`` chooses how many per block)."""
+    on the host threads (``_layout_for`` chooses how)."""
     from .compiled_pamr import pamr_weights
 
     offs = _offsets(dilations)
     a = pamr_weights(np.asarray(a, dtype=np.float32))
-    layout, done = _block_for(a, m, offs, num_iter)
+    layout, done = _layout_for(a, m, offs, num_iter)
     if done < m.shape[0]:
         _run_blocks(a, m, offs, num_iter, done, m.shape[0], layout)
     return m
