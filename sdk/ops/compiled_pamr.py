@@ -132,10 +132,10 @@ def pamr_wavefront(m, a, c0, c1, num_iter):  # pragma: no cover - compiled; test
     (``row_8_16``, one channel at a time), the last iteration's rows going straight back into ``m``. Each
     iteration keeps a ring of its last 33 rows per channel (fewer for shorter planes), so a block's working set is
     (num_iter + 1) x 33 padded rows per channel plus the 16 weight rows of the ~16 x num_iter rows in flight (more
-    than ``_PASS_ITERATIONS`` iterations go in several passes, so the rings stay bounded), where
+    than ``_PASS_ITERATIONS`` iterations go in passes of that many, so the rings stay bounded), where
     ``pamr_channels`` needs two whole planes per channel and reads all the weights once per iteration: where those
     stream from memory (336 x 448 on a 2-vCPU Zen 3 VM) this runs 2x-2.3x its multiply-adds per second; where they
-    stay in cache, the sweeps are faster (``pamr._layout_for`` times the two).
+    stay in cache, the sweeps are as fast or faster (``pamr._layout_for`` times the two).
 
     Arguments:
         m: (C, H, W) float32 logits; channels [c0, c1) are replaced by the result.
