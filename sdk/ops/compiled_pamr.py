@@ -45,15 +45,23 @@ def _round_up(n, m):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
+def _aligned(n):  # pragma: no cover - compiled
+    """A new (n,) float32 array starting on a 64-byte line (a vector load from an unaligned row splits across two
+    cache lines)."""
+    buf = np.empty(n + _LANES, np.float32)
+    s = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES
+    return buf[s : s + n]
+
+
+@numba.njit(nogil=True, cache=CACHE_ON_DISK)
 def _plane_pair(nc, h, wp):  # pragma: no cover - compiled
     """Two (nc, h, wp) float32 buffers in one allocation, each starting on a 64-byte boundary (a vector load from
     an unaligned row splits across two cache lines), the second 2 KiB past a multiple of 4 KiB from the first (a
     load whose address agrees with a pending store's in the low 12 bits waits for it: "4K aliasing")."""
     n = nc * h * wp
     gap = (_LANES * 32 - n % (_LANES * 64)) % (_LANES * 64)  # (n + gap) floats = 2 KiB past a multiple of 4 KiB
-    buf = np.empty(2 * n + gap + _LANES, np.float32)
-    s = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES
-    return buf[s : s + n].reshape((nc, h, wp)), buf[s + n + gap : s + 2 * n + gap].reshape((nc, h, wp))
+    buf = _aligned(2 * n + gap)
+    return buf[:n].reshape((nc, h, wp)), buf[n + gap :].reshape((nc, h, wp))
 
 
 @numba.njit(nogil=True, cache=CACHE_ON_DISK)
@@ -145,10 +153,8 @@ def pamr_wavefront(m, a, c0, c1, num_iter):  # pragma: no cover - compiled; test
     nc, ring, levels = c1 - c0, min(33, h), max(1, min(num_iter, _PASS_ITERATIONS))
     pad = _LANES  # >= 16, the reach of dilation 16, on whole 64-byte lines
     wp = _round_up(pad + w + 16, _LANES)
-    n = (levels + 1) * nc * ring * wp
-    buf = np.empty(n + _LANES, np.float32)
-    s0 = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES  # every row on a 64-byte line
-    rows = buf[s0 : s0 + n].reshape((levels + 1, nc, ring, wp))  # rows[k]: iteration k's last rows (0: input)
+    # rows[k]: iteration k's last rows (0: input), each on a 64-byte line
+    rows = _aligned((levels + 1) * nc * ring * wp).reshape((levels + 1, nc, ring, wp))
     base, left = np.uint64(pad), pad - 16
     for done in range(0, num_iter, levels):  # a pass of at most _PASS_ITERATIONS iterations, m to m
         last = min(levels, num_iter - done)
@@ -238,7 +244,7 @@ def pamr_weights(a: np.ndarray) -> np.ndarray:
     npt, h, w = a.shape
     wl = -(-w // _LANES) * _LANES
     n = h * npt * wl
-    buf = np.empty(n + _LANES, np.float32)
+    buf = np.empty(n + _LANES, np.float32)  # ``_aligned``'s arithmetic on an array numpy allocates, as before
     s = (_LANES - (buf.ctypes.data // 4) % _LANES) % _LANES
     out = buf[s : s + n].reshape(h, npt, wl)
     out[:, :, w:] = 0.0
