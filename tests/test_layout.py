@@ -40,10 +40,11 @@ def test_ruff_lint_and_format():
 
 
 def test_mypy_on_the_library(request, tmp_path):
-    mypy = request.config.stash.get(MYPY_RUN, None)  # started when the session collected this test
-    if mypy is None:
+    mypy = request.config.stash.get(MYPY_RUN, None)  # started once the session selected this test
+    if mypy is None:  # not started (no mypy: ``tool`` fails naming the set-up command)
         tool("mypy")
-        mypy = Mypy(tmp_path / "mypy")
+        mypy = Mypy(tmp_path)
+        request.addfinalizer(mypy.close)
     code, out = mypy.result()
     assert code == 0, out[-6000:]
 

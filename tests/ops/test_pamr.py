@@ -77,10 +77,11 @@ def test_dilations_8_16_and_others_with_16_neighbours_are_tuned_apart(monkeypatc
     mask = rng.standard_normal((51, 24, 30)).astype(np.float32)
     for dilations in ((8, 16), (1, 2)):
         a = npamr._affinity(img, dilations)
-        key = (24, 30, 16, npamr._layouts(npamr._offsets(dilations))[0][1], 2)
+        default, other = npamr._layouts(npamr._offsets(dilations))
         np.testing.assert_array_equal(npamr._iterate(a, mask, 3, dilations), npamr._iterate_ref(a, mask, 3, dilations))
+        key = (24, 30, 16, default[1], 2)
         assert key in npamr._tuned
-        monkeypatch.setitem(npamr._tuned, key, npamr._layouts(npamr._offsets(dilations))[1])
+        monkeypatch.setitem(npamr._tuned, key, other)
     assert len(npamr._tuned) == 2 and set(npamr._tuned.values()) == {(4, "wavefront"), (2, "pairs")}
     for dilations in ((8, 16), (1, 2)):
         a = npamr._affinity(img, dilations)
