@@ -3,7 +3,10 @@
 Accepted images: a file path; a PIL image; a numpy array HxWx3 (RGB), HxW (grayscale) or HxWx4 (RGBA,
 alpha dropped), uint8 or float in [0, 1]; a torch tensor CxHxW (C = 1, 3 or 4) of the same dtypes. Files are
 decoded with OpenCV exactly as mmseg's LoadImageFromFile does, which applies the EXIF orientation; PIL images get
-the same rule (a transposed copy). The caller's objects are never modified.
+the same rule (a transposed copy). The caller's objects are never modified. A file of several frames or pages (an
+animated GIF, PNG or WebP, a multi-page TIFF) gives its first, as OpenCV decodes it, with a warning naming the
+file; a file OpenCV cannot decode but PIL can open (e.g. a TIFF of 32-bit samples) is refused naming its format
+and mode.
 A 3-D shape whose first and last sides are both 1, 3 or 4 reads both ways (e.g. a 4x64x3 tensor) and is refused
 rather than guessed. PIL modes: 16-bit ("I;16*") as OpenCV reads 16-bit files (v >> 8), "F" by the float rule
 ([0, 1]), "I" (32-bit integers, no defined range) refused with the conversion to use, every other mode through PIL's
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -40,10 +44,62 @@ def _read_file(image) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
-        raise InvalidImageError(
-            f"cannot decode image {path}: the file is corrupt, truncated or not an image format OpenCV reads."
+        raise InvalidImageError(f"cannot decode image {path}: {_undecodable(path, data)}")
+    frames = _frames(path, data)
+    if frames > 1:
+        warnings.warn(
+            f"clipsam: image {path} holds {frames} frames (pages); only the first is segmented, as OpenCV decodes "
+            "the file. Save the others as separate images to segment them.",
+            UserWarning,
+            stacklevel=2,
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: a large photo is not held twice
+
+
+# formats that may hold several frames or pages: GIF, TIFF (both byte orders), PNG (APNG), WebP (in a RIFF file)
+_MULTI_FRAME_MAGIC = (b"GIF8", b"II*\x00", b"MM\x00*", b"\x89PNG", b"RIFF")
+
+
+def _pil_header(path):
+    """PIL's lazily opened image of the file (its headers read), or None where PIL cannot open it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Exception:  # PIL raises several types for data it cannot identify
+        return None
+
+
+def _frames(path, data: np.ndarray) -> int:
+    """How many frames (pages) the image file holds (``data``: its bytes): 1 unless its format can hold more (PIL
+    counts them from the headers, without decoding)."""
+    if bytes(data[:4]) not in _MULTI_FRAME_MAGIC:
+        return 1
+    img = _pil_header(path)
+    if img is None:
+        return 1
+    with img:
+        try:
+            return int(getattr(img, "n_frames", 1))
+        except Exception:  # a damaged later frame: OpenCV decoded the first, which is what is segmented
+            return 1
+
+
+def _undecodable(path, data: np.ndarray) -> str:
+    """Why OpenCV could not decode the file (``data``: its bytes), and what to do: PIL's view of it where PIL opens
+    it."""
+    img = _pil_header(path) if data.size else None
+    if img is None:
+        return "the file is empty, corrupt, truncated or not an image format OpenCV reads."
+    with img:
+        fmt, mode, (w, h) = img.format, img.mode, img.size
+    return (
+        f"it is a {w}x{h} {fmt} image of PIL mode {mode!r}, which OpenCV (clipsam's file decoder, as in mmseg) does "
+        "not read. Convert it to an 8-bit RGB or grayscale file (PNG or JPEG), or open it with PIL and pass the image "
+        "object (PIL images are read by their mode: 'F' must lie in [0, 1])."
+    )
 
 
 _CHANNELS = (1, 3, 4)

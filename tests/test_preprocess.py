@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -76,6 +78,33 @@ def test_corrupt_and_missing_files_name_the_path(tmp_path):
         load_image(empty)
     with pytest.raises(InvalidImageError, match="nope.png"):
         load_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize("suffix", ["gif", "tif", "png", "webp"])
+def test_a_file_of_several_frames_warns_that_only_the_first_is_segmented(tmp_path, chelsea, suffix):
+    frames = [Image.fromarray(chelsea), Image.fromarray(255 - chelsea), Image.fromarray(chelsea[::-1].copy())]
+    many, one = tmp_path / f"many.{suffix}", tmp_path / f"one.{suffix}"
+    frames[0].save(many, save_all=True, append_images=frames[1:], **({"lossless": True} if suffix == "webp" else {}))
+    frames[0].save(one, **({"lossless": True} if suffix == "webp" else {}))
+    with pytest.warns(UserWarning, match=f"many.{suffix} holds 3 frames .* only the first is segmented") as record:
+        got = load_image(many)
+    assert len(record) == 1
+    np.testing.assert_array_equal(got, cv2.imdecode(np.fromfile(str(many), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+    assert got.shape == chelsea.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a single frame, and a format without frames, read without a warning
+        assert load_image(one).shape == chelsea.shape
+        cv2.imwrite(str(tmp_path / "cat.jpg"), chelsea[:, :, ::-1])
+        assert load_image(tmp_path / "cat.jpg").shape == chelsea.shape
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_a_file_opencv_cannot_decode_is_named_with_its_format_and_mode(tmp_path, mode):
+    path = tmp_path / f"deep_{mode}.tif"
+    Image.fromarray(np.arange(48 * 40, dtype=np.float32).reshape(48, 40) / 2000).convert(mode).save(path)
+    with pytest.raises(InvalidImageError, match=f"deep_{mode}.tif: it is a 40x48 TIFF image of PIL mode '{mode}'") as e:
+        load_image(path)
+    assert "Convert it to an 8-bit RGB or grayscale file" in str(e.value)
 
 
 def test_nan_inf_and_range_errors():

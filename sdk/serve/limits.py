@@ -52,7 +52,8 @@ class Limits:
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     """Uploaded image bytes -> (H, W, 3) uint8 RGB, decoded with OpenCV exactly as ``clipsam`` reads a file.
 
-    The header is read first (PIL), so an image over ``limits.max_pixels`` is refused before it is decoded.
+    The header is read first (PIL), so an image over ``limits.max_pixels``, or of several frames or pages, is refused
+    before it is decoded.
 
     Raises:
         ServeError: 413 ``too_large`` / ``too_many_pixels``, 400 ``malformed_image`` / ``unsupported_image``.
@@ -72,7 +73,8 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                fmt, (w, h) = img.format, img.size
+                fmt, mode, (w, h) = img.format, img.mode, img.size
+                frames = int(getattr(img, "n_frames", 1)) if fmt in IMAGE_FORMATS else 1
     except Image.DecompressionBombError as e:
         raise ServeError(413, "too_many_pixels", f"the image has too many pixels: {e}") from None
     except Exception as e:  # PIL raises several types for garbage (UnidentifiedImageError, SyntaxError, ...)
@@ -85,6 +87,12 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
         raise ServeError(
             400, "unsupported_image", f"{fmt} images are not accepted; send one of {', '.join(IMAGE_FORMATS)}"
         )
+    if frames > 1:
+        raise ServeError(
+            400,
+            "unsupported_image",
+            f"the {fmt} image holds {frames} frames (pages); this server segments single images: send one frame",
+        )
     if w * h > limits.max_pixels:
         raise ServeError(
             413,
@@ -94,7 +102,12 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
         )
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ServeError(400, "malformed_image", f"cannot decode the {fmt} image: the data is corrupt or truncated")
+        raise ServeError(
+            400,
+            "malformed_image",
+            f"cannot decode the {fmt} image of PIL mode {mode!r}: the data is corrupt or truncated, or its samples are "
+            "not 8 or 16 bits (OpenCV decodes the uploads); send an 8-bit RGB or grayscale image",
+        )
     return bgr[:, :, ::-1].copy()  # BGR -> RGB, as clipsam.preprocess reads files
 
 

@@ -77,6 +77,21 @@ def test_bad_images():
     assert "GIF images are not accepted" in refused(lambda: decode_image(gif, limits), 400, "unsupported_image")
     png = encoded(np.full((30, 30, 3), 7, np.uint8), "PNG")
     assert "corrupt or truncated" in refused(lambda: decode_image(png[:60], Limits()), 400, "malformed_image")
+    frames = [Image.fromarray(np.full((30, 30, 3), v, np.uint8)) for v in (7, 90)]
+    for fmt in ("TIFF", "PNG", "WEBP"):  # a multi-page TIFF, an animated PNG or WebP: not one image, refused
+        buf = io.BytesIO()
+        frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+        assert f"the {fmt} image holds 2 frames" in refused(
+            lambda: decode_image(buf.getvalue(), Limits()), 400, "unsupported_image"
+        )
+        one = io.BytesIO()
+        frames[1].save(one, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        assert (decode_image(one.getvalue(), Limits()) == 90).all()
+    deep = io.BytesIO()
+    Image.fromarray(np.full((30, 30), 0.5, np.float32)).save(deep, format="TIFF")  # 32-bit float samples
+    assert "TIFF image of PIL mode 'F'" in refused(
+        lambda: decode_image(deep.getvalue(), Limits()), 400, "malformed_image"
+    )
 
 
 def test_limits_are_validated():
