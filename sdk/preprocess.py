@@ -60,15 +60,17 @@ def _read_file(image) -> np.ndarray:
 _MULTI_FRAME_MAGIC = (b"GIF8", b"II*\x00", b"MM\x00*", b"\x89PNG", b"RIFF")
 
 
-def _pil_header(path):
-    """PIL's lazily opened image of the file (its headers read), or None where PIL cannot open it."""
+def _pil_header(path, read):
+    """``read(img)`` of PIL's lazily opened image of the file (its headers read), or None where PIL cannot open or
+    read it. PIL's own warnings (a large image, odd metadata) are not shown: this is only a look at the headers."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except Exception:  # PIL raises several types for data it cannot identify
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return read(img)
+    except Exception:  # PIL raises several types for data it cannot identify or a damaged later frame
         return None
 
 
@@ -77,24 +79,16 @@ def _frames(path, data: np.ndarray) -> int:
     counts them from the headers, without decoding)."""
     if bytes(data[:4]) not in _MULTI_FRAME_MAGIC:
         return 1
-    img = _pil_header(path)
-    if img is None:
-        return 1
-    with img:
-        try:
-            return int(getattr(img, "n_frames", 1))
-        except Exception:  # a damaged later frame: OpenCV decoded the first, which is what is segmented
-            return 1
+    return _pil_header(path, lambda img: int(getattr(img, "n_frames", 1))) or 1
 
 
 def _undecodable(path, data: np.ndarray) -> str:
     """Why OpenCV could not decode the file (``data``: its bytes), and what to do: PIL's view of it where PIL opens
     it."""
-    img = _pil_header(path) if data.size else None
-    if img is None:
+    seen = _pil_header(path, lambda img: (img.format, img.mode, img.size)) if data.size else None
+    if seen is None:
         return "the file is empty, corrupt, truncated or not an image format OpenCV reads."
-    with img:
-        fmt, mode, (w, h) = img.format, img.mode, img.size
+    fmt, mode, (w, h) = seen
     return (
         f"it is a {w}x{h} {fmt} image of PIL mode {mode!r}, which OpenCV (clipsam's file decoder, as in mmseg) does "
         "not read. Convert it to an 8-bit RGB or grayscale file (PNG or JPEG), or open it with PIL and pass the image "
