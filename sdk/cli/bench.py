@@ -175,7 +175,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         files.append(str(f))
     if args.json:
         output_file(args.json, "--json")
-    env = dict(os.environ, CLIPSAM_BENCH_DEVICE=args.device)
+    # The run is a pytest session of its own: variables that say "this process is a pytest-xdist worker" (set when
+    # bench runs inside one) would make pytest-benchmark disable itself and write no results.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env["CLIPSAM_BENCH_DEVICE"] = args.device
     if args.smoke:
         env["CLIPSAM_BENCH_SMOKE"] = "1"
     if args.rounds is not None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from clipsam.cli.bench import bench_table
 
 
-def run(*args, check=True, cwd=None):
+def run(*args, check=True, cwd=None, env=None):
     proc = subprocess.run(
-        [sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+        [sys.executable, "-m", "clipsam.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
@@ -27,7 +28,9 @@ def test_bench_runs_a_suite_and_prints_the_table(tmp_path):
         "    benchmark.extra_info.update(config='toy', gflop=0.002, peak_gflops=1.0)\n"
     )
     keep = tmp_path / "b.json"
-    p = run("bench", "--benchmarks-dir", str(bdir), "--suite", "toy", "--json", str(keep))
+    # run from inside a pytest-xdist worker: its variables, passed on, made pytest-benchmark write nothing
+    xdist = dict(os.environ, PYTEST_XDIST_WORKER="gw1", PYTEST_XDIST_WORKER_COUNT="2")
+    p = run("bench", "--benchmarks-dir", str(bdir), "--suite", "toy", "--json", str(keep), env=xdist)
     assert "| toy |" in p.stdout and keep.is_file()
     p = run("bench", "--benchmarks-dir", str(bdir), "--suite", "nope", check=False)
     assert p.returncode == 2 and "known: toy" in p.stderr
