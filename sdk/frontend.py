@@ -106,7 +106,10 @@ class SegmenterFront:
         if not self._prompts.is_default:
             plan = self._prompts.plan(vocab)
             texts, contexts = [p[0] for p in plan], [p[1] for p in plan]
-        check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts)
+        # the descriptions do not depend on the vocabulary: checked once (a benign race between threads checks twice)
+        descriptions = None if getattr(self, "_descriptions_checked", False) else self._prompts.description_texts()[0]
+        check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts, descriptions)
+        self._descriptions_checked = True
 
     def vocabulary(self, classes=None, class_file=None) -> Vocabulary:
         """Resolve the vocabulary: explicit classes, a class file, or the preset's built-in vocabulary (checked against

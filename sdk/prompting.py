@@ -163,6 +163,22 @@ class ResolvedPrompts:
         )
         return digests + ((self.enrichment, self.tse_clusters, self.tse_drop) if self.descriptions else ())
 
+    def description_texts(self) -> tuple[list[str], list[str]]:
+        """Every description as encoded (class-name prefix + sentence), and its normalised class key (empty lists
+        without descriptions)."""
+        texts: list[str] = []
+        owners: list[str] = []
+        if self.descriptions is None:
+            return texts, owners
+        for n, sentences in self.descriptions.entries.items():
+            name = self.descriptions.keys[n]
+            if self.disambiguation is not None:
+                name = self.disambiguation.entries.get(n, name)
+            for s in sentences:
+                texts.append(f"{DESCRIPTION_PREFIX.format(name)} {s}")
+                owners.append(n)
+        return texts, owners
+
     def info(self) -> dict | None:
         """JSON-able summary for result metadata and evaluation reports (None when nothing beyond templates)."""
         if self.is_default:
@@ -219,21 +235,6 @@ class ResolvedPrompts:
         return out
 
 
-def _description_texts(p: ResolvedPrompts) -> tuple[list[str], list[str]]:
-    """Every description as encoded (class-name prefix + sentence), and its normalised class key."""
-    texts: list[str] = []
-    owners: list[str] = []
-    assert p.descriptions is not None
-    for n, sentences in p.descriptions.entries.items():
-        name = p.descriptions.keys[n]
-        if p.disambiguation is not None:
-            name = p.disambiguation.entries.get(n, name)
-        for s in sentences:
-            texts.append(f"{DESCRIPTION_PREFIX.format(name)} {s}")
-            owners.append(n)
-    return texts, owners
-
-
 def build_text_embeddings(
     embed, vocab, templates: tuple[str, ...], prompts: ResolvedPrompts, cache=None, cache_key: tuple = ()
 ) -> np.ndarray:
@@ -265,7 +266,7 @@ def build_text_embeddings(
     dkey = cache_key + ("descriptions", prompts.descriptions.digest, dis)
     hit = cache.get(dkey) if cache is not None else None
     if hit is None:
-        dtexts, owners = _description_texts(prompts)
+        dtexts, owners = prompts.description_texts()
         hit = (l2_normalize(np.asarray(embed(dtexts), dtype=np.float32)), np.array(owners))
         if cache is not None:
             cache.put(dkey, hit)

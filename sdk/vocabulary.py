@@ -144,14 +144,17 @@ class Vocabulary:
         return [", ".join(names) for names in lines]
 
 
-def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, texts=None, contexts=None) -> None:
-    """Refuse queries that CLIP's text encoder cannot tell apart; warn about prompts cut at its context length.
+def check_tokens(
+    vocab: Vocabulary, templates, encode, context_length: int, texts=None, contexts=None, descriptions=None
+) -> None:
+    """Refuse texts that CLIP's text encoder would read truncated, and queries it cannot tell apart.
 
-    Every prompt is cut to ``context_length`` tokens (start and end tokens included), as open_clip does. Two queries
-    of different classes whose prompts are then the same token ids (names that differ only after the cut, or only
-    in case or spacing, which the tokenizer drops) would get identical embeddings, so one of them could never be
-    predicted: ``VocabularyError`` naming both. Identical names admitted on purpose (the shipped COCO-Object
-    vocabulary lists "bed" twice, as upstream) and synonyms of one class are not refused.
+    open_clip cuts every prompt to ``context_length`` tokens (start and end tokens included), so a longer prompt
+    would be encoded as a truncated name: ``VocabularyError`` naming the class, the prompt's length and the limit.
+    Two queries of different classes whose prompts are the same token ids (names that differ only in case or
+    spacing, which the tokenizer drops) would get identical embeddings, so one of them could never be predicted:
+    ``VocabularyError`` naming both. Identical names admitted on purpose (the shipped COCO-Object vocabulary lists
+    "bed" twice, as upstream) and synonyms of one class are not refused.
 
     Arguments:
         vocab: the vocabulary.
@@ -160,54 +163,57 @@ def check_tokens(vocab: Vocabulary, templates, encode, context_length: int, text
         context_length: tokens per prompt (77 for CLIP).
         texts: per query, the text put into the templates (default: the query itself; disambiguation renames).
         contexts: per query, extra full prompts (context prompts).
+        descriptions: description sentences as encoded (class-name prefix + sentence), when descriptions are used.
     """
-    import warnings
-
     texts = list(texts) if texts is not None else list(vocab.queries)
     contexts = list(contexts) if contexts is not None else [()] * len(texts)
     keep = context_length - 2  # tokens between the start and end tokens
     overhead = max(len(encode(t.replace("{}", ""))) for t in templates) + 2  # +2: tokens merging at the boundary
     groups: dict[tuple, list[int]] = {}
-    cut = []
     for i, (text, ctx) in enumerate(zip(texts, contexts)):
         ids = encode(text)
         if len(ids) + overhead <= keep:  # no template can reach the cut: the query's own ids decide
             key: tuple = ("query", tuple(ids))
         else:
             full = [encode(t.format(text)) for t in templates]
-            key = ("prompts", tuple(tuple(f[:keep]) for f in full))
-            if any(len(f) > keep for f in full):
-                cut.append(i)
-        ctx_ids = [encode(c) for c in ctx]
-        if any(len(c) > keep for c in ctx_ids) and (not cut or cut[-1] != i):
-            cut.append(i)
-        groups.setdefault(key + tuple(tuple(c[:keep]) for c in ctx_ids), []).append(i)
-    for key, members in groups.items():
+            longest = max(range(len(full)), key=lambda k: len(full[k]))
+            if len(full[longest]) > keep:
+                renamed = f" (encoded as {_short(text)!r})" if text != vocab.queries[i] else ""
+                room = keep - len(full[longest]) + len(ids)
+                raise VocabularyError(
+                    f"{_describe(vocab, i)}{renamed} is {len(ids)} tokens long to CLIP's tokenizer: with the "
+                    f"template {templates[longest]!r} its prompt is {len(full[longest]) + 2} tokens, longer than "
+                    f"CLIP's {context_length}-token context (start and end tokens included), so the text encoder "
+                    f"would read a truncated name. Shorten it to about {max(room, 0)} tokens (a short word is one) "
+                    "or use shorter templates."
+                )
+            key = ("prompts", tuple(tuple(f) for f in full))
+        for c in ctx:
+            _check_length(encode(c), keep, context_length, f"the context prompt {_short(c)!r} of {_describe(vocab, i)}")
+        groups.setdefault(key + tuple(tuple(encode(c)) for c in ctx), []).append(i)
+    for d in descriptions or ():
+        _check_length(encode(d), keep, context_length, f"the description {_short(d)!r}")
+    for members in groups.values():
         for a in members:
             for b in members:
                 qa, qb = vocab.queries[a], vocab.queries[b]
                 if a < b and vocab.query_to_class[a] != vocab.query_to_class[b] and qa != qb:
-                    names = f"{_describe(vocab, a)} and {_describe(vocab, b)}"
-                    if key[0] == "prompts":
-                        raise VocabularyError(
-                            f"{names} differ only after CLIP's {context_length}-token context: every prompt is cut "
-                            "there, so their text embeddings would be identical and one of them could never be "
-                            "predicted. Shorten or rephrase them so that they differ early."
-                        )
                     renamed = " (after disambiguation)" if texts[a] != qa or texts[b] != qb else ""
                     raise VocabularyError(
-                        f"{names} are the same text to CLIP's tokenizer{renamed}, which lowercases and ignores spacing "
-                        "around punctuation, so their text embeddings would be identical and one of them could never "
-                        "be predicted. Make them one class (synonyms on one line) or rename one."
+                        f"{_describe(vocab, a)} and {_describe(vocab, b)} are the same text to CLIP's tokenizer"
+                        f"{renamed}, which lowercases and ignores spacing around punctuation, so their text "
+                        "embeddings would be identical and one of them could never be predicted. Make them one "
+                        "class (synonyms on one line) or rename one."
                     )
-    if cut:
-        listed = ", ".join(repr(_short(vocab.queries[i])) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
-        warnings.warn(
-            f"clipsam: {len(cut)} class name(s) make prompts longer than CLIP's {context_length}-token "
-            f"context ({listed}); the text encoder sees only the first {context_length} tokens of each "
-            "prompt, as open_clip does.",
-            UserWarning,
-            stacklevel=3,
+
+
+def _check_length(ids: list, keep: int, context_length: int, what: str) -> None:
+    """``VocabularyError`` when a full prompt of ``ids`` (start and end tokens added) exceeds the context."""
+    if len(ids) > keep:
+        raise VocabularyError(
+            f"{what} is {len(ids) + 2} tokens long (start and end tokens included), longer than CLIP's "
+            f"{context_length}-token context, so the text encoder would read it truncated. Shorten it to at most "
+            f"{context_length} tokens (a short word is one)."
         )
 
 

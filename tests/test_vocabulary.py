@@ -164,8 +164,8 @@ def test_prompt_files_with_a_bom_or_bad_encoding(tmp_path):
         load_templates(bad)
 
 
-# -- CLIP's 77-token context: prompts are cut there (as open_clip does); queries it cannot tell apart are refused --
-LONG = "a very large and extremely old " * 12  # about 80 tokens on its own
+# -- CLIP's 77-token context: a prompt open_clip would cut there is refused; queries it cannot tell apart too ------
+LONG = "a very large and extremely old " * 12  # 72 tokens on its own (75 fit between the start and end tokens)
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +173,48 @@ def seg(make_segmenter):
     return make_segmenter("clip", None, short_side=48)
 
 
-def test_names_that_differ_only_after_the_context_are_refused(seg):
-    classes = [LONG + "tabby cat", LONG + "grey dog", "grass"]
-    with pytest.raises(VocabularyError, match=r"tabby cat.*grey dog' differ only after CLIP's 77-token context"):
-        seg.text_embeddings(Vocabulary.from_names(classes))
-    with pytest.raises(VocabularyError, match="77-token"):
-        seg.segment(np.zeros((32, 32, 3), np.uint8), classes=classes)
+def _longest_name(encode, template: str) -> str:
+    """The longest name of repeated "cat" whose prompt with ``template`` is still at most 77 tokens."""
+    n = 1
+    while len(encode(template.format("cat " * (n + 1)))) + 2 <= 77:
+        n += 1
+    return ("cat " * n).strip()
+
+
+def test_a_name_open_clip_would_cut_is_refused_before_encoding(seg, monkeypatch):
+    """The prompt of exactly 77 tokens is encoded; one more word is refused naming the class, the template, the
+    lengths and the fix, before the text encoder runs, by segment() as well."""
+    encode = seg.tokenizer.encode
+    longest = max(seg.templates, key=lambda t: len(encode(t.format(""))))
+    name = _longest_name(encode, longest)
+    emb = seg.text_embeddings(Vocabulary.from_names([name, "grass"]))
+    assert emb.shape[0] == 2 and len(encode(longest.format(name))) + 2 == 77
+    import clipsam.dense.text
+
+    calls = []
+    monkeypatch.setattr(clipsam.dense.text, "encode_queries", lambda *a, **k: calls.append(a))
+    too_long = name + " cat"
+    with pytest.raises(VocabularyError) as err:
+        seg.text_embeddings(Vocabulary.from_names(["grass", too_long]))
+    assert calls == []  # refused before the text encoder ran
+    msg = str(err.value)
+    assert f"with the template {longest!r} its prompt is 78 tokens, longer than CLIP's 77-token context" in msg
+    assert "truncated name" in msg and "Shorten it to about" in msg and "cat cat" in msg
+    with pytest.raises(VocabularyError, match="tabby cat.*77-token context"):
+        seg.segment(np.zeros((32, 32, 3), np.uint8), classes=[LONG + "tabby cat", "grass"])
+    with pytest.raises(VocabularyError, match="synonym of class 'grass'.*77-token context"):
+        seg.segment(np.zeros((32, 32, 3), np.uint8), classes=[["grass", LONG + "lawn"], "cat"])
+
+
+def test_context_prompts_and_descriptions_that_would_be_cut_are_refused(seg):
+    from clipsam.vocabulary import check_tokens
+
+    encode, vocab = seg.tokenizer.encode, Vocabulary.from_names(["cat", "grass"])
+    check_tokens(vocab, ["a {}."], encode, 77, contexts=[("a cat on a sofa",), ()], descriptions=["cat: it purrs"])
+    with pytest.raises(VocabularyError, match=r"context prompt 'a very.*of class 'grass' is \d+ tokens long"):
+        check_tokens(vocab, ["a {}."], encode, 77, contexts=[(), ("a cat", LONG + "cat on a red sofa")])
+    with pytest.raises(VocabularyError, match=r"description 'cat: a very.* tokens long.*77-token context"):
+        check_tokens(vocab, ["a {}."], encode, 77, descriptions=["cat: it purrs", "cat: " + LONG + "cat on a mat"])
 
 
 def test_names_the_tokenizer_cannot_tell_apart_are_refused(seg):
@@ -187,12 +223,6 @@ def test_names_the_tokenizer_cannot_tell_apart_are_refused(seg):
     with pytest.raises(VocabularyError, match="hot-dog.*hot - dog"):
         seg.text_embeddings(Vocabulary.from_names(["hot-dog", "hot - dog"]))
     seg.text_embeddings(Vocabulary.from_names([["cat", "Cat"], "dog"]))  # synonyms of one class may coincide
-
-
-def test_a_long_name_is_cut_with_a_warning(seg):
-    with pytest.warns(UserWarning, match=r"longer than CLIP's 77-token context.*tabby cat"):
-        emb = seg.text_embeddings(Vocabulary.from_names([LONG + "tabby cat", "grass"]))
-    assert emb.shape[0] == 2
 
 
 def test_shipped_vocabularies_pass_the_check(seg):
