@@ -538,7 +538,10 @@ def dense_config(method: str = "resclip", preset: str | None = "voc21", **overri
     if preset is None:
         cfg = _preset(method, "context59").replace(vocabulary=None, preset=None)
     elif preset not in DATASETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"unknown preset {preset!r}; choose one of {', '.join(DATASETS)}, or None for open vocabulary (no "
+            "built-in classes; the CLI spells it --preset none)"
+        )
     else:
         cfg = _preset(method, preset)
     return cfg.replace(**overrides) if overrides else cfg

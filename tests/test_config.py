@@ -81,6 +81,8 @@ def test_overrides_and_errors():
         dense_config("maskclip")
     with pytest.raises(ConfigError, match="unknown preset"):
         dense_config("resclip", "imagenet")
+    with pytest.raises(ConfigError, match="unknown preset 'none'.*or None for open vocabulary"):
+        dense_config("resclip", "none")  # the CLI's spelling, given to the API
     with pytest.raises(ConfigError, match="unknown DenseConfig option"):
         dense_config("resclip", "voc21", slide=1)
     with pytest.raises(ConfigError, match="prob_thd"):
