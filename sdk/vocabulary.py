@@ -188,9 +188,10 @@ def check_tokens(
                     "or use shorter templates."
                 )
             key = ("prompts", tuple(tuple(f) for f in full))
-        for c in ctx:
-            _check_length(encode(c), keep, context_length, f"the context prompt {_short(c)!r} of {_describe(vocab, i)}")
-        groups.setdefault(key + tuple(tuple(encode(c)) for c in ctx), []).append(i)
+        ctx_ids = [tuple(encode(c)) for c in ctx]
+        for c, c_ids in zip(ctx, ctx_ids):
+            _check_length(c_ids, keep, context_length, f"the context prompt {_short(c)!r} of {_describe(vocab, i)}")
+        groups.setdefault(key + tuple(ctx_ids), []).append(i)
     for d in descriptions or ():
         _check_length(encode(d), keep, context_length, f"the description {_short(d)!r}")
     for members in groups.values():
@@ -207,13 +208,13 @@ def check_tokens(
                     )
 
 
-def _check_length(ids: list, keep: int, context_length: int, what: str) -> None:
+def _check_length(ids, keep: int, context_length: int, what: str) -> None:
     """``VocabularyError`` when a full prompt of ``ids`` (start and end tokens added) exceeds the context."""
     if len(ids) > keep:
         raise VocabularyError(
-            f"{what} is {len(ids) + 2} tokens long (start and end tokens included), longer than CLIP's "
-            f"{context_length}-token context, so the text encoder would read it truncated. Shorten it to at most "
-            f"{context_length} tokens (a short word is one)."
+            f"{what} is {len(ids)} tokens long to CLIP's tokenizer, {len(ids) + 2} with the start and end tokens: "
+            f"longer than CLIP's {context_length}-token context, so the text encoder would read it truncated. "
+            f"Shorten it to at most {keep} tokens (a short word is one)."
         )
 
 

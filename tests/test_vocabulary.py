@@ -211,7 +211,9 @@ def test_context_prompts_and_descriptions_that_would_be_cut_are_refused(seg):
 
     encode, vocab = seg.tokenizer.encode, Vocabulary.from_names(["cat", "grass"])
     check_tokens(vocab, ["a {}."], encode, 77, contexts=[("a cat on a sofa",), ()], descriptions=["cat: it purrs"])
-    with pytest.raises(VocabularyError, match=r"context prompt 'a very.*of class 'grass' is \d+ tokens long"):
+    with pytest.raises(
+        VocabularyError, match=r"context prompt 'a very.*of class 'grass' is \d+ tokens long.*at most 75 tokens"
+    ):
         check_tokens(vocab, ["a {}."], encode, 77, contexts=[(), ("a cat", LONG + "cat on a red sofa")])
     with pytest.raises(VocabularyError, match=r"description 'cat: a very.* tokens long.*77-token context"):
         check_tokens(vocab, ["a {}."], encode, 77, descriptions=["cat: it purrs", "cat: " + LONG + "cat on a mat"])
