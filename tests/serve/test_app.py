@@ -156,6 +156,8 @@ def test_vocabulary_errors(server, photos):
     assert "duplicate" in error_of(segment(main, png, classes="cat, cat"), 400, "bad_vocabulary")
     assert "JSON" in error_of(segment(main, png, classes="[cat"), 400, "bad_vocabulary")
     assert "control" in error_of(segment(main, png, classes="cat\tdog"), 400, "bad_vocabulary")
+    # 90 characters (under max_class_chars) but 270 tokens: refused, never encoded as a truncated name
+    assert "77-token context" in error_of(segment(main, png, classes="猫" * 90 + ", dog"), 400, "bad_vocabulary")
     assert "101 names" in error_of(
         segment(main, png, classes=", ".join(f"c{i}" for i in range(101))), 400, "too_many_classes"
     )
