@@ -70,6 +70,7 @@ class SegmenterFront:
         self._prompts = prompts.resolve()
         self.templates = self._prompts.templates or resolve_templates(self.config.templates)
         self.prompt_info = self._prompts.info()  # JSON-able, None for plain templates; in result info and eval reports
+        self._descriptions_checked = False  # these prompts' descriptions: token lengths checked (``_check_tokens``)
 
     def _prompts_with(self, overrides: dict) -> PromptConfig:
         """``with_options``' PromptConfig: ``prompts=`` popped from ``overrides``, else this segmenter's. A PromptConfig's
@@ -106,8 +107,9 @@ class SegmenterFront:
         if not self._prompts.is_default:
             plan = self._prompts.plan(vocab)
             texts, contexts = [p[0] for p in plan], [p[1] for p in plan]
-        # the descriptions do not depend on the vocabulary: checked once (a benign race between threads checks twice)
-        descriptions = None if getattr(self, "_descriptions_checked", False) else self._prompts.description_texts()[0]
+        # the descriptions do not depend on the vocabulary: checked once per prompt configuration (``_set_prompts``
+        # resets it; a benign race between threads checks twice)
+        descriptions = None if self._descriptions_checked else self._prompts.description_texts()[0]
         check_tokens(vocab, self.templates, encode, int(ctx), texts, contexts, descriptions)
         self._descriptions_checked = True
 

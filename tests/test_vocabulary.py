@@ -219,6 +219,16 @@ def test_context_prompts_and_descriptions_that_would_be_cut_are_refused(seg):
         check_tokens(vocab, ["a {}."], encode, 77, descriptions=["cat: it purrs", "cat: " + LONG + "cat on a mat"])
 
 
+def test_descriptions_are_checked_again_for_each_prompt_configuration(seg):
+    """The descriptions are checked once per segmenter; a copy with other descriptions (``with_options``) checks its
+    own, even after the original has checked (and memoised) its short ones."""
+    vocab = Vocabulary.from_names(["cat", "grass"])
+    short = seg.with_options(descriptions={"cat": ["it purrs."]})
+    short.text_embeddings(vocab)
+    with pytest.raises(VocabularyError, match=r"description .* tokens long.*77-token context"):
+        short.with_options(descriptions={"cat": [LONG + "cat on a mat"]}).text_embeddings(vocab)
+
+
 def test_names_the_tokenizer_cannot_tell_apart_are_refused(seg):
     with pytest.raises(VocabularyError, match=r"'Cat' .*'cat'.*same text to CLIP's tokenizer"):
         seg.text_embeddings(Vocabulary.from_names(["Cat", "cat"]))
